@@ -1,0 +1,45 @@
+"""Facts of the Kaleyra API, in one place (see the specification in ``shared/kaleyra-api``)."""
+
+from __future__ import annotations
+
+# Default hosts per pod. Kaleyra spells some hosts differently in its own samples,
+# so every host can be overridden from the connection.
+RCS_HOSTS = {
+    "na": "https://rcs-api.na.kaleyra.io",
+    "in": "https://rcs-api.in.kaleyra.io",
+}
+SOIP_HOSTS = {
+    "in": "https://api.in.kaleyra.io",
+    "eu": "https://api.eu.kaleyra.io",
+    "sg": "https://api.ap.kaleyra.io",
+    "na": "https://api.kaleyra.io",
+}
+DEFAULT_POD = "na"
+
+# Paths, relative to the base URL. ``{sid}`` is the account SID.
+RCS_SINGLE_PATH = "/v1/{sid}/rcs/lookup/{number}"
+RCS_BULK_PATH = "/v1/{sid}/rcs/lookup"
+SOIP_CHECK_PATH = "/v1/{sid}/messages/soip/capability-check"
+
+API_KEY_HEADER = "api-key"
+
+# The bulk lookup takes between 100 and 500 distinct valid E.164 numbers.
+BULK_MIN = 100
+BULK_MAX = 500
+
+# Result statuses of an RCS lookup, one per input.
+RCS_ENABLED = "rcs_enabled"
+RCS_DISABLED = "rcs_disabled"
+INVALID = "invalid"
+FAILED = "failed"
+STATUSES = (RCS_ENABLED, RCS_DISABLED, INVALID, FAILED)
+
+
+def soip_number(e164: str) -> str:
+    """Kaleyra's SOIP samples send numbers as country code + national number, without ``+``."""
+    return e164.lstrip("+")
+
+
+def e164_key(device_address: str) -> str:
+    """Key to match a returned ``deviceAddress`` (sent back with or without ``+``) to what we asked."""
+    return "+" + device_address.strip().lstrip("+")

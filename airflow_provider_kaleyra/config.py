@@ -1,0 +1,94 @@
+"""Settings of a ``kaleyra`` connection, read once and typed.
+
+This is the contract between the Airflow connection (UI form, JSON env var) and the code:
+every extra the provider understands is named here, with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
+
+DEFAULT_CONN_ID = "kaleyra_default"
+CONN_TYPE = "kaleyra"
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_RATE_LIMIT = 20.0
+DEFAULT_MAX_CONCURRENCY = 8
+
+
+def default_callback_store_url() -> str:
+    """SQLite file under ``AIRFLOW_HOME``: right for one machine; use PostgreSQL across hosts."""
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return f"sqlite:///{os.path.join(home, 'kaleyra_callbacks.db')}"
+
+
+def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
+    value = extra.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        result = cast(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Kaleyra connection extra {key!r} must be a number, got {value!r}") from None
+    if result < 0:
+        raise ValueError(f"Kaleyra connection extra {key!r} must not be negative, got {value!r}")
+    return result
+
+
+@dataclass(frozen=True)
+class KaleyraConfig:
+    """Everything the hook, the operators and the callback receiver need from the connection."""
+
+    sid: str
+    api_key: str = field(repr=False)
+    pod: str = DEFAULT_POD
+    rcs_base_url: str = RCS_HOSTS[DEFAULT_POD]
+    soip_base_url: str = SOIP_HOSTS[DEFAULT_POD]
+    callback_profile_id: str | None = None
+    default_region: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    callback_secret: str | None = field(default=None, repr=False)
+    callback_store_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_connection(cls, conn: Any) -> KaleyraConfig:
+        """Build from an Airflow ``Connection`` (login = SID, password = API key, the rest in extra)."""
+        extra = conn.extra_dejson or {}
+        if not conn.login:
+            raise ValueError(f"Kaleyra connection {conn.conn_id!r} has no login: set it to the account SID")
+        if not conn.password:
+            raise ValueError(f"Kaleyra connection {conn.conn_id!r} has no password: set it to the API key")
+        pod = (extra.get("pod") or DEFAULT_POD).lower()
+        if pod not in RCS_HOSTS and not extra.get("rcs_base_url"):
+            raise ValueError(
+                f"Kaleyra connection {conn.conn_id!r}: unknown pod {pod!r} "
+                f"(known: {', '.join(sorted(RCS_HOSTS))}); set rcs_base_url to use another host"
+            )
+        region = extra.get("default_region") or None
+        return cls(
+            sid=conn.login,
+            api_key=conn.password,
+            pod=pod,
+            rcs_base_url=(extra.get("rcs_base_url") or RCS_HOSTS.get(pod, "")).rstrip("/"),
+            soip_base_url=(extra.get("soip_base_url") or SOIP_HOSTS.get(pod, SOIP_HOSTS["na"])).rstrip("/"),
+            callback_profile_id=extra.get("callback_profile_id") or None,
+            default_region=region.upper() if region else None,
+            timeout=_number(extra, "timeout", DEFAULT_TIMEOUT, float),
+            max_retries=_number(extra, "max_retries", DEFAULT_MAX_RETRIES, int),
+            rate_limit=_number(extra, "rate_limit", DEFAULT_RATE_LIMIT, float),
+            max_concurrency=max(1, _number(extra, "max_concurrency", DEFAULT_MAX_CONCURRENCY, int)),
+            callback_secret=extra.get("callback_secret") or None,
+            callback_store_url=extra.get("callback_store_url") or None,
+        )
+
+    @property
+    def store_url(self) -> str:
+        return self.callback_store_url or default_callback_store_url()
