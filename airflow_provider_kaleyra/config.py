@@ -19,6 +19,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_RATE_LIMIT = 20.0
 DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_RETRY_BACKOFF = 0.5
 
 
 def default_callback_store_url() -> str:
@@ -55,6 +56,7 @@ class KaleyraConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     rate_limit: float = DEFAULT_RATE_LIMIT
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
     callback_secret: str | None = field(default=None, repr=False)
     callback_store_url: str | None = field(default=None, repr=False)
 
@@ -85,6 +87,7 @@ class KaleyraConfig:
             max_retries=_number(extra, "max_retries", DEFAULT_MAX_RETRIES, int),
             rate_limit=_number(extra, "rate_limit", DEFAULT_RATE_LIMIT, float),
             max_concurrency=max(1, _number(extra, "max_concurrency", DEFAULT_MAX_CONCURRENCY, int)),
+            retry_backoff=_number(extra, "retry_backoff", DEFAULT_RETRY_BACKOFF, float),
             callback_secret=extra.get("callback_secret") or None,
             callback_store_url=extra.get("callback_store_url") or None,
         )

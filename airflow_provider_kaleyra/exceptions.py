@@ -25,6 +25,7 @@ class KaleyraApiError(Exception):
         self.status = status
         self.code = code
         self.retryable = retryable
+        self.retry_after: float | None = None  # seconds, from a 429's Retry-After
 
     def __str__(self) -> str:
         parts = [self.message]

@@ -1,0 +1,61 @@
+"""How distinct numbers are split into API calls: the 100-500 rule, planned once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TypeVar
+
+from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
+
+T = TypeVar("T")
+
+
+def plan_batch_sizes(n: int) -> list[int]:
+    """Sizes of the calls for ``n`` distinct valid numbers.
+
+    ``n >= 100``: ``ceil(n / 500)`` bulk calls whose sizes differ by at most one, so every
+    call holds 100-500 numbers. ``n < 100``: the bulk API refuses them, so ``n`` single
+    lookups. Never pads with made-up numbers.
+    """
+    if n < 0:
+        raise ValueError(f"number count must not be negative, got {n}")
+    if n < BULK_MIN:
+        return [1] * n
+    count = math.ceil(n / BULK_MAX)
+    size, bigger = divmod(n, count)
+    return [size + 1] * bigger + [size] * (count - bigger)
+
+
+def split(items: Iterable[T], sizes: Iterable[int]) -> Iterator[list[T]]:
+    """Cut ``items`` into consecutive lists of the given sizes (streams; holds one list at a time)."""
+    it = iter(items)
+    for size in sizes:
+        chunk = list(islice(it, size))
+        if len(chunk) != size:
+            raise ValueError(f"ran out of items: wanted {size}, got {len(chunk)}")
+        yield chunk
+
+
+def plan_batches(numbers: Sequence[T]) -> list[list[T]]:
+    """``numbers`` (distinct, valid) cut into compliant calls: bulk lists, or one-number lists."""
+    return list(split(numbers, plan_batch_sizes(len(numbers))))
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges cutting ``n`` distinct numbers into at most ``shards`` parts.
+
+    Shards hold at least ``BULK_MIN`` numbers each where ``n`` allows it, so sharding never
+    turns bulk calls into single lookups.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    shards = max(1, min(shards, n // BULK_MIN or 1))
+    size, bigger = divmod(n, shards)
+    bounds, start = [], 0
+    for index in range(shards):
+        stop = start + size + (1 if index < bigger else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds

@@ -1,0 +1,92 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_kaleyra import __version__
+from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS
+from airflow_provider_kaleyra.config import (
+    CONN_TYPE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RATE_LIMIT,
+    DEFAULT_TIMEOUT,
+)
+
+_PACKAGE = "airflow_provider_kaleyra"
+
+
+def _text(label: str, description: str, *, secret: bool = False, **schema: Any) -> dict[str, Any]:
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": ["string", "null"], **({"format": "password"} if secret else {}), **schema},
+    }
+
+
+def _number(label: str, description: str, default: float, kind: str = "number") -> dict[str, Any]:
+    return {"label": label, "description": description, "schema": {"type": [kind, "null"], "default": default}}
+
+
+# The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
+CONN_FIELDS: dict[str, Any] = {
+    "pod": _text("Pod", "Kaleyra pod; picks the default hosts", enum=[*RCS_HOSTS, None], default=DEFAULT_POD),
+    "rcs_base_url": _text("RCS base URL", "Overrides the pod's RCS host (e.g. a simulator)"),
+    "soip_base_url": _text("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
+    "default_region": _text("Default region", "ISO country for numbers written without a country code (US, IN)"),
+    "callback_profile_id": _text("Callback profile ID", "Default callback profile of SOIP checks"),
+    "callback_secret": _text(
+        "Callback secret", "Shared secret the callback receiver requires (Basic password or header)", secret=True
+    ),
+    "callback_store_url": _text(
+        "Callback store URL", "SQLAlchemy URL of the callback store; SQLite under AIRFLOW_HOME when empty"
+    ),
+    "timeout": _number("Timeout (s)", "Per-request timeout", DEFAULT_TIMEOUT),
+    "max_retries": _number("Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"),
+    "rate_limit": _number("Rate limit (req/s)", "Client-side pacing across all threads", DEFAULT_RATE_LIMIT),
+    "max_concurrency": _number("Max concurrency", "Requests in flight at once", DEFAULT_MAX_CONCURRENCY, "integer"),
+}
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["host", "port", "schema", "extra"],
+    "relabeling": {"login": "Account SID", "password": "API key"},
+    "placeholders": {
+        "login": "HXAP16XXXXXXXXXX",
+        "password": "Axxxxxxxxxxxxxxxxxxxxxxxxxxxxx3",
+        "pod": DEFAULT_POD,
+        "rcs_base_url": RCS_HOSTS[DEFAULT_POD],
+        "soip_base_url": "https://api.in.kaleyra.io",
+        "default_region": "IN",
+        "callback_profile_id": "my-soip-profile",
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-kaleyra",
+        "name": "Kaleyra",
+        "description": "Kaleyra RCS and SMS-over-IP number capability checks.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Kaleyra",
+                "external-doc-url": "https://developers.kaleyra.io/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.hooks.kaleyra"]}],
+        "operators": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.operators.kaleyra"]}],
+        "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
+        "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
+        "connection-types": [
+            {
+                "connection-type": CONN_TYPE,
+                "hook-class-name": f"{_PACKAGE}.hooks.kaleyra.KaleyraHook",
+                "hook-name": "Kaleyra",
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+            }
+        ],
+    }

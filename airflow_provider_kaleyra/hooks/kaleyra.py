@@ -1,0 +1,243 @@
+"""KaleyraHook: authentication and transport for the ``kaleyra`` connection."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_kaleyra import api
+from airflow_provider_kaleyra.batching import plan_batches
+from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
+from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.phone import mask, normalize
+from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
+from airflow_provider_kaleyra.transport import Transport
+
+log = logging.getLogger(__name__)
+
+# A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
+_PROBE_NUMBER = "+14155552671"
+
+
+class KaleyraHook(BaseHook):
+    """Talks to Kaleyra's RCS lookup and SOIP capability-check APIs.
+
+    :param kaleyra_conn_id: the ``kaleyra`` connection: login = account SID, password = API key,
+        extras for pod, base URLs, default region, callback profile and transport knobs.
+    """
+
+    conn_name_attr = "kaleyra_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = "Kaleyra"
+
+    def __init__(self, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kaleyra_conn_id = kaleyra_conn_id
+
+    def __repr__(self) -> str:
+        return f"KaleyraHook(kaleyra_conn_id={self.kaleyra_conn_id!r})"
+
+    @cached_property
+    def config(self) -> KaleyraConfig:
+        """The connection's settings, read on first use (never at DAG-parse time)."""
+        conn = self.get_connection(self.kaleyra_conn_id)
+        config = KaleyraConfig.from_connection(conn)
+        _mask(config.api_key)
+        if config.callback_secret:
+            _mask(config.callback_secret)
+        return config
+
+    @cached_property
+    def transport(self) -> Transport:
+        cfg = self.config
+        return Transport(
+            api_key=cfg.api_key,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
+            rate_limit=cfg.rate_limit,
+            pool_size=cfg.max_concurrency,
+            backoff=cfg.retry_backoff,
+        )
+
+    def get_conn(self) -> Transport:
+        return self.transport
+
+    # -- the three API calls -------------------------------------------------------------
+
+    def _rcs_url(self, path: str, **values: str) -> str:
+        return self.config.rcs_base_url + path.format(sid=quote(self.config.sid, safe=""), **values)
+
+    def lookup_rcs(self, number: str) -> dict[str, Any]:
+        """Single lookup of one E.164 number; returns Kaleyra's ``data`` object."""
+        e164 = self._require_e164(number)
+        url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(e164, safe=""))
+        body = self.transport.call("GET", url)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise KaleyraApiError("Kaleyra's single lookup answer has no data object", status=200, retryable=True)
+        return data
+
+    def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
+        """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
+
+        :raises ValueError: before any request, when the distinct valid numbers are outside 100-500.
+        """
+        distinct = list(dict.fromkeys(self._require_e164(n) for n in numbers))
+        if not api.BULK_MIN <= len(distinct) <= api.BULK_MAX:
+            raise ValueError(
+                f"a bulk lookup takes {api.BULK_MIN}-{api.BULK_MAX} distinct valid numbers, "
+                f"got {len(distinct)}; use lookup_rcs for fewer, lookup_rcs_many for any count"
+            )
+        body = self.transport.call("POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct})
+        devices = body.get("devices") if isinstance(body, dict) else None
+        if not isinstance(devices, list):
+            raise KaleyraApiError("Kaleyra's bulk answer has no devices list", status=200, retryable=True)
+        return devices
+
+    def check_soip_capability(
+        self, numbers: Iterable[str], callback_profile_id: str | None = None
+    ) -> dict[str, Any]:
+        """Ask Kaleyra to check SMS-over-IP capability; results arrive later through callbacks.
+
+        :param numbers: E.164 numbers (sent without ``+``, as Kaleyra's samples do).
+        :param callback_profile_id: the profile whose URL receives the callbacks; defaults to the
+            connection's ``callback_profile_id``.
+        """
+        profile = callback_profile_id or self.config.callback_profile_id
+        if not profile:
+            raise ValueError(
+                "a SOIP capability check needs a callback_profile_id: pass one or set it on the connection"
+            )
+        payload = {"number": [api.soip_number(self._require_e164(n)) for n in numbers], "callback_profile_id": profile}
+        if not payload["number"]:
+            raise ValueError("a SOIP capability check needs at least one number")
+        url = self.config.soip_base_url + api.SOIP_CHECK_PATH.format(sid=quote(self.config.sid, safe=""))
+        return self.transport.call("POST", url, json=payload, accept=(200, 202))
+
+    # -- many numbers ----------------------------------------------------------------------
+
+    def lookup_rcs_many(self, numbers: Iterable[str]) -> Iterator[RcsResult]:
+        """Look up any number of inputs; yields exactly one record per input, in input order.
+
+        Inputs are normalized to E.164 (the connection's ``default_region`` reads national
+        numbers), de-duplicated, planned into compliant calls and looked up concurrently.
+        """
+        inputs = list(numbers)
+        region = self.config.default_region
+        normalized = [normalize(raw, region) for raw in inputs]
+        distinct = list(dict.fromkeys(n.e164 for n in normalized if n.e164))
+        answers: dict[str, Answer] = {}
+        for batch_answers in self.lookup_batches(plan_batches(distinct)):
+            answers.update(batch_answers)
+        for raw, norm in zip(inputs, normalized):
+            yield result_for(raw, norm.e164, norm.reason, answers.get(norm.e164) if norm.e164 else None)
+
+    def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
+        """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
+
+        Yields one ``{e164: Answer}`` per batch, in batch order, holding an answer for every
+        number of the batch. At most ``2 x max_concurrency`` batches are in flight, so memory
+        follows the window, not the audience. An auth failure stops everything at once.
+        """
+        window = 2 * self.config.max_concurrency
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra") as pool:
+            pending: deque[Future[dict[str, Answer]]] = deque()
+            try:
+                for batch in batches:
+                    pending.append(pool.submit(self._answer_batch, batch))
+                    if len(pending) >= window:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _answer_batch(self, batch: list[str], retry_missing: bool = True) -> dict[str, Answer]:
+        if len(batch) < api.BULK_MIN:
+            return {number: self._answer_single(number) for number in batch}
+        try:
+            devices = self.lookup_rcs_bulk(batch)
+        except KaleyraAuthError:
+            raise
+        except KaleyraApiError as exc:
+            log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
+            return {number: failed(str(exc)) for number in batch}
+        asked = set(batch)
+        answers: dict[str, Answer] = {}
+        unasked = 0
+        for device in devices:
+            key = api.e164_key(str(device.get("deviceAddress", ""))) if isinstance(device, dict) else ""
+            if key in asked:
+                answers[key] = answer_from_device(device)
+            else:
+                unasked += 1
+        if unasked:
+            log.warning("Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked)
+        missing = [number for number in batch if number not in answers]
+        if missing:
+            log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
+            if retry_missing:
+                for sub in plan_batches(missing):
+                    answers.update(self._answer_batch(sub, retry_missing=False))
+            else:
+                answers.update({n: failed("left out of Kaleyra's bulk answer twice") for n in missing})
+        return answers
+
+    def _answer_single(self, number: str) -> Answer:
+        try:
+            return answer_from_device(self.lookup_rcs(number))
+        except KaleyraAuthError:
+            raise
+        except KaleyraApiError as exc:
+            log.warning("Lookup of %s failed: %s", mask(number), exc)
+            return failed(str(exc))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _require_e164(self, number: str) -> str:
+        norm = normalize(number, self.config.default_region)
+        if norm.e164 is None:
+            raise ValueError(f"not a valid phone number ({norm.reason}): {mask(str(number))}")
+        return norm.e164
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the credentials with one single lookup; never raises."""
+        try:
+            self.lookup_rcs(_PROBE_NUMBER)
+        except KaleyraAuthError as exc:
+            return False, str(exc)
+        except KaleyraApiError as exc:
+            if exc.status is not None and exc.status < 500 and exc.status != 429:
+                return True, f"Credentials accepted (the probe lookup answered: {exc})"
+            return False, str(exc)
+        except Exception as exc:  # the UI shows this message; anything unexpected is a failure
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "Connection to Kaleyra works"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """For Airflow versions that read the form from the hook rather than the provider info."""
+        from airflow_provider_kaleyra.get_provider_info import UI_FIELD_BEHAVIOUR
+
+        return {
+            "hidden_fields": UI_FIELD_BEHAVIOUR["hidden-fields"],
+            "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
+            "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
+        }
+
+
+def _mask(secret: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older SDK layouts
+        return
+    mask_secret(secret)

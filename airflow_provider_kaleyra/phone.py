@@ -1,0 +1,74 @@
+"""Phone numbers in, E.164 out: the one place that decides what a valid number is.
+
+``phonenumbers`` does the real work. Prepending ``+`` to a national number is a trap
+(Indian ``9876543210`` becomes a possible Iranian number), so numbers without a country
+code are read with an explicit default region and always gated on ``is_valid_number``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberFormat
+
+MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
+_SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")
+
+
+class Normalized(NamedTuple):
+    """The E.164 form of an input, or the reason there is none."""
+
+    e164: str | None
+    reason: str | None = None
+
+
+def normalize(raw: object, region: str | None = None) -> Normalized:
+    """Read one input as a phone number.
+
+    :param raw: what the audience holds: a string in any common format (``+1 415-555-0100``,
+        ``(415) 555 0100``, ``0044 20 7946 0000``); anything else is refused with a reason.
+    :param region: ISO country used for numbers written without a country code.
+    """
+    if not isinstance(raw, str):
+        return Normalized(None, f"not text: {type(raw).__name__}")
+    text = raw.strip().lstrip("\ufeff")
+    if not text:
+        return Normalized(None, "empty")
+    if len(text) > MAX_INPUT_LENGTH:
+        return Normalized(None, f"too long: {len(text)} characters")
+    compact = text.translate(_SEPARATORS)
+    if compact.startswith("00"):
+        compact = "+" + compact[2:]
+    if not compact.startswith("+") and not region:
+        return Normalized(None, "no country code and no default region")
+    try:
+        number = phonenumbers.parse(compact, None if compact.startswith("+") else region)
+    except NumberParseException as exc:
+        return Normalized(None, f"unparseable: {exc._msg}")
+    if not phonenumbers.is_valid_number(number):
+        return Normalized(None, _invalid_reason(number))
+    return Normalized(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+
+
+_POSSIBILITY = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "invalid country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short",
+    phonenumbers.ValidationResult.TOO_LONG: "too long",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "invalid length",
+}
+
+
+def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
+    why = _POSSIBILITY.get(phonenumbers.is_possible_number_with_reason(number))
+    return f"not a valid number: {why}" if why else "not a valid number"
+
+
+def mask(number: str | None) -> str:
+    """Phone numbers are personal data: logs show ``+1415*****67``, never the whole number."""
+    if not number:
+        return "<none>"
+    text = str(number)
+    if len(text) <= 6:
+        return "*" * len(text)
+    return text[:5] + "*" * (len(text) - 7) + text[-2:]

@@ -1,0 +1,57 @@
+"""The record every input gets: one per input, with a status and, when there is one, a reason."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
+
+FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error")
+
+
+class Answer(NamedTuple):
+    """What Kaleyra said about one E.164 number (or why it could not be asked)."""
+
+    status: str
+    carrier_id: str | None = None
+    carrier_status: str | None = None
+    error: str | None = None
+
+
+class RcsResult(NamedTuple):
+    """One input's outcome: ``status`` is one of ``api.STATUSES``; ``error`` says why when not looked up."""
+
+    input: str
+    e164: str | None
+    status: str
+    carrier_id: str | None = None
+    carrier_status: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def answer_from_device(device: dict[str, Any]) -> Answer:
+    """Read one device object of a lookup answer (``rcsEnabled`` may come as a bool or a string)."""
+    enabled = device.get("rcsEnabled")
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() == "true"
+    return Answer(
+        RCS_ENABLED if enabled is True else RCS_DISABLED,
+        device.get("carrierId"),
+        device.get("carrierStatus"),
+    )
+
+
+def failed(reason: str) -> Answer:
+    return Answer(FAILED, error=reason)
+
+
+def result_for(raw: str, e164: str | None, reason: str | None, answer: Answer | None) -> RcsResult:
+    """Join an input, its normalization and the answer for its E.164 number into one record."""
+    if e164 is None:
+        return RcsResult(raw, None, INVALID, error=reason or "invalid")
+    if answer is None:
+        return RcsResult(raw, e164, FAILED, error="no answer recorded")
+    return RcsResult(raw, e164, *answer)
