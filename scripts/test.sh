@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets up everything on a fresh machine, then runs the whole suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k hook).
+set -euo pipefail
+export KALEYRA_SETUP_POSTGRES=1
+# shellcheck source=setup.sh
+. "$(dirname "$0")/setup.sh"
+python -m pytest -q -p no:cacheprovider "$@"
