@@ -1,0 +1,60 @@
+"""The package registers as an Airflow provider with a real connection form."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+
+import jsonschema
+
+from airflow_provider_kaleyra.config import KaleyraConfig
+from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS, get_provider_info
+
+
+def test_provider_info_validates_against_airflows_schema():
+    schema = json.loads((resources.files("airflow") / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_every_module_named_in_provider_info_imports():
+    info = get_provider_info()
+    modules = [m for key in ("hooks", "operators", "sensors", "triggers") for entry in info[key] for m in entry["python-modules"]]
+    code = "import importlib,sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
+    subprocess.run([sys.executable, "-c", code, *modules], check=True)
+
+
+def test_connection_form_lists_every_extra_the_config_reads():
+    extras = {f for f in KaleyraConfig.__dataclass_fields__} - {"sid", "api_key", "retry_backoff"}
+    assert extras == set(CONN_FIELDS)
+    assert CONN_FIELDS["callback_secret"]["schema"]["format"] == "password"
+
+
+def test_airflow_sees_the_provider_and_its_connection_form():
+    code = """
+import json
+from airflow.providers_manager import ProvidersManager
+pm = ProvidersManager()
+info = pm.providers["airflow-provider-kaleyra"]
+pm._load_ui_metadata() if hasattr(pm, "_load_ui_metadata") else None
+widgets = [k for k in pm.connection_form_widgets if k.startswith("extra__kaleyra__")]
+behaviour = pm.field_behaviours.get("kaleyra")
+print(json.dumps({"version": info.version, "widgets": sorted(widgets), "behaviour": behaviour,
+                  "hook": pm.hooks["kaleyra"].hook_class_name}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["hook"] == "airflow_provider_kaleyra.hooks.kaleyra.KaleyraHook"
+    assert "extra__kaleyra__default_region" in seen["widgets"]
+    assert "extra__kaleyra__callback_secret" in seen["widgets"]
+    assert {"host", "port", "schema", "extra"} <= set(seen["behaviour"]["hidden_fields"])
+    assert seen["behaviour"]["relabeling"] == {"login": "Account SID", "password": "API key"}
+
+
+def test_airflow_providers_list_shows_the_package():
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"], check=True, capture_output=True, text=True
+    ).stdout
+    packages = {p["package_name"] for p in json.loads(out[out.index("[") :])}
+    assert "airflow-provider-kaleyra" in packages
