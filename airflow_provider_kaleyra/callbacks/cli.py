@@ -1,0 +1,90 @@
+"""Command line of the standalone receiver (``kaleyra-callback-receiver``) and of retention."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+from airflow_provider_kaleyra.callbacks.store import get_store, redact_url
+
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``; a bare number means days."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m)")
+    return timedelta(**{_UNITS[match.group(2) or "d"]: float(match.group(1))})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaleyra-callback-receiver",
+        description="Receive Kaleyra SOIP callbacks at /kaleyra/soip/callback and store them.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8089, help="port (default: %(default)s)")
+    parser.add_argument("--store-url", help="SQLAlchemy URL of the store (default: from the connection)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--secret-env", metavar="NAME", help="environment variable holding the shared secret")
+    secret.add_argument(
+        "--conn-id",
+        help="kaleyra connection to read callback_secret (and the store URL) from "
+        "(default: env KALEYRA_CALLBACK_CONN_ID or kaleyra_default)",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024, help="default: %(default)s")
+    parser.add_argument(
+        "--purge-older-than",
+        type=parse_age,
+        metavar="AGE",
+        help="delete callbacks older than AGE (e.g. 30d) from the store, then exit",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    if args.store_url:
+        return args.store_url
+    from airflow.sdk import BaseHook
+
+    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, KaleyraConfig
+
+    conn_id = args.conn_id or os.environ.get("KALEYRA_CALLBACK_CONN_ID") or DEFAULT_CONN_ID
+    return KaleyraConfig.from_connection(BaseHook.get_connection(conn_id)).store_url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted, or purge and exit."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.purge_older_than is not None:
+        store = get_store(_store_url(args))
+        deleted = store.purge(args.purge_older_than)
+        print(f"purged {deleted} callbacks from {redact_url(store.url)}")
+        return 0
+
+    import uvicorn
+
+    from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
+
+    secret = None
+    if args.secret_env:
+        secret = os.environ.get(args.secret_env)
+        if not secret:
+            print(f"error: environment variable {args.secret_env} is empty or unset", file=sys.stderr)
+            return 2
+    app = create_standalone_app(
+        store=get_store(args.store_url) if args.store_url else None,
+        secret=secret,
+        conn_id=args.conn_id,
+        max_body_bytes=args.max_body_bytes,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    return 0

@@ -1,0 +1,344 @@
+"""Tolerant reading of SOIP callbacks, whose payload format Kaleyra does not publish.
+
+Nothing here raises on a bad payload: what cannot be read becomes a ``parse_error`` so the
+raw callback is still stored and can be re-read later with a better field mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from airflow_provider_kaleyra.phone import normalize
+
+DEFAULT_REGION = "IN"  # SOIP is offered in India only
+MAX_DEPTH = 6
+MAX_RESULTS = 50_000
+
+
+def _key(name: str) -> str:
+    """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _values(items: Iterable[str]) -> frozenset[str]:
+    return frozenset(_key(v) for v in items)
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which payload keys hold the number, the capability and the request id, and what values mean.
+
+    Keys are matched case-insensitively, ignoring ``_`` and ``-``; earlier keys win.
+    Override from the connection extra ``callback_field_map`` (same names, lists of strings).
+    """
+
+    number_keys: tuple[str, ...] = (
+        "number",
+        "mobile",
+        "msisdn",
+        "to",
+        "phoneNumber",
+        "phone",
+        "mobileNumber",
+        "destination",
+        "recipient",
+        "deviceAddress",
+    )
+    capability_keys: tuple[str, ...] = (
+        "soip_capable",
+        "soipCapable",
+        "is_capable",
+        "capable",
+        "capability",
+        "soip_status",
+        "status",
+        "code",
+        "result",
+    )
+    request_id_keys: tuple[str, ...] = (
+        "request_id",
+        "message_id",
+        "msg_id",
+        "bulk_id",
+        "reference_id",
+        "id",
+    )
+    capable_values: frozenset[str] = _values(
+        ["true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active"]
+    )
+    not_capable_values: frozenset[str] = _values(
+        [
+            "false",
+            "0",
+            "no",
+            "n",
+            "not_capable",
+            "not capable",
+            "incapable",
+            "non_capable",
+            "soip_not_capable",
+            "disabled",
+            "unavailable",
+            "not_available",
+            "unsupported",
+            "not_supported",
+            "inactive",
+        ]
+    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> FieldMapping:
+        """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
+        if not data:
+            return cls()
+        if isinstance(data, str):
+            data = json.loads(data)
+        known = {"number_keys", "capability_keys", "request_id_keys", "capable_values", "not_capable_values"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            items = [value] if isinstance(value, str) else list(value)
+            if not items or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"callback_field_map.{name} must be a non-empty list of strings")
+            kwargs[name] = _values(items) if name.endswith("_values") else tuple(items)
+        return cls(**kwargs)
+
+    def _find(self, record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+        loose = {_key(k): v for k, v in record.items() if isinstance(k, str)}
+        for k in keys:
+            if _key(k) in loose:
+                return True, loose[_key(k)]
+        return False, None
+
+    def capability(self, value: Any) -> bool | None:
+        """``True``/``False`` when the value is recognised, ``None`` when it is not."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            text = _key(value)
+            if text in self.capable_values:
+                return True
+            if text in self.not_capable_values:
+                return False
+        return None
+
+
+@dataclass(frozen=True)
+class RawCallback:
+    """One HTTP delivery exactly as received; stored whatever its content."""
+
+    method: str
+    body: bytes
+    content_type: str | None = None
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def dedupe_key(self) -> str:
+        """Same method, query and body (canonically) means the same delivery, re-sent."""
+        digest = hashlib.sha256()
+        digest.update(self.method.upper().encode())
+        digest.update(b"\n")
+        digest.update(urlencode(sorted(parse_qsl(self.query, keep_blank_values=True))).encode())
+        digest.update(b"\n")
+        digest.update(_canonical_body(self.body, self.content_type))
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ParsedResult:
+    """One number's answer inside a callback."""
+
+    number_raw: str
+    number: str | None
+    capable: bool | None
+    status: str | None = None
+    request_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedCallback:
+    """What could be read from a callback; ``error`` is set when something could not."""
+
+    results: tuple[ParsedResult, ...] = ()
+    error: str | None = None
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _decode_json(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8-sig"))
+
+
+def _looks_like_form(text: str) -> bool:
+    return "=" in text and not text.lstrip().startswith(("{", "["))
+
+
+def _form(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key in data:
+            existing = data[key]
+            data[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            data[key] = value
+    return data
+
+
+def _canonical_body(body: bytes, content_type: str | None) -> bytes:
+    """JSON and form bodies hash the same whatever their key order or spacing; anything else as is."""
+    stripped = body.strip()
+    if not stripped:
+        return b""
+    try:
+        return json.dumps(_decode_json(stripped), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        pass
+    if _media_type(content_type) == "application/x-www-form-urlencoded":
+        try:
+            return urlencode(sorted(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))).encode()
+        except UnicodeDecodeError:
+            pass
+    return body
+
+
+def _decode_payload(raw: RawCallback) -> tuple[Any, dict[str, Any]]:
+    """Return (payload, context from the query string); raise ``ValueError`` with a reason."""
+    query = _form(raw.query) if raw.query else {}
+    body = raw.body.strip()
+    if not body:
+        if not query:
+            raise ValueError("empty callback: no body and no query parameters")
+        return query, {}
+    media = _media_type(raw.content_type)
+    if media == "multipart/form-data":
+        raise ValueError("multipart/form-data is not supported; stored raw")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8 text") from None
+    if media.endswith("json") or (media != "application/x-www-form-urlencoded" and text[:1] in "{["):
+        try:
+            return json.loads(text), query
+        except RecursionError:
+            raise ValueError("JSON body nested too deeply") from None
+        except ValueError as exc:
+            raise ValueError(f"body is not valid JSON: {exc}") from None
+    if media == "application/x-www-form-urlencoded" or _looks_like_form(text):
+        return _form(text), query
+    raise ValueError(f"cannot read a body of type {media or 'unknown'!r}")
+
+
+def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth: int = 0) -> list[dict]:
+    """Find every object that names a number; scalar fields of parents are inherited (e.g. a bulk id)."""
+    if depth > MAX_DEPTH:
+        return []
+    if isinstance(payload, list):
+        found: list[dict] = []
+        for item in payload:
+            found.extend(_records(item, context, mapping, depth + 1))
+        return found
+    if not isinstance(payload, dict):
+        return []
+    merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
+    has_number, value = mapping._find(payload, mapping.number_keys)
+    if has_number and (isinstance(value, (str, int)) or isinstance(value, list)):
+        return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
+    found = []
+    for child in payload.values():
+        if isinstance(child, (dict, list)):
+            found.extend(_records(child, merged, mapping, depth + 1))
+    return found
+
+
+def _split_numbers(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if isinstance(v, (str, int)) and str(v).strip()]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def normalize_callback_number(raw: str, region: str | None = DEFAULT_REGION) -> str | None:
+    """E.164 for a number Kaleyra sends back, with or without ``+``.
+
+    Without ``+`` the default region is tried first (it also strips a leading country code,
+    so ``919876543210`` and ``9876543210`` both give ``+919876543210``), then country code + number.
+    """
+    text = raw.strip()
+    if text.startswith(("+", "00")):
+        return normalize(text).e164
+    if region:
+        found = normalize(text, region).e164
+        if found:
+            return found
+    digits = re.sub(r"\D", "", text)
+    return normalize("+" + digits).e164 if digits else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)[:256]
+
+
+def parse_callback(
+    raw: RawCallback, mapping: FieldMapping | None = None, region: str | None = DEFAULT_REGION
+) -> ParsedCallback:
+    """Read the numbers and capabilities in a callback; never raises on bad input."""
+    mapping = mapping or FieldMapping()
+    try:
+        payload, context = _decode_payload(raw)
+    except ValueError as exc:
+        return ParsedCallback(error=str(exc))
+    records = _records(payload, context, mapping)
+    if not records:
+        return ParsedCallback(
+            error=f"no number found (looked for keys: {', '.join(mapping.number_keys)})",
+        )
+    results: list[ParsedResult] = []
+    for record in records:
+        _, number_value = mapping._find(record, mapping.number_keys)
+        capable: bool | None = None
+        status: str | None = None
+        for key in mapping.capability_keys:
+            found, value = mapping._find(record, (key,))
+            if not found:
+                continue
+            if status is None:
+                status = _text(value)
+            recognised = mapping.capability(value)
+            if recognised is not None:
+                capable, status = recognised, _text(value)
+                break
+        _, request_value = mapping._find(record, mapping.request_id_keys)
+        request_id = _text(request_value) or None
+        for number_raw in _split_numbers(number_value):
+            number = normalize_callback_number(number_raw, region)
+            error = None
+            if number is None:
+                error = "not a valid phone number"
+            elif capable is None:
+                error = "capability not recognised" if status is not None else "no capability field"
+            results.append(ParsedResult(number_raw[:64], number, capable, status, request_id, error))
+            if len(results) >= MAX_RESULTS:
+                return ParsedCallback(tuple(results), error=f"more than {MAX_RESULTS} results; rest ignored")
+    if not results:
+        return ParsedCallback(error="number field is empty")
+    errors = sorted({r.error for r in results if r.error})
+    return ParsedCallback(tuple(results), error="; ".join(errors) or None)
