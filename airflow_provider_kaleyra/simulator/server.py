@@ -32,6 +32,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.error
@@ -73,6 +74,7 @@ CARRIER_STATUSES = ("ACTIVE", "INACTIVE", "UNKNOWN")
 FAULT_KINDS = ("error_5xx", "reset", "slow", "truncated", "bulk_missing", "bulk_extra", "rate_429")
 ENDPOINTS = ("rcs_single", "rcs_bulk", "soip_check", "sim", "unknown")
 MAX_BODY = 8 * 1024 * 1024
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 RCS_OK_CODE = "RCS702"
 RCS_OK_MESSAGE = "Device Lookup successful"
@@ -281,6 +283,7 @@ class _Stats:
             return out
 
         return {
+            "connections": c.get("connections", 0),
             "requests": group("req.", ENDPOINTS),
             "responses": group("status."),
             "rate_limited": c.get("rate_limited", 0),
@@ -540,7 +543,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Write status, headers and body in one send: no Nagle/delayed-ACK stalls, exact Content-Length."""
-        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        reason = _REASONS.get(status, "")
         lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
         if headers:
             lines.extend(f"{k}: {v}" for k, v in headers.items())
@@ -767,12 +770,21 @@ class _HTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
             self._open.add(request)
+        self.sim._stats.add("connections")
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, resets) are normal here: log quietly, not a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("Connection from %s ended: %s", client_address, exc)
+        else:
+            log.exception("Simulator error while serving %s", client_address)
 
     def close_open_connections(self) -> None:
         """Wake keep-alive handler threads blocked on idle sockets, so stop() leaves nothing behind."""
@@ -873,7 +885,7 @@ class KaleyraSimulator:
         return new
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests per endpoint, responses per status, 429s, faults, numbers, callbacks."""
+        """Counters: TCP connections, requests per endpoint, responses per status, 429s, faults, numbers, callbacks."""
         return self._stats.snapshot(self._callbacks.pending if self._callbacks else 0)
 
     def reset_stats(self) -> None:

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real Kaleyra simulator on 127.0.0.1 and a connection pointing at it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_kaleyra.simulator import KaleyraSimulator, SimulatorConfig
+
+TEST_SID = "AC-TEST-SID"
+TEST_API_KEY = "test-api-key-0123456789"
+
+
+@pytest.fixture
+def make_simulator() -> Iterator[Callable[..., KaleyraSimulator]]:
+    """Factory: ``make_simulator(rate_limit=5, error_5xx=0.5)`` starts one; all are stopped at teardown."""
+    started: list[KaleyraSimulator] = []
+
+    def factory(**overrides: Any) -> KaleyraSimulator:
+        settings: dict[str, Any] = {"sid": TEST_SID, "api_key": TEST_API_KEY, "latency": 0.0}
+        settings.update(overrides)
+        sim = KaleyraSimulator(SimulatorConfig(**settings)).start()
+        started.append(sim)
+        return sim
+
+    yield factory
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator: Callable[..., KaleyraSimulator]) -> KaleyraSimulator:
+    """A simulator with the default config (no faults, no rate limit, zero latency)."""
+    return make_simulator()
+
+
+@pytest.fixture
+def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -> KaleyraSimulator:
+    """Point ``kaleyra_default`` at ``simulator`` (both base URLs); returns the simulator."""
+    conn = {
+        "conn_type": "kaleyra",
+        "login": simulator.config.sid,
+        "password": simulator.config.api_key,
+        "extra": {
+            "rcs_base_url": simulator.url,
+            "soip_base_url": simulator.url,
+            "default_region": "US",
+            "rate_limit": 1000,
+            "max_concurrency": 8,
+            "max_retries": 5,
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    return simulator
