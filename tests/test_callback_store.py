@@ -1,0 +1,193 @@
+"""The callback store, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+from airflow_provider_kaleyra.callbacks.store import (
+    CHUNK,
+    SCHEMA_VERSION,
+    CallbackStore,
+    SchemaVersionError,
+    get_store,
+    redact_url,
+    schema_version_table,
+)
+
+PG_ENV = "KALEYRA_TEST_POSTGRES_URL"
+NOW = datetime.now(timezone.utc)
+
+
+def _postgres_url() -> str:
+    url = os.environ.get(PG_ENV)
+    if url:
+        return url
+    if os.environ.get("KALEYRA_ALLOW_NO_POSTGRES") == "1":
+        pytest.skip(f"{PG_ENV} is unset and KALEYRA_ALLOW_NO_POSTGRES=1")
+    pytest.fail(
+        f"{PG_ENV} is unset: start PostgreSQL (scripts/setup.sh does) and export it, e.g. "
+        "postgresql+psycopg://kaleyra:kaleyra@127.0.0.1:5433/kaleyra_test; "
+        "or set KALEYRA_ALLOW_NO_POSTGRES=1 to skip the PostgreSQL cases locally"
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh, empty store per test: a SQLite file, or a throwaway PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'callbacks.db'}"
+        return
+    base = _postgres_url()
+    schema = f"kt_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    s = CallbackStore(store_url)
+    yield s
+    s.dispose()
+
+
+def _cb(payload, *, at=None, method="POST", query="") -> RawCallback:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return RawCallback(method, body, "application/json", query=query, received_at=at or NOW)
+
+
+def test_tables_and_schema_version_created_on_first_use(store):
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"kaleyra_schema_version", "kaleyra_callbacks", "kaleyra_callback_results"} <= tables
+    indexes = {i["name"] for i in inspect(store.engine).get_indexes("kaleyra_callback_results")}
+    assert "ix_kaleyra_result_number_received" in indexes
+
+
+def test_refuses_a_newer_schema(store, store_url):
+    with store.engine.begin() as conn:
+        conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        CallbackStore(store_url).schema_version()
+
+
+def test_same_delivery_is_stored_once(store):
+    assert store.add_callback(_cb({"number": "919876543210", "soip_capable": True})) is True
+    assert store.add_callback(_cb({"number": "919876543210", "soip_capable": True})) is False
+    # Same JSON, other key order and spacing: still the same delivery.
+    respaced = b'{ "soip_capable" : true,  "number":"919876543210" }'
+    assert store.add_callback(_cb(respaced)) is False
+    assert store.add_callback(_cb({"number": "919876543210", "soip_capable": True}, method="PUT")) is True
+    assert store.counts()["callbacks"] == 2
+
+
+def test_number_and_request_id_are_unique(store):
+    store.add_callback(_cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 1}))
+    store.add_callback(_cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 2}))
+    assert store.counts() == {"callbacks": 2, "results": 1, "parse_errors": 0}
+
+
+def test_results_for_counts_only_callbacks_since(store):
+    since = NOW - timedelta(minutes=5)
+    store.add_callback(_cb({"number": "+919876543210", "capable": False}, at=since - timedelta(hours=1)))
+    store.add_callback(_cb({"number": "+919876543211", "capable": True}, at=since + timedelta(seconds=1)))
+    store.add_callback(_cb({"mobile": "919876543212", "status": "not_capable"}, at=since + timedelta(seconds=2)))
+    numbers = ["+919876543210", "+919876543211", "+919876543212", "+919876543213"]
+    found = store.results_for(numbers, since)
+    assert set(found) == {"+919876543211", "+919876543212"}
+    assert found["+919876543211"].outcome == "capable"
+    assert found["+919876543212"].outcome == "not_capable"
+    assert found["+919876543211"].received_at == since + timedelta(seconds=1)
+    assert store.count_answered(numbers, since) == 2
+    assert store.count_answered(numbers, since - timedelta(days=1)) == 3
+
+
+def test_latest_readable_answer_wins(store):
+    n = "+919876543210"
+    store.add_callback(_cb({"number": n, "capable": False}, at=NOW - timedelta(seconds=30)))
+    store.add_callback(_cb({"number": n, "capable": True}, at=NOW - timedelta(seconds=20)))
+    store.add_callback(_cb({"number": n, "capable": "mystery"}, at=NOW - timedelta(seconds=10)))
+    result = store.results_for([n], NOW - timedelta(minutes=1))[n]
+    assert result.capable is True
+
+
+def test_unreadable_answer_counts_as_answered_but_unparseable(store):
+    n = "+919876543210"
+    store.add_callback(_cb({"number": n, "code": "XYZ123"}))
+    result = store.results_for([n], NOW - timedelta(minutes=1))[n]
+    assert (result.outcome, result.status) == ("unparseable", "XYZ123")
+
+
+def test_malformed_callback_is_kept_and_flagged(store):
+    assert store.add_callback(_cb(b"{not json")) is True
+    assert store.counts() == {"callbacks": 1, "results": 0, "parse_errors": 1}
+    [row] = store.callbacks()
+    assert row["body"] == b"{not json" and "JSON" in row["parse_error"]
+
+
+def test_many_numbers_cross_chunk_boundaries(store):
+    numbers = [f"+9198765{i:05d}" for i in range(CHUNK * 2 + 50)]
+    answered = numbers[::3]
+    store.add_callback(_cb([{"number": n, "capable": True} for n in answered]))
+    since = NOW - timedelta(minutes=1)
+    assert store.count_answered(numbers, since) == len(answered)
+    assert set(store.results_for(numbers, since)) == set(answered)
+    watch = store.register_watch(numbers)
+    assert store.count_answered_watch(watch, since) == len(answered)
+    assert store.count_answered_watch(watch, NOW + timedelta(seconds=1)) == 0
+    store.drop_watch(watch)
+    assert store.count_answered_watch(watch, since) == 0
+
+
+def test_purge_deletes_only_old_callbacks(store):
+    store.add_callback(_cb({"number": "+919876543210", "capable": True}, at=NOW - timedelta(days=40)))
+    store.add_callback(_cb(b"{broken", at=NOW - timedelta(days=40)))
+    store.add_callback(_cb({"number": "+919876543211", "capable": True}, at=NOW - timedelta(days=1)))
+    assert store.purge(timedelta(days=30)) == 2
+    assert store.counts() == {"callbacks": 1, "results": 1, "parse_errors": 0}
+    assert store.results_for(["+919876543211"], NOW - timedelta(days=2))
+    with pytest.raises(ValueError):
+        store.purge(timedelta(days=-1))
+
+
+def test_concurrent_writers_do_not_fail(store):
+    errors: list[BaseException] = []
+
+    def writer(worker: int) -> None:
+        try:
+            for i in range(15):
+                store.add_callback(_cb({"number": f"+91987654{worker:02d}{i:02d}", "capable": True}))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.counts()["results"] == 90
+
+
+def test_get_store_caches_per_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert get_store(url) is get_store(url)
+    assert get_store(url) is not get_store(f"sqlite:///{tmp_path / 'y.db'}")
+
+
+def test_redact_url_hides_password():
+    assert "s3cret" not in redact_url("postgresql+psycopg://u:s3cret@db/x")
