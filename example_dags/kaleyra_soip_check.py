@@ -1,0 +1,209 @@
+"""
+### Kaleyra SMS-over-IP capability check
+
+Asks Kaleyra which numbers can receive **SMS over IP** (SOIP, India), waits for the answers
+that Kaleyra sends back as callbacks, and splits the numbers into outputs.
+
+1. **load_numbers** — the numbers from `params.numbers`, or from the CSV at `params.numbers_location`
+   (column `params.phone_column`) when that is set; plans the output folder.
+2. **soip_check** — `KaleyraSoipCapabilityCheckOperator` submits them, in chunks of `chunk_size`, with
+   the callback profile `params.callback_profile_id` (empty: the connection's `callback_profile_id`).
+3. **wait_for_callbacks** — `KaleyraSoipCallbackSensor`, **deferrable**: waits in the triggerer, holding
+   no worker slot, until every number has a callback in the callback store (or times out).
+4. **split_by_capability** — writes `soip_capable.csv`, `soip_not_capable.csv`, `soip_missing.csv`
+   (no callback, or a callback that could not be read), `soip_invalid.csv` (refused before submission)
+   and `summary.json` to `<params.output_location>/<run id>/`.
+
+**Set-up:** a `kaleyra_default` connection with `callback_secret` (and `callback_store_url` when
+the API server and the triggerer do not share a disk), a Kaleyra callback profile whose URL is
+`https://<your api server>/kaleyra/soip/callback` sending the secret (header `X-Kaleyra-Secret`,
+a bearer token, or the password of HTTP Basic auth), and the provider installed on the API server
+(its plugin mounts the receiver) and on the triggerer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import DAG, ObjectStoragePath, Param, get_current_context, task
+
+from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+KALEYRA_CONN_ID = "kaleyra_default"
+CHUNK_SIZE = 500
+CALLBACK_TIMEOUT = timedelta(minutes=30)
+SAMPLE_NUMBERS = [
+    "+91 98765 43210",
+    "+919812345678",
+    "09876501234",
+    "+91-99000-12345",
+    "+91 70123 45678",
+    "+918800112233",
+]
+
+
+def _storage_path(location: str, conn_id: str | None = None) -> ObjectStoragePath:
+    if "://" not in location:
+        location = "file://" + os.path.abspath(os.path.expanduser(location))
+    return ObjectStoragePath(location, conn_id=conn_id or None)
+
+
+def _ensure_dir(path: ObjectStoragePath) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotImplementedError):
+        pass
+
+
+def _write_csv(path: ObjectStoragePath, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    _ensure_dir(path.parent)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+
+
+with DAG(
+    dag_id="kaleyra_soip_check",
+    description="SMS-over-IP capability check: submit, wait for Kaleyra's callbacks (deferred), split by capability",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    tags=["kaleyra", "soip", "example"],
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
+    params={
+        "numbers": Param(
+            SAMPLE_NUMBERS,
+            type="array",
+            items={"type": "string"},
+            title="Numbers",
+            description="Phone numbers to check (used when numbers_location is empty).",
+        ),
+        "numbers_location": Param(
+            "",
+            type="string",
+            title="Numbers file",
+            description="CSV file (file://, s3://, ...) to read the numbers from instead; empty: use 'numbers'.",
+        ),
+        "phone_column": Param("phone", type="string", minLength=1, title="Phone column of the CSV"),
+        "callback_profile_id": Param(
+            "", type="string", title="Callback profile id", description="Empty: the connection's callback_profile_id."
+        ),
+        "output_location": Param(
+            "",
+            type="string",
+            title="Output location",
+            description="Each run writes to <output_location>/<run id>/. Empty: kaleyra/soip under the Airflow home.",
+        ),
+        "storage_conn_id": Param("", type="string", title="Object storage connection id"),
+    },
+) as dag:
+
+    @task(multiple_outputs=True)
+    def load_numbers() -> dict[str, Any]:
+        """The numbers to check, and where this run writes its outputs."""
+        context = get_current_context()
+        params = context["params"]
+        conn_id = params["storage_conn_id"] or None
+        if params["numbers_location"]:
+            column = params["phone_column"]
+            with _storage_path(params["numbers_location"], conn_id).open("r", encoding="utf-8-sig", newline="") as fh:
+                numbers = [row.get(column) or "" for row in csv.DictReader(fh)]
+        else:
+            numbers = [str(n) for n in params["numbers"]]
+        if not numbers:
+            raise ValueError("no numbers to check")
+        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+        base = params["output_location"] or f"file://{home}/kaleyra/soip"
+        run_dir = _storage_path(base, conn_id) / re.sub(r"[^A-Za-z0-9_.-]+", "_", context["run_id"]).strip("_")
+        _ensure_dir(run_dir)
+        print(f"{len(numbers):,} numbers to check; outputs go to {run_dir}")
+        return {"numbers": numbers, "run_dir": str(run_dir), "callback_results": str(run_dir / "callbacks.jsonl")}
+
+    loaded = load_numbers()
+
+    submission = KaleyraSoipCapabilityCheckOperator(
+        task_id="soip_check",
+        kaleyra_conn_id=KALEYRA_CONN_ID,
+        numbers=loaded["numbers"],
+        callback_profile_id="{{ params.callback_profile_id or '' }}",
+        chunk_size=CHUNK_SIZE,
+    )
+
+    callbacks = KaleyraSoipCallbackSensor(
+        task_id="wait_for_callbacks",
+        kaleyra_conn_id=KALEYRA_CONN_ID,
+        submission=submission.output,
+        output=loaded["callback_results"],
+        deferrable=True,
+        poke_interval=5,
+        timeout=CALLBACK_TIMEOUT.total_seconds(),
+    )
+
+    @task
+    def split_by_capability(submitted: dict[str, Any], waited: dict[str, Any], run_dir: str) -> dict[str, Any]:
+        """capable / not capable / missing (and invalid), one CSV each, plus summary.json."""
+        params = get_current_context()["params"]
+        conn_id = params["storage_conn_id"] or None
+        out = _storage_path(run_dir, conn_id)
+        results: dict[str, dict[str, Any]] = {}
+        if waited.get("output"):
+            with _storage_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.strip():
+                        entry = json.loads(line)
+                        results[entry["number"]] = entry
+        else:
+            results = {number: {"number": number, **entry} for number, entry in (waited.get("results") or {}).items()}
+        groups: dict[str, list[tuple[Any, ...]]] = {"capable": [], "not_capable": [], "missing": []}
+        for number in dict.fromkeys(submitted["numbers"]):
+            entry = results.get(number) or {"outcome": "missing"}
+            outcome = entry.get("outcome", "missing")
+            row = (number, entry.get("status"), entry.get("received_at"), entry.get("request_id"))
+            if outcome == "capable":
+                groups["capable"].append(row)
+            elif outcome == "not_capable":
+                groups["not_capable"].append(row)
+            else:  # no callback at all, or one that could not be read
+                groups["missing"].append((*row, outcome))
+        header = ("e164", "status", "received_at", "request_id")
+        files = {
+            "capable": str(out / "soip_capable.csv"),
+            "not_capable": str(out / "soip_not_capable.csv"),
+            "missing": str(out / "soip_missing.csv"),
+            "invalid": str(out / "soip_invalid.csv"),
+            "summary": str(out / "summary.json"),
+        }
+        _write_csv(_storage_path(files["capable"], conn_id), header, groups["capable"])
+        _write_csv(_storage_path(files["not_capable"], conn_id), header, groups["not_capable"])
+        _write_csv(_storage_path(files["missing"], conn_id), (*header, "outcome"), groups["missing"])
+        invalid = submitted.get("invalid") or []
+        _write_csv(
+            _storage_path(files["invalid"], conn_id),
+            ("input", "reason"),
+            [(item.get("input"), item.get("reason")) if isinstance(item, dict) else (item, "") for item in invalid],
+        )
+        counts = {name: len(rows) for name, rows in groups.items()}
+        counts.update(submitted=len(submitted["numbers"]), invalid=len(invalid))
+        summary = {
+            "counts": counts,
+            "capable_rate": counts["capable"] / counts["submitted"] if counts["submitted"] else 0.0,
+            "missing_outcomes": dict(Counter(row[-1] for row in groups["missing"])),
+            "submitted_at": submitted.get("submitted_at"),
+            "callback_profile_id": submitted.get("callback_profile_id"),
+            "files": files,
+        }
+        with _storage_path(files["summary"], conn_id).open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps(summary, indent=2, default=str))
+        print(f"SOIP: {counts}; outputs in {run_dir}")
+        return summary
+
+    split_by_capability(submission.output, callbacks.output, loaded["run_dir"])
