@@ -1,0 +1,97 @@
+"""Answers already paid for, kept next to the output so a retried task does not ask again.
+
+Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one JSON array
+``[e164, status, carrier_id, carrier_status, error]`` per line, one part per chunk of
+batches. The fingerprint hashes the ordered numbers and the batch plan, so a changed
+audience (or shard, or plan) never reads stale parts. Parts are written atomically and
+checked against the numbers they must hold before they are trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_kaleyra.audience import open_atomic
+from airflow_provider_kaleyra.results import Answer
+
+log = logging.getLogger(__name__)
+
+FORMAT = b"kaleyra-rcs-checkpoint-v1"
+
+
+def fingerprint(numbers: Sequence[int], sizes: Sequence[int], chunk_batches: int) -> str:
+    """Hash of the ordered numbers (E.164 digits), the batch sizes and the chunking."""
+    digest = hashlib.sha256(FORMAT)
+    for start in range(0, len(numbers), 10_000):
+        digest.update(",".join(map(str, numbers[start : start + 10_000])).encode() + b",")
+    digest.update(b"|" + ",".join(map(str, sizes)).encode() + b"|" + str(chunk_batches).encode())
+    return digest.hexdigest()[:24]
+
+
+class Checkpoint:
+    """The part files of one run of one output.
+
+    :param output: the run's output; parts live under ``<output>.checkpoint/``.
+    :param key: the run's :func:`fingerprint`.
+    """
+
+    def __init__(self, output: ObjectStoragePath, key: str) -> None:
+        self.root = output.with_name(output.name + ".checkpoint")
+        self.dir = self.root / key
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.dir)!r})"
+
+    def part(self, index: int) -> ObjectStoragePath:
+        return self.dir / f"part-{index:05d}.jsonl"
+
+    def existing(self) -> set[int]:
+        """Indexes of the parts present (temporary files of interrupted writes are ignored)."""
+        try:
+            names = [path.name for path in self.dir.iterdir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        found = set()
+        for name in names:
+            if name.startswith("part-") and name.endswith(".jsonl") and name[5:-6].isdigit():
+                found.add(int(name[5:-6]))
+        return found
+
+    def load(self, index: int, numbers: Sequence[str]) -> dict[str, Answer] | None:
+        """The answers of part ``index`` if it holds exactly ``numbers``; ``None`` when it must be redone."""
+        answers: dict[str, Answer] = {}
+        try:
+            with self.part(index).open("r", encoding="utf-8") as handle:
+                for line in handle:
+                    e164, *fields = json.loads(line)
+                    answers[e164] = Answer(*fields)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("Checkpoint part %s is unreadable (%s); asking again", index, exc)
+            return None
+        if len(answers) != len(numbers) or any(number not in answers for number in numbers):
+            log.warning("Checkpoint part %s does not match its numbers; asking again", index)
+            return None
+        return answers
+
+    def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
+        """Write part ``index`` atomically."""
+        with open_atomic(self.part(index)) as handle:
+            handle.write("".join(json.dumps([e164, *answer]) + "\n" for e164, answer in answers))
+
+    def discard(self, indexes: Iterable[int]) -> None:
+        """Forget some parts (e.g. those holding failures) so the next try asks for them again."""
+        for index in indexes:
+            with contextlib.suppress(FileNotFoundError):
+                self.part(index).unlink()
+
+    def clear(self) -> None:
+        """Remove every checkpoint of this output, this run's and any stale one."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.root.exists():
+                self.root.rmdir(recursive=True)

@@ -1,0 +1,296 @@
+"""Operators for Kaleyra RCS lookups and SMS-over-IP capability checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_kaleyra.api import STATUSES
+from airflow_provider_kaleyra.audience import AudienceRow, as_path, read_audience, result_format
+from airflow_provider_kaleyra.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
+from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.phone import mask, normalize
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    """A rendered ``numbers`` argument as a list: any iterable but a string (a string is a mistake)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a list of phone numbers, got {type(value).__name__}; to pass a templated "
+            "list, use an XComArg or render_template_as_native_obj=True on the DAG"
+        )
+    return list(value)
+
+
+def _ratio(value: float | None, name: str) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    return value
+
+
+class _KaleyraOperator(BaseOperator):
+    """Holds the connection id and the hook; the hook reads the connection on first use only."""
+
+    def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kaleyra_conn_id = kaleyra_conn_id
+
+    @cached_property
+    def hook(self) -> KaleyraHook:
+        return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
+
+
+class KaleyraRcsLookupOperator(_KaleyraOperator):
+    """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
+
+    :param number: the number, in any common format; national numbers need the connection's
+        ``default_region``. (templated)
+    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    """
+
+    template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
+
+    def __init__(self, *, number: str, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        self.number = number
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        data = self.hook.lookup_rcs(self.number)
+        self.log.info(
+            "RCS lookup of %s: rcsEnabled=%s, carrierStatus=%s",
+            mask(str(self.number)), data.get("rcsEnabled"), data.get("carrierStatus"),
+        )
+        return data
+
+
+class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
+    """Look up RCS capability for a whole audience; results go to a file, a summary to XCom.
+
+    Each input row gets exactly one output row (``row``, ``input``, ``e164``, ``status``,
+    ``carrier_id``, ``carrier_status``, ``error``) with status ``rcs_enabled``, ``rcs_disabled``,
+    ``invalid`` or ``failed``. Numbers are normalized (the connection's ``default_region`` reads
+    national numbers), de-duplicated and looked up in compliant 100-500 bulk calls.
+
+    The work is checkpointed next to the output (``<output>.checkpoint/``): when the task is
+    retried after a crash, chunks already answered are not asked again, and the output is the
+    same as that of an uninterrupted run. Memory holds the distinct numbers and their answers,
+    never the rows.
+
+    To spread one audience over several workers, map over ``shard_index`` and template the
+    output, e.g. ``.partial(audience=..., shard_count=4, output="s3://b/out-{{ ti.map_index }}.csv",
+    pool="kaleyra").expand(shard_index=[0, 1, 2, 3])``; a ``pool`` caps concurrent API use across
+    workers. Each shard looks up its contiguous slice of the distinct numbers (first-seen order)
+    and writes the rows holding them; invalid rows go to shard 0. Join the shard outputs with
+    :func:`airflow_provider_kaleyra.audience.merge_results`.
+
+    :param output: where the results go (path or URL or ``ObjectStoragePath``): ``.csv``, or
+        ``.jsonl`` / ``.json`` for JSON Lines. Kept as ``output_path``, since ``output`` is the
+        operator's XComArg. (templated)
+    :param numbers: the audience as a list, for small audiences. (templated)
+    :param audience: the audience as a file (path or URL or ``ObjectStoragePath``): a CSV with a
+        header naming ``column``, or plain text with one number per line. (templated)
+    :param column: the CSV column holding the numbers. (templated)
+    :param audience_format: ``"csv"`` or ``"text"``; by default read from the suffix.
+    :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
+    :param shard_count: how many shards the audience is cut into. (templated)
+    :param max_failed_ratio: the task fails (after writing the output) when more than this share
+        of the distinct numbers could not be looked up; 0.01 by default. Below it, failures
+        are logged as a warning.
+    :param max_invalid_ratio: the task fails, before any API call, when more than this share of
+        the input rows are not valid numbers; ``None`` (default) for no limit.
+    :param checkpoint_batches: API calls per checkpoint part.
+    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        "kaleyra_conn_id",
+        "numbers",
+        "audience",
+        "output_path",
+        "column",
+        "shard_index",
+        "shard_count",
+    )
+    template_fields_renderers = {"numbers": "json"}
+
+    def __init__(
+        self,
+        *,
+        output: str | ObjectStoragePath,
+        numbers: Iterable[str] | None = None,
+        audience: str | ObjectStoragePath | None = None,
+        column: str = "phone",
+        audience_format: str | None = None,
+        shard_index: int | str | None = None,
+        shard_count: int | str | None = None,
+        max_failed_ratio: float = 0.01,
+        max_invalid_ratio: float | None = None,
+        checkpoint_batches: int = CHECKPOINT_BATCHES,
+        kaleyra_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        if (numbers is None) == (audience is None):
+            raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
+        if checkpoint_batches < 1:
+            raise ValueError(f"checkpoint_batches must be at least 1, got {checkpoint_batches}")
+        self.output_path = output  # ``self.output`` is BaseOperator's XComArg
+        self.numbers = numbers
+        self.audience = audience
+        self.column = column
+        self.audience_format = audience_format
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.max_failed_ratio = _ratio(max_failed_ratio, "max_failed_ratio")
+        self.max_invalid_ratio = _ratio(max_invalid_ratio, "max_invalid_ratio")
+        self.checkpoint_batches = checkpoint_batches
+
+    def _shard(self) -> Shard | None:
+        if self.shard_index in (None, "") and self.shard_count in (None, ""):
+            return None
+        if self.shard_index in (None, "") or self.shard_count in (None, ""):
+            raise ValueError("shard_index and shard_count must be set together")
+        index, count = int(self.shard_index), int(self.shard_count)  # type: ignore[arg-type]
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard_index must be in [0, shard_count), got {index} of {count}")
+        return Shard(index, count)
+
+    def _rows(self) -> Iterable[AudienceRow]:
+        if self.audience is not None:
+            return read_audience(as_path(self.audience), column=self.column, fmt=self.audience_format)
+        return (AudienceRow(raw) for raw in _as_list(self.numbers, "numbers"))
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        output = as_path(self.output_path)
+        result_format(output)  # a wrong suffix fails before any work
+        shard = self._shard()
+        requests_before = self.hook.transport.requests_sent
+        with BulkLookup(
+            self.hook, output, shard=shard, checkpoint_batches=self.checkpoint_batches, log=self.log
+        ) as run:
+            stats = run.read(self._rows())
+            self.log.info(
+                "Audience: %s rows, %s invalid, %s distinct numbers for this task%s",
+                stats.inputs, stats.invalid_inputs, stats.distinct,
+                f" (shard {shard.index} of {shard.count})" if shard else "",
+            )
+            self._check_invalid(stats.inputs, stats.invalid_inputs, run)
+            run.lookup()
+            run.write()
+            summary = run.summary(self.hook.transport.requests_sent - requests_before)
+            assert run.checkpoint is not None
+            if self._too_many_failed(summary):
+                run.checkpoint.discard(run.failed_chunks)  # a retry asks again for these only
+                raise AirflowException(
+                    f"{summary['failed_numbers']} of {summary['distinct']} distinct numbers could not be "
+                    f"looked up (max_failed_ratio={self.max_failed_ratio}); every row, with its reason, "
+                    f"is in {summary['output']}"
+                )
+            run.checkpoint.clear()
+        if summary["failed_numbers"]:
+            self.log.warning(
+                "%s of %s distinct numbers could not be looked up; see status 'failed' in %s",
+                summary["failed_numbers"], summary["distinct"], summary["output"],
+            )
+        self.log.info(
+            "Wrote %s rows to %s: %s; %s API requests",
+            summary["rows"], summary["output"],
+            ", ".join(f"{status}={summary['statuses'][status]}" for status in STATUSES), summary["requests"],
+        )
+        return summary
+
+    def _check_invalid(self, inputs: int, invalid: int, run: BulkLookup) -> None:
+        if self.max_invalid_ratio is None or not inputs or invalid / inputs <= self.max_invalid_ratio:
+            return
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in run.stats.invalid_reasons.most_common(3))
+        raise AirflowFailException(
+            f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio="
+            f"{self.max_invalid_ratio}), so nothing was looked up. Most common reasons: {reasons}"
+        )
+
+    def _too_many_failed(self, summary: dict[str, Any]) -> bool:
+        failed, distinct = summary["failed_numbers"], summary["distinct"]
+        return bool(failed) and failed / distinct > self.max_failed_ratio
+
+
+class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
+    """Submit numbers for an SMS-over-IP capability check; results arrive later by callback.
+
+    Numbers are normalized (the connection's ``default_region`` reads national numbers),
+    de-duplicated and submitted in chunks. The XCom value is what
+    ``KaleyraSoipCallbackSensor`` needs to match the callbacks::
+
+        {"numbers": ["+9198...", ...], "invalid": [{"input": ..., "reason": ...}],
+         "submitted_at": "2025-01-01T10:00:00.123456+00:00", "responses": [...],
+         "callback_profile_id": "..."}
+
+    A retry submits every chunk again; receiving callbacks is idempotent.
+
+    :param numbers: the numbers to check, as a list. (templated)
+    :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
+    :param chunk_size: numbers per API request.
+    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    """
+
+    template_fields: Sequence[str] = ("kaleyra_conn_id", "numbers", "callback_profile_id")
+    template_fields_renderers = {"numbers": "json"}
+
+    def __init__(
+        self,
+        *,
+        numbers: Iterable[str],
+        callback_profile_id: str | None = None,
+        chunk_size: int = 100,
+        kaleyra_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.numbers = numbers
+        self.callback_profile_id = callback_profile_id
+        self.chunk_size = chunk_size
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.hook.config
+        profile = self.callback_profile_id or config.callback_profile_id
+        if not profile:
+            raise ValueError("a SOIP capability check needs callback_profile_id, here or on the connection")
+        distinct: dict[str, None] = {}
+        invalid: list[dict[str, str | None]] = []
+        for raw in _as_list(self.numbers, "numbers"):
+            norm = normalize(raw, config.default_region)
+            if norm.e164:
+                distinct[norm.e164] = None
+            else:
+                invalid.append({"input": raw if isinstance(raw, str) else str(raw), "reason": norm.reason})
+        numbers = list(distinct)
+        if invalid:
+            self.log.warning("%s inputs are not valid numbers and were not submitted", len(invalid))
+        if not numbers:
+            self.log.warning("No valid number to submit")
+        submitted_at = datetime.now(timezone.utc).isoformat()
+        responses = [
+            self.hook.check_soip_capability(numbers[start : start + self.chunk_size], callback_profile_id=profile)
+            for start in range(0, len(numbers), self.chunk_size)
+        ]
+        self.log.info(
+            "Submitted %s numbers in %s requests for SOIP capability (callback profile %s)",
+            len(numbers), len(responses), profile,
+        )
+        return {
+            "numbers": numbers,
+            "invalid": invalid,
+            "submitted_at": submitted_at,
+            "responses": responses,
+            "callback_profile_id": profile,
+        }
