@@ -1,39 +1,20 @@
-"""Shared helpers for the reliability suite: recognisable secrets and a connection to a simulator."""
+"""Fixtures of the reliability suite: recognisable secrets and a connection to a simulator."""
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_provider_kaleyra.simulator import KaleyraSimulator
+sys.path.insert(0, str(Path(__file__).parent))
 
-# Recognisable secrets: if any of these shows up in a log, an XCom, a repr or an error, it leaked.
-SECRET_API_KEY = "SECRET-APIKEY-zq81x"
-SECRET_CALLBACK = "SECRET-CB-77qk"
-SECRETS = (SECRET_API_KEY, SECRET_CALLBACK)
+from _reliability import SECRET_API_KEY, RecordCollector, connection_json  # noqa: E402
 
-
-def connection_json(sim_url: str, **extra: Any) -> str:
-    settings: dict[str, Any] = {
-        "rcs_base_url": sim_url,
-        "soip_base_url": sim_url,
-        "default_region": "US",
-        "rate_limit": 0,
-        "max_concurrency": 8,
-        "max_retries": 4,
-        "retry_backoff": 0.01,
-        "timeout": 5,
-        "callback_profile_id": "profile-reliability",
-        "callback_secret": SECRET_CALLBACK,
-    }
-    settings.update(extra)
-    return json.dumps(
-        {"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": SECRET_API_KEY, "extra": settings}
-    )
+from airflow_provider_kaleyra.simulator import KaleyraSimulator  # noqa: E402
 
 
 @pytest.fixture
@@ -55,29 +36,6 @@ def use_connection(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", connection_json(url, **extra))
 
     return define
-
-
-class RecordCollector(logging.Handler):
-    """Keeps every record of every logger (the root is set to DEBUG while installed)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def texts(self) -> list[str]:
-        out = []
-        for record in self.records:
-            try:
-                text = record.getMessage()
-            except Exception:  # a bad format string is still text we must scan
-                text = f"{record.msg!r} {record.args!r}"
-            if record.exc_info and record.exc_info[1] is not None:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            out.append(text)
-        return out
 
 
 @pytest.fixture
