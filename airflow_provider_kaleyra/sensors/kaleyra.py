@@ -89,7 +89,8 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         above 1,000 numbers.
     """
 
-    template_fields: Sequence[str] = ("numbers", "submission", "kaleyra_conn_id", "store_url", "output")
+    # ``output`` is stored as ``output_path``: ``BaseOperator.output`` is the task's XComArg.
+    template_fields: Sequence[str] = ("numbers", "submission", "kaleyra_conn_id", "store_url", "output_path")
     ui_color = "#f4d9c6"
 
     def __init__(
@@ -115,7 +116,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self.min_answered_ratio = min_answered_ratio
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self.output = output
+        self.output_path = output
         self._targets: tuple[list[str], datetime] | None = None
         self._last_answered: int | None = None
 
@@ -148,7 +149,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             if start is None:
                 raise ValueError("no submission time: pass submission={'submitted_at': ...}")
             since = _parse_time(start)
-        if len(numbers) > MAX_INLINE_RESULTS and self.output is None:
+        if len(numbers) > MAX_INLINE_RESULTS and self.output_path is None:
             raise ValueError(
                 f"{len(numbers)} numbers is more than {MAX_INLINE_RESULTS}: set output= to a path for "
                 "the per-number results (XCom is not the place for them)"
@@ -270,14 +271,14 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
                 ", ".join(mask(n) for n in missing[:_MISSING_SAMPLE]),
             )
         self.log.info("SOIP callbacks: %s", summary)
-        if self.output is None:
+        if self.output_path is None:
             return {"summary": summary, "results": per_number}
         location = self._write_output(per_number)
         return {"summary": summary, "output": location}
 
     def _write_output(self, per_number: dict[str, dict[str, Any]]) -> str:
         """One JSON object per line, so consumers can stream 100k numbers."""
-        target: Any = self.output
+        target: Any = self.output_path
         if isinstance(target, str):
             if "://" in target:
                 from airflow.sdk import ObjectStoragePath
