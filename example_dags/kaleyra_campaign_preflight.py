@@ -460,8 +460,8 @@ with DAG(
         print(f"Generated a sample audience of {rows:,} rows at {path}")
         return str(path)
 
-    @task(multiple_outputs=True)
-    def prepare_audience(audience: str) -> dict[str, Any]:
+    @task
+    def prepare_audience(audience: str) -> list[dict[str, Any]]:
         """Normalize to E.164, drop duplicates, write the invalid rows, plan the shards."""
         from airflow_provider_kaleyra.batching import shard_bounds
         from airflow_provider_kaleyra.phone import normalize
@@ -491,15 +491,20 @@ with DAG(
             else:
                 distinct[norm.e164] = None
 
+        # The distinct numbers in first-seen order: the input of the lookup shards.
         numbers_path = run_dir / "work" / "numbers.csv"
         write_csv(numbers_path, (E164_COLUMN,), ((n,) for n in distinct))
         write_csv(run_dir / "invalid.csv", ("row", "input", "reason"), invalid)
         bounds = shard_bounds(len(distinct), params["shard_count"]) if distinct else []
+        # One mapped lookup task per shard: the operator looks up its contiguous slice of the distinct
+        # numbers (the same ``shard_bounds``), in balanced bulk calls of 100-500 numbers.
         shards = [
             {
+                "audience": str(numbers_path),
                 "shard_index": index,
                 "shard_count": len(bounds),
                 "output": str(run_dir / "work" / f"rcs_shard_{index:03d}.csv"),
+                "max_failed_ratio": params["max_failed_ratio"],
             }
             for index in range(len(bounds))
         ]
@@ -507,18 +512,22 @@ with DAG(
             f"{rows:,} rows: {len(distinct):,} distinct valid numbers, {duplicates:,} duplicates, "
             f"{len(invalid):,} invalid; {len(shards)} shard(s)"
         )
-        return {
-            "run_dir": str(run_dir),
-            "numbers": str(numbers_path),
-            "shards": shards,
-            "counts": {"rows": rows, "distinct": len(distinct), "duplicates": duplicates, "invalid": len(invalid)},
-            "invalid_reasons": dict(Counter(reason for _, _, reason in invalid).most_common()),
-        }
+        context["ti"].xcom_push(
+            key="prepared",
+            value={
+                "audience": audience,
+                "run_dir": str(run_dir),
+                "counts": {"rows": rows, "distinct": len(distinct), "duplicates": duplicates, "invalid": len(invalid)},
+                "invalid_reasons": dict(Counter(reason for _, _, reason in invalid).most_common()),
+            },
+        )
+        return shards
 
-    @task
-    def build_report(prepared: dict[str, Any], lookups: Any) -> dict[str, Any]:
+    @task(trigger_rule="none_failed")
+    def build_report(shards: list[dict[str, Any]], lookups: Any) -> dict[str, Any]:
         """Merge the shards into the RCS list and the SMS fallback list; write the report."""
         context = get_current_context()
+        prepared = context["ti"].xcom_pull(task_ids="prepare_audience", key="prepared")
         params = context["params"]
         conn_id = params["storage_conn_id"] or None
         run_dir = storage_path(prepared["run_dir"], conn_id)
@@ -529,7 +538,7 @@ with DAG(
         countries, countries_capable = Counter[str](), Counter[str]()
         seen: set[str] = set()
         failed = 0
-        for shard in prepared["shards"]:
+        for shard in shards or []:
             for record in read_csv(storage_path(shard["output"], conn_id)):
                 e164 = record.get("e164") or ""
                 if not e164 or e164 in seen:
@@ -551,6 +560,8 @@ with DAG(
                     fallback_rows.append(
                         (e164, record.get("carrier_id", ""), record.get("carrier_status", ""), status or "", reason)
                     )
+        # The mapped lookups' XCom summaries (by index: iterating would probe past the end).
+        shard_summaries = [lookups[i] for i in range(len(lookups))] if lookups is not None else []
         counts = dict(prepared["counts"])
         if len(seen) != counts["distinct"]:
             raise ValueError(f"the shards answered {len(seen):,} numbers, {counts['distinct']:,} were asked")
@@ -579,7 +590,7 @@ with DAG(
             "carriers": _rate_table(carriers, carriers_capable),
             "countries": _rate_table(countries, countries_capable),
             "invalid_reasons": prepared["invalid_reasons"],
-            "shards": [summary for summary in (lookups or []) if isinstance(summary, dict)],
+            "shards": shard_summaries,
             "files": files,
         }
         html, markdown, chart = render_report(summary)
@@ -598,10 +609,8 @@ with DAG(
     lookups = KaleyraRcsBulkLookupOperator.partial(
         task_id="rcs_lookup",
         kaleyra_conn_id=KALEYRA_CONN_ID,
-        audience=prepared["numbers"],
         column=E164_COLUMN,
-        max_failed_ratio="{{ params.max_failed_ratio }}",
         pool=KALEYRA_POOL,
         retries=2,
-    ).expand_kwargs(prepared["shards"])
+    ).expand_kwargs(prepared)
     build_report(prepared, lookups.output)
