@@ -41,14 +41,17 @@ class AudienceRow(NamedTuple):
     problem: str | None = None
 
 
-def as_path(value: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
-    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute."""
+def as_path(value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
+    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute.
+
+    :param conn_id: the Airflow connection of the store, for strings (paths keep their own).
+    """
     if isinstance(value, ObjectStoragePath):
         return value
     text = os.fspath(value)
     if "://" not in text:
         text = os.path.abspath(text)
-    return ObjectStoragePath(text)
+    return ObjectStoragePath(text, conn_id=conn_id)
 
 
 def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
@@ -175,10 +178,10 @@ def read_audience(
             if first:
                 line, first = line.removeprefix(_BOM), False
             text, problem = _decode(line)
-            if kind == "text":
-                yield AudienceRow(text, problem)
+            if kind == "text" or not text.strip():
+                yield AudienceRow(text, problem)  # a blank line is read as "empty"
                 continue
-            fields = _fields(text) if text.strip() else [""]
+            fields = _fields(text)
             if index < len(fields):
                 yield AudienceRow(fields[index], problem)
             else:

@@ -31,10 +31,17 @@ def _as_list(value: Any, name: str) -> list[Any]:
     return list(value)
 
 
-def _ratio(value: float | None, name: str) -> float | None:
-    if value is not None and not 0.0 <= value <= 1.0:
+def _ratio(value: float | str | None, name: str) -> float | None:
+    """A rendered ratio as a float in [0, 1]; ``None`` or ``""`` for no limit."""
+    if value is None or value == "":
+        return None
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
-    return value
+    return ratio
 
 
 class _KaleyraOperator(BaseOperator):
@@ -103,11 +110,15 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
     :param shard_count: how many shards the audience is cut into. (templated)
     :param max_failed_ratio: the task fails (after writing the output) when more than this share
-        of the distinct numbers could not be looked up; 0.01 by default. Below it, failures
-        are logged as a warning.
-    :param max_invalid_ratio: the task fails, before any API call, when more than this share of
-        the input rows are not valid numbers; ``None`` (default) for no limit.
+        of the distinct numbers could not be looked up; 0.01 by default, so a handful of
+        failures in a big audience pass with a warning while an outage fails the task (and a
+        retry asks again only for the chunks that held failures). (templated)
+    :param max_invalid_ratio: the task fails, before any API call and without retries, when more
+        than this share of the input rows are not valid numbers (a wrong column or region);
+        ``None`` (default) for no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
+    :param storage_conn_id: the Airflow connection of the object store, for ``audience`` and
+        ``output`` given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
     """
 
@@ -119,6 +130,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         "column",
         "shard_index",
         "shard_count",
+        "max_failed_ratio",
+        "max_invalid_ratio",
+        "storage_conn_id",
     )
     template_fields_renderers = {"numbers": "json"}
 
@@ -132,9 +146,10 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         audience_format: str | None = None,
         shard_index: int | str | None = None,
         shard_count: int | str | None = None,
-        max_failed_ratio: float = 0.01,
-        max_invalid_ratio: float | None = None,
+        max_failed_ratio: float | str = 0.01,
+        max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -150,9 +165,13 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         self.audience_format = audience_format
         self.shard_index = shard_index
         self.shard_count = shard_count
-        self.max_failed_ratio = _ratio(max_failed_ratio, "max_failed_ratio")
-        self.max_invalid_ratio = _ratio(max_invalid_ratio, "max_invalid_ratio")
+        for name, ratio in (("max_failed_ratio", max_failed_ratio), ("max_invalid_ratio", max_invalid_ratio)):
+            if not isinstance(ratio, str):  # templated strings are checked once rendered
+                _ratio(ratio, name)
+        self.max_failed_ratio = max_failed_ratio
+        self.max_invalid_ratio = max_invalid_ratio
         self.checkpoint_batches = checkpoint_batches
+        self.storage_conn_id = storage_conn_id
 
     def _shard(self) -> Shard | None:
         if self.shard_index in (None, "") and self.shard_count in (None, ""):
@@ -166,13 +185,16 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
 
     def _rows(self) -> Iterable[AudienceRow]:
         if self.audience is not None:
-            return read_audience(as_path(self.audience), column=self.column, fmt=self.audience_format)
+            path = as_path(self.audience, self.storage_conn_id)
+            return read_audience(path, column=self.column, fmt=self.audience_format)
         return (AudienceRow(raw) for raw in _as_list(self.numbers, "numbers"))
 
     def execute(self, context: Context) -> dict[str, Any]:
-        output = as_path(self.output_path)
+        output = as_path(self.output_path, self.storage_conn_id)
         result_format(output)  # a wrong suffix fails before any work
         shard = self._shard()
+        max_failed = _ratio(self.max_failed_ratio, "max_failed_ratio") or 0.0
+        max_invalid = _ratio(self.max_invalid_ratio, "max_invalid_ratio")
         requests_before = self.hook.transport.requests_sent
         with BulkLookup(
             self.hook, output, shard=shard, checkpoint_batches=self.checkpoint_batches, log=self.log
@@ -183,17 +205,17 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
                 stats.inputs, stats.invalid_inputs, stats.distinct,
                 f" (shard {shard.index} of {shard.count})" if shard else "",
             )
-            self._check_invalid(stats.inputs, stats.invalid_inputs, run)
+            self._check_invalid(stats.inputs, stats.invalid_inputs, max_invalid, run)
             run.lookup()
             run.write()
             summary = run.summary(self.hook.transport.requests_sent - requests_before)
             assert run.checkpoint is not None
-            if self._too_many_failed(summary):
+            failed, distinct = summary["failed_numbers"], summary["distinct"]
+            if failed and failed / distinct > max_failed:
                 run.checkpoint.discard(run.failed_chunks)  # a retry asks again for these only
                 raise AirflowException(
-                    f"{summary['failed_numbers']} of {summary['distinct']} distinct numbers could not be "
-                    f"looked up (max_failed_ratio={self.max_failed_ratio}); every row, with its reason, "
-                    f"is in {summary['output']}"
+                    f"{failed} of {distinct} distinct numbers could not be looked up "
+                    f"(max_failed_ratio={max_failed}); every row, with its reason, is in {summary['output']}"
                 )
             run.checkpoint.clear()
         if summary["failed_numbers"]:
@@ -208,18 +230,15 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         )
         return summary
 
-    def _check_invalid(self, inputs: int, invalid: int, run: BulkLookup) -> None:
-        if self.max_invalid_ratio is None or not inputs or invalid / inputs <= self.max_invalid_ratio:
+    @staticmethod
+    def _check_invalid(inputs: int, invalid: int, limit: float | None, run: BulkLookup) -> None:
+        if limit is None or not inputs or invalid / inputs <= limit:
             return
         reasons = "; ".join(f"{reason} ({n})" for reason, n in run.stats.invalid_reasons.most_common(3))
         raise AirflowFailException(
-            f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio="
-            f"{self.max_invalid_ratio}), so nothing was looked up. Most common reasons: {reasons}"
+            f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
+            f"so nothing was looked up. Most common reasons: {reasons}"
         )
-
-    def _too_many_failed(self, summary: dict[str, Any]) -> bool:
-        failed, distinct = summary["failed_numbers"], summary["distinct"]
-        return bool(failed) and failed / distinct > self.max_failed_ratio
 
 
 class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):

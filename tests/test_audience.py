@@ -1,0 +1,205 @@
+"""Audience files in, result files out: every line is one row, whatever the bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from airflow.sdk import ObjectStoragePath
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_kaleyra import audience
+from airflow_provider_kaleyra.audience import (
+    MAX_LINE_BYTES,
+    NOT_UTF8,
+    AudienceRow,
+    as_path,
+    iter_lines,
+    merge_results,
+    read_audience,
+    read_results,
+    write_results,
+)
+from airflow_provider_kaleyra.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.results import Answer, RcsResult
+
+
+def lines_of(data: bytes, block: int | None = None, limit: int = MAX_LINE_BYTES) -> list[bytes | None]:
+    stream = io.BytesIO(data)
+    read = stream.read if block is None else (lambda _n: stream.read(block))
+    return list(iter_lines(read, limit))
+
+
+def rows_of(tmp_path, name: str, data: bytes, **kwargs) -> list[AudienceRow]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return list(read_audience(as_path(str(path)), **kwargs))
+
+
+# -- lines -----------------------------------------------------------------------------------
+
+
+def test_lines_drop_line_ends_and_keep_blank_lines():
+    assert lines_of(b"a\r\nb\n\nc") == [b"a", b"b", b"", b"c"]
+    assert lines_of(b"a\n") == [b"a"]
+    assert lines_of(b"") == []
+    assert lines_of(b"\n\n") == [b"", b""]
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 1024])
+def test_over_long_lines_become_none_across_any_block_size(block):
+    data = b"12\n" + b"x" * 11 + b"\n34\n" + b"y" * 50
+    assert lines_of(data, block=block, limit=10) == [b"12", None, b"34", None]
+    assert lines_of(b"x" * 10 + b"\r\n", block=block, limit=10) == [b"x" * 10]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), block=st.integers(1, 40), limit=st.integers(1, 20))
+def test_lines_match_a_plain_split(data, block, limit):
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    expected = [line.removesuffix(b"\r") for line in expected]
+    assert lines_of(data, block=block, limit=limit) == [line if len(line) <= limit else None for line in expected]
+
+
+# -- audience files ----------------------------------------------------------------------------
+
+
+def test_csv_with_bom_quotes_blank_lines_and_short_rows(tmp_path):
+    data = "\ufeffname,Phone\n" 'Ann,+1 415 555 0100\n' '"Doe, Jo","(415) 555-0101"\n' "\n" "Bob\n" ",\n"
+    rows = rows_of(tmp_path, "a.csv", data.encode(), column="phone")
+    assert rows == [
+        AudienceRow("+1 415 555 0100"),
+        AudienceRow("(415) 555-0101"),
+        AudienceRow(""),
+        AudienceRow("", "no 'phone' field"),
+        AudienceRow(""),
+    ]
+
+
+def test_text_file_keeps_every_line_with_a_reason_where_unreadable(tmp_path):
+    data = b"\xef\xbb\xbf+14155550100\r\n\n\xff\xfe415\n" + b"9" * (MAX_LINE_BYTES + 1) + b"\n+14155550101"
+    rows = rows_of(tmp_path, "a.txt", data)
+    assert rows == [
+        AudienceRow("+14155550100"),
+        AudienceRow(""),
+        AudienceRow("\ufffd\ufffd415", NOT_UTF8),
+        AudienceRow("", f"line too long: over {MAX_LINE_BYTES} bytes"),
+        AudienceRow("+14155550101"),
+    ]
+
+
+def test_wrong_column_names_the_columns_found(tmp_path):
+    with pytest.raises(ValueError, match=r"no column 'phone'; columns found: 'name', 'mobile'"):
+        rows_of(tmp_path, "a.csv", b"name,mobile\nAnn,+14155550100\n")
+    assert rows_of(tmp_path, "b.csv", b"name,mobile\nAnn,+14155550100\n", column="mobile") == [
+        AudienceRow("+14155550100")
+    ]
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xfe,phone\n1\n"])
+def test_csv_needs_a_readable_header(tmp_path, data):
+    with pytest.raises(ValueError, match="line 1"):
+        rows_of(tmp_path, "a.csv", data)
+
+
+def test_format_from_suffix_or_argument(tmp_path):
+    assert rows_of(tmp_path, "a.dat", b"phone\n1\n", fmt="csv") == [AudienceRow("1")]
+    with pytest.raises(ValueError, match="audience_format"):
+        rows_of(tmp_path, "a.xlsx", b"1\n")
+    with pytest.raises(ValueError, match=".csv, .jsonl or .json"):
+        audience.result_format(as_path(str(tmp_path / "out.parquet")))
+
+
+def test_plain_paths_become_absolute_object_storage_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = as_path("sub/a.csv")
+    assert isinstance(path, ObjectStoragePath)
+    assert str(path) == str(tmp_path / "sub" / "a.csv")
+    assert as_path(path) is path
+    assert as_path("file:///x/y.csv").protocol == "file"
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+RESULTS = [
+    (0, RcsResult("+1 415 555 0100", "+14155550100", "rcs_enabled", "Google", "ACTIVE")),
+    (1, RcsResult("", None, "invalid", error="empty")),
+    (2, RcsResult('a "quoted", text', None, "invalid", error="unparseable")),
+]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_results_round_trip(tmp_path, name):
+    path = as_path(str(tmp_path / "deep" / name))
+    with write_results(path) as out:
+        for row, result in RESULTS:
+            out.write(row, result)
+    assert out.rows == 3
+    assert [RcsResult(*(r[f] for f in RcsResult._fields)) for r in read_results(path)] == [r for _, r in RESULTS]
+    assert [r["row"] for r in read_results(path)] == [0, 1, 2]
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left
+
+
+def test_csv_output_header_and_jsonl_keys(tmp_path):
+    csv_path, jsonl_path = as_path(str(tmp_path / "o.csv")), as_path(str(tmp_path / "o.json"))
+    for path in (csv_path, jsonl_path):
+        with write_results(path) as out:
+            out.write(*RESULTS[0])
+    assert csv_path.read_text().splitlines() == [
+        "row,input,e164,status,carrier_id,carrier_status,error",
+        "0,+1 415 555 0100,+14155550100,rcs_enabled,Google,ACTIVE,",
+    ]
+    assert list(json.loads(jsonl_path.read_text())) == ["row", "input", "e164", "status", "carrier_id", "carrier_status", "error"]
+
+
+def test_a_failed_write_leaves_the_old_output_untouched(tmp_path):
+    path = as_path(str(tmp_path / "o.csv"))
+    path.write_text("old")
+    with pytest.raises(RuntimeError), write_results(path) as out:
+        out.write(*RESULTS[0])
+        raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in path.parent.iterdir()] == ["o.csv"]
+
+
+def test_merge_interleaves_shards_by_row(tmp_path):
+    shards = [as_path(str(tmp_path / f"s{i}.csv")) for i in range(2)]
+    for index, path in enumerate(shards):
+        with write_results(path) as out:
+            for row, result in RESULTS:
+                if row % 2 == index:
+                    out.write(row, result)
+    summary = merge_results([str(p) for p in shards], str(tmp_path / "all.jsonl"))
+    assert summary == {"output": str(tmp_path / "all.jsonl"), "rows": 3, "statuses": {"rcs_enabled": 1, "invalid": 2}}
+    assert [r["row"] for r in read_results(as_path(summary["output"]))] == [0, 1, 2]
+
+
+# -- checkpoint parts ------------------------------------------------------------------------------
+
+
+def test_checkpoint_parts_round_trip_and_reject_mismatches(tmp_path):
+    output = as_path(str(tmp_path / "out.csv"))
+    store = Checkpoint(output, fingerprint([14155550100, 14155550101], [2], 20))
+    assert store.existing() == set()
+    answers = [("+14155550100", Answer("rcs_enabled", "Google", "ACTIVE")), ("+14155550101", Answer("failed", error="x"))]
+    store.save(3, answers)
+    assert store.existing() == {3}
+    assert store.load(3, ["+14155550100", "+14155550101"]) == dict(answers)
+    assert store.load(3, ["+14155550100"]) is None
+    store.part(4).write_text("not json\n")
+    assert store.load(4, ["+14155550100"]) is None
+    store.discard([3])
+    assert store.existing() == {4}
+    store.clear()
+    assert not store.root.exists()
+
+
+def test_fingerprint_changes_with_numbers_order_and_plan():
+    base = fingerprint([1, 2, 3], [3], 20)
+    assert base == fingerprint([1, 2, 3], [3], 20)
+    assert len({base, fingerprint([2, 1, 3], [3], 20), fingerprint([1, 2, 3], [1, 1, 1], 20), fingerprint([1, 2, 3], [3], 5)}) == 4
