@@ -30,7 +30,6 @@ SID = "HXAP16SIDTEST"
 BULK_URL = f"{BASE}/v1/{SID}/rcs/lookup"
 SINGLE_RE = re.compile(rf"{re.escape(BASE)}/v1/{SID}/rcs/lookup/.+")
 SOIP_URL = f"{BASE}/v1/{SID}/messages/soip/capability-check"
-STATUS_KEYS = ["rcs_enabled", "rcs_disabled", "invalid", "failed"]
 
 
 def us(i: int) -> str:
@@ -75,7 +74,7 @@ def expected(e164: str) -> tuple[str, str, str]:
 # -- requests-mock: the exact calls -------------------------------------------------------------
 
 
-def test_single_lookup_renders_the_number_and_returns_the_device_record(mock_conn, requests_mock):
+def test_single_lookup_renders_the_number_and_returns_the_device_record(mock_conn, requests_mock, capfd):
     data = {"deviceAddress": "14155552671", "carrierId": "AT&T", "carrierStatus": "ACTIVE", "rcsEnabled": True}
     requests_mock.get(SINGLE_RE, json={"code": "RCS702", "data": data})
     op = KaleyraRcsLookupOperator(task_id="single", number="{{ params.number }}")
@@ -83,6 +82,8 @@ def test_single_lookup_renders_the_number_and_returns_the_device_record(mock_con
     assert op.number == "(415) 555-2671"
     assert op.execute({}) == data
     assert requests_mock.last_request.url == f"{BASE}/v1/{SID}/rcs/lookup/%2B14155552671"
+    logged = "".join(capfd.readouterr())
+    assert "RCS lookup of (415)*******71" in logged and "555-2671" not in logged
 
 
 def test_bulk_list_input_asks_distinct_numbers_once_and_writes_every_row(mock_conn, requests_mock, tmp_path):
@@ -159,7 +160,8 @@ def test_failures_over_the_ratio_fail_after_writing_and_a_retry_asks_only_for_th
 
     requests_mock.post(BULK_URL, json=flaky)
     op = bulk(tmp_path, numbers=numbers, checkpoint_batches=1)
-    with pytest.raises(AirflowException, match=rf"500 of 1000 distinct numbers .*{re.escape(str(tmp_path / 'out.csv'))}"):
+    where = re.escape(str(tmp_path / "out.csv"))
+    with pytest.raises(AirflowException, match=rf"500 of 1000 distinct numbers .*{where}"):
         op.execute({})
     rows = list(read_results(as_path(str(tmp_path / "out.csv"))))
     assert len(rows) == 1000 and sum(r["status"] == "failed" for r in rows) == 500
@@ -234,7 +236,8 @@ def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatc
     assert [i["reason"] for i in result["invalid"]][1] == "empty"
     submitted = datetime.fromisoformat(result["submitted_at"])
     assert submitted.tzinfo is not None and before <= submitted <= seen_at[0]
-    assert result["responses"] == [{"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}] * 3
+    accepted = {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
+    assert result["responses"] == [accepted] * 3
     assert result["callback_profile_id"] == "profile-op"
     json.dumps(result)
 
@@ -264,7 +267,8 @@ def test_100k_audience_keeps_xcom_small(kaleyra_conn, tmp_path):
     summary = bulk(tmp_path, audience=str(tmp_path / "audience.txt")).execute({})
     elapsed = time.monotonic() - started
     assert len(json.dumps(summary)) < 2048
-    assert (summary["inputs"], summary["rows"], summary["distinct"], summary["requests"]) == (100_000, 100_000, 100_000, 200)
+    counts = (summary["inputs"], summary["rows"], summary["distinct"], summary["requests"])
+    assert counts == (100_000, 100_000, 100_000, 200)
     assert summary["statuses"]["failed"] == summary["statuses"]["invalid"] == 0
     assert kaleyra_conn.stats()["requests"]["rcs_bulk"] == 200
     assert elapsed < 60, f"100k lookup took {elapsed:.1f} s"
@@ -339,7 +343,7 @@ def garbage_audience(path: Path, count: int) -> list[bytes | None]:
     return fields
 
 
-def test_every_row_is_present_exactly_once_with_5pct_garbage(kaleyra_conn, tmp_path):
+def test_every_row_is_present_exactly_once_with_5pct_garbage(kaleyra_conn, tmp_path, capfd):
     count = 20_000
     fields = garbage_audience(tmp_path / "audience.csv", count)
     summary = bulk(tmp_path, audience=str(tmp_path / "audience.csv")).execute({})
@@ -356,6 +360,8 @@ def test_every_row_is_present_exactly_once_with_5pct_garbage(kaleyra_conn, tmp_p
         else:
             assert row["input"] == field.decode()
             assert (row["status"], row["carrier_id"], row["carrier_status"]) == expected(row["e164"])
+    logged = "".join(capfd.readouterr())
+    assert "Wrote 20000 rows" in logged and us(0) not in logged and "41520" not in logged
 
 
 def test_shards_split_the_work_and_merge_into_the_unsharded_output(kaleyra_conn, tmp_path):
@@ -437,7 +443,9 @@ DAG_FILE = """
 
     WORK = os.environ["KALEYRA_TEST_DIR"]
 
-    with DAG("kaleyra_operators", schedule=None, start_date=datetime(2025, 1, 1), params={"probe": "+14152000007"}) as dag:
+    with DAG(
+        "kaleyra_operators", schedule=None, start_date=datetime(2025, 1, 1), params={"probe": "+14152000007"}
+    ) as dag:
         single = KaleyraRcsLookupOperator(task_id="single", number="{{ params.probe }}")
         shards = KaleyraRcsBulkLookupOperator.partial(
             task_id="bulk",
