@@ -231,12 +231,18 @@ def country_of(e164: str) -> str:
     return "??"
 
 
-def svg_bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str = "", width: int = 640) -> str:
-    """A horizontal bar chart as a standalone SVG string. ``bars``: (label, value, colour)."""
+def svg_bar_chart(
+    title: str, bars: list[tuple[str, float, str]], unit: str = "", width: int = 640, scale_max: float | None = None
+) -> str:
+    """A horizontal bar chart as a standalone SVG string. ``bars``: (label, value, colour).
+
+    Bars are scaled to ``scale_max`` (default: the largest value); integers are shown as such,
+    other values with one decimal.
+    """
     bar_height, gap, label_width, top = 26, 10, 170, 40
     height = top + len(bars) * (bar_height + gap) + 10
     plot = width - label_width - 90
-    peak = max((value for _, value, _ in bars), default=0) or 1
+    peak = scale_max or max((value for _, value, _ in bars), default=0) or 1
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13" role="img" '
@@ -247,7 +253,7 @@ def svg_bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str = ""
     for index, (label, value, colour) in enumerate(bars):
         y = top + index * (bar_height + gap)
         length = max(1.0, plot * value / peak) if value else 0.0
-        shown = f"{value:,.1f}{unit}" if isinstance(value, float) and not value.is_integer() else f"{int(value):,}{unit}"
+        shown = f"{value:,.1f}{unit}" if isinstance(value, float) else f"{int(value):,}{unit}"
         parts += [
             f'<text x="{label_width - 8}" y="{y + bar_height * 0.7:.1f}" text-anchor="end">{escape(label)}</text>',
             f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar_height}" fill="{colour}">'
@@ -280,6 +286,7 @@ def render_report(summary: dict[str, Any]) -> tuple[str, str, str]:
         "RCS-capable rate by carrier",
         [(name, round(row["rcs_rate"] * 100, 1), "#6a1b9a") for name, row in carriers.items()],
         unit="%",
+        scale_max=100.0,
     )
     rows = [
         ("Audience rows", c["rows"], ""),
@@ -505,6 +512,7 @@ with DAG(
                 "shard_count": len(bounds),
                 "output": str(run_dir / "work" / f"rcs_shard_{index:03d}.csv"),
                 "max_failed_ratio": params["max_failed_ratio"],
+                "storage_conn_id": conn_id,
             }
             for index in range(len(bounds))
         ]

@@ -1,0 +1,230 @@
+"""Both example DAGs on a real Airflow 3 deployment, triggered through the REST API.
+
+Scheduler, API server (with the Kaleyra callback receiver mounted by the plugin), triggerer and
+DAG processor run as separate processes with the LocalExecutor, on a fresh PostgreSQL database
+(SQLite when ``KALEYRA_TEST_POSTGRES_URL`` is unset). The Kaleyra simulator answers the lookups
+and POSTs the SOIP callbacks to ``<api server>/kaleyra/soip/callback`` with the shared secret.
+The outputs are checked number by number against the simulator's deterministic answers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import textwrap
+import time
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_deployment import AirflowDeployment, PostgresDatabase
+from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, rcs_answer, soip_answer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = REPO / "example_dags"
+CAMPAIGN, SOIP = "kaleyra_campaign_preflight", "kaleyra_soip_check"
+AUDIENCE_SIZE, AUDIENCE_SEED, SHARDS = 5000, 7, 3
+CALLBACK_SECRET = "e2e-callback-secret-7f3a"
+PROFILE = "e2e-profile"
+RUN_TIMEOUT = 360.0
+
+
+def _plugin_registered() -> bool:
+    """Whether the provider registers its callback plugin itself (entry point or provider info)."""
+    if any("airflow_provider_kaleyra" in ep.value for ep in entry_points(group="airflow.plugins")):
+        return True
+    from airflow_provider_kaleyra.get_provider_info import get_provider_info
+
+    return bool(get_provider_info().get("plugins"))
+
+
+def _soip_numbers() -> list[str]:
+    """300 valid Indian mobile numbers in mixed formats, one repeated, and two that are not numbers."""
+    import phonenumbers
+
+    rng = random.Random(11)
+    numbers: list[str] = []
+    while len(numbers) < 300:
+        e164 = f"+91{rng.choice('6789')}{rng.randrange(10**9):09d}"
+        if phonenumbers.is_valid_number(phonenumbers.parse(e164)) and e164 not in numbers:
+            numbers.append(e164)
+    mixed = [n if i % 3 else f"+91 {n[3:8]} {n[8:]}" for i, n in enumerate(numbers)]
+    return [*mixed, numbers[0], "not a number", "12345"]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDeployment]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    server = os.environ.get("KALEYRA_TEST_POSTGRES_URL")
+    databases: list[PostgresDatabase] = []
+    if server:
+        metadata, callbacks = PostgresDatabase(server, "e2e_airflow"), PostgresDatabase(server, "e2e_callbacks")
+        databases += [metadata.create(), callbacks.create()]
+        metadata_url, store_url = metadata.url, callbacks.url
+    else:  # works, but SQLite serialises every writer: PostgreSQL is what setup.sh gives the test run
+        metadata_url, store_url = None, f"sqlite:///{home / 'kaleyra_callbacks.db'}"
+    if not _plugin_registered():
+        (home / "plugins").mkdir()
+        (home / "plugins" / "kaleyra_callbacks.py").write_text(
+            textwrap.dedent(
+                """\
+                # Mounts the Kaleyra SOIP callback receiver on the API server under /kaleyra.
+                from airflow_provider_kaleyra.callbacks.plugin import KaleyraCallbackPlugin  # noqa: F401
+                """
+            )
+        )
+    deployment = AirflowDeployment(home, EXAMPLE_DAGS, sql_alchemy_conn=metadata_url)
+    simulator = KaleyraSimulator(
+        SimulatorConfig(
+            latency=0.01,
+            callback_url=f"{deployment.url}/kaleyra/soip/callback",
+            callback_auth=CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+            callback_delay=10.0,  # later than the sensor's first look: it has to defer
+        )
+    ).start()
+    deployment.env["AIRFLOW_CONN_KALEYRA_DEFAULT"] = json.dumps(
+        {
+            "conn_type": "kaleyra",
+            "login": simulator.config.sid,
+            "password": simulator.config.api_key,
+            "extra": {
+                "rcs_base_url": simulator.url,
+                "soip_base_url": simulator.url,
+                "default_region": "IN",
+                "callback_profile_id": PROFILE,
+                "callback_secret": CALLBACK_SECRET,
+                "callback_store_url": store_url,
+                "rate_limit": 100,
+                "max_concurrency": 4,
+            },
+        }
+    )
+    deployment.simulator = simulator  # type: ignore[attr-defined]
+    try:
+        deployment.start()
+        deployment.api(
+            "POST",
+            "/pools",
+            json={"name": "kaleyra_api", "slots": 2, "description": "Kaleyra API: concurrent RCS lookup shards"},
+        )
+        yield deployment
+    finally:
+        deployment.stop()
+        simulator.stop()
+        for database in databases:
+            database.drop()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run_dir(base: Path, run_id: str) -> Path:
+    return base / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_")
+
+
+def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -> None:
+    started = time.monotonic()
+    deployment.wait_for_dags([CAMPAIGN, SOIP])
+    out = deployment.home / "outputs"
+    campaign_run = deployment.trigger(
+        CAMPAIGN,
+        {
+            "audience_size": AUDIENCE_SIZE,
+            "sample_seed": AUDIENCE_SEED,
+            "shard_count": SHARDS,
+            "output_location": f"file://{out / 'campaign'}",
+        },
+    )
+    soip_numbers = _soip_numbers()
+    soip_run = deployment.trigger(SOIP, {"numbers": soip_numbers, "output_location": str(out / "soip")})
+    runs = [(CAMPAIGN, campaign_run), (SOIP, soip_run)]
+    states = deployment.wait_for_runs(runs, timeout=RUN_TIMEOUT)
+    if any(state != "success" for state in states.values()):
+        pytest.fail(f"DAG runs did not succeed: {states}\n" + "\n".join(deployment.diagnostics(*run) for run in runs))
+    print(f"both runs succeeded {time.monotonic() - started:.0f} s after the deployment was up")
+
+    _check_campaign(deployment, campaign_run, _run_dir(out / "campaign", campaign_run))
+    _check_soip(deployment, soip_run, _run_dir(out / "soip", soip_run), soip_numbers)
+
+
+def _check_campaign(deployment: AirflowDeployment, run_id: str, run_dir: Path) -> None:
+    # The sample the first task generated under the deployment's Airflow home.
+    audience = _rows(deployment.home / "kaleyra" / "samples" / f"audience_{AUDIENCE_SIZE}_seed{AUDIENCE_SEED}.csv")
+    assert len(audience) == AUDIENCE_SIZE
+    distinct: dict[str, None] = {}
+    invalid_rows: list[int] = []
+    for line, record in enumerate(audience, start=1):
+        e164 = normalize(record["phone"], "US").e164
+        if e164 is None:
+            invalid_rows.append(line)
+        else:
+            distinct.setdefault(e164)
+    expected_capable = {n for n in distinct if rcs_answer(n)["rcsEnabled"]}
+
+    capable = _rows(run_dir / "rcs_capable.csv")
+    fallback = _rows(run_dir / "sms_fallback.csv")
+    invalid = _rows(run_dir / "invalid.csv")
+    listed = [r["e164"] for r in capable] + [r["e164"] for r in fallback]
+    # Every audience number is in exactly one list, exactly once; every other row is in the invalid list.
+    assert len(listed) == len(set(listed)) == len(distinct)
+    assert set(listed) == set(distinct)
+    assert {r["e164"] for r in capable} == expected_capable
+    assert all(r["status"] == "rcs_disabled" for r in fallback)
+    for record in capable + fallback:
+        answer = rcs_answer(record["e164"])
+        assert (record["carrier_id"], record["carrier_status"]) == (answer["carrierId"], answer["carrierStatus"])
+    assert [int(r["row"]) for r in invalid] == invalid_rows
+    assert all(r["reason"] for r in invalid)
+    assert 0.03 < len(invalid_rows) / AUDIENCE_SIZE < 0.07
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["counts"] == {
+        "rows": AUDIENCE_SIZE,
+        "distinct": len(distinct),
+        "duplicates": AUDIENCE_SIZE - len(invalid_rows) - len(distinct),
+        "invalid": len(invalid_rows),
+        "rcs_capable": len(expected_capable),
+        "sms_fallback": len(distinct) - len(expected_capable),
+        "failed": 0,
+    }
+    report = (run_dir / "report.html").read_text()
+    assert report.count("<svg") == 2 and f"{len(expected_capable):,}" in report
+    assert (run_dir / "report.md").read_text().startswith("# Kaleyra campaign preflight")
+
+    # The lookups ran as SHARDS mapped task instances, in the pool, and the simulator saw bulk calls only.
+    lookups = [ti for ti in deployment.task_instances(CAMPAIGN, run_id) if ti["task_id"] == "rcs_lookup"]
+    assert sorted(ti["map_index"] for ti in lookups) == list(range(SHARDS))
+    assert {ti["pool"] for ti in lookups} == {"kaleyra_api"}
+    assert len(summary["shards"]) == SHARDS
+    requests = deployment.simulator.stats()["requests"]  # type: ignore[attr-defined]
+    assert requests["rcs_single"] == 0 and requests["rcs_bulk"] >= SHARDS
+
+
+def _check_soip(deployment: AirflowDeployment, run_id: str, run_dir: Path, numbers: list[str]) -> None:
+    valid = list(dict.fromkeys(e for e in (normalize(n, "IN").e164 for n in numbers) if e))
+    assert len(valid) == 300
+    capable = {r["e164"] for r in _rows(run_dir / "soip_capable.csv")}
+    not_capable = {r["e164"] for r in _rows(run_dir / "soip_not_capable.csv")}
+    missing = _rows(run_dir / "soip_missing.csv")
+    invalid = _rows(run_dir / "soip_invalid.csv")
+    assert missing == []  # a callback for every number
+    assert capable == {n for n in valid if soip_answer(n)}
+    assert not_capable == {n for n in valid if not soip_answer(n)}
+    assert sorted(r["input"] for r in invalid) == ["12345", "not a number"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["counts"]["submitted"] == 300 and summary["callback_profile_id"] == PROFILE
+
+    # The sensor really deferred: it waited in the triggerer, not in a worker slot.
+    sensor_logs = [text for name, text in deployment.task_logs(SOIP, run_id) if "task_id=wait_for_callbacks" in name]
+    assert any("Deferring until" in text for text in sensor_logs), sensor_logs
