@@ -3,6 +3,12 @@
 ``phonenumbers`` does the real work. Prepending ``+`` to a national number is a trap
 (Indian ``9876543210`` becomes a possible Iranian number), so numbers without a country
 code are read with an explicit default region and always gated on ``is_valid_number``.
+
+Speed: inputs that are ``+`` and digits, or digits read with a default region (nearly all
+of them), are answered by :mod:`airflow_provider_kaleyra._fastphone`, which replays
+``phonenumbers``' parse and validation for exactly those strings from its own metadata,
+with precompiled patterns; everything else goes through ``phonenumbers`` itself. The
+answer is the same either way (``tests/test_phone.py`` checks it).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
+
+from airflow_provider_kaleyra import _fastphone
 
 MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
 _SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")
@@ -30,6 +38,24 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         ``(415) 555 0100``, ``0044 20 7946 0000``); anything else is refused with a reason.
     :param region: ISO country used for numbers written without a country code.
     """
+    cleaned = preclean(raw, region)
+    if isinstance(cleaned, Normalized):
+        return cleaned
+    compact, parse_region = cleaned
+    parsed = _fastphone.parse(compact, parse_region)  # what phonenumbers would compute, or None
+    if parsed is None:
+        return normalize_with_phonenumbers(compact, parse_region)
+    if parsed.valid:
+        return Normalized(parsed.e164)
+    return Normalized(None, _invalid_reason(parsed.phone_number()))
+
+
+def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
+    """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
+
+    Separators go, ``00`` becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
+    and a number with ``+`` is read without a default region.
+    """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
     text = raw.strip().lstrip("\ufeff")
@@ -37,13 +63,22 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         return Normalized(None, "empty")
     if len(text) > MAX_INPUT_LENGTH:
         return Normalized(None, f"too long: {len(text)} characters")
-    compact = text.translate(_SEPARATORS)
+    # (digits, with or without a leading "+", hold no separator to remove: skip the translation)
+    clean = text[1:].isdigit() and (text[0] == "+" or text[0].isdigit())
+    compact = text if clean else text.translate(_SEPARATORS)
     if compact.startswith("00"):
         compact = "+" + compact[2:]
-    if not compact.startswith("+") and not region:
+    if compact.startswith("+"):
+        return compact, None
+    if not region:
         return Normalized(None, "no country code and no default region")
+    return compact, region
+
+
+def normalize_with_phonenumbers(compact: str, region: str | None) -> Normalized:
+    """The reference path: plain ``phonenumbers`` parse, validation and E.164 formatting."""
     try:
-        number = phonenumbers.parse(compact, None if compact.startswith("+") else region)
+        number = phonenumbers.parse(compact, region)
     except NumberParseException as exc:
         return Normalized(None, f"unparseable: {exc._msg}")
     if not phonenumbers.is_valid_number(number):

@@ -1,0 +1,335 @@
+"""A fast path for the common case of :func:`airflow_provider_kaleyra.phone.normalize`.
+
+Why it exists
+-------------
+``phonenumbers`` is pure Python and general: every ``parse`` looks for RFC 3966 parts,
+extensions, letters, Unicode digits and several plus signs, and every ``is_valid_number``
+re-compiles (through ``re``'s bounded cache) and tries up to eleven metadata patterns one
+after the other. That is ~50 microseconds a number; audiences hold millions.
+
+Almost every real input, once :func:`normalize` has removed spaces, dashes, dots and
+parentheses and turned ``00`` into ``+``, is ``+`` and ASCII digits, or ASCII digits read
+with a default region. For exactly those strings this module computes the same answer
+``phonenumbers`` computes, from ``phonenumbers``' own metadata, with the patterns compiled
+once and the validity patterns of a region merged into one regular expression per length.
+
+Why it is exactly equivalent
+----------------------------
+It replays, step for step, what ``phonenumbers.parse`` (9.x) does with such a string, and
+hands everything else back (``None``) to the caller, which then runs ``phonenumbers``:
+
+* No RFC 3966 part, no extension, no letters, no leading junk, nothing trailing: for
+  ``+`` followed by 3 or more ASCII digits, or 2 or more ASCII digits, ``parse``'s
+  viability check passes and its extraction steps leave the string unchanged (checked
+  by ``tests/test_phone.py`` for every length up to the input cap).
+* Country code: after ``+``, the shortest 1-3 digit prefix that is a known calling code
+  (none, or a leading ``0``: ``None``, ``parse`` raises). Without ``+``: the default
+  region's international prefix (its own compiled pattern, not stripped when a ``0``
+  follows), then the "starts with the region's own calling code" rule with the same two
+  tests (general pattern before/after, ``TOO_LONG`` before), then the default region itself.
+* The national prefix and carrier code are stripped with the region's own
+  ``national_prefix_for_parsing`` pattern and ``national_prefix_transform_rule``
+  (``Pattern.sub(..., count=1)``, as ``re.sub`` does in ``phonenumbers``), kept only when
+  the result has a possible length that is not local-only, with the same viability
+  guards, in the same order, with the same metadata (the main region of the calling
+  code once one was found, the default region otherwise).
+* The national significant number of the ``PhoneNumber`` that ``parse`` would build is
+  the digit string itself (the Italian leading-zero fields restore every leading zero),
+  so E.164 is ``+`` + calling code + that string, as ``format_number(E164)`` writes it.
+* Validity: the region is chosen as ``region_code_for_number`` chooses it (the first
+  region of the calling code whose ``leading_digits`` match, or whose types match), and
+  the number is valid when it matches the general description (length and pattern) and
+  at least one of the type descriptions that ``_number_type_helper`` consults (each with
+  its own possible lengths; mobile only when its pattern differs from fixed line). The
+  descriptions admitted at a length are merged into one alternation behind a look-ahead
+  for the general pattern: a full match of that alternation exists exactly when one of
+  the individual full matches does.
+
+Anything the replay would raise on, or any region or calling code whose metadata is
+missing, falls back to ``phonenumbers``. The property tests compare this module with the
+plain ``phonenumbers`` calls on arbitrary strings and on generated numbers of many regions.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import NamedTuple
+
+import phonenumbers
+from phonenumbers import PhoneMetadata, PhoneNumber
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
+
+# The replay follows phonenumbers 9.x; with any other major version everything goes to phonenumbers.
+ENABLED = phonenumbers.__version__.split(".")[0] == "9"
+
+_NON_GEO = "001"
+_MIN_NSN = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
+_MAX_NSN = 17  # phonenumbers' _MAX_LENGTH_FOR_NSN
+_MAX_INPUT = 250  # phonenumbers' _MAX_INPUT_STRING_LENGTH
+_CC_OF_DIGITS = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
+
+
+class Parsed(NamedTuple):
+    """What phonenumbers computes for one input: calling code, national significant number, validity."""
+
+    country_code: int
+    nsn: str
+    valid: bool
+
+    @property
+    def e164(self) -> str:
+        """``format_number(number, E164)``."""
+        return f"+{self.country_code}{self.nsn}"
+
+    def phone_number(self) -> PhoneNumber:
+        """A ``PhoneNumber`` with the same calling code and national significant number."""
+        nsn = self.nsn
+        number = PhoneNumber(country_code=self.country_code, national_number=int(nsn))
+        zeros = len(nsn) - len(nsn.lstrip("0"))
+        if zeros and len(nsn) > 1:
+            number.italian_leading_zero = True
+            number.number_of_leading_zeros = min(zeros, len(nsn) - 1)
+        return number
+
+
+class _Region:
+    """One metadata object (a region, or a non-geographic calling code), precompiled."""
+
+    __slots__ = (
+        "code",
+        "country_code",
+        "cc_digits",
+        "idd",
+        "prefix",
+        "transform",
+        "general",
+        "lengths",
+        "max_length",
+        "local_lengths",
+        "leading_digits",
+        "_types",
+        "_valid",
+    )
+
+    def __init__(self, code: str, md: PhoneMetadata) -> None:
+        self.code = code
+        self.country_code = md.country_code
+        self.cc_digits = str(md.country_code)
+        # parse compiles these whenever they are not None (even empty) ...
+        self.idd = re.compile(md.international_prefix) if md.international_prefix is not None else None
+        self.leading_digits = re.compile(md.leading_digits) if md.leading_digits is not None else None
+        # ... and ignores the national-prefix fields and description patterns when empty.
+        self.prefix = re.compile(md.national_prefix_for_parsing) if md.national_prefix_for_parsing else None
+        self.transform = md.national_prefix_transform_rule or None
+        general = md.general_desc
+        self.general = re.compile(general.national_number_pattern) if general.national_number_pattern else None
+        self.lengths = frozenset(general.possible_length)
+        self.max_length = max(general.possible_length)
+        self.local_lengths = frozenset(general.possible_length_local_only)
+        descs = [
+            md.premium_rate,
+            md.toll_free,
+            md.shared_cost,
+            md.voip,
+            md.personal_number,
+            md.pager,
+            md.uan,
+            md.voicemail,
+            md.fixed_line,
+        ]
+        if not md.same_mobile_and_fixed_line_pattern:
+            descs.append(md.mobile)
+        # (admitted lengths, or None for any; pattern) of each description _number_type_helper tries
+        self._types = [
+            (frozenset(d.possible_length) or None, d.national_number_pattern)
+            for d in descs
+            if d is not None and d.national_number_pattern
+        ]
+        self._valid: dict[int, re.Pattern[str] | None] = {}
+
+    def general_matches(self, number: str) -> bool:
+        """``_match_national_number(number, general_desc, False)``: the pattern only, no lengths."""
+        return self.general is not None and self.general.fullmatch(number) is not None
+
+    def strip_national_prefix(self, number: str) -> str:
+        """``_maybe_strip_national_prefix_carrier_code(number, metadata)[1]``."""
+        if self.prefix is None or not number:
+            return number
+        match = self.prefix.match(number)
+        if match is None:
+            return number
+        if self.transform is None or match.groups()[-1] is None:
+            rest = number[match.end() :]
+        else:
+            rest = self.prefix.sub(self.transform, number, count=1)
+        if self.general_matches(number) and not self.general_matches(rest):
+            return number  # the number was viable as it stood and would not be without the prefix
+        return rest
+
+    def too_long(self, number: str) -> bool:
+        """``_test_number_length(number, metadata) == TOO_LONG``."""
+        length = len(number)
+        return length > self.max_length and length not in self.local_lengths
+
+    def national_number(self, national: str) -> str | None:
+        """The tail of ``parse`` once the calling code is known (``self`` is the metadata it uses).
+
+        The national prefix is stripped when what remains has a possible length (or is too
+        long), but not a local-only one; ``None`` where ``parse`` raises on the length.
+        """
+        if len(national) < _MIN_NSN:
+            return None
+        stripped = self.strip_national_prefix(national)
+        if stripped is not national:
+            length = len(stripped)
+            if length not in self.local_lengths and (length in self.lengths or length > self.max_length):
+                national = stripped
+        if len(national) > _MAX_NSN:
+            return None
+        return national
+
+    def is_valid(self, nsn: str) -> bool:
+        """``_number_type_helper(nsn, metadata) != UNKNOWN``."""
+        try:
+            pattern = self._valid[len(nsn)]
+        except KeyError:
+            pattern = self._valid[len(nsn)] = self._valid_pattern(len(nsn))
+        return pattern is not None and pattern.fullmatch(nsn) is not None
+
+    def _valid_pattern(self, length: int) -> re.Pattern[str] | None:
+        """General description (look-ahead) and any admitted type description, as one pattern."""
+        if self.general is None or length not in self.lengths:
+            return None
+        admitted = [p for lengths, p in self._types if lengths is None or length in lengths]
+        if not admitted:
+            return None
+        alternatives = "|".join(f"(?:{p})" for p in admitted)
+        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{alternatives})")
+
+
+class _CallingCode:
+    """A calling code: the metadata ``parse`` uses for it, and how a number picks its region."""
+
+    __slots__ = ("country_code", "digits", "main", "candidates", "single")
+
+    def __init__(self, country_code: int, main: _Region, candidates: list[_Region]) -> None:
+        self.country_code = country_code
+        self.digits = str(country_code)
+        self.main = main  # metadata_for_region_or_calling_code(cc, region_code_for_country_code(cc))
+        self.candidates = candidates  # COUNTRY_CODE_TO_REGION_CODE[cc], all with metadata
+        self.single = main if len(candidates) == 1 else None
+
+    def is_valid(self, nsn: str) -> bool:
+        """``is_valid_number`` of a number with this calling code and national number ``nsn``."""
+        if self.single is not None:
+            region = self.single
+            return region.is_valid(nsn) and (region.code == _NON_GEO or region.country_code == self.country_code)
+        for region in self.candidates:  # region_code_for_number, then is_valid_number_for_region
+            if region.leading_digits is not None:
+                if region.leading_digits.match(nsn):
+                    return region.country_code == self.country_code and region.is_valid(nsn)
+            elif region.is_valid(nsn):
+                return region.country_code == self.country_code
+        return False
+
+    def finish(self, national: str, metadata: _Region) -> Parsed | None:
+        nsn = metadata.national_number(national)
+        if nsn is None:
+            return None
+        return Parsed(self.country_code, nsn, self.is_valid(nsn))
+
+
+_lock = threading.Lock()
+_regions: dict[str, _Region | None] = {}
+_calling_codes: dict[int, _CallingCode | None] = {}
+
+
+def _replayable(md: PhoneMetadata | None) -> bool:
+    """Metadata this module replays; anything odd (none seen in 9.x) is left to phonenumbers."""
+    if md is None or md.general_desc is None or not md.general_desc.possible_length:
+        return False  # (phonenumbers would index an empty length list)
+    if md.national_prefix_transform_rule and md.national_prefix_for_parsing:
+        # parse reads the last group of the prefix pattern: it must have one
+        return re.compile(md.national_prefix_for_parsing).groups > 0
+    return True
+
+
+def _region(code: str) -> _Region | None:
+    region = _regions.get(code, False)
+    if region is False:
+        with _lock:
+            md = PhoneMetadata.metadata_for_region(code, None) if code in SUPPORTED_REGIONS else None
+            _regions[code] = region = _Region(code, md) if _replayable(md) else None
+    return region  # type: ignore[return-value]
+
+
+def _calling_code(cc: int) -> _CallingCode | None:
+    info = _calling_codes.get(cc, False)
+    if info is not False:
+        return info  # type: ignore[return-value]
+    codes = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
+    info = None
+    if codes == (_NON_GEO,):
+        md = PhoneMetadata.metadata_for_nongeo_region(cc, None)
+        if _replayable(md):
+            region = _Region(_NON_GEO, md)
+            info = _CallingCode(cc, region, [region])
+    elif codes and _NON_GEO not in codes:
+        candidates = [r for r in map(_region, codes) if r is not None]
+        # region_code_for_number skips a region without metadata, but parse would not use the
+        # same metadata without the main one: leave such a code (none in 9.x) to phonenumbers.
+        if len(candidates) == len(codes):
+            info = _CallingCode(cc, candidates[0], candidates)
+    _calling_codes[cc] = info
+    return info
+
+
+def _international(digits: str) -> Parsed | None:
+    """``digits`` after ``+`` or an IDD (at least 3): ``_extract_country_code``, then the tail."""
+    cc = _CC_OF_DIGITS.get(digits[:1]) or _CC_OF_DIGITS.get(digits[:2]) or _CC_OF_DIGITS.get(digits[:3])
+    if cc is None:  # also when digits start with 0: no calling code does
+        return None
+    info = _calling_code(cc)
+    if info is None:
+        return None
+    return info.finish(digits[len(info.digits) :], info.main)
+
+
+def parse(compact: str, region: str | None) -> Parsed | None:
+    """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result.
+
+    Handles ``+`` and ASCII digits (``region`` unused), or ASCII digits read in ``region``.
+    ``None`` for anything else, and wherever ``parse`` would raise: ask ``phonenumbers``.
+    """
+    if not ENABLED:
+        return None
+    if compact[:1] == "+":
+        digits = compact[1:]
+        if len(digits) <= _MIN_NSN or len(digits) >= _MAX_INPUT or not (digits.isascii() and digits.isdigit()):
+            return None  # not viable, too short after the "+", or not digits only
+        return _international(digits)
+    if len(compact) < _MIN_NSN or len(compact) > _MAX_INPUT or not (compact.isascii() and compact.isdigit()):
+        return None
+    default = _region(region) if region else None
+    if default is None:
+        return None
+    if default.idd is not None:
+        match = default.idd.match(compact)
+        if match is not None:
+            rest = compact[match.end() :]
+            if rest[:1] != "0":  # an IDD is not stripped when a 0 follows it
+                return _international(rest) if len(rest) > _MIN_NSN else None
+    info = _calling_code(default.country_code)
+    if info is None:
+        return None
+    if compact.startswith(default.cc_digits):
+        # "starts with the region's own calling code": kept as one when that makes the
+        # number match the general pattern, or when the whole is too long for the region.
+        candidate = default.strip_national_prefix(compact[len(default.cc_digits) :])
+        if (
+            not default.general_matches(compact) and default.general_matches(candidate)
+        ) or default.too_long(compact):
+            # parse now uses the main region of the code (the same metadata when it is the default)
+            return info.finish(candidate, info.main)
+    return info.finish(compact, default)
