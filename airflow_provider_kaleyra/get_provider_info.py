@@ -80,6 +80,9 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.operators.kaleyra"]}],
         "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
         "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
+        "plugins": [
+            {"name": "kaleyra_callbacks", "plugin-class": f"{_PACKAGE}.callbacks.plugin.KaleyraCallbackPlugin"}
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,
