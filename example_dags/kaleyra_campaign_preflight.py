@@ -10,9 +10,11 @@ which must fall back to SMS, and which rows are not phone numbers at all.
 2. **prepare_audience** — reads the audience (CSV, column `params.phone_column`), normalizes every
    row to E.164 (`params.default_region` reads national numbers), drops duplicates, writes the
    invalid rows with their reasons, and cuts the distinct numbers into `params.shard_count` shards
-   of at least 100 numbers each.
+   of at least 100 numbers each (`params.shard_count` is a maximum).
 3. **rcs_lookup** — one mapped `KaleyraRcsBulkLookupOperator` per shard, in the `kaleyra_api` pool.
-   Each shard is cut into balanced bulk calls of 100-500 numbers (fewer than 100: single lookups).
+   Each shard is cut into balanced bulk calls of 100-500 numbers (fewer than 100: single lookups),
+   checkpointed every `params.checkpoint_batches` calls so a retried shard resumes; a shard fails when more
+   than `params.max_failed_ratio` of its numbers could not be looked up.
 4. **build_report** — merges the shards into `rcs_capable.csv`, `sms_fallback.csv`, and writes
    `report.html` (counts, rates, carriers, countries and an SVG bar chart), `report.md` and
    `summary.json`.
@@ -432,6 +434,14 @@ with DAG(
         "shard_count": Param(
             4, type="integer", minimum=1, maximum=256, title="Shards (mapped lookup tasks; each holds >= 100 numbers)"
         ),
+        "checkpoint_batches": Param(
+            20,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Bulk calls per checkpoint",
+            description="A retried shard skips the checkpointed calls (each bulk call holds 100-500 numbers).",
+        ),
         "max_failed_ratio": Param(
             0.02,
             type="number",
@@ -513,6 +523,7 @@ with DAG(
                 "output": str(run_dir / "work" / f"rcs_shard_{index:03d}.csv"),
                 "max_failed_ratio": params["max_failed_ratio"],
                 "storage_conn_id": conn_id,
+                "checkpoint_batches": params["checkpoint_batches"],
             }
             for index in range(len(bounds))
         ]

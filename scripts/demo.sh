@@ -6,6 +6,8 @@
 # in a throwaway Airflow home under .demo/; nothing talks to Kaleyra.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# A throwaway Airflow: none of the caller's Airflow settings (database, connections) may leak in.
+while read -r name; do unset "$name"; done < <(compgen -e | grep -E '^(AIRFLOW__|AIRFLOW_CONN_|AIRFLOW_VAR_)' || true)
 export AIRFLOW_HOME="${KALEYRA_DEMO_HOME:-$ROOT/.demo/airflow-home}"
 # shellcheck source=setup.sh
 . "$ROOT/scripts/setup.sh"
@@ -13,7 +15,6 @@ export AIRFLOW_HOME="${KALEYRA_DEMO_HOME:-$ROOT/.demo/airflow-home}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/example_dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
-unset AIRFLOW_CONN_KALEYRA_DEFAULT || true
 
 echo "==> preparing the Airflow metadata database in $AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \

@@ -87,8 +87,13 @@ class AirflowDeployment:
         self._session = requests.Session()
         self._session.trust_env = False  # never through a proxy: everything is on 127.0.0.1
         db = sql_alchemy_conn or f"sqlite:///{home / 'airflow.db'}"
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_", "_AIRFLOW"))
+        }
         self.env = {
-            **os.environ,
+            **inherited,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -110,15 +115,15 @@ class AirflowDeployment:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # Free ports for the log servers, so a developer's own Airflow (or another test) does not clash.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
         if db.startswith("postgresql"):
             self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = db
         self.env.update(env or {})
-        for name in list(self.env):
-            if name.startswith("AIRFLOW_CONN_") and name not in (env or {}):
-                del self.env[name]  # only the connections the test gives
 
     # -- lifecycle ---------------------------------------------------------------------------
 
