@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumber
@@ -70,27 +69,25 @@ _MAX_INPUT = 250  # phonenumbers' _MAX_INPUT_STRING_LENGTH
 _CC_OF_DIGITS = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
 
 
-class Parsed(NamedTuple):
-    """What phonenumbers computes for one input: calling code, national significant number, validity."""
+# What phonenumbers computes for one input: (calling code, national significant number,
+# is_valid_number). A plain tuple: this is the hot path, and a named tuple costs a Python call.
+Parsed = tuple[int, str, bool]
 
-    country_code: int
-    nsn: str
-    valid: bool
 
-    @property
-    def e164(self) -> str:
-        """``format_number(number, E164)``."""
-        return f"+{self.country_code}{self.nsn}"
+def e164(parsed: Parsed) -> str:
+    """``format_number(number, E164)``: ``+``, the calling code, the national significant number."""
+    return f"+{parsed[0]}{parsed[1]}"
 
-    def phone_number(self) -> PhoneNumber:
-        """A ``PhoneNumber`` with the same calling code and national significant number."""
-        nsn = self.nsn
-        number = PhoneNumber(country_code=self.country_code, national_number=int(nsn))
-        zeros = len(nsn) - len(nsn.lstrip("0"))
-        if zeros and len(nsn) > 1:
-            number.italian_leading_zero = True
-            number.number_of_leading_zeros = min(zeros, len(nsn) - 1)
-        return number
+
+def phone_number(parsed: Parsed) -> PhoneNumber:
+    """A ``PhoneNumber`` with the same calling code and national significant number as ``parse``'s."""
+    country_code, nsn, _ = parsed
+    number = PhoneNumber(country_code=country_code, national_number=int(nsn))
+    zeros = len(nsn) - len(nsn.lstrip("0"))
+    if zeros and len(nsn) > 1:
+        number.italian_leading_zero = True
+        number.number_of_leading_zeros = min(zeros, len(nsn) - 1)
+    return number
 
 
 class _Region:
@@ -146,7 +143,8 @@ class _Region:
             for d in descs
             if d is not None and d.national_number_pattern
         ]
-        self._valid: dict[int, re.Pattern[str] | None] = {}
+        # one pattern per possible length (no other length is valid)
+        self._valid = {length: self._valid_pattern(length) for length in self.lengths}
 
     def general_matches(self, number: str) -> bool:
         """``_match_national_number(number, general_desc, False)``: the pattern only, no lengths."""
@@ -172,29 +170,9 @@ class _Region:
         length = len(number)
         return length > self.max_length and length not in self.local_lengths
 
-    def national_number(self, national: str) -> str | None:
-        """The tail of ``parse`` once the calling code is known (``self`` is the metadata it uses).
-
-        The national prefix is stripped when what remains has a possible length (or is too
-        long), but not a local-only one; ``None`` where ``parse`` raises on the length.
-        """
-        if len(national) < _MIN_NSN:
-            return None
-        stripped = self.strip_national_prefix(national)
-        if stripped is not national:
-            length = len(stripped)
-            if length not in self.local_lengths and (length in self.lengths or length > self.max_length):
-                national = stripped
-        if len(national) > _MAX_NSN:
-            return None
-        return national
-
     def is_valid(self, nsn: str) -> bool:
         """``_number_type_helper(nsn, metadata) != UNKNOWN``."""
-        try:
-            pattern = self._valid[len(nsn)]
-        except KeyError:
-            pattern = self._valid[len(nsn)] = self._valid_pattern(len(nsn))
+        pattern = self._valid.get(len(nsn))
         return pattern is not None and pattern.fullmatch(nsn) is not None
 
     def _valid_pattern(self, length: int) -> re.Pattern[str] | None:
@@ -211,20 +189,25 @@ class _Region:
 class _CallingCode:
     """A calling code: the metadata ``parse`` uses for it, and how a number picks its region."""
 
-    __slots__ = ("country_code", "digits", "main", "candidates", "single")
+    __slots__ = ("country_code", "digits", "main", "candidates", "single_valid")
 
     def __init__(self, country_code: int, main: _Region, candidates: list[_Region]) -> None:
         self.country_code = country_code
         self.digits = str(country_code)
         self.main = main  # metadata_for_region_or_calling_code(cc, region_code_for_country_code(cc))
         self.candidates = candidates  # COUNTRY_CODE_TO_REGION_CODE[cc], all with metadata
-        self.single = main if len(candidates) == 1 else None
+        # One region: is_valid_number is that region's validity (when its metadata carries
+        # this calling code, which is_valid_number_for_region checks for geographic regions).
+        self.single_valid: dict[int, re.Pattern[str] | None] | None = None
+        if len(candidates) == 1:
+            region = candidates[0]
+            self.single_valid = region._valid if region.code == _NON_GEO or region.country_code == country_code else {}
 
     def is_valid(self, nsn: str) -> bool:
         """``is_valid_number`` of a number with this calling code and national number ``nsn``."""
-        if self.single is not None:
-            region = self.single
-            return region.is_valid(nsn) and (region.code == _NON_GEO or region.country_code == self.country_code)
+        if self.single_valid is not None:
+            pattern = self.single_valid.get(len(nsn))
+            return pattern is not None and pattern.fullmatch(nsn) is not None
         for region in self.candidates:  # region_code_for_number, then is_valid_number_for_region
             if region.leading_digits is not None:
                 if region.leading_digits.match(nsn):
@@ -234,10 +217,21 @@ class _CallingCode:
         return False
 
     def finish(self, national: str, metadata: _Region) -> Parsed | None:
-        nsn = metadata.national_number(national)
-        if nsn is None:
+        """The tail of ``parse`` once the calling code is known (``metadata`` is the one it uses).
+
+        The national prefix is stripped when what remains has a possible length (or is too
+        long), but not a local-only one; ``None`` where ``parse`` raises on the length.
+        """
+        if len(national) < _MIN_NSN:
             return None
-        return Parsed(self.country_code, nsn, self.is_valid(nsn))
+        if metadata.prefix is not None and metadata.prefix.match(national) is not None:
+            stripped = metadata.strip_national_prefix(national)
+            length = len(stripped)
+            if length not in metadata.local_lengths and (length in metadata.lengths or length > metadata.max_length):
+                national = stripped
+        if len(national) > _MAX_NSN:
+            return None
+        return (self.country_code, national, self.is_valid(national))
 
 
 _lock = threading.Lock()

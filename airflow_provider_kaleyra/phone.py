@@ -45,9 +45,10 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
     parsed = _fastphone.parse(compact, parse_region)  # what phonenumbers would compute, or None
     if parsed is None:
         return normalize_with_phonenumbers(compact, parse_region)
-    if parsed.valid:
-        return Normalized(parsed.e164)
-    return Normalized(None, _invalid_reason(parsed.phone_number()))
+    country_code, nsn, valid = parsed
+    if valid:
+        return Normalized(f"+{country_code}{nsn}")
+    return Normalized(None, _invalid_reason(_fastphone.phone_number(parsed)))
 
 
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
