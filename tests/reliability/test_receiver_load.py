@@ -28,7 +28,7 @@ from _reliability import SECRET_CALLBACK as SECRET
 TOTAL = 20_000
 THREADS = 8
 RESEND_EVERY = 20  # 5% of callbacks are delivered twice
-BUDGET_SECONDS = 150
+BUDGET_SECONDS = 240  # measured 75-95 s on 2 busy cores; bounded, with room against flakes
 
 
 def _free_port() -> int:
