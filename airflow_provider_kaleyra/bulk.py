@@ -7,7 +7,8 @@
    and saved as they complete.
 3. :meth:`BulkLookup.write`: join the spool with the answers into the output file.
 
-Only the distinct numbers (as ints) and their answers (shared tuples) stay in memory.
+Rows stay on disk. Pass 1 holds a dict of the distinct numbers (the price of de-duplication);
+after it, memory is 8 bytes per number of the shard plus one pointer to a shared answer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import closing
+from array import array
 from itertools import islice
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
@@ -127,9 +129,9 @@ class BulkLookup:
         self.failed_chunks: set[int] = set()
         self.checkpoint: Checkpoint | None = None
         self._spool: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n", prefix="kaleyra-spool-")
-        self._distinct: dict[int, None] = {}
-        self._numbers: list[int] = []
-        self._answers: dict[int, Answer] = {}
+        self._numbers = array("q")  # this shard's distinct numbers as E.164 digits, first-seen order
+        self._first = 0  # index of ``_numbers[0]`` among all distinct numbers
+        self._answers: list[Answer | None] = []  # aligned with ``_numbers``
         self._shared: dict[Answer, Answer] = {}
 
     def __enter__(self) -> BulkLookup:
@@ -144,9 +146,14 @@ class BulkLookup:
     # -- pass 1 ----------------------------------------------------------------------------
 
     def read(self, rows: Iterable[AudienceRow]) -> Stats:
-        """Normalize every row into the spool; collect distinct numbers in first-seen order."""
+        """Normalize every row into the spool; collect distinct numbers in first-seen order.
+
+        The spool holds ``[raw, e164, index of the number among the distinct ones]`` per valid row
+        and ``[raw, null, reason]`` per invalid one, in input order.
+        """
         region = self.hook.config.default_region
-        stats, distinct, spool = self.stats, self._distinct, self._spool
+        stats, spool = self.stats, self._spool
+        distinct: dict[int, int] = {}
         buffer: list[str] = []
         for raw, problem in rows:
             norm = normalize(raw, region) if problem is None else None
@@ -158,8 +165,8 @@ class BulkLookup:
                     stats.invalid_reasons[reason] += 1
                 buffer.append(json.dumps([raw if isinstance(raw, str) else str(raw), None, reason]))
             else:
-                distinct[int(e164[1:])] = None
-                buffer.append(json.dumps([raw, e164]))
+                index = distinct.setdefault(int(e164[1:]), len(distinct))
+                buffer.append(json.dumps([raw, e164, index]))
             stats.inputs += 1
             if len(buffer) >= 4096:
                 spool.write("\n".join(buffer) + "\n")
@@ -167,8 +174,10 @@ class BulkLookup:
         if buffer:
             spool.write("\n".join(buffer) + "\n")
         start, stop = self._bounds(len(distinct))
-        self._numbers = list(islice(distinct, start, stop))
-        self._distinct = {}
+        self._numbers = array("q", islice(distinct, start, stop))
+        self._first = start
+        self._answers = [None] * len(self._numbers)
+        del distinct
         stats.distinct = len(self._numbers)
         return stats
 
@@ -232,10 +241,11 @@ class BulkLookup:
             yield from split(self._chunk_numbers(chunk), chunk.sizes)
 
     def _keep(self, chunk: Chunk, answers: dict[str, Answer]) -> None:
-        shared = self._shared
-        for e164, answer in answers.items():
+        shared, numbers = self._shared, self._numbers
+        for position in range(chunk.start, chunk.stop):
+            answer = answers[_e164(numbers[position])]
             answer = shared.setdefault(answer, answer)
-            self._answers[int(e164[1:])] = answer
+            self._answers[position] = answer
             if answer.status == FAILED:
                 self.stats.failed_numbers += 1
                 self.failed_chunks.add(chunk.index)
@@ -244,21 +254,22 @@ class BulkLookup:
 
     def write(self) -> Stats:
         """Join the spool with the answers into the output: every row of this shard, in input order."""
-        answers, stats = self._answers, self.stats
+        answers, stats, first = self._answers, self.stats, self._first
         with_invalid = self.shard is None or self.shard.index == 0
         self._spool.seek(0)
         with write_results(self.output) as out:
             for row, line in enumerate(self._spool):
-                raw, e164, *reason = json.loads(line)
+                raw, e164, extra = json.loads(line)
                 if e164 is None:
                     if not with_invalid:
                         continue
-                    answer = None
+                    answer, reason = None, extra
                 else:
-                    answer = answers.get(int(e164[1:]))
-                    if answer is None and self.shard is not None:
+                    position = extra - first
+                    if not 0 <= position < len(answers):
                         continue  # another shard's number
-                result = result_for(raw, e164, reason[0] if reason else None, answer)
+                    answer, reason = answers[position], None
+                result = result_for(raw, e164, reason, answer)
                 out.write(row, result)
                 stats.statuses[result.status] += 1
         stats.rows = out.rows
