@@ -112,7 +112,8 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     :param max_failed_ratio: the task fails (after writing the output) when more than this share
         of the distinct numbers could not be looked up; 0.01 by default, so a handful of
         failures in a big audience pass with a warning while an outage fails the task (and a
-        retry asks again only for the chunks that held failures). (templated)
+        retry asks again only for the chunks that held failures); 0 or ``None``: any failure
+        fails the task. (templated)
     :param max_invalid_ratio: the task fails, before any API call and without retries, when more
         than this share of the input rows are not valid numbers (a wrong column or region);
         ``None`` (default) for no limit. (templated)
