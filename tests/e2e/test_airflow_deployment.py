@@ -14,14 +14,13 @@ import json
 import os
 import random
 import re
-import textwrap
 import time
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from airflow_deployment import AirflowDeployment, PostgresDatabase
 from airflow_provider_kaleyra.phone import normalize
@@ -36,15 +35,6 @@ AUDIENCE_SIZE, AUDIENCE_SEED, SHARDS = 5000, 7, 3
 CALLBACK_SECRET = "e2e-callback-secret-7f3a"
 PROFILE = "e2e-profile"
 RUN_TIMEOUT = 360.0
-
-
-def _plugin_registered() -> bool:
-    """Whether the provider registers its callback plugin itself (entry point or provider info)."""
-    if any("airflow_provider_kaleyra" in ep.value for ep in entry_points(group="airflow.plugins")):
-        return True
-    from airflow_provider_kaleyra.get_provider_info import get_provider_info
-
-    return bool(get_provider_info().get("plugins"))
 
 
 def _soip_numbers() -> list[str]:
@@ -72,16 +62,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         metadata_url, store_url = metadata.url, callbacks.url
     else:  # works, but SQLite serialises every writer: PostgreSQL is what setup.sh gives the test run
         metadata_url, store_url = None, f"sqlite:///{home / 'kaleyra_callbacks.db'}"
-    if not _plugin_registered():
-        (home / "plugins").mkdir()
-        (home / "plugins" / "kaleyra_callbacks.py").write_text(
-            textwrap.dedent(
-                """\
-                # Mounts the Kaleyra SOIP callback receiver on the API server under /kaleyra.
-                from airflow_provider_kaleyra.callbacks.plugin import KaleyraCallbackPlugin  # noqa: F401
-                """
-            )
-        )
     deployment = AirflowDeployment(home, EXAMPLE_DAGS, sql_alchemy_conn=metadata_url)
     simulator = KaleyraSimulator(
         SimulatorConfig(
@@ -136,6 +116,11 @@ def _run_dir(base: Path, run_id: str) -> Path:
 def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -> None:
     started = time.monotonic()
     deployment.wait_for_dags([CAMPAIGN, SOIP])
+    # The provider's plugin mounted the callback receiver on the API server, and it wants the secret.
+    receiver, http = f"{deployment.url}/kaleyra", requests.Session()
+    http.trust_env = False  # no proxy for 127.0.0.1
+    assert http.get(f"{receiver}/health", timeout=10).json() == {"status": "ok"}
+    assert http.post(f"{receiver}/soip/callback", json={"number": "919876543210"}, timeout=10).status_code == 401
     out = deployment.home / "outputs"
     campaign_run = deployment.trigger(
         CAMPAIGN,
@@ -207,8 +192,8 @@ def _check_campaign(deployment: AirflowDeployment, run_id: str, run_dir: Path) -
     assert sorted(ti["map_index"] for ti in lookups) == list(range(SHARDS))
     assert {ti["pool"] for ti in lookups} == {"kaleyra_api"}
     assert len(summary["shards"]) == SHARDS
-    requests = deployment.simulator.stats()["requests"]  # type: ignore[attr-defined]
-    assert requests["rcs_single"] == 0 and requests["rcs_bulk"] >= SHARDS
+    calls = deployment.simulator.stats()["requests"]  # type: ignore[attr-defined]
+    assert calls["rcs_single"] == 0 and calls["rcs_bulk"] >= SHARDS
 
 
 def _check_soip(deployment: AirflowDeployment, run_id: str, run_dir: Path, numbers: list[str]) -> None:
