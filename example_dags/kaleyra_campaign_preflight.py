@@ -493,16 +493,20 @@ with DAG(
         column = params["phone_column"]
 
         distinct: dict[str, None] = {}
-        invalid: list[tuple[int, str, str]] = []
+        invalid: list[tuple[Any, ...]] = []
+        others: list[str] = []  # the audience's other columns, kept in the invalid list to find the records
         rows = duplicates = 0
         for line, record in enumerate(read_csv(storage_path(audience, conn_id)), start=1):
             if column not in record:
                 raise ValueError(f"the audience has no column {column!r}; columns: {sorted(record)}")
+            if line == 1:
+                others = [name for name in record if name != column and name is not None]
             rows += 1
             raw = record[column]
             norm = normalize(raw, region)
             if norm.e164 is None:
-                invalid.append((line, raw if raw is not None else "", norm.reason or "invalid"))
+                extra = tuple(record.get(name) for name in others)
+                invalid.append((line, raw if raw is not None else "", norm.reason or "invalid", *extra))
             elif norm.e164 in distinct:
                 duplicates += 1
             else:
@@ -511,7 +515,7 @@ with DAG(
         # The distinct numbers in first-seen order: the input of the lookup shards.
         numbers_path = run_dir / "work" / "numbers.csv"
         write_csv(numbers_path, (E164_COLUMN,), ((n,) for n in distinct))
-        write_csv(run_dir / "invalid.csv", ("row", "input", "reason"), invalid)
+        write_csv(run_dir / "invalid.csv", ("row", "input", "reason", *others), invalid)
         bounds = shard_bounds(len(distinct), params["shard_count"]) if distinct else []
         # One mapped lookup task per shard: the operator looks up its contiguous slice of the distinct
         # numbers (the same ``shard_bounds``), in balanced bulk calls of 100-500 numbers.
@@ -537,7 +541,7 @@ with DAG(
                 "audience": audience,
                 "run_dir": str(run_dir),
                 "counts": {"rows": rows, "distinct": len(distinct), "duplicates": duplicates, "invalid": len(invalid)},
-                "invalid_reasons": dict(Counter(reason for _, _, reason in invalid).most_common()),
+                "invalid_reasons": dict(Counter(item[2] for item in invalid).most_common()),
             },
         )
         return shards
@@ -575,7 +579,11 @@ with DAG(
                 else:
                     if status != "rcs_disabled":
                         failed += 1
-                    reason = "rcs_disabled" if status == "rcs_disabled" else f"{status}: {record.get('error') or ''}"
+                    reason = (
+                        "not RCS-capable"
+                        if status == "rcs_disabled"
+                        else f"lookup {status}: {record.get('error') or 'no answer'}"
+                    )
                     fallback_rows.append(
                         (e164, record.get("carrier_id", ""), record.get("carrier_status", ""), status or "", reason)
                     )
