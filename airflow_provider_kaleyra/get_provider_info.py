@@ -64,6 +64,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 
 def get_provider_info() -> dict[str, Any]:
+    # The callback receiver plugin is registered by the ``airflow.plugins`` entry point only:
+    # listing it here too makes Airflow load it twice and report an import error.
     return {
         "package-name": "airflow-provider-kaleyra",
         "name": "Kaleyra",
@@ -80,9 +82,6 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.operators.kaleyra"]}],
         "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
         "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
-        "plugins": [
-            {"name": "kaleyra_callbacks", "plugin-class": f"{_PACKAGE}.callbacks.plugin.KaleyraCallbackPlugin"}
-        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,
