@@ -6,6 +6,7 @@ every extra the provider understands is named here, with its default.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,21 @@ def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
     return result
 
 
+def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """An extra holding a JSON object, given as an object or as JSON text (the UI form sends text)."""
+    value = extra.get(key)
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"Kaleyra connection extra {key!r} must be a JSON object, got unreadable JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"Kaleyra connection extra {key!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class KaleyraConfig:
     """Everything the hook, the operators and the callback receiver need from the connection."""
@@ -59,6 +75,7 @@ class KaleyraConfig:
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     callback_secret: str | None = field(default=None, repr=False)
     callback_store_url: str | None = field(default=None, repr=False)
+    callback_field_map: dict[str, Any] | None = None
 
     @classmethod
     def from_connection(cls, conn: Any) -> KaleyraConfig:
@@ -90,6 +107,7 @@ class KaleyraConfig:
             retry_backoff=_number(extra, "retry_backoff", DEFAULT_RETRY_BACKOFF, float),
             callback_secret=extra.get("callback_secret") or None,
             callback_store_url=extra.get("callback_store_url") or None,
+            callback_field_map=_json_object(extra, "callback_field_map"),
         )
 
     @property

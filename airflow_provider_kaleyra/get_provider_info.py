@@ -42,6 +42,10 @@ CONN_FIELDS: dict[str, Any] = {
     "callback_store_url": _text(
         "Callback store URL", "SQLAlchemy URL of the callback store; SQLite under AIRFLOW_HOME when empty"
     ),
+    "callback_field_map": _text(
+        "Callback field map",
+        'JSON: payload keys the receiver reads, e.g. {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
+    ),
     "timeout": _number("Timeout (s)", "Per-request timeout", DEFAULT_TIMEOUT),
     "max_retries": _number("Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"),
     "rate_limit": _number("Rate limit (req/s)", "Client-side pacing across all threads", DEFAULT_RATE_LIMIT),

@@ -98,8 +98,6 @@ class FieldMapping:
         """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
         if not data:
             return cls()
-        if isinstance(data, str):
-            data = json.loads(data)
         known = {"number_keys", "capability_keys", "request_id_keys", "capable_values", "not_capable_values"}
         unknown = set(data) - known
         if unknown:

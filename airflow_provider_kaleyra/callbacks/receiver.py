@@ -92,12 +92,12 @@ class _LazySettings:
         if store is not None and secret:
             return ReceiverSettings(store, secret, mapping or FieldMapping(), region or DEFAULT_REGION)
         conn_id = self._conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
-        config, extra = _read_connection(conn_id)
+        config = _read_connection(conn_id)
         secret = secret or config.callback_secret
         if not secret:
             raise ReceiverNotConfigured(f"connection {conn_id!r} has no callback_secret extra")
         try:
-            mapping = mapping or FieldMapping.from_dict(extra.get("callback_field_map"))
+            mapping = mapping or FieldMapping.from_dict(config.callback_field_map)
         except (ValueError, TypeError) as exc:
             raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
         store = store or get_store(config.store_url)
@@ -105,14 +105,14 @@ class _LazySettings:
         return ReceiverSettings(store, secret, mapping, region or config.default_region or DEFAULT_REGION)
 
 
-def _read_connection(conn_id: str) -> tuple[Any, dict[str, Any]]:
+def _read_connection(conn_id: str) -> Any:
     try:
         from airflow.sdk import BaseHook
 
         from airflow_provider_kaleyra.config import KaleyraConfig
 
         conn = BaseHook.get_connection(conn_id)
-        return KaleyraConfig.from_connection(conn), conn.extra_dejson or {}
+        return KaleyraConfig.from_connection(conn)
     except Exception as exc:
         raise ReceiverNotConfigured(f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}") from None
 
