@@ -139,6 +139,8 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
         pytest.fail(f"DAG runs did not succeed: {states}\n" + "\n".join(deployment.diagnostics(*run) for run in runs))
     print(f"both runs succeeded {time.monotonic() - started:.0f} s after the deployment was up")
 
+    # What a failure would print: every task's state (and the logs of the unsuccessful ones).
+    assert "build_report[-1]: success" in deployment.diagnostics(CAMPAIGN, campaign_run)
     _check_campaign(deployment, campaign_run, _run_dir(out / "campaign", campaign_run))
     _check_soip(deployment, soip_run, _run_dir(out / "soip", soip_run), soip_numbers)
 
