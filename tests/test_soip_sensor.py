@@ -111,7 +111,9 @@ def test_sensor_arguments():
 
     sensor = KaleyraSoipCallbackSensor(task_id="s", numbers=NUMBERS, output="/tmp/x.jsonl")
     assert sensor.output_path == "/tmp/x.jsonl"
-    assert set(sensor.template_fields) == {"numbers", "submission", "kaleyra_conn_id", "store_url", "output_path"}
+    assert set(sensor.template_fields) == {
+        "numbers", "submission", "kaleyra_conn_id", "store_url", "output_path", "storage_conn_id"
+    }
     with pytest.raises(ValueError, match="min_answered_ratio"):
         KaleyraSoipCallbackSensor(task_id="s2", numbers=NUMBERS, min_answered_ratio=0)
     with pytest.raises(TypeError):

@@ -8,7 +8,6 @@ import math
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
@@ -87,10 +86,11 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     :param poll_interval: seconds between store counts when deferred; default: ``poke_interval``.
     :param output: file (local path or ``ObjectStoragePath``/URL) for per-number JSON Lines; required
         above 1,000 numbers.
+    :param storage_conn_id: the Airflow connection of the object store, for ``output`` given as a string.
     """
 
     # ``output`` is stored as ``output_path``: ``BaseOperator.output`` is the task's XComArg.
-    template_fields: Sequence[str] = ("numbers", "submission", "kaleyra_conn_id", "store_url", "output_path")
+    template_fields: Sequence[str] = ("numbers", "submission", "kaleyra_conn_id", "store_url", "output_path", "storage_conn_id")
     ui_color = "#f4d9c6"
 
     def __init__(
@@ -104,6 +104,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | None = None,
         output: str | ObjectStoragePath | None = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -117,6 +118,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.output_path = output
+        self.storage_conn_id = storage_conn_id
         self._targets: tuple[list[str], datetime] | None = None
         self._last_answered: int | None = None
 
@@ -278,15 +280,10 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
 
     def _write_output(self, per_number: dict[str, dict[str, Any]]) -> str:
         """One JSON object per line, so consumers can stream 100k numbers."""
-        target: Any = self.output_path
-        if isinstance(target, str):
-            if "://" in target:
-                from airflow.sdk import ObjectStoragePath
+        from airflow_provider_kaleyra.audience import as_path
 
-                target = ObjectStoragePath(target)
-            else:
-                target = Path(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
+        target = as_path(self.output_path, self.storage_conn_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("w") as handle:
             for number, entry in per_number.items():
                 handle.write(json.dumps({"number": number, **entry}) + "\n")
