@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,3 +57,27 @@ def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -
     }
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
     return simulator
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[..., int]]:
+    """Factory: ``serve_app(app)`` serves an ASGI app with uvicorn on a free 127.0.0.1 port, returns the port."""
+    import uvicorn
+
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app: Any, log_level: str = "warning") -> int:
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 10
+        while not (server.started and server.servers):
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return server.servers[0].sockets[0].getsockname()[1]
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
-import time
 from datetime import timedelta
 
 import pytest
 import requests
-import uvicorn
 from fastapi.testclient import TestClient
 
 from airflow_provider_kaleyra.callbacks import cli
@@ -210,19 +207,9 @@ def test_dedupe_key_ignores_json_formatting_but_not_method_or_query():
 
 
 @pytest.fixture
-def live_server(store):
-    app = create_standalone_app(store=store, secret=SECRET, max_body_bytes=4096)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not (server.started and server.servers):
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/kaleyra{URL}", port
-    server.should_exit = True
-    thread.join(timeout=10)
+def live_server(store, serve_app):
+    port = serve_app(create_standalone_app(store=store, secret=SECRET, max_body_bytes=4096))
+    return f"http://127.0.0.1:{port}/kaleyra{URL}", port
 
 
 def _raw_request(port: int, head: str) -> str:

@@ -933,19 +933,3 @@ class KaleyraSimulator:
     def _randint(self, a: int, b: int) -> int:
         with self._rng_lock:
             return self._rng.randint(a, b)
-
-
-__all__ = [
-    "CARRIERS",
-    "CARRIER_STATUSES",
-    "CallbackAuth",
-    "DEFAULT_API_KEY",
-    "DEFAULT_SID",
-    "E164_RE",
-    "FAULT_KINDS",
-    "KaleyraSimulator",
-    "SimulatorConfig",
-    "TokenBucket",
-    "rcs_answer",
-    "soip_answer",
-]

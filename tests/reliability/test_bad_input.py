@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import phonenumbers
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN

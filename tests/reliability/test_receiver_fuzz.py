@@ -14,12 +14,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -212,18 +210,8 @@ def test_secret_is_compared_in_constant_time(store, monkeypatch):
 
 
 @pytest.fixture
-def live_receiver(store):
-    app = create_standalone_app(store=store, secret=SECRET, max_body_bytes=64 * 1024)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not (server.started and server.servers):
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=10)
+def live_receiver(store, serve_app):
+    return serve_app(create_standalone_app(store=store, secret=SECRET, max_body_bytes=64 * 1024))
 
 
 def _send_huge(port: int, head: str, body_bytes: int, chunked: bool = False) -> tuple[str, float, int]:

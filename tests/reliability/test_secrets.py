@@ -14,15 +14,11 @@ import asyncio
 import json
 import re
 import textwrap
-import threading
 import time
 import traceback
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from airflow_provider_kaleyra.callbacks.receiver import URL_PREFIX, CALLBACK_PATH, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
@@ -56,21 +52,11 @@ def us(i: int) -> str:
 
 
 @pytest.fixture
-def receiver(tmp_path, monkeypatch):
+def receiver(tmp_path, serve_app):
     """A live receiver reading its secret and store from the connection (as deployed)."""
     store_url = f"sqlite:///{tmp_path / 'callbacks.db'}"
-    app = create_standalone_app(conn_id="kaleyra_default")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="info", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not (server.started and server.servers):
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}{URL_PREFIX}{CALLBACK_PATH}", store_url
-    server.should_exit = True
-    thread.join(timeout=10)
+    port = serve_app(create_standalone_app(conn_id="kaleyra_default"), log_level="info")
+    return f"http://127.0.0.1:{port}{URL_PREFIX}{CALLBACK_PATH}", store_url
 
 
 def _render(operator: Any) -> dict[str, Any]:
