@@ -54,7 +54,7 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Separators go, ``00`` becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
+    Separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
     and a number with ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
@@ -67,8 +67,8 @@ def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | N
     # (digits, with or without a leading "+", hold no separator to remove: skip the translation)
     clean = text[1:].isdigit() and (text[0] == "+" or text[0].isdigit())
     compact = text if clean else text.translate(_SEPARATORS)
-    if compact.startswith("00"):
-        compact = "+" + compact[2:]
+    if compact.startswith("00") and compact[2:3].isdigit() and compact[2] != "0":
+        compact = "+" + compact[2:]  # the international prefix; "000..." is no country code
     if compact.startswith("+"):
         return compact, None
     if not region:
