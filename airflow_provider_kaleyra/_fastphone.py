@@ -231,7 +231,10 @@ class _CallingCode:
                 national = stripped
         if len(national) > _MAX_NSN:
             return None
-        return (self.country_code, national, self.is_valid(national))
+        if self.single_valid is None:
+            return (self.country_code, national, self.is_valid(national))
+        pattern = self.single_valid.get(len(national))  # is_valid, inlined for the common case
+        return (self.country_code, national, pattern is not None and pattern.fullmatch(national) is not None)
 
 
 _lock = threading.Lock()
@@ -279,14 +282,30 @@ def _calling_code(cc: int) -> _CallingCode | None:
     return info
 
 
+def _prefix_free(codes: list[str]) -> bool:
+    """No calling code is the start of another (true of E.164; checked, not assumed)."""
+    codes = sorted(codes)
+    return not any(longer.startswith(shorter) for shorter, longer in zip(codes, codes[1:]))
+
+
+# Calling codes met so far, by their digits. With prefix-free codes, the one of these that
+# starts a number is the one _extract_country_code's shortest-prefix search finds.
+_BY_DIGITS: dict[str, _CallingCode] = {}
+_REMEMBER = _prefix_free(list(_CC_OF_DIGITS))
+
+
 def _international(digits: str) -> Parsed | None:
     """``digits`` after ``+`` or an IDD (at least 3): ``_extract_country_code``, then the tail."""
-    cc = _CC_OF_DIGITS.get(digits[:1]) or _CC_OF_DIGITS.get(digits[:2]) or _CC_OF_DIGITS.get(digits[:3])
-    if cc is None:  # also when digits start with 0: no calling code does
-        return None
-    info = _calling_code(cc)
+    info = _BY_DIGITS.get(digits[:1]) or _BY_DIGITS.get(digits[:2]) or _BY_DIGITS.get(digits[:3])
     if info is None:
-        return None
+        cc = _CC_OF_DIGITS.get(digits[:1]) or _CC_OF_DIGITS.get(digits[:2]) or _CC_OF_DIGITS.get(digits[:3])
+        if cc is None:  # also when digits start with 0: no calling code does
+            return None
+        info = _calling_code(cc)
+        if info is None:
+            return None
+        if _REMEMBER:
+            _BY_DIGITS[info.digits] = info
     return info.finish(digits[len(info.digits) :], info.main)
 
 

@@ -31,6 +31,9 @@ class Normalized(NamedTuple):
     reason: str | None = None
 
 
+_new_normalized = tuple.__new__
+
+
 def normalize(raw: object, region: str | None = None) -> Normalized:
     """Read one input as a phone number.
 
@@ -47,7 +50,7 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
     if valid:
-        return Normalized(f"+{country_code}{nsn}")
+        return _new_normalized(Normalized, (f"+{country_code}{nsn}", None))  # Normalized(e164), faster
     return Normalized(None, _invalid_reason(_fastphone.phone_number(parsed)))
 
 
