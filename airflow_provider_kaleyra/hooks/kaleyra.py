@@ -97,6 +97,10 @@ class KaleyraHook(BaseHook):
                 f"a bulk lookup takes {api.BULK_MIN}-{api.BULK_MAX} distinct valid numbers, "
                 f"got {len(distinct)}; use lookup_rcs for fewer, lookup_rcs_many for any count"
             )
+        return self._post_bulk(distinct)
+
+    def _post_bulk(self, distinct: list[str]) -> list[dict[str, Any]]:
+        """The bulk call itself, for numbers already normalized, distinct and 100-500 (a planned batch)."""
         body = self.transport.call("POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct})
         devices = body.get("devices") if isinstance(body, dict) else None
         if not isinstance(devices, list):
@@ -187,7 +191,7 @@ class KaleyraHook(BaseHook):
         if len(batch) < api.BULK_MIN:
             return {number: self._answer_single(number) for number in batch}
         try:
-            devices = self.lookup_rcs_bulk(batch)
+            devices = self._post_bulk(batch)  # planned batches are normalized already
         except KaleyraAuthError:
             raise
         except KaleyraApiError as exc:
