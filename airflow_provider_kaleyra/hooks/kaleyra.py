@@ -250,8 +250,23 @@ class KaleyraHook(BaseHook):
         return True, "Connection to Kaleyra works"
 
     @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form for Airflow versions before 3.2, which build it from the hook, not the provider info."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from wtforms import PasswordField, StringField
+
+        from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            secret = spec["schema"].get("format") == "password"
+            field, widget = (PasswordField, BS3PasswordFieldWidget) if secret else (StringField, BS3TextFieldWidget)
+            widgets[name] = field(spec["label"], widget=widget(), description=spec["description"])
+        return widgets
+
+    @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """For Airflow versions that read the form from the hook rather than the provider info."""
+        """Hidden fields, labels and placeholders, for Airflow versions before 3.2 (see above)."""
         from airflow_provider_kaleyra.get_provider_info import UI_FIELD_BEHAVIOUR
 
         return {
