@@ -1,0 +1,661 @@
+"""Benchmarks of airflow-provider-kaleyra: ``python benchmarks/run.py [--quick] [--only NAME]``.
+
+Every figure is a ratio against a baseline measured in the same run (or, for goodput, against
+the ideal the rate limit allows), the median of several runs. Names (``--only``, repeatable):
+
+``goodput``    ``KaleyraHook.lookup_rcs_many`` against the simulator rate-limited at R req/s
+               with 150 ms latency: numbers/s as a fraction of the ideal R x 500, 429s, lost.
+``baselines``  the same lookup against what a user would write otherwise: a loop of single
+               lookups with plain ``requests``, and bulk calls one after another.
+``normalize``  ``phone.normalize`` against a plain ``phonenumbers`` parse/validate/format loop
+               on the same mixed inputs (identical answers checked on every input).
+``scale``      ``KaleyraRcsBulkLookupOperator`` over a 1,000,000-line audience file (no
+               latency): wall time, peak RSS, rows out = rows in; against reading the file
+               into memory and calling ``lookup_rcs_many``.
+``callbacks``  callbacks/s the standalone receiver stores (SQLite; PostgreSQL when
+               ``KALEYRA_TEST_POSTGRES_URL`` is set), none lost; against storing the same
+               callbacks straight into the store, without HTTP.
+
+The simulator and the callback receiver run as their own processes (as the real API and a
+real receiver would), so they do not share this process's GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import http.client
+import json
+import math
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import phonenumbers  # noqa: E402
+import requests  # noqa: E402
+
+from inputs import audience_lines, mixed_inputs, valid_e164_numbers  # noqa: E402
+
+from airflow_provider_kaleyra import _fastphone  # noqa: E402
+from airflow_provider_kaleyra.phone import Normalized, normalize, normalize_with_phonenumbers, preclean  # noqa: E402
+from airflow_provider_kaleyra.simulator import DEFAULT_API_KEY, DEFAULT_SID, rcs_answer  # noqa: E402
+
+LATENCY = 0.15
+CONN_ID = "kaleyra_bench"
+NAMES = ("goodput", "baselines", "normalize", "scale", "callbacks")
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+class Row(dict):
+    """One line of the result table."""
+
+
+def row(bench: str, case: str, result: str, baseline: str, ratio: str, note: str = "") -> Row:
+    return Row(bench=bench, case=case, result=result, baseline=baseline, ratio=ratio, note=note)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def log(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Simulator:
+    """The Kaleyra simulator as a child process (its CLI), driven through its /_sim endpoints."""
+
+    def __init__(self, **config: Any) -> None:
+        args = [sys.executable, "-m", "airflow_provider_kaleyra.simulator", "--log-level", "WARNING"]
+        for key, value in config.items():
+            if value is not None:
+                args += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the simulator did not start")
+
+    def configure(self, **changes: Any) -> None:
+        requests.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/_sim/reset", timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/_sim/stats", timeout=10).json()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def simulator(**config: Any) -> Iterator[Simulator]:
+    sim = Simulator(**config)
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def set_connection(url: str, **extra: Any) -> None:
+    """The ``kaleyra_bench`` connection, as an Airflow JSON connection in the environment."""
+    conn = {
+        "conn_type": "kaleyra",
+        "login": DEFAULT_SID,
+        "password": DEFAULT_API_KEY,
+        "extra": {"rcs_base_url": url, "soip_base_url": url, **extra},
+    }
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(conn)
+
+
+def concurrency_for(rate: float) -> int:
+    """Requests in flight to keep the pace: rate x latency, doubled for service time and jitter."""
+    return max(2, math.ceil(2 * rate * LATENCY))
+
+
+def expected_status(e164: str) -> str:
+    return "rcs_enabled" if rcs_answer(e164)["rcsEnabled"] else "rcs_disabled"
+
+
+def warm_simulator(sim: Simulator, numbers: list[str]) -> None:
+    """One unthrottled pass so the simulator's answer cache is warm: its CPU is not the client's
+    (the real API runs elsewhere), and on this 2-core machine it would otherwise compete."""
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    sim.configure(latency=0.0, rate_limit=None)
+    set_connection(sim.url, rate_limit=0, max_concurrency=4)
+    for _ in KaleyraHook(CONN_ID).lookup_rcs_many(numbers):
+        pass
+
+
+def hook_lookup(numbers: list[str]) -> tuple[float, int, int]:
+    """``lookup_rcs_many`` over ``numbers``: (seconds, requests sent, numbers lost)."""
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    hook = KaleyraHook(CONN_ID)
+    hook.transport  # noqa: B018 - connection read and pacer started outside the timing, as in a task
+    lost = 0
+    count = 0
+    start = time.perf_counter()
+    for result in hook.lookup_rcs_many(numbers):
+        count += 1
+        if result.e164 is None or result.status != expected_status(result.e164):
+            lost += 1
+    elapsed = time.perf_counter() - start
+    return elapsed, hook.transport.requests_sent, lost + len(numbers) - count
+
+
+# -- 1. goodput under a rate limit ----------------------------------------------------------
+
+
+def bench_goodput(quick: bool, runs: int) -> list[Row]:
+    cases = [(10, 10_000), (50, 50_000)] if quick else [(5, 50_000), (20, 200_000), (50, 200_000), (100, 200_000)]
+    rows = []
+    audience = valid_e164_numbers(max(n for _, n in cases))
+    with simulator(latency=LATENCY) as sim:
+        warm_simulator(sim, audience)
+        for rate, count in cases:
+            numbers = audience[:count]
+            sim.configure(latency=LATENCY, rate_limit=rate)
+            set_connection(sim.url, rate_limit=rate, max_concurrency=concurrency_for(rate))
+            ideal = rate * 500
+            measured = []
+            for run in range(runs):
+                sim.reset()
+                elapsed, sent, lost = hook_lookup(numbers)
+                stats = sim.stats()
+                measured.append((count / elapsed, stats["rate_limited"], lost, sent))
+                log(f"goodput R={rate} run {run + 1}: {count / elapsed:,.0f} numbers/s, "
+                    f"{stats['rate_limited']} x 429, {lost} lost, {sent} requests")
+            rate_med = median([m[0] for m in measured])
+            throttled = median([m[1] for m in measured])
+            lost_max = max(m[2] for m in measured)
+            rows.append(row(
+                "goodput", f"R={rate}/s, {count:,} numbers, {concurrency_for(rate)} in flight",
+                f"{rate_med:,.0f} numbers/s", f"ideal {ideal:,.0f}/s", f"{rate_med / ideal:.2f}",
+                f"429s: {throttled:.0f} (median), lost: {lost_max} (worst run), "
+                f"requests: {measured[0][3]}",
+            ))
+    return rows
+
+
+# -- 2. against what a user would write otherwise ---------------------------------------------
+
+
+def single_lookup_loop(url: str, numbers: list[str]) -> tuple[float, int, int]:
+    """A loop of single lookups with plain requests (one keep-alive session; obeys 429 Retry-After)."""
+    session = requests.Session()
+    headers = {"api-key": DEFAULT_API_KEY}
+    sent = lost = 0
+    start = time.perf_counter()
+    for number in numbers:
+        while True:
+            sent += 1
+            answer = session.get(f"{url}/v1/{DEFAULT_SID}/rcs/lookup/{quote(number, safe='')}", headers=headers, timeout=30)
+            if answer.status_code == 429:
+                time.sleep(float(answer.headers.get("Retry-After", "1")))
+                continue
+            enabled = answer.json()["data"]["rcsEnabled"] if answer.ok else None
+            lost += enabled is None or ("rcs_enabled" if enabled else "rcs_disabled") != expected_status(number)
+            break
+    return time.perf_counter() - start, sent, lost
+
+
+def sequential_bulk(url: str, numbers: list[str]) -> tuple[float, int, int]:
+    """Bulk calls of 500, one after another, with plain requests (obeys 429 Retry-After)."""
+    session = requests.Session()
+    headers = {"api-key": DEFAULT_API_KEY}
+    sent = lost = 0
+    start = time.perf_counter()
+    for first in range(0, len(numbers), 500):
+        chunk = numbers[first : first + 500]
+        while True:
+            sent += 1
+            answer = session.post(f"{url}/v1/{DEFAULT_SID}/rcs/lookup", json={"deviceAddresses": chunk},
+                                  headers=headers, timeout=30)
+            if answer.status_code == 429:
+                time.sleep(float(answer.headers.get("Retry-After", "1")))
+                continue
+            devices = {d["deviceAddress"]: d["rcsEnabled"] for d in answer.json()["devices"]} if answer.ok else {}
+            for number in chunk:
+                enabled = devices.get(number)
+                lost += enabled is None or ("rcs_enabled" if enabled else "rcs_disabled") != expected_status(number)
+            break
+    return time.perf_counter() - start, sent, lost
+
+
+def bench_baselines(quick: bool, runs: int) -> list[Row]:
+    rate = 20
+    count, single_count = (10_000, 50) if quick else (50_000, 200)
+    numbers = valid_e164_numbers(count, seed=23)
+    rows = []
+    with simulator(latency=LATENCY) as sim:
+        warm_simulator(sim, numbers)
+        sim.configure(latency=LATENCY, rate_limit=rate)
+        set_connection(sim.url, rate_limit=rate, max_concurrency=concurrency_for(rate))
+        hook_t, bulk_t, single_t = [], [], []
+        hook_req = bulk_req = single_req = 0
+        lost = 0
+        for run in range(runs):
+            sim.reset()
+            elapsed, hook_req, lost_hook = hook_lookup(numbers)
+            hook_t.append(elapsed)
+            sim.reset()
+            elapsed, bulk_req, lost_bulk = sequential_bulk(sim.url, numbers)
+            bulk_t.append(elapsed)
+            sim.reset()
+            elapsed, single_req, lost_single = single_lookup_loop(sim.url, numbers[:single_count])
+            single_t.append(elapsed)
+            lost += lost_hook + lost_bulk + lost_single
+            log(f"baselines run {run + 1}: hook {hook_t[-1]:.1f}s, sequential bulk {bulk_t[-1]:.1f}s, "
+                f"single loop {single_t[-1]:.1f}s for {single_count}")
+    hook_s, bulk_s = median(hook_t), median(bulk_t)
+    single_s = median(single_t) * count / single_count  # the loop is sequential: time is linear in numbers
+    case = f"R={rate}/s, 150 ms, {count:,} numbers"
+    rows.append(row("baselines", f"{case}: lookup_rcs_many", f"{hook_s:.1f} s, {hook_req} requests", "-", "1.00",
+                    f"{count / hook_s:,.0f} numbers/s; numbers lost in all runs: {lost}"))
+    rows.append(row("baselines", f"{case}: sequential bulk calls", f"{bulk_s:.1f} s, {bulk_req} requests",
+                    "lookup_rcs_many", f"time x{bulk_s / hook_s:.1f}, requests x{bulk_req / hook_req:.1f}",
+                    "plain requests, one call at a time"))
+    rows.append(row("baselines", f"{case}: single-lookup loop", f"{single_s:,.0f} s, {count:,} requests (extrapolated)",
+                    "lookup_rcs_many", f"time x{single_s / hook_s:,.0f}, requests x{count / hook_req:,.0f}",
+                    f"measured on {single_count} numbers ({median(single_t):.1f} s), scaled linearly"))
+    return rows
+
+
+# -- 3. normalization throughput ---------------------------------------------------------------
+
+
+def plain_loop(cleaned: list[Any]) -> list[Normalized]:
+    """The baseline: plain phonenumbers on the pre-cleaned inputs (cleaning not charged to it)."""
+    return [c if isinstance(c, Normalized) else normalize_with_phonenumbers(*c) for c in cleaned]
+
+
+def fast_loop(inputs: list[tuple[str, str]]) -> list[Normalized]:
+    return [normalize(raw, region) for raw, region in inputs]
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def bench_normalize(quick: bool, runs: int) -> list[Row]:
+    count = 100_000 if quick else 1_000_000
+    inputs = mixed_inputs(count)
+    cleaned = [preclean(raw, region) for raw, region in inputs]
+    warm = mixed_inputs(20_000, seed=99)  # compile patterns / load metadata for both sides first
+    plain_loop([preclean(r, g) for r, g in warm])
+    fast_loop(warm)
+    plain_t, fast_t = [], []
+    for run in range(runs):
+        elapsed, expected = timed(lambda: plain_loop(cleaned))
+        plain_t.append(elapsed)
+        elapsed, got = timed(lambda: fast_loop(inputs))
+        fast_t.append(elapsed)
+        if got != expected:
+            bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            raise AssertionError(f"normalize differs from plain phonenumbers on {inputs[bad]!r}: {got[bad]} != {expected[bad]}")
+        log(f"normalize run {run + 1}: plain {count / plain_t[-1]:,.0f}/s, fast {count / fast_t[-1]:,.0f}/s")
+        del expected, got
+    valid = sum(1 for n in fast_loop(inputs) if n.e164)
+    on_fast_path = sum(1 for c in cleaned if not isinstance(c, Normalized) and _fastphone.parse(*c) is not None)
+    distinct = len({raw for raw, _ in inputs})
+    plain_s, fast_s = median(plain_t), median(fast_t)
+    note = (f"identical on all {count:,} inputs; {distinct / count:.1%} distinct, {valid / count:.1%} valid, "
+            f"{on_fast_path / count:.1%} on the fast path")
+    rows = [row("normalize", f"{count:,} mixed inputs", f"{count / fast_s:,.0f}/s",
+                f"plain phonenumbers {count / plain_s:,.0f}/s", f"{plain_s / fast_s:.2f}", note)]
+    # The same against phonenumbers with its own compiled-pattern cache switched on.
+    sub = min(count, 250_000)
+    phonenumbers.enable_pattern_cache()
+    try:
+        plain_loop(cleaned[:20_000])
+        cached_t, fast_sub_t = [], []
+        for _ in range(runs):
+            cached_t.append(timed(lambda: plain_loop(cleaned[:sub]))[0])
+            fast_sub_t.append(timed(lambda: fast_loop(inputs[:sub]))[0])
+    finally:
+        phonenumbers.re_util._COMPILED_PATTERNS = None  # back to phonenumbers' default
+    rows.append(row("normalize", f"first {sub:,} of them", f"{sub / median(fast_sub_t):,.0f}/s",
+                    f"phonenumbers + enable_pattern_cache() {sub / median(cached_t):,.0f}/s",
+                    f"{median(cached_t) / median(fast_sub_t):.2f}", "a stronger baseline than the plain loop"))
+    return rows
+
+
+# -- 4. scale: the bulk operator over a big audience file -------------------------------------
+
+
+def scale_child(mode: str, audience: str, output: str) -> None:
+    """Runs in a child process: the operator (``operator``) or the in-memory way (``memory``)."""
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    start = time.perf_counter()
+    if mode == "operator":
+        from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+
+        op = KaleyraRcsBulkLookupOperator(task_id="bench", audience=audience, output=output, kaleyra_conn_id=CONN_ID,
+                                          max_invalid_ratio=None, max_failed_ratio=0.0)
+        summary = op.execute(context={})
+        rows, requests_sent = summary["rows"], summary["requests"]
+    else:
+        with open(audience, encoding="utf-8") as stream:
+            numbers = stream.read().split("\n")[:-1]
+        hook = KaleyraHook(CONN_ID)
+        with open(output, "w", encoding="utf-8") as out:
+            out.write("input,e164,status\n")
+            rows = 0
+            for result in hook.lookup_rcs_many(numbers):
+                out.write(f"{json.dumps(result.input)},{result.e164 or ''},{result.status}\n")
+                rows += 1
+        requests_sent = hook.transport.requests_sent
+    elapsed = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": elapsed, "rows": rows, "requests": requests_sent, "peak_mib": peak_kib / 1024}))
+
+
+def run_scale_child(mode: str, audience: str, output: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child-scale", mode, audience, output],
+        capture_output=True, text=True, env=os.environ.copy(),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale child ({mode}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(quick: bool, runs: int) -> list[Row]:
+    count = 100_000 if quick else 1_000_000
+    runs = 1 if not quick else runs
+    with tempfile.TemporaryDirectory(prefix="kaleyra-bench-") as tmp:
+        audience = os.path.join(tmp, "audience.txt")
+        with open(audience, "w", encoding="utf-8") as stream:
+            for line in audience_lines(count):
+                stream.write(line.replace("\n", " ") + "\n")
+        rows = []
+        with simulator() as sim:
+            set_connection(sim.url, rate_limit=0, max_concurrency=8, default_region="IN")
+            results: dict[str, list[dict[str, Any]]] = {"operator": [], "memory": []}
+            for run in range(runs):
+                for mode in ("operator", "memory"):
+                    output = os.path.join(tmp, f"out-{mode}-{run}.csv")
+                    sim.reset()
+                    child = run_scale_child(mode, audience, output)
+                    with open(output, encoding="utf-8") as stream:
+                        child["lines_out"] = sum(1 for _ in stream) - 1  # header
+                    os.remove(output)
+                    results[mode].append(child)
+                    log(f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['peak_mib']:.0f} MiB peak, "
+                        f"{child['lines_out']:,} rows out, {child['requests']} requests")
+        op, mem = results["operator"], results["memory"]
+        op_s, mem_s = median([r["seconds"] for r in op]), median([r["seconds"] for r in mem])
+        op_rss, mem_rss = max(r["peak_mib"] for r in op), max(r["peak_mib"] for r in mem)
+        rows_ok = all(r["lines_out"] == count for r in op + mem)
+        rows.append(row("scale", f"bulk operator, {count:,}-line audience file, no latency",
+                        f"{op_s:.1f} s, peak RSS {op_rss:.0f} MiB", "target < 400 MB RSS",
+                        f"RSS {op_rss * 1.048576 / 400:.2f} of target",
+                        f"rows out = rows in: {'yes' if rows_ok else 'NO'} ({op[0]['lines_out']:,}); "
+                        f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests"))
+        rows.append(row("scale", "same, vs file read into a list + lookup_rcs_many",
+                        f"{op_s:.1f} s, {op_rss:.0f} MiB", f"{mem_s:.1f} s, {mem_rss:.0f} MiB",
+                        f"time x{op_s / mem_s:.2f}, RSS x{op_rss / mem_rss:.2f}",
+                        "the operator also spools, checkpoints and writes all 7 columns"))
+    return rows
+
+
+# -- 5. callback intake -------------------------------------------------------------------------
+
+
+def _callback_body(i: int) -> bytes:
+    return json.dumps({"number": f"9198{i:08d}", "soip_capable": i % 3 != 0, "request_id": f"bench-{i // 100}",
+                       "timestamp": "2026-01-01T00:00:00.000Z"}).encode()
+
+
+def _post_callbacks(port: int, secret: str, indexes: range, clients: int) -> float:
+    """Deliver callbacks from ``clients`` threads, each on one keep-alive connection; retries on 5xx."""
+    errors: list[str] = []
+
+    def client(part: range) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in part:
+            for _attempt in range(5):
+                conn.request("POST", "/kaleyra/soip/callback", body=_callback_body(i),
+                             headers={"Content-Type": "application/json", "X-Kaleyra-Secret": secret})
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status == 202:
+                    break
+                time.sleep(0.2)
+            else:
+                errors.append(f"callback {i}: HTTP {answer.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(indexes[k::clients],)) for k in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{len(errors)} callbacks refused, e.g. {errors[0]}")
+    return elapsed
+
+
+def _stored(store_url: str) -> tuple[int, int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        callbacks = conn.execute(text("SELECT count(*) FROM kaleyra_callbacks")).scalar()
+        numbers = conn.execute(text("SELECT count(DISTINCT number) FROM kaleyra_callback_results")).scalar()
+    engine.dispose()
+    return int(callbacks or 0), int(numbers or 0)
+
+
+def _clear_store(store_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        for table in ("kaleyra_callback_results", "kaleyra_callbacks"):
+            try:
+                conn.execute(text(f"DELETE FROM {table}"))
+            except Exception:  # noqa: BLE001 - tables not created yet
+                pass
+    engine.dispose()
+
+
+def _direct_store(store_url: str, indexes: range) -> float:
+    """Baseline: the same callbacks written straight into the store from one thread (no HTTP)."""
+    from datetime import datetime, timezone
+
+    from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+
+    store = CallbackStore(store_url)
+    store.engine  # noqa: B018 - schema created outside the timing
+    start = time.perf_counter()
+    for i in indexes:
+        store.add_callback(RawCallback(method="POST", body=_callback_body(i), content_type="application/json",
+                                       query="", headers={}, received_at=datetime.now(timezone.utc)))
+    elapsed = time.perf_counter() - start
+    store.dispose()
+    return elapsed
+
+
+def bench_callbacks(quick: bool, runs: int) -> list[Row]:
+    try:
+        import airflow_provider_kaleyra.callbacks.receiver  # noqa: F401
+        from airflow_provider_kaleyra.callbacks.store import CallbackStore  # noqa: F401
+    except ImportError as exc:
+        return [row("callbacks", "receiver", "skipped", "-", "-", f"callbacks module not importable: {exc}")]
+    count = 1_000 if quick else 5_000
+    clients = 8
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kaleyra-cb-") as tmp:
+        stores = [("SQLite", f"sqlite:///{tmp}/callbacks.db")]
+        pg = os.environ.get("KALEYRA_TEST_POSTGRES_URL")
+        if pg:
+            stores.append(("PostgreSQL", pg))
+        for name, url in stores:
+            secret = "bench-callback-secret-0123456789"
+            port = free_port()
+            env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port),
+                 "--store-url", url, "--secret-env", "KALEYRA_BENCH_SECRET", "--log-level", "warning"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            try:
+                _wait_for_health(port, proc)
+                http_t, direct_t, lost = [], [], 0
+                for run in range(runs):
+                    _clear_store(url)
+                    indexes = range(run * count, (run + 1) * count)
+                    http_t.append(_post_callbacks(port, secret, indexes, clients))
+                    stored, numbers = _stored(url)
+                    lost = max(lost, count - stored, count - numbers)
+                    _clear_store(url)
+                    direct_t.append(_direct_store(url, indexes))
+                    log(f"callbacks {name} run {run + 1}: {count / http_t[-1]:,.0f}/s over HTTP, "
+                        f"{count / direct_t[-1]:,.0f}/s direct, {count - stored} lost")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=15)
+            http_s, direct_s = median(http_t), median(direct_t)
+            rows.append(row("callbacks", f"{name}: {count:,} callbacks, {clients} keep-alive clients",
+                            f"{count / http_s:,.0f} callbacks/s", f"direct store writes {count / direct_s:,.0f}/s",
+                            f"{direct_s / http_s:.2f}", f"lost: {lost} (worst run)"))
+        if not pg:
+            rows.append(row("callbacks", "PostgreSQL", "skipped: no PostgreSQL", "-", "-",
+                            "set KALEYRA_TEST_POSTGRES_URL to include it"))
+    return rows
+
+
+def _wait_for_health(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the callback receiver exited at start")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/kaleyra/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the callback receiver did not start")
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        airflow_version = version("apache-airflow")
+    except Exception:  # noqa: BLE001
+        airflow_version = "?"
+    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, Airflow {airflow_version}, "
+            f"phonenumbers {phonenumbers.__version__}, load average at start {os.getloadavg()[0]:.1f}")
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = {"bench": "benchmark", "case": "case", "result": "result", "baseline": "baseline", "ratio": "ratio",
+               "note": "notes"}
+    widths = {k: max(len(headers[k]), *(len(str(r[k])) for r in rows)) for k in headers}
+    line = " | ".join(headers[k].ljust(widths[k]) for k in headers)
+    print(line)
+    print("-+-".join("-" * widths[k] for k in headers))
+    for r in rows:
+        print(" | ".join(str(r[k]).ljust(widths[k]) for k in headers))
+
+
+BENCHES: dict[str, Callable[[bool, int], list[Row]]] = {
+    "goodput": bench_goodput,
+    "baselines": bench_baselines,
+    "normalize": bench_normalize,
+    "scale": bench_scale,
+    "callbacks": bench_callbacks,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child-scale"]:
+        scale_child(*argv[1:4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
+    parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure, median reported (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/run.py {' '.join(argv)}".rstrip())
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for name in args.only or NAMES:
+        began = time.perf_counter()
+        log(f"{name} ...")
+        try:
+            rows += BENCHES[name](args.quick, args.runs)
+        except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            rows.append(row(name, "error", f"{type(exc).__name__}: {detail}"[:160], "-", "-"))
+            log(f"{name} failed: {exc}")
+        gc.collect()
+        log(f"{name} done in {time.perf_counter() - began:.0f} s")
+    print()
+    print_table(rows)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "argv": argv, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
