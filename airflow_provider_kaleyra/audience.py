@@ -42,7 +42,7 @@ class AudienceRow(NamedTuple):
 
 
 def as_path(value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
-    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute.
+    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute (``~`` expanded).
 
     :param conn_id: the Airflow connection of the store, for strings (paths keep their own).
     """
@@ -50,7 +50,7 @@ def as_path(value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | No
         return value
     text = os.fspath(value)
     if "://" not in text:
-        text = os.path.abspath(text)
+        text = os.path.abspath(os.path.expanduser(text))
     return ObjectStoragePath(text, conn_id=conn_id)
 
 

@@ -23,17 +23,18 @@ a bearer token, or the password of HTTP Basic auth), and the provider installed 
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import re
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow.sdk import DAG, ObjectStoragePath, Param, get_current_context, task
+import campaign_report as helpers  # campaign_report.py beside this file: files, audience, report
+from airflow.sdk import DAG, Param, get_current_context, task
 
-from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+from airflow_provider_kaleyra.audience import as_path
+from airflow_provider_kaleyra.operators.kaleyra import (
+    KaleyraSoipCapabilityCheckOperator,
+)
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
 KALEYRA_CONN_ID = "kaleyra_default"
@@ -47,27 +48,6 @@ SAMPLE_NUMBERS = [
     "+91 70123 45678",
     "+918800112233",
 ]
-
-
-def _storage_path(location: str, conn_id: str | None = None) -> ObjectStoragePath:
-    if "://" not in location:
-        location = "file://" + os.path.abspath(os.path.expanduser(location))
-    return ObjectStoragePath(location, conn_id=conn_id or None)
-
-
-def _ensure_dir(path: ObjectStoragePath) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotImplementedError):
-        pass
-
-
-def _write_csv(path: ObjectStoragePath, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    _ensure_dir(path.parent)
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
 
 
 with DAG(
@@ -115,16 +95,14 @@ with DAG(
         conn_id = params["storage_conn_id"] or None
         if params["numbers_location"]:
             column = params["phone_column"]
-            with _storage_path(params["numbers_location"], conn_id).open("r", encoding="utf-8-sig", newline="") as fh:
-                numbers = [row.get(column) or "" for row in csv.DictReader(fh)]
+            numbers = [row.get(column) or "" for row in helpers.read_csv(as_path(params["numbers_location"], conn_id))]
         else:
             numbers = [str(n) for n in params["numbers"]]
         if not numbers:
             raise ValueError("no numbers to check")
-        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-        base = params["output_location"] or f"file://{home}/kaleyra/soip"
-        run_dir = _storage_path(base, conn_id) / re.sub(r"[^A-Za-z0-9_.-]+", "_", context["run_id"]).strip("_")
-        _ensure_dir(run_dir)
+        base = params["output_location"] or f"file://{helpers.airflow_home()}/kaleyra/soip"
+        run_dir = as_path(base, conn_id) / helpers.safe_name(context["run_id"])
+        helpers.ensure_dir(run_dir)
         print(f"{len(numbers):,} numbers to check; outputs go to {run_dir}")
         return {"numbers": numbers, "run_dir": str(run_dir), "callback_results": str(run_dir / "callbacks.jsonl")}
 
@@ -153,10 +131,10 @@ with DAG(
         """capable / not capable / missing (and invalid), one CSV each, plus summary.json."""
         params = get_current_context()["params"]
         conn_id = params["storage_conn_id"] or None
-        out = _storage_path(run_dir, conn_id)
+        out = as_path(run_dir, conn_id)
         results: dict[str, dict[str, Any]] = {}
         if waited.get("output"):
-            with _storage_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
+            with as_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
                 for line in fh:
                     if line.strip():
                         entry = json.loads(line)
@@ -182,12 +160,12 @@ with DAG(
             "invalid": str(out / "soip_invalid.csv"),
             "summary": str(out / "summary.json"),
         }
-        _write_csv(_storage_path(files["capable"], conn_id), header, groups["capable"])
-        _write_csv(_storage_path(files["not_capable"], conn_id), header, groups["not_capable"])
-        _write_csv(_storage_path(files["missing"], conn_id), (*header, "outcome"), groups["missing"])
+        helpers.write_csv(as_path(files["capable"], conn_id), header, groups["capable"])
+        helpers.write_csv(as_path(files["not_capable"], conn_id), header, groups["not_capable"])
+        helpers.write_csv(as_path(files["missing"], conn_id), (*header, "outcome"), groups["missing"])
         invalid = submitted.get("invalid") or []
-        _write_csv(
-            _storage_path(files["invalid"], conn_id),
+        helpers.write_csv(
+            as_path(files["invalid"], conn_id),
             ("input", "reason"),
             [(item.get("input"), item.get("reason")) if isinstance(item, dict) else (item, "") for item in invalid],
         )
@@ -201,8 +179,7 @@ with DAG(
             "callback_profile_id": submitted.get("callback_profile_id"),
             "files": files,
         }
-        with _storage_path(files["summary"], conn_id).open("w", encoding="utf-8") as fh:
-            fh.write(json.dumps(summary, indent=2, default=str))
+        helpers.write_text(as_path(files["summary"], conn_id), json.dumps(summary, indent=2, default=str))
         print(f"SOIP: {counts}; outputs in {run_dir}")
         return summary
 

@@ -121,6 +121,8 @@ def test_plain_paths_become_absolute_object_storage_paths(tmp_path, monkeypatch)
     assert str(path) == str(tmp_path / "sub" / "a.csv")
     assert as_path(path) is path
     assert as_path("file:///x/y.csv").protocol == "file"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert str(as_path("~/b.csv")) == str(tmp_path / "home" / "b.csv")
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import os
 import socket
+import sys
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -16,9 +17,13 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_kaleyra.audience import as_path
+from airflow_provider_kaleyra.simulator import generate_audience_rows
+
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 CAMPAIGN = "kaleyra_campaign_preflight"
 SOIP = "kaleyra_soip_check"
+REPORT = "campaign_report"  # the helpers shared by the example DAGs: a plain module, no DAG
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,8 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     mp.setenv("AIRFLOW_HOME", str(home))
     mp.delenv("AIRFLOW_CONN_KALEYRA_DEFAULT", raising=False)
     mp.setattr(socket.socket, "connect", spy_connect)
+    # As Airflow does for its DAGs folder: the DAG files import campaign_report.py beside them.
+    mp.syspath_prepend(str(EXAMPLE_DAGS))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -51,6 +58,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLE_DAGS / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (dataclasses look their module up)
     spec.loader.exec_module(module)
     return module
 
@@ -109,16 +117,16 @@ def test_soip_check_shape(parsed: dict[str, Any]) -> None:
     assert [t.task_id for t in dag.topological_sort()] == ["load_numbers", "soip_check", "wait_for_callbacks", "split_by_capability"]
 
 
-# -- the helpers of the campaign DAG --------------------------------------------------------------
+# -- the helpers of the example DAGs (campaign_report.py) and the simulator's sample audience ------
 
 
 def test_sample_audience_is_deterministic_messy_and_mostly_valid() -> None:
     from airflow_provider_kaleyra.phone import normalize
 
-    module = _load(CAMPAIGN)
-    rows = list(module.generate_audience_rows(4000, seed=7))
-    assert rows == list(module.generate_audience_rows(4000, seed=7))
-    assert rows != list(module.generate_audience_rows(4000, seed=8))
+    module = _load(REPORT)
+    rows = list(generate_audience_rows(4000, seed=7))
+    assert rows == list(generate_audience_rows(4000, seed=7))
+    assert rows != list(generate_audience_rows(4000, seed=8))
     assert len({customer for customer, _, _ in rows}) == 4000
     normalized = [normalize(phone, "US").e164 for _, phone, _ in rows]
     invalid = normalized.count(None)
@@ -132,8 +140,7 @@ def test_sample_audience_is_deterministic_messy_and_mostly_valid() -> None:
 
 
 def test_sample_audience_survives_csv_round_trip() -> None:
-    module = _load(CAMPAIGN)
-    rows = list(module.generate_audience_rows(500, seed=1))
+    rows = list(generate_audience_rows(500, seed=1))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(("customer_id", "phone", "segment"))
@@ -144,7 +151,7 @@ def test_sample_audience_survives_csv_round_trip() -> None:
 
 
 def test_svg_chart_and_report_are_well_formed() -> None:
-    module = _load(CAMPAIGN)
+    module = _load(REPORT)
     svg = module.svg_bar_chart("A <chart> & more", [("one", 3, "#111"), ("two & two", 0, "#222"), ("three", 12.5, "#333")])
     root = ET.fromstring(svg)
     assert root.tag.endswith("svg")
@@ -166,9 +173,10 @@ def test_svg_chart_and_report_are_well_formed() -> None:
 
 
 def test_storage_paths_accept_urls_and_local_paths(tmp_path: Path) -> None:
-    module = _load(CAMPAIGN)
-    local = module.storage_path(str(tmp_path / "x" / "y.csv"))
-    assert str(local) == f"file://{tmp_path}/x/y.csv"
+    module = _load(REPORT)
+    local = as_path(str(tmp_path / "x" / "y.csv"))
+    assert str(local) == f"{tmp_path}/x/y.csv"
     module.write_csv(local, ("a",), [("1",), ("2",)])
-    assert [r["a"] for r in module.read_csv(module.storage_path(str(local)))] == ["1", "2"]
+    assert [r["a"] for r in module.read_csv(as_path(str(local)))] == ["1", "2"]
+    assert [r["a"] for r in module.read_csv(as_path(f"file://{tmp_path}/x/y.csv"))] == ["1", "2"]
     assert os.path.exists(tmp_path / "x" / "y.csv")

@@ -5,11 +5,13 @@ Usage::
     with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim:
         requests.get(f"{sim.url}/v1/{sim.config.sid}/rcs/lookup/%2B14155550123", headers={"api-key": ...})
 
-Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`.
+Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
+:func:`generate_audience_rows` yields a deterministic sample audience to look them up on.
 """
 
 from __future__ import annotations
 
+from airflow_provider_kaleyra.simulator.audience import generate_audience_rows
 from airflow_provider_kaleyra.simulator.server import (
     CARRIER_STATUSES,
     CARRIERS,
@@ -36,6 +38,7 @@ __all__ = [
     "KaleyraSimulator",
     "SimulatorConfig",
     "TokenBucket",
+    "generate_audience_rows",
     "rcs_answer",
     "soip_answer",
 ]
