@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
@@ -37,11 +38,21 @@ def answer_from_device(device: dict[str, Any]) -> Answer:
     enabled = device.get("rcsEnabled")
     if isinstance(enabled, str):
         enabled = enabled.strip().lower() == "true"
-    return Answer(
-        RCS_ENABLED if enabled is True else RCS_DISABLED,
-        device.get("carrierId"),
-        device.get("carrierStatus"),
-    )
+    fields = (RCS_ENABLED if enabled is True else RCS_DISABLED, device.get("carrierId"), device.get("carrierStatus"))
+    try:
+        return _shared_answer(*fields)
+    except TypeError:  # an unhashable carrier field: odd, but still an answer
+        return Answer(*fields)
+
+
+@lru_cache(maxsize=1024)
+def _shared_answer(status: str, carrier_id: Any, carrier_status: Any) -> Answer:
+    """One record per distinct answer, shared: a million answers are a handful of objects.
+
+    (A ``NamedTuple`` is never untracked by the garbage collector, so a million distinct
+    ones make every full collection walk them all.)
+    """
+    return Answer(status, carrier_id, carrier_status)
 
 
 def failed(reason: str) -> Answer:

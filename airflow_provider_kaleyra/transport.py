@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import threading
 import time
@@ -25,10 +26,18 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
 BACKOFF_CAP = 30.0
+PACER_SLACK = 0.1  # seconds of lateness the pacer makes up (a burst of at most rate x 0.1 + 1)
 
 
 class Pacer:
-    """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone."""
+    """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
+
+    A thread that reaches its slot late (busy with a response, waiting for the GIL) does not
+    push the schedule back: up to ``PACER_SLACK`` seconds of lateness are made up by sending
+    the next requests sooner. Without that, each late slot is lost for good: at 100 requests
+    a second, a 2.5 ms average lateness costs a quarter of the throughput. In any window of
+    ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` requests go out.
+    """
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate if rate and rate > 0 else 0.0
@@ -40,7 +49,7 @@ class Pacer:
             return
         with self._lock:
             now = time.monotonic()
-            slot = max(now, self._next)
+            slot = max(self._next, now - PACER_SLACK)
             self._next = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
@@ -114,6 +123,12 @@ class Transport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({API_KEY_HEADER: api_key, "Accept": "application/json"})
+        # requests reads the environment (proxies, CA bundle, .netrc) again on every request,
+        # about 1 ms each: a tenth of the client's time at 100 bulk calls a second. Read it
+        # once instead, with the same rules (``no_proxy`` per host); never use .netrc.
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[str, dict[str, str]] = {}
         self.requests_sent = 0
         self.throttled = 0
         self._count_lock = threading.Lock()
@@ -123,6 +138,14 @@ class Transport:
 
     def close(self) -> None:
         self.session.close()
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxies for ``url``'s host (none when ``no_proxy`` names it), read once per host."""
+        origin = url.split("/", 3)[2] if "://" in url else url
+        proxies = self._proxies.get(origin)
+        if proxies is None:
+            proxies = self._proxies[origin] = requests.utils.get_environ_proxies(url)
+        return proxies
 
     def _sleep_before_retry(self, attempt: int, retry_after: float | None) -> None:
         if retry_after is not None:
@@ -142,7 +165,7 @@ class Transport:
             with self._count_lock:
                 self.requests_sent += 1
             try:
-                response = self.session.request(method, url, json=json, timeout=self.timeout)
+                response = self.session.request(method, url, json=json, timeout=self.timeout, proxies=self._proxies_for(url))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True)
                 log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)

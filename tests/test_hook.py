@@ -14,7 +14,9 @@ import requests
 from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.transport import Pacer, retry_after_seconds
+from airflow_provider_kaleyra import transport
+from airflow_provider_kaleyra.results import answer_from_device
+from airflow_provider_kaleyra.transport import PACER_SLACK, Pacer, Transport, retry_after_seconds
 
 BASE = "http://kaleyra.test"
 SID = "HXAP16SIDTEST"
@@ -282,3 +284,71 @@ def test_pacer_spaces_requests():
     for _ in range(21):
         pacer.wait()
     assert time.monotonic() - start >= 0.099  # 20 intervals of 5 ms
+
+
+class _FakeClock:
+    """``time`` for the pacer: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+
+
+def test_pacer_makes_up_lateness_but_never_bursts_beyond_its_slack(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(transport, "time", clock)
+    pacer = Pacer(100)  # a slot every 10 ms
+    sent = []
+
+    def send() -> None:
+        pacer.wait()
+        sent.append(clock.now)
+
+    for _ in range(10):
+        send()
+    assert sent == pytest.approx([1000 + i / 100 for i in range(10)])
+    clock.now += 0.035  # a worker reached its slot 35 ms late (busy with a response)
+    for _ in range(4):
+        send()
+    # the three slots it missed go out at once, then the schedule goes on where it was
+    assert sent[10:] == pytest.approx([1000.125, 1000.125, 1000.125, 1000.13])
+
+    clock.now += 5.0  # idle for a while: at most PACER_SLACK seconds of requests at once
+    sleeps = clock.sleeps
+    burst = 0
+    while clock.sleeps == sleeps:
+        send()
+        burst += 1
+    assert burst - 1 == round(100 * PACER_SLACK) + 1  # (the last one slept)
+    for _ in range(300):
+        send()
+    for i, first in enumerate(sent):  # in any second: rate x (1 + slack) + 1 at most
+        assert sum(1 for t in sent[i:] if t < first + 1.0) <= 100 * (1 + PACER_SLACK) + 1
+
+
+def test_transport_reads_proxies_once_per_host_with_no_proxy(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "simulator.local")
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    t = Transport(api_key=KEY, timeout=1, max_retries=0, rate_limit=0, pool_size=1)
+    assert t.session.trust_env is False  # no per-request environment scan, no .netrc
+    assert t._proxies_for("https://api.kaleyra.io/v1/x/rcs/lookup")["https"] == "http://proxy.internal:3128"
+    assert t._proxies_for("https://simulator.local/v1/x/rcs/lookup") == {}
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed:1")  # read once per host
+    assert t._proxies_for("https://api.kaleyra.io/v1/y")["https"] == "http://proxy.internal:3128"
+
+
+def test_equal_answers_are_one_shared_record():
+    device = {"deviceAddress": "+14155550100", "rcsEnabled": "TRUE", "carrierId": "Google", "carrierStatus": "ACTIVE"}
+    first, second = answer_from_device(device), answer_from_device(dict(device))
+    assert first is second and first.status == RCS_ENABLED and first.carrier_id == "Google"
+    odd = answer_from_device({**device, "carrierId": ["not", "hashable"]})
+    assert odd.carrier_id == ["not", "hashable"] and odd.status == RCS_ENABLED

@@ -16,7 +16,7 @@ from airflow_provider_kaleyra import api
 from airflow_provider_kaleyra.batching import plan_batches
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
-from airflow_provider_kaleyra.phone import Normalized, mask, normalize
+from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
 from airflow_provider_kaleyra.transport import Transport
 
@@ -140,16 +140,25 @@ class KaleyraHook(BaseHook):
         """
         inputs = list(numbers)
         region = self.config.default_region
-        normalized: list[Normalized] = []
+        # Plain strings per input, not Normalized records: the garbage collector never
+        # untracks NamedTuples, and a million of them slow down every full collection.
+        e164s: list[str | None] = []
+        reasons: dict[int, str | None] = {}  # input index -> why it is not a number
 
         def distinct_numbers() -> Iterator[str]:
             seen: set[str] = set()
             for raw in inputs:
-                norm = normalize(raw, region)
-                normalized.append(norm)
-                if norm.e164 is not None and norm.e164 not in seen:
-                    seen.add(norm.e164)
-                    yield norm.e164
+                e164, reason = normalize(raw, region)
+                if e164 is None:
+                    reasons[len(e164s)] = reason
+                e164s.append(e164)
+                if e164 is not None and e164 not in seen:
+                    seen.add(e164)
+                    yield e164
+
+        def record(index: int) -> RcsResult:
+            e164 = e164s[index]
+            return result_for(inputs[index], e164, reasons.get(index), answers.get(e164) if e164 else None)
 
         answers: dict[str, Answer] = {}
         done = 0  # records yielded so far
@@ -157,14 +166,14 @@ class KaleyraHook(BaseHook):
             answers.update(batch_answers)
             # batches complete in first-seen order: every input up to the first one whose
             # number is still unanswered can be yielded now
-            while done < len(normalized):
-                norm = normalized[done]
-                if norm.e164 is not None and norm.e164 not in answers:
+            while done < len(e164s):
+                e164 = e164s[done]
+                if e164 is not None and e164 not in answers:
                     break
-                yield result_for(inputs[done], norm.e164, norm.reason, answers.get(norm.e164) if norm.e164 else None)
+                yield record(done)
                 done += 1
-        for raw, norm in zip(inputs[done:], normalized[done:]):
-            yield result_for(raw, norm.e164, norm.reason, answers.get(norm.e164) if norm.e164 else None)
+        for index in range(done, len(inputs)):
+            yield record(index)
 
     def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
