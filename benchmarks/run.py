@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         scale_child(*argv[1:4])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure, median reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
