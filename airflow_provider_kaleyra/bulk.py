@@ -17,12 +17,12 @@ import json
 import logging
 import tempfile
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from array import array
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO, Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath

@@ -48,7 +48,6 @@ sys.path.insert(0, str(HERE))
 
 import phonenumbers  # noqa: E402
 import requests  # noqa: E402
-
 from inputs import audience_lines, mixed_inputs, valid_e164_numbers  # noqa: E402
 
 from airflow_provider_kaleyra import _fastphone  # noqa: E402

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  distinct valid numbers {counts['distinct']:>9,}   duplicates {counts['duplicates']:,}   invalid {counts['invalid']:,}")
     print(f"  RCS-capable            {counts['rcs_capable']:>9,}   ({pct(counts['rcs_capable'], counts['distinct'])})")
     print(f"  SMS fallback           {counts['sms_fallback']:>9,}   (failed lookups: {counts['failed']:,})")
-    print(f"  carriers: " + ", ".join(f"{name} {row['rcs_rate'] * 100:.0f}%" for name, row in summary["carriers"].items()))
+    print("  carriers: " + ", ".join(f"{name} {row['rcs_rate'] * 100:.0f}%" for name, row in summary["carriers"].items()))
     print(f"  simulator requests: {json.dumps(requests)}")
     print()
     print(f"Report:       {files['report_html']}")

@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 import requests
 
+from airflow_provider_kaleyra import transport
 from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra import transport
 from airflow_provider_kaleyra.results import answer_from_device
 from airflow_provider_kaleyra.transport import PACER_SLACK, Pacer, Transport, retry_after_seconds
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from airflow_deployment import AirflowDeployment, PostgresDatabase
+
 from airflow_provider_kaleyra.phone import normalize
 from airflow_provider_kaleyra.simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, rcs_answer, soip_answer
 

@@ -17,11 +17,11 @@ import textwrap
 import time
 from pathlib import Path
 
+from _reliability import SECRETS
+
 from airflow_provider_kaleyra.audience import as_path, read_results
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.simulator import rcs_answer
-
-from _reliability import SECRETS
 
 ROWS = 12_000
 CHECKPOINT_BATCHES = 2  # ~24 bulk calls of ~490 -> 12 parts

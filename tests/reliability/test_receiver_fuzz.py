@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from _reliability import SECRET_CALLBACK as SECRET
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,8 +27,6 @@ from airflow_provider_kaleyra.callbacks import receiver
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
-
-from _reliability import SECRET_CALLBACK as SECRET
 
 LIMIT = 4096
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

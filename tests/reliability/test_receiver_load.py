@@ -19,11 +19,10 @@ import time
 from collections import Counter
 
 import pytest
+from _reliability import SECRET_CALLBACK as SECRET
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
-
-from _reliability import SECRET_CALLBACK as SECRET
 
 TOTAL = 20_000
 THREADS = 8

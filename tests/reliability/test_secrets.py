@@ -19,8 +19,9 @@ import traceback
 from typing import Any
 
 import pytest
+from _reliability import SECRET_API_KEY, SECRET_CALLBACK, SECRETS
 
-from airflow_provider_kaleyra.callbacks.receiver import URL_PREFIX, CALLBACK_PATH, create_standalone_app
+from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
@@ -32,8 +33,6 @@ from airflow_provider_kaleyra.operators.kaleyra import (
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.simulator import CallbackAuth
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
-
-from _reliability import SECRET_API_KEY, SECRET_CALLBACK, SECRETS
 
 pytest_plugins = ["conftest_airflow"]
 
