@@ -38,6 +38,7 @@ from airflow_provider_kaleyra.results import Answer, failed, result_for
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 PROGRESS_SECONDS = 30.0
 _MAX_REASONS = 1000  # distinct invalid reasons counted for messages
+_SPOOL_ROWS = 4096  # rows per spool line
 
 
 class Shard(NamedTuple):
@@ -149,12 +150,13 @@ class BulkLookup:
         """Normalize every row into the spool; collect distinct numbers in first-seen order.
 
         The spool holds ``[raw, e164, index of the number among the distinct ones]`` per valid row
-        and ``[raw, null, reason]`` per invalid one, in input order.
+        and ``[raw, null, reason]`` per invalid one, in input order, as one JSON list per line of
+        up to ``_SPOOL_ROWS`` rows (one ``json.dumps`` per row cost a fifth of the pass).
         """
         region = self.hook.config.default_region
         stats, spool = self.stats, self._spool
         distinct: dict[int, int] = {}
-        buffer: list[str] = []
+        buffer: list[tuple[str, str | None, int | str]] = []
         for raw, problem in rows:
             norm = normalize(raw, region) if problem is None else None
             e164 = norm.e164 if norm else None
@@ -163,16 +165,15 @@ class BulkLookup:
                 stats.invalid_inputs += 1
                 if reason in stats.invalid_reasons or len(stats.invalid_reasons) < _MAX_REASONS:
                     stats.invalid_reasons[reason] += 1
-                buffer.append(json.dumps([raw if isinstance(raw, str) else str(raw), None, reason]))
+                buffer.append((raw if isinstance(raw, str) else str(raw), None, reason))
             else:
-                index = distinct.setdefault(int(e164[1:]), len(distinct))
-                buffer.append(json.dumps([raw, e164, index]))
+                buffer.append((raw, e164, distinct.setdefault(int(e164[1:]), len(distinct))))
             stats.inputs += 1
-            if len(buffer) >= 4096:
-                spool.write("\n".join(buffer) + "\n")
+            if len(buffer) >= _SPOOL_ROWS:
+                spool.write(json.dumps(buffer) + "\n")
                 buffer.clear()
         if buffer:
-            spool.write("\n".join(buffer) + "\n")
+            spool.write(json.dumps(buffer) + "\n")
         start, stop = self._bounds(len(distinct))
         self._numbers = array("q", islice(distinct, start, stop))
         self._first = start
@@ -257,9 +258,9 @@ class BulkLookup:
         answers, stats, first = self._answers, self.stats, self._first
         with_invalid = self.shard is None or self.shard.index == 0
         self._spool.seek(0)
+        rows = (row for line in self._spool for row in json.loads(line))
         with write_results(self.output) as out:
-            for row, line in enumerate(self._spool):
-                raw, e164, extra = json.loads(line)
+            for row, (raw, e164, extra) in enumerate(rows):
                 if e164 is None:
                     if not with_invalid:
                         continue
