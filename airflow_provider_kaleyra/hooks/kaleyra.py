@@ -136,7 +136,8 @@ class KaleyraHook(BaseHook):
         numbers), de-duplicated, planned into compliant calls and looked up concurrently.
         The three overlap on big audiences: calls start once the first ~10,000 distinct
         numbers are known, and a record is yielded as soon as its number is answered, so the
-        rate limit, not local CPU, sets the pace.
+        rate limit, not local CPU, sets the pace. Write records out as they come rather than
+        keeping them all: the bulk operator does, for audiences that do not fit in memory.
         """
         inputs = list(numbers)
         region = self.config.default_region
