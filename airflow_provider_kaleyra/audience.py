@@ -14,6 +14,7 @@ import io
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
@@ -282,15 +283,26 @@ def merge_results(
     """Merge shard outputs (each sorted by ``row``) into one file sorted by ``row``, streaming.
 
     :param sources: the ``output`` of each shard (e.g. the ``output`` key of their XCom summaries).
+    :raises ValueError: an output listed twice, or a row in two outputs (nothing is written then).
     :param destination: where the merged file goes; its suffix picks the format.
     :return: ``{"output": ..., "rows": ..., "statuses": {...}}``.
     """
     target = as_path(destination)
     paths = [as_path(source) for source in sources]
+    repeated = sorted(name for name, count in Counter(map(str, paths)).items() if count > 1)
+    if repeated:
+        raise ValueError(
+            f"shard outputs listed more than once: {', '.join(repeated)}; each shard must write its "
+            "own output (put {{ ti.map_index }} in the output path), or shards overwrite each other"
+        )
     statuses: dict[str, int] = {}
     merged = heapq.merge(*(read_results(p) for p in paths), key=lambda record: record["row"])
+    previous = None
     with write_results(target) as out:
         for record in merged:
+            if record["row"] == previous:
+                raise ValueError(f"row {previous} is in more than one shard output: were two shards given the same index?")
+            previous = record["row"]
             result = RcsResult(*(record.get(name) for name in FIELDS))
             out.write(record["row"], result)
             statuses[result.status] = statuses.get(result.status, 0) + 1

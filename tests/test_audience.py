@@ -181,6 +181,21 @@ def test_merge_interleaves_shards_by_row(tmp_path):
     assert [r["row"] for r in read_results(as_path(summary["output"]))] == [0, 1, 2]
 
 
+def test_merge_refuses_shards_that_shared_an_output_or_a_row(tmp_path):
+    shard = as_path(str(tmp_path / "s.csv"))
+    with write_results(shard) as out:
+        for row, result in RESULTS:
+            out.write(row, result)
+    merged = tmp_path / "all.csv"
+    with pytest.raises(ValueError, match=r"listed more than once: .*s\.csv.*map_index"):
+        merge_results([str(shard), str(shard)], str(merged))
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((tmp_path / "s.csv").read_bytes())
+    with pytest.raises(ValueError, match="row 0 is in more than one shard output"):
+        merge_results([str(shard), str(copy)], str(merged))
+    assert not merged.exists()  # nothing half-merged left behind
+
+
 # -- checkpoint parts ------------------------------------------------------------------------------
 
 
