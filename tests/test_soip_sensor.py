@@ -120,6 +120,21 @@ def test_sensor_arguments():
         KaleyraSoipCallbackSensor("s3")  # keyword-only
 
 
+def test_a_password_in_an_explicit_store_url_is_masked_in_the_rendered_fields():
+    from airflow.sdk.execution_time.task_runner import _serialize_rendered_fields
+
+    from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+    password = "SECRET-STORE-PW-7f3a9c"
+    sensor = KaleyraSoipCallbackSensor(
+        task_id="s", numbers=NUMBERS, store_url="postgresql+psycopg://kaleyra:{{ params.pw }}@db.internal/callbacks"
+    )
+    sensor.render_template_fields({"params": {"pw": password}})
+    assert password in sensor.store_url  # the sensor still needs it
+    rendered = json.dumps(_serialize_rendered_fields(sensor))  # what Airflow stores and shows
+    assert "db.internal" in rendered and password not in rendered
+
+
 # -- dag.test() -----------------------------------------------------------------------------------
 
 DAG_FILE = textwrap.dedent(

@@ -51,9 +51,9 @@ class KaleyraHook(BaseHook):
         conn = self.get_connection(self.kaleyra_conn_id)
         config = KaleyraConfig.from_connection(conn)
         _mask(config.api_key)
-        for secret in (config.callback_secret, _url_password(config.callback_store_url)):
-            if secret:
-                _mask(secret)
+        if config.callback_secret:
+            _mask(config.callback_secret)
+        mask_url_password(config.callback_store_url)
         return config
 
     @cached_property
@@ -305,16 +305,18 @@ def _stream_batches(numbers: Iterator[str]) -> Iterator[list[str]]:
     yield from plan_batches(list(waiting))
 
 
-def _url_password(url: str | None) -> str | None:
-    """The password inside a store URL such as ``postgresql+psycopg://user:pw@host/db``."""
+def mask_url_password(url: str | None) -> None:
+    """Mask the password inside a store URL such as ``postgresql+psycopg://user:pw@host/db``."""
     if not url:
-        return None
+        return
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).password
+        password = make_url(url).password
     except Exception:  # an unreadable URL fails later, with the store's own message
-        return None
+        return
+    if password:
+        _mask(str(password))
 
 
 def _mask(secret: str) -> None:

@@ -122,6 +122,13 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self._targets: tuple[list[str], datetime] | None = None
         self._last_answered: int | None = None
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        from airflow_provider_kaleyra.hooks.kaleyra import mask_url_password
+
+        super().render_template_fields(context, jinja_env)
+        # before Airflow records the rendered fields: a store_url given here may hold a password
+        mask_url_password(self.store_url)
+
     # -- inputs ---------------------------------------------------------------------------------
 
     def _resolve_store_url(self) -> str:
