@@ -33,7 +33,7 @@ from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, sp
 from airflow_provider_kaleyra.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.phone import normalize
-from airflow_provider_kaleyra.results import Answer, failed, result_for
+from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 PROGRESS_SECONDS = 30.0
@@ -133,7 +133,6 @@ class BulkLookup:
         self._numbers = array("q")  # this shard's distinct numbers as E.164 digits, first-seen order
         self._first = 0  # index of ``_numbers[0]`` among all distinct numbers
         self._answers: list[Answer | None] = []  # aligned with ``_numbers``
-        self._shared: dict[Answer, Answer] = {}
 
     def __enter__(self) -> BulkLookup:
         return self
@@ -242,10 +241,9 @@ class BulkLookup:
             yield from split(self._chunk_numbers(chunk), chunk.sizes)
 
     def _keep(self, chunk: Chunk, answers: dict[str, Answer]) -> None:
-        shared, numbers = self._shared, self._numbers
+        numbers = self._numbers
         for position in range(chunk.start, chunk.stop):
-            answer = answers[_e164(numbers[position])]
-            answer = shared.setdefault(answer, answer)
+            answer = shared(answers[_e164(numbers[position])])
             self._answers[position] = answer
             if answer.status == FAILED:
                 self.stats.failed_numbers += 1

@@ -38,21 +38,24 @@ def answer_from_device(device: dict[str, Any]) -> Answer:
     enabled = device.get("rcsEnabled")
     if isinstance(enabled, str):
         enabled = enabled.strip().lower() == "true"
-    fields = (RCS_ENABLED if enabled is True else RCS_DISABLED, device.get("carrierId"), device.get("carrierStatus"))
-    try:
-        return _shared_answer(*fields)
-    except TypeError:  # an unhashable carrier field: odd, but still an answer
-        return Answer(*fields)
+    return shared(Answer(RCS_ENABLED if enabled is True else RCS_DISABLED, device.get("carrierId"), device.get("carrierStatus")))
 
 
-@lru_cache(maxsize=1024)
-def _shared_answer(status: str, carrier_id: Any, carrier_status: Any) -> Answer:
-    """One record per distinct answer, shared: a million answers are a handful of objects.
+def shared(answer: Answer) -> Answer:
+    """One record per distinct answer: a million answers held are a handful of objects.
 
     (A ``NamedTuple`` is never untracked by the garbage collector, so a million distinct
-    ones make every full collection walk them all.)
+    ones held make every full collection walk them all.)
     """
-    return Answer(status, carrier_id, carrier_status)
+    try:
+        return _first_equal(answer)
+    except TypeError:  # an unhashable carrier field: odd, but still an answer
+        return answer
+
+
+@lru_cache(maxsize=4096)
+def _first_equal(answer: Answer) -> Answer:
+    return answer
 
 
 def failed(reason: str) -> Answer:

@@ -15,8 +15,13 @@ from airflow_provider_kaleyra import transport
 from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.results import answer_from_device
-from airflow_provider_kaleyra.transport import PACER_SLACK, Pacer, Transport, retry_after_seconds
+from airflow_provider_kaleyra.results import answer_from_device, failed, shared
+from airflow_provider_kaleyra.transport import (
+    PACER_SLACK,
+    Pacer,
+    Transport,
+    retry_after_seconds,
+)
 
 BASE = "http://kaleyra.test"
 SID = "HXAP16SIDTEST"
@@ -352,3 +357,4 @@ def test_equal_answers_are_one_shared_record():
     assert first is second and first.status == RCS_ENABLED and first.carrier_id == "Google"
     odd = answer_from_device({**device, "carrierId": ["not", "hashable"]})
     assert odd.carrier_id == ["not", "hashable"] and odd.status == RCS_ENABLED
+    assert shared(failed("timeout")) is shared(failed("timeout"))  # read back from a checkpoint too
