@@ -120,7 +120,9 @@ class _Region:
         self.prefix = re.compile(md.national_prefix_for_parsing) if md.national_prefix_for_parsing else None
         self.transform = md.national_prefix_transform_rule or None
         general = md.general_desc
-        self.general = re.compile(general.national_number_pattern) if general.national_number_pattern else None
+        self.general = (
+            re.compile(general.national_number_pattern) if general.national_number_pattern else None
+        )
         self.lengths = frozenset(general.possible_length)
         self.max_length = max(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
@@ -201,7 +203,9 @@ class _CallingCode:
         self.single_valid: dict[int, re.Pattern[str] | None] | None = None
         if len(candidates) == 1:
             region = candidates[0]
-            self.single_valid = region._valid if region.code == _NON_GEO or region.country_code == country_code else {}
+            self.single_valid = (
+                region._valid if region.code == _NON_GEO or region.country_code == country_code else {}
+            )
 
     def is_valid(self, nsn: str) -> bool:
         """``is_valid_number`` of a number with this calling code and national number ``nsn``."""
@@ -227,7 +231,9 @@ class _CallingCode:
         if metadata.prefix is not None and metadata.prefix.match(national) is not None:
             stripped = metadata.strip_national_prefix(national)
             length = len(stripped)
-            if length not in metadata.local_lengths and (length in metadata.lengths or length > metadata.max_length):
+            if length not in metadata.local_lengths and (
+                length in metadata.lengths or length > metadata.max_length
+            ):
                 national = stripped
         if len(national) > _MAX_NSN:
             return None
@@ -319,7 +325,11 @@ def parse(compact: str, region: str | None) -> Parsed | None:
         return None
     if compact[:1] == "+":
         digits = compact[1:]
-        if len(digits) <= _MIN_NSN or len(digits) >= _MAX_INPUT or not (digits.isascii() and digits.isdigit()):
+        if (
+            len(digits) <= _MIN_NSN
+            or len(digits) >= _MAX_INPUT
+            or not (digits.isascii() and digits.isdigit())
+        ):
             return None  # not viable, too short after the "+", or not digits only
         return _international(digits)
     if len(compact) < _MIN_NSN or len(compact) > _MAX_INPUT or not (compact.isascii() and compact.isdigit()):
@@ -340,9 +350,9 @@ def parse(compact: str, region: str | None) -> Parsed | None:
         # "starts with the region's own calling code": kept as one when that makes the
         # number match the general pattern, or when the whole is too long for the region.
         candidate = default.strip_national_prefix(compact[len(default.cc_digits) :])
-        if (
-            not default.general_matches(compact) and default.general_matches(candidate)
-        ) or default.too_long(compact):
+        if (not default.general_matches(compact) and default.general_matches(candidate)) or default.too_long(
+            compact
+        ):
             # parse now uses the main region of the code (the same metadata when it is the default)
             return info.finish(candidate, info.main)
     return info.finish(compact, default)

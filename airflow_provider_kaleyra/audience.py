@@ -42,7 +42,9 @@ class AudienceRow(NamedTuple):
     problem: str | None = None
 
 
-def as_path(value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None) -> ObjectStoragePath:
+def as_path(
+    value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None
+) -> ObjectStoragePath:
     """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute (``~`` expanded).
 
     :param conn_id: the Airflow connection of the store, for strings (paths keep their own).
@@ -165,10 +167,14 @@ def read_audience(
         if kind == "csv":
             header = next(lines, b"")
             if header is None:
-                raise ValueError(f"audience {path}: line 1 (the header) is longer than {MAX_LINE_BYTES} bytes")
+                raise ValueError(
+                    f"audience {path}: line 1 (the header) is longer than {MAX_LINE_BYTES} bytes"
+                )
             header_text, problem = _decode(header.removeprefix(_BOM))
             if problem or not header_text.strip():
-                raise ValueError(f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}")
+                raise ValueError(
+                    f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}"
+                )
             index = _column_index(_fields(header_text), column, path)
             first = False
         for line in lines:
@@ -268,7 +274,9 @@ def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
         if fmt == "csv":
             for record in csv.DictReader(handle):
                 yield {
-                    name: int(value) if name == "row" else (None if value == "" and name != "input" else value)
+                    name: int(value)
+                    if name == "row"
+                    else (None if value == "" and name != "input" else value)
                     for name, value in record.items()
                 }
         else:
@@ -301,7 +309,9 @@ def merge_results(
     with write_results(target) as out:
         for record in merged:
             if record["row"] == previous:
-                raise ValueError(f"row {previous} is in more than one shard output: were two shards given the same index?")
+                raise ValueError(
+                    f"row {previous} is in more than one shard output: were two shards given the same index?"
+                )
             previous = record["row"]
             result = RcsResult(*(record.get(name) for name in FIELDS))
             out.write(record["row"], result)

@@ -99,7 +99,11 @@ class Progress:
             rate = self.numbers / max(now - self.started, 1e-9)
             self.log.info(
                 "RCS lookup: %s/%s batches (%s%%), %s numbers asked, %.0f numbers/s",
-                self.done, self.total, self.done * 100 // max(self.total, 1), self.numbers, rate,
+                self.done,
+                self.total,
+                self.done * 100 // max(self.total, 1),
+                self.numbers,
+                rate,
             )
 
 
@@ -129,7 +133,9 @@ class BulkLookup:
         self.stats = Stats()
         self.failed_chunks: set[int] = set()
         self.checkpoint: Checkpoint | None = None
-        self._spool: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n", prefix="kaleyra-spool-")
+        self._spool: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+            "w+", encoding="utf-8", newline="\n", prefix="kaleyra-spool-"
+        )
         self._numbers = array("q")  # this shard's distinct numbers as E.164 digits, first-seen order
         self._first = 0  # index of ``_numbers[0]`` among all distinct numbers
         self._answers: list[Answer | None] = []  # aligned with ``_numbers``
@@ -209,7 +215,11 @@ class BulkLookup:
         present = self.checkpoint.existing()
         todo: list[Chunk] = []
         for chunk in chunks:
-            saved = self.checkpoint.load(chunk.index, self._chunk_numbers(chunk)) if chunk.index in present else None
+            saved = (
+                self.checkpoint.load(chunk.index, self._chunk_numbers(chunk))
+                if chunk.index in present
+                else None
+            )
             if saved is None:
                 todo.append(chunk)
             else:
@@ -218,7 +228,9 @@ class BulkLookup:
         if self.stats.chunks_resumed:
             self.log.info(
                 "Resuming from %s: %s of %s chunks already answered",
-                self.checkpoint.dir, self.stats.chunks_resumed, len(chunks),
+                self.checkpoint.dir,
+                self.stats.chunks_resumed,
+                len(chunks),
             )
         progress = Progress(self.log, sum(len(chunk.sizes) for chunk in todo))
         with closing(self.hook.lookup_batches(self._batches(todo))) as answered:

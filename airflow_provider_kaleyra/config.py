@@ -51,9 +51,13 @@ def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError(f"Kaleyra connection extra {key!r} must be a JSON object, got unreadable JSON") from None
+            raise ValueError(
+                f"Kaleyra connection extra {key!r} must be a JSON object, got unreadable JSON"
+            ) from None
     if not isinstance(value, dict):
-        raise ValueError(f"Kaleyra connection extra {key!r} must be a JSON object, got {type(value).__name__}")
+        raise ValueError(
+            f"Kaleyra connection extra {key!r} must be a JSON object, got {type(value).__name__}"
+        )
     return value
 
 

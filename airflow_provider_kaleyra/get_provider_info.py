@@ -26,7 +26,11 @@ def _text(label: str, description: str, *, secret: bool = False, **schema: Any) 
 
 
 def _number(label: str, description: str, default: float, kind: str = "number") -> dict[str, Any]:
-    return {"label": label, "description": description, "schema": {"type": [kind, "null"], "default": default}}
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": [kind, "null"], "default": default},
+    }
 
 
 # The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
@@ -34,10 +38,14 @@ CONN_FIELDS: dict[str, Any] = {
     "pod": _text("Pod", "Kaleyra pod; picks the default hosts", enum=[*RCS_HOSTS, None], default=DEFAULT_POD),
     "rcs_base_url": _text("RCS base URL", "Overrides the pod's RCS host (e.g. a simulator)"),
     "soip_base_url": _text("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
-    "default_region": _text("Default region", "ISO country for numbers written without a country code (US, IN)"),
+    "default_region": _text(
+        "Default region", "ISO country for numbers written without a country code (US, IN)"
+    ),
     "callback_profile_id": _text("Callback profile ID", "Default callback profile of SOIP checks"),
     "callback_secret": _text(
-        "Callback secret", "Shared secret the callback receiver requires (Basic password or header)", secret=True
+        "Callback secret",
+        "Shared secret the callback receiver requires (Basic password or header)",
+        secret=True,
     ),
     "callback_store_url": _text(
         "Callback store URL", "SQLAlchemy URL of the callback store; SQLite under AIRFLOW_HOME when empty"
@@ -47,9 +55,13 @@ CONN_FIELDS: dict[str, Any] = {
         'JSON: payload keys the receiver reads, e.g. {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
     ),
     "timeout": _number("Timeout (s)", "Per-request timeout", DEFAULT_TIMEOUT),
-    "max_retries": _number("Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"),
+    "max_retries": _number(
+        "Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"
+    ),
     "rate_limit": _number("Rate limit (req/s)", "Client-side pacing across all threads", DEFAULT_RATE_LIMIT),
-    "max_concurrency": _number("Max concurrency", "Requests in flight at once", DEFAULT_MAX_CONCURRENCY, "integer"),
+    "max_concurrency": _number(
+        "Max concurrency", "Requests in flight at once", DEFAULT_MAX_CONCURRENCY, "integer"
+    ),
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {

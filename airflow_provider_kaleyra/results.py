@@ -38,7 +38,13 @@ def answer_from_device(device: dict[str, Any]) -> Answer:
     enabled = device.get("rcsEnabled")
     if isinstance(enabled, str):
         enabled = enabled.strip().lower() == "true"
-    return shared(Answer(RCS_ENABLED if enabled is True else RCS_DISABLED, device.get("carrierId"), device.get("carrierStatus")))
+    return shared(
+        Answer(
+            RCS_ENABLED if enabled is True else RCS_DISABLED,
+            device.get("carrierId"),
+            device.get("carrierStatus"),
+        )
+    )
 
 
 def shared(answer: Answer) -> Answer:

@@ -165,7 +165,9 @@ class Transport:
             with self._count_lock:
                 self.requests_sent += 1
             try:
-                response = self.session.request(method, url, json=json, timeout=self.timeout, proxies=self._proxies_for(url))
+                response = self.session.request(
+                    method, url, json=json, timeout=self.timeout, proxies=self._proxies_for(url)
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True)
                 log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)
@@ -175,7 +177,9 @@ class Transport:
                     return response.json() if response.content else {}
                 except ValueError:
                     last = KaleyraApiError(
-                        "Kaleyra answered with an unreadable body", status=response.status_code, retryable=True
+                        "Kaleyra answered with an unreadable body",
+                        status=response.status_code,
+                        retryable=True,
                     )
                     log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)
                     continue

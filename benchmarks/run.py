@@ -46,14 +46,20 @@ from urllib.parse import quote
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from datetime import UTC  # noqa: E402
+
 import phonenumbers  # noqa: E402
 import requests  # noqa: E402
 from inputs import audience_lines, mixed_inputs, valid_e164_numbers  # noqa: E402
 
 from airflow_provider_kaleyra import _fastphone  # noqa: E402
 from airflow_provider_kaleyra.phone import Normalized, normalize, normalize_with_phonenumbers, preclean  # noqa: E402
-from airflow_provider_kaleyra.simulator import DEFAULT_API_KEY, DEFAULT_SID, rcs_answer  # noqa: E402
-from airflow_provider_kaleyra.simulator import server as simulator_server  # noqa: E402
+from airflow_provider_kaleyra.simulator import (  # noqa: E402
+    DEFAULT_API_KEY,
+    DEFAULT_SID,
+    rcs_answer,
+    server as simulator_server,
+)
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"
@@ -179,7 +185,11 @@ def hook_lookup(numbers: list[str]) -> tuple[float, int, int]:
 
 
 def bench_goodput(quick: bool, runs: int) -> list[Row]:
-    cases = [(10, 10_000), (50, 50_000)] if quick else [(5, 200_000), (20, 200_000), (50, 200_000), (100, 200_000)]
+    cases = (
+        [(10, 10_000), (50, 50_000)]
+        if quick
+        else [(5, 200_000), (20, 200_000), (50, 200_000), (100, 200_000)]
+    )
     rows = []
     audience = valid_e164_numbers(max(n for _, n in cases))
     with simulator(latency=LATENCY) as sim:
@@ -195,17 +205,24 @@ def bench_goodput(quick: bool, runs: int) -> list[Row]:
                 elapsed, sent, lost = hook_lookup(numbers)
                 stats = sim.stats()
                 measured.append((count / elapsed, stats["rate_limited"], lost, sent))
-                log(f"goodput R={rate} run {run + 1}: {count / elapsed:,.0f} numbers/s, "
-                    f"{stats['rate_limited']} x 429, {lost} lost, {sent} requests")
+                log(
+                    f"goodput R={rate} run {run + 1}: {count / elapsed:,.0f} numbers/s, "
+                    f"{stats['rate_limited']} x 429, {lost} lost, {sent} requests"
+                )
             rate_med = median([m[0] for m in measured])
             throttled = median([m[1] for m in measured])
             lost_max = max(m[2] for m in measured)
-            rows.append(row(
-                "goodput", f"R={rate}/s, {count:,} numbers, {concurrency_for(rate)} in flight",
-                f"{rate_med:,.0f} numbers/s", f"ideal {ideal:,.0f}/s", f"{rate_med / ideal:.2f}",
-                f"429s: {throttled:.0f} (median), lost: {lost_max} (worst run), "
-                f"requests: {measured[0][3]}",
-            ))
+            rows.append(
+                row(
+                    "goodput",
+                    f"R={rate}/s, {count:,} numbers, {concurrency_for(rate)} in flight",
+                    f"{rate_med:,.0f} numbers/s",
+                    f"ideal {ideal:,.0f}/s",
+                    f"{rate_med / ideal:.2f}",
+                    f"429s: {throttled:.0f} (median), lost: {lost_max} (worst run), "
+                    f"requests: {measured[0][3]}",
+                )
+            )
     return rows
 
 
@@ -222,7 +239,9 @@ def single_lookup_loop(url: str, numbers: list[str]) -> tuple[float, int, int]:
     for number in numbers:
         while True:
             sent += 1
-            answer = session.get(f"{url}/v1/{DEFAULT_SID}/rcs/lookup/{quote(number, safe='')}", headers=headers, timeout=30)
+            answer = session.get(
+                f"{url}/v1/{DEFAULT_SID}/rcs/lookup/{quote(number, safe='')}", headers=headers, timeout=30
+            )
             if answer.status_code == 429:
                 time.sleep(float(answer.headers.get("Retry-After", "1")))
                 continue
@@ -234,7 +253,8 @@ def single_lookup_loop(url: str, numbers: list[str]) -> tuple[float, int, int]:
 def _lost(numbers: list[str], answers: dict[str, Any]) -> int:
     """Numbers without the simulator's answer (checked after the clock stops)."""
     return sum(
-        1 for n in numbers
+        1
+        for n in numbers
         if answers.get(n) is None or ("rcs_enabled" if answers[n] else "rcs_disabled") != expected_status(n)
     )
 
@@ -250,8 +270,12 @@ def sequential_bulk(url: str, numbers: list[str]) -> tuple[float, int, int]:
         chunk = numbers[first : first + 500]
         while True:
             sent += 1
-            answer = session.post(f"{url}/v1/{DEFAULT_SID}/rcs/lookup", json={"deviceAddresses": chunk},
-                                  headers=headers, timeout=30)
+            answer = session.post(
+                f"{url}/v1/{DEFAULT_SID}/rcs/lookup",
+                json={"deviceAddresses": chunk},
+                headers=headers,
+                timeout=30,
+            )
             if answer.status_code == 429:
                 time.sleep(float(answer.headers.get("Retry-After", "1")))
                 continue
@@ -284,19 +308,43 @@ def bench_baselines(quick: bool, runs: int) -> list[Row]:
             elapsed, single_req, lost_single = single_lookup_loop(sim.url, numbers[:single_count])
             single_t.append(elapsed)
             lost += lost_hook + lost_bulk + lost_single
-            log(f"baselines run {run + 1}: hook {hook_t[-1]:.1f}s, sequential bulk {bulk_t[-1]:.1f}s, "
-                f"single loop {single_t[-1]:.1f}s for {single_count}")
+            log(
+                f"baselines run {run + 1}: hook {hook_t[-1]:.1f}s, sequential bulk {bulk_t[-1]:.1f}s, "
+                f"single loop {single_t[-1]:.1f}s for {single_count}"
+            )
     hook_s, bulk_s = median(hook_t), median(bulk_t)
     single_s = median(single_t) * count / single_count  # the loop is sequential: time is linear in numbers
     case = f"R={rate}/s, 150 ms, {count:,} numbers"
-    rows.append(row("baselines", f"{case}: lookup_rcs_many", f"{hook_s:.1f} s, {hook_req} requests", "-", "1.00",
-                    f"{count / hook_s:,.0f} numbers/s; numbers lost in all runs: {lost}"))
-    rows.append(row("baselines", f"{case}: sequential bulk calls", f"{bulk_s:.1f} s, {bulk_req} requests",
-                    "lookup_rcs_many", f"time x{bulk_s / hook_s:.1f}, requests x{bulk_req / hook_req:.1f}",
-                    "plain requests, one call at a time"))
-    rows.append(row("baselines", f"{case}: single-lookup loop", f"{single_s:,.0f} s, {count:,} requests (extrapolated)",
-                    "lookup_rcs_many", f"time x{single_s / hook_s:,.0f}, requests x{count / hook_req:,.0f}",
-                    f"measured on {single_count} numbers ({median(single_t):.1f} s), scaled linearly"))
+    rows.append(
+        row(
+            "baselines",
+            f"{case}: lookup_rcs_many",
+            f"{hook_s:.1f} s, {hook_req} requests",
+            "-",
+            "1.00",
+            f"{count / hook_s:,.0f} numbers/s; numbers lost in all runs: {lost}",
+        )
+    )
+    rows.append(
+        row(
+            "baselines",
+            f"{case}: sequential bulk calls",
+            f"{bulk_s:.1f} s, {bulk_req} requests",
+            "lookup_rcs_many",
+            f"time x{bulk_s / hook_s:.1f}, requests x{bulk_req / hook_req:.1f}",
+            "plain requests, one call at a time",
+        )
+    )
+    rows.append(
+        row(
+            "baselines",
+            f"{case}: single-lookup loop",
+            f"{single_s:,.0f} s, {count:,} requests (extrapolated)",
+            "lookup_rcs_many",
+            f"time x{single_s / hook_s:,.0f}, requests x{count / hook_req:,.0f}",
+            f"measured on {single_count} numbers ({median(single_t):.1f} s), scaled linearly",
+        )
+    )
     return rows
 
 
@@ -333,17 +381,31 @@ def bench_normalize(quick: bool, runs: int) -> list[Row]:
         fast_t.append(elapsed)
         if got != expected:
             bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
-            raise AssertionError(f"normalize differs from plain phonenumbers on {inputs[bad]!r}: {got[bad]} != {expected[bad]}")
+            raise AssertionError(
+                f"normalize differs from plain phonenumbers on {inputs[bad]!r}: {got[bad]} != {expected[bad]}"
+            )
         log(f"normalize run {run + 1}: plain {count / plain_t[-1]:,.0f}/s, fast {count / fast_t[-1]:,.0f}/s")
         del expected, got
     valid = sum(1 for n in fast_loop(inputs) if n.e164)
-    on_fast_path = sum(1 for c in cleaned if not isinstance(c, Normalized) and _fastphone.parse(*c) is not None)
+    on_fast_path = sum(
+        1 for c in cleaned if not isinstance(c, Normalized) and _fastphone.parse(*c) is not None
+    )
     distinct = len({raw for raw, _ in inputs})
     plain_s, fast_s = median(plain_t), median(fast_t)
-    note = (f"identical on all {count:,} inputs; {distinct / count:.1%} distinct, {valid / count:.1%} valid, "
-            f"{on_fast_path / count:.1%} on the fast path")
-    rows = [row("normalize", f"{count:,} mixed inputs", f"{count / fast_s:,.0f}/s",
-                f"plain phonenumbers {count / plain_s:,.0f}/s", f"{plain_s / fast_s:.2f}", note)]
+    note = (
+        f"identical on all {count:,} inputs; {distinct / count:.1%} distinct, {valid / count:.1%} valid, "
+        f"{on_fast_path / count:.1%} on the fast path"
+    )
+    rows = [
+        row(
+            "normalize",
+            f"{count:,} mixed inputs",
+            f"{count / fast_s:,.0f}/s",
+            f"plain phonenumbers {count / plain_s:,.0f}/s",
+            f"{plain_s / fast_s:.2f}",
+            note,
+        )
+    ]
     # The same against phonenumbers with its own compiled-pattern cache switched on.
     sub = min(count, 250_000)
     phonenumbers.enable_pattern_cache()
@@ -355,9 +417,16 @@ def bench_normalize(quick: bool, runs: int) -> list[Row]:
             fast_sub_t.append(timed(lambda: fast_loop(inputs[:sub]))[0])
     finally:
         phonenumbers.re_util._COMPILED_PATTERNS = None  # back to phonenumbers' default
-    rows.append(row("normalize", f"first {sub:,} of them", f"{sub / median(fast_sub_t):,.0f}/s",
-                    f"phonenumbers + enable_pattern_cache() {sub / median(cached_t):,.0f}/s",
-                    f"{median(cached_t) / median(fast_sub_t):.2f}", "a stronger baseline than the plain loop"))
+    rows.append(
+        row(
+            "normalize",
+            f"first {sub:,} of them",
+            f"{sub / median(fast_sub_t):,.0f}/s",
+            f"phonenumbers + enable_pattern_cache() {sub / median(cached_t):,.0f}/s",
+            f"{median(cached_t) / median(fast_sub_t):.2f}",
+            "a stronger baseline than the plain loop",
+        )
+    )
     return rows
 
 
@@ -372,8 +441,14 @@ def scale_child(mode: str, audience: str, output: str) -> None:
     if mode == "operator":
         from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 
-        op = KaleyraRcsBulkLookupOperator(task_id="bench", audience=audience, output=output, kaleyra_conn_id=CONN_ID,
-                                          max_invalid_ratio=None, max_failed_ratio=0.0)
+        op = KaleyraRcsBulkLookupOperator(
+            task_id="bench",
+            audience=audience,
+            output=output,
+            kaleyra_conn_id=CONN_ID,
+            max_invalid_ratio=None,
+            max_failed_ratio=0.0,
+        )
         summary = op.execute(context={})
         rows, requests_sent = summary["rows"], summary["requests"]
     else:
@@ -388,7 +463,9 @@ def scale_child(mode: str, audience: str, output: str) -> None:
                 rows += 1
         requests_sent = hook.transport.requests_sent
     elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "rows": rows, "requests": requests_sent, "peak_mib": peak_rss_mib()}))
+    print(
+        json.dumps({"seconds": elapsed, "rows": rows, "requests": requests_sent, "peak_mib": peak_rss_mib()})
+    )
 
 
 def peak_rss_mib() -> float:
@@ -403,7 +480,9 @@ def peak_rss_mib() -> float:
 def run_scale_child(mode: str, audience: str, output: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child-scale", mode, audience, output],
-        capture_output=True, text=True, env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"scale child ({mode}) failed:\n{proc.stderr[-3000:]}")
@@ -430,21 +509,35 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
                         child["lines_out"] = sum(1 for _ in stream) - 1  # header
                     os.remove(output)
                     results[mode].append(child)
-                    log(f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['peak_mib']:.0f} MiB peak, "
-                        f"{child['lines_out']:,} rows out, {child['requests']} requests")
+                    log(
+                        f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['peak_mib']:.0f} MiB peak, "
+                        f"{child['lines_out']:,} rows out, {child['requests']} requests"
+                    )
         op, mem = results["operator"], results["memory"]
         op_s, mem_s = median([r["seconds"] for r in op]), median([r["seconds"] for r in mem])
         op_rss, mem_rss = max(r["peak_mib"] for r in op), max(r["peak_mib"] for r in mem)
         rows_ok = all(r["lines_out"] == count for r in op + mem)
-        rows.append(row("scale", f"bulk operator, {count:,}-line audience file, no latency",
-                        f"{op_s:.1f} s, peak RSS {op_rss:.0f} MiB", "target < 400 MB RSS",
-                        f"RSS {op_rss * 1.048576 / 400:.2f} of target",
-                        f"rows out = rows in: {'yes' if rows_ok else 'NO'} ({op[0]['lines_out']:,}); "
-                        f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests"))
-        rows.append(row("scale", "same, vs file read into a list + lookup_rcs_many",
-                        f"{op_s:.1f} s, {op_rss:.0f} MiB", f"{mem_s:.1f} s, {mem_rss:.0f} MiB",
-                        f"time x{op_s / mem_s:.2f}, RSS x{op_rss / mem_rss:.2f}",
-                        "the operator also spools, checkpoints and writes all 7 columns"))
+        rows.append(
+            row(
+                "scale",
+                f"bulk operator, {count:,}-line audience file, no latency",
+                f"{op_s:.1f} s, peak RSS {op_rss:.0f} MiB",
+                "target < 400 MB RSS",
+                f"RSS {op_rss * 1.048576 / 400:.2f} of target",
+                f"rows out = rows in: {'yes' if rows_ok else 'NO'} ({op[0]['lines_out']:,}); "
+                f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests",
+            )
+        )
+        rows.append(
+            row(
+                "scale",
+                "same, vs file read into a list + lookup_rcs_many",
+                f"{op_s:.1f} s, {op_rss:.0f} MiB",
+                f"{mem_s:.1f} s, {mem_rss:.0f} MiB",
+                f"time x{op_s / mem_s:.2f}, RSS x{op_rss / mem_rss:.2f}",
+                "the operator also spools, checkpoints and writes all 7 columns",
+            )
+        )
     return rows
 
 
@@ -452,8 +545,14 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
 
 
 def _callback_body(i: int) -> bytes:
-    return json.dumps({"number": f"9198{i:08d}", "soip_capable": i % 3 != 0, "request_id": f"bench-{i // 100}",
-                       "timestamp": "2026-01-01T00:00:00.000Z"}).encode()
+    return json.dumps(
+        {
+            "number": f"9198{i:08d}",
+            "soip_capable": i % 3 != 0,
+            "request_id": f"bench-{i // 100}",
+            "timestamp": "2026-01-01T00:00:00.000Z",
+        }
+    ).encode()
 
 
 def _post_callbacks(port: int, secret: str, indexes: range, clients: int) -> float:
@@ -464,8 +563,12 @@ def _post_callbacks(port: int, secret: str, indexes: range, clients: int) -> flo
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in part:
             for _attempt in range(5):
-                conn.request("POST", "/kaleyra/soip/callback", body=_callback_body(i),
-                             headers={"Content-Type": "application/json", "X-Kaleyra-Secret": secret})
+                conn.request(
+                    "POST",
+                    "/kaleyra/soip/callback",
+                    body=_callback_body(i),
+                    headers={"Content-Type": "application/json", "X-Kaleyra-Secret": secret},
+                )
                 answer = conn.getresponse()
                 answer.read()
                 if answer.status == 202:
@@ -506,14 +609,14 @@ def _clear_store(store_url: str) -> None:
         for table in ("kaleyra_callback_results", "kaleyra_callbacks"):
             try:
                 conn.execute(text(f"DELETE FROM {table}"))
-            except Exception:  # noqa: BLE001 - tables not created yet
+            except Exception:
                 pass
     engine.dispose()
 
 
 def _direct_store(store_url: str, indexes: range) -> float:
     """Baseline: the same callbacks written straight into the store from one thread (no HTTP)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from airflow_provider_kaleyra.callbacks.parsing import RawCallback
     from airflow_provider_kaleyra.callbacks.store import CallbackStore
@@ -522,8 +625,16 @@ def _direct_store(store_url: str, indexes: range) -> float:
     store.engine  # noqa: B018 - schema created outside the timing
     start = time.perf_counter()
     for i in indexes:
-        store.add_callback(RawCallback(method="POST", body=_callback_body(i), content_type="application/json",
-                                       query="", headers={}, received_at=datetime.now(timezone.utc)))
+        store.add_callback(
+            RawCallback(
+                method="POST",
+                body=_callback_body(i),
+                content_type="application/json",
+                query="",
+                headers={},
+                received_at=datetime.now(UTC),
+            )
+        )
     elapsed = time.perf_counter() - start
     store.dispose()
     return elapsed
@@ -548,9 +659,24 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
             port = free_port()
             env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port),
-                 "--store-url", url, "--secret-env", "KALEYRA_BENCH_SECRET", "--log-level", "warning"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "airflow_provider_kaleyra.callbacks",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--store-url",
+                    url,
+                    "--secret-env",
+                    "KALEYRA_BENCH_SECRET",
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             try:
                 _wait_for_health(port, proc)
@@ -563,18 +689,35 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
                     lost = max(lost, count - stored, count - numbers)
                     _clear_store(url)
                     direct_t.append(_direct_store(url, indexes))
-                    log(f"callbacks {name} run {run + 1}: {count / http_t[-1]:,.0f}/s over HTTP, "
-                        f"{count / direct_t[-1]:,.0f}/s direct, {count - stored} lost")
+                    log(
+                        f"callbacks {name} run {run + 1}: {count / http_t[-1]:,.0f}/s over HTTP, "
+                        f"{count / direct_t[-1]:,.0f}/s direct, {count - stored} lost"
+                    )
             finally:
                 proc.terminate()
                 proc.wait(timeout=15)
             http_s, direct_s = median(http_t), median(direct_t)
-            rows.append(row("callbacks", f"{name}: {count:,} callbacks, {clients} keep-alive clients",
-                            f"{count / http_s:,.0f} callbacks/s", f"direct store writes {count / direct_s:,.0f}/s",
-                            f"{direct_s / http_s:.2f}", f"lost: {lost} (worst run)"))
+            rows.append(
+                row(
+                    "callbacks",
+                    f"{name}: {count:,} callbacks, {clients} keep-alive clients",
+                    f"{count / http_s:,.0f} callbacks/s",
+                    f"direct store writes {count / direct_s:,.0f}/s",
+                    f"{direct_s / http_s:.2f}",
+                    f"lost: {lost} (worst run)",
+                )
+            )
         if not pg:
-            rows.append(row("callbacks", "PostgreSQL", "skipped: no PostgreSQL", "-", "-",
-                            "set KALEYRA_TEST_POSTGRES_URL to include it"))
+            rows.append(
+                row(
+                    "callbacks",
+                    "PostgreSQL",
+                    "skipped: no PostgreSQL",
+                    "-",
+                    "-",
+                    "set KALEYRA_TEST_POSTGRES_URL to include it",
+                )
+            )
     return rows
 
 
@@ -611,15 +754,23 @@ def machine() -> str:
         from importlib.metadata import version
 
         airflow_version = version("apache-airflow")
-    except Exception:  # noqa: BLE001
+    except Exception:
         airflow_version = "?"
-    return (f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, Airflow {airflow_version}, "
-            f"phonenumbers {phonenumbers.__version__}, load average at start {os.getloadavg()[0]:.1f}")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, Airflow {airflow_version}, "
+        f"phonenumbers {phonenumbers.__version__}, load average at start {os.getloadavg()[0]:.1f}"
+    )
 
 
 def print_table(rows: list[Row]) -> None:
-    headers = {"bench": "benchmark", "case": "case", "result": "result", "baseline": "baseline", "ratio": "ratio",
-               "note": "notes"}
+    headers = {
+        "bench": "benchmark",
+        "case": "case",
+        "result": "result",
+        "baseline": "baseline",
+        "ratio": "ratio",
+        "note": "notes",
+    }
     widths = {k: max(len(headers[k]), *(len(str(r[k])) for r in rows)) for k in headers}
     line = " | ".join(headers[k].ljust(widths[k]) for k in headers)
     print(line)
@@ -642,16 +793,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child-scale"]:
         scale_child(*argv[1:4])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
-    parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}")
+    parser.add_argument(
+        "--only", action="append", choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}"
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per figure, median reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    parser.add_argument("--no-gc-freeze", action="store_true",
-                        help="do not freeze the import-time heap (see below)")
+    parser.add_argument(
+        "--no-gc-freeze", action="store_true", help="do not freeze the import-time heap (see below)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    import airflow_provider_kaleyra.hooks.kaleyra  # noqa: F401 - Airflow's import heap, before the freeze
+    import airflow_provider_kaleyra.hooks.kaleyra
     import airflow_provider_kaleyra.operators.kaleyra  # noqa: F401
 
     if not args.no_gc_freeze:
@@ -671,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name} ...")
         try:
             rows += BENCHES[name](args.quick, args.runs)
-        except Exception as exc:  # noqa: BLE001 - one failing benchmark must not hide the others
+        except Exception as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             rows.append(row(name, "error", f"{type(exc).__name__}: {detail}"[:160], "-", "-"))
             log(f"{name} failed: {exc}")

@@ -139,7 +139,9 @@ def country_of(e164: str) -> str:
         import phonenumbers
 
         _COUNTRY_CODES = {
-            str(code): regions[0] for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items() if regions
+            str(code): regions[0]
+            for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
+            if regions
         }
     digits = e164.lstrip("+")
     for length in (1, 2, 3):
@@ -150,7 +152,11 @@ def country_of(e164: str) -> str:
 
 
 def svg_bar_chart(
-    title: str, bars: list[tuple[str, float, str]], unit: str = "", width: int = 640, scale_max: float | None = None
+    title: str,
+    bars: list[tuple[str, float, str]],
+    unit: str = "",
+    width: int = 640,
+    scale_max: float | None = None,
 ) -> str:
     """A horizontal bar chart as a standalone SVG string. ``bars``: (label, value, colour).
 
@@ -215,7 +221,9 @@ def render_report(summary: dict[str, Any]) -> tuple[str, str, str]:
         ("SMS fallback", c["sms_fallback"], _pct(c["sms_fallback"], c["distinct"]) + " of distinct"),
         ("Lookups failed (in SMS fallback)", c["failed"], _pct(c["failed"], c["distinct"]) + " of distinct"),
     ]
-    html_rows = "\n".join(f"<tr><td>{escape(k)}</td><td class=n>{v:,}</td><td>{escape(r)}</td></tr>" for k, v, r in rows)
+    html_rows = "\n".join(
+        f"<tr><td>{escape(k)}</td><td class=n>{v:,}</td><td>{escape(r)}</td></tr>" for k, v, r in rows
+    )
     carrier_rows = "\n".join(
         f"<tr><td>{escape(name)}</td><td class=n>{row['numbers']:,}</td><td class=n>{row['rcs_capable']:,}</td>"
         f"<td class=n>{row['rcs_rate'] * 100:.1f}%</td></tr>"
@@ -227,11 +235,14 @@ def render_report(summary: dict[str, Any]) -> tuple[str, str, str]:
         for name, row in summary["countries"].items()
     )
     reason_rows = "\n".join(
-        f"<tr><td>{escape(reason)}</td><td class=n>{count:,}</td></tr>" for reason, count in summary["invalid_reasons"].items()
+        f"<tr><td>{escape(reason)}</td><td class=n>{count:,}</td></tr>"
+        for reason, count in summary["invalid_reasons"].items()
     )
-    files = "\n".join(f"<li><code>{escape(name)}</code>: {escape(path)}</li>" for name, path in summary["files"].items())
+    files = "\n".join(
+        f"<li><code>{escape(name)}</code>: {escape(path)}</li>" for name, path in summary["files"].items()
+    )
     html = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Kaleyra campaign preflight {escape(summary['run_id'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Kaleyra campaign preflight {escape(summary["run_id"])}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 60em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
@@ -239,8 +250,8 @@ td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style></head><body>
 <h1>Kaleyra campaign preflight</h1>
-<p>Run <code>{escape(summary['run_id'])}</code>, finished {escape(summary['finished_at'])}.
-Audience <code>{escape(summary['audience'])}</code>.</p>
+<p>Run <code>{escape(summary["run_id"])}</code>, finished {escape(summary["finished_at"])}.
+Audience <code>{escape(summary["audience"])}</code>.</p>
 <h2>Counts</h2>
 <table><tr><th>what</th><th>count</th><th>rate</th></tr>
 {html_rows}
@@ -295,7 +306,11 @@ Audience <code>{escape(summary['audience'])}</code>.</p>
 
 def rate_table(totals: Counter[str], capable: Counter[str]) -> dict[str, dict[str, Any]]:
     return {
-        name: {"numbers": count, "rcs_capable": capable[name], "rcs_rate": capable[name] / count if count else 0.0}
+        name: {
+            "numbers": count,
+            "rcs_capable": capable[name],
+            "rcs_rate": capable[name] / count if count else 0.0,
+        }
         for name, count in sorted(totals.items(), key=lambda item: (-item[1], item[0]))
     }
 

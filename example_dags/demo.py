@@ -82,9 +82,15 @@ def _check(summary: dict, audience: Path) -> list[str]:
             else:
                 distinct.setdefault(e164)
     capable = {n for n in distinct if rcs_answer(n)["rcsEnabled"]}
-    with Path(summary["files"]["rcs_capable"].removeprefix("file://")).open(encoding="utf-8", newline="") as fh:
+    with Path(summary["files"]["rcs_capable"].removeprefix("file://")).open(
+        encoding="utf-8", newline=""
+    ) as fh:
         listed = [record["e164"] for record in csv.DictReader(fh)]
-    problems = [] if set(listed) == capable and len(listed) == len(capable) else ["the RCS list differs from the simulator's answers"]
+    problems = (
+        []
+        if set(listed) == capable and len(listed) == len(capable)
+        else ["the RCS list differs from the simulator's answers"]
+    )
     counts = summary["counts"]
     expected = {
         "rows": rows,
@@ -95,7 +101,11 @@ def _check(summary: dict, audience: Path) -> list[str]:
         "sms_fallback": len(distinct) - len(capable),
         "failed": 0,
     }
-    problems += [f"{key}: expected {value:,}, got {counts.get(key)}" for key, value in expected.items() if counts.get(key) != value]
+    problems += [
+        f"{key}: expected {value:,}, got {counts.get(key)}"
+        for key, value in expected.items()
+        if counts.get(key) != value
+    ]
     return problems
 
 
@@ -127,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> Kaleyra simulator on {sim.url}")
 
         log_file = home / "dag-test.log"
-        print(f"==> Running {DAG_ID} on {args.size:,} generated numbers in {args.shards} shard(s) with dag.test()")
+        print(
+            f"==> Running {DAG_ID} on {args.size:,} generated numbers in {args.shards} shard(s) with dag.test()"
+        )
         print(f"    (Airflow's own output goes to {log_file})")
         with _quiet(None if args.verbose else log_file):
             from airflow.dag_processing.dagbag import DagBag
             from airflow.models.pool import Pool
 
-            Pool.create_or_update_pool(POOL, args.pool_slots, "Kaleyra API: concurrent RCS lookup shards", False)
+            Pool.create_or_update_pool(
+                POOL, args.pool_slots, "Kaleyra API: concurrent RCS lookup shards", False
+            )
             bag = DagBag(dag_folder=str(DAGS_FOLDER))
             dag = bag.get_dag(DAG_ID)
             run = None
@@ -167,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = _check(summary, audience)
     for name in ("rcs_capable", "sms_fallback", "invalid"):
         if _count_rows(files[name]) != counts[name]:
-            problems.append(f"{files[name]} holds {_count_rows(files[name]):,} rows, the summary says {counts[name]:,}")
+            problems.append(
+                f"{files[name]} holds {_count_rows(files[name]):,} rows, the summary says {counts[name]:,}"
+            )
 
     def pct(n: int, d: int) -> str:
         return f"{100 * n / d:.1f}%" if d else "-"
@@ -175,10 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     requests = stats.get("requests", {})
     print()
     print(f"Campaign preflight of {counts['rows']:,} rows done in {elapsed:.0f} s")
-    print(f"  distinct valid numbers {counts['distinct']:>9,}   duplicates {counts['duplicates']:,}   invalid {counts['invalid']:,}")
-    print(f"  RCS-capable            {counts['rcs_capable']:>9,}   ({pct(counts['rcs_capable'], counts['distinct'])})")
+    print(
+        f"  distinct valid numbers {counts['distinct']:>9,}   duplicates {counts['duplicates']:,}   invalid {counts['invalid']:,}"
+    )
+    print(
+        f"  RCS-capable            {counts['rcs_capable']:>9,}   ({pct(counts['rcs_capable'], counts['distinct'])})"
+    )
     print(f"  SMS fallback           {counts['sms_fallback']:>9,}   (failed lookups: {counts['failed']:,})")
-    print("  carriers: " + ", ".join(f"{name} {row['rcs_rate'] * 100:.0f}%" for name, row in summary["carriers"].items()))
+    print(
+        "  carriers: "
+        + ", ".join(f"{name} {row['rcs_rate'] * 100:.0f}%" for name, row in summary["carriers"].items())
+    )
     print(f"  simulator requests: {json.dumps(requests)}")
     print()
     print(f"Report:       {files['report_html']}")
@@ -187,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SMS fallback: {files['sms_fallback']}")
     print(f"Invalid rows: {files['invalid']}")
     if problems:
-        print("\nThe outputs do not match the simulator's answers:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(
+            "\nThe outputs do not match the simulator's answers:\n  " + "\n  ".join(problems), file=sys.stderr
+        )
         return 1
     print("\nChecked: every count matches the simulator's deterministic answers.")
     return 0

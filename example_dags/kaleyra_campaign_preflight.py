@@ -34,7 +34,7 @@ airflow pools set kaleyra_api 2 "Kaleyra API: concurrent RCS lookup shards"
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
@@ -55,7 +55,7 @@ with DAG(
     description="Daily RCS capability preflight of a campaign audience (RCS list, SMS fallback, invalid rows, report)",
     doc_md=__doc__,
     schedule="@daily",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
@@ -68,9 +68,15 @@ with DAG(
             title="Audience location",
             description="CSV file (file://, s3://, gs://, ...). Empty: a generated sample under the Airflow home.",
         ),
-        "phone_column": Param(PHONE_COLUMN, type="string", minLength=1, title="Phone column of the audience CSV"),
+        "phone_column": Param(
+            PHONE_COLUMN, type="string", minLength=1, title="Phone column of the audience CSV"
+        ),
         "audience_size": Param(
-            10_000, type="integer", minimum=1, maximum=5_000_000, title="Rows of the generated sample audience"
+            10_000,
+            type="integer",
+            minimum=1,
+            maximum=5_000_000,
+            title="Rows of the generated sample audience",
         ),
         "sample_seed": Param(42, type="integer", title="Seed of the generated sample audience"),
         "output_location": Param(
@@ -81,7 +87,10 @@ with DAG(
             "Empty: kaleyra/preflight under the Airflow home.",
         ),
         "storage_conn_id": Param(
-            "", type="string", title="Object storage connection id", description="For s3:// and the like; empty: none."
+            "",
+            type="string",
+            title="Object storage connection id",
+            description="For s3:// and the like; empty: none.",
         ),
         "default_region": Param(
             "US",
@@ -90,7 +99,11 @@ with DAG(
             description="ISO country for numbers written without a country code; null: such numbers are invalid.",
         ),
         "shard_count": Param(
-            4, type="integer", minimum=1, maximum=256, title="Shards (mapped lookup tasks; each holds >= 100 numbers)"
+            4,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            title="Shards (mapped lookup tasks; each holds >= 100 numbers)",
         ),
         "checkpoint_batches": Param(
             20,
@@ -125,7 +138,9 @@ with DAG(
         if path.exists():
             print(f"Using the sample audience {path}")
             return str(path)
-        rows = helpers.write_sample_audience(path, PHONE_COLUMN, params["audience_size"], params["sample_seed"])
+        rows = helpers.write_sample_audience(
+            path, PHONE_COLUMN, params["audience_size"], params["sample_seed"]
+        )
         print(f"Generated a sample audience of {rows:,} rows at {path}")
         return str(path)
 
@@ -141,7 +156,9 @@ with DAG(
         run_dir = base / helpers.safe_name(context["run_id"])
         region = (params["default_region"] or "").upper() or None
 
-        scan = helpers.scan_audience(helpers.read_csv(as_path(audience, conn_id)), params["phone_column"], region)
+        scan = helpers.scan_audience(
+            helpers.read_csv(as_path(audience, conn_id)), params["phone_column"], region
+        )
         distinct, invalid = scan.distinct, scan.invalid
         # The distinct numbers in first-seen order: the input of the lookup shards.
         numbers_path = run_dir / "work" / "numbers.csv"
@@ -186,13 +203,19 @@ with DAG(
         conn_id = params["storage_conn_id"] or None
         run_dir = as_path(prepared["run_dir"], conn_id)
         header = ("e164", "carrier_id", "carrier_status")
-        results = chain.from_iterable(helpers.read_csv(as_path(shard["output"], conn_id)) for shard in shards or [])
-        split = helpers.split_lookups(results)  # each number once: RCS-capable, or SMS fallback with the reason
+        results = chain.from_iterable(
+            helpers.read_csv(as_path(shard["output"], conn_id)) for shard in shards or []
+        )
+        split = helpers.split_lookups(
+            results
+        )  # each number once: RCS-capable, or SMS fallback with the reason
         # The mapped lookups' XCom summaries (by index: iterating would probe past the end).
         shard_summaries = [lookups[i] for i in range(len(lookups))] if lookups is not None else []
         counts = dict(prepared["counts"])
         if split.answered != counts["distinct"]:
-            raise ValueError(f"the shards answered {split.answered:,} numbers, {counts['distinct']:,} were asked")
+            raise ValueError(
+                f"the shards answered {split.answered:,} numbers, {counts['distinct']:,} were asked"
+            )
         files = {
             "rcs_capable": str(run_dir / "rcs_capable.csv"),
             "sms_fallback": str(run_dir / "sms_fallback.csv"),
@@ -203,11 +226,13 @@ with DAG(
             "summary": str(run_dir / "summary.json"),
         }
         helpers.write_csv(as_path(files["rcs_capable"], conn_id), header, split.capable)
-        helpers.write_csv(as_path(files["sms_fallback"], conn_id), (*header, "status", "reason"), split.fallback)
+        helpers.write_csv(
+            as_path(files["sms_fallback"], conn_id), (*header, "status", "reason"), split.fallback
+        )
         counts.update(rcs_capable=len(split.capable), sms_fallback=len(split.fallback), failed=split.failed)
         summary = {
             "run_id": context["run_id"],
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "audience": prepared.get("audience", ""),
             "counts": counts,
             "rates": {

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import campaign_report as helpers  # campaign_report.py beside this file: files, audience, report
@@ -55,7 +55,7 @@ with DAG(
     description="SMS-over-IP capability check: submit, wait for Kaleyra's callbacks (deferred), split by capability",
     doc_md=__doc__,
     schedule=None,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     tags=["kaleyra", "soip", "example"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
@@ -75,7 +75,10 @@ with DAG(
         ),
         "phone_column": Param("phone", type="string", minLength=1, title="Phone column of the CSV"),
         "callback_profile_id": Param(
-            "", type="string", title="Callback profile id", description="Empty: the connection's callback_profile_id."
+            "",
+            type="string",
+            title="Callback profile id",
+            description="Empty: the connection's callback_profile_id.",
         ),
         "output_location": Param(
             "",
@@ -95,7 +98,10 @@ with DAG(
         conn_id = params["storage_conn_id"] or None
         if params["numbers_location"]:
             column = params["phone_column"]
-            numbers = [row.get(column) or "" for row in helpers.read_csv(as_path(params["numbers_location"], conn_id))]
+            numbers = [
+                row.get(column) or ""
+                for row in helpers.read_csv(as_path(params["numbers_location"], conn_id))
+            ]
         else:
             numbers = [str(n) for n in params["numbers"]]
         if not numbers:
@@ -104,7 +110,11 @@ with DAG(
         run_dir = as_path(base, conn_id) / helpers.safe_name(context["run_id"])
         helpers.ensure_dir(run_dir)
         print(f"{len(numbers):,} numbers to check; outputs go to {run_dir}")
-        return {"numbers": numbers, "run_dir": str(run_dir), "callback_results": str(run_dir / "callbacks.jsonl")}
+        return {
+            "numbers": numbers,
+            "run_dir": str(run_dir),
+            "callback_results": str(run_dir / "callbacks.jsonl"),
+        }
 
     loaded = load_numbers()
 
@@ -127,7 +137,9 @@ with DAG(
     )
 
     @task
-    def split_by_capability(submitted: dict[str, Any], waited: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    def split_by_capability(
+        submitted: dict[str, Any], waited: dict[str, Any], run_dir: str
+    ) -> dict[str, Any]:
         """capable / not capable / missing (and invalid), one CSV each, plus summary.json."""
         params = get_current_context()["params"]
         conn_id = params["storage_conn_id"] or None
@@ -140,7 +152,9 @@ with DAG(
                         entry = json.loads(line)
                         results[entry["number"]] = entry
         else:
-            results = {number: {"number": number, **entry} for number, entry in (waited.get("results") or {}).items()}
+            results = {
+                number: {"number": number, **entry} for number, entry in (waited.get("results") or {}).items()
+            }
         groups: dict[str, list[tuple[Any, ...]]] = {"capable": [], "not_capable": [], "missing": []}
         for number in dict.fromkeys(submitted["numbers"]):
             entry = results.get(number) or {"outcome": "missing"}
@@ -167,7 +181,10 @@ with DAG(
         helpers.write_csv(
             as_path(files["invalid"], conn_id),
             ("input", "reason"),
-            [(item.get("input"), item.get("reason")) if isinstance(item, dict) else (item, "") for item in invalid],
+            [
+                (item.get("input"), item.get("reason")) if isinstance(item, dict) else (item, "")
+                for item in invalid
+            ],
         )
         counts = {name: len(rows) for name, rows in groups.items()}
         counts.update(submitted=len(submitted["numbers"]), invalid=len(invalid))

@@ -5,4 +5,7 @@ set -euo pipefail
 export KALEYRA_SETUP_POSTGRES=1
 # shellcheck source=setup.sh
 . "$(dirname "$0")/setup.sh"
+echo "==> ruff (lint and format)"
+ruff check .
+ruff format --check .
 python -m pytest -q -p no:cacheprovider "$@"

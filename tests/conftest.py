@@ -67,7 +67,9 @@ def serve_app() -> Iterator[Callable[..., int]]:
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(app: Any, log_level: str = "warning") -> int:
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         running.append((server, thread))

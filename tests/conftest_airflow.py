@@ -67,7 +67,9 @@ def run_dag_file(airflow_home: Path) -> Callable[..., subprocess.CompletedProces
             timeout=timeout,
         )
         if result.returncode:
-            pytest.fail(f"{path.name} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}")
+            pytest.fail(
+                f"{path.name} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
+            )
         return result
 
     return run

@@ -7,8 +7,7 @@ import json
 
 import pytest
 from airflow.sdk import ObjectStoragePath
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from airflow_provider_kaleyra import audience
 from airflow_provider_kaleyra.audience import (
@@ -62,14 +61,16 @@ def test_lines_match_a_plain_split(data, block, limit):
     if expected[-1] == b"":
         expected.pop()
     expected = [line.removesuffix(b"\r") for line in expected]
-    assert lines_of(data, block=block, limit=limit) == [line if len(line) <= limit else None for line in expected]
+    assert lines_of(data, block=block, limit=limit) == [
+        line if len(line) <= limit else None for line in expected
+    ]
 
 
 # -- audience files ----------------------------------------------------------------------------
 
 
 def test_csv_with_bom_quotes_blank_lines_and_short_rows(tmp_path):
-    data = "\ufeffname,Phone\n" 'Ann,+1 415 555 0100\n' '"Doe, Jo","(415) 555-0101"\n' "\n" "Bob\n" ",\n"
+    data = '\ufeffname,Phone\nAnn,+1 415 555 0100\n"Doe, Jo","(415) 555-0101"\n\nBob\n,\n'
     rows = rows_of(tmp_path, "a.csv", data.encode(), column="phone")
     assert rows == [
         AudienceRow("+1 415 555 0100"),
@@ -142,7 +143,9 @@ def test_results_round_trip(tmp_path, name):
         for row, result in RESULTS:
             out.write(row, result)
     assert out.rows == 3
-    assert [RcsResult(*(r[f] for f in RcsResult._fields)) for r in read_results(path)] == [r for _, r in RESULTS]
+    assert [RcsResult(*(r[f] for f in RcsResult._fields)) for r in read_results(path)] == [
+        r for _, r in RESULTS
+    ]
     assert [r["row"] for r in read_results(path)] == [0, 1, 2]
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left
 
@@ -162,9 +165,14 @@ def test_csv_output_header_and_jsonl_keys(tmp_path):
 def test_a_failed_write_leaves_the_old_output_untouched(tmp_path):
     path = as_path(str(tmp_path / "o.csv"))
     path.write_text("old")
-    with pytest.raises(RuntimeError), write_results(path) as out:
-        out.write(*RESULTS[0])
-        raise RuntimeError("killed")
+
+    def interrupted() -> None:
+        with write_results(path) as out:
+            out.write(*RESULTS[0])
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
     assert path.read_text() == "old"
     assert [p.name for p in path.parent.iterdir()] == ["o.csv"]
 
@@ -177,7 +185,11 @@ def test_merge_interleaves_shards_by_row(tmp_path):
                 if row % 2 == index:
                     out.write(row, result)
     summary = merge_results([str(p) for p in shards], str(tmp_path / "all.jsonl"))
-    assert summary == {"output": str(tmp_path / "all.jsonl"), "rows": 3, "statuses": {"rcs_enabled": 1, "invalid": 2}}
+    assert summary == {
+        "output": str(tmp_path / "all.jsonl"),
+        "rows": 3,
+        "statuses": {"rcs_enabled": 1, "invalid": 2},
+    }
     assert [r["row"] for r in read_results(as_path(summary["output"]))] == [0, 1, 2]
 
 
@@ -222,5 +234,9 @@ def test_checkpoint_parts_round_trip_and_reject_mismatches(tmp_path):
 def test_fingerprint_changes_with_numbers_order_and_plan():
     base = fingerprint([1, 2, 3], [3], 20)
     assert base == fingerprint([1, 2, 3], [3], 20)
-    others = {fingerprint([2, 1, 3], [3], 20), fingerprint([1, 2, 3], [1, 1, 1], 20), fingerprint([1, 2, 3], [3], 5)}
+    others = {
+        fingerprint([2, 1, 3], [3], 20),
+        fingerprint([1, 2, 3], [1, 1, 1], 20),
+        fingerprint([1, 2, 3], [3], 5),
+    }
     assert len(others | {base}) == 4

@@ -1,8 +1,7 @@
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
 from airflow_provider_kaleyra.batching import plan_batch_sizes, plan_batches, shard_bounds, split
@@ -19,7 +18,7 @@ def test_every_count_up_to_100k_is_planned_compliantly():
         sizes = plan_batch_sizes(n)
         assert sum(sizes) == n
         assert len(sizes) == math.ceil(n / BULK_MAX)
-        assert BULK_MIN <= min(sizes) and max(sizes) <= BULK_MAX
+        assert min(sizes) >= BULK_MIN and max(sizes) <= BULK_MAX
         assert max(sizes) - min(sizes) <= 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 import requests
@@ -63,7 +63,9 @@ def test_wrong_secret_is_refused(client, store, scheme):
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_right_secret_is_accepted(client, store, scheme):
-    response = client.post(URL, json={"number": "919876543210", "capable": True}, headers=SCHEMES[scheme](SECRET))
+    response = client.post(
+        URL, json={"number": "919876543210", "capable": True}, headers=SCHEMES[scheme](SECRET)
+    )
     assert response.status_code == 202, response.text
     assert response.json() == {"status": "accepted", "duplicate": False, "results": 1, "parse_error": None}
     assert store.counts() == {"callbacks": 1, "results": 1, "parse_errors": 0}
@@ -75,7 +77,9 @@ def test_garbled_basic_header_is_refused(client):
 
 
 def test_unconfigured_receiver_refuses_everything(store, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_NOSECRET", json.dumps({"conn_type": "kaleyra", "login": "a", "password": "b"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_NOSECRET", json.dumps({"conn_type": "kaleyra", "login": "a", "password": "b"})
+    )
     with TestClient(create_app(store=store, conn_id="kaleyra_nosecret")) as c:
         response = c.post(URL, json={"number": "919876543210"}, headers=_basic(""))
     assert response.status_code == 503
@@ -104,7 +108,10 @@ def test_secret_and_store_come_from_the_connection(tmp_path, monkeypatch):
 
 def test_json_form_and_get_query_are_read(client, store):
     auth = _basic(SECRET)
-    assert client.post(URL, json={"msisdn": "919876543210", "soip_capable": "true"}, headers=auth).status_code == 202
+    assert (
+        client.post(URL, json={"msisdn": "919876543210", "soip_capable": "true"}, headers=auth).status_code
+        == 202
+    )
     form = client.post(URL, data={"mobile": "+919876543211", "status": "not_capable"}, headers=auth)
     assert form.status_code == 202 and form.json()["results"] == 1
     get = client.get(URL, params={"to": "919876543212", "capable": "1", "request_id": "r-9"}, headers=auth)
@@ -165,8 +172,15 @@ def _parse(payload, **kwargs):
 
 
 def test_parses_lists_and_nested_bulk_payloads():
-    parsed = _parse({"bulkId": "b-1", "results": [{"phoneNumber": "919876543210", "code": "CAPABLE"},
-                                                  {"phoneNumber": "+919876543211", "code": "incapable"}]})
+    parsed = _parse(
+        {
+            "bulkId": "b-1",
+            "results": [
+                {"phoneNumber": "919876543210", "code": "CAPABLE"},
+                {"phoneNumber": "+919876543211", "code": "incapable"},
+            ],
+        }
+    )
     assert [(r.number, r.capable, r.request_id) for r in parsed.results] == [
         ("+919876543210", True, "b-1"),
         ("+919876543211", False, "b-1"),
@@ -188,8 +202,14 @@ def test_unknown_values_and_missing_numbers_are_flagged():
 
 
 def test_field_mapping_is_configurable():
-    mapping = FieldMapping.from_dict({"number_keys": ["subscriber"], "capability_keys": ["rcs"],
-                                      "capable_values": ["ok"], "not_capable_values": ["ko"]})
+    mapping = FieldMapping.from_dict(
+        {
+            "number_keys": ["subscriber"],
+            "capability_keys": ["rcs"],
+            "capable_values": ["ok"],
+            "not_capable_values": ["ko"],
+        }
+    )
     parsed = _parse({"subscriber": "919876543210", "rcs": "OK"}, mapping=mapping)
     assert (parsed.results[0].number, parsed.results[0].capable) == ("+919876543210", True)
     with pytest.raises(ValueError, match="unknown"):
@@ -200,7 +220,9 @@ def test_dedupe_key_ignores_json_formatting_but_not_method_or_query():
     a = RawCallback("POST", b'{"a": 1, "b": 2}', "application/json")
     assert a.dedupe_key == RawCallback("POST", b'{"b":2,"a":1}', "application/json").dedupe_key
     assert a.dedupe_key != RawCallback("GET", b'{"b":2,"a":1}', "application/json").dedupe_key
-    assert a.dedupe_key != RawCallback("POST", b'{"a": 1, "b": 2}', "application/json", query="x=1").dedupe_key
+    assert (
+        a.dedupe_key != RawCallback("POST", b'{"a": 1, "b": 2}', "application/json", query="x=1").dedupe_key
+    )
 
 
 # -- real HTTP -----------------------------------------------------------------------------------
@@ -222,16 +244,23 @@ def _raw_request(port: int, head: str) -> str:
 def test_over_real_http(live_server, store):
     url, port = live_server
     assert requests.post(url, json={"number": "919876543210"}, timeout=5).status_code == 401
-    assert requests.post(url, json={"number": "919876543210"}, auth=("k", "wrong"), timeout=5).status_code == 401
+    assert (
+        requests.post(url, json={"number": "919876543210"}, auth=("k", "wrong"), timeout=5).status_code == 401
+    )
     ok = requests.post(url, json={"number": "919876543210", "capable": True}, auth=("k", SECRET), timeout=5)
     assert ok.status_code == 202
     dup = requests.post(url, json={"number": "919876543210", "capable": True}, auth=("k", SECRET), timeout=5)
     assert dup.json()["duplicate"] is True
-    form = requests.post(url, data={"msisdn": "919876543211", "capable": "no"},
-                         headers={"X-Kaleyra-Secret": SECRET}, timeout=5)
+    form = requests.post(
+        url, data={"msisdn": "919876543211", "capable": "no"}, headers={"X-Kaleyra-Secret": SECRET}, timeout=5
+    )
     assert form.status_code == 202
-    get = requests.get(url, params={"number": "919876543212", "status": "capable"},
-                       headers={"Authorization": f"Bearer {SECRET}"}, timeout=5)
+    get = requests.get(
+        url,
+        params={"number": "919876543212", "status": "capable"},
+        headers={"Authorization": f"Bearer {SECRET}"},
+        timeout=5,
+    )
     assert get.status_code == 202
 
     # Refused from the head alone: the (never sent) body is not awaited.
@@ -258,17 +287,18 @@ def test_plugin_mounts_the_app_under_kaleyra():
 def test_cli_purge(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'p.db'}"
     store = CallbackStore(url)
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    old = datetime.now(timezone.utc) - timedelta(days=45)
-    store.add_callback(RawCallback("POST", b'{"number":"919876543210","capable":true}', "application/json",
-                                   received_at=old))
+    old = datetime.now(UTC) - timedelta(days=45)
+    store.add_callback(
+        RawCallback("POST", b'{"number":"919876543210","capable":true}', "application/json", received_at=old)
+    )
     assert cli.main(["--store-url", url, "--purge-older-than", "30d"]) == 0
     assert "purged 1 callbacks" in capsys.readouterr().out
     assert cli.parse_age("12h") == timedelta(hours=12) and cli.parse_age("7") == timedelta(days=7)
 
 
 def _epoch():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime(2000, 1, 1, tzinfo=timezone.utc)
+    return datetime(2000, 1, 1, tzinfo=UTC)

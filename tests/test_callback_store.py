@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
@@ -24,7 +24,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 )
 
 PG_ENV = "KALEYRA_TEST_POSTGRES_URL"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _postgres_url() -> str:
@@ -105,7 +105,9 @@ def test_results_for_counts_only_callbacks_since(store):
     since = NOW - timedelta(minutes=5)
     store.add_callback(_cb({"number": "+919876543210", "capable": False}, at=since - timedelta(hours=1)))
     store.add_callback(_cb({"number": "+919876543211", "capable": True}, at=since + timedelta(seconds=1)))
-    store.add_callback(_cb({"mobile": "919876543212", "status": "not_capable"}, at=since + timedelta(seconds=2)))
+    store.add_callback(
+        _cb({"mobile": "919876543212", "status": "not_capable"}, at=since + timedelta(seconds=2))
+    )
     numbers = ["+919876543210", "+919876543211", "+919876543212", "+919876543213"]
     found = store.results_for(numbers, since)
     assert set(found) == {"+919876543211", "+919876543212"}

@@ -91,21 +91,36 @@ def test_documented_tagged_and_parametrised(parsed: dict[str, Any], dag_id: str)
     for task in dag.tasks:
         if hasattr(task, "kaleyra_conn_id"):
             assert task.kaleyra_conn_id == "kaleyra_default"
-    assert all(task.partial_kwargs.get("kaleyra_conn_id", "kaleyra_default") == "kaleyra_default"
-               for task in dag.tasks if hasattr(task, "partial_kwargs"))
+    assert all(
+        task.partial_kwargs.get("kaleyra_conn_id", "kaleyra_default") == "kaleyra_default"
+        for task in dag.tasks
+        if hasattr(task, "partial_kwargs")
+    )
 
 
 def test_campaign_preflight_shape(parsed: dict[str, Any]) -> None:
     dag = parsed["bag"].dags[CAMPAIGN]
-    assert {"audience_location", "output_location", "audience_size", "shard_count", "max_failed_ratio",
-            "default_region", "storage_conn_id"} <= set(dag.params)
+    assert {
+        "audience_location",
+        "output_location",
+        "audience_size",
+        "shard_count",
+        "max_failed_ratio",
+        "default_region",
+        "storage_conn_id",
+    } <= set(dag.params)
     assert dag.schedule == "@daily"
     assert dag.catchup is False
     lookup = dag.get_task("rcs_lookup")
     assert lookup.is_mapped
     assert lookup.partial_kwargs["pool"] == "kaleyra_api"
     assert lookup.partial_kwargs["kaleyra_conn_id"] == "kaleyra_default"
-    assert [t.task_id for t in dag.topological_sort()] == ["ensure_audience", "prepare_audience", "rcs_lookup", "build_report"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "ensure_audience",
+        "prepare_audience",
+        "rcs_lookup",
+        "build_report",
+    ]
 
 
 def test_soip_check_shape(parsed: dict[str, Any]) -> None:
@@ -114,7 +129,12 @@ def test_soip_check_shape(parsed: dict[str, Any]) -> None:
     sensor = dag.get_task("wait_for_callbacks")
     assert sensor.deferrable is True
     assert dag.get_task("soip_check").kaleyra_conn_id == "kaleyra_default"
-    assert [t.task_id for t in dag.topological_sort()] == ["load_numbers", "soip_check", "wait_for_callbacks", "split_by_capability"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "load_numbers",
+        "soip_check",
+        "wait_for_callbacks",
+        "split_by_capability",
+    ]
 
 
 # -- the helpers of the example DAGs (campaign_report.py) and the simulator's sample audience ------
@@ -136,7 +156,9 @@ def test_sample_audience_is_deterministic_messy_and_mostly_valid() -> None:
     assert 0.01 * 4000 < duplicates < 0.05 * 4000
     countries = Counter(module.country_of(n) for n in set(valid))
     assert countries["US"] > countries["IN"] > countries["GB"] > 0
-    assert len({phone for _, phone, _ in rows if phone and not phone.strip().startswith("+")}) > 100  # messy formats
+    assert (
+        len({phone for _, phone, _ in rows if phone and not phone.strip().startswith("+")}) > 100
+    )  # messy formats
 
 
 def test_sample_audience_survives_csv_round_trip() -> None:
@@ -152,7 +174,9 @@ def test_sample_audience_survives_csv_round_trip() -> None:
 
 def test_svg_chart_and_report_are_well_formed() -> None:
     module = _load(REPORT)
-    svg = module.svg_bar_chart("A <chart> & more", [("one", 3, "#111"), ("two & two", 0, "#222"), ("three", 12.5, "#333")])
+    svg = module.svg_bar_chart(
+        "A <chart> & more", [("one", 3, "#111"), ("two & two", 0, "#222"), ("three", 12.5, "#333")]
+    )
     root = ET.fromstring(svg)
     assert root.tag.endswith("svg")
     assert len([e for e in root.iter() if e.tag.endswith("rect")]) == 4  # background + three bars
@@ -160,7 +184,15 @@ def test_svg_chart_and_report_are_well_formed() -> None:
         "run_id": "manual__2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:01:00+00:00",
         "audience": "file:///tmp/a.csv",
-        "counts": {"rows": 10, "invalid": 1, "duplicates": 1, "distinct": 8, "rcs_capable": 5, "sms_fallback": 3, "failed": 1},
+        "counts": {
+            "rows": 10,
+            "invalid": 1,
+            "duplicates": 1,
+            "distinct": 8,
+            "rcs_capable": 5,
+            "sms_fallback": 3,
+            "failed": 1,
+        },
         "carriers": {"AT&T": {"numbers": 8, "rcs_capable": 5, "rcs_rate": 0.625}},
         "countries": {"US": {"numbers": 8, "rcs_capable": 5, "rcs_rate": 0.625}},
         "invalid_reasons": {"empty": 1},

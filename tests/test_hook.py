@@ -60,14 +60,24 @@ def bulk_echo(request, context):
     asked = request.json()["deviceAddresses"]
     return {
         "devices": [
-            {"deviceAddress": n.lstrip("+"), "carrierId": "Google", "carrierStatus": "ACTIVE", "rcsEnabled": i % 2 == 0}
+            {
+                "deviceAddress": n.lstrip("+"),
+                "carrierId": "Google",
+                "carrierStatus": "ACTIVE",
+                "rcsEnabled": i % 2 == 0,
+            }
             for i, n in enumerate(asked)
         ]
     }
 
 
 def test_single_lookup_url_headers_and_data(hook, requests_mock):
-    data = {"deviceAddress": "14155552671", "carrierId": "AT&T", "carrierStatus": "ACTIVE", "rcsEnabled": True}
+    data = {
+        "deviceAddress": "14155552671",
+        "carrierId": "AT&T",
+        "carrierStatus": "ACTIVE",
+        "rcsEnabled": True,
+    }
     requests_mock.get(SINGLE_RE, json={"code": "RCS702", "message": "ok", "data": data, "error": {}})
     assert hook.lookup_rcs("(415) 555-2671") == data
     req = requests_mock.last_request
@@ -91,7 +101,7 @@ def test_bulk_lookup_posts_distinct_e164_numbers(hook, requests_mock):
 @pytest.mark.parametrize("count", [99, 501])
 def test_bulk_lookup_refuses_counts_outside_100_500_before_any_request(hook, requests_mock, count):
     requests_mock.post(BULK_URL, json=bulk_echo)
-    with pytest.raises(ValueError, match="100-500 distinct valid numbers, got %s" % count):
+    with pytest.raises(ValueError, match=f"100-500 distinct valid numbers, got {count}"):
         hook.lookup_rcs_bulk([us(i) for i in range(count)])
     assert requests_mock.call_count == 0
 
@@ -108,7 +118,9 @@ def test_bulk_lookup_refuses_invalid_numbers(hook, requests_mock):
 
 
 def test_soip_check_payload_and_202(hook, requests_mock):
-    requests_mock.post(SOIP_URL, status_code=202, json={"code": "MSG402", "message": "Request Successfully Processed"})
+    requests_mock.post(
+        SOIP_URL, status_code=202, json={"code": "MSG402", "message": "Request Successfully Processed"}
+    )
     body = hook.check_soip_capability(["+91 98765 43210", "+919876543211"])
     assert body["code"] == "MSG402"
     req = requests_mock.last_request
@@ -205,7 +217,9 @@ def test_gives_up_after_max_retries_with_status_and_code(hook, requests_mock):
 
 @pytest.mark.parametrize("status", [400, 404, 409, 413])
 def test_other_4xx_are_not_retried(hook, requests_mock, status):
-    requests_mock.post(BULK_URL, status_code=status, json={"code": "RBC529", "message": "Invalid input", "error": {}})
+    requests_mock.post(
+        BULK_URL, status_code=status, json={"code": "RBC529", "message": "Invalid input", "error": {}}
+    )
     with pytest.raises(KaleyraApiError) as err:
         hook.lookup_rcs_bulk([us(i) for i in range(100)])
     assert requests_mock.call_count == 1
@@ -250,19 +264,19 @@ def test_test_connection_reports_without_raising(hook, requests_mock):
 def test_connection_errors_name_the_problem(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps({"conn_type": "kaleyra", "login": SID}))
     with pytest.raises(ValueError, match="password: set it to the API key"):
-        KaleyraHook().config
+        _ = KaleyraHook().config
     monkeypatch.setenv(
         "AIRFLOW_CONN_KALEYRA_DEFAULT",
         json.dumps({"conn_type": "kaleyra", "login": SID, "password": KEY, "extra": {"pod": "mars"}}),
     )
     with pytest.raises(ValueError, match="unknown pod 'mars'"):
-        KaleyraHook().config
+        _ = KaleyraHook().config
     monkeypatch.setenv(
         "AIRFLOW_CONN_KALEYRA_DEFAULT",
         json.dumps({"conn_type": "kaleyra", "login": SID, "password": KEY, "extra": {"timeout": "soon"}}),
     )
     with pytest.raises(ValueError, match="'timeout' must be a number"):
-        KaleyraHook().config
+        _ = KaleyraHook().config
 
 
 def test_pod_picks_documented_hosts(monkeypatch):
@@ -352,7 +366,12 @@ def test_transport_reads_proxies_once_per_host_with_no_proxy(monkeypatch):
 
 
 def test_equal_answers_are_one_shared_record():
-    device = {"deviceAddress": "+14155550100", "rcsEnabled": "TRUE", "carrierId": "Google", "carrierStatus": "ACTIVE"}
+    device = {
+        "deviceAddress": "+14155550100",
+        "rcsEnabled": "TRUE",
+        "carrierId": "Google",
+        "carrierStatus": "ACTIVE",
+    }
     first, second = answer_from_device(device), answer_from_device(dict(device))
     assert first is second and first.status == RCS_ENABLED and first.carrier_id == "Google"
     odd = answer_from_device({**device, "carrierId": ["not", "hashable"]})

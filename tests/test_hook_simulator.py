@@ -66,8 +66,12 @@ def test_wrong_key_fails_fast_over_http(make_simulator, monkeypatch):
     import json
 
     sim = make_simulator()
-    conn = {"conn_type": "kaleyra", "login": sim.config.sid, "password": "wrong-key-123",
-            "extra": {"rcs_base_url": sim.url, "default_region": "US"}}
+    conn = {
+        "conn_type": "kaleyra",
+        "login": sim.config.sid,
+        "password": "wrong-key-123",
+        "extra": {"rcs_base_url": sim.url, "default_region": "US"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
     with pytest.raises(KaleyraAuthError):
         list(KaleyraHook().lookup_rcs_many([f"+1415555{i:04d}" for i in range(300)]))

@@ -6,7 +6,7 @@ import json
 import re
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
@@ -63,19 +63,30 @@ def bulk_echo(request, context):
 
 
 def bulk(tmp_path, name="out.csv", **kwargs) -> KaleyraRcsBulkLookupOperator:
-    return KaleyraRcsBulkLookupOperator(task_id=f"bulk_{name.replace('.', '_')}", output=str(tmp_path / name), **kwargs)
+    return KaleyraRcsBulkLookupOperator(
+        task_id=f"bulk_{name.replace('.', '_')}", output=str(tmp_path / name), **kwargs
+    )
 
 
 def expected(e164: str) -> tuple[str, str, str]:
     device = rcs_answer(e164)
-    return ("rcs_enabled" if device["rcsEnabled"] else "rcs_disabled", device["carrierId"], device["carrierStatus"])
+    return (
+        "rcs_enabled" if device["rcsEnabled"] else "rcs_disabled",
+        device["carrierId"],
+        device["carrierStatus"],
+    )
 
 
 # -- requests-mock: the exact calls -------------------------------------------------------------
 
 
 def test_single_lookup_renders_the_number_and_returns_the_device_record(mock_conn, requests_mock, capfd):
-    data = {"deviceAddress": "14155552671", "carrierId": "AT&T", "carrierStatus": "ACTIVE", "rcsEnabled": True}
+    data = {
+        "deviceAddress": "14155552671",
+        "carrierId": "AT&T",
+        "carrierStatus": "ACTIVE",
+        "rcsEnabled": True,
+    }
     requests_mock.get(SINGLE_RE, json={"code": "RCS702", "data": data})
     op = KaleyraRcsLookupOperator(task_id="single", number="{{ params.number }}")
     op.render_template_fields({"params": {"number": "(415) 555-2671"}})
@@ -100,7 +111,9 @@ def test_bulk_list_input_asks_distinct_numbers_once_and_writes_every_row(mock_co
     assert rows[150]["e164"] == us(0) and rows[150]["status"] == rows[0]["status"]
     assert (rows[151]["status"], rows[151]["error"]) == ("invalid", "empty")
     assert rows[152]["status"] == "invalid" and rows[152]["error"].startswith("unparseable")
-    assert all((r["status"], r["carrier_id"], r["carrier_status"]) == expected(r["e164"]) for r in rows if r["e164"])
+    assert all(
+        (r["status"], r["carrier_id"], r["carrier_status"]) == expected(r["e164"]) for r in rows if r["e164"]
+    )
     assert summary == {
         "output": str(tmp_path / "out.jsonl"),
         "inputs": 154,
@@ -140,7 +153,9 @@ def test_template_fields_render_paths_lists_shards_and_ratios(tmp_path):
     assert (op.column, op.output_path, op.kaleyra_conn_id) == ("mobile", f"{tmp_path}/out-2.csv", "k2")
     assert op._shard() == (2, 4)
     assert op.hook.kaleyra_conn_id == "k2"
-    listed = KaleyraRcsBulkLookupOperator(task_id="u", numbers=["{{ params.a }}", "+14152000001"], output="o.csv")
+    listed = KaleyraRcsBulkLookupOperator(
+        task_id="u", numbers=["{{ params.a }}", "+14152000001"], output="o.csv"
+    )
     listed.render_template_fields({"params": {"a": "+14152000000"}})
     assert listed.numbers == ["+14152000000", "+14152000001"]
     assert "api_key" not in " ".join(KaleyraRcsBulkLookupOperator.template_fields)
@@ -213,7 +228,7 @@ def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatc
     seen_at: list[datetime] = []
 
     def accept(request, context):
-        seen_at.append(datetime.now(timezone.utc))
+        seen_at.append(datetime.now(UTC))
         context.status_code = 202
         return {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
 
@@ -224,12 +239,14 @@ def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatc
         task_id="soip", numbers=numbers, callback_profile_id="{{ params.profile }}", chunk_size=100
     )
     op.render_template_fields({"params": {"profile": "profile-op"}})
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     result = op.execute({})
 
     bodies = [r.json() for r in requests_mock.request_history]
     assert [len(b["number"]) for b in bodies] == [100, 100, 50]
-    assert bodies[0]["number"][0] == "919876500000" and all(b["callback_profile_id"] == "profile-op" for b in bodies)
+    assert bodies[0]["number"][0] == "919876500000" and all(
+        b["callback_profile_id"] == "profile-op" for b in bodies
+    )
     assert set(result) == {"numbers", "invalid", "submitted_at", "responses", "callback_profile_id"}
     assert result["numbers"] == [f"+9198765{i:05d}" for i in range(250)]
     assert [i["input"] for i in result["invalid"]] == ["junk", ""]
@@ -246,7 +263,10 @@ def test_soip_check_profile_defaults_to_the_connection(mock_conn, requests_mock,
     requests_mock.post(SOIP_URL, status_code=202, json={"code": "MSG402"})
     result = KaleyraSoipCapabilityCheckOperator(task_id="s", numbers=["+14152000001"]).execute({})
     assert result["callback_profile_id"] == "profile-conn"
-    assert requests_mock.last_request.json() == {"number": ["14152000001"], "callback_profile_id": "profile-conn"}
+    assert requests_mock.last_request.json() == {
+        "number": ["14152000001"],
+        "callback_profile_id": "profile-conn",
+    }
     set_conn(monkeypatch, callback_profile_id=None)
     requests_mock.reset_mock()
     with pytest.raises(ValueError, match="callback_profile_id"):
@@ -327,7 +347,15 @@ def test_a_changed_audience_never_reuses_stale_parts(kaleyra_conn, tmp_path, mon
 
 def garbage_audience(path: Path, count: int) -> list[bytes | None]:
     """A CSV of ``count`` rows, 5% garbage of every kind, 10% repeats; returns each row's phone field."""
-    kinds = [b"", b"not a number", b"\xff\xfe\xfd", b"12", b"+1 999 000 0000", b"9" * 70_000, b"+44 20 7946 0000 ext"]
+    kinds = [
+        b"",
+        b"not a number",
+        b"\xff\xfe\xfd",
+        b"12",
+        b"+1 999 000 0000",
+        b"9" * 70_000,
+        b"+44 20 7946 0000 ext",
+    ]
     fields: list[bytes | None] = []
     lines = [b"\xef\xbb\xbfid,phone,name"]
     for row in range(count):

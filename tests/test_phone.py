@@ -13,8 +13,7 @@ import threading
 
 import phonenumbers
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
@@ -76,7 +75,11 @@ def test_fast_path_is_enabled_for_this_phonenumbers():
 
 def test_plain_digit_strings_are_viable_at_every_length_up_to_the_cap():
     """The docstring's claim: parse's extraction and viability steps leave ``+digits``/``digits`` alone."""
-    from phonenumbers.phonenumberutil import _EXTN_PATTERN, _VALID_PHONE_NUMBER_PATTERN, _extract_possible_number
+    from phonenumbers.phonenumberutil import (
+        _EXTN_PATTERN,
+        _VALID_PHONE_NUMBER_PATTERN,
+        _extract_possible_number,
+    )
 
     for length in range(1, MAX_INPUT_LENGTH + 1):
         digits = "".join(random.Random(length).choice("0123456789") for _ in range(length))
@@ -92,7 +95,11 @@ def _phonenumbers_answer(compact: str, region: str | None) -> tuple[int, str, bo
         number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException:
         return None
-    return (number.country_code, phonenumbers.national_significant_number(number), phonenumbers.is_valid_number(number))
+    return (
+        number.country_code,
+        phonenumbers.national_significant_number(number),
+        phonenumbers.is_valid_number(number),
+    )
 
 
 @settings(max_examples=3000, deadline=None)
@@ -177,9 +184,9 @@ def realistic_numbers(draw):
     tail = draw(st.text("0123456789", min_size=len(nsn) - keep, max_size=len(nsn) - keep))
     number = phonenumbers.PhoneNumber(country_code=example_number.country_code)
     try:
-        number = phonenumbers.parse("+%d%s" % (example_number.country_code, nsn[:keep] + tail))
+        number = phonenumbers.parse(f"+{example_number.country_code}{nsn[:keep] + tail}")
     except phonenumbers.NumberParseException:
-        return "+%d%s" % (example_number.country_code, nsn[:keep] + tail), region
+        return f"+{example_number.country_code}{nsn[:keep] + tail}", region
     style = draw(st.sampled_from(["e164", "international", "national", "00", "digits", "cc-digits"]))
     if style == "e164":
         text = phonenumbers.format_number(number, PhoneNumberFormat.E164)
@@ -192,7 +199,9 @@ def realistic_numbers(draw):
     elif style == "cc-digits":  # country code without "+", read in the default region
         text = phonenumbers.format_number(number, PhoneNumberFormat.E164)[1:]
     else:
-        text = "".join(c for c in phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL) if c.isdigit())
+        text = "".join(
+            c for c in phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL) if c.isdigit()
+        )
     separator = draw(st.sampled_from(["keep", *SEPARATORS]))
     if separator != "keep":
         text = text.replace(" ", separator)
@@ -247,7 +256,7 @@ def test_every_non_geographic_calling_code():
 
 
 @pytest.mark.parametrize(
-    "raw, region, e164",
+    ("raw", "region", "e164"),
     [
         ("+1 (650) 253-0000", None, "+16502530000"),
         ("(650) 253-0000", "US", "+16502530000"),
@@ -287,7 +296,7 @@ def test_messy_inputs(raw, region, e164):
 
 
 @pytest.mark.parametrize(
-    "raw, region, reason",
+    ("raw", "region", "reason"),
     [
         ("", "US", "empty"),
         ("   ", "US", "empty"),
@@ -339,7 +348,7 @@ def test_concurrent_first_use_gives_the_same_answers():
 
 
 @pytest.mark.parametrize(
-    "number, masked",
+    ("number", "masked"),
     [
         ("+14155552671", "+1415*****71"),
         ("+919876543210", "+9198******10"),

@@ -20,13 +20,18 @@ def test_provider_info_validates_against_airflows_schema():
 
 def test_every_module_named_in_provider_info_imports():
     info = get_provider_info()
-    modules = [m for key in ("hooks", "operators", "sensors", "triggers") for entry in info[key] for m in entry["python-modules"]]
+    modules = [
+        m
+        for key in ("hooks", "operators", "sensors", "triggers")
+        for entry in info[key]
+        for m in entry["python-modules"]
+    ]
     code = "import importlib,sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
     subprocess.run([sys.executable, "-c", code, *modules], check=True)
 
 
 def test_connection_form_lists_every_extra_the_config_reads():
-    extras = {f for f in KaleyraConfig.__dataclass_fields__} - {"sid", "api_key", "retry_backoff"}
+    extras = set(KaleyraConfig.__dataclass_fields__) - {"sid", "api_key", "retry_backoff"}
     assert extras == set(CONN_FIELDS)
     assert CONN_FIELDS["callback_secret"]["schema"]["format"] == "password"
 
@@ -54,7 +59,10 @@ print(json.dumps({"version": info.version, "widgets": sorted(widgets), "behaviou
 
 def test_airflow_providers_list_shows_the_package():
     out = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     packages = {p["package_name"] for p in json.loads(out[out.index("[") :])}
     assert "airflow-provider-kaleyra" in packages
@@ -71,15 +79,22 @@ def test_hook_builds_the_same_form_for_airflow_before_3_2(monkeypatch):
         def __init__(self, label, widget=None, description=None):
             self.label, self.widget, self.description = label, widget, description
 
-    wtforms = types.SimpleNamespace(StringField=type("StringField", (Field,), {}), PasswordField=type("PasswordField", (Field,), {}))
-    fieldwidgets = types.SimpleNamespace(BS3TextFieldWidget=lambda: "text", BS3PasswordFieldWidget=lambda: "password")
+    wtforms = types.SimpleNamespace(
+        StringField=type("StringField", (Field,), {}), PasswordField=type("PasswordField", (Field,), {})
+    )
+    fieldwidgets = types.SimpleNamespace(
+        BS3TextFieldWidget=lambda: "text", BS3PasswordFieldWidget=lambda: "password"
+    )
     monkeypatch.setitem(sys.modules, "wtforms", wtforms)
     monkeypatch.setitem(sys.modules, "flask_appbuilder", types.ModuleType("flask_appbuilder"))
     monkeypatch.setitem(sys.modules, "flask_appbuilder.fieldwidgets", fieldwidgets)
 
     widgets = KaleyraHook.get_connection_form_widgets()
     assert set(widgets) == set(CONN_FIELDS)
-    assert type(widgets["callback_secret"]).__name__ == "PasswordField" and widgets["callback_secret"].widget == "password"
+    assert (
+        type(widgets["callback_secret"]).__name__ == "PasswordField"
+        and widgets["callback_secret"].widget == "password"
+    )
     assert type(widgets["default_region"]).__name__ == "StringField"
     assert widgets["rate_limit"].label == CONN_FIELDS["rate_limit"]["label"]
     behaviour = KaleyraHook.get_ui_field_behaviour()

@@ -59,7 +59,9 @@ def soip_url(sim: KaleyraSimulator, sid: str = SID) -> str:
     return sim.url + SOIP_CHECK_PATH.format(sid=sid)
 
 
-def post_bulk(sim: KaleyraSimulator, numbers: list[Any], session: Any = requests, **kw: Any) -> requests.Response:
+def post_bulk(
+    sim: KaleyraSimulator, numbers: list[Any], session: Any = requests, **kw: Any
+) -> requests.Response:
     return session.post(bulk_url(sim), json={"deviceAddresses": numbers}, headers=HEADERS, timeout=5, **kw)
 
 
@@ -86,9 +88,16 @@ def test_answers_are_stable_golden_values():
     assert rcs_answer("14155550123") == rcs_answer("+14155550123")
     assert soip_answer("+919876543210") == soip_answer("919876543210")
     out = subprocess.run(
-        [sys.executable, "-c", "from airflow_provider_kaleyra.simulator import soip_answer as s, rcs_answer as r;"
-         "print(s('919876543210'), r('+14155550199'))"],
-        env={**os.environ, "PYTHONHASHSEED": "12345"}, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from airflow_provider_kaleyra.simulator import soip_answer as s, rcs_answer as r;"
+            "print(s('919876543210'), r('+14155550199'))",
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.strip() == f"{soip_answer('919876543210')} {rcs_answer('+14155550199')}"
 
@@ -123,7 +132,9 @@ def test_single_lookup_shape_raw_and_percent_encoded_plus(simulator):
     assert simulator.stats()["numbers_looked_up"]["rcs"] == 2
 
 
-@pytest.mark.parametrize("number", ["14155550123", "%2B0123456789", "%2B1415abc0123", "%2B1234", "%2B1234567890123456"])
+@pytest.mark.parametrize(
+    "number", ["14155550123", "%2B0123456789", "%2B1415abc0123", "%2B1234", "%2B1234567890123456"]
+)
 def test_single_lookup_rejects_non_e164(simulator, number):
     assert_error_body(requests.get(single_url(simulator, number), headers=HEADERS, timeout=5), 400)
 
@@ -142,8 +153,15 @@ def test_bulk_lookup_shape_order_and_dedup(simulator):
 
 @pytest.mark.parametrize(
     ("distinct", "copies", "status"),
-    [(BULK_MIN - 1, 1, 400), (BULK_MIN - 1, 6, 400), (BULK_MIN, 1, 200), (BULK_MIN, 5, 200),
-     (BULK_MAX, 1, 200), (BULK_MAX, 2, 200), (BULK_MAX + 1, 1, 400)],
+    [
+        (BULK_MIN - 1, 1, 400),
+        (BULK_MIN - 1, 6, 400),
+        (BULK_MIN, 1, 200),
+        (BULK_MIN, 5, 200),
+        (BULK_MAX, 1, 200),
+        (BULK_MAX, 2, 200),
+        (BULK_MAX + 1, 1, 400),
+    ],
 )
 def test_bulk_100_to_500_rule_counts_after_dedup(simulator, distinct, copies, status):
     numbers = [us(i) for i in range(distinct)] * copies
@@ -173,11 +191,15 @@ def test_bulk_drop_mode_counts_only_valid_entries(make_simulator):
 
 def test_bulk_accepts_chunked_bodies(simulator):
     body = json.dumps({"deviceAddresses": [us(i) for i in range(120)]}).encode()
-    chunks = (body[i:i + 1000] for i in range(0, len(body), 1000))  # a generator makes requests send it chunked
+    chunks = (
+        body[i : i + 1000] for i in range(0, len(body), 1000)
+    )  # a generator makes requests send it chunked
     with requests.Session() as session:
         response = session.post(bulk_url(simulator), data=chunks, headers=HEADERS, timeout=5)
         assert len(response.json()["devices"]) == 120
-        assert post_bulk(simulator, [us(i) for i in range(100)], session=session).ok  # connection still in sync
+        assert post_bulk(
+            simulator, [us(i) for i in range(100)], session=session
+        ).ok  # connection still in sync
     assert simulator.stats()["connections"] == 1
 
 
@@ -199,23 +221,39 @@ def test_bulk_rejects_malformed_bodies(simulator, payload):
         ({"data": {"number": "919876543210,919876543211", "callback_profile_id": "p1"}}, 2),
         ({"data": [("number", "919876543210"), ("number", "+919876543212")]}, 2),
         # Kaleyra's own sample: JSON-ish text sent as form data
-        ({"data": '{"number": "919876543210", "callback_profile_id": "p1"}',
-          "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 1),
+        (
+            {
+                "data": '{"number": "919876543210", "callback_profile_id": "p1"}',
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+            },
+            1,
+        ),
     ],
 )
 def test_soip_accepts_documented_number_forms(simulator, kwargs, count):
     headers = {**HEADERS, **kwargs.pop("headers", {})}
     response = requests.post(soip_url(simulator), headers=headers, timeout=5, **kwargs)
     assert response.status_code == 202, response.text
-    assert response.json() == {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
+    assert response.json() == {
+        "code": "MSG402",
+        "message": "Request Successfully Processed",
+        "data": [],
+        "error": {},
+    }
     assert simulator.stats()["numbers_looked_up"]["soip"] == count
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"json": {"callback_profile_id": "p1"}}, {"json": {"number": ""}}, {"json": {"number": "98765abc"}},
-     {"json": {"number": ["919876543210", "12"]}}, {"data": "number="}, {"json": ["919876543210"]},
-     {"data": b"{broken", "headers": {"Content-Type": "application/json"}}],
+    [
+        {"json": {"callback_profile_id": "p1"}},
+        {"json": {"number": ""}},
+        {"json": {"number": "98765abc"}},
+        {"json": {"number": ["919876543210", "12"]}},
+        {"data": "number="},
+        {"json": ["919876543210"]},
+        {"data": b"{broken", "headers": {"Content-Type": "application/json"}},
+    ],
 )
 def test_soip_bad_input_is_rbc529(simulator, kwargs):
     headers = {**HEADERS, **kwargs.pop("headers", {})}
@@ -232,7 +270,12 @@ def test_soip_bad_input_is_rbc529(simulator, kwargs):
 def _all_endpoints(sim: KaleyraSimulator, headers: dict[str, str], sid: str = SID) -> list[requests.Response]:
     return [
         requests.get(single_url(sim, "%2B14155550123", sid), headers=headers, timeout=5),
-        requests.post(bulk_url(sim, sid), json={"deviceAddresses": [us(i) for i in range(100)]}, headers=headers, timeout=5),
+        requests.post(
+            bulk_url(sim, sid),
+            json={"deviceAddresses": [us(i) for i in range(100)]},
+            headers=headers,
+            timeout=5,
+        ),
         requests.post(soip_url(sim, sid), json={"number": "919876543210"}, headers=headers, timeout=5),
     ]
 
@@ -267,7 +310,9 @@ def test_unknown_path_and_wrong_method(simulator):
 def test_session_reuses_one_keep_alive_connection(simulator):
     with requests.Session() as session:
         for i in range(20):
-            assert session.get(single_url(simulator, "%2B1415555" + f"{i:04d}"), headers=HEADERS, timeout=5).ok
+            assert session.get(
+                single_url(simulator, "%2B1415555" + f"{i:04d}"), headers=HEADERS, timeout=5
+            ).ok
             assert post_bulk(simulator, [us(j) for j in range(100)], session=session).ok
     stats = simulator.stats()
     assert stats["connections"] == 1
@@ -295,7 +340,9 @@ def test_latency_is_applied(make_simulator):
 def test_rate_limit_answers_429_with_retry_after(make_simulator):
     sim = make_simulator(rate_limit=5)
     with requests.Session() as session:
-        statuses = [session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5) for _ in range(15)]
+        statuses = [
+            session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5) for _ in range(15)
+        ]
     codes = Counter(r.status_code for r in statuses)
     assert 5 <= codes[200] <= 9 and codes[429] == 15 - codes[200]
     throttled = next(r for r in statuses if r.status_code == 429)
@@ -313,13 +360,17 @@ def test_evenly_paced_client_is_never_throttled(make_simulator):
         for _ in range(60):  # 1.5 s at exactly the limit, after the full burst would have allowed more
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at += 1 / rate
-            assert session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5).status_code == 200
+            assert (
+                session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5).status_code == 200
+            )
     assert sim.stats()["rate_limited"] == 0
 
 
 def test_retry_after_can_be_omitted(make_simulator):
     sim = make_simulator(rate_limit=1, retry_after=False)
-    responses = [requests.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5) for _ in range(3)]
+    responses = [
+        requests.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5) for _ in range(3)
+    ]
     throttled = [r for r in responses if r.status_code == 429]
     assert throttled and all("Retry-After" not in r.headers for r in throttled)
 
@@ -394,8 +445,10 @@ def test_fault_rate_429_random(make_simulator):
 def test_fault_sequence_follows_the_seed(make_simulator):
     def run(sim: KaleyraSimulator) -> list[int]:
         with requests.Session() as session:
-            return [session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5).status_code
-                    for _ in range(40)]
+            return [
+                session.get(single_url(sim, "%2B14155550123"), headers=HEADERS, timeout=5).status_code
+                for _ in range(40)
+            ]
 
     first = run(make_simulator(error_5xx=0.4, seed=42))
     assert first == run(make_simulator(error_5xx=0.4, seed=42))
@@ -415,7 +468,9 @@ def test_stats_and_reset_over_http_and_configure(simulator):
 
     config = requests.post(simulator.url + "/_sim/config", json={"rcs_disabled": True}, timeout=5).json()
     assert config["rcs_disabled"] is True and config["api_key"] == "***"
-    assert requests.get(single_url(simulator, "%2B14155550123"), headers=HEADERS, timeout=5).status_code == 401
+    assert (
+        requests.get(single_url(simulator, "%2B14155550123"), headers=HEADERS, timeout=5).status_code == 401
+    )
     simulator.configure(rcs_disabled=False)
     assert requests.get(single_url(simulator, "%2B14155550123"), headers=HEADERS, timeout=5).ok
     bad = requests.post(simulator.url + "/_sim/config", json={"error_5xx": 3}, timeout=5)
@@ -427,7 +482,9 @@ def test_config_validation():
         SimulatorConfig(reset=1.5)
     with pytest.raises(ValueError):
         SimulatorConfig(bulk_invalid="ignore")
-    assert SimulatorConfig(callback_auth="header:X-Token:abc").callback_auth == CallbackAuth.header("X-Token", "abc")
+    assert SimulatorConfig(callback_auth="header:X-Token:abc").callback_auth == CallbackAuth.header(
+        "X-Token", "abc"
+    )
     assert "test-api-key" not in repr(SimulatorConfig())
 
 
@@ -463,7 +520,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
-                    receiver.requests.append({"headers": dict(self.headers), "body": body, "at": time.monotonic()})
+                    receiver.requests.append(
+                        {"headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                    )
                     fail = len(receiver.requests) <= receiver.fail_first
                 self.send_response(receiver.status if fail else 200)
                 self.send_header("Content-Length", "0")
@@ -472,7 +531,9 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/kaleyra/callback"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -490,11 +551,15 @@ NUMBERS = ["919876543210", "919876543211", "919876543212"]
 
 
 def test_callbacks_json_with_basic_auth_after_delay(make_simulator, receiver):
-    sim = make_simulator(callback_url=receiver.url, callback_delay=0.3, callback_auth=CallbackAuth.basic("kal", "s3cret"))
+    sim = make_simulator(
+        callback_url=receiver.url, callback_delay=0.3, callback_auth=CallbackAuth.basic("kal", "s3cret")
+    )
     sent_at = time.monotonic()
     response = requests.post(
-        soip_url(sim), json={"number": ["+" + NUMBERS[0]] + NUMBERS[1:], "callback_profile_id": "prof-9"},
-        headers=HEADERS, timeout=5,
+        soip_url(sim),
+        json={"number": ["+" + NUMBERS[0]] + NUMBERS[1:], "callback_profile_id": "prof-9"},
+        headers=HEADERS,
+        timeout=5,
     )
     assert response.status_code == 202
     assert sim.stats()["callbacks"]["pending"] == 3
@@ -516,15 +581,24 @@ def test_callbacks_json_with_basic_auth_after_delay(make_simulator, receiver):
 
 def test_callbacks_form_encoded_duplicated_with_header_auth(make_simulator, receiver):
     sim = make_simulator(
-        callback_url=receiver.url, callback_form=True, callback_duplicates=True,
+        callback_url=receiver.url,
+        callback_form=True,
+        callback_duplicates=True,
         callback_auth="header:X-Callback-Token:tok-123",
     )
-    assert requests.post(soip_url(sim), data={"number": ",".join(NUMBERS), "callback_profile_id": "p"},
-                         headers=HEADERS, timeout=5).status_code == 202
+    assert (
+        requests.post(
+            soip_url(sim),
+            data={"number": ",".join(NUMBERS), "callback_profile_id": "p"},
+            headers=HEADERS,
+            timeout=5,
+        ).status_code
+        == 202
+    )
     assert sim.wait_callbacks(5)
     assert len(receiver.requests) == 6
     fields = [dict(urllib.parse.parse_qsl(r["body"].decode())) for r in receiver.requests]
-    assert Counter(f["number"] for f in fields) == {n: 2 for n in NUMBERS}
+    assert Counter(f["number"] for f in fields) == dict.fromkeys(NUMBERS, 2)
     for request, form in zip(receiver.requests, fields):
         assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
         assert request["headers"]["X-Callback-Token"] == "tok-123"
@@ -563,15 +637,32 @@ def test_no_callbacks_without_url(simulator):
 
 def test_cli_prints_url_serves_and_stops_on_sigterm():
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_kaleyra.simulator", "--port", "0", "--sid", "CLI-SID",
-         "--api-key", "cli-key", "--rate-limit", "100", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_kaleyra.simulator",
+            "--port",
+            "0",
+            "--sid",
+            "CLI-SID",
+            "--api-key",
+            "cli-key",
+            "--rate-limit",
+            "100",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        response = requests.get(url + RCS_SINGLE_PATH.format(sid="CLI-SID", number="%2B14155550123"),
-                                headers={API_KEY_HEADER: "cli-key"}, timeout=5)
+        response = requests.get(
+            url + RCS_SINGLE_PATH.format(sid="CLI-SID", number="%2B14155550123"),
+            headers={API_KEY_HEADER: "cli-key"},
+            timeout=5,
+        )
         assert response.json()["data"]["carrierId"] == rcs_answer("+14155550123")["carrierId"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0

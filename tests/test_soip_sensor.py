@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def _add(store: CallbackStore, number: str, capable: object, at: datetime) -> No
 def test_trigger_serialize_round_trips():
     trigger = KaleyraSoipCallbackTrigger(
         watch_id="w1",
-        since=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        since=datetime(2026, 1, 1, tzinfo=UTC),
         total=10,
         required=8,
         kaleyra_conn_id="k",
@@ -63,7 +63,7 @@ def _run(trigger):
 def test_trigger_fires_when_enough_numbers_answered(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     store = CallbackStore(url)
-    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    since = datetime.now(UTC) - timedelta(minutes=1)
     watch = store.register_watch(NUMBERS)
     _add(store, NUMBERS[0], True, since + timedelta(seconds=1))
     _add(store, NUMBERS[1], False, since - timedelta(seconds=1))  # before the submission: ignored
@@ -71,7 +71,12 @@ def test_trigger_fires_when_enough_numbers_answered(tmp_path):
         watch_id=watch, since=since, total=4, required=1, store_url=url, poll_interval=0.05
     )
     assert _run(trigger) == {
-        "status": "success", "answered": 1, "total": 4, "required": 1, "watch_id": watch, "message": None
+        "status": "success",
+        "answered": 1,
+        "total": 4,
+        "required": 1,
+        "watch_id": watch,
+        "message": None,
     }
 
 
@@ -79,10 +84,15 @@ def test_trigger_reports_timeout_with_answered_count(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     store = CallbackStore(url)
     watch = store.register_watch(NUMBERS)
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    deadline = datetime.now(UTC) + timedelta(seconds=0.3)
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch, since=datetime.now(timezone.utc), total=4, required=4, store_url=url,
-        poll_interval=0.05, deadline=deadline,
+        watch_id=watch,
+        since=datetime.now(UTC),
+        total=4,
+        required=4,
+        store_url=url,
+        poll_interval=0.05,
+        deadline=deadline,
     )
     event = _run(trigger)
     assert (event["status"], event["answered"]) == ("timeout", 0)
@@ -90,15 +100,23 @@ def test_trigger_reports_timeout_with_answered_count(tmp_path):
 
 def test_trigger_reads_the_store_url_from_the_connection(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'conn.db'}"
-    conn = {"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": "test-api-key-0123456789",
-            "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": url}}
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "test-api-key-0123456789",
+        "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": url},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_TRIGGER_TEST", json.dumps(conn))
     store = CallbackStore(url)
     watch = store.register_watch(NUMBERS[:1])
-    _add(store, NUMBERS[0], True, datetime.now(timezone.utc))
+    _add(store, NUMBERS[0], True, datetime.now(UTC))
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch, since=datetime.now(timezone.utc) - timedelta(minutes=1), total=1, required=1,
-        kaleyra_conn_id="kaleyra_trigger_test", poll_interval=0.05,
+        watch_id=watch,
+        since=datetime.now(UTC) - timedelta(minutes=1),
+        total=1,
+        required=1,
+        kaleyra_conn_id="kaleyra_trigger_test",
+        poll_interval=0.05,
     )
     assert _run(trigger)["status"] == "success"
 
@@ -112,7 +130,12 @@ def test_sensor_arguments():
     sensor = KaleyraSoipCallbackSensor(task_id="s", numbers=NUMBERS, output="/tmp/x.jsonl")
     assert sensor.output_path == "/tmp/x.jsonl"
     assert set(sensor.template_fields) == {
-        "numbers", "submission", "kaleyra_conn_id", "store_url", "output_path", "storage_conn_id"
+        "numbers",
+        "submission",
+        "kaleyra_conn_id",
+        "store_url",
+        "output_path",
+        "storage_conn_id",
     }
     with pytest.raises(ValueError, match="min_answered_ratio"):
         KaleyraSoipCallbackSensor(task_id="s2", numbers=NUMBERS, min_answered_ratio=0)
@@ -127,7 +150,9 @@ def test_a_password_in_an_explicit_store_url_is_masked_in_the_rendered_fields():
 
     password = "SECRET-STORE-PW-7f3a9c"
     sensor = KaleyraSoipCallbackSensor(
-        task_id="s", numbers=NUMBERS, store_url="postgresql+psycopg://kaleyra:{{ params.pw }}@db.internal/callbacks"
+        task_id="s",
+        numbers=NUMBERS,
+        store_url="postgresql+psycopg://kaleyra:{{ params.pw }}@db.internal/callbacks",
     )
     sensor.render_template_fields({"params": {"pw": password}})
     assert password in sensor.store_url  # the sensor still needs it
@@ -231,7 +256,7 @@ def dag_runs(tmp_path_factory):
     out.mkdir()
     (dags / "soip_scenarios.py").write_text(DAG_FILE)
 
-    submitted = datetime.now(timezone.utc) - timedelta(minutes=10)
+    submitted = datetime.now(UTC) - timedelta(minutes=10)
     stores = {k: f"sqlite:///{root / (k.lower() + '.db')}" for k in ("STORE_A", "STORE_B", "STORE_EMPTY")}
     a = CallbackStore(stores["STORE_A"])
     _add(a, NUMBERS[0], True, submitted + timedelta(minutes=1))
@@ -241,8 +266,12 @@ def dag_runs(tmp_path_factory):
     b = CallbackStore(stores["STORE_B"])
     _add(b, NUMBERS[0], False, submitted + timedelta(minutes=1))
 
-    conn = {"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": "test-api-key-0123456789",
-            "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": stores["STORE_B"]}}
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "test-api-key-0123456789",
+        "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": stores["STORE_B"]},
+    }
     env = {
         **os.environ,
         **stores,
@@ -272,7 +301,9 @@ def dag_runs(tmp_path_factory):
     )
     log = proc.stdout + proc.stderr  # dag.test() prints task logs here
     (root / "run.log").write_text(log)
-    (root / "timing.txt").write_text(f"migrate {migrated - started:.1f}s, scenarios {time.monotonic() - migrated:.1f}s")
+    (root / "timing.txt").write_text(
+        f"migrate {migrated - started:.1f}s, scenarios {time.monotonic() - migrated:.1f}s"
+    )
     assert proc.returncode == 0 and (out / "states.json").exists(), log[-5000:]
     outputs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.stem != "states"}
     return {
@@ -288,9 +319,9 @@ def test_poke_mode_returns_summary_and_per_number_results(dag_runs):
     assert dag_runs["states"]["poke_ok"]["tasks"] == {"wait": "success", "keep": "success"}
     result = dag_runs["outputs"]["poke_ok"]
     summary = result["summary"]
-    assert {k: summary[k] for k in ("total", "answered", "capable", "not_capable", "unparseable", "missing")} == {
-        "total": 4, "answered": 3, "capable": 1, "not_capable": 1, "unparseable": 1, "missing": 1
-    }
+    assert {
+        k: summary[k] for k in ("total", "answered", "capable", "not_capable", "unparseable", "missing")
+    } == {"total": 4, "answered": 3, "capable": 1, "not_capable": 1, "unparseable": 1, "missing": 1}
     assert result["results"]["+919876543210"]["outcome"] == "capable"
     assert result["results"]["+919876543213"] == {"outcome": "missing"}
 
@@ -337,7 +368,6 @@ def test_numbers_are_masked_in_logs(dag_runs):
     from airflow_provider_kaleyra.phone import mask
 
     assert mask(NUMBERS[3]) in _scenario_log(dag_runs, "poke_ok")
-
 
 
 def _scenario_log(dag_runs, dag_id: str) -> str:

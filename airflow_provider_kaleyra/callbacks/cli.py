@@ -63,7 +63,9 @@ def _store_url(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted, or purge and exit."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.purge_older_than is not None:
         store = get_store(_store_url(args))
         deleted = store.purge(args.purge_older_than)

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -141,7 +141,7 @@ class RawCallback:
     content_type: str | None = None
     query: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def dedupe_key(self) -> str:
@@ -255,7 +255,7 @@ def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth
         return []
     merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
     has_number, value = mapping._find(payload, mapping.number_keys)
-    if has_number and (isinstance(value, (str, int)) or isinstance(value, list)):
+    if has_number and (isinstance(value, (str, int, list))):
         return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
     found = []
     for child in payload.values():

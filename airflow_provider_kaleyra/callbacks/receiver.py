@@ -16,14 +16,19 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_kaleyra.callbacks.parsing import DEFAULT_REGION, FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.parsing import (
+    DEFAULT_REGION,
+    FieldMapping,
+    RawCallback,
+    parse_callback,
+)
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store, redact_url
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
 
@@ -114,7 +119,9 @@ def _read_connection(conn_id: str) -> Any:
         conn = BaseHook.get_connection(conn_id)
         return KaleyraConfig.from_connection(conn)
     except Exception as exc:
-        raise ReceiverNotConfigured(f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}") from None
+        raise ReceiverNotConfigured(
+            f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _presented_secrets(headers: Mapping[str, str]) -> list[str]:
@@ -177,7 +184,11 @@ def create_app(
     :param region: region for numbers that arrive without a country code; default: connection or ``IN``.
     :param max_body_bytes: larger bodies are refused with 413.
     """
-    mapping = field_map if field_map is None or isinstance(field_map, FieldMapping) else FieldMapping.from_dict(field_map)
+    mapping = (
+        field_map
+        if field_map is None or isinstance(field_map, FieldMapping)
+        else FieldMapping.from_dict(field_map)
+    )
     settings = _LazySettings(store=store, secret=secret, conn_id=conn_id, mapping=mapping, region=region)
     app = FastAPI(
         title="Kaleyra SOIP callback receiver",
@@ -200,7 +211,9 @@ def create_app(
         if not is_authorized(request.headers, current.secret):
             client = request.client.host if request.client else "?"
             log.warning("Refused an unauthenticated Kaleyra callback from %s", client)
-            return _error(401, "missing or wrong callback secret", {"WWW-Authenticate": 'Basic realm="kaleyra"'})
+            return _error(
+                401, "missing or wrong callback secret", {"WWW-Authenticate": 'Basic realm="kaleyra"'}
+            )
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():
@@ -218,7 +231,7 @@ def create_app(
             headers={
                 k: v[:512] for k, v in list(request.headers.items())[:64] if k.lower() not in _PRIVATE_HEADERS
             },
-            received_at=datetime.now(timezone.utc),
+            received_at=datetime.now(UTC),
         )
         if not body.strip() and not raw.query:
             return _error(400, "empty callback: no body and no query parameters")

@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -72,13 +72,13 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
@@ -171,7 +171,7 @@ def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def redact_url(url: str) -> str:
@@ -302,7 +302,7 @@ class CallbackStore:
         """Delete callbacks (and watches) received before ``now - older_than``; returns callbacks deleted."""
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
-        cutoff = datetime.now(timezone.utc) - older_than
+        cutoff = datetime.now(UTC) - older_than
         with self._write() as conn:
             conn.execute(delete(results_table).where(results_table.c.received_at < cutoff))
             deleted = conn.execute(delete(callbacks_table).where(callbacks_table.c.received_at < cutoff))
@@ -316,7 +316,7 @@ class CallbackStore:
     def register_watch(self, numbers: Iterable[str]) -> str:
         """Record the numbers a sensor waits for; returns an id the trigger can count against."""
         watch_id = uuid.uuid4().hex
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [{"watch_id": watch_id, "number": n, "created_at": now} for n in dict.fromkeys(numbers)]
         with self._write() as conn:
             for start in range(0, len(rows), 5000):

@@ -83,7 +83,9 @@ class KaleyraHook(BaseHook):
         body = self.transport.call("GET", url)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
-            raise KaleyraApiError("Kaleyra's single lookup answer has no data object", status=200, retryable=True)
+            raise KaleyraApiError(
+                "Kaleyra's single lookup answer has no data object", status=200, retryable=True
+            )
         return data
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
@@ -101,7 +103,9 @@ class KaleyraHook(BaseHook):
 
     def _post_bulk(self, distinct: list[str]) -> list[dict[str, Any]]:
         """The bulk call itself, for numbers already normalized, distinct and 100-500 (a planned batch)."""
-        body = self.transport.call("POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct})
+        body = self.transport.call(
+            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}
+        )
         devices = body.get("devices") if isinstance(body, dict) else None
         if not isinstance(devices, list):
             raise KaleyraApiError("Kaleyra's bulk answer has no devices list", status=200, retryable=True)
@@ -121,7 +125,10 @@ class KaleyraHook(BaseHook):
             raise ValueError(
                 "a SOIP capability check needs a callback_profile_id: pass one or set it on the connection"
             )
-        payload = {"number": [api.soip_number(self._require_e164(n)) for n in numbers], "callback_profile_id": profile}
+        payload = {
+            "number": [api.soip_number(self._require_e164(n)) for n in numbers],
+            "callback_profile_id": profile,
+        }
         if not payload["number"]:
             raise ValueError("a SOIP capability check needs at least one number")
         url = self.config.soip_base_url + api.SOIP_CHECK_PATH.format(sid=quote(self.config.sid, safe=""))
@@ -184,7 +191,9 @@ class KaleyraHook(BaseHook):
         follows the window, not the audience. An auth failure stops everything at once.
         """
         window = 2 * self.config.max_concurrency
-        with ThreadPoolExecutor(max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra") as pool:
+        with ThreadPoolExecutor(
+            max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra"
+        ) as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
                 for batch in batches:
@@ -270,7 +279,9 @@ class KaleyraHook(BaseHook):
         widgets: dict[str, Any] = {}
         for name, spec in CONN_FIELDS.items():
             secret = spec["schema"].get("format") == "password"
-            field, widget = (PasswordField, BS3PasswordFieldWidget) if secret else (StringField, BS3TextFieldWidget)
+            field, widget = (
+                (PasswordField, BS3PasswordFieldWidget) if secret else (StringField, BS3TextFieldWidget)
+            )
             widgets[name] = field(spec["label"], widget=widget(), description=spec["description"])
         return widgets
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +74,9 @@ class KaleyraRcsLookupOperator(_KaleyraOperator):
         data = self.hook.lookup_rcs(self.number)
         self.log.info(
             "RCS lookup of %s: rcsEnabled=%s, carrierStatus=%s",
-            mask(str(self.number)), data.get("rcsEnabled"), data.get("carrierStatus"),
+            mask(str(self.number)),
+            data.get("rcsEnabled"),
+            data.get("carrierStatus"),
         )
         return data
 
@@ -203,7 +205,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
             stats = run.read(self._rows())
             self.log.info(
                 "Audience: %s rows, %s invalid, %s distinct numbers for this task%s",
-                stats.inputs, stats.invalid_inputs, stats.distinct,
+                stats.inputs,
+                stats.invalid_inputs,
+                stats.distinct,
                 f" (shard {shard.index} of {shard.count})" if shard else "",
             )
             self._check_invalid(stats.inputs, stats.invalid_inputs, max_invalid, run)
@@ -222,12 +226,16 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         if summary["failed_numbers"]:
             self.log.warning(
                 "%s of %s distinct numbers could not be looked up; see status 'failed' in %s",
-                summary["failed_numbers"], summary["distinct"], summary["output"],
+                summary["failed_numbers"],
+                summary["distinct"],
+                summary["output"],
             )
         self.log.info(
             "Wrote %s rows to %s: %s; %s API requests",
-            summary["rows"], summary["output"],
-            ", ".join(f"{status}={summary['statuses'][status]}" for status in STATUSES), summary["requests"],
+            summary["rows"],
+            summary["output"],
+            ", ".join(f"{status}={summary['statuses'][status]}" for status in STATUSES),
+            summary["requests"],
         )
         return summary
 
@@ -298,14 +306,18 @@ class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
             self.log.warning("%s inputs are not valid numbers and were not submitted", len(invalid))
         if not numbers:
             self.log.warning("No valid number to submit")
-        submitted_at = datetime.now(timezone.utc).isoformat()
+        submitted_at = datetime.now(UTC).isoformat()
         responses = [
-            self.hook.check_soip_capability(numbers[start : start + self.chunk_size], callback_profile_id=profile)
+            self.hook.check_soip_capability(
+                numbers[start : start + self.chunk_size], callback_profile_id=profile
+            )
             for start in range(0, len(numbers), self.chunk_size)
         ]
         self.log.info(
             "Submitted %s numbers in %s requests for SOIP capability (callback profile %s)",
-            len(numbers), len(responses), profile,
+            len(numbers),
+            len(responses),
+            profile,
         )
         return {
             "numbers": numbers,

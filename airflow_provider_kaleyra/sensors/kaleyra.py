@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
@@ -65,8 +65,10 @@ def _as_numbers(value: Any) -> list[str]:
 
 
 def _parse_time(value: Any) -> datetime:
-    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    parsed = (
+        value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class KaleyraSoipCallbackSensor(BaseSensorOperator):
@@ -90,7 +92,14 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     """
 
     # ``output`` is stored as ``output_path``: ``BaseOperator.output`` is the task's XComArg.
-    template_fields: Sequence[str] = ("numbers", "submission", "kaleyra_conn_id", "store_url", "output_path", "storage_conn_id")
+    template_fields: Sequence[str] = (
+        "numbers",
+        "submission",
+        "kaleyra_conn_id",
+        "store_url",
+        "output_path",
+        "storage_conn_id",
+    )
     ui_color = "#f4d9c6"
 
     def __init__(
@@ -201,7 +210,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             return first.xcom_value
         store = self._store()
         watch_id = store.register_watch(numbers)
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=self.timeout)
+        deadline = datetime.now(UTC) + timedelta(seconds=self.timeout)
         poll = self.poll_interval if self.poll_interval is not None else self.poke_interval
         self.log.info("Deferring until %s numbers are answered or %s", self._required(len(numbers)), deadline)
         self.defer(
@@ -235,7 +244,9 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
                     f"Sensor has timed out after {self.timeout} seconds. {self._missing_message(len(numbers))}"
                 )
             if status != "success":
-                raise AirflowException(f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}")
+                raise AirflowException(
+                    f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}"
+                )
             return self._build_result(context, store, numbers, since)
         finally:
             if watch_id:

@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", default=DEFAULT_SID)
     p.add_argument("--api-key", default=DEFAULT_API_KEY)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every API request")
-    p.add_argument("--rate-limit", type=float, default=None, help="requests/s over all API endpoints (429 above)")
+    p.add_argument(
+        "--rate-limit", type=float, default=None, help="requests/s over all API endpoints (429 above)"
+    )
     p.add_argument("--no-retry-after", action="store_true", help="omit Retry-After on 429 answers")
     fault = p.add_argument_group("fault injection (probabilities per request, 0..1)")
     for name in _PROBABILITY_FLAGS:
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     """Start the simulator, print its URL on stdout, and serve until SIGINT or SIGTERM."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(args)
     except ValueError as exc:

@@ -43,7 +43,7 @@ from base64 import b64encode
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -110,7 +110,12 @@ def rcs_answer(e164: str) -> dict[str, Any]:
     """
     digits = e164.strip().lstrip("+")
     carrier, status, enabled = _rcs_fields(digits)
-    return {"deviceAddress": "+" + digits, "carrierId": carrier, "carrierStatus": status, "rcsEnabled": enabled}
+    return {
+        "deviceAddress": "+" + digits,
+        "carrierId": carrier,
+        "carrierStatus": status,
+        "rcsEnabled": enabled,
+    }
 
 
 def soip_answer(e164: str) -> bool:
@@ -278,8 +283,8 @@ class _Stats:
             c = dict(self._counts)
 
         def group(prefix: str, keys: tuple[str, ...] = ()) -> dict[str, int]:
-            out = {k: 0 for k in keys}
-            out.update({k[len(prefix):]: v for k, v in c.items() if k.startswith(prefix)})
+            out = dict.fromkeys(keys, 0)
+            out.update({k[len(prefix) :]: v for k, v in c.items() if k.startswith(prefix)})
             return out
 
         return {
@@ -316,12 +321,21 @@ def _json_bytes(data: Any) -> bytes:
 
 
 def _rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    return status, _json_bytes({"code": status, "message": message, "data": {}, "error": detail or {"message": message}})
-
-
-def _str_error(status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None) -> tuple[int, bytes]:
     return status, _json_bytes(
-        {"code": code, "message": message, "data": [] if data is None else data, "error": detail or {"error": message}}
+        {"code": status, "message": message, "data": {}, "error": detail or {"message": message}}
+    )
+
+
+def _str_error(
+    status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None
+) -> tuple[int, bytes]:
+    return status, _json_bytes(
+        {
+            "code": code,
+            "message": message,
+            "data": [] if data is None else data,
+            "error": detail or {"error": message},
+        }
     )
 
 
@@ -348,7 +362,9 @@ def _soip_numbers(body: bytes, content_type: str) -> tuple[list[str], str | None
                 return [], None, "body is not valid JSON"
     if payload is None and text and not text.startswith("{"):
         form = urllib.parse.parse_qs(text, keep_blank_values=True)
-        payload = {k.removesuffix("[]"): (v if len(v) > 1 or k.endswith("[]") else v[0]) for k, v in form.items()}
+        payload = {
+            k.removesuffix("[]"): (v if len(v) > 1 or k.endswith("[]") else v[0]) for k, v in form.items()
+        }
     if not isinstance(payload, dict):
         return [], None, "body must be a JSON object or form fields"
     raw = payload.get("number")
@@ -443,7 +459,10 @@ class _CallbackDispatcher:
     def _deliver(self, payload: dict[str, Any], config: SimulatorConfig) -> None:
         try:
             if config.callback_form:
-                fields = {k: ("true" if v is True else "false" if v is False else "" if v is None else v) for k, v in payload.items()}
+                fields = {
+                    k: ("true" if v is True else "false" if v is False else "" if v is None else v)
+                    for k, v in payload.items()
+                }
                 body = urllib.parse.urlencode(fields).encode()
                 headers = {"Content-Type": "application/x-www-form-urlencoded"}
             else:
@@ -462,7 +481,12 @@ class _CallbackDispatcher:
                 if outcome == "failed":
                     break
             self._sim._stats.add("cb.failed")
-            log.warning("Callback for %s to %s failed after %s attempts", _mask(payload["number"]), config.callback_url, config.callback_retries + 1)
+            log.warning(
+                "Callback for %s to %s failed after %s attempts",
+                _mask(payload["number"]),
+                config.callback_url,
+                config.callback_retries + 1,
+            )
         finally:
             with self._cond:
                 self._pending -= 1
@@ -501,7 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120  # idle keep-alive connections are closed after this
     server: _HTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
@@ -544,7 +568,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Write status, headers and body in one send: no Nagle/delayed-ACK stalls, exact Content-Length."""
         reason = _REASONS.get(status, "")
-        lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        lines = [
+            f"HTTP/1.1 {status} {reason}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         if headers:
             lines.extend(f"{k}: {v}" for k, v in headers.items())
         if self.close_connection:
@@ -591,7 +619,7 @@ class _Handler(BaseHTTPRequestHandler):
             return (*self._control(sim, method, path, body), None)
 
         match = None
-        for endpoint, regex, allowed in (
+        for endpoint, regex, allowed in (  # noqa: B007 - used after the break
             ("rcs_bulk", _BULK_RE, "POST"),
             ("rcs_single", _SINGLE_RE, "GET"),
             ("soip_check", _SOIP_RE, "POST"),
@@ -621,7 +649,10 @@ class _Handler(BaseHTTPRequestHandler):
         if "error_5xx" in faults:
             status = sim._choice((500, 502, 503, 504))
             message = "Temporal error, try again later" if status == 503 else HTTPStatus(status).phrase
-            return (*(_rcs_error(status, message) if is_rcs else _str_error(status, str(status), message)), None)
+            return (
+                *(_rcs_error(status, message) if is_rcs else _str_error(status, str(status), message)),
+                None,
+            )
         if "rate_429" in faults:
             return self._too_many(sim, config, 1.0)
         if "slow" in faults:
@@ -643,12 +674,16 @@ class _Handler(BaseHTTPRequestHandler):
             payload = payload[: max(1, len(payload) // 2)]
         return status, payload, None
 
-    def _too_many(self, sim: KaleyraSimulator, config: SimulatorConfig, wait: float) -> tuple[int, bytes, dict[str, str] | None]:
+    def _too_many(
+        self, sim: KaleyraSimulator, config: SimulatorConfig, wait: float
+    ) -> tuple[int, bytes, dict[str, str] | None]:
         sim._stats.add("rate_limited")
         headers = {"Retry-After": str(max(1, math.ceil(wait)))} if config.retry_after else None
         return (*_str_error(429, "429", "Throttling", {"error": "Too many requests"}, data={}), headers)
 
-    def _check_auth(self, sim: KaleyraSimulator, config: SimulatorConfig, sid: str, is_rcs: bool) -> tuple[int, bytes] | None:
+    def _check_auth(
+        self, sim: KaleyraSimulator, config: SimulatorConfig, sid: str, is_rcs: bool
+    ) -> tuple[int, bytes] | None:
         key = self.headers.get(API_KEY_HEADER)
         problem = None
         if not key or not hmac.compare_digest(key.encode(), config.api_key.encode()):
@@ -665,7 +700,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _rcs_single(self, sim: KaleyraSimulator, raw: str) -> tuple[int, bytes]:
         number = urllib.parse.unquote(raw)
         if not E164_RE.match(number):
-            return _rcs_error(400, "Invalid device address", {"deviceAddress": "must be E.164 with a leading +"})
+            return _rcs_error(
+                400, "Invalid device address", {"deviceAddress": "must be E.164 with a leading +"}
+            )
         device = rcs_answer(number)
         device["deviceAddress"] = device["deviceAddress"][1:]  # Kaleyra's single sample drops the +
         sim._stats.add("numbers.rcs")
@@ -719,7 +756,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim._stats.add("numbers.soip", len(numbers))
         if config.callback_url:
             request_id = uuid.uuid4().hex
-            stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             payloads = []
             for digits in numbers:
                 capable = soip_answer(digits)
@@ -823,7 +860,10 @@ class KaleyraSimulator:
         self._server = _HTTPServer((self._config.host, self._config.port), self)
         self._callbacks = _CallbackDispatcher(self)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="kaleyra-simulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="kaleyra-simulator",
+            daemon=True,
         )
         self._thread.start()
         log.info("Kaleyra simulator listening on %s", self.url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -22,12 +22,12 @@ MAX_CONSECUTIVE_FAILURES = 5
 def _iso(value: datetime | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def _parse(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class KaleyraSoipCallbackTrigger(BaseTrigger):
@@ -109,7 +109,7 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
         except Exception as exc:
             yield self._event("error", 0, f"cannot open the callback store: {type(exc).__name__}: {exc}")
             return
-        since = _parse(self.since) if self.since else datetime.min.replace(tzinfo=timezone.utc)
+        since = _parse(self.since) if self.since else datetime.min.replace(tzinfo=UTC)
         deadline = _parse(self.deadline) if self.deadline else None
         answered, failures = 0, 0
         while True:
@@ -123,14 +123,16 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
                 failures += 1
                 self.log.warning("Counting Kaleyra callbacks failed (%s in a row): %s", failures, exc)
                 if failures >= MAX_CONSECUTIVE_FAILURES:
-                    yield self._event("error", answered, f"callback store failing: {type(exc).__name__}: {exc}")
+                    yield self._event(
+                        "error", answered, f"callback store failing: {type(exc).__name__}: {exc}"
+                    )
                     return
             else:
                 self.log.info("%s of %s numbers answered (%s needed)", answered, self.total, self.required)
                 if answered >= self.required:
                     yield self._event("success", answered)
                     return
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             if deadline is not None and now >= deadline:
                 yield self._event("timeout", answered)
                 return

@@ -52,8 +52,12 @@ class PostgresDatabase:
 
         u = self._server
         return psycopg.connect(
-            host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username, password=u.password,
-            dbname=u.database or "postgres", autocommit=True,
+            host=u.host or "127.0.0.1",
+            port=u.port or 5432,
+            user=u.username,
+            password=u.password,
+            dbname=u.database or "postgres",
+            autocommit=True,
         )
 
     def create(self) -> PostgresDatabase:
@@ -130,17 +134,26 @@ class AirflowDeployment:
     def airflow(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run one ``airflow`` CLI command to completion; raise with its output when it fails."""
         done = subprocess.run(
-            [_airflow_bin(), *args], env=self.env, cwd=self.home, capture_output=True, text=True, timeout=timeout
+            [_airflow_bin(), *args],
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if done.returncode:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
         return done
 
     def start(self, timeout: float = 180) -> AirflowDeployment:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
         for name in COMPONENTS:
-            args = [name] + (["--host", "127.0.0.1", "--port", str(self.port)] if name == "api-server" else [])
+            args = [name] + (
+                ["--host", "127.0.0.1", "--port", str(self.port)] if name == "api-server" else []
+            )
             log = open(self.home / f"{name}.out", "wb")  # noqa: SIM115 - closed with the process
             self.processes[name] = subprocess.Popen(
                 [_airflow_bin(), *args],
@@ -174,7 +187,9 @@ class AirflowDeployment:
     def check_alive(self) -> None:
         for name, proc in self.processes.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{self.component_log(name)}")
+                raise RuntimeError(
+                    f"airflow {name} exited with {proc.returncode}:\n{self.component_log(name)}"
+                )
 
     def component_log(self, name: str, lines: int = 60) -> str:
         path = self.home / f"{name}.out"
@@ -194,7 +209,10 @@ class AirflowDeployment:
                 if answer.ok:
                     health = answer.json()
                     states = {k: (v or {}).get("status") for k, v in health.items() if isinstance(v, dict)}
-                    if all(states.get(k) == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                    if all(
+                        states.get(k) == "healthy"
+                        for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                    ):
                         return
                     last = str(states)
             except requests.RequestException as exc:
@@ -211,7 +229,11 @@ class AirflowDeployment:
 
     def api(self, method: str, path: str, *, expect: tuple[int, ...] = (200, 201), **kwargs: Any) -> Any:
         answer = self._session.request(
-            method, f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {self.token()}"}, timeout=30, **kwargs
+            method,
+            f"{self.url}/api/v2{path}",
+            headers={"Authorization": f"Bearer {self.token()}"},
+            timeout=30,
+            **kwargs,
         )
         if answer.status_code not in expect:
             raise AssertionError(f"{method} {path}: HTTP {answer.status_code}: {answer.text[:2000]}")
@@ -224,12 +246,18 @@ class AirflowDeployment:
             self.check_alive()
             errors = self.api("GET", "/importErrors").get("import_errors", [])
             if errors:
-                raise AssertionError("DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors))
-            missing = [d for d in dag_ids if self.api("GET", f"/dags/{d}", expect=(200, 404)).get("dag_id") != d]
+                raise AssertionError(
+                    "DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
+                )
+            missing = [
+                d for d in dag_ids if self.api("GET", f"/dags/{d}", expect=(200, 404)).get("dag_id") != d
+            ]
             if not missing:
                 return
             time.sleep(2)
-        raise TimeoutError(f"DAGs not parsed after {timeout}s: {missing}\n{self.component_log('dag-processor')}")
+        raise TimeoutError(
+            f"DAGs not parsed after {timeout}s: {missing}\n{self.component_log('dag-processor')}"
+        )
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
@@ -249,13 +277,16 @@ class AirflowDeployment:
                 return states
             time.sleep(3)
         raise TimeoutError(
-            f"DAG runs not finished after {timeout}s: {states}\n" + "\n".join(self.diagnostics(*run) for run in runs)
+            f"DAG runs not finished after {timeout}s: {states}\n"
+            + "\n".join(self.diagnostics(*run) for run in runs)
         )
 
     # -- diagnostics ---------------------------------------------------------------------------
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})["task_instances"]
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})[
+            "task_instances"
+        ]
 
     def task_logs(self, dag_id: str, run_id: str) -> Iterator[tuple[str, str]]:
         base = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
@@ -268,7 +299,9 @@ class AirflowDeployment:
         bad: set[str] = set()
         try:
             for ti in self.task_instances(dag_id, run_id):
-                out.append(f"  {ti['task_id']}[{ti.get('map_index', -1)}]: {ti.get('state')} (try {ti.get('try_number')})")
+                out.append(
+                    f"  {ti['task_id']}[{ti.get('map_index', -1)}]: {ti.get('state')} (try {ti.get('try_number')})"
+                )
                 if ti.get("state") != "success":
                     bad.add(ti["task_id"])
         except Exception as exc:  # diagnostics must never hide the real failure
@@ -280,4 +313,6 @@ class AirflowDeployment:
         return "\n".join(out)
 
     def summary_of_components(self) -> str:
-        return "\n".join(f"--- airflow {name} (last lines)\n{self.component_log(name, 25)}" for name in self.processes)
+        return "\n".join(
+            f"--- airflow {name} (last lines)\n{self.component_log(name, 25)}" for name in self.processes
+        )

@@ -23,7 +23,13 @@ import requests
 from airflow_deployment import AirflowDeployment, PostgresDatabase
 
 from airflow_provider_kaleyra.phone import normalize
-from airflow_provider_kaleyra.simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, rcs_answer, soip_answer
+from airflow_provider_kaleyra.simulator import (
+    CallbackAuth,
+    KaleyraSimulator,
+    SimulatorConfig,
+    rcs_answer,
+    soip_answer,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -56,7 +62,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
     server = os.environ.get("KALEYRA_TEST_POSTGRES_URL")
     databases: list[PostgresDatabase] = []
     if server:
-        metadata, callbacks = PostgresDatabase(server, "e2e_airflow"), PostgresDatabase(server, "e2e_callbacks")
+        metadata, callbacks = (
+            PostgresDatabase(server, "e2e_airflow"),
+            PostgresDatabase(server, "e2e_callbacks"),
+        )
         databases += [metadata.create(), callbacks.create()]
         metadata_url, store_url = metadata.url, callbacks.url
     else:  # works, but SQLite serialises every writer: PostgreSQL is what setup.sh gives the test run
@@ -93,7 +102,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         deployment.api(
             "POST",
             "/pools",
-            json={"name": "kaleyra_api", "slots": 2, "description": "Kaleyra API: concurrent RCS lookup shards"},
+            json={
+                "name": "kaleyra_api",
+                "slots": 2,
+                "description": "Kaleyra API: concurrent RCS lookup shards",
+            },
         )
         yield deployment
     finally:
@@ -119,7 +132,9 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
     receiver, http = f"{deployment.url}/kaleyra", requests.Session()
     http.trust_env = False  # no proxy for 127.0.0.1
     assert http.get(f"{receiver}/health", timeout=10).json() == {"status": "ok"}
-    assert http.post(f"{receiver}/soip/callback", json={"number": "919876543210"}, timeout=10).status_code == 401
+    assert (
+        http.post(f"{receiver}/soip/callback", json={"number": "919876543210"}, timeout=10).status_code == 401
+    )
     out = deployment.home / "outputs"
     campaign_run = deployment.trigger(
         CAMPAIGN,
@@ -135,7 +150,9 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
     runs = [(CAMPAIGN, campaign_run), (SOIP, soip_run)]
     states = deployment.wait_for_runs(runs, timeout=RUN_TIMEOUT)
     if any(state != "success" for state in states.values()):
-        pytest.fail(f"DAG runs did not succeed: {states}\n" + "\n".join(deployment.diagnostics(*run) for run in runs))
+        pytest.fail(
+            f"DAG runs did not succeed: {states}\n" + "\n".join(deployment.diagnostics(*run) for run in runs)
+        )
     print(f"both runs succeeded {time.monotonic() - started:.0f} s after the deployment was up")
 
     # What a failure would print: every task's state (and the logs of the unsuccessful ones).
@@ -146,7 +163,9 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
 
 def _check_campaign(deployment: AirflowDeployment, run_id: str, run_dir: Path) -> None:
     # The sample the first task generated under the deployment's Airflow home.
-    audience = _rows(deployment.home / "kaleyra" / "samples" / f"audience_{AUDIENCE_SIZE}_seed{AUDIENCE_SEED}.csv")
+    audience = _rows(
+        deployment.home / "kaleyra" / "samples" / f"audience_{AUDIENCE_SIZE}_seed{AUDIENCE_SEED}.csv"
+    )
     assert len(audience) == AUDIENCE_SIZE
     distinct: dict[str, None] = {}
     invalid_rows: list[int] = []
@@ -169,7 +188,10 @@ def _check_campaign(deployment: AirflowDeployment, run_id: str, run_dir: Path) -
     assert all(r["status"] == "rcs_disabled" for r in fallback)
     for record in capable + fallback:
         answer = rcs_answer(record["e164"])
-        assert (record["carrier_id"], record["carrier_status"]) == (answer["carrierId"], answer["carrierStatus"])
+        assert (record["carrier_id"], record["carrier_status"]) == (
+            answer["carrierId"],
+            answer["carrierStatus"],
+        )
     assert [int(r["row"]) for r in invalid] == invalid_rows
     assert all(r["reason"] for r in invalid)
     assert 0.03 < len(invalid_rows) / AUDIENCE_SIZE < 0.07
@@ -212,5 +234,7 @@ def _check_soip(deployment: AirflowDeployment, run_id: str, run_dir: Path, numbe
     assert summary["counts"]["submitted"] == 300 and summary["callback_profile_id"] == PROFILE
 
     # The sensor really deferred: it waited in the triggerer, not in a worker slot.
-    sensor_logs = [text for name, text in deployment.task_logs(SOIP, run_id) if "task_id=wait_for_callbacks" in name]
+    sensor_logs = [
+        text for name, text in deployment.task_logs(SOIP, run_id) if "task_id=wait_for_callbacks" in name
+    ]
     assert any("Deferring until" in text for text in sensor_logs), sensor_logs

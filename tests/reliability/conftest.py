@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _reliability import SECRET_API_KEY, RecordCollector, connection_json  # noqa: E402
+from _reliability import SECRET_API_KEY, RecordCollector, connection_json
 
-from airflow_provider_kaleyra.simulator import KaleyraSimulator  # noqa: E402
+from airflow_provider_kaleyra.simulator import KaleyraSimulator
 
 
 @pytest.fixture

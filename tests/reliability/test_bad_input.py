@@ -7,8 +7,7 @@ import re
 
 import phonenumbers
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
 from airflow_provider_kaleyra.audience import MAX_LINE_BYTES, as_path, read_audience, read_results
@@ -24,8 +23,10 @@ huge = st.integers(65, 200_000).map(lambda n: "+1" + "4" * n)
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=st.one_of(any_text, phone_like, huge, st.binary(max_size=30), st.integers(), st.none(), st.floats()),
-       region=REGIONS)
+@given(
+    raw=st.one_of(any_text, phone_like, huge, st.binary(max_size=30), st.integers(), st.none(), st.floats()),
+    region=REGIONS,
+)
 @example(raw="\ud800", region="US")
 @example(raw="+1415555\x002671", region=None)
 @example(raw="\x00" * 10_000, region="US")
@@ -46,8 +47,11 @@ def test_normalize_never_crashes_and_answers_valid_e164_or_a_reason(raw, region)
 
 
 @settings(max_examples=300, deadline=None)
-@given(number=st.sampled_from(["+14155552671", "+919876543210", "+442079460000", "+4915112345678"]),
-       noise=st.sampled_from(["", " ", "  ", "-", ".", "(", ")", "\u00a0", "\t"]), cut=st.integers(0, 12))
+@given(
+    number=st.sampled_from(["+14155552671", "+919876543210", "+442079460000", "+4915112345678"]),
+    noise=st.sampled_from(["", " ", "  ", "-", ".", "(", ")", "\u00a0", "\t"]),
+    cut=st.integers(0, 12),
+)
 def test_separators_never_change_the_number(number, noise, cut):
     raw = number[: cut + 1] + noise + number[cut + 1 :]
     assert normalize(raw).e164 == number
@@ -70,8 +74,10 @@ def test_batch_plan_is_compliant_for_any_count(n):
 def test_batches_and_shards_hold_every_number_exactly_once(numbers, shards):
     batches = plan_batches(numbers)
     assert [n for batch in batches for n in batch] == numbers
-    assert all(len(b) == 1 for b in batches) if len(numbers) < BULK_MIN else all(
-        BULK_MIN <= len(b) <= BULK_MAX for b in batches
+    assert (
+        all(len(b) == 1 for b in batches)
+        if len(numbers) < BULK_MIN
+        else all(BULK_MIN <= len(b) <= BULK_MAX for b in batches)
     )
     bounds = shard_bounds(len(numbers), shards)
     assert bounds[0][0] == 0 and bounds[-1][1] == len(numbers) and len(bounds) <= shards
@@ -97,15 +103,35 @@ def _lines(data: bytes) -> int:
 
 line_bytes = st.one_of(
     st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
-    st.sampled_from([b"", b"\r", b"   ", b"\xef\xbb\xbf+14155552671", b"\xff\xfe+1 415", b"+14155552671\r",
-                     b'"+1 (415) 555-2671",x', b"\x00\x00", b",,,,", b'"unterminated', b"\xed\xa0\x80"]),
+    st.sampled_from(
+        [
+            b"",
+            b"\r",
+            b"   ",
+            b"\xef\xbb\xbf+14155552671",
+            b"\xff\xfe+1 415",
+            b"+14155552671\r",
+            b'"+1 (415) 555-2671",x',
+            b"\x00\x00",
+            b",,,,",
+            b'"unterminated',
+            b"\xed\xa0\x80",
+        ]
+    ),
     st.integers(MAX_LINE_BYTES - 2, MAX_LINE_BYTES + 3).map(lambda n: b"7" * n),
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(line_bytes, max_size=30), trailing=st.booleans(), bom=st.booleans(), fmt=st.sampled_from(["csv", "text"]))
-def test_every_audience_line_becomes_one_row_with_a_reason_when_unreadable(tmp_path, lines, trailing, bom, fmt):
+@given(
+    lines=st.lists(line_bytes, max_size=30),
+    trailing=st.booleans(),
+    bom=st.booleans(),
+    fmt=st.sampled_from(["csv", "text"]),
+)
+def test_every_audience_line_becomes_one_row_with_a_reason_when_unreadable(
+    tmp_path, lines, trailing, bom, fmt
+):
     body = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
     header = b"phone,name\n" if fmt == "csv" else b""
     data = (b"\xef\xbb\xbf" if bom else b"") + header + body
@@ -190,7 +216,9 @@ def test_bulk_operator_refuses_a_wrong_column_before_any_request(secret_simulato
     use_connection(sim.url)
     audience = tmp_path / "audience.csv"
     audience.write_text("msisdn,name\n+14155552671,a\n")
-    operator = KaleyraRcsBulkLookupOperator(task_id="x", audience=str(audience), output=str(tmp_path / "o.csv"))
+    operator = KaleyraRcsBulkLookupOperator(
+        task_id="x", audience=str(audience), output=str(tmp_path / "o.csv")
+    )
     with pytest.raises(ValueError, match="no column 'phone'; columns found: 'msisdn', 'name'"):
         operator.execute({})
     assert sum(sim.stats()["requests"].values()) == 0

@@ -52,7 +52,7 @@ def write_audience(path: Path, rows: int) -> list[str | None]:
                 expected.append(expected[i - 7] or "+12125550100")
             else:
                 e164 = f"+1{(212, 415, 646)[i % 3]}{201 + (i // 3) // 10000}{(i // 3) % 10000:04d}"
-                handle.write(f"n-{i},\"{e164[:2]} ({e164[2:5]}) {e164[5:8]}-{e164[8:]}\"\n")
+                handle.write(f'n-{i},"{e164[:2]} ({e164[2:5]}) {e164[5:8]}-{e164[8:]}"\n')
                 expected.append(e164)
     return expected
 
@@ -64,13 +64,14 @@ def parts(output: Path) -> list[Path]:
 def run_child(audience: Path, output: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", RUNNER, str(audience), str(output), str(CHECKPOINT_BATCHES)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
 def summary_of(stdout: bytes) -> dict:
     line = next(line for line in stdout.decode().splitlines() if line.startswith("SUMMARY "))
-    return json.loads(line[len("SUMMARY "):])
+    return json.loads(line[len("SUMMARY ") :])
 
 
 def test_sigkilled_bulk_task_resumes_from_its_checkpoint(secret_simulator, use_connection, tmp_path):
@@ -87,7 +88,9 @@ def test_sigkilled_bulk_task_resumes_from_its_checkpoint(secret_simulator, use_c
     child = run_child(audience, output)
     deadline = time.monotonic() + 60
     while len(parts(output)) < 3:
-        assert child.poll() is None, f"the task ended before it could be killed:\n{child.stdout.read().decode()}"
+        assert child.poll() is None, (
+            f"the task ended before it could be killed:\n{child.stdout.read().decode()}"
+        )
         assert time.monotonic() < deadline, "no checkpoint part appeared"
         time.sleep(0.02)
     os.kill(child.pid, signal.SIGKILL)
@@ -108,25 +111,38 @@ def test_sigkilled_bulk_task_resumes_from_its_checkpoint(secret_simulator, use_c
     batches, chunks = resumed["batches"], resumed["chunks"]
     assert chunks == -(-batches // CHECKPOINT_BATCHES) and resumed["chunks_resumed"] >= saved, resumed
     # Every chunk but the last holds CHECKPOINT_BATCHES calls; the last one is never resumed here.
-    assert resumed_requests == batches - resumed["chunks_resumed"] * CHECKPOINT_BATCHES, (resumed, resumed_requests)
+    assert resumed_requests == batches - resumed["chunks_resumed"] * CHECKPOINT_BATCHES, (
+        resumed,
+        resumed_requests,
+    )
     assert resumed["requests"] == resumed_requests
     # What the killed run paid for is not paid again (beyond calls in flight at the kill).
-    assert killed_requests + resumed_requests <= batches + 2 * 2 + CHECKPOINT_BATCHES, (killed_requests, resumed_requests)
-    assert sorted(p.name for p in killed_dir.iterdir()) == ["results.csv"], "checkpoint or temp files left behind"
+    assert killed_requests + resumed_requests <= batches + 2 * 2 + CHECKPOINT_BATCHES, (
+        killed_requests,
+        resumed_requests,
+    )
+    assert sorted(p.name for p in killed_dir.iterdir()) == ["results.csv"], (
+        "checkpoint or temp files left behind"
+    )
 
     # 3. An uninterrupted run, for comparison.
     sim.reset_stats()
     clean_output = clean_dir / "results.csv"
     clean = KaleyraRcsBulkLookupOperator(
-        task_id="bulk", audience=str(audience), output=str(clean_output), checkpoint_batches=CHECKPOINT_BATCHES
+        task_id="bulk",
+        audience=str(audience),
+        output=str(clean_output),
+        checkpoint_batches=CHECKPOINT_BATCHES,
     ).execute({})
     assert sim.stats()["requests"]["rcs_bulk"] == batches and clean["chunks_resumed"] == 0
     assert output.read_bytes() == clean_output.read_bytes()
     assert {k: v for k, v in resumed.items() if k not in ("output", "requests", "chunks_resumed")} == {
         k: v for k, v in clean.items() if k not in ("output", "requests", "chunks_resumed")
     }
-    print(f"\nkilled after {saved} of {chunks} parts ({killed_requests} calls); the retry made {resumed_requests} calls "
-          f"and resumed {resumed['chunks_resumed']} parts; outputs identical ({output.stat().st_size} bytes)")
+    print(
+        f"\nkilled after {saved} of {chunks} parts ({killed_requests} calls); the retry made {resumed_requests} calls "
+        f"and resumed {resumed['chunks_resumed']} parts; outputs identical ({output.stat().st_size} bytes)"
+    )
 
     # And the output is right: one row per input line, in order, each with the true answer.
     rows = list(read_results(as_path(str(output))))

@@ -42,7 +42,17 @@ def build_audience(
     """``total`` inputs in mixed formats, with duplicates and invalid entries; returns (inputs, expected E.164)."""
     inputs: list[str] = []
     expected: list[str | None] = []
-    bad = ["", "   ", "abc", "+1 415 000", "12345", "+999123456789", "+1 415 555 01", "0" * 70, "+1 (000) 000-0000"]
+    bad = [
+        "",
+        "   ",
+        "abc",
+        "+1 415 000",
+        "12345",
+        "+999123456789",
+        "+1 415 555 01",
+        "0" * 70,
+        "+1 (000) 000-0000",
+    ]
     serial = 0
     while len(inputs) < total:
         i = len(inputs)
@@ -107,7 +117,9 @@ def check_results(results: list[Any], inputs: list[str], expected: list[str | No
             continue
         truth = rcs_answer(e164)
         assert result.status == (RCS_ENABLED if truth["rcsEnabled"] else RCS_DISABLED), result
-        assert (result.carrier_id, result.carrier_status) == (truth["carrierId"], truth["carrierStatus"]), result
+        assert (result.carrier_id, result.carrier_status) == (truth["carrierId"], truth["carrierStatus"]), (
+            result
+        )
         assert result.error is None
     return statuses
 
@@ -145,8 +157,10 @@ def test_50k_lookup_survives_a_mix_of_every_fault(secret_simulator, use_connecti
     statuses = check_results(results, inputs, expected)
     stats = sim.stats()
     faults = stats["faults"]
-    print(f"\n50k lookup under faults: {elapsed:.1f}s, statuses {dict(statuses)}, faults {faults}, "
-          f"requests {stats['requests']}, client saw {dict(responses.seen)}")
+    print(
+        f"\n50k lookup under faults: {elapsed:.1f}s, statuses {dict(statuses)}, faults {faults}, "
+        f"requests {stats['requests']}, client saw {dict(responses.seen)}"
+    )
     assert elapsed < 60
     assert sum(faults.values()) >= 5, "the fault mix did not fire: the test proves nothing"
     # At-least-once with bounded retries: failures must stay rare at a 10% fault rate.
@@ -160,9 +174,11 @@ def test_50k_lookup_survives_a_mix_of_every_fault(secret_simulator, use_connecti
     assert stats["responses"].get("400", 0) == 0, stats["responses"]
 
 
-def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(secret_simulator, use_connection, caplog):
+def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(
+    secret_simulator, use_connection, caplog
+):
     """A smaller audience with faults on ~60% of requests, so every kind certainly fires."""
-    heavy = {kind: 0.1 for kind in MIXED_FAULTS}
+    heavy = dict.fromkeys(MIXED_FAULTS, 0.1)
     heavy["bulk_missing"] = heavy["bulk_extra"] = 0.3
     sim = secret_simulator(seed=7, slow_seconds=0.6, **heavy)
     use_connection(sim.url, timeout=0.4, max_retries=6, retry_backoff=0.005, max_concurrency=8)
@@ -176,8 +192,10 @@ def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(secret_
 
     statuses = check_results(results, inputs, expected)
     stats = sim.stats()
-    print(f"\nheavy faults: {elapsed:.1f}s, statuses {dict(statuses)}, faults {stats['faults']}, "
-          f"client saw {dict(responses.seen)}")
+    print(
+        f"\nheavy faults: {elapsed:.1f}s, statuses {dict(statuses)}, faults {stats['faults']}, "
+        f"client saw {dict(responses.seen)}"
+    )
     for kind in FAULT_KINDS:
         assert stats["faults"][kind] > 0, f"fault {kind} never fired: {stats['faults']}"
     assert responses.seen["429+retry-after"] and responses.seen["429-no-retry-after"], responses.seen

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 import pytest
 from _reliability import SECRET_CALLBACK as SECRET
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from airflow_provider_kaleyra.callbacks import receiver
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
@@ -34,8 +33,17 @@ FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(Heal
 ascii_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
 header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=80)
 content_types = st.sampled_from(
-    [None, "application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x",
-     "application/json; charset=latin-1", "application/octet-stream", "*/*", "garbage/;;;"]
+    [
+        None,
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "application/octet-stream",
+        "*/*",
+        "garbage/;;;",
+    ]
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
@@ -43,7 +51,11 @@ json_values = st.recursive(
     max_leaves=20,
 )
 callback_like = st.fixed_dictionaries(
-    {"number": st.one_of(st.text(max_size=20), st.integers(), st.from_regex(r"91[6-9]\d{9}", fullmatch=True))},
+    {
+        "number": st.one_of(
+            st.text(max_size=20), st.integers(), st.from_regex(r"91[6-9]\d{9}", fullmatch=True)
+        )
+    },
     optional={
         "soip_capable": st.one_of(st.booleans(), st.text(max_size=10)),
         "status": st.sampled_from(["capable", "not_capable", "MSG999", "", "CAPABLE"]),
@@ -56,12 +68,18 @@ bodies = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     callback_like.map(lambda v: json.dumps(v).encode()),
     st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.dictionaries(ascii_text, ascii_text, max_size=5).map(lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()),
+    st.dictionaries(ascii_text, ascii_text, max_size=5).map(
+        lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()
+    ),
     st.just(b"[" * 5000 + b"]" * 5000),  # deep nesting
     st.integers(LIMIT + 1, 3 * LIMIT).map(lambda n: b"{" + b"x" * n + b"}"),  # oversized
 )
-queries = st.one_of(st.just(""), st.dictionaries(ascii_text, ascii_text, max_size=3).map(
-    lambda d: "&".join(f"{k}={v}" for k, v in d.items())))
+queries = st.one_of(
+    st.just(""),
+    st.dictionaries(ascii_text, ascii_text, max_size=3).map(
+        lambda d: "&".join(f"{k}={v}" for k, v in d.items())
+    ),
+)
 
 
 def _basic(user: str, password: str) -> str:
@@ -121,7 +139,9 @@ def test_unauthenticated_requests_get_4xx_and_store_nothing(store):
         )
         def check(method, auth, content_type, body, query):
             response = client.request(
-                method, CALLBACK_PATH + (f"?{query}" if query else ""), content=body or None,
+                method,
+                CALLBACK_PATH + (f"?{query}" if query else ""),
+                content=body or None,
                 headers=_headers(auth, content_type),
             )
             assert 400 <= response.status_code < 500, (response.status_code, response.text)
@@ -174,7 +194,9 @@ def test_authenticated_requests_are_stored_once_or_refused_with_a_reason(store):
     assert {row["dedupe_key"] for row in rows} == set(accepted)
     assert len(rows) == len(accepted)
     assert all(SECRET not in row["headers"] for row in rows), "the secret was stored with the headers"
-    print(f"\nfuzzed receiver: {len(accepted)} distinct accepted, {sum(accepted.values())} deliveries, refused {refused}")
+    print(
+        f"\nfuzzed receiver: {len(accepted)} distinct accepted, {sum(accepted.values())} deliveries, refused {refused}"
+    )
     assert refused["413"] and refused["400"] is not None and len(accepted) > 50
 
 
@@ -190,11 +212,16 @@ def test_secret_is_compared_in_constant_time(store, monkeypatch):
     payload = {"number": "919876543210", "soip_capable": True}
     with TestClient(create_app(store=store, secret=SECRET)) as client:
         wrong = "X" * len(SECRET)  # same length: only a constant-time compare keeps timing flat
-        assert client.post(CALLBACK_PATH, json=payload, headers={"X-Kaleyra-Secret": wrong}).status_code == 401
+        assert (
+            client.post(CALLBACK_PATH, json=payload, headers={"X-Kaleyra-Secret": wrong}).status_code == 401
+        )
         assert calls and calls[-1] == (wrong.encode(), SECRET.encode())
         calls.clear()
-        for auth in ({"X-Kaleyra-Secret": SECRET}, {"Authorization": f"Bearer {SECRET}"},
-                     {"Authorization": _basic("u", SECRET)}):
+        for auth in (
+            {"X-Kaleyra-Secret": SECRET},
+            {"Authorization": f"Bearer {SECRET}"},
+            {"Authorization": _basic("u", SECRET)},
+        ):
             assert client.post(CALLBACK_PATH, json=payload, headers=auth).status_code == 202
             assert (SECRET.encode(), SECRET.encode()) in calls
             calls.clear()
@@ -263,7 +290,9 @@ def test_huge_unauthenticated_body_is_refused_fast_and_not_stored(live_receiver,
     assert sent < 64 * 1024 * 1024, f"the server took {sent} bytes before refusing"
 
     # Authenticated but oversized: 413, and the body beyond the limit is not buffered either.
-    status, seconds, sent = _send_huge(live_receiver, head + f"X-Kaleyra-Secret: {SECRET}\r\n\r\n", size, chunked)
+    status, seconds, sent = _send_huge(
+        live_receiver, head + f"X-Kaleyra-Secret: {SECRET}\r\n\r\n", size, chunked
+    )
     assert status.startswith("HTTP/1.1 413"), status
     assert seconds < 3
     assert store.counts()["callbacks"] == 0

@@ -42,9 +42,24 @@ def receiver_process(tmp_path):
     port = _free_port()
     env = {**os.environ, "KALEYRA_LOAD_SECRET": SECRET}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port),
-         "--store-url", url, "--secret-env", "KALEYRA_LOAD_SECRET", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_kaleyra.callbacks",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--store-url",
+            url,
+            "--secret-env",
+            "KALEYRA_LOAD_SECRET",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while True:
@@ -71,8 +86,12 @@ def receiver_process(tmp_path):
 
 def _payload(i: int) -> bytes:
     return json.dumps(
-        {"number": f"9198760{i:05d}", "soip_capable": i % 3 != 0, "request_id": f"burst-{i // 100}",
-         "timestamp": "2026-01-01T00:00:00.000Z"}
+        {
+            "number": f"9198760{i:05d}",
+            "soip_capable": i % 3 != 0,
+            "request_id": f"burst-{i // 100}",
+            "timestamp": "2026-01-01T00:00:00.000Z",
+        }
     ).encode()
 
 
@@ -124,8 +143,10 @@ def test_burst_of_20k_callbacks_is_stored_exactly_once(receiver_process):
     assert not errors, errors[:5]
 
     resent = len(range(0, TOTAL, RESEND_EVERY))
-    print(f"\nreceiver burst: {TOTAL + resent} deliveries in {elapsed:.1f}s "
-          f"({(TOTAL + resent) / elapsed:.0f}/s, {THREADS} keep-alive clients): {dict(statuses)}")
+    print(
+        f"\nreceiver burst: {TOTAL + resent} deliveries in {elapsed:.1f}s "
+        f"({(TOTAL + resent) / elapsed:.0f}/s, {THREADS} keep-alive clients): {dict(statuses)}"
+    )
     assert statuses == Counter({"new": TOTAL, "duplicate": resent}), statuses
 
     store = CallbackStore(url)

@@ -43,7 +43,9 @@ def assert_secret_free(label: str, *texts: Any) -> None:
     for text in texts:
         text = text if isinstance(text, str) else json.dumps(text, default=repr)
         for secret in (*SECRETS, DB_PASSWORD):
-            assert secret not in text, f"{label} leaks {secret[:10]}...: {text[max(0, text.find(secret) - 300):][:600]}"
+            assert secret not in text, (
+                f"{label} leaks {secret[:10]}...: {text[max(0, text.find(secret) - 300) :][:600]}"
+            )
 
 
 def us(i: int) -> str:
@@ -71,7 +73,13 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     sim = secret_simulator(
         callback_url=callback_url,
         callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET_CALLBACK),
-        error_5xx=0.15, reset=0.05, rate_429=0.05, truncated=0.05, bulk_missing=0.2, bulk_extra=0.2, seed=3,
+        error_5xx=0.15,
+        reset=0.05,
+        rate_429=0.05,
+        truncated=0.05,
+        bulk_missing=0.2,
+        bulk_extra=0.2,
+        seed=3,
     )
     use_connection(sim.url, callback_store_url=store_url, max_retries=6, retry_backoff=0.005)
     outputs: list[Any] = []
@@ -82,7 +90,12 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     hook = KaleyraHook()
     outputs.append(hook.lookup_rcs("+14152000001"))
     outputs.append(hook.lookup_rcs_bulk([us(i) for i in range(150)]))
-    outputs.append([r._asdict() for r in hook.lookup_rcs_many([us(i) for i in range(1_300)] + ["junk", "(415) 200-0003"])])
+    outputs.append(
+        [
+            r._asdict()
+            for r in hook.lookup_rcs_many([us(i) for i in range(1_300)] + ["junk", "(415) 200-0003"])
+        ]
+    )
     outputs.append([r._asdict() for r in hook.lookup_rcs_many([us(i) for i in range(40)])])  # single lookups
     outputs.append(hook.check_soip_capability(["+14152000001"]))
     outputs.append(hook.test_connection())
@@ -92,12 +105,15 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     audience = tmp_path / "audience.csv"
     audience.write_text("phone\n" + "\n".join(us(i) for i in range(600)) + "\nnot a number\n")
     single = KaleyraRcsLookupOperator(task_id="single", number="{{ params.probe }}")
-    bulk_list = KaleyraRcsBulkLookupOperator(task_id="bulk_list", numbers=[us(i) for i in range(300)],
-                                             output=str(tmp_path / "list.jsonl"))
-    bulk_file = KaleyraRcsBulkLookupOperator(task_id="bulk_file", audience=str(audience),
-                                             output=str(tmp_path / "{{ ds }}" / "file.csv"))
-    soip = KaleyraSoipCapabilityCheckOperator(task_id="soip", numbers=[us(i) for i in range(120)] + ["junk"],
-                                              chunk_size=50)
+    bulk_list = KaleyraRcsBulkLookupOperator(
+        task_id="bulk_list", numbers=[us(i) for i in range(300)], output=str(tmp_path / "list.jsonl")
+    )
+    bulk_file = KaleyraRcsBulkLookupOperator(
+        task_id="bulk_file", audience=str(audience), output=str(tmp_path / "{{ ds }}" / "file.csv")
+    )
+    soip = KaleyraSoipCapabilityCheckOperator(
+        task_id="soip", numbers=[us(i) for i in range(120)] + ["junk"], chunk_size=50
+    )
     operators = [single, bulk_list, bulk_file, soip]
     rendered = {op.task_id: _render(op) for op in operators}
     for op in operators:
@@ -117,7 +133,11 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     store = get_store(store_url)
     watch = store.register_watch(submission["numbers"])
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch, since=submission["submitted_at"], total=120, required=120, poll_interval=0.1,
+        watch_id=watch,
+        since=submission["submitted_at"],
+        total=120,
+        required=120,
+        poll_interval=0.1,
         store_url=store_url,
     )
     event = asyncio.run(anext(trigger.run()))
@@ -129,11 +149,18 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     use_connection(wrong.url, conn_id="kaleyra_wrong")
     for call in (
         lambda: KaleyraHook("kaleyra_wrong").lookup_rcs("+14152000001"),
-        lambda: KaleyraRcsLookupOperator(task_id="w", number="+14152000001", kaleyra_conn_id="kaleyra_wrong").execute({}),
-        lambda: KaleyraRcsBulkLookupOperator(task_id="w2", numbers=[us(i) for i in range(200)],
-                                             output=str(tmp_path / "w.csv"), kaleyra_conn_id="kaleyra_wrong").execute({}),
-        lambda: KaleyraSoipCapabilityCheckOperator(task_id="w3", numbers=["+14152000001"],
-                                                   kaleyra_conn_id="kaleyra_wrong").execute({}),
+        lambda: KaleyraRcsLookupOperator(
+            task_id="w", number="+14152000001", kaleyra_conn_id="kaleyra_wrong"
+        ).execute({}),
+        lambda: KaleyraRcsBulkLookupOperator(
+            task_id="w2",
+            numbers=[us(i) for i in range(200)],
+            output=str(tmp_path / "w.csv"),
+            kaleyra_conn_id="kaleyra_wrong",
+        ).execute({}),
+        lambda: KaleyraSoipCapabilityCheckOperator(
+            task_id="w3", numbers=["+14152000001"], kaleyra_conn_id="kaleyra_wrong"
+        ).execute({}),
     ):
         with pytest.raises(KaleyraAuthError) as info:
             call()
@@ -148,7 +175,7 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     errors += [str(info.value), "".join(traceback.format_exception(info.value))]
     use_connection(sim.url, conn_id="kaleyra_bad", timeout="soon")
     with pytest.raises(ValueError) as bad:
-        KaleyraHook("kaleyra_bad").config
+        _ = KaleyraHook("kaleyra_bad").config
     errors += [str(bad.value), "".join(traceback.format_exception(bad.value))]
     with pytest.raises(ValueError) as bad:
         KaleyraHook().lookup_rcs_bulk(["+14152000001"])
@@ -175,7 +202,9 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
 
     # Phone numbers in the provider's warnings are masked, never whole.
     asked = {us(i) for i in range(1_300)} | {"+14152000001", "+14152000007"}
-    warnings = [r for r in all_logs.records if r.levelno >= 30 and r.name.startswith("airflow_provider_kaleyra")]
+    warnings = [
+        r for r in all_logs.records if r.levelno >= 30 and r.name.startswith("airflow_provider_kaleyra")
+    ]
     assert warnings, "the faults produced no warning: the masking check proves nothing"
     for record in warnings:
         text = record.getMessage()
@@ -229,7 +258,8 @@ def test_no_secret_in_airflow_task_logs_xcom_table_or_rendered_fields(
     sim = secret_simulator(
         callback_url=callback_url,
         callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET_CALLBACK),
-        error_5xx=0.1, seed=11,
+        error_5xx=0.1,
+        seed=11,
     )
     use_connection(sim.url, callback_store_url=store_url, retry_backoff=0.005)
     work = tmp_path / "work"
