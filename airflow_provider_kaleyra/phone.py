@@ -5,7 +5,7 @@
 code are read with an explicit default region and always gated on ``is_valid_number``.
 
 Speed: inputs that are ``+`` and digits, or digits read with a default region (nearly all
-of them), are answered by :mod:`airflow_provider_kaleyra._fastphone`, which replays
+of them), are answered by :mod:`airflow_provider_kaleyra.utils.fastphone`, which replays
 ``phonenumbers``' parse and validation for exactly those strings from its own metadata,
 with precompiled patterns; everything else goes through ``phonenumbers`` itself. The
 answer is the same either way (``tests/test_phone.py`` checks it).
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from airflow_provider_kaleyra import _fastphone
+from airflow_provider_kaleyra.utils import fastphone as _fastphone
 
 MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
 _SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")

@@ -52,7 +52,6 @@ import phonenumbers  # noqa: E402
 import requests  # noqa: E402
 from inputs import audience_lines, mixed_inputs, valid_e164_numbers  # noqa: E402
 
-from airflow_provider_kaleyra import _fastphone  # noqa: E402
 from airflow_provider_kaleyra.phone import Normalized, normalize, normalize_with_phonenumbers, preclean  # noqa: E402
 from airflow_provider_kaleyra.simulator import (  # noqa: E402
     DEFAULT_API_KEY,
@@ -60,6 +59,7 @@ from airflow_provider_kaleyra.simulator import (  # noqa: E402
     rcs_answer,
     server as simulator_server,
 )
+from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"

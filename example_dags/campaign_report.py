@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.audience import as_path
+from airflow_provider_kaleyra.utils.storage import as_path
 
 # -- where the outputs go ----------------------------------------------------------------------
 

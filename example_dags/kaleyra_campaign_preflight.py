@@ -41,8 +41,8 @@ from typing import Any
 import campaign_report as helpers  # campaign_report.py beside this file: files, audience, report
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from airflow_provider_kaleyra.audience import as_path
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+from airflow_provider_kaleyra.utils.storage import as_path
 
 KALEYRA_CONN_ID = "kaleyra_default"
 KALEYRA_POOL = "kaleyra_api"

@@ -31,11 +31,11 @@ from typing import Any
 import campaign_report as helpers  # campaign_report.py beside this file: files, audience, report
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from airflow_provider_kaleyra.audience import as_path
 from airflow_provider_kaleyra.operators.kaleyra import (
     KaleyraSoipCapabilityCheckOperator,
 )
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+from airflow_provider_kaleyra.utils.storage import as_path
 
 KALEYRA_CONN_ID = "kaleyra_default"
 CHUNK_SIZE = 500

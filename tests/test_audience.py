@@ -9,20 +9,12 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from airflow_provider_kaleyra import audience
-from airflow_provider_kaleyra.audience import (
-    MAX_LINE_BYTES,
-    NOT_UTF8,
-    AudienceRow,
-    as_path,
-    iter_lines,
-    merge_results,
-    read_audience,
-    read_results,
-    write_results,
-)
-from airflow_provider_kaleyra.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra import outputs
+from airflow_provider_kaleyra.audience import MAX_LINE_BYTES, NOT_UTF8, AudienceRow, iter_lines, read_audience
+from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.outputs import merge_results, read_results, write_results
 from airflow_provider_kaleyra.results import Answer, RcsResult
+from airflow_provider_kaleyra.utils.storage import as_path
 
 
 def lines_of(data: bytes, block: int | None = None, limit: int = MAX_LINE_BYTES) -> list[bytes | None]:
@@ -112,7 +104,7 @@ def test_format_from_suffix_or_argument(tmp_path):
     with pytest.raises(ValueError, match="audience_format"):
         rows_of(tmp_path, "a.xlsx", b"1\n")
     with pytest.raises(ValueError, match=".csv, .jsonl or .json"):
-        audience.result_format(as_path(str(tmp_path / "out.parquet")))
+        outputs.result_format(as_path(str(tmp_path / "out.parquet")))
 
 
 def test_plain_paths_become_absolute_object_storage_paths(tmp_path, monkeypatch):

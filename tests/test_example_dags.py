@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_kaleyra.audience import as_path
 from airflow_provider_kaleyra.simulator import generate_audience_rows
+from airflow_provider_kaleyra.utils.storage import as_path
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 CAMPAIGN = "kaleyra_campaign_preflight"

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
-from airflow_provider_kaleyra import _fastphone
 from airflow_provider_kaleyra.phone import (
     MAX_INPUT_LENGTH,
     Normalized,
@@ -26,6 +25,7 @@ from airflow_provider_kaleyra.phone import (
     normalize_with_phonenumbers,
     preclean,
 )
+from airflow_provider_kaleyra.utils import fastphone as _fastphone
 
 ALL_REGIONS = sorted(SUPPORTED_REGIONS)
 # Regions with rules worth aiming at: national prefixes, Italian leading zeros, AR/MX mobile

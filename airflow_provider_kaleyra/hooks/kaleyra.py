@@ -16,9 +16,9 @@ from airflow_provider_kaleyra import api
 from airflow_provider_kaleyra.batching import plan_batches
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.hooks.transport import Transport
 from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
-from airflow_provider_kaleyra.transport import Transport
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,13 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.api import STATUSES
-from airflow_provider_kaleyra.audience import AudienceRow, as_path, read_audience, result_format
-from airflow_provider_kaleyra.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
+from airflow_provider_kaleyra.audience import AudienceRow, read_audience
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
+from airflow_provider_kaleyra.outputs import result_format
 from airflow_provider_kaleyra.phone import mask, normalize
+from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -99,7 +101,7 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     pool="kaleyra").expand(shard_index=[0, 1, 2, 3])``; a ``pool`` caps concurrent API use across
     workers. Each shard looks up its contiguous slice of the distinct numbers (first-seen order)
     and writes the rows holding them; invalid rows go to shard 0. Join the shard outputs with
-    :func:`airflow_provider_kaleyra.audience.merge_results`.
+    :func:`airflow_provider_kaleyra.outputs.merge_results`.
 
     :param output: where the results go (path or URL or ``ObjectStoragePath``): ``.csv``, or
         ``.jsonl`` / ``.json`` for JSON Lines. Kept as ``output_path``, since ``output`` is the

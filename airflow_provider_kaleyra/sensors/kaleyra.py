@@ -298,7 +298,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
 
     def _write_output(self, per_number: dict[str, dict[str, Any]]) -> str:
         """One JSON object per line, so consumers can stream 100k numbers."""
-        from airflow_provider_kaleyra.audience import as_path
+        from airflow_provider_kaleyra.utils.storage import as_path
 
         target = as_path(self.output_path, self.storage_conn_id)
         target.parent.mkdir(parents=True, exist_ok=True)

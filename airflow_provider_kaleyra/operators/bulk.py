@@ -28,10 +28,11 @@ from typing import IO, Any, NamedTuple
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.api import FAILED, INVALID, STATUSES
-from airflow_provider_kaleyra.audience import AudienceRow, write_results
+from airflow_provider_kaleyra.audience import AudienceRow
 from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split
-from airflow_provider_kaleyra.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.outputs import write_results
 from airflow_provider_kaleyra.phone import normalize
 from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.audience import open_atomic
 from airflow_provider_kaleyra.results import Answer
+from airflow_provider_kaleyra.utils.storage import open_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,59 @@
+"""The one way files are read and written: Airflow's ``ObjectStoragePath``, locally or on any object store.
+
+Every location the provider takes (audiences, outputs, checkpoints, reports) is a path or URL
+turned into an ``ObjectStoragePath`` here, so ``file://``, ``s3://``, ``gs://`` and ``memory://``
+behave the same, and a worker on another host reads what an earlier task wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+from airflow.sdk import ObjectStoragePath
+from fsspec.implementations.local import LocalFileSystem
+
+
+def as_path(
+    value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None
+) -> ObjectStoragePath:
+    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute (``~`` expanded).
+
+    :param conn_id: the Airflow connection of the store, for strings (paths keep their own).
+    """
+    if isinstance(value, ObjectStoragePath):
+        return value
+    text = os.fspath(value)
+    if "://" not in text:
+        text = os.path.abspath(os.path.expanduser(text))
+    return ObjectStoragePath(text, conn_id=conn_id)
+
+
+def _is_local(path: ObjectStoragePath) -> bool:
+    return isinstance(path.fs, LocalFileSystem)
+
+
+@contextlib.contextmanager
+def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
+    """Open ``path`` for writing UTF-8 text so that readers never see a partial file.
+
+    Local files are written under a temporary name and renamed into place; object stores
+    publish an object only when its upload completes, so they are written directly.
+    """
+    if not _is_local(path):
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
+            yield handle
+        temp.rename(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if temp.exists():
+                temp.unlink()
