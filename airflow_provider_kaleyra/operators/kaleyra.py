@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.api import STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow, read_audience
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+from airflow_provider_kaleyra.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
 from airflow_provider_kaleyra.outputs import result_format
@@ -46,8 +48,41 @@ def _ratio(value: float | str | None, name: str) -> float | None:
     return ratio
 
 
+# What waiting cannot fix: bad credentials (401/403), a wrong column or configuration (ValueError,
+# TypeError), an audience that is not there or not readable. Retrying these only delays the failure.
+_PERMANENT_ERRORS = (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
+
+
+def _fail_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a permanent error of ``execute`` into ``AirflowFailException`` (no retries); others propagate."""
+
+    @functools.wraps(execute)
+    def wrapper(self: BaseOperator, context: Context) -> Any:
+        try:
+            return execute(self, context)
+        except AirflowException:
+            raise
+        except _PERMANENT_ERRORS as exc:
+            raise AirflowFailException(
+                f"{type(exc).__name__}: {exc} (not retried: waiting cannot fix this)"
+            ) from exc
+
+    wrapper.__kaleyra_fail_fast__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class _KaleyraOperator(BaseOperator):
-    """Holds the connection id and the hook; the hook reads the connection on first use only."""
+    """Holds the connection id and the hook; the hook reads the connection on first use only.
+
+    Every subclass's ``execute`` fails at once, without retries, on what waiting cannot fix
+    (:data:`_PERMANENT_ERRORS`); transient errors keep the task's ``retries``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        execute = cls.__dict__.get("execute")
+        if execute is not None and not getattr(execute, "__kaleyra_fail_fast__", False):
+            cls.execute = _fail_fast(execute)  # type: ignore[method-assign]
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -122,6 +157,8 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         than this share of the input rows are not valid numbers (a wrong column or region);
         ``None`` (default) for no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
+    :param e164_input: the audience was normalized by an earlier step (e.g. the preflight's
+        ``prepare``): only the E.164 shape is checked, so each number is parsed once per run.
     :param storage_conn_id: the Airflow connection of the object store, for ``audience`` and
         ``output`` given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
@@ -154,11 +191,13 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_failed_ratio: float | str = 0.01,
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        e164_input: bool = False,
         storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        self.e164_input = e164_input
         if (numbers is None) == (audience is None):
             raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
         if checkpoint_batches < 1:
@@ -202,7 +241,12 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_invalid = _ratio(self.max_invalid_ratio, "max_invalid_ratio")
         requests_before = self.hook.transport.requests_sent
         with BulkLookup(
-            self.hook, output, shard=shard, checkpoint_batches=self.checkpoint_batches, log=self.log
+            self.hook,
+            output,
+            shard=shard,
+            checkpoint_batches=self.checkpoint_batches,
+            log=self.log,
+            e164_input=self.e164_input,
         ) as run:
             stats = run.read(self._rows())
             self.log.info(
