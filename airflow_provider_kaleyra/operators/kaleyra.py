@@ -53,8 +53,14 @@ def _ratio(value: float | str | None, name: str) -> float | None:
 _PERMANENT_ERRORS = (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
 
 
+@functools.cache
+def _non_retryable(kind: type[Exception]) -> type[AirflowFailException]:
+    """``AirflowFailException`` that is still a ``kind``: code catching ``ValueError`` etc. keeps working."""
+    return type(kind.__name__, (AirflowFailException, kind), {"__module__": kind.__module__})
+
+
 def _fail_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a permanent error of ``execute`` into ``AirflowFailException`` (no retries); others propagate."""
+    """Re-raise a permanent error of ``execute`` as non-retryable (same message, same type); others propagate."""
 
     @functools.wraps(execute)
     def wrapper(self: BaseOperator, context: Context) -> Any:
@@ -63,9 +69,9 @@ def _fail_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
         except AirflowException:
             raise
         except _PERMANENT_ERRORS as exc:
-            raise AirflowFailException(
-                f"{type(exc).__name__}: {exc} (not retried: waiting cannot fix this)"
-            ) from exc
+            error = _non_retryable(type(exc))(*exc.args)
+            error.__dict__.update(exc.__dict__)
+            raise error.with_traceback(exc.__traceback__) from exc
 
     wrapper.__kaleyra_fail_fast__ = True  # type: ignore[attr-defined]
     return wrapper
