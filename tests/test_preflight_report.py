@@ -23,7 +23,12 @@ def summary(run_id: str, rcs: int, finished: str = "2026-01-02T00:00:00+00:00") 
             "rows": {"rcs": rcs + 2, "soip": 20, "sms": 83 - rcs, "none": 5},
             "numbers": {"rcs": rcs, "soip": 20, "sms": 80 - rcs},
         },
-        "reasons": {"rcs_enabled": rcs + 2, "soip_capable": 20, "not_rcs_capable": 83 - rcs, "invalid: empty": 5},
+        "reasons": {
+            "rcs_enabled": rcs + 2,
+            "soip_capable": 20,
+            "not_rcs_capable": 83 - rcs,
+            "invalid: empty": 5,
+        },
         "carriers": {"AT&T": {"numbers": 60, "rcs_capable": 30, "rcs_rate": 0.5}},
         "countries": {"US": {"numbers": 60, "rcs_capable": 30, "rcs_rate": 0.5}},
         "soip": {"asked": 40, "answered": 39},
@@ -39,8 +44,14 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
     markdown = Path(written["report.md"]).read_text()
     saved = json.loads(Path(written["summary.json"]).read_text())
 
-    for heading in ("Channel mix", "RCS reachability by carrier", "RCS reachability by country",
-                    "Why rows were invalid", "API calls", "Trend: RCS-capable share across runs"):
+    for heading in (
+        "Channel mix",
+        "RCS reachability by carrier",
+        "RCS reachability by country",
+        "Why rows were invalid",
+        "API calls",
+        "Trend: RCS-capable share across runs",
+    ):
         assert f"<h2>{heading}</h2>" in html and f"## {heading}" in markdown
     assert "| RCS | 32 | 29.1% | 30 |" in markdown  # rows, share of rows, distinct numbers side by side
     assert "| RCS lookups (bulk and single) | 7 |" in markdown
@@ -54,7 +65,10 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
     charts = [ET.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", html, re.S)]
     titles = [c.get("aria-label") for c in charts]
     assert titles[0] == "Channel of each audience row"  # rows only: the four channels sum to the rows
-    bars = [int(t.text.split(": ")[1].replace(",", "")) for t in charts[0].iter("{http://www.w3.org/2000/svg}title")]
+    bars = [
+        int(t.text.split(": ")[1].replace(",", ""))
+        for t in charts[0].iter("{http://www.w3.org/2000/svg}title")
+    ]
     assert sum(bars) == 110
     assert all("share of distinct numbers" in t for t in titles[1:])  # rates of distinct numbers only
 

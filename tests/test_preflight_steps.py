@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_kaleyra.preflight import channels as ch
-from airflow_provider_kaleyra.preflight import files
+from airflow_provider_kaleyra.preflight import channels as ch, files
 from airflow_provider_kaleyra.preflight.prepare import prepare_audience
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -34,7 +33,11 @@ def test_prepare_normalizes_once_keeps_every_column_and_plans_shards(tmp_path: P
     audience = write(
         tmp_path / "a.csv",
         ["customer_id", "Phone", "segment", "e164"],
-        [["C1", "(415) 555-0100", "vip", "x"], ["C2", "junk", "new", ""], ["C3", "+1 415 555 0100", "new", ""]]
+        [
+            ["C1", "(415) 555-0100", "vip", "x"],
+            ["C2", "junk", "new", ""],
+            ["C3", "+1 415 555 0100", "new", ""],
+        ]
         + [[f"C{i}", f"+1202555{i:04d}", "bulk", ""] for i in range(200)],
     )
     out = tmp_path / "run"
@@ -58,10 +61,14 @@ def test_prepare_refuses_a_missing_column_or_audience(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no column 'phone'.*phone_column.*'mobile'"):
         prepare_audience(audience, str(tmp_path / "run"), column="phone", region=None, shard_count=1)
     with pytest.raises(FileNotFoundError, match="audience not found"):
-        prepare_audience(str(tmp_path / "nope.csv"), str(tmp_path / "run"), column="phone", region=None, shard_count=1)
+        prepare_audience(
+            str(tmp_path / "nope.csv"), str(tmp_path / "run"), column="phone", region=None, shard_count=1
+        )
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        prepare_audience(str(tmp_path / "empty.csv"), str(tmp_path / "r"), column="phone", region=None, shard_count=1)
+        prepare_audience(
+            str(tmp_path / "empty.csv"), str(tmp_path / "r"), column="phone", region=None, shard_count=1
+        )
 
 
 @pytest.mark.parametrize(
@@ -73,8 +80,22 @@ def test_prepare_refuses_a_missing_column_or_audience(tmp_path: Path) -> None:
         (US_A, "", ch.RcsAnswer("failed", "", "HTTP 503"), False, None, ("sms", "lookup_failed: HTTP 503")),
         (US_A, "", None, False, None, ("sms", "lookup_failed: no RCS answer recorded")),
         (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, "capable", ("soip", "soip_capable")),
-        (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, "not_capable", ("sms", "soip_not_capable")),
-        (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, "unparseable", ("sms", "soip_no_callback")),
+        (
+            IN_DISABLED,
+            "",
+            ch.RcsAnswer("rcs_disabled", "", ""),
+            True,
+            "not_capable",
+            ("sms", "soip_not_capable"),
+        ),
+        (
+            IN_DISABLED,
+            "",
+            ch.RcsAnswer("rcs_disabled", "", ""),
+            True,
+            "unparseable",
+            ("sms", "soip_no_callback"),
+        ),
         (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, None, ("sms", "soip_no_callback")),
     ],
 )
@@ -83,7 +104,12 @@ def test_one_channel_and_reason_per_row(e164, invalid, rcs, asked, outcome, expe
 
 
 def test_regions_and_soip_candidates() -> None:
-    assert [ch.region_of(n) for n in (US_A, IN_ENABLED, "+442079460000", "+4930123456")] == ["US", "IN", "GB", "DE"]
+    assert [ch.region_of(n) for n in (US_A, IN_ENABLED, "+442079460000", "+4930123456")] == [
+        "US",
+        "IN",
+        "GB",
+        "DE",
+    ]
     answers = {
         IN_ENABLED: ch.RcsAnswer("rcs_enabled", "", ""),
         IN_DISABLED: ch.RcsAnswer("rcs_disabled", "", ""),
@@ -151,8 +177,13 @@ def test_missing_work_files_fail_at_once_naming_the_setting(tmp_path: Path) -> N
 
 def test_csv_writer_publishes_nothing_when_interrupted(tmp_path: Path) -> None:
     target = as_path(str(tmp_path / "x.csv"))
-    with pytest.raises(RuntimeError), files.CsvWriter() as out:
-        out.open("x", target, ["a"])
-        out.write("x", ["1"])
-        raise RuntimeError("boom")
+
+    def interrupted() -> None:
+        with files.CsvWriter() as out:
+            out.open("x", target, ["a"])
+            out.write("x", ["1"])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
     assert not target.exists() and list(tmp_path.iterdir()) == []
