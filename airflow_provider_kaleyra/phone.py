@@ -111,3 +111,27 @@ def mask(number: str | None) -> str:
     if len(text) <= 6:
         return "*" * len(text)
     return text[:5] + "*" * (len(text) - 7) + text[-2:]
+
+
+class MaskedNumbers:
+    """A rendered list of numbers that Airflow records (Rendered Templates) as a masked sample.
+
+    Airflow stores every templated field after rendering; a ``numbers`` list would put the
+    audience there in clear. Operators wrap the rendered value in this, which iterates as the
+    numbers but serializes as ``{"count": n, "sample": [masked, ...]}``.
+    """
+
+    def __init__(self, values: object) -> None:
+        self.values = list(values)  # type: ignore[call-overload]
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"<{len(self.values)} phone numbers>"
+
+    def serialize(self) -> dict[str, object]:
+        return {"count": len(self.values), "sample": [mask(str(v)) for v in self.values[:5]]}

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,8 +41,10 @@ def simulator(make_simulator: Callable[..., KaleyraSimulator]) -> KaleyraSimulat
 
 
 @pytest.fixture
-def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -> KaleyraSimulator:
-    """Point ``kaleyra_default`` at ``simulator`` (both base URLs); returns the simulator."""
+def kaleyra_conn(
+    monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator, tmp_path: Path
+) -> KaleyraSimulator:
+    """Point ``kaleyra_default`` at ``simulator`` (both base URLs) and a SQLite store; returns the simulator."""
     conn = {
         "conn_type": "kaleyra",
         "login": simulator.config.sid,
@@ -53,6 +56,7 @@ def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -
             "rate_limit": 1000,
             "max_concurrency": 8,
             "max_retries": 5,
+            "callback_store_url": f"sqlite:///{tmp_path / 'kaleyra-callbacks.db'}",
         },
     }
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))

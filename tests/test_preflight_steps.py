@@ -103,21 +103,30 @@ def test_one_channel_and_reason_per_row(e164, invalid, rcs, asked, outcome, expe
     assert ch.decide(e164, invalid, rcs, asked, outcome) == expected
 
 
-def test_regions_and_soip_candidates() -> None:
+def test_regions_and_soip_candidates(tmp_path: Path) -> None:
     assert [ch.region_of(n) for n in (US_A, IN_ENABLED, "+442079460000", "+4930123456")] == [
         "US",
         "IN",
         "GB",
         "DE",
     ]
-    answers = {
-        IN_ENABLED: ch.RcsAnswer("rcs_enabled", "", ""),
-        IN_DISABLED: ch.RcsAnswer("rcs_disabled", "", ""),
-        US_A: ch.RcsAnswer("rcs_disabled", "", ""),
-        "+919800000001": ch.RcsAnswer("failed", "", "503"),  # a failed lookup is not "not capable"
-    }
-    assert list(ch.soip_candidates(answers, ch.DEFAULT_SOIP_REGIONS)) == [IN_DISABLED]
-    assert list(ch.soip_candidates(answers, ["in", "us"])) == [IN_DISABLED, US_A]
+    header = ["row", "input", "e164", "status", "carrier_id", "carrier_status", "error"]
+    one = write(
+        tmp_path / "s0.csv",
+        header,
+        [
+            ["0", "", IN_ENABLED, "rcs_enabled", "", "", ""],
+            ["1", "", IN_DISABLED, "rcs_disabled", "", "", ""],
+        ],
+    )
+    two = write(
+        tmp_path / "s1.csv",
+        header,
+        [["0", "", US_A, "rcs_disabled", "", "", ""], ["1", "", "+919800000001", "failed", "", "", "503"]],
+    )
+    outputs = [as_path(one), as_path(two)]
+    assert list(ch.soip_candidates(outputs, ch.DEFAULT_SOIP_REGIONS)) == [IN_DISABLED]  # failed: not asked
+    assert list(ch.soip_candidates(outputs, ["in", "us"])) == [IN_DISABLED, US_A]
 
 
 def test_channel_lists_keep_every_audience_column_and_every_row(tmp_path: Path) -> None:

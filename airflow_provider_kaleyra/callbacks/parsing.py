@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from airflow_provider_kaleyra.api import e164_key
 from airflow_provider_kaleyra.phone import normalize
 
-DEFAULT_REGION = "IN"  # SOIP is offered in India only
 MAX_DEPTH = 6
 MAX_RESULTS = 50_000
 
@@ -270,21 +270,13 @@ def _split_numbers(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
-def normalize_callback_number(raw: str, region: str | None = DEFAULT_REGION) -> str | None:
-    """E.164 for a number Kaleyra sends back, with or without ``+``.
-
-    Without ``+`` the default region is tried first (it also strips a leading country code,
-    so ``919876543210`` and ``9876543210`` both give ``+919876543210``), then country code + number.
-    """
-    text = raw.strip()
-    if text.startswith(("+", "00")):
-        return normalize(text).e164
-    if region:
-        found = normalize(text, region).e164
-        if found:
-            return found
-    digits = re.sub(r"\D", "", text)
-    return normalize("+" + digits).e164 if digits else None
+def _callback_e164(raw: str, region: str | None) -> str | None:
+    """E.164 of a number Kaleyra sends back: read by :func:`phone.normalize` with the connection's
+    region, else as Kaleyra's own SOIP form (country code and number, without ``+``)."""
+    found = normalize(raw, region).e164
+    if found is None and raw.strip().isdigit():
+        found = normalize(e164_key(raw)).e164
+    return found
 
 
 def _text(value: Any) -> str | None:
@@ -296,7 +288,7 @@ def _text(value: Any) -> str | None:
 
 
 def parse_callback(
-    raw: RawCallback, mapping: FieldMapping | None = None, region: str | None = DEFAULT_REGION
+    raw: RawCallback, mapping: FieldMapping | None = None, region: str | None = None
 ) -> ParsedCallback:
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
@@ -327,7 +319,7 @@ def parse_callback(
         _, request_value = mapping._find(record, mapping.request_id_keys)
         request_id = _text(request_value) or None
         for number_raw in _split_numbers(number_value):
-            number = normalize_callback_number(number_raw, region)
+            number = _callback_e164(number_raw, region)
             error = None
             if number is None:
                 error = "not a valid phone number"

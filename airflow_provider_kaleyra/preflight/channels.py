@@ -78,12 +78,15 @@ def read_rcs_answers(outputs: Iterable[ObjectStoragePath]) -> dict[str, RcsAnswe
     return answers
 
 
-def soip_candidates(answers: dict[str, RcsAnswer], regions: Iterable[str]) -> Iterator[str]:
-    """The numbers the SOIP leg asks about: not RCS-capable (a real answer) and in a SOIP country."""
+def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]) -> Iterator[str]:
+    """The numbers the SOIP leg asks about, streamed from the RCS shards' outputs: not RCS-capable
+    (a real answer, not a failed lookup) and in a SOIP country."""
     wanted = {region.upper() for region in regions}
-    for e164, answer in answers.items():
-        if answer.status == RCS_DISABLED and region_of(e164) in wanted:
-            yield e164
+    for path in outputs:
+        for record in files.read_records(files.require(path, "rcs_lookup")):
+            e164 = record.get("e164") or ""
+            if e164 and record.get("status") == RCS_DISABLED and region_of(e164) in wanted:
+                yield e164
 
 
 def read_soip_outcomes(path: ObjectStoragePath | None) -> dict[str, str]:

@@ -29,8 +29,6 @@ from airflow_provider_kaleyra.preflight import channels as ch, files, report
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
 
-SOIP_CHUNK = 100  # numbers per SOIP capability-check request
-
 
 def _optional(value: Any) -> str | None:
     """A rendered optional setting: ``None``, ``""`` and the text ``"None"`` all mean unset."""
@@ -139,19 +137,15 @@ def kaleyra_preflight(
             if not _flag(leg):
                 raise AirflowSkipException("SOIP leg off")
             storage = _optional(storage)
-            answers = ch.read_rcs_answers(as_path(s["output"], storage) for s in shards)
-            numbers = list(ch.soip_candidates(answers, _regions(regions)))
-            files.write_csv(
-                as_path(prepared["run_dir"], storage) / files.SOIP_NUMBERS,
-                (files.E164,),
-                ((n,) for n in numbers),
+            target = as_path(prepared["run_dir"], storage) / files.SOIP_NUMBERS
+            outputs = [as_path(s["output"], storage) for s in shards]
+            numbers = files.write_csv(
+                target, (files.E164,), ((n,) for n in ch.soip_candidates(outputs, _regions(regions)))
             )
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
-            print(f"{len(numbers):,} numbers are not RCS-capable and in {_regions(regions)}: asking SOIP")
-            # TODO(soip contract): pass the file (audience=..., column="e164") once the SOIP operator takes one;
-            # until then the current operator needs the list itself.
-            return {"numbers": numbers}
+            print(f"{numbers:,} numbers are not RCS-capable and in {_regions(regions)}: asking SOIP")
+            return {"audience": str(target), "numbers": numbers}
 
         @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0)
         def channels(
@@ -164,13 +158,9 @@ def kaleyra_preflight(
             answers = ch.read_rcs_answers(as_path(s["output"], storage) for s in shards)
             asked_path = run_dir / files.SOIP_NUMBERS
             asked = {r[files.E164] for r in files.read_records(asked_path)} if asked_path.exists() else set()
+            # The sensor's answers; none when it timed out (soft_fail): those numbers get soip_no_callback.
             waited = context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_wait") if asked else None
-            if waited and waited.get("output"):
-                outcomes = ch.read_soip_outcomes(as_path(waited["output"], storage))
-            else:
-                outcomes = {
-                    str(n): str(r.get("outcome")) for n, r in ((waited or {}).get("results") or {}).items()
-                }
+            outcomes = ch.read_soip_outcomes(as_path(waited["output"], storage) if waited else None)
             result = ch.write_channel_lists(run_dir, answers, asked, outcomes)
             for channel, asset in assets.items():
                 context["outlet_events"][asset].extra = {
@@ -207,9 +197,7 @@ def kaleyra_preflight(
                 "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
                 "api": {
                     "rcs_requests": sum(int(s.get("requests") or 0) for s in summaries),
-                    "soip_requests": int(
-                        (check or {}).get("requests") or len((check or {}).get("responses") or [])
-                    ),
+                    "soip_requests": int((check or {}).get("requests") or 0),
                 },
             }
             history = report.load_history(run_dir.parent, context["run_id"])
@@ -235,15 +223,16 @@ def kaleyra_preflight(
         ).expand_kwargs(shards)
         candidates = soip_candidates(prepared, shards, storage_conn_id, soip, soip_regions)
         lookups >> candidates
+        prepared_field = f"ti.xcom_pull(task_ids='{group.group_id}.prepare', key='summary')"
         check = KaleyraSoipCapabilityCheckOperator(
             task_id="soip_check",
             kaleyra_conn_id=kaleyra_conn_id,
-            numbers=candidates["numbers"],
+            audience=candidates["audience"],
+            column=files.E164,
+            storage_conn_id=f"{{{{ {prepared_field}['storage_conn_id'] or '' }}}}",
             callback_profile_id=callback_profile_id,
-            chunk_size=SOIP_CHUNK,
             retries=retries,
         )
-        prepared_field = f"ti.xcom_pull(task_ids='{group.group_id}.prepare', key='summary')"
         wait = KaleyraSoipCallbackSensor(
             task_id="soip_wait",
             kaleyra_conn_id=kaleyra_conn_id,
