@@ -113,3 +113,65 @@ def test_a_wrong_sid_fails_in_one_attempt_while_an_outage_is_retried(
     tis = json.loads(run_dag_file(dag_file, timeout=240).stdout.split("RESULT ")[-1].splitlines()[0])
     assert tis["kaleyra_wrong_sid"] == ["failed", 1]  # 401: retries=2 not used
     assert tis["kaleyra_down"] == ["failed", 3]  # 5xx: waiting may fix it, so all retries are used
+
+
+SOIP_TIMEOUT_DAG = """
+    import json, os
+    from datetime import datetime
+    from airflow.sdk import DAG
+    from airflow_provider_kaleyra.preflight import kaleyra_preflight
+
+    WORK = os.environ["KALEYRA_TEST_DIR"]
+    with DAG("preflight_soip_timeout", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        kaleyra_preflight(audience=WORK + "/audience.csv", output=WORK + "/out", shard_count=1, soip_timeout=3)
+
+    if __name__ == "__main__":
+        run = dag.test()
+        states = {ti.task_id: str(ti.state).rsplit(".", 1)[-1] for ti in run.get_task_instances()}
+        print("RESULT " + json.dumps({"run": str(run.state).rsplit(".", 1)[-1], "tasks": states}))
+"""
+
+
+def test_a_soip_wait_that_times_out_loses_no_row(make_simulator, run_dag_file, tmp_path, monkeypatch):
+    """No callback ever comes: the wait gives up (skipped), and the numbers asked go to SMS, none lost."""
+    from airflow_provider_kaleyra.phone import normalize
+    from airflow_provider_kaleyra.preflight.channels import region_of
+    from airflow_provider_kaleyra.simulator import rcs_answer
+
+    sim = make_simulator()  # no callback URL: Kaleyra never answers
+    store = f"sqlite:///{tmp_path / 'callbacks.db'}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_DEFAULT", _conn(sim, callback_profile_id="p", callback_store_url=store)
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = list(generate_audience_rows(600, seed=5))
+    with (work / "audience.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([("customer_id", "phone", "segment"), *rows])
+    monkeypatch.setenv("KALEYRA_TEST_DIR", str(work))
+    dag_file = tmp_path / "dags" / "preflight_soip_timeout.py"
+    dag_file.parent.mkdir()
+    dag_file.write_text(textwrap.dedent(SOIP_TIMEOUT_DAG))
+    result = json.loads(run_dag_file(dag_file, timeout=240).stdout.split("RESULT ")[-1].splitlines()[0])
+    assert result["tasks"]["preflight.soip_check"] == "success"
+    assert result["tasks"]["preflight.soip_wait"] == "skipped"  # timed out, soft_fail
+    assert result["tasks"]["preflight.build_report"] == "success"
+    (run_dir,) = (work / "out").iterdir()
+    listed = {}
+    for name in ("rcs", "soip", "sms", "invalid"):
+        listed.update(
+            (r["customer_id"], r["reason"]) for r in csv.DictReader((run_dir / f"{name}.csv").open())
+        )
+    assert len(listed) == len(rows)
+    asked = {
+        customer
+        for customer, phone, _ in rows
+        if (e164 := normalize(phone, "US").e164)
+        and not rcs_answer(e164)["rcsEnabled"]
+        and region_of(e164) == "IN"
+    }
+    assert asked and {c for c, reason in listed.items() if reason == "soip_no_callback"} == asked
+    assert json.loads((run_dir / "summary.json").read_text())["soip"] == {
+        "asked": len({normalize(p, "US").e164 for c, p, _ in rows if c in asked}),
+        "answered": 0,
+    }

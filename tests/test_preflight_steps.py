@@ -196,3 +196,22 @@ def test_csv_writer_publishes_nothing_when_interrupted(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         interrupted()
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_timed_out_wait_keeps_the_answers_that_arrived(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+
+    store = CallbackStore(f"sqlite:///{tmp_path / 'cb.db'}")
+    submitted = datetime.now(UTC) - timedelta(minutes=5)
+    store.add_submission("s1", [IN_ENABLED, IN_DISABLED])
+    body = json.dumps({"number": IN_DISABLED.lstrip("+"), "soip_capable": True}).encode()
+    store.add_callback(RawCallback("POST", body, "application/json", received_at=datetime.now(UTC)))
+    outcomes = ch.stored_soip_outcomes(store, {"submission_id": "s1", "submitted_at": submitted.isoformat()})
+    assert outcomes == {IN_DISABLED: "capable", IN_ENABLED: "missing"}
+    assert ch.decide(IN_ENABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, outcomes[IN_ENABLED]) == (
+        "sms",
+        "soip_no_callback",
+    )

@@ -22,12 +22,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.preflight import files
+from airflow_provider_kaleyra.utils.timestamps import as_utc
+
+if TYPE_CHECKING:
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
 
 DEFAULT_SOIP_REGIONS = frozenset({"IN"})  # where Kaleyra offers SMS over IP; the one place it is set
 RCS, SOIP, SMS, NONE = "rcs", "soip", "sms", "none"
@@ -100,6 +104,15 @@ def read_soip_outcomes(path: ObjectStoragePath | None) -> dict[str, str]:
                 entry = json.loads(line)
                 outcomes[str(entry.get("number", ""))] = str(entry.get("outcome", "missing"))
     return outcomes
+
+
+def stored_soip_outcomes(store: CallbackStore, submission: dict[str, Any]) -> dict[str, str]:
+    """When the wait timed out (and wrote nothing): the answers that did arrive, from the callback store."""
+    since = as_utc(submission["submitted_at"])
+    return {
+        number: (result.outcome if result else "missing")
+        for number, result in store.results(str(submission["submission_id"]), since)
+    }
 
 
 def decide(

@@ -158,9 +158,18 @@ def kaleyra_preflight(
             answers = ch.read_rcs_answers(as_path(s["output"], storage) for s in shards)
             asked_path = run_dir / files.SOIP_NUMBERS
             asked = {r[files.E164] for r in files.read_records(asked_path)} if asked_path.exists() else set()
-            # The sensor's answers; none when it timed out (soft_fail): those numbers get soip_no_callback.
             waited = context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_wait") if asked else None
-            outcomes = ch.read_soip_outcomes(as_path(waited["output"], storage) if waited else None)
+            outcomes: dict[str, str] = {}
+            if waited:
+                outcomes = ch.read_soip_outcomes(as_path(waited["output"], storage))
+            elif asked:  # the wait timed out (soft_fail): keep what came in; the rest is soip_no_callback
+                submission = context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_check")
+                if submission:
+                    from airflow_provider_kaleyra.callbacks.store import get_store
+                    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+                    store = get_store(KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.store_url)
+                    outcomes = ch.stored_soip_outcomes(store, submission)
             result = ch.write_channel_lists(run_dir, answers, asked, outcomes)
             for channel, asset in assets.items():
                 context["outlet_events"][asset].extra = {
