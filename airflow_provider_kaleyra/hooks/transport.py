@@ -372,7 +372,7 @@ def _read_body(response: requests.Response, deadline: float, timeout: float) -> 
     """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES} read")
+        raise _Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")
     raw = response.raw
     pieces: list[bytes] = []
     size = 0
@@ -388,7 +388,7 @@ def _read_body(response: requests.Response, deadline: float, timeout: float) -> 
             return b"".join(pieces)
         size += len(piece)
         if size > MAX_BODY_BYTES:
-            raise _Unreadable(f"an answer over {MAX_BODY_BYTES} bytes")
+            raise _Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
         pieces.append(piece)
 
 
