@@ -58,6 +58,7 @@ from airflow_provider_kaleyra.simulator import (  # noqa: E402
     DEFAULT_SID,
     rcs_answer,
     server as simulator_server,
+    simulator_connection,
 )
 from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
 
@@ -134,13 +135,7 @@ def simulator(**config: Any) -> Iterator[Simulator]:
 
 def set_connection(url: str, **extra: Any) -> None:
     """The ``kaleyra_bench`` connection, as an Airflow JSON connection in the environment."""
-    conn = {
-        "conn_type": "kaleyra",
-        "login": DEFAULT_SID,
-        "password": DEFAULT_API_KEY,
-        "extra": {"rcs_base_url": url, "soip_base_url": url, **extra},
-    }
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(conn)
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(simulator_connection(url, **extra))
 
 
 def concurrency_for(rate: float) -> int:

@@ -24,6 +24,7 @@ from airflow_provider_kaleyra.simulator.server import (
     SimulatorConfig,
     TokenBucket,
     rcs_answer,
+    simulator_connection,
     soip_answer,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "TokenBucket",
     "generate_audience_rows",
     "rcs_answer",
+    "simulator_connection",
     "soip_answer",
 ]

@@ -837,6 +837,23 @@ class _HTTPServer(ThreadingHTTPServer):
 # --------------------------------------------------------------------------- public
 
 
+def simulator_connection(
+    url: str, *, sid: str = DEFAULT_SID, api_key: str = DEFAULT_API_KEY, **extra: Any
+) -> dict[str, Any]:
+    """An Airflow ``kaleyra`` connection (JSON form) whose RCS and SOIP base URLs are ``url``.
+
+    The one place tests, benchmarks and examples build it; ``extra`` adds or overrides
+    connection extras (``default_region``, ``rate_limit``, ...). ``json.dumps`` it into
+    ``AIRFLOW_CONN_<ID>``. For a running simulator, :meth:`KaleyraSimulator.connection`.
+    """
+    return {
+        "conn_type": "kaleyra",
+        "login": sid,
+        "password": api_key,
+        "extra": {"rcs_base_url": url, "soip_base_url": url, **extra},
+    }
+
+
 class KaleyraSimulator:
     """A running simulator: ``with KaleyraSimulator(SimulatorConfig()) as sim: requests.get(sim.url + ...)``."""
 
@@ -909,6 +926,14 @@ class KaleyraSimulator:
     def url(self) -> str:
         """Base URL for both ``rcs_base_url`` and ``soip_base_url``."""
         return f"http://{self.host}:{self.port}"
+
+    def connection(self, **extra: Any) -> dict[str, Any]:
+        """An Airflow connection to this simulator (its SID and key): see :func:`simulator_connection`."""
+        return simulator_connection(self.url, sid=self._config.sid, api_key=self._config.api_key, **extra)
+
+    def connection_json(self, **extra: Any) -> str:
+        """:meth:`connection` as the JSON an ``AIRFLOW_CONN_<ID>`` variable holds."""
+        return json.dumps(self.connection(**extra))
 
     def configure(self, **changes: Any) -> SimulatorConfig:
         """Change knobs at runtime (host/port excluded); new requests see the new config."""
