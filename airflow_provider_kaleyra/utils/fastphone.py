@@ -92,11 +92,6 @@ _CC_OF_DIGITS = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
 Parsed = tuple[int, str, bool]
 
 
-def e164(parsed: Parsed) -> str:
-    """``format_number(number, E164)``: ``+``, the calling code, the national significant number."""
-    return f"+{parsed[0]}{parsed[1]}"
-
-
 def phone_number(parsed: Parsed) -> PhoneNumber:
     """A ``PhoneNumber`` with the same calling code and national significant number as ``parse``'s."""
     country_code, nsn, _ = parsed
