@@ -29,9 +29,6 @@ class RcsResult(NamedTuple):
     carrier_status: str | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
-
 
 # Spellings of ``rcsEnabled`` that cannot be misread. Anything else (missing, ``null``, "maybe",
 # 2) is not an answer: unknown is not "no", so such a number is ``failed`` with the reason.

@@ -182,7 +182,6 @@ class Transport:
         self._proxies: dict[str, dict[str, str]] = {}
         self._redactions = _redactions((api_key, *secrets))
         self.requests_sent = 0
-        self.throttled = 0
         self._count_lock = threading.Lock()
         # Per origin (RCS and SOIP hosts may differ): the refusal that stopped every call, and
         # whether the first answer is in. Until it is, one request probes the key while the
@@ -319,8 +318,6 @@ class Transport:
         if isinstance(error, KaleyraAuthError):
             self._refused(origin, error)
         elif status == 429:
-            with self._count_lock:
-                self.throttled += 1
             error.retry_after = retry_after_seconds(headers.get("Retry-After"))
         raise error
 
