@@ -295,6 +295,17 @@ def test_retry_after_parsing():
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    for nonsense in ("nan", "inf", "-inf", "-1", "1e999", "  ", "Sun, 99 Foo 2025 99:99:99 GMT"):
+        assert retry_after_seconds(nonsense) is None, nonsense  # as if absent: exponential backoff
+
+
+def test_an_unusable_base_url_fails_at_once_with_a_clear_message(monkeypatch):
+    conn = {"conn_type": "kaleyra", "login": SID, "password": KEY, "extra": {"rcs_base_url": "kaleyra.test"}}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    hook = KaleyraHook()
+    with pytest.raises(KaleyraApiError, match="check the connection's base URLs") as raised:
+        hook.lookup_rcs("+14155552671")
+    assert not raised.value.retryable and hook.transport.requests_sent == 1
 
 
 def test_pacer_spaces_requests():

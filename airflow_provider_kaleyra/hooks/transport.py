@@ -46,16 +46,15 @@ READ_PIECE = 64 * 1024
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would redact ordinary words of every answer
 
-# Everything that means "no readable answer came back": requests' and urllib3's errors (reset,
-# cut or corrupt bodies, timeouts), socket errors, http.client's, and JSON that cannot be read
-# (``ValueError``) or is nested too deep for the parser (``RecursionError``).
-_UNREADABLE = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-    ValueError,
-    RecursionError,
+# Everything that means "no (whole) answer came back": requests' and urllib3's errors (refused,
+# reset, cut or corrupt bodies, timeouts), http.client's and the socket's. JSON that cannot be
+# read or is nested too deep is the same, caught where the body is decoded.
+_NO_ANSWER = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# ... except a base URL that cannot work: waiting will not fix it.
+_BAD_URL = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
 )
 
 
@@ -339,19 +338,18 @@ class Transport:
                 proxies=self._proxies_for(url),
                 stream=True,
             )
-        except _UNREADABLE as exc:
+        except _BAD_URL as exc:
+            raise KaleyraApiError(
+                f"cannot call {_path(url)} ({type(exc).__name__}): check the connection's base URLs"
+            ) from None
+        except _NO_ANSWER as exc:
             raise KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True) from None
         try:
             body = _read_body(response, deadline, self.timeout)
-        except _Unreadable as exc:
+        except (_Unreadable, *_NO_ANSWER) as exc:
+            why = str(exc) if isinstance(exc, _Unreadable) else type(exc).__name__
             raise KaleyraApiError(
-                f"no readable answer from Kaleyra: {exc}", status=response.status_code, retryable=True
-            ) from None
-        except _UNREADABLE as exc:
-            raise KaleyraApiError(
-                f"no readable answer from Kaleyra: {type(exc).__name__}",
-                status=response.status_code,
-                retryable=True,
+                f"no readable answer from Kaleyra: {why}", status=response.status_code, retryable=True
             ) from None
         finally:
             response.close()  # a body not read to its end takes its connection with it
