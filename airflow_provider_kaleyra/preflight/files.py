@@ -10,6 +10,7 @@ import csv
 import os
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -71,37 +72,27 @@ def read_records(path: ObjectStoragePath) -> Iterator[dict[str, str]]:
 
 
 class CsvWriter:
-    """Several CSV files open at once, each written atomically; counts the rows of each."""
+    """Several CSV files open at once, each published atomically on a clean exit; counts their rows."""
 
     def __init__(self) -> None:
-        self._open: dict[str, Any] = {}
+        self._stack = ExitStack()
+        self._writers: dict[str, Any] = {}
         self.rows: dict[str, int] = {}
 
     def open(self, name: str, path: ObjectStoragePath, header: Iterable[str]) -> None:
-        context = open_atomic(path)
-        handle = context.__enter__()
-        writer = csv.writer(handle)
-        writer.writerow(list(header))
-        self._open[name] = (context, writer)
+        self._writers[name] = csv.writer(self._stack.enter_context(open_atomic(path)))
+        self._writers[name].writerow(list(header))
         self.rows[name] = 0
 
     def write(self, name: str, row: Iterable[Any]) -> None:
-        self._open[name][1].writerow(row)
+        self._writers[name].writerow(row)
         self.rows[name] += 1
-
-    def close(self, failed: bool = False) -> None:
-        for context, _ in self._open.values():
-            if failed:
-                context.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            else:
-                context.__exit__(None, None, None)
-        self._open.clear()
 
     def __enter__(self) -> CsvWriter:
         return self
 
-    def __exit__(self, kind: object, *rest: object) -> None:
-        self.close(failed=kind is not None)
+    def __exit__(self, *exc: Any) -> bool:
+        return self._stack.__exit__(*exc)  # an error unwinds every file unpublished
 
 
 def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> int:
