@@ -66,7 +66,10 @@ def prepare_audience(
     source = as_path(audience, storage_conn_id)
     folder = as_path(run_dir, storage_conn_id)
     if not source.exists():
-        raise FileNotFoundError(f"audience not found: {source} (the preflight's `audience`)")
+        raise FileNotFoundError(
+            f"audience not found: {source} (the preflight's `audience`, DAG param audience_location; "
+            "when tasks run on several hosts it must be on storage every worker shares, e.g. s3://)"
+        )
     distinct: dict[int, None] = {}
     reasons: Counter[str] = Counter()
     rows = invalid = duplicates = 0
