@@ -58,12 +58,18 @@ def test_prepare_normalizes_once_keeps_every_column_and_plans_shards(tmp_path: P
 
 def test_prepare_refuses_a_missing_column_or_audience(tmp_path: Path) -> None:
     audience = write(tmp_path / "a.csv", ["customer_id", "mobile"], [["C1", "+14155550100"]])
-    with pytest.raises(ValueError, match=r"no column 'phone'.*phone_column.*'mobile'"):
+    with pytest.raises(
+        ValueError, match=r"no column 'phone'; columns found: 'customer_id', 'mobile'.*phone_column"
+    ):
         prepare_audience(audience, str(tmp_path / "run"), column="phone", region=None, shard_count=1)
     with pytest.raises(FileNotFoundError, match="audience not found"):
         prepare_audience(
             str(tmp_path / "nope.csv"), str(tmp_path / "run"), column="phone", region=None, shard_count=1
         )
+    headless = write(tmp_path / "h.csv", ["+14155550100", "vip"], [])  # a number where the header should be
+    with pytest.raises(ValueError, match=r"not a header") as caught:
+        prepare_audience(headless, str(tmp_path / "r0"), column="phone", region=None, shard_count=1)
+    assert "+14155550100" not in str(caught.value)  # masked: a phone number is personal data
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="is empty"):
         prepare_audience(

@@ -17,27 +17,13 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_kaleyra.audience import _column_index  # the one header rule (masks numbers)
 from airflow_provider_kaleyra.batching import shard_bounds
 from airflow_provider_kaleyra.phone import normalize
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.utils.storage import as_path
 
 MAX_REASONS = 50  # distinct invalid reasons kept in the summary
-
-
-def column_index(header: list[str], column: str, where: object) -> int:
-    """The position of ``column`` (exact, else the only case-insensitive match); a clear error otherwise."""
-    names = [name.strip() for name in header]
-    if column in names:
-        return names.index(column)
-    folded = [name.casefold() for name in names]
-    if folded.count(column.casefold()) == 1:
-        return folded.index(column.casefold())
-    shown = ", ".join(repr(name[:40]) for name in names[:20]) or "none"
-    raise ValueError(
-        f"audience {where} has no column {column!r} (the preflight's `column`, DAG param phone_column); "
-        f"columns found: {shown}"
-    )
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
@@ -77,7 +63,10 @@ def prepare_audience(
     header = next(lines, None)
     if not header:
         raise ValueError(f"audience {source} is empty: a CSV with a header naming the phone column is needed")
-    index = column_index(header, column, source)
+    try:
+        index = _column_index(header, column, source)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the preflight's `column`, DAG param phone_column)") from None
     width = len(header)
     with files.CsvWriter() as out:
         out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
