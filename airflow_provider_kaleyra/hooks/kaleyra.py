@@ -13,7 +13,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra import api
-from airflow_provider_kaleyra.batching import plan_batches
+from airflow_provider_kaleyra.batching import plan_batches, stream_batches
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.transport import Transport
@@ -170,7 +170,7 @@ class KaleyraHook(BaseHook):
 
         answers: dict[str, Answer] = {}
         done = 0  # records yielded so far
-        for batch_answers in self.lookup_batches(_stream_batches(distinct_numbers())):
+        for batch_answers in self.lookup_batches(stream_batches(distinct_numbers())):
             answers.update(batch_answers)
             # batches complete in first-seen order: every input up to the first one whose
             # number is still unanswered can be yielded now
@@ -295,25 +295,6 @@ class KaleyraHook(BaseHook):
             "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
             "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
         }
-
-
-# Numbers a stream keeps back to plan together at its end (about 0.1 s of normalization).
-_PLAN_AHEAD = 20 * api.BULK_MAX
-
-
-def _stream_batches(numbers: Iterator[str]) -> Iterator[list[str]]:
-    """``plan_batches`` for a stream of distinct numbers, without waiting for its end.
-
-    Full bulk calls go out while more than ``_PLAN_AHEAD`` numbers wait; what waits at the
-    end is planned by ``plan_batches``. Up to ``_PLAN_AHEAD + 500`` numbers this is exactly
-    ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
-    """
-    waiting: deque[str] = deque()
-    for number in numbers:
-        waiting.append(number)
-        if len(waiting) > _PLAN_AHEAD + api.BULK_MAX:
-            yield [waiting.popleft() for _ in range(api.BULK_MAX)]
-    yield from plan_batches(list(waiting))
 
 
 def mask_url_password(url: str | None) -> None:

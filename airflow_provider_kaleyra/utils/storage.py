@@ -8,6 +8,7 @@ behave the same, and a worker on another host reads what an earlier task wrote.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
             yield handle
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed with SIGKILL (a task's retry follows) leaves its temporary file behind.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
