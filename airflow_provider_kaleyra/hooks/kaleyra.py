@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +17,7 @@ from airflow_provider_kaleyra import api
 from airflow_provider_kaleyra.batching import plan_batches, stream_batches
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.hooks.concurrency import InFlight
 from airflow_provider_kaleyra.hooks.transport import Transport
 from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
@@ -59,7 +61,7 @@ class KaleyraHook(BaseHook):
     @cached_property
     def transport(self) -> Transport:
         cfg = self.config
-        return Transport(
+        transport = Transport(
             api_key=cfg.api_key,
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
@@ -67,6 +69,17 @@ class KaleyraHook(BaseHook):
             pool_size=cfg.max_concurrency,
             backoff=cfg.retry_backoff,
         )
+        # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
+        transport.session.hooks["response"].append(self._observe_latency)
+        return transport
+
+    @cached_property
+    def in_flight(self) -> InFlight:
+        """How many calls ``lookup_batches`` keeps in flight (Little's law, capped by ``max_concurrency``)."""
+        return InFlight(self.config.rate_limit, self.config.max_concurrency)
+
+    def _observe_latency(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.in_flight.observe(response.elapsed.total_seconds())
 
     def get_conn(self) -> Transport:
         return self.transport
@@ -187,19 +200,40 @@ class KaleyraHook(BaseHook):
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
 
         Yields one ``{e164: Answer}`` per batch, in batch order, holding an answer for every
-        number of the batch. At most ``2 x max_concurrency`` batches are in flight, so memory
-        follows the window, not the audience. An auth failure stops everything at once.
+        number of the batch. The calls in flight follow :attr:`in_flight` (rate limit x observed
+        latency, capped by ``max_concurrency``); threads are started only as they are needed.
+        At most twice that many answers wait to be taken, so memory follows the window, not
+        the audience. An auth failure stops everything at once.
         """
-        window = 2 * self.config.max_concurrency
-        with ThreadPoolExecutor(
-            max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra"
-        ) as pool:
+        control = self.in_flight
+        running = 0
+        changed = threading.Condition()
+
+        def finished(_: Future[dict[str, Answer]]) -> None:
+            nonlocal running
+            with changed:
+                running -= 1
+                changed.notify()
+
+        with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
                 for batch in batches:
-                    pending.append(pool.submit(self._answer_batch, batch))
-                    if len(pending) >= window:
-                        yield pending.popleft().result()
+                    while True:
+                        while pending and pending[0].done():
+                            yield pending.popleft().result()
+                        limit = control.limit
+                        if len(pending) >= 2 * limit:
+                            yield pending.popleft().result()
+                            continue
+                        with changed:
+                            if running < limit:
+                                running += 1
+                                break
+                            changed.wait(0.05)
+                    future = pool.submit(self._answer_batch, batch)
+                    future.add_done_callback(finished)
+                    pending.append(future)
                 while pending:
                     yield pending.popleft().result()
             finally:
