@@ -76,3 +76,19 @@ def test_streamed_and_read_first_runs_write_the_same_bytes(kaleyra_conn, tmp_pat
     one, two = streamed.execute({}), read_first.execute({})
     assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "r.csv").read_bytes()
     assert {k: v for k, v in one.items() if k != "output"} == {k: v for k, v in two.items() if k != "output"}
+
+
+def test_spool_keeps_order_in_memory_and_on_disk():
+    from airflow_provider_kaleyra.operators.spool import Spool
+
+    spool = Spool(memory_rows=10)
+    taken = []
+    for i in range(0, 100, 4):  # blocks of 4 rows; the reader runs ahead of the writer
+        spool.put([[i + j, None, "r"] for j in range(4)])
+        if i % 12 == 0:
+            taken += spool.get() or []
+    while (block := spool.get()) is not None:
+        taken += block
+    spool.close()
+    assert [row[0] for row in taken] == list(range(100))
+    assert spool.spilled > 0

@@ -13,15 +13,14 @@ Two ways in, one way through (:meth:`BulkLookup._pipeline`):
   known first: a shard's slice of the distinct numbers depends on how many there are, and
   ``max_invalid_ratio`` is checked before any call.
 
-Rows stay on disk. Memory holds a dict of the distinct numbers seen (the price of
-de-duplication), one pointer per number to a shared answer, and the chunks in flight.
+Rows wait for the writer in a :class:`~.spool.Spool` (memory while short, disk beyond). Memory
+holds a dict of the distinct numbers seen (the price of de-duplication), one pointer per number
+to a shared answer, and the chunks in flight.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import time
 from array import array
 from collections import Counter, deque
@@ -37,6 +36,7 @@ from airflow_provider_kaleyra.audience import AudienceRow
 from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split, stream_batches
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.operators.spool import Spool
 from airflow_provider_kaleyra.outputs import ResultWriter, write_results
 from airflow_provider_kaleyra.phone import normalize
 from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
@@ -44,7 +44,7 @@ from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 PROGRESS_SECONDS = 30.0
 _MAX_REASONS = 1000  # distinct invalid reasons counted for messages
-_SPOOL_ROWS = 4096  # rows per spool line
+_SPOOL_ROWS = 4096  # rows per spool block
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
 
 
@@ -153,11 +153,7 @@ class BulkLookup:
         self.stats = Stats()
         self.failed_chunks: set[int] = set()
         self.checkpoint: Checkpoint | None = None
-        # Binary, one JSON list of up to ``_SPOOL_ROWS`` rows per line; the writer reads behind
-        # the reader through the same handle (positions below).
-        self._spool = tempfile.TemporaryFile("w+b", prefix="kaleyra-spool-")  # noqa: SIM115 - close()
-        self._spool_end = 0  # end of the last complete line
-        self._spool_read = 0  # start of the next line the writer reads
+        self._spool = Spool()  # blocks of up to ``_SPOOL_ROWS`` rows read, waiting for the writer
         self._rows: deque[tuple[int, list[Any]]] = deque()  # (row number, spool row) read, not written
         self._next_row = 0
         self._distinct: dict[int, int] = {}  # E.164 digits -> index among all distinct numbers
@@ -181,9 +177,8 @@ class BulkLookup:
     def _spool_rows(self, rows: Iterable[AudienceRow]) -> Iterator[str]:
         """Normalize every row into the spool; yields each new distinct E.164 number, first-seen order.
 
-        The spool holds ``[raw, e164, index of the number among the distinct ones]`` per valid row
-        and ``[raw, null, reason]`` per invalid one, in input order (one ``json.dumps`` per row
-        cost a fifth of the reading).
+        The spool holds ``(raw, e164, index of the number among the distinct ones)`` per valid row
+        and ``(raw, None, reason)`` per invalid one, in input order, in blocks of ``_SPOOL_ROWS``.
         """
         region = self.hook.config.default_region
         stats, distinct = self.stats, self._distinct
@@ -206,16 +201,10 @@ class BulkLookup:
                 buffer.append((raw, e164, index))
             stats.inputs += 1
             if len(buffer) >= _SPOOL_ROWS:
-                self._spool_line(buffer)
+                self._spool.put(buffer)
+                buffer = []
         if buffer:
-            self._spool_line(buffer)
-
-    def _spool_line(self, buffer: list[tuple[str, str | None, int | str]]) -> None:
-        data = json.dumps(buffer).encode() + b"\n"
-        self._spool.seek(self._spool_end)
-        self._spool.write(data)
-        self._spool_end += len(data)
-        buffer.clear()
+            self._spool.put(buffer)
 
     def read(self, rows: Iterable[AudienceRow]) -> Stats:
         """Read the whole audience first; keep this shard's distinct numbers, first-seen order."""
@@ -348,13 +337,11 @@ class BulkLookup:
         rows = self._rows
         while True:
             if not rows:
-                if self._spool_read >= self._spool_end:
+                block = self._spool.get()
+                if block is None:
                     break
-                self._spool.seek(self._spool_read)
-                line = self._spool.readline()
-                self._spool_read += len(line)
-                rows.extend(enumerate(json.loads(line), self._next_row))
-                self._next_row += len(rows)  # (rows was empty)
+                rows.extend(enumerate(block, self._next_row))
+                self._next_row += len(block)
             row, (raw, e164, extra) = rows[0]
             if e164 is None:
                 if with_invalid:
