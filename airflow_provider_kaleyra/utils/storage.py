@@ -45,8 +45,14 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     publish an object only when its upload completes, so they are written directly.
     """
     if not _is_local(path):
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            yield handle
+        try:
+            with path.open("w", encoding="utf-8", newline="") as handle:
+                yield handle
+        except BaseException:
+            # closing an object store's file publishes what was written: take a partial file back
+            with contextlib.suppress(Exception):
+                path.unlink()
+            raise
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     # A writer killed with SIGKILL (a task's retry follows) leaves its temporary file behind.
