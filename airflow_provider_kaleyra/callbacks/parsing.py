@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -143,9 +144,9 @@ class RawCallback:
     headers: Mapping[str, str] = field(default_factory=dict)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    @property
+    @cached_property
     def dedupe_key(self) -> str:
-        """Same method, query and body (canonically) means the same delivery, re-sent."""
+        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
         digest = hashlib.sha256()
         digest.update(self.method.upper().encode())
         digest.update(b"\n")
