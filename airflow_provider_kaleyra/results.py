@@ -29,9 +29,6 @@ class RcsResult(NamedTuple):
     carrier_status: str | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
-
 
 def answer_from_device(device: dict[str, Any]) -> Answer:
     """Read one device object of a lookup answer (``rcsEnabled`` may come as a bool or a string)."""
