@@ -51,7 +51,7 @@ DAG_FILE = textwrap.dedent(
         KaleyraSoipCallbackSensor(
             task_id="wait_for_callbacks",
             submission=check.output,
-            output=STORE + "/results-{{ ts_nodash }}.jsonl",
+            output=STORE + "/results-{{ run_id | replace(':', '-') | replace('+', '-') }}.jsonl",
             deferrable=True,
             poll_interval=3,
             timeout=600,
