@@ -12,9 +12,14 @@ the ideal the rate limit allows), the median of several runs. Names (``--only``,
 ``scale``      ``KaleyraRcsBulkLookupOperator`` over a 1,000,000-line audience file (no
                latency): wall time, peak RSS, rows out = rows in; against reading the file
                into memory and calling ``lookup_rcs_many``.
-``callbacks``  callbacks/s the standalone receiver stores (SQLite; PostgreSQL when
-               ``KALEYRA_TEST_POSTGRES_URL`` is set), none lost; against storing the same
-               callbacks straight into the store, without HTTP.
+``callbacks``  callbacks/s the standalone receiver stores with group commit (SQLite;
+               PostgreSQL from ``KALEYRA_BENCH_POSTGRES_URL`` or ``KALEYRA_TEST_POSTGRES_URL``, its
+               fsync setting shown), none lost; against a bare endpoint on the same uvicorn and
+               FastAPI answering without storing, same clients (8 and 64), same run.
+``soip``       a 100,000-number SOIP check end to end: the check operator over an audience file,
+               the simulator's callbacks to the standalone receiver, the sensor deferred (its
+               trigger run as the triggerer would), the per-number output; wall time, callbacks/s,
+               XCom bytes.
 
 The simulator and the callback receiver run as their own processes (as the real API and a
 real receiver would), so they do not share this process's GIL.
@@ -63,7 +68,7 @@ from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"
-NAMES = ("goodput", "baselines", "normalize", "scale", "callbacks")
+NAMES = ("goodput", "baselines", "normalize", "scale", "callbacks", "soip")
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -719,6 +724,69 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
     return rows
 
 
+def bench_soip(quick: bool, runs: int) -> list[Row]:
+    """One SOIP check end to end, timed from the operator's start to the sensor's output."""
+    import asyncio
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+    from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+    count = 10_000 if quick else 100_000
+    secret = "bench-soip-secret-0123456789"
+    env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
+    with tempfile.TemporaryDirectory(prefix="kaleyra-soip-") as tmp:
+        url = os.environ.get("KALEYRA_BENCH_POSTGRES_URL") or f"sqlite:///{tmp}/callbacks.db"
+        _clear_store(url)
+        audience = Path(tmp) / "audience.txt"
+        audience.write_text("".join(f"+9198{i:08d}\n" for i in range(count)))
+        receiver, port = _serve(_receiver_args(url), env)
+        try:
+            with simulator(
+                callback_url=f"http://127.0.0.1:{port}/kaleyra/soip/callback",
+                callback_auth=f"header:X-Kaleyra-Secret:{secret}",
+            ) as sim:
+                set_connection(sim.url, callback_store_url=url, callback_profile_id="bench", rate_limit=0)
+                started = time.perf_counter()
+                check = KaleyraSoipCapabilityCheckOperator(
+                    task_id="soip_check", audience=str(audience), kaleyra_conn_id=CONN_ID
+                )
+                summary = check.execute({})
+                submitted = time.perf_counter()
+                sensor = KaleyraSoipCallbackSensor(
+                    task_id="wait",
+                    submission=summary,
+                    output=f"{tmp}/soip.jsonl",
+                    kaleyra_conn_id=CONN_ID,
+                    deferrable=True,
+                    poll_interval=1,
+                    timeout=1800,
+                )
+                try:
+                    result = sensor.execute({})
+                except TaskDeferred as deferred:
+                    event = asyncio.run(anext(deferred.trigger.run()))  # as the triggerer runs it
+                    result = sensor.execute_complete({}, event.payload)
+                elapsed = time.perf_counter() - started
+        finally:
+            receiver.terminate()
+            receiver.wait(timeout=15)
+    answered = result["summary"]["answered"]
+    xcom = len(json.dumps(summary)) + len(json.dumps(result))
+    log(f"soip: {count:,} numbers in {elapsed:.1f} s, {answered:,} answered, XCom {xcom} bytes")
+    return [
+        row(
+            "soip",
+            f"{count:,}-number SOIP check end to end ({'PostgreSQL' if url.startswith('postgresql') else 'SQLite'})",
+            f"{elapsed:.1f} s wall, {answered / (elapsed - (submitted - started)):,.0f} callbacks/s",
+            f"submit {submitted - started:.1f} s",
+            "-",
+            f"XCom {xcom} bytes; answered {answered:,}/{count:,}",
+        )
+    ]
+
+
 def _wait_for_health(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -783,6 +851,7 @@ BENCHES: dict[str, Callable[[bool, int], list[Row]]] = {
     "normalize": bench_normalize,
     "scale": bench_scale,
     "callbacks": bench_callbacks,
+    "soip": bench_soip,
 }
 
 
