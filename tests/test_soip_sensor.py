@@ -433,3 +433,28 @@ def _scenario_log(dag_runs, dag_id: str) -> str:
     start = log.index(f"<TaskInstance: {dag_id}.wait ")
     end = log.index("[DAG TEST] end task task_id=wait", start)
     return log[start:end]
+
+
+def test_reading_the_connection_masks_its_secrets(monkeypatch):
+    """The password inside the store URL too: Airflow masks the whole URL, not the password alone."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "api-key-masked-0123456789",
+        "extra": {
+            "pod": "na",
+            "default_region": "IN",
+            "callback_profile_id": "profile-shown-4711",
+            "callback_secret": "cb-secret-masked-9876",
+            "callback_store_url": "postgresql+psycopg://kaleyra:store-pw-masked-55@db.internal/cb",
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_MASK_TEST", json.dumps(conn))
+    config = KaleyraHook("kaleyra_mask_test").config
+    assert config.pod == "na" and config.callback_profile_id == "profile-shown-4711"
+    for secret in ("api-key-masked-0123456789", "cb-secret-masked-9876", "store-pw-masked-55"):
+        assert secret not in str(redact(f"value {secret} end"))

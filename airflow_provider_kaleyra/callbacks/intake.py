@@ -27,6 +27,7 @@ class GroupCommit:
         self.max_batch = max_batch
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
         self._writing = False
+        self._task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
 
     async def add(self, raw: RawCallback, parsed: ParsedCallback) -> bool:
         """Store one callback; returns once committed: ``True`` if new, ``False`` if delivered before."""
@@ -35,7 +36,7 @@ class GroupCommit:
         self._pending.append((raw, parsed, future))
         if not self._writing:
             self._writing = True
-            loop.create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await asyncio.shield(future)  # a client hanging up does not cancel its commit
 
     async def _drain(self) -> None:

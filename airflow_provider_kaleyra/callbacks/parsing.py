@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -22,9 +23,12 @@ MAX_DEPTH = 6
 MAX_RESULTS = 50_000
 
 
+_NOT_KEY = re.compile(r"[^a-z0-9]")
+
+
 def _key(name: str) -> str:
     """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    return _NOT_KEY.sub("", name.lower())
 
 
 def _values(items: Iterable[str]) -> frozenset[str]:
@@ -111,11 +115,7 @@ class FieldMapping:
         return cls(**kwargs)
 
     def _find(self, record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-        loose = {_key(k): v for k, v in record.items() if isinstance(k, str)}
-        for k in keys:
-            if _key(k) in loose:
-                return True, loose[_key(k)]
-        return False, None
+        return _find_loose(_loose(record), keys)
 
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
@@ -132,6 +132,17 @@ class FieldMapping:
         return None
 
 
+def _loose(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {_key(k): v for k, v in record.items() if isinstance(k, str)}
+
+
+def _find_loose(loose: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+    for k in keys:
+        if (found := _key(k)) in loose:
+            return True, loose[found]
+    return False, None
+
+
 @dataclass(frozen=True)
 class RawCallback:
     """One HTTP delivery exactly as received; stored whatever its content."""
@@ -143,9 +154,9 @@ class RawCallback:
     headers: Mapping[str, str] = field(default_factory=dict)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    @property
+    @cached_property
     def dedupe_key(self) -> str:
-        """Same method, query and body (canonically) means the same delivery, re-sent."""
+        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
         digest = hashlib.sha256()
         digest.update(self.method.upper().encode())
         digest.update(b"\n")
@@ -303,11 +314,12 @@ def parse_callback(
         )
     results: list[ParsedResult] = []
     for record in records:
-        _, number_value = mapping._find(record, mapping.number_keys)
+        loose = _loose(record)  # once per record, not once per key looked up
+        _, number_value = _find_loose(loose, mapping.number_keys)
         capable: bool | None = None
         status: str | None = None
         for key in mapping.capability_keys:
-            found, value = mapping._find(record, (key,))
+            found, value = _find_loose(loose, (key,))
             if not found:
                 continue
             if status is None:
@@ -316,7 +328,7 @@ def parse_callback(
             if recognised is not None:
                 capable, status = recognised, _text(value)
                 break
-        _, request_value = mapping._find(record, mapping.request_id_keys)
+        _, request_value = _find_loose(loose, mapping.request_id_keys)
         request_id = _text(request_value) or None
         for number_raw in _split_numbers(number_value):
             number = _callback_e164(number_raw, region)

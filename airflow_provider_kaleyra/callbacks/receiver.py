@@ -73,6 +73,10 @@ class _LazySettings:
         self._failure = ""
         self._lock = threading.Lock()
 
+    @property
+    def resolved(self) -> ReceiverSettings | None:
+        return self._settings
+
     def get(self) -> ReceiverSettings:
         if self._settings is not None:
             return self._settings
@@ -199,8 +203,8 @@ def create_app(
 
     @app.api_route(CALLBACK_PATH, methods=["GET", "POST", "PUT"])
     async def soip_callback(request: Request) -> JSONResponse:
-        try:
-            current = await run_in_threadpool(settings.get)
+        try:  # resolved once (reading the connection may block); then no thread hop per request
+            current = settings.resolved or await run_in_threadpool(settings.get)
         except ReceiverNotConfigured:
             return _error(503, "callback receiver is not configured; see the server log")
         if not is_authorized(request.headers, current.secret):

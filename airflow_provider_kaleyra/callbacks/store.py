@@ -1,10 +1,9 @@
 """Durable store of SOIP callbacks and of the numbers each check submitted.
 
 SQLAlchemy Core, one engine per URL per process (:func:`get_store`). Every callback is kept raw;
-the numbers read from it go to a second table indexed on ``(number, received_at)`` so the sensor
-can count 100k numbers cheaply. The check operator writes the numbers it submitted to a third
-table, keyed by a submission id: the sensor and its trigger read them from there, never from XCom.
-Tables are created on first use and the schema is versioned.
+the numbers read from it go to a second table (:mod:`.schema`). The check operator writes the
+numbers it submitted to a third, keyed by a submission id: the sensor and its trigger read them
+from there, never from XCom. Tables are created on first use and the schema is versioned.
 
 PostgreSQL is the store of a deployment whose components run on several hosts; SQLite is for one
 machine only, and only when named explicitly (``sqlite:///...``): there is no default file.
@@ -22,19 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
     Table,
-    Text,
-    UniqueConstraint,
     bindparam,
     create_engine,
     delete,
@@ -45,14 +32,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.types import TypeDecorator
 
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.schema import (
+    SCHEMA_VERSION,
+    callbacks_table,
+    metadata,
+    results_table,
+    schema_version_table,
+    submissions_table,
+)
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _PG_LOCK_KEY = 0x4B414C4559524131  # pg_advisory_xact_lock key for schema creation ("KALEYRA1")
 
 CAPABLE = "capable"
@@ -67,81 +60,6 @@ class CallbackStoreError(Exception):
 
 class SchemaVersionError(CallbackStoreError):
     """The database was written by a newer provider version: refuse rather than corrupt it."""
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes in and out, on SQLite (naive text) as on PostgreSQL (timestamptz)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
-
-metadata = MetaData()
-
-schema_version_table = Table(
-    "kaleyra_schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-)
-
-callbacks_table = Table(
-    "kaleyra_callbacks",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(64), nullable=False, unique=True),
-    Column("received_at", UTCDateTime, nullable=False, index=True),
-    Column("method", String(8), nullable=False),
-    Column("content_type", String(255)),
-    Column("query", Text, nullable=False, default=""),
-    Column("headers", Text, nullable=False, default="{}"),
-    Column("body", LargeBinary, nullable=False),
-    Column("parse_error", Text),
-    Column("result_count", Integer, nullable=False, default=0),
-)
-
-results_table = Table(
-    "kaleyra_callback_results",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column(
-        "callback_id",
-        _ID,
-        ForeignKey("kaleyra_callbacks.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    Column("number", String(20)),
-    Column("number_raw", String(64), nullable=False),
-    Column("capable", Boolean),
-    Column("status", String(256)),
-    Column("request_id", String(256)),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("parse_error", Text),
-    # NULL request ids are distinct on both backends, so this only bites when an id is present.
-    UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
-    Index("ix_kaleyra_result_number_received", "number", "received_at"),
-)
-
-submissions_table = Table(
-    "kaleyra_submissions",
-    metadata,
-    Column("submission_id", String(64), primary_key=True),
-    Column("number", String(20), primary_key=True),
-    Column("created_at", UTCDateTime, nullable=False, index=True),
-)
 
 
 @dataclass(frozen=True)
