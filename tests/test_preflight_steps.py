@@ -166,6 +166,13 @@ def test_channel_lists_keep_every_audience_column_and_every_row(tmp_path: Path) 
     assert result["rows"] == {"rcs": 1, "soip": 2, "sms": 2, "none": 1}
     assert result["numbers"] == {"rcs": 1, "soip": 1, "sms": 2}
     assert result["soip_asked"] == result["soip_answered"] == 1
+    assert result["reasons"] == {
+        "soip_capable": 2,
+        "rcs_enabled": 1,
+        "not_rcs_capable": 1,
+        "lookup_failed": 1,
+        "invalid": 1,
+    }
     soip = read(run / "soip.csv")
     assert [(r["customer_id"], r["segment"], r["e164"], r["reason"]) for r in soip] == [
         ("C2", "new", IN_DISABLED, "soip_capable"),

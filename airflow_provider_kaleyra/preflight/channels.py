@@ -177,7 +177,7 @@ def write_channel_lists(
             channel, reason = decide(e164, invalid_reason, rcs, e164 in soip_asked, soip_outcomes.get(e164))
             out.write(channel, [*columns, e164, channel, reason])
             by_rows[channel] += 1
-            reasons[reason if not reason.startswith("lookup_failed") else "lookup_failed"] += 1
+            reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
             if e164 and e164 not in seen:
                 seen.add(e164)
                 by_numbers[channel] += 1
