@@ -1,0 +1,295 @@
+"""Capability cache: RCS answers remembered across runs, so a daily preflight asks only for what it does not know.
+
+One table, keyed by account SID and E.164 number, in a database every worker of a deployment
+reaches (the connection extra ``cache_url``; PostgreSQL across hosts). There is no default
+database: a per-host SQLite file would silently give each worker its own cache. Reads and
+writes go ``CHUNK`` numbers per statement, so memory does not follow the audience.
+
+Freshness is by age, with separate ages for positive (``rcs_enabled``) and negative
+(``rcs_disabled``) answers; anything else (``failed``, or a status this module does not know)
+is never written, so it is never served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from itertools import islice
+from typing import Any, Literal
+
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, delete, func, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from airflow_provider_kaleyra.api import RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.callbacks.store import _sqlite_setup, redact_url
+from airflow_provider_kaleyra.results import Answer, shared
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # numbers per read or write statement
+REFRESH = "refresh"
+CacheMode = bool | Literal["refresh"] | None
+_PG_LOCK_KEY = 0x4B414C4559524143  # pg_advisory_xact_lock key for creating the table ("KALEYRAC")
+_POSITIVE, _NEGATIVE = RCS_ENABLED, RCS_DISABLED  # the only statuses ever cached
+
+metadata = MetaData()
+
+cache_table = Table(
+    "kaleyra_rcs_cache",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("number", BigInteger, primary_key=True, autoincrement=False),  # E.164 digits, no "+"
+    Column("status", String(32), nullable=False),
+    Column("carrier_id", String(255)),
+    Column("carrier_status", String(255)),
+    Column("obtained_at", BigInteger, nullable=False, index=True),  # Unix time, seconds
+)
+
+
+class CapabilityCacheError(Exception):
+    """The capability cache cannot be used as configured."""
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _chunks(items: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class CapabilityCache:
+    """The table and its statements; one engine per URL per process (:func:`get_cache`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CapabilityCache({redact_url(self.url)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """Created on first use, with the table; no connection is made before that."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._create()
+        return self._engine
+
+    def _create(self) -> Engine:
+        try:
+            url = make_url(self.url)
+        except Exception as exc:
+            raise CapabilityCacheError(f"invalid cache_url {redact_url(self.url)}: {exc}") from None
+        if url.get_backend_name() == "sqlite":
+            if url.database and url.database != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(engine)
+        elif url.get_backend_name() == "postgresql":
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        else:
+            raise CapabilityCacheError(
+                f"cache_url {redact_url(self.url)}: only sqlite and postgresql are supported"
+            )
+        with self._write(engine) as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
+        return engine
+
+    @staticmethod
+    @contextmanager
+    def _write(engine: Engine) -> Iterator[Connection]:
+        """A transaction that takes SQLite's write lock up front, so writers queue instead of failing."""
+        with engine.connect() as conn:
+            conn.execution_options(kaleyra_write=True)
+            with conn.begin():
+                yield conn
+
+    def fresh(
+        self,
+        sid: str,
+        numbers: list[str],
+        max_age_positive: timedelta,
+        max_age_negative: timedelta,
+        now: int | None = None,
+    ) -> dict[str, tuple[Answer, int]]:
+        """``{e164: (answer, age in seconds)}`` for the numbers with an answer young enough; one query."""
+        now = _now() if now is None else now
+        oldest = {
+            _POSITIVE: now - max_age_positive.total_seconds(),
+            _NEGATIVE: now - max_age_negative.total_seconds(),
+        }
+        t = cache_table.c
+        stmt = select(t.number, t.status, t.carrier_id, t.carrier_status, t.obtained_at).where(
+            t.sid == sid, t.number.in_([int(n[1:]) for n in numbers])
+        )
+        found: dict[str, tuple[Answer, int]] = {}
+        with self.engine.connect() as conn:
+            for number, status, carrier_id, carrier_status, obtained_at in conn.execute(stmt):
+                if status in oldest and obtained_at >= oldest[status]:
+                    answer = shared(Answer(status, carrier_id, carrier_status))
+                    found[f"+{number}"] = (answer, max(0, now - obtained_at))
+        return found
+
+    def remember(self, sid: str, answers: Iterable[tuple[str, Answer]], now: int | None = None) -> int:
+        """Upsert the positive and negative answers, ``CHUNK`` per statement; returns rows written.
+
+        A row is only replaced by a younger one, so two writers racing never roll an answer back.
+        """
+        now = _now() if now is None else now
+        rows = (
+            {
+                "sid": sid,
+                "number": int(e164[1:]),
+                "status": answer.status,
+                "carrier_id": _text(answer.carrier_id),
+                "carrier_status": _text(answer.carrier_status),
+                "obtained_at": now,
+            }
+            for e164, answer in answers
+            if answer.status in (_POSITIVE, _NEGATIVE)
+        )
+        written = 0
+        engine = self.engine
+        with self._write(engine) as conn:
+            while batch := list(islice(rows, CHUNK)):
+                conn.execute(self._upsert(conn, batch))
+                written += len(batch)
+        return written
+
+    @staticmethod
+    def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> Any:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(cache_table).values(rows)
+        new = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[cache_table.c.sid, cache_table.c.number],
+            set_={name: new[name] for name in ("status", "carrier_id", "carrier_status", "obtained_at")},
+            where=cache_table.c.obtained_at <= new.obtained_at,
+        )
+
+    def purge(self, older_than: timedelta, now: int | None = None) -> int:
+        """Delete answers obtained before ``now - older_than``; returns rows deleted."""
+        if older_than.total_seconds() < 0:
+            raise ValueError("older_than must not be negative")
+        cutoff = (_now() if now is None else now) - older_than.total_seconds()
+        with self._write(self.engine) as conn:
+            deleted = conn.execute(delete(cache_table).where(cache_table.c.obtained_at < cutoff)).rowcount
+        log.info("Purged %s cached Kaleyra answers older than %s", deleted, older_than)
+        return int(deleted or 0)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+_caches: dict[str, CapabilityCache] = {}
+_caches_lock = threading.Lock()
+
+
+def get_cache(url: str) -> CapabilityCache:
+    """One cache (one engine, one pool) per URL per process."""
+    with _caches_lock:
+        cache = _caches.get(url)
+        if cache is None:
+            cache = _caches[url] = CapabilityCache(url)
+        return cache
+
+
+@dataclass
+class CacheRun:
+    """One run's use of the cache: between the distinct numbers and batch planning.
+
+    :meth:`unknown` lets through the numbers the cache cannot answer (all of them when
+    ``refresh``) and hands the others to ``on_hit``; :meth:`add` writes new answers back,
+    ``CHUNK`` at a time; :meth:`close` writes the rest.
+    """
+
+    cache: CapabilityCache
+    sid: str
+    max_age_positive: timedelta
+    max_age_negative: timedelta
+    refresh: bool = False
+    served: int = 0  # numbers answered from the cache
+    asked: int = 0  # numbers let through to the API
+    written: int = 0
+    _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
+
+    def unknown(self, numbers: Iterable[str], on_hit: Callable[[str, Answer, int], None]) -> Iterator[str]:
+        for chunk in _chunks(numbers):
+            found = (
+                {}
+                if self.refresh
+                else self.cache.fresh(self.sid, chunk, self.max_age_positive, self.max_age_negative)
+            )
+            for number in chunk:
+                hit = found.get(number)
+                if hit is None:
+                    self.asked += 1
+                    yield number
+                else:
+                    self.served += 1
+                    on_hit(number, *hit)
+
+    def add(self, answers: Mapping[str, Answer]) -> None:
+        self._pending.extend(answers.items())
+        if len(self._pending) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.written += self.cache.remember(self.sid, self._pending)
+            self._pending.clear()
+
+    close = flush
+
+
+def resolve(
+    mode: CacheMode,
+    *,
+    url: str | None,
+    sid: str,
+    max_age_positive: timedelta,
+    max_age_negative: timedelta,
+) -> CacheRun | None:
+    """The run's cache for ``cache=mode``: ``None`` (on when ``cache_url`` is set), ``True``,
+    ``False`` or ``"refresh"``; ``None`` back when the cache is off."""
+    if mode is None:
+        mode = bool(url)
+    if mode is False:
+        return None
+    if mode is not True and mode != REFRESH:
+        raise ValueError(f'cache must be True, False, "refresh" or None, got {mode!r}')
+    if not url:
+        raise CapabilityCacheError(
+            f"cache={mode!r} needs the Kaleyra connection extra 'cache_url': the SQLAlchemy URL of a "
+            "database every worker reaches (postgresql+psycopg://... across hosts); there is no "
+            "default, since a per-host SQLite file would give each worker its own cache"
+        )
+    for name, age in (("positive", max_age_positive), ("negative", max_age_negative)):
+        if age.total_seconds() < 0:
+            raise ValueError(f"cache max age for {name} answers must not be negative, got {age}")
+    return CacheRun(get_cache(url), sid, max_age_positive, max_age_negative, refresh=mode == REFRESH)
