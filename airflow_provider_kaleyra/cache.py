@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engin
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from airflow_provider_kaleyra.api import RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.batching import plan_batch_sizes
 from airflow_provider_kaleyra.callbacks.store import _sqlite_setup, redact_url
 from airflow_provider_kaleyra.results import Answer, shared
 
@@ -218,13 +219,16 @@ def get_cache(url: str) -> CapabilityCache:
         return cache
 
 
+Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
+
+
 @dataclass
 class CacheRun:
     """One run's use of the cache: between the distinct numbers and batch planning.
 
-    :meth:`unknown` lets through the numbers the cache cannot answer (all of them when
-    ``refresh``) and hands the others to ``on_hit``; :meth:`add` writes new answers back,
-    ``CHUNK`` at a time; :meth:`close` writes the rest.
+    :meth:`lookup` pairs every number with its fresh cached answer, or ``None`` when the API
+    must be asked (always, with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
+    a time; :meth:`close` writes the rest. The counts feed the run's summary.
     """
 
     cache: CapabilityCache
@@ -233,28 +237,25 @@ class CacheRun:
     max_age_negative: timedelta
     refresh: bool = False
     served: int = 0  # numbers answered from the cache
-    asked: int = 0  # numbers let through to the API
+    asked: int = 0  # numbers left for the API
     written: int = 0
     _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
 
-    def unknown(self, numbers: Iterable[str], on_hit: Callable[[str, Answer, int], None]) -> Iterator[str]:
+    def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[str, Hit | None]]:
+        """``(number, hit or None)`` for every number, in order, reading ``CHUNK`` numbers per query."""
         for chunk in _chunks(numbers):
             found = (
                 {}
                 if self.refresh
                 else self.cache.fresh(self.sid, chunk, self.max_age_positive, self.max_age_negative)
             )
+            self.served += len(found)
+            self.asked += len(chunk) - len(found)
             for number in chunk:
-                hit = found.get(number)
-                if hit is None:
-                    self.asked += 1
-                    yield number
-                else:
-                    self.served += 1
-                    on_hit(number, *hit)
+                yield number, found.get(number)
 
-    def add(self, answers: Mapping[str, Answer]) -> None:
-        self._pending.extend(answers.items())
+    def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
+        self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
         if len(self._pending) >= CHUNK:
             self.flush()
 
@@ -264,6 +265,20 @@ class CacheRun:
             self._pending.clear()
 
     close = flush
+
+    def summary(self) -> dict[str, int | bool]:
+        """Counts for a run's XCom summary: served from the cache, and API calls saved.
+
+        Calls saved = the calls planned for every distinct number minus those for the ones asked.
+        """
+        planned = len(plan_batch_sizes(self.served + self.asked))
+        return {
+            "from_cache": self.served,
+            "asked": self.asked,
+            "written_to_cache": self.written,
+            "requests_saved": max(0, planned - len(plan_batch_sizes(self.asked))),
+            "refresh": self.refresh,
+        }
 
 
 def resolve(

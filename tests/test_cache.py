@@ -6,6 +6,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -33,10 +34,9 @@ def _postgres_url() -> str:
     pytest.fail(f"{PG_ENV} is unset: start PostgreSQL (scripts/setup.sh does) and export it")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def cache_url(request, tmp_path):
+def cache_database(kind: str, tmp_path) -> Iterator[str]:
     """An empty cache database: a SQLite file, or a throwaway PostgreSQL schema."""
-    if request.param == "sqlite":
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'cache.db'}"
         return
     base = _postgres_url()
@@ -49,6 +49,11 @@ def cache_url(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cache_url(request, tmp_path):
+    yield from cache_database(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -182,13 +182,15 @@ class KaleyraHook(BaseHook):
         answers: dict[str, Answer] = {}
         ages: dict[str, int] = {}  # numbers answered from the cache -> age of the answer (s)
 
-        def cached(e164: str, answer: Answer, age: int) -> None:
-            answers[e164] = answer
-            ages[e164] = age
+        def unknown(numbers: Iterator[str], run: CacheRun) -> Iterator[str]:
+            for e164, hit in run.lookup(numbers):
+                if hit is None:
+                    yield e164
+                else:
+                    answers[e164], ages[e164] = hit
 
-        run = self.cache_run(cache)
-        self.last_cache = run
-        to_ask = distinct_numbers() if run is None else run.unknown(distinct_numbers(), cached)
+        run = self.last_cache = self.cache_run(cache)
+        to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
         done = 0  # records yielded so far
         for batch_answers in self.lookup_batches(_stream_batches(to_ask)):
             answers.update(batch_answers)

@@ -30,6 +30,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_kaleyra.api import FAILED, INVALID, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
 from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split
+from airflow_provider_kaleyra.cache import CacheRun
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.outputs import write_results
@@ -124,9 +125,11 @@ class BulkLookup:
         *,
         shard: Shard | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        cache: CacheRun | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.hook = hook
+        self.cache = cache
         self.output = output
         self.shard = shard
         self.checkpoint_batches = checkpoint_batches
@@ -140,6 +143,8 @@ class BulkLookup:
         self._numbers = array("q")  # this shard's distinct numbers as E.164 digits, first-seen order
         self._first = 0  # index of ``_numbers[0]`` among all distinct numbers
         self._answers: list[Answer | None] = []  # aligned with ``_numbers``
+        self._ages = array("q")  # aligned with ``_numbers``: age of a cached answer, -1 from the API
+        self._ask: array[int] | range = range(0)  # positions in ``_numbers`` to ask the API about
 
     def __enter__(self) -> BulkLookup:
         return self
@@ -184,6 +189,7 @@ class BulkLookup:
         self._numbers = array("q", islice(distinct, start, stop))
         self._first = start
         self._answers = [None] * len(self._numbers)
+        self._ask = range(len(self._numbers))
         del distinct
         stats.distinct = len(self._numbers)
         return stats
@@ -198,15 +204,30 @@ class BulkLookup:
 
     # -- pass 2 ----------------------------------------------------------------------------
 
+    def _from_cache(self) -> None:
+        """Answer what the cache knows; only the other numbers are planned into calls."""
+        if self.cache is None:
+            return
+        self._ages = array("q", [-1]) * len(self._numbers)
+        self._ask = array("q")
+        numbers = (_e164(digits) for digits in self._numbers)
+        for position, (_, hit) in enumerate(self.cache.lookup(numbers)):
+            if hit is None:
+                self._ask.append(position)
+            else:
+                self._answers[position], self._ages[position] = hit
+
     def plan(self) -> list[Chunk]:
-        sizes = plan_batch_sizes(len(self._numbers))
+        self._from_cache()
+        sizes = plan_batch_sizes(len(self._ask))
         chunks, start = [], 0
         for index, first in enumerate(range(0, len(sizes), self.checkpoint_batches)):
             chunk_sizes = sizes[first : first + self.checkpoint_batches]
             chunks.append(Chunk(index, chunk_sizes, start, start + sum(chunk_sizes)))
             start += sum(chunk_sizes)
         self.stats.batches, self.stats.chunks = len(sizes), len(chunks)
-        self.checkpoint = Checkpoint(self.output, fingerprint(self._numbers, sizes, self.checkpoint_batches))
+        asked = self._numbers if self.cache is None else [self._numbers[p] for p in self._ask]
+        self.checkpoint = Checkpoint(self.output, fingerprint(asked, sizes, self.checkpoint_batches))
         return chunks
 
     def lookup(self) -> Stats:
@@ -244,10 +265,14 @@ class BulkLookup:
                 ordered = [(n, part.get(n) or failed("no answer recorded")) for n in numbers]
                 self.checkpoint.save(chunk.index, ordered)
                 self._keep(chunk, dict(ordered))
+                if self.cache is not None:
+                    self.cache.add(ordered)
+        if self.cache is not None:
+            self.cache.close()
         return self.stats
 
     def _chunk_numbers(self, chunk: Chunk) -> list[str]:
-        return [_e164(n) for n in self._numbers[chunk.start : chunk.stop]]
+        return [_e164(self._numbers[p]) for p in self._ask[chunk.start : chunk.stop]]
 
     def _batches(self, chunks: list[Chunk]) -> Iterator[list[str]]:
         for chunk in chunks:
@@ -255,7 +280,7 @@ class BulkLookup:
 
     def _keep(self, chunk: Chunk, answers: dict[str, Answer]) -> None:
         numbers = self._numbers
-        for position in range(chunk.start, chunk.stop):
+        for position in self._ask[chunk.start : chunk.stop]:
             answer = shared(answers[_e164(numbers[position])])
             self._answers[position] = answer
             if answer.status == FAILED:
@@ -266,7 +291,7 @@ class BulkLookup:
 
     def write(self) -> Stats:
         """Join the spool with the answers into the output: every row of this shard, in input order."""
-        answers, stats, first = self._answers, self.stats, self._first
+        answers, ages, stats, first = self._answers, self._ages, self.stats, self._first
         with_invalid = self.shard is None or self.shard.index == 0
         self._spool.seek(0)
         rows = (row for line in self._spool for row in json.loads(line))
@@ -281,7 +306,8 @@ class BulkLookup:
                     if not 0 <= position < len(answers):
                         continue  # another shard's number
                     answer, reason = answers[position], None
-                result = result_for(raw, e164, reason, answer)
+                age = ages[position] if ages and e164 is not None else -1
+                result = result_for(raw, e164, reason, answer, None if age < 0 else age)
                 out.write(row, result)
                 stats.statuses[result.status] += 1
         stats.rows = out.rows
@@ -302,4 +328,5 @@ class BulkLookup:
             "chunks": stats.chunks,
             "chunks_resumed": stats.chunks_resumed,
             "shard": list(self.shard) if self.shard else None,
+            "cache": self.cache.summary() if self.cache else None,
         }
