@@ -226,7 +226,7 @@ class BulkLookup:
             chunks.append(Chunk(index, chunk_sizes, start, start + sum(chunk_sizes)))
             start += sum(chunk_sizes)
         self.stats.batches, self.stats.chunks = len(sizes), len(chunks)
-        asked = self._numbers if self.cache is None else [self._numbers[p] for p in self._ask]
+        asked = self._numbers if self.cache is None else array("q", (self._numbers[p] for p in self._ask))
         self.checkpoint = Checkpoint(self.output, fingerprint(asked, sizes, self.checkpoint_batches))
         return chunks
 
