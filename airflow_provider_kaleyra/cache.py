@@ -16,12 +16,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, delete, func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -34,6 +36,8 @@ from airflow_provider_kaleyra.results import Answer, shared
 log = logging.getLogger(__name__)
 
 CHUNK = 1000  # numbers per read or write statement
+_WRITES_IN_FLIGHT = 4  # chunks queued for writing at most: memory stays bounded
+T = TypeVar("T")
 REFRESH = "refresh"
 CacheMode = bool | Literal["refresh"] | None
 _PG_LOCK_KEY = 0x4B414C4559524143  # pg_advisory_xact_lock key for creating the table ("KALEYRAC")
@@ -228,7 +232,11 @@ class CacheRun:
 
     :meth:`lookup` pairs every number with its fresh cached answer, or ``None`` when the API
     must be asked (always, with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
-    a time; :meth:`close` writes the rest. The counts feed the run's summary.
+    a time; :meth:`close` writes the rest and waits for it. The counts feed the run's summary.
+
+    The database work runs on one thread of its own, reading one chunk ahead and writing
+    behind (the drivers release the GIL while the database works), so the thread that feeds
+    API calls never waits for the cache: an empty-cache run keeps its pace.
     """
 
     cache: CapabilityCache
@@ -240,31 +248,59 @@ class CacheRun:
     asked: int = 0  # numbers left for the API
     written: int = 0
     _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
+    _writes: deque[Future[int]] = field(default_factory=deque, repr=False)
+    _io: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaleyra-cache")
+        return self._io.submit(fn, *args)
+
+    def _read(self, chunk: list[str]) -> Future[dict[str, Hit]]:
+        if self.refresh:
+            done: Future[dict[str, Hit]] = Future()
+            done.set_result({})
+            return done
+        return self._submit(self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative)
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[str, Hit | None]]:
         """``(number, hit or None)`` for every number, in order, reading ``CHUNK`` numbers per query."""
-        for chunk in _chunks(numbers):
-            found = (
-                {}
-                if self.refresh
-                else self.cache.fresh(self.sid, chunk, self.max_age_positive, self.max_age_negative)
-            )
+        chunks = _chunks(numbers)
+        current = next(chunks, None)
+        reading = self._read(current) if current else None
+        while current is not None and reading is not None:
+            following = next(chunks, None)  # read ahead while this chunk is handed out
+            ahead = self._read(following) if following else None
+            found = reading.result()
             self.served += len(found)
-            self.asked += len(chunk) - len(found)
-            for number in chunk:
+            self.asked += len(current) - len(found)
+            for number in current:
                 yield number, found.get(number)
+            current, reading = following, ahead
 
     def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
+        """Queue new answers for writing; only positive and negative ones are kept."""
         self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
         if len(self._pending) >= CHUNK:
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            self.written += self.cache.remember(self.sid, self._pending)
-            self._pending.clear()
+            self._writes.append(self._submit(self.cache.remember, self.sid, self._pending))
+            self._pending = []
+        while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
+            self.written += self._writes.popleft().result()
 
-    close = flush
+    def close(self) -> None:
+        """Write what is queued and wait for it; a database error surfaces here at the latest."""
+        try:
+            self.flush()
+            while self._writes:
+                self.written += self._writes.popleft().result()
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True, cancel_futures=True)
+                self._io = None
 
     def summary(self) -> dict[str, int | bool]:
         """Counts for a run's XCom summary: served from the cache, and API calls saved.

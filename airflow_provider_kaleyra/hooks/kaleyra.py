@@ -192,20 +192,22 @@ class KaleyraHook(BaseHook):
         run = self.last_cache = self.cache_run(cache)
         to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
         done = 0  # records yielded so far
-        for batch_answers in self.lookup_batches(_stream_batches(to_ask)):
-            answers.update(batch_answers)
+        try:
+            for batch_answers in self.lookup_batches(_stream_batches(to_ask)):
+                answers.update(batch_answers)
+                if run is not None:
+                    run.add(batch_answers)
+                # batches complete in first-seen order: every input up to the first one whose
+                # number is still unanswered can be yielded now
+                while done < len(e164s):
+                    e164 = e164s[done]
+                    if e164 is not None and e164 not in answers:
+                        break
+                    yield record(done)
+                    done += 1
+        finally:
             if run is not None:
-                run.add(batch_answers)
-            # batches complete in first-seen order: every input up to the first one whose
-            # number is still unanswered can be yielded now
-            while done < len(e164s):
-                e164 = e164s[done]
-                if e164 is not None and e164 not in answers:
-                    break
-                yield record(done)
-                done += 1
-        if run is not None:
-            run.close()
+                run.close()
         for index in range(done, len(inputs)):
             yield record(index)
 

@@ -154,6 +154,8 @@ class BulkLookup:
 
     def close(self) -> None:
         self._spool.close()
+        if self.cache is not None:
+            self.cache.close()  # (idempotent) answers still queued are written
 
     # -- pass 1 ----------------------------------------------------------------------------
 
