@@ -35,9 +35,6 @@ class RcsResult(NamedTuple):
     source: str | None = None  # ``api`` or ``cache``; ``None`` for invalid inputs, never asked
     age_seconds: int | None = None  # how old the answer is: 0 from the API, its age from the cache
 
-    def to_dict(self) -> dict[str, Any]:
-        return self._asdict()
-
 
 def answer_from_device(device: dict[str, Any]) -> Answer:
     """Read one device object of a lookup answer (``rcsEnabled`` may come as a bool or a string)."""

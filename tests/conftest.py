@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,20 +41,10 @@ def simulator(make_simulator: Callable[..., KaleyraSimulator]) -> KaleyraSimulat
 @pytest.fixture
 def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -> KaleyraSimulator:
     """Point ``kaleyra_default`` at ``simulator`` (both base URLs); returns the simulator."""
-    conn = {
-        "conn_type": "kaleyra",
-        "login": simulator.config.sid,
-        "password": simulator.config.api_key,
-        "extra": {
-            "rcs_base_url": simulator.url,
-            "soip_base_url": simulator.url,
-            "default_region": "US",
-            "rate_limit": 1000,
-            "max_concurrency": 8,
-            "max_retries": 5,
-        },
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_DEFAULT",
+        simulator.connection_json(default_region="US", rate_limit=1000, max_concurrency=8, max_retries=5),
+    )
     return simulator
 
 

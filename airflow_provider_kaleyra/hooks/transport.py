@@ -130,7 +130,6 @@ class Transport:
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._proxies: dict[str, dict[str, str]] = {}
         self.requests_sent = 0
-        self.throttled = 0
         self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -185,8 +184,6 @@ class Transport:
                     continue
             last = _error_from(response)
             if response.status_code == 429:
-                with self._count_lock:
-                    self.throttled += 1
                 last.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if not last.retryable:
                 raise last
