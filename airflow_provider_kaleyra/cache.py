@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1000  # numbers per read or write statement
 _WRITES_IN_FLIGHT = 4  # chunks queued for writing at most: memory stays bounded
+_READS_AHEAD = 3  # chunks read ahead of the one handed out
 T = TypeVar("T")
 REFRESH = "refresh"
 CacheMode = bool | Literal["refresh"] | None
@@ -161,9 +162,11 @@ class CapabilityCache:
             else:
                 marks = ", ".join("?" * len(keys))
                 rows = conn.exec_driver_sql(_SELECT + f"? AND number IN ({marks})", (sid, *keys))
+            seen: dict[tuple[str, str | None, str | None], Answer] = {}  # one record per distinct answer
             for number, status, carrier_id, carrier_status, obtained_at in rows:
                 if status in oldest and obtained_at >= oldest[status]:
-                    answer = shared(Answer(status, carrier_id, carrier_status))
+                    fields = (status, carrier_id, carrier_status)
+                    answer = seen.get(fields) or seen.setdefault(fields, shared(Answer(*fields)))
                     found[f"+{number}"] = (answer, max(0, now - obtained_at))
         return found
 
@@ -265,18 +268,22 @@ class CacheRun:
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[str, Hit | None]]:
         """``(number, hit or None)`` for every number, in order, reading ``CHUNK`` numbers per query."""
-        chunks = _chunks(numbers)
-        current = next(chunks, None)
-        reading = self._read(current) if current else None
-        while current is not None and reading is not None:
-            following = next(chunks, None)  # read ahead while this chunk is handed out
-            ahead = self._read(following) if following else None
-            found = reading.result()
-            self.served += len(found)
-            self.asked += len(current) - len(found)
-            for number in current:
-                yield number, found.get(number)
-            current, reading = following, ahead
+        reads: deque[tuple[list[str], Future[dict[str, Hit]]]] = deque()
+        for chunk in _chunks(numbers):
+            reads.append((chunk, self._read(chunk)))
+            if len(reads) > _READS_AHEAD:
+                yield from self._hand_out(*reads.popleft())
+        while reads:
+            yield from self._hand_out(*reads.popleft())
+
+    def _hand_out(
+        self, chunk: list[str], reading: Future[dict[str, Hit]]
+    ) -> Iterator[tuple[str, Hit | None]]:
+        found = reading.result()
+        self.served += len(found)
+        self.asked += len(chunk) - len(found)
+        for number in chunk:
+            yield number, found.get(number)
 
     def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
         """Queue new answers for writing; only positive and negative ones are kept."""
