@@ -12,6 +12,7 @@ is never written, so it is never served.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -36,7 +37,8 @@ from airflow_provider_kaleyra.results import Answer, shared
 log = logging.getLogger(__name__)
 
 CHUNK = 1000  # numbers per read or write statement
-_WRITES_IN_FLIGHT = 4  # chunks queued for writing at most: memory stays bounded
+WRITE_ROWS = 20 * CHUNK  # answers per write transaction: a big B-tree costs half the CPU per row
+_WRITES_IN_FLIGHT = 2  # write transactions queued at most: memory stays bounded
 _READS_AHEAD = 3  # chunks read ahead of the one handed out
 T = TypeVar("T")
 REFRESH = "refresh"
@@ -68,6 +70,7 @@ cache_table = Table(
     Column("carrier_id", String(255)),
     Column("carrier_status", String(255)),
     Column("obtained_at", BigInteger, nullable=False, index=True),  # Unix time, seconds
+    sqlite_with_rowid=False,  # one B-tree keyed (sid, number): a read is one lookup, not two
 )
 
 
@@ -85,8 +88,18 @@ def _chunks(items: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
         yield chunk
 
 
+_JSON = "\x1e"  # marks a carrier field stored as JSON: it was not text (a number, say)
+
+
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    """A carrier field as stored: text as is, anything else as marked JSON, so it reads back equal."""
+    if value is None or (isinstance(value, str) and not value.startswith(_JSON)):
+        return value
+    return _JSON + json.dumps(value)
+
+
+def _value(stored: str | None) -> Any:
+    return json.loads(stored[1:]) if stored and stored[0] == _JSON else stored
 
 
 class CapabilityCache:
@@ -166,7 +179,9 @@ class CapabilityCache:
             for number, status, carrier_id, carrier_status, obtained_at in rows:
                 if status in oldest and obtained_at >= oldest[status]:
                     fields = (status, carrier_id, carrier_status)
-                    answer = seen.get(fields) or seen.setdefault(fields, shared(Answer(*fields)))
+                    answer = seen.get(fields) or seen.setdefault(
+                        fields, shared(Answer(status, _value(carrier_id), _value(carrier_status)))
+                    )
                     found[f"+{number}"] = (answer, max(0, now - obtained_at))
         return found
 
@@ -288,7 +303,7 @@ class CacheRun:
     def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
         """Queue new answers for writing; only positive and negative ones are kept."""
         self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
-        if len(self._pending) >= CHUNK:
+        if len(self._pending) >= WRITE_ROWS:
             self.flush()
 
     def flush(self) -> None:

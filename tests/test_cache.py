@@ -88,6 +88,17 @@ def test_positive_and_negative_answers_expire_by_their_own_ages(cache):
     assert fresh(NOW + 11 * 3600) == {}
 
 
+def test_carrier_fields_read_back_equal_whatever_their_type(cache):
+    odd = [
+        ("+14155550001", Answer(RCS_ENABLED, 310260, 1.5)),
+        ("+14155550002", Answer(RCS_DISABLED, "\x1eodd", None)),
+        ("+14155550003", Answer(RCS_ENABLED, "Jio", "ACTIVE")),
+    ]
+    cache.remember(SID, odd, now=NOW)
+    got = cache.fresh(SID, [n for n, _ in odd], HOUR, HOUR, now=NOW)
+    assert {n: answer for n, (answer, _) in got.items()} == dict(odd)
+
+
 def test_failed_and_unknown_statuses_are_never_written(cache):
     answers = [("+14155550001", Answer(FAILED, error="HTTP 503")), ("+14155550002", Answer("unknown"))]
     assert cache.remember(SID, answers, now=NOW) == 0
