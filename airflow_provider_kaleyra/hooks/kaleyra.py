@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,15 +14,14 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra import api
-from airflow_provider_kaleyra.batching import plan_batches
+from airflow_provider_kaleyra.batching import plan_batches, stream_batches
 from airflow_provider_kaleyra.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.hooks.concurrency import InFlight
 from airflow_provider_kaleyra.hooks.transport import Transport
 from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
-
-log = logging.getLogger(__name__)
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
 _PROBE_NUMBER = "+14155552671"
@@ -63,14 +62,26 @@ class KaleyraHook(BaseHook):
     @cached_property
     def transport(self) -> Transport:
         cfg = self.config
-        return Transport(
+        transport = Transport(
             api_key=cfg.api_key,
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
             rate_limit=cfg.rate_limit,
             pool_size=cfg.max_concurrency,
             backoff=cfg.retry_backoff,
+            secrets=(cfg.callback_secret,),
         )
+        # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
+        transport.session.hooks["response"].append(self._observe_latency)
+        return transport
+
+    @cached_property
+    def in_flight(self) -> InFlight:
+        """How many calls ``lookup_batches`` keeps in flight (Little's law, capped by ``max_concurrency``)."""
+        return InFlight(self.config.rate_limit, self.config.max_concurrency)
+
+    def _observe_latency(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.in_flight.observe(response.elapsed.total_seconds())
 
     def get_conn(self) -> Transport:
         return self.transport
@@ -84,13 +95,7 @@ class KaleyraHook(BaseHook):
         """Single lookup of one E.164 number; returns Kaleyra's ``data`` object."""
         e164 = self._require_e164(number)
         url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(e164, safe=""))
-        body = self.transport.call("GET", url)
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, dict):
-            raise KaleyraApiError(
-                "Kaleyra's single lookup answer has no data object", status=200, retryable=True
-            )
-        return data
+        return self.transport.call("GET", url, shape=_data_object)
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
         """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
@@ -107,13 +112,9 @@ class KaleyraHook(BaseHook):
 
     def _post_bulk(self, distinct: list[str]) -> list[dict[str, Any]]:
         """The bulk call itself, for numbers already normalized, distinct and 100-500 (a planned batch)."""
-        body = self.transport.call(
-            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}
+        return self.transport.call(
+            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}, shape=_devices_list
         )
-        devices = body.get("devices") if isinstance(body, dict) else None
-        if not isinstance(devices, list):
-            raise KaleyraApiError("Kaleyra's bulk answer has no devices list", status=200, retryable=True)
-        return devices
 
     def check_soip_capability(
         self, numbers: Iterable[str], callback_profile_id: str | None = None
@@ -193,7 +194,7 @@ class KaleyraHook(BaseHook):
         to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
         done = 0  # records yielded so far
         try:
-            for batch_answers in self.lookup_batches(_stream_batches(to_ask)):
+            for batch_answers in self.lookup_batches(stream_batches(to_ask)):
                 answers.update(batch_answers)
                 if run is not None:
                     run.add(batch_answers)
@@ -231,19 +232,40 @@ class KaleyraHook(BaseHook):
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
 
         Yields one ``{e164: Answer}`` per batch, in batch order, holding an answer for every
-        number of the batch. At most ``2 x max_concurrency`` batches are in flight, so memory
-        follows the window, not the audience. An auth failure stops everything at once.
+        number of the batch. The calls in flight follow :attr:`in_flight` (rate limit x observed
+        latency, capped by ``max_concurrency``); threads are started only as they are needed.
+        At most twice that many answers wait to be taken, so memory follows the window, not
+        the audience. An auth failure stops everything at once.
         """
-        window = 2 * self.config.max_concurrency
-        with ThreadPoolExecutor(
-            max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra"
-        ) as pool:
+        control = self.in_flight
+        running = 0
+        changed = threading.Condition()
+
+        def finished(_: Future[dict[str, Answer]]) -> None:
+            nonlocal running
+            with changed:
+                running -= 1
+                changed.notify()
+
+        with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
                 for batch in batches:
-                    pending.append(pool.submit(self._answer_batch, batch))
-                    if len(pending) >= window:
-                        yield pending.popleft().result()
+                    while True:
+                        while pending and pending[0].done():
+                            yield pending.popleft().result()
+                        limit = control.limit
+                        if len(pending) >= 2 * limit:
+                            yield pending.popleft().result()
+                            continue
+                        with changed:
+                            if running < limit:
+                                running += 1
+                                break
+                            changed.wait(0.05)
+                    future = pool.submit(self._answer_batch, batch)
+                    future.add_done_callback(finished)
+                    pending.append(future)
                 while pending:
                     yield pending.popleft().result()
             finally:
@@ -258,22 +280,24 @@ class KaleyraHook(BaseHook):
         except KaleyraAuthError:
             raise
         except KaleyraApiError as exc:
-            log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
+            self.log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
             return {number: failed(str(exc)) for number in batch}
         asked = set(batch)
         answers: dict[str, Answer] = {}
         unasked = 0
         for device in devices:
-            key = api.e164_key(str(device.get("deviceAddress", ""))) if isinstance(device, dict) else ""
+            key = api.e164_key(device.get("deviceAddress")) if isinstance(device, dict) else ""
             if key in asked:
                 answers[key] = answer_from_device(device)
             else:
                 unasked += 1
         if unasked:
-            log.warning("Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked)
+            self.log.warning(
+                "Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked
+            )
         missing = [number for number in batch if number not in answers]
         if missing:
-            log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
+            self.log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
             if retry_missing:
                 for sub in plan_batches(missing):
                     answers.update(self._answer_batch(sub, retry_missing=False))
@@ -287,7 +311,7 @@ class KaleyraHook(BaseHook):
         except KaleyraAuthError:
             raise
         except KaleyraApiError as exc:
-            log.warning("Lookup of %s failed: %s", mask(number), exc)
+            self.log.warning("Lookup of %s failed: %s", mask(number), exc)
             return failed(str(exc))
 
     # -- helpers ---------------------------------------------------------------------------
@@ -341,23 +365,22 @@ class KaleyraHook(BaseHook):
         }
 
 
-# Numbers a stream keeps back to plan together at its end (about 0.1 s of normalization).
-_PLAN_AHEAD = 20 * api.BULK_MAX
+def _data_object(body: Any) -> dict[str, Any]:
+    """The ``data`` object of a single lookup answer; ``ValueError`` (retried) when there is none."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError("Kaleyra's single lookup answer has no data object")
+    return data
 
 
-def _stream_batches(numbers: Iterator[str]) -> Iterator[list[str]]:
-    """``plan_batches`` for a stream of distinct numbers, without waiting for its end.
-
-    Full bulk calls go out while more than ``_PLAN_AHEAD`` numbers wait; what waits at the
-    end is planned by ``plan_batches``. Up to ``_PLAN_AHEAD + 500`` numbers this is exactly
-    ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
-    """
-    waiting: deque[str] = deque()
-    for number in numbers:
-        waiting.append(number)
-        if len(waiting) > _PLAN_AHEAD + api.BULK_MAX:
-            yield [waiting.popleft() for _ in range(api.BULK_MAX)]
-    yield from plan_batches(list(waiting))
+def _devices_list(body: Any) -> list[Any]:
+    """The ``devices`` list of a bulk answer; ``ValueError`` (retried) for an empty or other body."""
+    if body is None:
+        raise ValueError("Kaleyra's bulk answer was empty")
+    devices = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(devices, list):
+        raise ValueError("Kaleyra's bulk answer has no devices list")
+    return devices
 
 
 def mask_url_password(url: str | None) -> None:
