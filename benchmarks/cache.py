@@ -1,7 +1,8 @@
 """Capability cache benchmark: ``python benchmarks/cache.py [--size N] [--rate R] [--postgres]``.
 
 A daily preflight, simulated in one run against the simulator rate-limited at R requests/s
-(150 ms per call), each lookup in its own child process (wall time, requests, peak RSS):
+(150 ms per call), each lookup in its own child process (wall time, requests, peak RSS), by
+the bulk operator over an audience file (``--via hook``: ``lookup_rcs_many`` over a list):
 
 1. ``off``:  day 1's audience with ``cache=False`` (the baseline: what a run costs today);
 2. ``day1``: the same audience with an empty cache (what remembering costs);
@@ -30,7 +31,6 @@ from inputs import valid_e164_numbers  # noqa: E402
 from run import (  # noqa: E402
     CONN_ID,
     LATENCY,
-    concurrency_for,
     expected_status,
     log,
     machine,
@@ -44,37 +44,58 @@ from run import (  # noqa: E402
 NEW_SHARE = 0.02
 
 
-def child(mode: str, audience: str) -> None:
-    """One lookup in this (child) process; prints a JSON line of figures."""
+def child(mode: str, audience: str, via: str) -> None:
+    """One lookup in this (child) process, by the bulk operator or the hook; prints a JSON line."""
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
+    cache = mode != "off"
+    if via == "operator":
+        from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+        from airflow_provider_kaleyra.outputs import read_results
+        from airflow_provider_kaleyra.utils.storage import as_path
+
+        output = audience + f".{mode}.csv"
+        op = KaleyraRcsBulkLookupOperator(
+            task_id="bench", audience=audience, output=output, kaleyra_conn_id=CONN_ID, cache=cache
+        )
+        op.hook.transport  # noqa: B018 - connection read outside the timing, as in a task
+        start = time.perf_counter()
+        summary = op.execute(context={})
+        elapsed = time.perf_counter() - start
+        rss = peak_rss_mib()
+        records = [(r["e164"], r["status"], r["source"]) for r in read_results(as_path(output))]
+        requests, written = summary["requests"], (summary["cache"] or {}).get("written_to_cache", 0)
+    else:
+        with open(audience, encoding="utf-8") as stream:
+            numbers = stream.read().split("\n")[:-1]
+        hook = KaleyraHook(CONN_ID)
+        hook.transport  # noqa: B018
+        start = time.perf_counter()
+        records = [(r.e164, r.status, r.source) for r in hook.lookup_rcs_many(numbers, cache=cache)]
+        elapsed = time.perf_counter() - start
+        rss = peak_rss_mib()
+        requests, written = hook.transport.requests_sent, hook.last_cache.written if hook.last_cache else 0
     with open(audience, encoding="utf-8") as stream:
-        numbers = stream.read().split("\n")[:-1]
-    hook = KaleyraHook(CONN_ID)
-    hook.transport  # noqa: B018 - connection read and pacer started outside the timing, as in a task
-    start = time.perf_counter()
-    records = [(r.e164, r.status, r.source) for r in hook.lookup_rcs_many(numbers, cache=mode != "off")]
-    elapsed = time.perf_counter() - start
+        lines = sum(1 for _ in stream)
     wrong = sum(1 for e164, status, _ in records if e164 is None or status != expected_status(e164))
-    run = hook.last_cache
     print(
         json.dumps(
             {
                 "seconds": elapsed,
                 "rows": len(records),
-                "wrong": wrong + len(numbers) - len(records),
-                "requests": hook.transport.requests_sent,
+                "wrong": wrong + lines - len(records),
+                "requests": requests,
                 "from_cache": sum(1 for *_, source in records if source == "cache"),
-                "written": run.written if run else 0,
-                "peak_mib": peak_rss_mib(),
+                "written": written,
+                "peak_mib": rss,
             }
         )
     )
 
 
-def run_child(mode: str, audience: str) -> dict:
+def run_child(mode: str, audience: str, via: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, audience],
+        [sys.executable, str(Path(__file__).resolve()), "--child", mode, audience, via],
         capture_output=True,
         text=True,
         env=os.environ.copy(),
@@ -92,13 +113,16 @@ def run_child(mode: str, audience: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(*argv[1:3])
+        child(*argv[1:4])
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=int, default=1_000_000, help="audience size (default %(default)s)")
     parser.add_argument("--rate", type=float, default=20, help="rate limit, requests/s (default %(default)s)")
+    parser.add_argument(
+        "--via", choices=("operator", "hook"), default="operator", help="what looks up (default %(default)s)"
+    )
     parser.add_argument(
         "--postgres", action="store_true", help="cache in KALEYRA_TEST_POSTGRES_URL instead of a SQLite file"
     )
@@ -124,17 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cache_url = f"sqlite:///{os.path.join(tmp, 'cache.db')}"
         with simulator(latency=LATENCY, rate_limit=args.rate) as sim:
-            set_connection(
-                sim.url, rate_limit=args.rate, max_concurrency=concurrency_for(args.rate), cache_url=cache_url
-            )
+            set_connection(sim.url, rate_limit=args.rate, cache_url=cache_url)  # concurrency: its default
             results = {}
             for mode, audience in (("off", day1), ("day1", day1), ("day2", day2)):
                 sim.reset()
-                results[mode] = run_child(mode, audience)
+                results[mode] = run_child(mode, audience, args.via)
     off, first, second = results["off"], results["day1"], results["day2"]
     backend = "PostgreSQL" if args.postgres else "SQLite"
     ok = all(r["wrong"] == 0 and r["rows"] == args.size for r in results.values())
-    size = f"{args.size:,} numbers, R = {args.rate:g}/s, cache on {backend}"
+    size = f"{args.via}, {args.size:,} numbers, R = {args.rate:g}/s, cache on {backend}"
     rows = [
         row(
             "cache",
