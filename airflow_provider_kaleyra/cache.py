@@ -248,8 +248,8 @@ Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
 class CacheRun:
     """One run's use of the cache: between the distinct numbers and batch planning.
 
-    :meth:`lookup` pairs every number with its fresh cached answer, or ``None`` when the API
-    must be asked (always, with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
+    :meth:`lookup` gives the fresh cached answers of the numbers, a chunk at a time (the other
+    numbers must be asked; all of them with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
     a time; :meth:`close` writes the rest and waits for it. The counts feed the run's summary.
 
     The database work runs on one thread of its own, reading one chunk ahead and writing
@@ -281,24 +281,22 @@ class CacheRun:
             return done
         return self._submit(self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative)
 
-    def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[str, Hit | None]]:
-        """``(number, hit or None)`` for every number, in order, reading ``CHUNK`` numbers per query."""
+    def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
+        """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
+        missing from the dict must be asked (all of them with ``refresh``)."""
         reads: deque[tuple[list[str], Future[dict[str, Hit]]]] = deque()
         for chunk in _chunks(numbers):
             reads.append((chunk, self._read(chunk)))
             if len(reads) > _READS_AHEAD:
-                yield from self._hand_out(*reads.popleft())
+                yield self._found(*reads.popleft())
         while reads:
-            yield from self._hand_out(*reads.popleft())
+            yield self._found(*reads.popleft())
 
-    def _hand_out(
-        self, chunk: list[str], reading: Future[dict[str, Hit]]
-    ) -> Iterator[tuple[str, Hit | None]]:
+    def _found(self, chunk: list[str], reading: Future[dict[str, Hit]]) -> tuple[list[str], dict[str, Hit]]:
         found = reading.result()
         self.served += len(found)
         self.asked += len(chunk) - len(found)
-        for number in chunk:
-            yield number, found.get(number)
+        return chunk, found
 
     def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
         """Queue new answers for writing; only positive and negative ones are kept."""

@@ -184,11 +184,10 @@ class KaleyraHook(BaseHook):
         ages: dict[str, int] = {}  # numbers answered from the cache -> age of the answer (s)
 
         def unknown(numbers: Iterator[str], run: CacheRun) -> Iterator[str]:
-            for e164, hit in run.lookup(numbers):
-                if hit is None:
-                    yield e164
-                else:
-                    answers[e164], ages[e164] = hit
+            for chunk, found in run.lookup(numbers):
+                for e164, (answer, age) in found.items():
+                    answers[e164], ages[e164] = answer, age
+                yield from (e164 for e164 in chunk if e164 not in found)
 
         run = self.last_cache = self.cache_run(cache)
         to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)

@@ -283,25 +283,33 @@ class BulkLookup:
             yield from numbers
             return
         asked_at = self._asked_at = array("q")
-        for position, (e164, hit) in enumerate(self.cache.lookup(numbers)):
-            if hit is None:
-                asked_at.append(position)
-                yield e164
-            else:
-                self._put(position, *hit)
-
-    def _put(self, position: int, answer: Answer, age: int = -1) -> None:
-        """Keep one answer at its position (cache only: answers come out of order)."""
         store, ages = self._answers, self._ages
-        if position >= len(store):
-            grow = position + 1 - len(store)
-            store.extend([None] * grow)
-            ages.extend(array("q", [-1]) * grow)
-        store[position] = answer
-        ages[position] = age
-        if position == self._answered:
-            while self._answered < len(store) and store[self._answered] is not None:
-                self._answered += 1
+        start = 0
+        for chunk, found in self.cache.lookup(numbers):
+            self._grow(start + len(chunk))
+            for position, e164 in enumerate(chunk, start):
+                hit = found.get(e164)
+                if hit is None:
+                    asked_at.append(position)
+                    yield e164
+                else:
+                    store[position], ages[position] = hit
+            start += len(chunk)
+            self._advance()
+
+    def _grow(self, size: int) -> None:
+        """Room for ``size`` answers (cache only: answers come out of order)."""
+        if size > len(self._answers):
+            grow = size - len(self._answers)
+            self._answers.extend([None] * grow)
+            self._ages.extend(array("q", [-1]) * grow)
+
+    def _advance(self) -> None:
+        """Move the answered prefix past every position now answered."""
+        store, answered = self._answers, self._answered
+        while answered < len(store) and store[answered] is not None:
+            answered += 1
+        self._answered = answered
 
     # -- looking up and writing ------------------------------------------------------------
 
@@ -364,11 +372,13 @@ class BulkLookup:
 
     def _keep(self, chunk: Chunk, ordered: list[tuple[str, Answer]]) -> None:
         if self._asked_at is not None:
+            store, asked_at = self._answers, self._asked_at
             for asked, (_, answer) in enumerate(ordered, chunk.start):
-                self._put(self._asked_at[asked], shared(answer))
+                answer = store[asked_at[asked]] = shared(answer)  # (room made by _through_cache)
                 if answer.status == FAILED:
                     self.stats.failed_numbers += 1
                     self.failed_chunks.add(chunk.index)
+            self._advance()
             return
         store = self._answers
         store.extend([None] * (chunk.start + len(ordered) - len(store)))
