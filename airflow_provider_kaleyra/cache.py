@@ -252,7 +252,7 @@ class CacheRun:
     numbers must be asked; all of them with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
     a time; :meth:`close` writes the rest and waits for it. The counts feed the run's summary.
 
-    The database work runs on one thread of its own, reading one chunk ahead and writing
+    The database work runs on two threads of its own, one reading chunks ahead, one writing
     behind (the drivers release the GIL while the database works), so the thread that feeds
     API calls never waits for the cache: an empty-cache run keeps its pace.
     """
@@ -267,19 +267,24 @@ class CacheRun:
     written: int = 0
     _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
     _writes: deque[Future[int]] = field(default_factory=deque, repr=False)
-    _io: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _threads: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
 
-    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaleyra-cache")
-        return self._io.submit(fn, *args)
+    def _submit(self, role: str, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Reads and writes on a thread each: a read never queues behind a big write."""
+        if role not in self._threads:
+            self._threads[role] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"kaleyra-cache-{role}"
+            )
+        return self._threads[role].submit(fn, *args)
 
     def _read(self, chunk: list[str]) -> Future[dict[str, Hit]]:
         if self.refresh:
             done: Future[dict[str, Hit]] = Future()
             done.set_result({})
             return done
-        return self._submit(self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative)
+        return self._submit(
+            "read", self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative
+        )
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
         """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
@@ -306,7 +311,7 @@ class CacheRun:
 
     def flush(self) -> None:
         if self._pending:
-            self._writes.append(self._submit(self.cache.remember, self.sid, self._pending))
+            self._writes.append(self._submit("write", self.cache.remember, self.sid, self._pending))
             self._pending = []
         while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
             self.written += self._writes.popleft().result()
@@ -318,9 +323,9 @@ class CacheRun:
             while self._writes:
                 self.written += self._writes.popleft().result()
         finally:
-            if self._io is not None:
-                self._io.shutdown(wait=True, cancel_futures=True)
-                self._io = None
+            for thread in self._threads.values():
+                thread.shutdown(wait=True, cancel_futures=True)
+            self._threads.clear()
 
     def summary(self) -> dict[str, int | bool]:
         """Counts for a run's XCom summary: served from the cache, and API calls saved.
