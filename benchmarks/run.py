@@ -235,9 +235,17 @@ def operator_lookup(audience: str, output: str) -> tuple[float, dict[str, Any]]:
     )
     op.hook.transport  # noqa: B018 - connection read outside the timing, as in goodput above
     gc.collect()
+    cpu = cpu_seconds()
     start = time.perf_counter()
     summary = op.execute(context={})
+    summary["cpu"] = cpu_seconds() - cpu
     return time.perf_counter() - start, summary
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, every thread (the simulator is a child process: not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_pipeline(quick: bool, runs: int) -> list[Row]:
@@ -261,7 +269,15 @@ def bench_pipeline(quick: bool, runs: int) -> list[Row]:
                     sim.reset()
                     elapsed, summary = operator_lookup(path, os.path.join(tmp, "out.csv"))
                     ok = summary["rows"] == count and summary["failed_numbers"] == 0
-                    measured.append((count / elapsed, sim.stats()["rate_limited"], ok, summary["requests"]))
+                    measured.append(
+                        (
+                            count / elapsed,
+                            sim.stats()["rate_limited"],
+                            ok,
+                            summary["requests"],
+                            summary["cpu"],
+                        )
+                    )
                     log(f"operator goodput R={rate} {label} run {run + 1}: {count / elapsed:,.0f} numbers/s")
                 rate_med = median([m[0] for m in measured])
                 rows.append(
@@ -272,7 +288,9 @@ def bench_pipeline(quick: bool, runs: int) -> list[Row]:
                         f"ideal {ideal:,.0f}/s",
                         f"{rate_med / ideal:.2f}",
                         f"429s: {median([m[1] for m in measured]):.0f}, every row answered: "
-                        f"{'yes' if all(m[2] for m in measured) else 'NO'}, requests: {measured[0][3]}",
+                        f"{'yes' if all(m[2] for m in measured) else 'NO'}, requests: {measured[0][3]}; "
+                        f"client CPU {median([m[4] for m in measured]):.1f} s: one free core would carry "
+                        f"{count / median([m[4] for m in measured]) / ideal:.1f}x the ideal",
                     )
                 )
     return rows
@@ -521,8 +539,17 @@ def scale_child(mode: str, audience: str, output: str) -> None:
                 rows += 1
         requests_sent = hook.transport.requests_sent
     elapsed = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
-        json.dumps({"seconds": elapsed, "rows": rows, "requests": requests_sent, "peak_mib": peak_rss_mib()})
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "rows": rows,
+                "requests": requests_sent,
+                "peak_mib": peak_rss_mib(),
+                "cpu": usage.ru_utime + usage.ru_stime,
+            }
+        )
     )
 
 
@@ -573,7 +600,8 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
                     os.remove(output)
                     results[mode].append(child)
                     log(
-                        f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['peak_mib']:.0f} MiB peak, "
+                        f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['cpu']:.1f} s CPU, "
+                        f"{child['peak_mib']:.0f} MiB peak, "
                         f"{child['lines_out']:,} rows out, {child['requests']} requests"
                     )
             shards = shard_tasks(sim, audience, tmp, count)
@@ -589,7 +617,8 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
                 "target < 300 MB RSS",
                 f"RSS {op_rss * 1.048576 / 300:.2f} of target",
                 f"rows out = rows in: {'yes' if rows_ok else 'NO'} ({op[0]['lines_out']:,}); "
-                f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests",
+                f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests; "
+                f"task CPU {median([r['cpu'] for r in op]):.1f} s (with its imports)",
             )
         )
         if mem:
