@@ -57,8 +57,9 @@ from airflow_provider_kaleyra.simulator import (  # noqa: E402
     DEFAULT_API_KEY,
     DEFAULT_SID,
     rcs_answer,
-    server as simulator_server,
+    simulator_connection,
 )
+from airflow_provider_kaleyra.simulator.answers import clear_caches  # noqa: E402
 from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
 
 LATENCY = 0.15
@@ -134,13 +135,7 @@ def simulator(**config: Any) -> Iterator[Simulator]:
 
 def set_connection(url: str, **extra: Any) -> None:
     """The ``kaleyra_bench`` connection, as an Airflow JSON connection in the environment."""
-    conn = {
-        "conn_type": "kaleyra",
-        "login": DEFAULT_SID,
-        "password": DEFAULT_API_KEY,
-        "extra": {"rcs_base_url": url, "soip_base_url": url, **extra},
-    }
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(conn)
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(simulator_connection(url, **extra))
 
 
 def concurrency_for(rate: float) -> int:
@@ -177,7 +172,7 @@ def hook_lookup(numbers: list[str]) -> tuple[float, int, int]:
     # checked after the clock stops: the expected answers cost this process CPU, not the hook
     lost = sum(1 for e164, status in results if e164 is None or status != expected_status(e164))
     # (the simulator's answer cache filled by expected_status belongs to no client process)
-    simulator_server._rcs_fields.cache_clear()
+    clear_caches()
     return elapsed, hook.transport.requests_sent, lost + len(numbers) - len(results)
 
 

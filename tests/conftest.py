@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from airflow_provider_kaleyra.simulator import KaleyraSimulator, SimulatorConfig
 
@@ -42,20 +42,10 @@ def simulator(make_simulator: Callable[..., KaleyraSimulator]) -> KaleyraSimulat
 @pytest.fixture
 def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -> KaleyraSimulator:
     """Point ``kaleyra_default`` at ``simulator`` (both base URLs); returns the simulator."""
-    conn = {
-        "conn_type": "kaleyra",
-        "login": simulator.config.sid,
-        "password": simulator.config.api_key,
-        "extra": {
-            "rcs_base_url": simulator.url,
-            "soip_base_url": simulator.url,
-            "default_region": "US",
-            "rate_limit": 1000,
-            "max_concurrency": 8,
-            "max_retries": 5,
-        },
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_DEFAULT",
+        simulator.connection_json(default_region="US", rate_limit=1000, max_concurrency=8, max_retries=5),
+    )
     return simulator
 
 
@@ -83,3 +73,24 @@ def serve_app() -> Iterator[Callable[..., int]]:
     for server, thread in running:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class StructlogEvents:
+    """Events logged through ``self.log`` of hooks and operators (structlog, not stdlib ``logging``)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries  # filled as the test runs
+
+    def messages(self) -> list[str]:
+        return [str(entry.get("event", "")) for entry in self.entries]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.messages())
+
+
+@pytest.fixture
+def hook_logs() -> Iterator[StructlogEvents]:
+    """Every structlog event of the test: the hook logs through ``self.log``, which stdlib ``caplog`` misses."""
+    with capture_logs() as entries:
+        yield StructlogEvents(entries)

@@ -69,8 +69,37 @@ def assert_same(raw: object, region: str | None) -> Normalized:
 
 
 def test_fast_path_is_enabled_for_this_phonenumbers():
-    assert _fastphone.ENABLED, f"phonenumbers {phonenumbers.__version__} is not replayed: normalize is slow"
+    assert _fastphone.enabled(), (
+        f"phonenumbers {phonenumbers.__version__} failed the self-check: normalize is slow"
+    )
     assert _fastphone.parse("+16502530000", None) == (1, "6502530000", True)
+
+
+def test_self_check_samples_many_regions_and_the_replay_answers_most_of_them():
+    sample = _fastphone._sample()
+    assert len({region for _, region in sample}) > 30 and len(sample) > 500
+    assert sum(_fastphone._replay(*item) is not None for item in sample) > 0.95 * len(sample)
+
+
+@pytest.mark.parametrize("fault", ["differs", "raises"])
+def test_any_self_check_mismatch_falls_back_to_plain_phonenumbers_and_logs_once(monkeypatch, caplog, fault):
+    """A phonenumbers release that the replay no longer matches must cost speed, never answers."""
+    replay = _fastphone._replay
+
+    def broken(compact, region):
+        if fault == "raises":
+            raise AttributeError("a private internal moved")
+        answer = replay(compact, region)
+        return None if answer is None else (answer[0], answer[1], not answer[2])  # validity flipped
+
+    monkeypatch.setattr(_fastphone, "_replay", broken)
+    monkeypatch.setattr(_fastphone, "_trusted", None)
+    with caplog.at_level("WARNING", logger=_fastphone.__name__):
+        assert _fastphone.parse("+16502530000", None) is None
+        assert _fastphone.parse("+442079460000", None) is None
+        assert normalize("+1 650 253 0000") == Normalized("+16502530000")  # through plain phonenumbers
+    assert not _fastphone.enabled()
+    assert len([r for r in caplog.records if "plain phonenumbers" in r.getMessage()]) == 1
 
 
 def test_plain_digit_strings_are_viable_at_every_length_up_to_the_cap():

@@ -670,3 +670,30 @@ def test_cli_prints_url_serves_and_stops_on_sigterm():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cli_flags_are_derived_from_every_config_field():
+    import argparse
+    import dataclasses
+
+    from airflow_provider_kaleyra.simulator.config import FAULT_KINDS, add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])) == SimulatorConfig()
+    args = ["--error-5xx", "0.25", "--no-retry-after", "--rcs-disabled", "--seed", "7"]
+    args += ["--callback-auth", "header:X-Secret:s3", "--bulk-invalid", "drop", "--rate-limit", "20"]
+    config = config_from_args(parser.parse_args(args))
+    assert (config.error_5xx, config.retry_after, config.rcs_disabled, config.seed) == (0.25, False, True, 7)
+    assert config.callback_auth == CallbackAuth.header("X-Secret", "s3")
+    assert (config.bulk_invalid, config.rate_limit) == ("drop", 20.0)
+    assert {f.name for f in dataclasses.fields(SimulatorConfig)} == set(vars(parser.parse_args([])))
+    assert FAULT_KINDS == (
+        "error_5xx",
+        "reset",
+        "slow",
+        "truncated",
+        "bulk_missing",
+        "bulk_extra",
+        "rate_429",
+    )

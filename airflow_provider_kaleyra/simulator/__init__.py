@@ -3,29 +3,29 @@
 Usage::
 
     with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim:
-        requests.get(f"{sim.url}/v1/{sim.config.sid}/rcs/lookup/%2B14155550123", headers={"api-key": ...})
+        os.environ["AIRFLOW_CONN_KALEYRA_DEFAULT"] = sim.connection_json(default_region="US")
 
 Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
 :func:`generate_audience_rows` yields a deterministic sample audience to look them up on.
+
+Modules: ``config`` (every knob, once; fault kinds and CLI flags derive from it), ``answers``
+(deterministic answers and bodies), ``endpoints`` (request in, answer out), ``faults`` (seeded
+dice, rate limit), ``callbacks`` (SOIP callback delivery), ``stats``, ``server`` (HTTP, lifecycle).
 """
 
 from __future__ import annotations
 
+from airflow_provider_kaleyra.simulator.answers import CARRIER_STATUSES, CARRIERS, rcs_answer, soip_answer
 from airflow_provider_kaleyra.simulator.audience import generate_audience_rows
-from airflow_provider_kaleyra.simulator.server import (
-    CARRIER_STATUSES,
-    CARRIERS,
+from airflow_provider_kaleyra.simulator.config import (
     DEFAULT_API_KEY,
     DEFAULT_SID,
-    E164_RE,
     FAULT_KINDS,
     CallbackAuth,
-    KaleyraSimulator,
     SimulatorConfig,
-    TokenBucket,
-    rcs_answer,
-    soip_answer,
+    simulator_connection,
 )
+from airflow_provider_kaleyra.simulator.server import KaleyraSimulator
 
 __all__ = [
     "CARRIERS",
@@ -33,12 +33,11 @@ __all__ = [
     "CallbackAuth",
     "DEFAULT_API_KEY",
     "DEFAULT_SID",
-    "E164_RE",
     "FAULT_KINDS",
     "KaleyraSimulator",
     "SimulatorConfig",
-    "TokenBucket",
     "generate_audience_rows",
     "rcs_answer",
+    "simulator_connection",
     "soip_answer",
 ]

@@ -79,22 +79,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
             callback_delay=10.0,  # later than the sensor's first look: it has to defer
         )
     ).start()
-    deployment.env["AIRFLOW_CONN_KALEYRA_DEFAULT"] = json.dumps(
-        {
-            "conn_type": "kaleyra",
-            "login": simulator.config.sid,
-            "password": simulator.config.api_key,
-            "extra": {
-                "rcs_base_url": simulator.url,
-                "soip_base_url": simulator.url,
-                "default_region": "IN",
-                "callback_profile_id": PROFILE,
-                "callback_secret": CALLBACK_SECRET,
-                "callback_store_url": store_url,
-                "rate_limit": 100,
-                "max_concurrency": 4,
-            },
-        }
+    deployment.env["AIRFLOW_CONN_KALEYRA_DEFAULT"] = simulator.connection_json(
+        default_region="IN",
+        callback_profile_id=PROFILE,
+        callback_secret=CALLBACK_SECRET,
+        callback_store_url=store_url,
+        rate_limit=100,
+        max_concurrency=4,
     )
     deployment.simulator = simulator  # type: ignore[attr-defined]
     try:

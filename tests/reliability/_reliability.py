@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from airflow_provider_kaleyra.simulator import simulator_connection
+
 # Recognisable secrets: if any of these shows up in a log, an XCom, a repr or an error, it leaked.
 SECRET_API_KEY = "SECRET-APIKEY-zq81x"
 SECRET_CALLBACK = "SECRET-CB-77qk"
@@ -13,9 +15,8 @@ SECRETS = (SECRET_API_KEY, SECRET_CALLBACK)
 
 
 def connection_json(sim_url: str, **extra: Any) -> str:
+    """A connection to ``sim_url`` with the recognisable secrets and the suite's fast-failing defaults."""
     settings: dict[str, Any] = {
-        "rcs_base_url": sim_url,
-        "soip_base_url": sim_url,
         "default_region": "US",
         "rate_limit": 0,
         "max_concurrency": 8,
@@ -26,9 +27,7 @@ def connection_json(sim_url: str, **extra: Any) -> str:
         "callback_secret": SECRET_CALLBACK,
     }
     settings.update(extra)
-    return json.dumps(
-        {"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": SECRET_API_KEY, "extra": settings}
-    )
+    return json.dumps(simulator_connection(sim_url, api_key=SECRET_API_KEY, **settings))
 
 
 class RecordCollector(logging.Handler):

@@ -1,0 +1,165 @@
+"""SOIP callbacks: what Kaleyra would POST to the receiver after a capability check, and their delivery.
+
+Delivery runs off the request path (a timer heap and a small thread pool), after the configured
+delay, with a few retries, as a real callback would arrive: later, maybe twice, maybe never.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow_provider_kaleyra.phone import mask
+from airflow_provider_kaleyra.simulator.answers import json_bytes, soip_answer
+from airflow_provider_kaleyra.simulator.config import SimulatorConfig
+from airflow_provider_kaleyra.simulator.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+def callback_payloads(numbers: list[str], profile: str | None) -> list[dict[str, Any]]:
+    """One callback body per number of a SOIP check (digits, as Kaleyra sends them), one request id."""
+    request_id = uuid.uuid4().hex
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    payloads = []
+    for digits in numbers:
+        capable = soip_answer(digits)
+        payloads.append(
+            {
+                "number": digits,
+                "soip_capable": capable,
+                "status": "capable" if capable else "not_capable",
+                "callback_profile_id": profile,
+                "request_id": request_id,
+                "timestamp": stamp,
+            }
+        )
+    return payloads
+
+
+# Callbacks go straight to the receiver: an HTTP(S)_PROXY in the environment must not intercept them.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class CallbackDispatcher:
+    """Delivers SOIP callbacks after a delay, off the request path, with a few retries."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._heap: list[tuple[float, int, dict[str, Any], SimulatorConfig]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kaleyra-sim-callback")
+        self._thread = threading.Thread(target=self._run, name="kaleyra-sim-callbacks", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def schedule(self, payloads: list[dict[str, Any]], config: SimulatorConfig) -> None:
+        due = time.monotonic() + config.callback_delay
+        copies = 2 if config.callback_duplicates else 1
+        with self._cond:
+            for payload in payloads:
+                for _ in range(copies):
+                    heapq.heappush(self._heap, (due, next(self._seq), payload, config))
+                    self._pending += 1
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopping:
+                    return
+                _, _, payload, config = heapq.heappop(self._heap)
+            try:
+                self._pool.submit(self._deliver, payload, config)
+            except RuntimeError:  # pool shut down under us
+                return
+
+    def _deliver(self, payload: dict[str, Any], config: SimulatorConfig) -> None:
+        try:
+            if config.callback_form:
+                fields = {
+                    k: ("true" if v is True else "false" if v is False else "" if v is None else v)
+                    for k, v in payload.items()
+                }
+                body = urllib.parse.urlencode(fields).encode()
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            else:
+                body = json_bytes(payload)
+                headers = {"Content-Type": "application/json"}
+            if config.callback_auth is not None:
+                headers.update(config.callback_auth.headers())
+            for attempt in range(config.callback_retries + 1):
+                if attempt:
+                    self._stats.add("cb.retried")
+                    time.sleep(min(0.05 * 2**attempt, 2.0))
+                outcome = self._post(config, body, headers)
+                if outcome == "sent":
+                    self._stats.add("cb.sent")
+                    return
+                if outcome == "failed":
+                    break
+            self._stats.add("cb.failed")
+            log.warning(
+                "Callback for %s to %s failed after %s attempts",
+                mask(payload["number"]),
+                config.callback_url,
+                config.callback_retries + 1,
+            )
+        finally:
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    @staticmethod
+    def _post(config: SimulatorConfig, body: bytes, headers: dict[str, str]) -> str:
+        """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
+        request = urllib.request.Request(config.callback_url or "", data=body, headers=headers, method="POST")
+        try:
+            with _OPENER.open(request, timeout=config.callback_timeout) as response:
+                response.read()
+                return "sent"
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            log.debug("Callback answered HTTP %s", exc.code)
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                return "failed"
+            return "retry"
+        except (OSError, ValueError) as exc:
+            log.debug("Callback delivery error: %s", exc)
+            return "retry"
