@@ -213,19 +213,11 @@ class KaleyraSimulator:
         return self._config
 
     @property
-    def host(self) -> str:
-        return self._config.host
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("simulator is not running")
-        return self._server.server_address[1]
-
-    @property
     def url(self) -> str:
         """Base URL for both ``rcs_base_url`` and ``soip_base_url``."""
-        return f"http://{self.host}:{self.port}"
+        if self._server is None:
+            raise RuntimeError("simulator is not running")
+        return f"http://{self._config.host}:{self._server.server_address[1]}"
 
     def connection(self, **extra: Any) -> dict[str, Any]:
         """An Airflow connection to this simulator (its SID and key): see :func:`simulator_connection`."""
