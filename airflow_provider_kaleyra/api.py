@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Default hosts per pod. Kaleyra spells some hosts differently in its own samples,
 # so every host can be overridden from the connection.
 RCS_HOSTS = {
@@ -40,6 +42,21 @@ def soip_number(e164: str) -> str:
     return e164.lstrip("+")
 
 
-def e164_key(device_address: str) -> str:
-    """Key to match a returned ``deviceAddress`` (sent back with or without ``+``) to what we asked."""
-    return "+" + device_address.strip().lstrip("+")
+# ``deviceAddress`` may come back as a uri-like identification (the bulk page's example is
+# ``chat:234236745234``): the digits after the scheme are the number asked.
+_URI_ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\+?(\d+)")
+
+
+def e164_key(device_address: object) -> str:
+    """Key to match a returned ``deviceAddress`` to what we asked: ``+`` and digits.
+
+    Kaleyra sends it with or without ``+``, or as ``<scheme>:<digits>`` (``chat:14155552671``);
+    anything else gives a key no asked number has (``""`` for what is not even text).
+    """
+    if isinstance(device_address, int) and not isinstance(device_address, bool):
+        device_address = str(device_address)
+    if not isinstance(device_address, str):
+        return ""
+    address = device_address.strip()
+    uri = _URI_ADDRESS.fullmatch(address)
+    return "+" + (uri.group(1) if uri else address.lstrip("+"))

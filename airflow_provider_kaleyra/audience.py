@@ -3,15 +3,22 @@
 Every byte goes through :class:`~airflow.sdk.ObjectStoragePath`. Reading streams in
 blocks and never holds more than one line (capped at :data:`MAX_LINE_BYTES`); every
 line of an audience becomes exactly one row, with a reason when it cannot be a number.
+A ``.gz`` suffix (``audience.csv.gz``, ``audience.txt.gz``) is decompressed on the way,
+still streaming. Error messages quote header names with phone numbers masked.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import os
+import zlib
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_kaleyra.phone import mask_numbers
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
 READ_BLOCK = 1 << 20
@@ -19,6 +26,8 @@ NOT_UTF8 = "not UTF-8 text"
 _BOM = b"\xef\xbb\xbf"
 _CSV_SUFFIXES = {".csv"}
 _TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
+_GZIP_SUFFIX = ".gz"
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 class AudienceRow(NamedTuple):
@@ -28,20 +37,28 @@ class AudienceRow(NamedTuple):
     problem: str | None = None
 
 
+def _suffix(path: ObjectStoragePath) -> tuple[str, bool]:
+    """The suffix that names the format (``.csv`` of ``a.csv.gz``), and whether the file is gzipped."""
+    suffix = path.suffix.lower()
+    if suffix == _GZIP_SUFFIX:
+        return os.path.splitext(path.stem)[1].lower(), True
+    return suffix, False
+
+
 def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
-    """``"csv"`` or ``"text"``: given, or read from the suffix."""
+    """``"csv"`` or ``"text"``: given, or read from the suffix (before a ``.gz``)."""
     if fmt is not None:
         if fmt not in ("csv", "text"):
             raise ValueError(f"audience_format must be 'csv' or 'text', got {fmt!r}")
         return fmt
-    suffix = path.suffix.lower()
+    suffix, _ = _suffix(path)
     if suffix in _CSV_SUFFIXES:
         return "csv"
     if suffix in _TEXT_SUFFIXES:
         return "text"
     raise ValueError(
         f"cannot tell the format of audience {path} from its suffix {suffix!r}: "
-        "use .csv or .txt, or pass audience_format='csv' or 'text'"
+        "use .csv or .txt (optionally .gz), or pass audience_format='csv' or 'text'"
     )
 
 
@@ -97,6 +114,19 @@ def _fields(text: str) -> list[str]:
     return next(csv.reader([text]), [])
 
 
+def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
+    """``read`` of the decompressed stream; a corrupt or cut file is a ``ValueError`` naming the path."""
+    unzipped = gzip.GzipFile(fileobj=stream, mode="rb")
+
+    def read(size: int) -> bytes:
+        try:
+            return unzipped.read(size)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise ValueError(f"audience {path} is not a whole gzip file: {exc}") from None
+
+    return read
+
+
 def _column_index(header: list[str], column: str, path: ObjectStoragePath) -> int:
     names = [name.strip() for name in header]
     if column in names:
@@ -104,8 +134,22 @@ def _column_index(header: list[str], column: str, path: ObjectStoragePath) -> in
     folded = [name.casefold() for name in names]
     if folded.count(column.casefold()) == 1:
         return folded.index(column.casefold())
-    shown = ", ".join(repr(name[:40]) for name in names[:20]) + (", ..." if len(names) > 20 else "")
-    raise ValueError(f"audience {path} has no column {column!r}; columns found: {shown or 'none'}")
+    shown = ", ".join(repr(mask_numbers(name[:40])) for name in names[:20]) + (
+        ", ..." if len(names) > 20 else ""
+    )
+    message = f"audience {path} has no column {column!r}"
+    for delimiter, word in _OTHER_DELIMITERS.items():
+        if len(names) == 1 and delimiter in names[0]:
+            raise ValueError(
+                f"{message}: the header looks {word}-delimited: {shown}; save the audience as "
+                "comma-separated CSV"
+            )
+    if any(mask_numbers(name) != name for name in names):
+        raise ValueError(
+            f"{message}: line 1 holds numbers ({shown}), not a header; add a header row naming "
+            f"{column!r}, or read it as plain text (one number per line, audience_format='text')"
+        )
+    raise ValueError(f"{message}; columns found: {shown or 'none'}")
 
 
 def read_audience(
@@ -121,8 +165,9 @@ def read_audience(
     :raises ValueError: the CSV header is missing, unreadable, or does not name ``column``.
     """
     kind = audience_format(path, fmt)
+    _, gzipped = _suffix(path)
     with path.open("rb") as stream:
-        lines = iter_lines(stream.read)
+        lines = iter_lines(_gunzip(stream, path) if gzipped else stream.read)
         first = True
         index = -1
         if kind == "csv":

@@ -14,6 +14,7 @@ answer is the same either way (``tests/test_phone.py`` checks it).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import NamedTuple
 
@@ -25,6 +26,10 @@ from airflow_provider_kaleyra.utils import fastphone as _fastphone
 log = logging.getLogger(__name__)
 
 MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
+# Excel shows a long number as ``1.41555527E10`` and saves it so: the digits after the 9th
+# are gone for good, and reading the rest would give another, valid-looking number.
+_SCIENTIFIC = re.compile(r"\+?\d+(?:[.,]\d*)?[eE]\+?\d+")
+SCIENTIFIC_NOTATION = "scientific notation: digits were lost (format the column as text)"
 _SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")
 
 
@@ -62,7 +67,7 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
+    Excel's scientific notation is refused (its digits are lost), separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
     and a number with ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
@@ -74,6 +79,8 @@ def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | N
         return Normalized(None, f"too long: {len(text)} characters")
     # (digits, with or without a leading "+", hold no separator to remove: skip the translation)
     clean = text[1:].isdigit() and (text[0] == "+" or text[0].isdigit())
+    if not clean and ("E" in text or "e" in text) and _SCIENTIFIC.fullmatch(text):
+        return Normalized(None, SCIENTIFIC_NOTATION)
     compact = text if clean else text.translate(_SEPARATORS)
     if compact.startswith("00") and compact[2:3].isdigit() and compact[2] != "0":
         compact = "+" + compact[2:]  # the international prefix; "000..." is no country code
@@ -116,6 +123,14 @@ def mask(number: str | None) -> str:
     if len(text) <= 6:
         return "*" * len(text)
     return text[:5] + "*" * (len(text) - 7) + text[-2:]
+
+
+_NUMBER_LIKE = re.compile(r"\+?\d[\d \t().\-/]{4,}\d")
+
+
+def mask_numbers(text: str) -> str:
+    """``text`` with anything that looks like a phone number masked, for messages quoting input."""
+    return _NUMBER_LIKE.sub(lambda match: mask(match.group()), text)
 
 
 # --------------------------------------------------------------------------- fast path self-check

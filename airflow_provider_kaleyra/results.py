@@ -30,18 +30,35 @@ class RcsResult(NamedTuple):
     error: str | None = None
 
 
+# Spellings of ``rcsEnabled`` that cannot be misread. Anything else (missing, ``null``, "maybe",
+# 2) is not an answer: unknown is not "no", so such a number is ``failed`` with the reason.
+_ENABLED = {1: True, 0: False}  # (True == 1 and False == 0: bools are found too)
+_SPELLED = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+NO_RCS_ENABLED = "Kaleyra's answer has no rcsEnabled"
+UNREADABLE_RCS_ENABLED = "Kaleyra's answer has an rcsEnabled that is neither true nor false"
+
+
 def answer_from_device(device: dict[str, Any]) -> Answer:
-    """Read one device object of a lookup answer (``rcsEnabled`` may come as a bool or a string)."""
-    enabled = device.get("rcsEnabled")
-    if isinstance(enabled, str):
-        enabled = enabled.strip().lower() == "true"
-    return shared(
-        Answer(
-            RCS_ENABLED if enabled is True else RCS_DISABLED,
-            device.get("carrierId"),
-            device.get("carrierStatus"),
-        )
-    )
+    """Read one device object of a lookup answer: ``rcsEnabled`` as a bool, 1/0 or an unambiguous word."""
+    value = device.get("rcsEnabled")
+    if isinstance(value, str):
+        enabled = _SPELLED.get(value.strip().lower())
+    elif isinstance(value, int):
+        enabled = _ENABLED.get(value)
+    else:
+        enabled = None
+    carrier_id, carrier_status = _carrier(device.get("carrierId")), _carrier(device.get("carrierStatus"))
+    if enabled is None:
+        reason = NO_RCS_ENABLED if value is None else UNREADABLE_RCS_ENABLED
+        return shared(Answer(FAILED, carrier_id, carrier_status, reason))
+    return shared(Answer(RCS_ENABLED if enabled else RCS_DISABLED, carrier_id, carrier_status))
+
+
+def _carrier(value: Any) -> str | int | float | None:
+    """A carrier field as the scalar it should be; a list or object (odd, possibly huge) is dropped."""
+    if value is None or isinstance(value, str | int | float):
+        return value[:200] if isinstance(value, str) else value
+    return None
 
 
 def shared(answer: Answer) -> Answer:
@@ -52,7 +69,7 @@ def shared(answer: Answer) -> Answer:
     """
     try:
         return _first_equal(answer)
-    except TypeError:  # an unhashable carrier field: odd, but still an answer
+    except TypeError:  # an unhashable field (a checkpoint written by an older version): still an answer
         return answer
 
 

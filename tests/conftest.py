@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from airflow_provider_kaleyra.simulator import KaleyraSimulator, SimulatorConfig
 
@@ -72,3 +73,24 @@ def serve_app() -> Iterator[Callable[..., int]]:
     for server, thread in running:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class StructlogEvents:
+    """Events logged through ``self.log`` of hooks and operators (structlog, not stdlib ``logging``)."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries  # filled as the test runs
+
+    def messages(self) -> list[str]:
+        return [str(entry.get("event", "")) for entry in self.entries]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.messages())
+
+
+@pytest.fixture
+def hook_logs() -> Iterator[StructlogEvents]:
+    """Every structlog event of the test: the hook logs through ``self.log``, which stdlib ``caplog`` misses."""
+    with capture_logs() as entries:
+        yield StructlogEvents(entries)

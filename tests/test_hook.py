@@ -160,7 +160,7 @@ def test_lookup_many_small_audience_uses_single_lookups(hook, requests_mock):
     assert requests_mock.call_count == 5 and all(r.method == "GET" for r in requests_mock.request_history)
 
 
-def test_missing_numbers_are_retried_and_extras_ignored(hook, requests_mock, caplog):
+def test_missing_numbers_are_retried_and_extras_ignored(hook, requests_mock, hook_logs):
     calls = []
 
     def answer(request, context):
@@ -172,11 +172,10 @@ def test_missing_numbers_are_retried_and_extras_ignored(hook, requests_mock, cap
         return body
 
     requests_mock.post(BULK_URL, json=answer)
-    with caplog.at_level(logging.WARNING):
-        results = list(hook.lookup_rcs_many([us(i) for i in range(300)]))
+    results = list(hook.lookup_rcs_many([us(i) for i in range(300)]))
     assert calls == [300, 120]
     assert all(r.status in (RCS_ENABLED, RCS_DISABLED) for r in results)
-    assert "not asked for" in caplog.text and "left out 120" in caplog.text
+    assert "not asked for" in hook_logs.text and "left out 120" in hook_logs.text
 
 
 def test_numbers_missing_twice_are_reported_failed(hook, requests_mock):
@@ -243,14 +242,14 @@ def test_bulk_failure_after_retries_marks_its_numbers_failed(hook, requests_mock
     assert "HTTP 500" in results[0].error
 
 
-def test_api_key_never_leaks(hook, requests_mock, caplog):
+def test_api_key_never_leaks(hook, requests_mock, caplog, hook_logs):
     requests_mock.post(BULK_URL, status_code=500, json={"message": "boom"})
     requests_mock.get(SINGLE_RE, status_code=401, json={"message": "Unauthorized"})
     with caplog.at_level(logging.DEBUG):
         list(hook.lookup_rcs_many([us(i) for i in range(100)]))
         ok, message = hook.test_connection()
     assert not ok
-    texts = [caplog.text, message, repr(hook), repr(hook.config), repr(hook.transport)]
+    texts = [caplog.text, hook_logs.text, message, repr(hook), repr(hook.config), repr(hook.transport)]
     assert all(KEY not in t for t in texts)
 
 
@@ -296,6 +295,17 @@ def test_retry_after_parsing():
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    for nonsense in ("nan", "inf", "-inf", "-1", "1e999", "  ", "Sun, 99 Foo 2025 99:99:99 GMT"):
+        assert retry_after_seconds(nonsense) is None, nonsense  # as if absent: exponential backoff
+
+
+def test_an_unusable_base_url_fails_at_once_with_a_clear_message(monkeypatch):
+    conn = {"conn_type": "kaleyra", "login": SID, "password": KEY, "extra": {"rcs_base_url": "kaleyra.test"}}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    hook = KaleyraHook()
+    with pytest.raises(KaleyraApiError, match="check the connection's base URLs") as raised:
+        hook.lookup_rcs("+14155552671")
+    assert not raised.value.retryable and hook.transport.requests_sent == 1
 
 
 def test_pacer_spaces_requests():
@@ -375,6 +385,6 @@ def test_equal_answers_are_one_shared_record():
     }
     first, second = answer_from_device(device), answer_from_device(dict(device))
     assert first is second and first.status == RCS_ENABLED and first.carrier_id == "Google"
-    odd = answer_from_device({**device, "carrierId": ["not", "hashable"]})
-    assert odd.carrier_id == ["not", "hashable"] and odd.status == RCS_ENABLED
+    odd = answer_from_device({**device, "carrierId": ["not", "a", "carrier"]})
+    assert odd.carrier_id is None and odd.status == RCS_ENABLED  # an odd field is dropped, the answer kept
     assert shared(failed("timeout")) is shared(failed("timeout"))  # read back from a checkpoint too

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,8 +18,6 @@ from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthErro
 from airflow_provider_kaleyra.hooks.transport import Transport
 from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
-
-log = logging.getLogger(__name__)
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
 _PROBE_NUMBER = "+14155552671"
@@ -66,6 +63,7 @@ class KaleyraHook(BaseHook):
             rate_limit=cfg.rate_limit,
             pool_size=cfg.max_concurrency,
             backoff=cfg.retry_backoff,
+            secrets=(cfg.callback_secret,),
         )
 
     def get_conn(self) -> Transport:
@@ -80,13 +78,7 @@ class KaleyraHook(BaseHook):
         """Single lookup of one E.164 number; returns Kaleyra's ``data`` object."""
         e164 = self._require_e164(number)
         url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(e164, safe=""))
-        body = self.transport.call("GET", url)
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, dict):
-            raise KaleyraApiError(
-                "Kaleyra's single lookup answer has no data object", status=200, retryable=True
-            )
-        return data
+        return self.transport.call("GET", url, shape=_data_object)
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
         """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
@@ -103,13 +95,9 @@ class KaleyraHook(BaseHook):
 
     def _post_bulk(self, distinct: list[str]) -> list[dict[str, Any]]:
         """The bulk call itself, for numbers already normalized, distinct and 100-500 (a planned batch)."""
-        body = self.transport.call(
-            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}
+        return self.transport.call(
+            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}, shape=_devices_list
         )
-        devices = body.get("devices") if isinstance(body, dict) else None
-        if not isinstance(devices, list):
-            raise KaleyraApiError("Kaleyra's bulk answer has no devices list", status=200, retryable=True)
-        return devices
 
     def check_soip_capability(
         self, numbers: Iterable[str], callback_profile_id: str | None = None
@@ -214,22 +202,24 @@ class KaleyraHook(BaseHook):
         except KaleyraAuthError:
             raise
         except KaleyraApiError as exc:
-            log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
+            self.log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
             return {number: failed(str(exc)) for number in batch}
         asked = set(batch)
         answers: dict[str, Answer] = {}
         unasked = 0
         for device in devices:
-            key = api.e164_key(str(device.get("deviceAddress", ""))) if isinstance(device, dict) else ""
+            key = api.e164_key(device.get("deviceAddress")) if isinstance(device, dict) else ""
             if key in asked:
                 answers[key] = answer_from_device(device)
             else:
                 unasked += 1
         if unasked:
-            log.warning("Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked)
+            self.log.warning(
+                "Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked
+            )
         missing = [number for number in batch if number not in answers]
         if missing:
-            log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
+            self.log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
             if retry_missing:
                 for sub in plan_batches(missing):
                     answers.update(self._answer_batch(sub, retry_missing=False))
@@ -243,7 +233,7 @@ class KaleyraHook(BaseHook):
         except KaleyraAuthError:
             raise
         except KaleyraApiError as exc:
-            log.warning("Lookup of %s failed: %s", mask(number), exc)
+            self.log.warning("Lookup of %s failed: %s", mask(number), exc)
             return failed(str(exc))
 
     # -- helpers ---------------------------------------------------------------------------
@@ -295,6 +285,24 @@ class KaleyraHook(BaseHook):
             "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
             "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
         }
+
+
+def _data_object(body: Any) -> dict[str, Any]:
+    """The ``data`` object of a single lookup answer; ``ValueError`` (retried) when there is none."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError("Kaleyra's single lookup answer has no data object")
+    return data
+
+
+def _devices_list(body: Any) -> list[Any]:
+    """The ``devices`` list of a bulk answer; ``ValueError`` (retried) for an empty or other body."""
+    if body is None:
+        raise ValueError("Kaleyra's bulk answer was empty")
+    devices = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(devices, list):
+        raise ValueError("Kaleyra's bulk answer has no devices list")
+    return devices
 
 
 # Numbers a stream keeps back to plan together at its end (about 0.1 s of normalization).

@@ -1,22 +1,35 @@
 """HTTP plumbing for the hook: one pooled session, client-side pacing, bounded retries.
 
 Kaleyra publishes no numeric rate limit, so the client paces itself and obeys 429 and
-``Retry-After``. Retries cover 429, 5xx, dropped connections, timeouts and unreadable
-bodies; other 4xx are final, and 401/403 fail fast because a revoked key or a disabled
-RCS channel will not heal by waiting.
+``Retry-After``. Every failure to obtain a readable answer (429, 5xx, a dropped connection,
+a timeout, a body that is cut, corrupt, too deep, too big or too slow) is retried within the
+budget; other 4xx are final, and 401/403 stop every call of the transport at once, because a
+revoked key or a disabled RCS channel will not heal by waiting.
+
+**Time budget.** One attempt lasts at most ``timeout`` seconds, connection and whole body
+included (the body is read in pieces against that deadline, so a server dripping a byte at
+a time cannot hold a worker). One call makes at most ``max_retries + 1`` attempts and sleeps
+between them at most ``BACKOFF_CAP`` (or a ``Retry-After`` of at most ``MAX_RETRY_AFTER``)
+seconds each: see :func:`call_budget`. **Memory budget.** A body over ``MAX_BODY_BYTES``
+(decoded) is refused as a retryable error without being read further.
 """
 
 from __future__ import annotations
 
 import email.utils
+import http.client
+import json as jsonlib
 import logging
+import math
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_kaleyra.api import API_KEY_HEADER
@@ -27,6 +40,31 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
 BACKOFF_CAP = 30.0
 PACER_SLACK = 0.1  # seconds of lateness the pacer makes up (a burst of at most rate x 0.1 + 1)
+# A bulk answer for 500 numbers is a few tens of KB: a body beyond this is not an answer.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+READ_PIECE = 64 * 1024
+REDACTED = "***"
+MIN_SECRET_LENGTH = 4  # shorter "secrets" would redact ordinary words of every answer
+
+# Everything that means "no (whole) answer came back": requests' and urllib3's errors (refused,
+# reset, cut or corrupt bodies, timeouts), http.client's and the socket's. JSON that cannot be
+# read or is nested too deep is the same, caught where the body is decoded.
+_NO_ANSWER = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# ... except a base URL that cannot work: waiting will not fix it.
+_BAD_URL = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+)
+
+
+def call_budget(timeout: float, max_retries: int) -> float:
+    """The longest one call can take, in seconds: every attempt to its deadline, every sleep capped.
+
+    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s. A run of many calls takes
+    longer than one call only through the queue: its calls run ``max_concurrency`` at a time.
+    """
+    return (max_retries + 1) * timeout + max_retries * max(MAX_RETRY_AFTER, BACKOFF_CAP)
 
 
 class Pacer:
@@ -44,7 +82,8 @@ class Pacer:
         self._next = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, sleep: Callable[[float], None] | None = None) -> None:
+        """Wait for this thread's slot; ``sleep`` may end the wait early by raising."""
         if not self.interval:
             return
         with self._lock:
@@ -52,7 +91,7 @@ class Pacer:
             slot = max(self._next, now - PACER_SLACK)
             self._next = slot + self.interval
         if slot > now:
-            time.sleep(slot - now)
+            (sleep or time.sleep)(slot - now)
 
     def hold(self, seconds: float) -> None:
         """After a 429 the server is the authority: nobody sends before ``seconds`` from now."""
@@ -61,7 +100,11 @@ class Pacer:
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or unreadable."""
+    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or nonsense.
+
+    Nonsense (``nan``, ``inf``, a negative delay, garbage) is treated like no header at all,
+    so the caller backs off exponentially instead of hammering or sleeping forever.
+    """
     if not value:
         return None
     try:
@@ -69,27 +112,25 @@ def retry_after_seconds(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            seconds = max(when.timestamp() - time.time(), 0.0)  # a date passed: "now"
+        except (TypeError, ValueError, OverflowError):
             return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
-def _error_from(response: requests.Response) -> KaleyraApiError:
-    """Map an error answer to an exception with Kaleyra's ``code`` and ``message`` (never the key)."""
+def _error_from(status: int, reason: str, body: Any) -> KaleyraApiError:
+    """Map an error answer to an exception with Kaleyra's ``code`` and ``message`` (already redacted)."""
     code: str | int | None = None
-    message = response.reason or "error"
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    message = reason or "error"
     if isinstance(body, dict):
-        code = body.get("code")
+        raw_code = body.get("code")
+        code = raw_code if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool) else None
         error = body.get("error")
         detail = body.get("message") or (error.get("error") if isinstance(error, dict) else None)
         if detail:
-            message = str(detail)
-    status = response.status_code
+            message = str(detail)[:500]
     if status in (401, 403):
         return KaleyraAuthError(
             f"Kaleyra refused the credentials ({message}): check the API key and SID of the "
@@ -101,8 +142,16 @@ def _error_from(response: requests.Response) -> KaleyraApiError:
     return KaleyraApiError(f"Kaleyra answered {message}", status=status, code=code, retryable=retryable)
 
 
+class _Unreadable(Exception):
+    """No readable answer: the body was cut, corrupt, too big or too slow (always retryable)."""
+
+
 class Transport:
-    """Sends one logical call, retrying what can be retried, and returns the decoded JSON body."""
+    """Sends one logical call, retrying what can be retried, and returns the decoded JSON body.
+
+    :param secrets: besides the API key, texts that must never come out of an answer (the
+        callback secret): the one place server text enters, :meth:`_send`, replaces them.
+    """
 
     def __init__(
         self,
@@ -113,6 +162,7 @@ class Transport:
         rate_limit: float,
         pool_size: int,
         backoff: float = 0.5,
+        secrets: tuple[str | None, ...] = (),
     ) -> None:
         self.timeout = timeout
         self.max_retries = max_retries
@@ -129,8 +179,17 @@ class Transport:
         self.session.trust_env = False
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._proxies: dict[str, dict[str, str]] = {}
+        self._redactions = _redactions((api_key, *secrets))
         self.requests_sent = 0
         self._count_lock = threading.Lock()
+        # Per origin (RCS and SOIP hosts may differ): the refusal that stopped every call, and
+        # whether the first answer is in. Until it is, one request probes the key while the
+        # others wait (at most one attempt's time), so a dead key costs one request, not
+        # ``max_concurrency``. Sleepers wait on ``_state`` and wake at once on a refusal.
+        self._state = threading.Condition()
+        self._dead: dict[str, KaleyraAuthError] = {}
+        self._probing: set[str] = set()
+        self._answered: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Transport(timeout={self.timeout}, max_retries={self.max_retries})"
@@ -140,54 +199,91 @@ class Transport:
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The environment's proxies for ``url``'s host (none when ``no_proxy`` names it), read once per host."""
-        origin = url.split("/", 3)[2] if "://" in url else url
+        origin = _origin(url)
         proxies = self._proxies.get(origin)
         if proxies is None:
             proxies = self._proxies[origin] = requests.utils.get_environ_proxies(url)
         return proxies
 
-    def _sleep_before_retry(self, attempt: int, retry_after: float | None) -> None:
+    # -- a refused key stops everyone ------------------------------------------------------
+
+    def _raise_if_refused(self, origin: str) -> None:
+        refusal = self._dead.get(origin)
+        if refusal is not None:
+            raise KaleyraAuthError(refusal.message, status=refusal.status, code=refusal.code)
+
+    def _refused(self, origin: str, error: KaleyraAuthError) -> None:
+        with self._state:
+            self._dead.setdefault(origin, error)
+            self._state.notify_all()
+
+    def _sleep(self, origin: str, seconds: float) -> None:
+        """Sleep, unless (or until) the key is refused: then raise at once."""
+        with self._state:
+            self._state.wait_for(lambda: origin in self._dead, timeout=seconds)
+        self._raise_if_refused(origin)
+
+    def _admit(self, origin: str) -> bool:
+        """Before the first answer from ``origin``, let one request through; ``True`` for that one."""
+        if origin in self._answered:
+            return False
+        with self._state:
+            if origin not in self._answered and origin not in self._probing:
+                self._probing.add(origin)
+                return True
+            self._state.wait_for(
+                lambda: origin in self._answered or origin in self._dead, timeout=self.timeout
+            )
+        return False
+
+    def _first_answer_in(self, origin: str) -> None:
+        with self._state:
+            self._answered.add(origin)
+            self._probing.discard(origin)
+            self._state.notify_all()
+
+    def _sleep_before_retry(self, origin: str, attempt: int, retry_after: float | None) -> None:
         if retry_after is not None:
             self.pacer.hold(retry_after)
-            time.sleep(retry_after)
+            self._sleep(origin, retry_after)
             return
         delay = min(BACKOFF_CAP, self.backoff * (2**attempt))
-        time.sleep(delay * random.uniform(0.5, 1.0))
+        self._sleep(origin, delay * random.uniform(0.5, 1.0))
 
-    def call(self, method: str, url: str, *, json: Any = None, accept: tuple[int, ...] = (200,)) -> Any:
-        """One API call; raises ``KaleyraApiError`` once retries are spent or the error is final."""
+    # -- one call --------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        accept: tuple[int, ...] = (200,),
+        shape: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """One API call; raises ``KaleyraApiError`` once retries are spent or the error is final.
+
+        :param shape: reads the decoded body (``None`` when empty) into what the caller wants;
+            a ``ValueError`` or ``TypeError`` from it means "not an answer" and is retried like
+            an unreadable body. Without it an empty body is ``{}``.
+        """
+        origin = _origin(url)
         last: KaleyraApiError | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                self._sleep_before_retry(attempt - 1, last.retry_after if last else None)
-            self.pacer.wait()
-            with self._count_lock:
-                self.requests_sent += 1
+                self._sleep_before_retry(origin, attempt - 1, last.retry_after if last else None)
+            self.pacer.wait(lambda seconds: self._sleep(origin, seconds))
+            probe = self._admit(origin)
             try:
-                response = self.session.request(
-                    method, url, json=json, timeout=self.timeout, proxies=self._proxies_for(url)
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True)
+                return self._attempt(origin, method, url, json, accept, shape)
+            except KaleyraApiError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
                 log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)
-                continue
-            if response.status_code in accept:
-                try:
-                    return response.json() if response.content else {}
-                except ValueError:
-                    last = KaleyraApiError(
-                        "Kaleyra answered with an unreadable body",
-                        status=response.status_code,
-                        retryable=True,
-                    )
-                    log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)
-                    continue
-            last = _error_from(response)
-            if response.status_code == 429:
-                last.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            if not last.retryable:
-                raise last
-            log.warning("Kaleyra %s %s: %s (attempt %s)", method, _path(url), last, attempt + 1)
+            finally:
+                if probe:  # (after a refusal is recorded: nobody waiting may send with a dead key)
+                    self._first_answer_in(origin)
         assert last is not None
         raise KaleyraApiError(
             f"gave up after {self.max_retries + 1} attempts: {last.message}",
@@ -195,6 +291,128 @@ class Transport:
             code=last.code,
             retryable=True,
         )
+
+    def _attempt(
+        self,
+        origin: str,
+        method: str,
+        url: str,
+        json: Any,
+        accept: tuple[int, ...],
+        shape: Callable[[Any], Any] | None,
+    ) -> Any:
+        """One request and its answer, or the ``KaleyraApiError`` saying why there is none."""
+        status, reason, headers, body = self._send(origin, method, url, json)
+        if status in accept:
+            try:
+                document = _decode(body)
+                return shape(document) if shape else ({} if document is None else document)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise KaleyraApiError(_unreadable(exc), status=status, retryable=True) from None
+        try:
+            document = _decode(body)
+        except (ValueError, RecursionError):
+            document = None
+        error = _error_from(status, reason, document)
+        if isinstance(error, KaleyraAuthError):
+            self._refused(origin, error)
+        elif status == 429:
+            error.retry_after = retry_after_seconds(headers.get("Retry-After"))
+        raise error
+
+    def _send(self, origin: str, method: str, url: str, json: Any) -> tuple[int, str, Any, bytes]:
+        """One attempt: ``(status, reason, headers, body)`` with secrets redacted, within the deadline.
+
+        :raises KaleyraApiError: (retryable) when no whole, readable answer came back in time.
+        """
+        self._raise_if_refused(origin)
+        with self._count_lock:
+            self.requests_sent += 1
+        deadline = time.monotonic() + self.timeout
+        try:
+            response = self.session.request(
+                method,
+                url,
+                json=json,
+                timeout=urllib3.Timeout(total=self.timeout),  # connect + headers
+                proxies=self._proxies_for(url),
+                stream=True,
+            )
+        except _BAD_URL as exc:
+            raise KaleyraApiError(
+                f"cannot call {_path(url)} ({type(exc).__name__}): check the connection's base URLs"
+            ) from None
+        except _NO_ANSWER as exc:
+            raise KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True) from None
+        try:
+            body = _read_body(response, deadline, self.timeout)
+        except (_Unreadable, *_NO_ANSWER) as exc:
+            why = str(exc) if isinstance(exc, _Unreadable) else type(exc).__name__
+            raise KaleyraApiError(
+                f"no readable answer from Kaleyra: {why}", status=response.status_code, retryable=True
+            ) from None
+        finally:
+            response.close()  # a body not read to its end takes its connection with it
+        reason = self._redact((response.reason or "").encode("utf-8", "replace")).decode("utf-8", "replace")
+        return response.status_code, reason, response.headers, self._redact(body)
+
+    def _redact(self, data: bytes) -> bytes:
+        for secret in self._redactions:
+            if secret in data:
+                data = data.replace(secret, REDACTED.encode())
+        return data
+
+
+def _read_body(response: requests.Response, deadline: float, timeout: float) -> bytes:
+    """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")
+    raw = response.raw
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(remaining)  # no single read outlives the deadline either
+        piece = raw.read1(READ_PIECE, decode_content=True)
+        if not piece:
+            return b"".join(pieces)
+        size += len(piece)
+        if size > MAX_BODY_BYTES:
+            raise _Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
+        pieces.append(piece)
+
+
+def _decode(body: bytes) -> Any:
+    """The JSON document of a body, ``None`` when empty; ``ValueError``/``RecursionError`` when unreadable."""
+    return jsonlib.loads(body) if body.strip() else None
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why a 2xx body is not an answer: the shape's own words, or the kind of decoding failure."""
+    if isinstance(exc, RecursionError):
+        return "Kaleyra answered with JSON nested too deep"
+    if isinstance(exc, jsonlib.JSONDecodeError | UnicodeDecodeError):
+        return "Kaleyra answered with an unreadable body"
+    return str(exc)
+
+
+def _redactions(secrets: tuple[str | None, ...]) -> list[bytes]:
+    """The byte forms a secret takes in a body: as is, and as a JSON string escapes it (longest first)."""
+    forms: set[bytes] = set()
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH:
+            forms.add(secret.encode("utf-8"))
+            forms.add(jsonlib.dumps(secret)[1:-1].encode("ascii"))
+    return sorted(forms, key=len, reverse=True)
+
+
+def _origin(url: str) -> str:
+    return url.split("/", 3)[2] if "://" in url else url
 
 
 def _path(url: str) -> str:

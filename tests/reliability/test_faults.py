@@ -143,7 +143,7 @@ def run_lookup(hook: KaleyraHook, inputs: list[str]) -> tuple[list[Any], float]:
     return results, time.monotonic() - started
 
 
-def test_50k_lookup_survives_a_mix_of_every_fault(secret_simulator, use_connection, caplog):
+def test_50k_lookup_survives_a_mix_of_every_fault(secret_simulator, use_connection, caplog, hook_logs):
     sim = secret_simulator(seed=20240611, slow_seconds=0.8, **MIXED_FAULTS)
     use_connection(sim.url, timeout=0.5, max_retries=4, retry_backoff=0.01, max_concurrency=8)
     inputs, expected = build_audience(50_000)
@@ -166,16 +166,16 @@ def test_50k_lookup_survives_a_mix_of_every_fault(secret_simulator, use_connecti
     # At-least-once with bounded retries: failures must stay rare at a 10% fault rate.
     assert statuses[FAILED] <= 0.02 * len(inputs), statuses
     if faults["bulk_extra"]:
-        assert "not asked for" in caplog.text
+        assert "not asked for" in hook_logs.text
     if faults["bulk_missing"]:
-        assert "left out" in caplog.text
-    assert_no_whole_numbers([r.getMessage() for r in caplog.records], expected)
+        assert "left out" in hook_logs.text
+    assert_no_whole_numbers([r.getMessage() for r in caplog.records] + hook_logs.messages(), expected)
     # The simulator never saw an invalid number nor a duplicate in a bulk call (it would answer 400).
     assert stats["responses"].get("400", 0) == 0, stats["responses"]
 
 
 def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(
-    secret_simulator, use_connection, caplog
+    secret_simulator, use_connection, caplog, hook_logs
 ):
     """A smaller audience with faults on ~60% of requests, so every kind certainly fires."""
     heavy = dict.fromkeys(MIXED_FAULTS, 0.1)
@@ -200,8 +200,8 @@ def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(
         assert stats["faults"][kind] > 0, f"fault {kind} never fired: {stats['faults']}"
     assert responses.seen["429+retry-after"] and responses.seen["429-no-retry-after"], responses.seen
     assert any(responses.seen[str(s)] for s in (500, 502, 503, 504))
-    assert "not asked for" in caplog.text and "left out" in caplog.text
-    assert_no_whole_numbers([r.getMessage() for r in caplog.records], expected)
+    assert "not asked for" in hook_logs.text and "left out" in hook_logs.text
+    assert_no_whole_numbers([r.getMessage() for r in caplog.records] + hook_logs.messages(), expected)
     # Results never hold a number that was not asked for.
     assert {r.e164 for r in results if r.e164} <= {e for e in expected if e}
 
