@@ -961,6 +961,7 @@ BENCHES: dict[str, Callable[[bool, int], list[Row]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SCALE_ROWS  # --scale-rows sets it for the sections
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child-scale"]:
         scale_child(*argv[1:4])
@@ -984,7 +985,6 @@ def main(argv: list[str] | None = None) -> int:
         "--no-gc-freeze", action="store_true", help="do not freeze the import-time heap (see below)"
     )
     args = parser.parse_args(argv)
-    global SCALE_ROWS
     SCALE_ROWS = args.scale_rows
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     import airflow_provider_kaleyra.hooks.kaleyra
