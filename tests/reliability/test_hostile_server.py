@@ -28,6 +28,7 @@ from hostile_server import (
     empty,
     huge,
     nested,
+    raw,
     reply,
     reset_mid_body,
     throttle,
@@ -92,6 +93,27 @@ UNREADABLE: dict[str, tuple[Behaviour, str]] = {
     "JSON nested 100,000 deep": (nested(100_000), "JSON nested too deep"),
     "empty 200": (empty(), "Kaleyra's bulk answer was empty"),
 }
+
+
+MALFORMED_HEADS = {
+    "garbage status line": b"HTTP/1.1 two hundred OK\r\n\r\n{}",
+    "no status line": b"{}",
+    "Content-Length: abc": b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n{}",
+    "Content-Length: -5": b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n{}",
+    "two Content-Lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 9\r\n\r\n{}",
+    "bad chunk size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_HEADS))
+def test_a_malformed_answer_is_a_failed_record_with_a_reason(hostile, case):
+    server = hostile(raw(MALFORMED_HEADS[case]), max_retries=1)
+    results, elapsed = lookup()
+    assert [r.e164 for r in results] == NUMBERS
+    assert all(r.status == FAILED and r.error.startswith("gave up after 2 attempts") for r in results), (
+        results[0]
+    )
+    assert server.count == 2 and elapsed < 3
 
 
 @pytest.mark.parametrize("case", list(UNREADABLE))
