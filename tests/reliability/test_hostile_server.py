@@ -233,6 +233,11 @@ def test_rcs_enabled_unambiguous_spellings_are_read_and_unknown_is_failed_not_di
             assert result.status == FAILED and result.error == expected, (value, result)
             assert result.carrier_id == "Google"  # what Kaleyra did say is kept
 
+    # single lookups (fewer than 100 numbers) read their answer the same way
+    hostile(bulk_answer(lambda i, number: {"deviceAddress": number, "rcsEnabled": None}))
+    singles, _ = lookup(NUMBERS[:3])
+    assert [(r.status, r.error) for r in singles] == [(FAILED, NO_RCS_ENABLED)] * 3
+
 
 def test_chat_and_other_address_forms_are_matched_to_what_was_asked(hostile, hook_logs):
     forms = ["chat:{d}", "chat:+{d}", "+{d}", "{d}", " {d} ", "tel:+{d}"]
