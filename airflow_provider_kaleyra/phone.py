@@ -73,8 +73,9 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Excel's scientific notation is refused (its digits are lost), separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
-    and a number with ``+`` is read without a default region.
+    Text longer than ``MAX_INPUT_LENGTH`` and Excel's scientific notation (its digits are lost)
+    are refused, separators go, ``00`` before a country code becomes ``+``, and a number with
+    ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
