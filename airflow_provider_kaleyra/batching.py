@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TypeVar
@@ -41,6 +42,25 @@ def split(items: Iterable[T], sizes: Iterable[int]) -> Iterator[list[T]]:
 def plan_batches(numbers: Sequence[T]) -> list[list[T]]:
     """``numbers`` (distinct, valid) cut into compliant calls: bulk lists, or one-number lists."""
     return list(split(numbers, plan_batch_sizes(len(numbers))))
+
+
+# Numbers a stream keeps back to plan together at its end (about 0.1 s of normalization).
+PLAN_AHEAD = 20 * BULK_MAX
+
+
+def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
+    """``plan_batches`` for a stream of distinct numbers, without waiting for its end.
+
+    Full bulk calls go out while more than ``PLAN_AHEAD`` numbers wait; what waits at the
+    end is planned by ``plan_batches``. Up to ``PLAN_AHEAD + 500`` numbers this is exactly
+    ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
+    """
+    waiting: deque[T] = deque()
+    for number in numbers:
+        waiting.append(number)
+        if len(waiting) > PLAN_AHEAD + BULK_MAX:
+            yield [waiting.popleft() for _ in range(BULK_MAX)]
+    yield from plan_batches(list(waiting))
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:

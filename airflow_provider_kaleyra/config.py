@@ -18,7 +18,7 @@ CONN_TYPE = "kaleyra"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_RATE_LIMIT = 20.0
-DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_MAX_CONCURRENCY = 64  # an upper bound: the calls in flight follow rate_limit x latency
 DEFAULT_RETRY_BACKOFF = 0.5
 
 

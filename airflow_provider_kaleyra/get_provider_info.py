@@ -61,7 +61,10 @@ CONN_FIELDS: dict[str, Any] = {
     ),
     "rate_limit": _number("Rate limit (req/s)", "Client-side pacing across all threads", DEFAULT_RATE_LIMIT),
     "max_concurrency": _number(
-        "Max concurrency", "Requests in flight at once", DEFAULT_MAX_CONCURRENCY, "integer"
+        "Max concurrency",
+        "Upper bound on requests in flight; the client keeps rate limit x observed latency in flight",
+        DEFAULT_MAX_CONCURRENCY,
+        "integer",
     ),
 }
 

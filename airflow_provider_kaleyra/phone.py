@@ -26,6 +26,10 @@ MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before par
 # are gone for good, and reading the rest would give another, valid-looking number.
 _SCIENTIFIC = re.compile(r"\+?\d+(?:[.,]\d*)?[eE]\+?\d+")
 SCIENTIFIC_NOTATION = "scientific notation: digits were lost (format the column as text)"
+# phonenumbers accepts some national plans past E.164's 15 digits (e.g. German +49 201 00000000000);
+# no API takes them, so they are refused here, on both paths.
+E164_MAX_DIGITS = 15
+TOO_LONG_FOR_E164 = f"not a valid number: longer than E.164's {E164_MAX_DIGITS} digits"
 _SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")
 
 
@@ -55,6 +59,8 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
     if valid:
+        if len(nsn) + len(str(country_code)) > E164_MAX_DIGITS:
+            return Normalized(None, TOO_LONG_FOR_E164)
         return _new_normalized(Normalized, (f"+{country_code}{nsn}", None))  # Normalized(e164), faster
     return Normalized(None, _invalid_reason(_fastphone.phone_number(parsed)))
 
@@ -94,7 +100,10 @@ def normalize_with_phonenumbers(compact: str, region: str | None) -> Normalized:
         return Normalized(None, f"unparseable: {exc._msg}")
     if not phonenumbers.is_valid_number(number):
         return Normalized(None, _invalid_reason(number))
-    return Normalized(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    if len(e164) - 1 > E164_MAX_DIGITS:
+        return Normalized(None, TOO_LONG_FOR_E164)
+    return Normalized(e164)
 
 
 _POSSIBILITY = {

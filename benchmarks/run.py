@@ -68,7 +68,7 @@ from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"
-NAMES = ("goodput", "baselines", "normalize", "scale", "callbacks", "soip")
+NAMES = ("goodput", "pipeline", "baselines", "normalize", "scale", "callbacks", "soip")
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -222,6 +222,58 @@ def bench_goodput(quick: bool, runs: int) -> list[Row]:
                     f"requests: {measured[0][3]}",
                 )
             )
+    return rows
+
+
+def operator_lookup(audience: str, output: str) -> tuple[float, dict[str, Any]]:
+    """The bulk operator over an audience file, in this process: (seconds, summary)."""
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+
+    op = KaleyraRcsBulkLookupOperator(
+        task_id="bench", audience=audience, output=output, kaleyra_conn_id=CONN_ID, max_failed_ratio=0.0
+    )
+    op.hook.transport  # noqa: B018 - connection read outside the timing, as in goodput above
+    gc.collect()
+    start = time.perf_counter()
+    summary = op.execute(context={})
+    return time.perf_counter() - start, summary
+
+
+def bench_pipeline(quick: bool, runs: int) -> list[Row]:
+    """The bulk operator's whole pipeline (read, normalize, look up, write a file) against the ideal,
+    with the connection's DEFAULT concurrency settings (only ``rate_limit`` set), and with the
+    old fixed default of 8 in flight for comparison."""
+    cases = [(100, 50_000)] if quick else [(20, 200_000), (100, 200_000)]
+    rows = []
+    audience = valid_e164_numbers(max(n for _, n in cases))
+    with simulator(latency=LATENCY) as sim, tempfile.TemporaryDirectory(prefix="kaleyra-goodput-") as tmp:
+        warm_simulator(sim, audience)
+        for rate, count in cases:
+            path = os.path.join(tmp, f"audience-{count}.txt")
+            Path(path).write_text("\n".join(audience[:count]) + "\n", encoding="utf-8")
+            sim.configure(latency=LATENCY, rate_limit=rate)
+            ideal = rate * 500
+            for label, extra in (("default concurrency", {}), ("max_concurrency=8", {"max_concurrency": 8})):
+                set_connection(sim.url, rate_limit=rate, **extra)
+                measured = []
+                for run in range(runs):
+                    sim.reset()
+                    elapsed, summary = operator_lookup(path, os.path.join(tmp, "out.csv"))
+                    ok = summary["rows"] == count and summary["failed_numbers"] == 0
+                    measured.append((count / elapsed, sim.stats()["rate_limited"], ok, summary["requests"]))
+                    log(f"operator goodput R={rate} {label} run {run + 1}: {count / elapsed:,.0f} numbers/s")
+                rate_med = median([m[0] for m in measured])
+                rows.append(
+                    row(
+                        "goodput",
+                        f"bulk operator, R={rate}/s, {count:,} rows, {label}",
+                        f"{rate_med:,.0f} numbers/s",
+                        f"ideal {ideal:,.0f}/s",
+                        f"{rate_med / ideal:.2f}",
+                        f"429s: {median([m[1] for m in measured]):.0f}, every row answered: "
+                        f"{'yes' if all(m[2] for m in measured) else 'NO'}, requests: {measured[0][3]}",
+                    )
+                )
     return rows
 
 
@@ -433,13 +485,18 @@ def bench_normalize(quick: bool, runs: int) -> list[Row]:
 
 
 def scale_child(mode: str, audience: str, output: str) -> None:
-    """Runs in a child process: the operator (``operator``) or the in-memory way (``memory``)."""
+    """Runs in a child process: the operator (``operator``, or ``shard-I-of-N`` for one shard task)
+    or the in-memory way (``memory``)."""
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
     start = time.perf_counter()
-    if mode == "operator":
+    if mode == "operator" or mode.startswith("shard-"):
         from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 
+        shard = {}
+        if mode.startswith("shard-"):
+            index, count = mode.split("-")[1::2]
+            shard = {"shard_index": int(index), "shard_count": int(count)}
         op = KaleyraRcsBulkLookupOperator(
             task_id="bench",
             audience=audience,
@@ -447,6 +504,7 @@ def scale_child(mode: str, audience: str, output: str) -> None:
             kaleyra_conn_id=CONN_ID,
             max_invalid_ratio=None,
             max_failed_ratio=0.0,
+            **shard,
         )
         summary = op.execute(context={})
         rows, requests_sent = summary["rows"], summary["requests"]
@@ -488,8 +546,12 @@ def run_scale_child(mode: str, audience: str, output: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+SCALE_ROWS = 1_000_000  # --scale-rows changes it (the 10,000,000-row plan in README.md)
+
+
 def bench_scale(quick: bool, runs: int) -> list[Row]:
-    count = 100_000 if quick else 1_000_000
+    count = 100_000 if quick else SCALE_ROWS
+    with_memory = count <= 2_000_000  # the in-memory way needs ~400 MiB per million rows
     with tempfile.TemporaryDirectory(prefix="kaleyra-bench-") as tmp:
         audience = os.path.join(tmp, "audience.txt")
         with open(audience, "w", encoding="utf-8") as stream:
@@ -497,10 +559,11 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
                 stream.write(line.replace("\n", " ") + "\n")
         rows = []
         with simulator() as sim:
-            set_connection(sim.url, rate_limit=0, max_concurrency=8, default_region="IN")
+            # the connection's default concurrency (max_concurrency is only a cap); no rate limit
+            set_connection(sim.url, rate_limit=0, default_region="IN")
             results: dict[str, list[dict[str, Any]]] = {"operator": [], "memory": []}
             for run in range(runs):
-                for mode in ("operator", "memory"):
+                for mode in ("operator", "memory") if with_memory else ("operator",):
                     output = os.path.join(tmp, f"out-{mode}-{run}.csv")
                     sim.reset()
                     child = run_scale_child(mode, audience, output)
@@ -512,32 +575,73 @@ def bench_scale(quick: bool, runs: int) -> list[Row]:
                         f"scale {mode} run {run + 1}: {child['seconds']:.1f} s, {child['peak_mib']:.0f} MiB peak, "
                         f"{child['lines_out']:,} rows out, {child['requests']} requests"
                     )
+            shards = shard_tasks(sim, audience, tmp, count)
         op, mem = results["operator"], results["memory"]
-        op_s, mem_s = median([r["seconds"] for r in op]), median([r["seconds"] for r in mem])
-        op_rss, mem_rss = max(r["peak_mib"] for r in op), max(r["peak_mib"] for r in mem)
+        op_s = median([r["seconds"] for r in op])
+        op_rss = max(r["peak_mib"] for r in op)
         rows_ok = all(r["lines_out"] == count for r in op + mem)
         rows.append(
             row(
                 "scale",
                 f"bulk operator, {count:,}-line audience file, no latency",
                 f"{op_s:.1f} s, peak RSS {op_rss:.0f} MiB",
-                "target < 400 MB RSS",
-                f"RSS {op_rss * 1.048576 / 400:.2f} of target",
+                "target < 300 MB RSS",
+                f"RSS {op_rss * 1.048576 / 300:.2f} of target",
                 f"rows out = rows in: {'yes' if rows_ok else 'NO'} ({op[0]['lines_out']:,}); "
                 f"{count / op_s:,.0f} rows/s; {op[0]['requests']} requests",
             )
         )
-        rows.append(
-            row(
-                "scale",
-                "same, vs file read into a list + lookup_rcs_many",
-                f"{op_s:.1f} s, {op_rss:.0f} MiB",
-                f"{mem_s:.1f} s, {mem_rss:.0f} MiB",
-                f"time x{op_s / mem_s:.2f}, RSS x{op_rss / mem_rss:.2f}",
-                "the operator also spools, checkpoints and writes all 7 columns",
+        if mem:
+            mem_s, mem_rss = median([r["seconds"] for r in mem]), max(r["peak_mib"] for r in mem)
+            rows.append(
+                row(
+                    "scale",
+                    "same, vs file read into a list + lookup_rcs_many",
+                    f"{op_s:.1f} s, {op_rss:.0f} MiB",
+                    f"{mem_s:.1f} s, {mem_rss:.0f} MiB",
+                    f"time x{op_s / mem_s:.2f}, RSS x{op_rss / mem_rss:.2f}",
+                    "the operator also spools, checkpoints and writes all 7 columns",
+                )
             )
-        )
+        rows += shards
     return rows
+
+
+def shard_tasks(sim: Simulator, audience: str, tmp: str, count: int, shards: int = 4) -> list[Row]:
+    """The preflight's lookup tasks: the distinct E.164 numbers (what its prepare step writes) cut into
+    ``shards`` tasks, each a child process, one after another: per-task wall time, peak RSS, calls."""
+    from airflow_provider_kaleyra.phone import normalize as _normalize
+
+    numbers = os.path.join(tmp, "numbers.txt")
+    seen: set[str] = set()
+    with open(audience, encoding="utf-8") as source, open(numbers, "w", encoding="utf-8") as out:
+        for line in source:
+            e164 = _normalize(line.rstrip("\n"), "IN").e164
+            if e164 and e164 not in seen:
+                seen.add(e164)
+                out.write(e164 + "\n")
+    distinct = len(seen)
+    del seen
+    sim.reset()
+    tasks = []
+    for index in range(shards):
+        tasks.append(
+            run_scale_child(f"shard-{index}-{shards}", numbers, os.path.join(tmp, f"shard-{index}.csv"))
+        )
+        log(
+            f"scale shard {index} of {shards}: {tasks[-1]['seconds']:.1f} s, {tasks[-1]['peak_mib']:.0f} MiB peak"
+        )
+    calls = sum(sim.stats()["requests"].values())
+    return [
+        row(
+            "scale",
+            f"{shards} shard tasks over the {distinct:,} distinct numbers of the {count:,} rows",
+            f"slowest {max(t['seconds'] for t in tasks):.1f} s, sum {sum(t['seconds'] for t in tasks):.1f} s",
+            f"peak RSS per task {max(t['peak_mib'] for t in tasks):.0f} MiB",
+            f"{calls} API calls",
+            "tasks run one after another here; in a deployment the pool runs them side by side",
+        )
+    ]
 
 
 # -- 5. callback intake -------------------------------------------------------------------------
@@ -848,6 +952,7 @@ def print_table(rows: list[Row]) -> None:
 BENCHES: dict[str, Callable[[bool, int], list[Row]]] = {
     "goodput": bench_goodput,
     "baselines": bench_baselines,
+    "pipeline": bench_pipeline,
     "normalize": bench_normalize,
     "scale": bench_scale,
     "callbacks": bench_callbacks,
@@ -870,9 +975,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure, median reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument(
+        "--scale-rows",
+        type=int,
+        default=SCALE_ROWS,
+        help=f"rows of the scale audience (default {SCALE_ROWS:,})",
+    )
+    parser.add_argument(
         "--no-gc-freeze", action="store_true", help="do not freeze the import-time heap (see below)"
     )
     args = parser.parse_args(argv)
+    global SCALE_ROWS
+    SCALE_ROWS = args.scale_rows
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     import airflow_provider_kaleyra.hooks.kaleyra
     import airflow_provider_kaleyra.operators.kaleyra  # noqa: F401

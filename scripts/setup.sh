@@ -60,6 +60,17 @@ start_postgres() {
   export KALEYRA_TEST_POSTGRES_URL="postgresql+psycopg://kaleyra@127.0.0.1:$port/kaleyra_test"
 }
 
+# The CeleryExecutor end-to-end test starts its own Redis broker: Debian's redis-server.
+install_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "==> installing redis-server"
+    if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+    "${apt_get[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq redis-server >/dev/null
+  fi
+}
+
 if [ "${KALEYRA_SETUP_POSTGRES:-0}" = 1 ]; then
   start_postgres
+  install_redis
 fi

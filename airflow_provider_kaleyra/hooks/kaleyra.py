@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,9 +13,10 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra import api
-from airflow_provider_kaleyra.batching import plan_batches
+from airflow_provider_kaleyra.batching import plan_batches, stream_batches
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.hooks.concurrency import InFlight
 from airflow_provider_kaleyra.hooks.transport import Transport
 from airflow_provider_kaleyra.phone import mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
@@ -57,7 +59,7 @@ class KaleyraHook(BaseHook):
     @cached_property
     def transport(self) -> Transport:
         cfg = self.config
-        return Transport(
+        transport = Transport(
             api_key=cfg.api_key,
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
@@ -66,6 +68,17 @@ class KaleyraHook(BaseHook):
             backoff=cfg.retry_backoff,
             secrets=(cfg.callback_secret,),
         )
+        # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
+        transport.session.hooks["response"].append(self._observe_latency)
+        return transport
+
+    @cached_property
+    def in_flight(self) -> InFlight:
+        """How many calls ``lookup_batches`` keeps in flight (Little's law, capped by ``max_concurrency``)."""
+        return InFlight(self.config.rate_limit, self.config.max_concurrency)
+
+    def _observe_latency(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self.in_flight.observe(response.elapsed.total_seconds())
 
     def get_conn(self) -> Transport:
         return self.transport
@@ -160,7 +173,7 @@ class KaleyraHook(BaseHook):
 
         answers: dict[str, Answer] = {}
         done = 0  # records yielded so far
-        for batch_answers in self.lookup_batches(_stream_batches(distinct_numbers())):
+        for batch_answers in self.lookup_batches(stream_batches(distinct_numbers())):
             answers.update(batch_answers)
             # batches complete in first-seen order: every input up to the first one whose
             # number is still unanswered can be yielded now
@@ -177,19 +190,40 @@ class KaleyraHook(BaseHook):
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
 
         Yields one ``{e164: Answer}`` per batch, in batch order, holding an answer for every
-        number of the batch. At most ``2 x max_concurrency`` batches are in flight, so memory
-        follows the window, not the audience. An auth failure stops everything at once.
+        number of the batch. The calls in flight follow :attr:`in_flight` (rate limit x observed
+        latency, capped by ``max_concurrency``); threads are started only as they are needed.
+        At most twice that many answers wait to be taken, so memory follows the window, not
+        the audience. An auth failure stops everything at once.
         """
-        window = 2 * self.config.max_concurrency
-        with ThreadPoolExecutor(
-            max_workers=self.config.max_concurrency, thread_name_prefix="kaleyra"
-        ) as pool:
+        control = self.in_flight
+        running = 0
+        changed = threading.Condition()
+
+        def finished(_: Future[dict[str, Answer]]) -> None:
+            nonlocal running
+            with changed:
+                running -= 1
+                changed.notify()
+
+        with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
                 for batch in batches:
-                    pending.append(pool.submit(self._answer_batch, batch))
-                    if len(pending) >= window:
-                        yield pending.popleft().result()
+                    while True:
+                        while pending and pending[0].done():
+                            yield pending.popleft().result()
+                        limit = control.limit
+                        if len(pending) >= 2 * limit:
+                            yield pending.popleft().result()
+                            continue
+                        with changed:
+                            if running < limit:
+                                running += 1
+                                break
+                            changed.wait(0.05)
+                    future = pool.submit(self._answer_batch, batch)
+                    future.add_done_callback(finished)
+                    pending.append(future)
                 while pending:
                     yield pending.popleft().result()
             finally:
@@ -305,25 +339,6 @@ def _devices_list(body: Any) -> list[Any]:
     if not isinstance(devices, list):
         raise ValueError("Kaleyra's bulk answer has no devices list")
     return devices
-
-
-# Numbers a stream keeps back to plan together at its end (about 0.1 s of normalization).
-_PLAN_AHEAD = 20 * api.BULK_MAX
-
-
-def _stream_batches(numbers: Iterator[str]) -> Iterator[list[str]]:
-    """``plan_batches`` for a stream of distinct numbers, without waiting for its end.
-
-    Full bulk calls go out while more than ``_PLAN_AHEAD`` numbers wait; what waits at the
-    end is planned by ``plan_batches``. Up to ``_PLAN_AHEAD + 500`` numbers this is exactly
-    ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
-    """
-    waiting: deque[str] = deque()
-    for number in numbers:
-        waiting.append(number)
-        if len(waiting) > _PLAN_AHEAD + api.BULK_MAX:
-            yield [waiting.popleft() for _ in range(api.BULK_MAX)]
-    yield from plan_batches(list(waiting))
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:

@@ -1,45 +1,51 @@
-"""A bulk RCS lookup in three passes, with bounded memory and resumable API work.
+"""A bulk RCS lookup as one pipeline: read, look up and write overlap, memory stays bounded.
 
-1. :meth:`BulkLookup.read`: stream the audience, normalize each row into a local spool
-   file (row order kept) and collect the distinct E.164 numbers in first-seen order.
-2. :meth:`BulkLookup.lookup`: cut this shard's numbers into planned batches, grouped into
-   checkpoint chunks; chunks with a part file are read back, the others are looked up
-   and saved as they complete.
-3. :meth:`BulkLookup.write`: join the spool with the answers into the output file.
+Rows are normalized into a local spool file (row order kept) while their distinct numbers,
+in first-seen order, are cut into planned batches grouped into checkpoint chunks; chunks with
+a part file are read back, the others are looked up and saved as they complete, and the
+writer follows the answers through the spool, so the output grows while calls are in flight.
 
-Rows stay on disk. Pass 1 holds a dict of the distinct numbers (the price of de-duplication);
-after it, memory is 8 bytes per number of the shard plus one pointer to a shared answer.
+Two ways in, one way through (:meth:`BulkLookup._pipeline`):
+
+- :meth:`BulkLookup.stream`: the whole audience, read while it is looked up: the first calls
+  go out after ~10,000 distinct numbers.
+- :meth:`BulkLookup.read` then :meth:`BulkLookup.lookup`: when the whole audience must be
+  known first: a shard's slice of the distinct numbers depends on how many there are, and
+  ``max_invalid_ratio`` is checked before any call.
+
+Rows wait for the writer in a :class:`~.spool.Spool` (memory while short, disk beyond). Memory
+holds a dict of the distinct numbers seen (the price of de-duplication), one pointer per number
+to a shared answer, and the chunks in flight.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.api import FAILED, INVALID, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
-from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split
+from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split, stream_batches
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
-from airflow_provider_kaleyra.outputs import write_results
+from airflow_provider_kaleyra.operators.spool import Spool
+from airflow_provider_kaleyra.outputs import ResultWriter, write_results
 from airflow_provider_kaleyra.phone import normalize
 from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 PROGRESS_SECONDS = 30.0
 _MAX_REASONS = 1000  # distinct invalid reasons counted for messages
-_SPOOL_ROWS = 4096  # rows per spool line
+_SPOOL_ROWS = 4096  # rows per spool block
+_NO_END = 1 << 62  # the stop of a slice whose end is not known yet
 
 
 class Shard(NamedTuple):
@@ -50,12 +56,22 @@ class Shard(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """Checkpoint unit: ``batches`` planned calls over ``numbers[start:stop]``."""
+    """Checkpoint unit: planned calls of ``sizes`` over ``numbers``, at ``start`` in the shard."""
 
     index: int
     sizes: list[int]
     start: int
-    stop: int
+    numbers: list[str]
+
+
+@dataclass
+class _Open:
+    """A chunk whose answers are not all in yet (or not yet taken up by the writer)."""
+
+    chunk: Chunk
+    outstanding: int  # batches still to be answered; 0 for a resumed chunk
+    answers: dict[str, Answer]
+    resumed: bool = False
 
 
 def _e164(digits: int) -> str:
@@ -79,9 +95,10 @@ class Stats:
 
 
 class Progress:
-    """Logs batches done and numbers per second every 10% or every ``PROGRESS_SECONDS``."""
+    """Logs batches done and numbers per second every 10% (when the total is known) or every
+    ``PROGRESS_SECONDS``."""
 
-    def __init__(self, log: logging.Logger, total_batches: int) -> None:
+    def __init__(self, log: logging.Logger, total_batches: int | None) -> None:
         self.log = log
         self.total = total_batches
         self.done = 0
@@ -93,16 +110,18 @@ class Progress:
         self.done += batches
         self.numbers += numbers
         now = time.monotonic()
-        step = self.done * 10 // self.total if self.total else 10
-        if step >= self.next_step or now - self.last >= PROGRESS_SECONDS or self.done == self.total:
+        total = self.total
+        step = (self.done * 10 // total if total else 10) if total is not None else 0
+        if (total is not None and (step >= self.next_step or self.done == total)) or (
+            now - self.last >= PROGRESS_SECONDS
+        ):
             self.next_step = step + 1
             self.last = now
             rate = self.numbers / max(now - self.started, 1e-9)
+            shown = f"{self.done}/{total} batches ({self.done * 100 // max(total, 1)}%)" if total else ""
             self.log.info(
-                "RCS lookup: %s/%s batches (%s%%), %s numbers asked, %.0f numbers/s",
-                self.done,
-                self.total,
-                self.done * 100 // max(self.total, 1),
+                "RCS lookup: %s, %s numbers asked, %.0f numbers/s",
+                shown or f"{self.done} batches",
                 self.numbers,
                 rate,
             )
@@ -134,12 +153,15 @@ class BulkLookup:
         self.stats = Stats()
         self.failed_chunks: set[int] = set()
         self.checkpoint: Checkpoint | None = None
-        self._spool: IO[str] = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
-            "w+", encoding="utf-8", newline="\n", prefix="kaleyra-spool-"
-        )
-        self._numbers = array("q")  # this shard's distinct numbers as E.164 digits, first-seen order
-        self._first = 0  # index of ``_numbers[0]`` among all distinct numbers
-        self._answers: list[Answer | None] = []  # aligned with ``_numbers``
+        self._spool = Spool()  # blocks of up to ``_SPOOL_ROWS`` rows read, waiting for the writer
+        self._rows: deque[tuple[int, list[Any]]] = deque()  # (row number, spool row) read, not written
+        self._next_row = 0
+        self._distinct: dict[int, int] = {}  # E.164 digits -> index among all distinct numbers
+        self._numbers = array("q")  # after read(): this shard's numbers as E.164 digits, in order
+        self._first = 0  # index of this shard's first number among all distinct numbers
+        self._stop = _NO_END  # index after its last one
+        self._answers: list[Answer | None] = []  # aligned with this shard's numbers
+        self._answered = 0  # this shard's numbers answered and kept, a prefix
 
     def __enter__(self) -> BulkLookup:
         return self
@@ -150,18 +172,16 @@ class BulkLookup:
     def close(self) -> None:
         self._spool.close()
 
-    # -- pass 1 ----------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    def read(self, rows: Iterable[AudienceRow]) -> Stats:
-        """Normalize every row into the spool; collect distinct numbers in first-seen order.
+    def _spool_rows(self, rows: Iterable[AudienceRow]) -> Iterator[str]:
+        """Normalize every row into the spool; yields each new distinct E.164 number, first-seen order.
 
-        The spool holds ``[raw, e164, index of the number among the distinct ones]`` per valid row
-        and ``[raw, null, reason]`` per invalid one, in input order, as one JSON list per line of
-        up to ``_SPOOL_ROWS`` rows (one ``json.dumps`` per row cost a fifth of the pass).
+        The spool holds ``(raw, e164, index of the number among the distinct ones)`` per valid row
+        and ``(raw, None, reason)`` per invalid one, in input order, in blocks of ``_SPOOL_ROWS``.
         """
         region = self.hook.config.default_region
-        stats, spool = self.stats, self._spool
-        distinct: dict[int, int] = {}
+        stats, distinct = self.stats, self._distinct
         buffer: list[tuple[str, str | None, int | str]] = []
         for raw, problem in rows:
             norm = normalize(raw, region) if problem is None else None
@@ -173,20 +193,33 @@ class BulkLookup:
                     stats.invalid_reasons[reason] += 1
                 buffer.append((raw if isinstance(raw, str) else str(raw), None, reason))
             else:
-                buffer.append((raw, e164, distinct.setdefault(int(e164[1:]), len(distinct))))
+                digits = int(e164[1:])
+                index = distinct.get(digits)
+                if index is None:
+                    index = distinct[digits] = len(distinct)
+                    yield e164
+                buffer.append((raw, e164, index))
             stats.inputs += 1
             if len(buffer) >= _SPOOL_ROWS:
-                spool.write(json.dumps(buffer) + "\n")
-                buffer.clear()
+                self._spool.put(buffer)
+                buffer = []
         if buffer:
-            spool.write(json.dumps(buffer) + "\n")
-        start, stop = self._bounds(len(distinct))
-        self._numbers = array("q", islice(distinct, start, stop))
-        self._first = start
-        self._answers = [None] * len(self._numbers)
-        del distinct
-        stats.distinct = len(self._numbers)
-        return stats
+            self._spool.put(buffer)
+
+    def read(self, rows: Iterable[AudienceRow]) -> Stats:
+        """Read the whole audience first; keep this shard's distinct numbers, first-seen order."""
+        for _ in self._spool_rows(rows):
+            pass
+        total = len(self._distinct)
+        start, stop = self._bounds(total)
+        numbers = self._numbers
+        for digits, index in self._distinct.items():
+            if start <= index < stop:
+                numbers.append(digits)
+        self._distinct.clear()  # the spool has the indexes; only the slice is needed from here
+        self._first, self._stop = start, stop
+        self.stats.distinct = len(numbers)
+        return self.stats
 
     def _bounds(self, total: int) -> tuple[int, int]:
         if self.shard is None:
@@ -196,96 +229,139 @@ class BulkLookup:
             return total, total
         return bounds[self.shard.index]
 
-    # -- pass 2 ----------------------------------------------------------------------------
+    # -- planning --------------------------------------------------------------------------
 
-    def plan(self) -> list[Chunk]:
-        sizes = plan_batch_sizes(len(self._numbers))
-        chunks, start = [], 0
-        for index, first in enumerate(range(0, len(sizes), self.checkpoint_batches)):
-            chunk_sizes = sizes[first : first + self.checkpoint_batches]
-            chunks.append(Chunk(index, chunk_sizes, start, start + sum(chunk_sizes)))
-            start += sum(chunk_sizes)
-        self.stats.batches, self.stats.chunks = len(sizes), len(chunks)
-        self.checkpoint = Checkpoint(self.output, fingerprint(self._numbers, sizes, self.checkpoint_batches))
-        return chunks
+    def _chunks(self, batches: Iterable[list[str]]) -> Iterator[Chunk]:
+        """Group planned batches into checkpoint chunks, in order."""
+        sizes: list[int] = []
+        numbers: list[str] = []
+        index = start = 0
+        for batch in batches:
+            sizes.append(len(batch))
+            numbers += batch
+            if len(sizes) == self.checkpoint_batches:
+                yield Chunk(index, sizes, start, numbers)
+                index, start, sizes, numbers = index + 1, start + len(numbers), [], []
+        if sizes:
+            yield Chunk(index, sizes, start, numbers)
 
-    def lookup(self) -> Stats:
-        """Answer every number of the shard, reusing checkpoint parts and saving new ones."""
-        chunks = self.plan()
-        assert self.checkpoint is not None
-        present = self.checkpoint.existing()
-        todo: list[Chunk] = []
-        for chunk in chunks:
-            saved = (
-                self.checkpoint.load(chunk.index, self._chunk_numbers(chunk))
-                if chunk.index in present
-                else None
-            )
-            if saved is None:
-                todo.append(chunk)
-            else:
-                self._keep(chunk, saved)
-                self.stats.chunks_resumed += 1
-        if self.stats.chunks_resumed:
-            self.log.info(
-                "Resuming from %s: %s of %s chunks already answered",
-                self.checkpoint.dir,
-                self.stats.chunks_resumed,
-                len(chunks),
-            )
-        progress = Progress(self.log, sum(len(chunk.sizes) for chunk in todo))
-        with closing(self.hook.lookup_batches(self._batches(todo))) as answered:
-            for chunk in todo:
-                part: dict[str, Answer] = {}
-                for size in chunk.sizes:
-                    part.update(next(answered))
-                    progress.advance(1, size)
-                numbers = self._chunk_numbers(chunk)
-                ordered = [(n, part.get(n) or failed("no answer recorded")) for n in numbers]
-                self.checkpoint.save(chunk.index, ordered)
-                self._keep(chunk, dict(ordered))
+    def stream(self, rows: Iterable[AudienceRow]) -> Stats:
+        """Read, look up and write the whole audience at once (no shard)."""
+        if self.shard is not None:
+            raise ValueError("a shard needs the count of distinct numbers first: use read() and lookup()")
+        self.checkpoint = Checkpoint(self.output, fingerprint((), (), self.checkpoint_batches))
+        self._pipeline(self._chunks(stream_batches(self._spool_rows(rows))), total_batches=None)
+        self.stats.distinct = self._answered
         return self.stats
 
-    def _chunk_numbers(self, chunk: Chunk) -> list[str]:
-        return [_e164(n) for n in self._numbers[chunk.start : chunk.stop]]
+    def lookup(self) -> Stats:
+        """After :meth:`read`: look up this shard's numbers and write the output as they are answered."""
+        sizes = plan_batch_sizes(len(self._numbers))
+        self.checkpoint = Checkpoint(self.output, fingerprint(self._numbers, sizes, self.checkpoint_batches))
+        numbers = (_e164(digits) for digits in self._numbers)
+        self._pipeline(self._chunks(split(numbers, sizes)), total_batches=len(sizes))
+        return self.stats
 
-    def _batches(self, chunks: list[Chunk]) -> Iterator[list[str]]:
-        for chunk in chunks:
-            yield from split(self._chunk_numbers(chunk), chunk.sizes)
+    # -- looking up and writing ------------------------------------------------------------
 
-    def _keep(self, chunk: Chunk, answers: dict[str, Answer]) -> None:
-        numbers = self._numbers
-        for position in range(chunk.start, chunk.stop):
-            answer = shared(answers[_e164(numbers[position])])
-            self._answers[position] = answer
+    def _pipeline(self, chunks: Iterator[Chunk], total_batches: int | None) -> None:
+        """Reuse saved chunks, ask for the others, keep answers in chunk order, write behind them."""
+        checkpoint, stats = self.checkpoint, self.stats
+        assert checkpoint is not None
+        present = checkpoint.existing()
+        queue: deque[_Open] = deque()
+        progress = Progress(self.log, total_batches)
+
+        def to_ask() -> Iterator[list[str]]:
+            for chunk in chunks:
+                stats.chunks += 1
+                stats.batches += len(chunk.sizes)
+                saved = checkpoint.load(chunk.index, chunk.numbers) if chunk.index in present else None
+                if saved is not None:
+                    stats.chunks_resumed += 1
+                    queue.append(_Open(chunk, 0, saved, resumed=True))
+                else:
+                    queue.append(_Open(chunk, len(chunk.sizes), {}))
+                    yield from split(chunk.numbers, chunk.sizes)
+
+        with write_results(self.output) as out, closing(self.hook.lookup_batches(to_ask())) as answered:
+            for answers in answered:
+                entry = next(entry for entry in queue if entry.outstanding)
+                entry.answers.update(answers)
+                entry.outstanding -= 1
+                progress.advance(1, len(answers))
+                self._settle(queue, out)
+            self._settle(queue, out)
+            self._write(out, final=True)
+            stats.rows = out.rows
+        if stats.chunks_resumed:
+            self.log.info(
+                "Resumed from %s: %s of %s chunks were already answered",
+                checkpoint.dir,
+                stats.chunks_resumed,
+                stats.chunks,
+            )
+
+    def _settle(self, queue: deque[_Open], out: ResultWriter) -> None:
+        """Keep the answers of the chunks complete at the head of the queue, save new ones, write."""
+        assert self.checkpoint is not None
+        kept = False
+        while queue and not queue[0].outstanding:
+            entry = queue.popleft()
+            chunk, answers = entry.chunk, entry.answers
+            ordered = [(n, answers.get(n) or failed("no answer recorded")) for n in chunk.numbers]
+            if not entry.resumed:
+                self.checkpoint.save(chunk.index, ordered)
+            self._keep(chunk, ordered)
+            kept = True
+        if kept:
+            self._write(out, final=False)
+
+    def _keep(self, chunk: Chunk, ordered: list[tuple[str, Answer]]) -> None:
+        store = self._answers
+        store.extend([None] * (chunk.start + len(ordered) - len(store)))
+        for position, (_, answer) in enumerate(ordered, chunk.start):
+            answer = store[position] = shared(answer)
             if answer.status == FAILED:
                 self.stats.failed_numbers += 1
                 self.failed_chunks.add(chunk.index)
+        self._answered = chunk.start + len(ordered)
 
-    # -- pass 3 ----------------------------------------------------------------------------
+    def _write(self, out: ResultWriter, *, final: bool) -> None:
+        """Write every row, in input order, up to the first one whose number is not answered yet.
 
-    def write(self) -> Stats:
-        """Join the spool with the answers into the output: every row of this shard, in input order."""
-        answers, stats, first = self._answers, self.stats, self._first
+        Rows of other shards are skipped; invalid rows belong to shard 0 (or the whole run).
+        """
+        answers, stats, first, answered = self._answers, self.stats, self._first, self._answered
         with_invalid = self.shard is None or self.shard.index == 0
-        self._spool.seek(0)
-        rows = (row for line in self._spool for row in json.loads(line))
-        with write_results(self.output) as out:
-            for row, (raw, e164, extra) in enumerate(rows):
-                if e164 is None:
-                    if not with_invalid:
-                        continue
-                    answer, reason = None, extra
-                else:
-                    position = extra - first
-                    if not 0 <= position < len(answers):
-                        continue  # another shard's number
-                    answer, reason = answers[position], None
-                result = result_for(raw, e164, reason, answer)
-                out.write(row, result)
-                stats.statuses[result.status] += 1
-        stats.rows = out.rows
-        return stats
+        rows = self._rows
+        while True:
+            if not rows:
+                block = self._spool.get()
+                if block is None:
+                    break
+                rows.extend(enumerate(block, self._next_row))
+                self._next_row += len(block)
+            row, (raw, e164, extra) = rows[0]
+            if e164 is None:
+                if with_invalid:
+                    result = result_for(raw, None, extra, None)
+                    out.write(row, result)
+                    stats.statuses[result.status] += 1
+                rows.popleft()
+                continue
+            position = extra - first
+            if position < 0 or extra >= self._stop:
+                rows.popleft()  # another shard's number
+                continue
+            if position >= answered:
+                if final:
+                    raise RuntimeError(f"row {row} has no answer although every call is done")
+                break
+            result = result_for(raw, e164, None, answers[position])
+            out.write(row, result)
+            stats.statuses[result.status] += 1
+            rows.popleft()
 
     def summary(self, requests: int) -> dict[str, Any]:
         """The small XCom dict: counts only, never numbers."""

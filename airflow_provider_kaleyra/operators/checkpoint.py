@@ -81,8 +81,15 @@ class Checkpoint:
 
     def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
         """Write part ``index`` atomically."""
+        encoded: dict[Answer, str] = {}  # answers are shared: encode each distinct one once
+        lines = []
+        for e164, answer in answers:
+            fields = encoded.get(answer)
+            if fields is None:
+                fields = encoded[answer] = json.dumps(list(answer))[1:-1]
+            lines.append(f'["{e164}", {fields}]\n')  # E.164: "+" and digits, nothing to escape
         with open_atomic(self.part(index)) as handle:
-            handle.write("".join(json.dumps([e164, *answer]) + "\n" for e164, answer in answers))
+            handle.write("".join(lines))
 
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""

@@ -208,7 +208,13 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         with BulkLookup(
             self.hook, output, shard=shard, checkpoint_batches=self.checkpoint_batches, log=self.log
         ) as run:
-            stats = run.read(self._rows())
+            if shard is None and max_invalid is None:
+                # nothing needs the whole audience first: calls start after ~10,000 numbers
+                stats = run.stream(self._rows())
+            else:
+                stats = run.read(self._rows())
+                self._check_invalid(stats.inputs, stats.invalid_inputs, max_invalid, run)
+                run.lookup()
             self.log.info(
                 "Audience: %s rows, %s invalid, %s distinct numbers for this task%s",
                 stats.inputs,
@@ -216,9 +222,6 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
                 stats.distinct,
                 f" (shard {shard.index} of {shard.count})" if shard else "",
             )
-            self._check_invalid(stats.inputs, stats.invalid_inputs, max_invalid, run)
-            run.lookup()
-            run.write()
             summary = run.summary(self.hook.transport.requests_sent - requests_before)
             assert run.checkpoint is not None
             failed, distinct = summary["failed_numbers"], summary["distinct"]

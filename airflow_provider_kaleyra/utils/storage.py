@@ -8,6 +8,7 @@ behave the same, and a worker on another host reads what an earlier task wrote.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,10 +45,20 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     publish an object only when its upload completes, so they are written directly.
     """
     if not _is_local(path):
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            yield handle
+        try:
+            with path.open("w", encoding="utf-8", newline="") as handle:
+                yield handle
+        except BaseException:
+            # closing an object store's file publishes what was written: take a partial file back
+            with contextlib.suppress(Exception):
+                path.unlink()
+            raise
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed with SIGKILL (a task's retry follows) leaves its temporary file behind.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
