@@ -25,6 +25,10 @@ SOIP_CHECK_PATH = "/v1/{sid}/messages/soip/capability-check"
 
 API_KEY_HEADER = "api-key"
 
+# Numbers per SOIP capability-check request. Kaleyra documents a single number, a comma-separated
+# string or an array, and publishes no maximum; the provider sends arrays of this many.
+SOIP_CHUNK_SIZE = 100
+
 # The bulk lookup takes between 100 and 500 distinct valid E.164 numbers.
 BULK_MIN = 100
 BULK_MAX = 500

@@ -7,7 +7,6 @@ every extra the provider understands is named here, with its default.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,10 +39,11 @@ def parse_age(text: str | float) -> timedelta:
     return timedelta(**{_AGE_UNITS[match.group(2) or "d"]: float(match.group(1))})
 
 
-def default_callback_store_url() -> str:
-    """SQLite file under ``AIRFLOW_HOME``: right for one machine; use PostgreSQL across hosts."""
-    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    return f"sqlite:///{os.path.join(home, 'kaleyra_callbacks.db')}"
+STORE_SETTING = "callback_store_url"
+
+
+class StoreNotConfigured(ValueError):
+    """No callback store named: a per-host default file would leave the sensor waiting in silence."""
 
 
 def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
@@ -149,4 +149,17 @@ class KaleyraConfig:
 
     @property
     def store_url(self) -> str:
-        return self.callback_store_url or default_callback_store_url()
+        """The callback store every component shares; there is no default, so a missing one is loud.
+
+        The receiver (API server), the check operator and the sensor (workers) and its trigger
+        (triggerer) usually run on different hosts: a default SQLite file would be a different
+        file on each, and the sensor would wait until its timeout with no error.
+        """
+        if not self.callback_store_url:
+            raise StoreNotConfigured(
+                f"the Kaleyra connection has no {STORE_SETTING!r} extra: set it to a database that the "
+                "API server (callback receiver), the workers and the triggerer all reach, e.g. "
+                "postgresql+psycopg://user:password@db-host/kaleyra; sqlite:////path/to/file.db only "
+                "when every Airflow component runs on one machine"
+            )
+        return self.callback_store_url

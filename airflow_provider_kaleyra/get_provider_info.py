@@ -50,7 +50,8 @@ CONN_FIELDS: dict[str, Any] = {
         secret=True,
     ),
     "callback_store_url": _text(
-        "Callback store URL", "SQLAlchemy URL of the callback store; SQLite under AIRFLOW_HOME when empty"
+        "Callback store URL",
+        "SQLAlchemy URL of the callback store that every component reaches (required for SOIP)",
     ),
     "callback_field_map": _text(
         "Callback field map",

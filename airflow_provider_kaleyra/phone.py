@@ -13,7 +13,9 @@ answer is the same either way (``tests/test_phone.py`` checks it).
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from typing import NamedTuple
 
 import phonenumbers
@@ -21,11 +23,17 @@ from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_kaleyra.utils import fastphone as _fastphone
 
+log = logging.getLogger(__name__)
+
 MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
 # Excel shows a long number as ``1.41555527E10`` and saves it so: the digits after the 9th
 # are gone for good, and reading the rest would give another, valid-looking number.
 _SCIENTIFIC = re.compile(r"\+?\d+(?:[.,]\d*)?[eE]\+?\d+")
 SCIENTIFIC_NOTATION = "scientific notation: digits were lost (format the column as text)"
+# phonenumbers accepts some national plans past E.164's 15 digits (e.g. German +49 201 00000000000);
+# no API takes them, so they are refused here, on both paths.
+E164_MAX_DIGITS = 15
+TOO_LONG_FOR_E164 = f"not a valid number: longer than E.164's {E164_MAX_DIGITS} digits"
 _SEPARATORS = str.maketrans("", "", " \t-.()/\u00a0\u2010\u2011\u2012\u2013\u2014")
 
 
@@ -50,11 +58,14 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
     if isinstance(cleaned, Normalized):
         return cleaned
     compact, parse_region = cleaned
-    parsed = _fastphone.parse(compact, parse_region)  # what phonenumbers would compute, or None
+    # what phonenumbers would compute, or None (then, or when the self-check failed, ask it)
+    parsed = _fastphone.parse(compact, parse_region) if _trusted or fast_path_enabled() else None
     if parsed is None:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
     if valid:
+        if len(nsn) + len(str(country_code)) > E164_MAX_DIGITS:
+            return Normalized(None, TOO_LONG_FOR_E164)
         return _new_normalized(Normalized, (f"+{country_code}{nsn}", None))  # Normalized(e164), faster
     return Normalized(None, _invalid_reason(_fastphone.phone_number(parsed)))
 
@@ -62,8 +73,9 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Excel's scientific notation is refused (its digits are lost), separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
-    and a number with ``+`` is read without a default region.
+    Text longer than ``MAX_INPUT_LENGTH`` and Excel's scientific notation (its digits are lost)
+    are refused, separators go, ``00`` before a country code becomes ``+``, and a number with
+    ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
@@ -94,7 +106,10 @@ def normalize_with_phonenumbers(compact: str, region: str | None) -> Normalized:
         return Normalized(None, f"unparseable: {exc._msg}")
     if not phonenumbers.is_valid_number(number):
         return Normalized(None, _invalid_reason(number))
-    return Normalized(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    if len(e164) - 1 > E164_MAX_DIGITS:
+        return Normalized(None, TOO_LONG_FOR_E164)
+    return Normalized(e164)
 
 
 _POSSIBILITY = {
@@ -126,3 +141,101 @@ _NUMBER_LIKE = re.compile(r"\+?\d[\d \t().\-/]{4,}\d")
 def mask_numbers(text: str) -> str:
     """``text`` with anything that looks like a phone number masked, for messages quoting input."""
     return _NUMBER_LIKE.sub(lambda match: mask(match.group()), text)
+
+
+class MaskedNumbers:
+    """A rendered list of numbers that Airflow records (Rendered Templates) as a masked sample.
+
+    Airflow stores every templated field after rendering; a ``numbers`` list would put the
+    audience there in clear. Operators wrap the rendered value in this, which iterates as the
+    numbers but serializes as ``{"count": n, "sample": [masked, ...]}``.
+    """
+
+    def __init__(self, values: object) -> None:
+        self.values = list(values)  # type: ignore[call-overload]
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"<{len(self.values)} phone numbers>"
+
+    def serialize(self) -> dict[str, object]:
+        return {"count": len(self.values), "sample": [mask(str(v)) for v in self.values[:5]]}
+
+
+# --------------------------------------------------------------------------- fast path self-check
+
+_trusted: bool | None = None  # None until the self-check ran
+_check_lock = threading.Lock()
+# Regions with national prefixes, shared calling codes, leading zeros, AR/MX transforms, ...
+_SAMPLE_REGIONS = (
+    "US CA AG GB IE IN DE FR IT SM VA ES NL BR AR MX RU KZ CN JP KR AU NZ SG AE SA ZA NG KE EG TR ID"
+)
+# ... and inputs that exercise one replayed rule each: (input, default region)
+_TRICKY = [("+5491123456789", None), ("01115234567890", "AR"), ("0445512345678", "MX"), ("0212345678", "IT")]
+_TRICKY += [
+    ("8800555353", "RU"),
+    ("011442079460000", "US"),
+    ("4641234", "AG"),
+    ("+0", None),
+    ("+80012345678", None),
+]
+
+
+def _sample() -> list[tuple[str, str | None]]:
+    """Example numbers of each sample region, as audiences write them, valid and not, plus ``_TRICKY``."""
+    inputs = list(_TRICKY)
+    for region in _SAMPLE_REGIONS.split():
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is None:
+                continue
+            cc, nsn = number.country_code, phonenumbers.national_significant_number(number)
+            national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+            inputs += [(f"+{cc}{nsn}", None), (f"+{cc}{nsn[:-2]}", None), (f"+{cc}{nsn}0", None)]
+            inputs += [(text, region) for text in ("".join(filter(str.isdigit, national)), nsn, nsn[:-1])]
+            inputs += [(nsn + "1", region), (f"{cc}{nsn}", region)]
+    return inputs
+
+
+def fast_path_enabled() -> bool:
+    """Whether :mod:`~airflow_provider_kaleyra.utils.fastphone` is used: its first-use self-check,
+    once per process, found no difference from plain ``phonenumbers`` (the property tests cover the
+    pinned version; this catches a release that slipped past the pin, or a forced install)."""
+    global _trusted
+    if _trusted is None:
+        with _check_lock:
+            if _trusted is None:
+                _trusted = _self_check()
+    return _trusted
+
+
+def _self_check() -> bool:
+    """The fast path against plain ``phonenumbers`` on :func:`_sample` (~0.2 s, once per process)."""
+    try:
+        for compact, region in _sample():
+            ours = _fastphone.parse(compact, region)
+            if ours is None:
+                continue
+            try:
+                number = phonenumbers.parse(compact, region)
+                plain = (number.country_code, phonenumbers.national_significant_number(number))
+                same = ours == (*plain, phonenumbers.is_valid_number(number))
+            except phonenumbers.NumberParseException:
+                same = False
+            if not same:
+                log.warning(
+                    "phonenumbers %s disagrees with the fast path on a sample number (region %s): "
+                    "normalizing with plain phonenumbers (slower, same answers)",
+                    phonenumbers.__version__,
+                    region,
+                )
+                return False
+    except Exception:  # a private internal moved: the same fallback
+        log.warning("Fast path self-check failed: normalizing with plain phonenumbers", exc_info=True)
+        return False
+    return True

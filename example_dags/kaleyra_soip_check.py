@@ -11,11 +11,11 @@ that Kaleyra sends back as callbacks, and splits the numbers into outputs.
 3. **wait_for_callbacks** — `KaleyraSoipCallbackSensor`, **deferrable**: waits in the triggerer, holding
    no worker slot, until every number has a callback in the callback store (or times out).
 4. **split_by_capability** — writes `soip_capable.csv`, `soip_not_capable.csv`, `soip_missing.csv`
-   (no callback, or a callback that could not be read), `soip_invalid.csv` (refused before submission)
-   and `summary.json` to `<params.output_location>/<run id>/`.
+   (no callback, or a callback that could not be read) and `summary.json` (with the count of inputs
+   refused before submission) to `<params.output_location>/<run id>/`.
 
-**Set-up:** a `kaleyra_default` connection with `callback_secret` (and `callback_store_url` when
-the API server and the triggerer do not share a disk), a Kaleyra callback profile whose URL is
+**Set-up:** a `kaleyra_default` connection with `callback_secret` and `callback_store_url` (a
+database the API server, the workers and the triggerer all reach), a Kaleyra callback profile whose URL is
 `https://<your api server>/kaleyra/soip/callback` sending the secret (header `X-Kaleyra-Secret`,
 a bearer token, or the password of HTTP Basic auth), and the provider installed on the API server
 (its plugin mounts the receiver) and on the triggerer.
@@ -144,50 +144,37 @@ with DAG(
         params = get_current_context()["params"]
         conn_id = params["storage_conn_id"] or None
         out = as_path(run_dir, conn_id)
-        results: dict[str, dict[str, Any]] = {}
-        if waited.get("output"):
-            with as_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        entry = json.loads(line)
-                        results[entry["number"]] = entry
-        else:
-            results = {
-                number: {"number": number, **entry} for number, entry in (waited.get("results") or {}).items()
-            }
         groups: dict[str, list[tuple[Any, ...]]] = {"capable": [], "not_capable": [], "missing": []}
-        for number in dict.fromkeys(submitted["numbers"]):
-            entry = results.get(number) or {"outcome": "missing"}
-            outcome = entry.get("outcome", "missing")
-            row = (number, entry.get("status"), entry.get("received_at"), entry.get("request_id"))
-            if outcome == "capable":
-                groups["capable"].append(row)
-            elif outcome == "not_capable":
-                groups["not_capable"].append(row)
-            else:  # no callback at all, or one that could not be read
-                groups["missing"].append((*row, outcome))
+        with as_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
+            for line in fh:  # one line per submitted number
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                outcome = entry.get("outcome", "missing")
+                row = (
+                    entry["number"],
+                    entry.get("status"),
+                    entry.get("received_at"),
+                    entry.get("request_id"),
+                )
+                if outcome == "capable":
+                    groups["capable"].append(row)
+                elif outcome == "not_capable":
+                    groups["not_capable"].append(row)
+                else:  # no callback at all, or one that could not be read
+                    groups["missing"].append((*row, outcome))
         header = ("e164", "status", "received_at", "request_id")
         files = {
             "capable": str(out / "soip_capable.csv"),
             "not_capable": str(out / "soip_not_capable.csv"),
             "missing": str(out / "soip_missing.csv"),
-            "invalid": str(out / "soip_invalid.csv"),
             "summary": str(out / "summary.json"),
         }
         helpers.write_csv(as_path(files["capable"], conn_id), header, groups["capable"])
         helpers.write_csv(as_path(files["not_capable"], conn_id), header, groups["not_capable"])
         helpers.write_csv(as_path(files["missing"], conn_id), (*header, "outcome"), groups["missing"])
-        invalid = submitted.get("invalid") or []
-        helpers.write_csv(
-            as_path(files["invalid"], conn_id),
-            ("input", "reason"),
-            [
-                (item.get("input"), item.get("reason")) if isinstance(item, dict) else (item, "")
-                for item in invalid
-            ],
-        )
         counts = {name: len(rows) for name, rows in groups.items()}
-        counts.update(submitted=len(submitted["numbers"]), invalid=len(invalid))
+        counts.update(submitted=submitted["numbers"], invalid=submitted["invalid"])
         summary = {
             "counts": counts,
             "capable_rate": counts["capable"] / counts["submitted"] if counts["submitted"] else 0.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,11 +41,19 @@ def simulator(make_simulator: Callable[..., KaleyraSimulator]) -> KaleyraSimulat
 
 
 @pytest.fixture
-def kaleyra_conn(monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator) -> KaleyraSimulator:
-    """Point ``kaleyra_default`` at ``simulator`` (both base URLs); returns the simulator."""
+def kaleyra_conn(
+    monkeypatch: pytest.MonkeyPatch, simulator: KaleyraSimulator, tmp_path: Path
+) -> KaleyraSimulator:
+    """Point ``kaleyra_default`` at ``simulator`` (both base URLs) and a SQLite store; returns the simulator."""
     monkeypatch.setenv(
         "AIRFLOW_CONN_KALEYRA_DEFAULT",
-        simulator.connection_json(default_region="US", rate_limit=1000, max_concurrency=8, max_retries=5),
+        simulator.connection_json(
+            default_region="US",
+            rate_limit=1000,
+            max_concurrency=8,
+            max_retries=5,
+            callback_store_url=f"sqlite:///{tmp_path / 'kaleyra-callbacks.db'}",
+        ),
     )
     return simulator
 

@@ -15,6 +15,7 @@ from airflow_provider_kaleyra.callbacks import cli
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.receiver import create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from tests.store_queries import counts, raw_callbacks, results_for
 
 SECRET = "cb-secret-xyz"
 URL = "/soip/callback"
@@ -51,14 +52,14 @@ def test_no_credentials_is_refused_and_nothing_stored(client, store):
     response = client.post(URL, json={"number": "919876543210", "capable": True})
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Basic")
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 def test_wrong_secret_is_refused(client, store, scheme):
     response = client.post(URL, json={"number": "919876543210"}, headers=SCHEMES[scheme]("nope"))
     assert response.status_code == 401
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
@@ -68,7 +69,7 @@ def test_right_secret_is_accepted(client, store, scheme):
     )
     assert response.status_code == 202, response.text
     assert response.json() == {"status": "accepted", "duplicate": False, "results": 1, "parse_error": None}
-    assert store.counts() == {"callbacks": 1, "results": 1, "parse_errors": 0}
+    assert counts(store) == {"callbacks": 1, "results": 1, "parse_errors": 0}
 
 
 def test_garbled_basic_header_is_refused(client):
@@ -83,7 +84,7 @@ def test_unconfigured_receiver_refuses_everything(store, monkeypatch):
     with TestClient(create_app(store=store, conn_id="kaleyra_nosecret")) as c:
         response = c.post(URL, json={"number": "919876543210"}, headers=_basic(""))
     assert response.status_code == 503
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0
 
 
 def test_secret_and_store_come_from_the_connection(tmp_path, monkeypatch):
@@ -100,7 +101,7 @@ def test_secret_and_store_come_from_the_connection(tmp_path, monkeypatch):
         assert c.post(URL, json={"number": "919876543210", "capable": True}).status_code == 401
         ok = c.post(URL, json={"number": "919876543210", "capable": True}, headers=_basic(SECRET))
     assert ok.status_code == 202
-    assert CallbackStore(f"sqlite:///{db}").counts()["results"] == 1
+    assert counts(CallbackStore(f"sqlite:///{db}"))["results"] == 1
 
 
 # -- payloads -----------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def test_json_form_and_get_query_are_read(client, store):
     assert form.status_code == 202 and form.json()["results"] == 1
     get = client.get(URL, params={"to": "919876543212", "capable": "1", "request_id": "r-9"}, headers=auth)
     assert get.status_code == 202 and get.json()["results"] == 1
-    found = store.results_for(["+919876543210", "+919876543211", "+919876543212"], _epoch())
+    found = results_for(store, ["+919876543210", "+919876543211", "+919876543212"], _epoch())
     assert {n: r.outcome for n, r in found.items()} == {
         "+919876543210": "capable",
         "+919876543211": "not_capable",
@@ -130,7 +131,7 @@ def test_duplicates_are_stored_once(client, store):
     first = client.post(URL, json=payload, headers=_basic(SECRET))
     second = client.post(URL, json=payload, headers=_basic(SECRET))
     assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
-    assert store.counts() == {"callbacks": 1, "results": 1, "parse_errors": 0}
+    assert counts(store) == {"callbacks": 1, "results": 1, "parse_errors": 0}
 
 
 def test_malformed_body_is_stored_and_flagged(client, store):
@@ -139,13 +140,13 @@ def test_malformed_body_is_stored_and_flagged(client, store):
     )
     assert response.status_code == 202
     assert "not valid JSON" in response.json()["parse_error"]
-    assert store.counts() == {"callbacks": 1, "results": 0, "parse_errors": 1}
-    assert store.callbacks()[0]["body"] == b'{"number": "9198'
+    assert counts(store) == {"callbacks": 1, "results": 0, "parse_errors": 1}
+    assert raw_callbacks(store)[0]["body"] == b'{"number": "9198'
 
 
 def test_empty_callback_is_a_bad_request(client, store):
     assert client.post(URL, headers=_basic(SECRET)).status_code == 400
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0
 
 
 def test_oversized_body_is_refused_and_nothing_stored(client, store):
@@ -157,7 +158,7 @@ def test_oversized_body_is_refused_and_nothing_stored(client, store):
             yield b"x" * 1000
 
     assert client.post(URL, content=chunks(), headers=_basic(SECRET)).status_code == 413
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0
 
 
 def test_health_needs_no_secret(client):
@@ -189,8 +190,11 @@ def test_parses_lists_and_nested_bulk_payloads():
 
 
 def test_national_numbers_and_comma_lists_use_the_region():
-    parsed = _parse({"number": "9876543210, 919876543211", "capable": False})
+    parsed = _parse({"number": "9876543210, 919876543211", "capable": False}, region="IN")
     assert [r.number for r in parsed.results] == ["+919876543210", "+919876543211"]
+    # no region on the connection: Kaleyra's own form (country code, no "+") still reads, a national one not
+    bare = _parse({"number": "9876543210, 919876543211", "capable": False})
+    assert [r.number for r in bare.results] == [None, "+919876543211"]
     us = _parse({"number": "4155552671", "capable": True}, region="US")
     assert us.results[0].number == "+14155552671"
 
@@ -268,7 +272,7 @@ def test_over_real_http(live_server, store):
     assert _raw_request(port, head + "\r\n").startswith("HTTP/1.1 401")
     authed = head + "Authorization: Bearer " + SECRET + "\r\n\r\n"
     assert _raw_request(port, authed).startswith("HTTP/1.1 413")
-    assert store.counts() == {"callbacks": 3, "results": 3, "parse_errors": 0}
+    assert counts(store) == {"callbacks": 3, "results": 3, "parse_errors": 0}
 
 
 # -- plugin and CLI --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from sqlalchemy import create_engine, inspect, text
 
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
 from airflow_provider_kaleyra.callbacks.store import (
-    CHUNK,
     SCHEMA_VERSION,
     CallbackStore,
     SchemaVersionError,
@@ -22,6 +21,7 @@ from airflow_provider_kaleyra.callbacks.store import (
     redact_url,
     schema_version_table,
 )
+from tests.store_queries import count_answered, counts, raw_callbacks, results_for, schema_version
 
 PG_ENV = "KALEYRA_TEST_POSTGRES_URL"
 NOW = datetime.now(UTC)
@@ -71,7 +71,7 @@ def _cb(payload, *, at=None, method="POST", query="") -> RawCallback:
 
 
 def test_tables_and_schema_version_created_on_first_use(store):
-    assert store.schema_version() == SCHEMA_VERSION
+    assert schema_version(store) == SCHEMA_VERSION
     tables = set(inspect(store.engine).get_table_names())
     assert {"kaleyra_schema_version", "kaleyra_callbacks", "kaleyra_callback_results"} <= tables
     indexes = {i["name"] for i in inspect(store.engine).get_indexes("kaleyra_callback_results")}
@@ -82,7 +82,7 @@ def test_refuses_a_newer_schema(store, store_url):
     with store.engine.begin() as conn:
         conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION + 1))
     with pytest.raises(SchemaVersionError, match="newer"):
-        CallbackStore(store_url).schema_version()
+        schema_version(CallbackStore(store_url))
 
 
 def test_same_delivery_is_stored_once(store):
@@ -92,13 +92,41 @@ def test_same_delivery_is_stored_once(store):
     respaced = b'{ "soip_capable" : true,  "number":"919876543210" }'
     assert store.add_callback(_cb(respaced)) is False
     assert store.add_callback(_cb({"number": "919876543210", "soip_capable": True}, method="PUT")) is True
-    assert store.counts()["callbacks"] == 2
+    assert counts(store)["callbacks"] == 2
 
 
-def test_number_and_request_id_are_unique(store):
+def test_number_and_request_id_are_unique_the_latest_answer_wins(store):
     store.add_callback(_cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 1}))
-    store.add_callback(_cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 2}))
-    assert store.counts() == {"callbacks": 2, "results": 1, "parse_errors": 0}
+    store.add_callback(
+        _cb(
+            {"number": "919876543210", "capable": "no", "request_id": "r1", "attempt": 2},
+            at=NOW + timedelta(1),
+        )
+    )
+    assert counts(store) == {"callbacks": 2, "results": 1, "parse_errors": 0}
+    [result] = results_for(store, ["+919876543210"], NOW).values()
+    assert (result.capable, result.received_at) == (False, NOW + timedelta(1))
+
+
+def test_a_delivery_repeated_after_a_new_submission_counts_for_it(store):
+    """Kaleyra re-delivers identically: the stored copy's time moves, so the new submission sees it."""
+    payload = {"number": "919876543210", "capable": True}
+    assert store.add_callback(_cb(payload, at=NOW - timedelta(hours=1))) is True
+    assert count_answered(store, ["+919876543210"], NOW) == 0  # submitted after the first delivery
+    assert store.add_callback(_cb(payload, at=NOW + timedelta(seconds=1))) is False
+    assert count_answered(store, ["+919876543210"], NOW) == 1
+    assert counts(store) == {"callbacks": 1, "results": 1, "parse_errors": 0}
+
+
+def test_a_batch_is_one_transaction_with_an_answer_per_delivery(store):
+    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+
+    raws = [_cb({"number": f"91987654{i:04d}", "capable": True}) for i in range(50)]
+    raws.append(_cb({"number": "919876540000", "capable": True}))  # the first one, again
+    raws.append(_cb(b"{broken"))
+    flags = store.add_callbacks([(raw, parse_callback(raw)) for raw in raws])
+    assert flags == [True] * 50 + [False, True]
+    assert counts(store) == {"callbacks": 51, "results": 50, "parse_errors": 1}
 
 
 def test_results_for_counts_only_callbacks_since(store):
@@ -109,13 +137,13 @@ def test_results_for_counts_only_callbacks_since(store):
         _cb({"mobile": "919876543212", "status": "not_capable"}, at=since + timedelta(seconds=2))
     )
     numbers = ["+919876543210", "+919876543211", "+919876543212", "+919876543213"]
-    found = store.results_for(numbers, since)
+    found = results_for(store, numbers, since)
     assert set(found) == {"+919876543211", "+919876543212"}
     assert found["+919876543211"].outcome == "capable"
     assert found["+919876543212"].outcome == "not_capable"
     assert found["+919876543211"].received_at == since + timedelta(seconds=1)
-    assert store.count_answered(numbers, since) == 2
-    assert store.count_answered(numbers, since - timedelta(days=1)) == 3
+    assert count_answered(store, numbers, since) == 2
+    assert count_answered(store, numbers, since - timedelta(days=1)) == 3
 
 
 def test_latest_readable_answer_wins(store):
@@ -123,36 +151,36 @@ def test_latest_readable_answer_wins(store):
     store.add_callback(_cb({"number": n, "capable": False}, at=NOW - timedelta(seconds=30)))
     store.add_callback(_cb({"number": n, "capable": True}, at=NOW - timedelta(seconds=20)))
     store.add_callback(_cb({"number": n, "capable": "mystery"}, at=NOW - timedelta(seconds=10)))
-    result = store.results_for([n], NOW - timedelta(minutes=1))[n]
+    result = results_for(store, [n], NOW - timedelta(minutes=1))[n]
     assert result.capable is True
 
 
 def test_unreadable_answer_counts_as_answered_but_unparseable(store):
     n = "+919876543210"
     store.add_callback(_cb({"number": n, "code": "XYZ123"}))
-    result = store.results_for([n], NOW - timedelta(minutes=1))[n]
+    result = results_for(store, [n], NOW - timedelta(minutes=1))[n]
     assert (result.outcome, result.status) == ("unparseable", "XYZ123")
 
 
 def test_malformed_callback_is_kept_and_flagged(store):
     assert store.add_callback(_cb(b"{not json")) is True
-    assert store.counts() == {"callbacks": 1, "results": 0, "parse_errors": 1}
-    [row] = store.callbacks()
+    assert counts(store) == {"callbacks": 1, "results": 0, "parse_errors": 1}
+    [row] = raw_callbacks(store)
     assert row["body"] == b"{not json" and "JSON" in row["parse_error"]
 
 
-def test_many_numbers_cross_chunk_boundaries(store):
-    numbers = [f"+9198765{i:05d}" for i in range(CHUNK * 2 + 50)]
+def test_a_submission_of_many_numbers_is_counted_and_streamed(store):
+    numbers = [f"+9198765{i:05d}" for i in range(12_050)]
     answered = numbers[::3]
     store.add_callback(_cb([{"number": n, "capable": True} for n in answered]))
     since = NOW - timedelta(minutes=1)
-    assert store.count_answered(numbers, since) == len(answered)
-    assert set(store.results_for(numbers, since)) == set(answered)
-    watch = store.register_watch(numbers)
-    assert store.count_answered_watch(watch, since) == len(answered)
-    assert store.count_answered_watch(watch, NOW + timedelta(seconds=1)) == 0
-    store.drop_watch(watch)
-    assert store.count_answered_watch(watch, since) == 0
+    assert store.add_submission("s1", numbers) == len(numbers)
+    assert store.submission_size("s1") == len(numbers)
+    assert store.count_answered("s1", since) == len(answered)
+    assert store.count_answered("s1", NOW + timedelta(seconds=1)) == 0
+    streamed = list(store.results("s1", since))
+    assert sorted(n for n, _ in streamed) == sorted(numbers)
+    assert {n for n, r in streamed if r} == set(answered)
 
 
 def test_purge_deletes_only_old_callbacks(store):
@@ -160,8 +188,8 @@ def test_purge_deletes_only_old_callbacks(store):
     store.add_callback(_cb(b"{broken", at=NOW - timedelta(days=40)))
     store.add_callback(_cb({"number": "+919876543211", "capable": True}, at=NOW - timedelta(days=1)))
     assert store.purge(timedelta(days=30)) == 2
-    assert store.counts() == {"callbacks": 1, "results": 1, "parse_errors": 0}
-    assert store.results_for(["+919876543211"], NOW - timedelta(days=2))
+    assert counts(store) == {"callbacks": 1, "results": 1, "parse_errors": 0}
+    assert results_for(store, ["+919876543211"], NOW - timedelta(days=2))
     with pytest.raises(ValueError):
         store.purge(timedelta(days=-1))
 
@@ -182,7 +210,7 @@ def test_concurrent_writers_do_not_fail(store):
     for t in threads:
         t.join()
     assert not errors
-    assert store.counts()["results"] == 90
+    assert counts(store)["results"] == 90
 
 
 def test_get_store_caches_per_url(tmp_path):

@@ -226,7 +226,7 @@ def test_argument_mistakes_are_reported_early(mock_conn, requests_mock, tmp_path
     assert requests_mock.call_count == 0
 
 
-def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatch):
+def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatch, tmp_path):
     seen_at: list[datetime] = []
 
     def accept(request, context):
@@ -236,7 +236,8 @@ def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatc
 
     requests_mock.post(SOIP_URL, json=accept)
     numbers = [f"+9198765{i:05d}" for i in range(250)] + ["98765 00000", "junk", ""]
-    set_conn(monkeypatch, default_region="IN")
+    store_url = f"sqlite:///{tmp_path / 'c.db'}"
+    set_conn(monkeypatch, default_region="IN", callback_store_url=store_url, max_concurrency=4)
     op = KaleyraSoipCapabilityCheckOperator(
         task_id="soip", numbers=numbers, callback_profile_id="{{ params.profile }}", chunk_size=100
     )
@@ -245,23 +246,67 @@ def test_soip_check_submits_distinct_numbers_in_chunks(requests_mock, monkeypatc
     result = op.execute({})
 
     bodies = [r.json() for r in requests_mock.request_history]
-    assert [len(b["number"]) for b in bodies] == [100, 100, 50]
-    assert bodies[0]["number"][0] == "919876500000" and all(
-        b["callback_profile_id"] == "profile-op" for b in bodies
-    )
-    assert set(result) == {"numbers", "invalid", "submitted_at", "responses", "callback_profile_id"}
-    assert result["numbers"] == [f"+9198765{i:05d}" for i in range(250)]
-    assert [i["input"] for i in result["invalid"]] == ["junk", ""]
-    assert [i["reason"] for i in result["invalid"]][1] == "empty"
+    assert sorted(len(b["number"]) for b in bodies) == [50, 100, 100]
+    sent = sorted(n for b in bodies for n in b["number"])
+    assert sent == [f"9198765{i:05d}" for i in range(250)]  # Kaleyra's form: country code, no "+"
+    assert all(b["callback_profile_id"] == "profile-op" for b in bodies)
+    assert set(result) == {
+        "submission_id",
+        "submitted_at",
+        "numbers",
+        "invalid",
+        "requests",
+        "callback_profile_id",
+    }
+    assert (result["numbers"], result["invalid"], result["requests"]) == (250, 2, 3)
+    assert len(json.dumps(result)) < 300 and "98765" not in json.dumps(result)  # no number in XCom
     submitted = datetime.fromisoformat(result["submitted_at"])
     assert submitted.tzinfo is not None and before <= submitted <= seen_at[0]
-    accepted = {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
-    assert result["responses"] == [accepted] * 3
     assert result["callback_profile_id"] == "profile-op"
-    json.dumps(result)
+    # the sensor finds the submitted numbers in the store
+    from airflow_provider_kaleyra.callbacks.store import get_store
+
+    store = get_store(store_url)
+    assert store.submission_size(result["submission_id"]) == 250
+    assert {n for n, _ in store.results(result["submission_id"], submitted)} == {
+        f"+9198765{i:05d}" for i in range(250)
+    }
 
 
-def test_soip_check_profile_defaults_to_the_connection(mock_conn, requests_mock, monkeypatch):
+def test_soip_check_renders_and_logs_no_number(requests_mock, monkeypatch, tmp_path, caplog):
+    from airflow.sdk.execution_time.task_runner import _serialize_rendered_fields
+
+    requests_mock.post(SOIP_URL, status_code=202, json={"code": "MSG402"})
+    set_conn(monkeypatch, default_region="IN", callback_store_url=f"sqlite:///{tmp_path / 'c.db'}")
+    numbers = [f"+9198765{i:05d}" for i in range(30)] + ["98765 nope"]
+    op = KaleyraSoipCapabilityCheckOperator(task_id="soip", numbers=numbers)  # e.g. an XComArg, resolved
+    op.render_template_fields({}, None)
+    rendered = json.dumps(_serialize_rendered_fields(op))
+    assert '"count": 31' in rendered and "98765000" not in rendered
+    caplog.set_level("DEBUG")
+    op.execute({})
+    assert "98765" not in caplog.text
+
+
+def test_soip_check_reads_an_audience_file_and_shards_it(requests_mock, monkeypatch, tmp_path):
+    requests_mock.post(SOIP_URL, status_code=202, json={"code": "MSG402"})
+    set_conn(monkeypatch, callback_store_url=f"sqlite:///{tmp_path / 'c.db'}")
+    audience = tmp_path / "audience.csv"
+    audience.write_text("name,phone\n" + "".join(f"n{i},{us(i % 450)}\n" for i in range(500)) + "x,junk\n")
+    results = [
+        KaleyraSoipCapabilityCheckOperator(
+            task_id="soip", audience=str(audience), shard_index=index, shard_count=2
+        ).execute({})
+        for index in range(2)
+    ]
+    assert [r["numbers"] for r in results] == [225, 225]
+    assert all(r["invalid"] == 1 for r in results)
+    sent = [n for r in requests_mock.request_history for n in r.json()["number"]]
+    assert len(sent) == len(set(sent)) == 450
+
+
+def test_soip_check_profile_defaults_to_the_connection(requests_mock, monkeypatch, tmp_path):
+    set_conn(monkeypatch, callback_store_url=f"sqlite:///{tmp_path / 'c.db'}")
     requests_mock.post(SOIP_URL, status_code=202, json={"code": "MSG402"})
     result = KaleyraSoipCapabilityCheckOperator(task_id="s", numbers=["+14152000001"]).execute({})
     assert result["callback_profile_id"] == "profile-conn"
@@ -269,11 +314,19 @@ def test_soip_check_profile_defaults_to_the_connection(mock_conn, requests_mock,
         "number": ["14152000001"],
         "callback_profile_id": "profile-conn",
     }
-    set_conn(monkeypatch, callback_profile_id=None)
+    set_conn(monkeypatch, callback_profile_id=None, callback_store_url=f"sqlite:///{tmp_path / 'c.db'}")
     requests_mock.reset_mock()
-    with pytest.raises(ValueError, match="callback_profile_id"):
+    with pytest.raises(AirflowFailException, match="callback_profile_id"):
         KaleyraSoipCapabilityCheckOperator(task_id="s", numbers=["+14152000001"]).execute({})
     assert requests_mock.call_count == 0
+
+
+def test_soip_check_without_a_store_fails_before_submitting(requests_mock, monkeypatch, tmp_path):
+    set_conn(monkeypatch)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    with pytest.raises(AirflowFailException, match="callback_store_url"):
+        KaleyraSoipCapabilityCheckOperator(task_id="s", numbers=["+14152000001"]).execute({})
+    assert requests_mock.call_count == 0 and not list(tmp_path.glob("*.db"))
 
 
 # -- the simulator over real HTTP ----------------------------------------------------------------
@@ -447,7 +500,7 @@ def test_dag_with_every_operator_runs_through_dag_test(kaleyra_conn, run_dag_fil
     report = json.loads((work / "report.json").read_text())
     assert report["single"] == {**rcs_answer(us(7)), "deviceAddress": us(7)[1:]}
     assert [s["shard"] for s in report["shards"]] == [[0, 3], [1, 3], [2, 3]]
-    assert report["soip"]["numbers"] == ["+14152000001", "+14152000002"]
+    assert (report["soip"]["numbers"], report["soip"]["invalid"]) == (2, 1)
     assert report["soip"]["callback_profile_id"] == "profile-dag"
     assert kaleyra_conn.stats()["requests"]["soip_check"] == 1
 

@@ -33,20 +33,31 @@ def _add(store: CallbackStore, number: str, capable: object, at: datetime) -> No
 # -- trigger ------------------------------------------------------------------------------------
 
 
-def test_trigger_serialize_round_trips():
+def _conn(monkeypatch, conn_id: str, url: str, **extra: object) -> None:
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "test-api-key-0123456789",
+        "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": url, **extra},
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def test_trigger_serialize_round_trips_and_holds_no_store_password():
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id="w1",
+        submission_id="s1",
         since=datetime(2026, 1, 1, tzinfo=UTC),
         total=10,
         required=8,
         kaleyra_conn_id="k",
-        store_url="sqlite:////tmp/x.db",
         poll_interval=5.0,
         deadline="2026-01-01T01:00:00+00:00",
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_kaleyra.triggers.kaleyra.KaleyraSoipCallbackTrigger"
     json.dumps(kwargs)  # storable as is
+    assert not any("url" in key or "password" in key for key in kwargs)  # the store comes from the connection
+    assert "postgresql" not in repr(trigger)
     from airflow.sdk._shared.module_loading import import_string
 
     again = import_string(classpath)(**kwargs)
@@ -60,104 +71,153 @@ def _run(trigger):
     return asyncio.run(asyncio.wait_for(first(), 20)).payload
 
 
-def test_trigger_fires_when_enough_numbers_answered(tmp_path):
+def test_trigger_fires_when_enough_numbers_answered(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'c.db'}"
+    _conn(monkeypatch, "kaleyra_trigger_test", url)
     store = CallbackStore(url)
     since = datetime.now(UTC) - timedelta(minutes=1)
-    watch = store.register_watch(NUMBERS)
+    store.add_submission("s1", NUMBERS)
     _add(store, NUMBERS[0], True, since + timedelta(seconds=1))
     _add(store, NUMBERS[1], False, since - timedelta(seconds=1))  # before the submission: ignored
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch, since=since, total=4, required=1, store_url=url, poll_interval=0.05
+        submission_id="s1",
+        since=since,
+        total=4,
+        required=1,
+        kaleyra_conn_id="kaleyra_trigger_test",
+        poll_interval=0.05,
     )
     assert _run(trigger) == {
         "status": "success",
         "answered": 1,
         "total": 4,
         "required": 1,
-        "watch_id": watch,
+        "submission_id": "s1",
         "message": None,
     }
 
 
-def test_trigger_reports_timeout_with_answered_count(tmp_path):
+def test_trigger_reports_timeout_with_answered_count(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    store = CallbackStore(url)
-    watch = store.register_watch(NUMBERS)
-    deadline = datetime.now(UTC) + timedelta(seconds=0.3)
+    _conn(monkeypatch, "kaleyra_trigger_test", url)
+    CallbackStore(url).add_submission("s1", NUMBERS)
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch,
+        submission_id="s1",
         since=datetime.now(UTC),
         total=4,
         required=4,
-        store_url=url,
+        kaleyra_conn_id="kaleyra_trigger_test",
         poll_interval=0.05,
-        deadline=deadline,
+        deadline=datetime.now(UTC) + timedelta(seconds=0.3),
     )
     event = _run(trigger)
     assert (event["status"], event["answered"]) == ("timeout", 0)
 
 
-def test_trigger_reads_the_store_url_from_the_connection(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'conn.db'}"
-    conn = {
-        "conn_type": "kaleyra",
-        "login": "AC-TEST-SID",
-        "password": "test-api-key-0123456789",
-        "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": url},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_TRIGGER_TEST", json.dumps(conn))
-    store = CallbackStore(url)
-    watch = store.register_watch(NUMBERS[:1])
-    _add(store, NUMBERS[0], True, datetime.now(UTC))
-    trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch,
-        since=datetime.now(UTC) - timedelta(minutes=1),
-        total=1,
-        required=1,
-        kaleyra_conn_id="kaleyra_trigger_test",
-        poll_interval=0.05,
+def test_trigger_without_a_store_url_reports_the_setting(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_NO_STORE",
+        json.dumps({"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": "test-api-key-0123456789"}),
     )
-    assert _run(trigger)["status"] == "success"
+    trigger = KaleyraSoipCallbackTrigger(
+        submission_id="s1", since=datetime.now(UTC), total=1, required=1, kaleyra_conn_id="kaleyra_no_store"
+    )
+    event = _run(trigger)
+    assert event["status"] == "error" and "callback_store_url" in event["message"]
 
 
-# -- sensor construction ------------------------------------------------------------------------
+# -- sensor, called directly --------------------------------------------------------------------
+
+
+def _context(start: datetime) -> dict:
+    from types import SimpleNamespace
+
+    return {
+        "dag_run": SimpleNamespace(start_date=start),
+        "ti": SimpleNamespace(dag_id="d", task_id="wait", run_id="r1", map_index=-1),
+    }
 
 
 def test_sensor_arguments():
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
-    sensor = KaleyraSoipCallbackSensor(task_id="s", numbers=NUMBERS, output="/tmp/x.jsonl")
+    sensor = KaleyraSoipCallbackSensor(task_id="s", submission={"submission_id": "x"}, output="/tmp/x.jsonl")
     assert sensor.output_path == "/tmp/x.jsonl"
     assert set(sensor.template_fields) == {
         "numbers",
         "submission",
         "kaleyra_conn_id",
-        "store_url",
         "output_path",
         "storage_conn_id",
     }
     with pytest.raises(ValueError, match="min_answered_ratio"):
-        KaleyraSoipCallbackSensor(task_id="s2", numbers=NUMBERS, min_answered_ratio=0)
+        KaleyraSoipCallbackSensor(task_id="s2", numbers=NUMBERS, output="x.jsonl", min_answered_ratio=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        KaleyraSoipCallbackSensor(task_id="s4", numbers=NUMBERS, submission={}, output="x.jsonl")
     with pytest.raises(TypeError):
         KaleyraSoipCallbackSensor("s3")  # keyword-only
 
 
-def test_a_password_in_an_explicit_store_url_is_masked_in_the_rendered_fields():
+def test_national_format_numbers_given_to_the_sensor_are_matched(tmp_path, monkeypatch):
+    """The receiver stores +919876543210; the sensor reads 98765 43210 with the connection's region."""
+    from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    _conn(monkeypatch, "kaleyra_in", url, default_region="IN")
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    store = CallbackStore(url)
+    _add(store, "+919876543210", True, start + timedelta(minutes=1))
+    _add(store, "+919876543211", False, start + timedelta(minutes=1))
+    output = tmp_path / "out" / "results.jsonl"
+    sensor = KaleyraSoipCallbackSensor(
+        task_id="wait",
+        numbers=["98765 43210", "09876543211", "+91 98765 43210"],
+        output=str(output),
+        kaleyra_conn_id="kaleyra_in",
+    )
+    done = sensor.poke(_context(start))
+    assert done.is_done
+    assert done.xcom_value["summary"]["total"] == 2 and done.xcom_value["summary"]["answered"] == 2
+    lines = sorted((json.loads(line) for line in output.read_text().splitlines()), key=lambda d: d["number"])
+    assert [(d["number"], d["outcome"]) for d in lines] == [
+        ("+919876543210", "capable"),
+        ("+919876543211", "not_capable"),
+    ]
+    assert "+91987654321" not in json.dumps(done.xcom_value)  # no number in XCom
+
+
+def test_sensor_without_a_store_url_fails_naming_the_setting(tmp_path, monkeypatch):
+    """The multi-host trap: no shared store named means a loud failure, not a wait on a per-host file."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KALEYRA_NO_STORE",
+        json.dumps({"conn_type": "kaleyra", "login": "AC-TEST-SID", "password": "test-api-key-0123456789"}),
+    )
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    sensor = KaleyraSoipCallbackSensor(
+        task_id="wait",
+        submission={"submission_id": "s1", "submitted_at": datetime.now(UTC).isoformat()},
+        output=str(tmp_path / "r.jsonl"),
+        kaleyra_conn_id="kaleyra_no_store",
+    )
+    with pytest.raises(AirflowFailException, match="callback_store_url"):
+        sensor.poke(_context(datetime.now(UTC)))
+    assert not list(tmp_path.glob("*.db"))  # no per-host file was made
+
+
+def test_numbers_given_to_the_sensor_render_masked():
     from airflow.sdk.execution_time.task_runner import _serialize_rendered_fields
 
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
-    password = "SECRET-STORE-PW-7f3a9c"
-    sensor = KaleyraSoipCallbackSensor(
-        task_id="s",
-        numbers=NUMBERS,
-        store_url="postgresql+psycopg://kaleyra:{{ params.pw }}@db.internal/callbacks",
-    )
-    sensor.render_template_fields({"params": {"pw": password}})
-    assert password in sensor.store_url  # the sensor still needs it
+    sensor = KaleyraSoipCallbackSensor(task_id="s", numbers=NUMBERS, output="/tmp/x.jsonl")
+    sensor.render_template_fields({})
     rendered = json.dumps(_serialize_rendered_fields(sensor))  # what Airflow stores and shows
-    assert "db.internal" in rendered and password not in rendered
+    assert '"count": 4' in rendered
+    assert not any(number in rendered for number in NUMBERS)
 
 
 # -- dag.test() -----------------------------------------------------------------------------------
@@ -177,7 +237,7 @@ DAG_FILE = textwrap.dedent(
     OUT = os.environ["SCENARIO_OUT"]
     SUBMITTED = os.environ["SCENARIO_SUBMITTED_AT"]
     NUMBERS = json.loads(os.environ["SCENARIO_NUMBERS"])
-    SUBMISSION = {"numbers": NUMBERS, "submitted_at": SUBMITTED, "responses": []}
+    SUBMISSION = {"submission_id": "s1", "submitted_at": SUBMITTED, "numbers": len(NUMBERS)}
 
     def scenario(dag_id, **sensor_kwargs):
         with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -191,38 +251,40 @@ DAG_FILE = textwrap.dedent(
             keep(wait.output)
         return dag
 
-    common = dict(submission=SUBMISSION, poke_interval=0.2)
+    def common(name):
+        return dict(submission=SUBMISSION, poke_interval=0.2, output=os.path.join(OUT, "out", name + ".jsonl"))
+
+    # each store is named by a connection: kaleyra_a (STORE_A), kaleyra_default (STORE_B), kaleyra_empty
     dags = {
-        "poke_ok": scenario("poke_ok", store_url=os.environ["STORE_A"], min_answered_ratio=0.75, **common),
-        "poke_output": scenario(
-            "poke_output", numbers=NUMBERS[:2], submission=SUBMISSION, store_url=os.environ["STORE_A"],
-            output=os.path.join(OUT, "out", "results.jsonl"), poke_interval=0.2,
+        "poke_ok": scenario("poke_ok", kaleyra_conn_id="kaleyra_a", min_answered_ratio=0.75, **common("poke_ok")),
+        "poke_timeout": scenario("poke_timeout", kaleyra_conn_id="kaleyra_empty", timeout=1, **common("pt")),
+        "poke_soft": scenario(
+            "poke_soft", kaleyra_conn_id="kaleyra_empty", timeout=1, soft_fail=True, **common("ps")
         ),
-        "poke_timeout": scenario("poke_timeout", store_url=os.environ["STORE_EMPTY"], timeout=1, **common),
-        "poke_soft": scenario("poke_soft", store_url=os.environ["STORE_EMPTY"], timeout=1, soft_fail=True, **common),
-        # No store_url: the connection's callback_store_url (STORE_B) is used.
-        "defer_ok": scenario("defer_ok", deferrable=True, poll_interval=0.2, timeout=30, **common),
+        "defer_ok": scenario("defer_ok", deferrable=True, poll_interval=0.2, timeout=30, **common("defer_ok")),
         "defer_timeout": scenario(
-            "defer_timeout", store_url=os.environ["STORE_EMPTY"], deferrable=True, timeout=1.5, **common
+            "defer_timeout", kaleyra_conn_id="kaleyra_empty", deferrable=True, timeout=1.5, **common("dt")
         ),
         "defer_soft": scenario(
-            "defer_soft", store_url=os.environ["STORE_EMPTY"], deferrable=True, timeout=1, soft_fail=True,
-            **common,
+            "defer_soft", kaleyra_conn_id="kaleyra_empty", deferrable=True, timeout=1, soft_fail=True,
+            **common("ds"),
         ),
     }
 
     def late_callbacks():
-        """Answers that arrive once defer_ok has deferred (its watch exists), never before."""
-        from sqlalchemy import func, select
-
-        from airflow_provider_kaleyra.callbacks.store import watches_table
+        """Answers that arrive once defer_ok has deferred (its first poke logged), never before."""
+        import sqlite3
 
         store = CallbackStore(os.environ["STORE_B"])
-        deadline = time.monotonic() + 60
+        metadata = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            with store.engine.connect() as conn:
-                if conn.execute(select(func.count()).select_from(watches_table)).scalar():
-                    break
+            with sqlite3.connect(metadata) as db:
+                deferred = db.execute(
+                    "SELECT count(*) FROM task_instance WHERE dag_id = 'defer_ok' AND state = 'deferred'"
+                ).fetchone()[0]
+            if deferred:
+                break
             time.sleep(0.1)
         time.sleep(0.5)
         for number in NUMBERS[1:]:
@@ -265,13 +327,19 @@ def dag_runs(tmp_path_factory):
     _add(a, NUMBERS[3], True, submitted - timedelta(minutes=1))  # answered an earlier check: missing
     b = CallbackStore(stores["STORE_B"])
     _add(b, NUMBERS[0], False, submitted + timedelta(minutes=1))
+    for url in stores.values():
+        CallbackStore(url).add_submission("s1", NUMBERS)  # what the check operator records
 
-    conn = {
-        "conn_type": "kaleyra",
-        "login": "AC-TEST-SID",
-        "password": "test-api-key-0123456789",
-        "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": stores["STORE_B"]},
-    }
+    def conn(url: str) -> str:
+        return json.dumps(
+            {
+                "conn_type": "kaleyra",
+                "login": "AC-TEST-SID",
+                "password": "test-api-key-0123456789",
+                "extra": {"callback_secret": "cb-secret-xyz", "callback_store_url": url},
+            }
+        )
+
     env = {
         **os.environ,
         **stores,
@@ -280,7 +348,9 @@ def dag_runs(tmp_path_factory):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_CONN_KALEYRA_DEFAULT": json.dumps(conn),
+        "AIRFLOW_CONN_KALEYRA_DEFAULT": conn(stores["STORE_B"]),
+        "AIRFLOW_CONN_KALEYRA_A": conn(stores["STORE_A"]),
+        "AIRFLOW_CONN_KALEYRA_EMPTY": conn(stores["STORE_EMPTY"]),
         "SCENARIO_OUT": str(out),
         "SCENARIO_SUBMITTED_AT": submitted.isoformat(),
         "SCENARIO_NUMBERS": json.dumps(NUMBERS),
@@ -322,17 +392,11 @@ def test_poke_mode_returns_summary_and_per_number_results(dag_runs):
     assert {
         k: summary[k] for k in ("total", "answered", "capable", "not_capable", "unparseable", "missing")
     } == {"total": 4, "answered": 3, "capable": 1, "not_capable": 1, "unparseable": 1, "missing": 1}
-    assert result["results"]["+919876543210"]["outcome"] == "capable"
-    assert result["results"]["+919876543213"] == {"outcome": "missing"}
-
-
-def test_poke_mode_writes_json_lines_when_output_is_set(dag_runs):
-    result = dag_runs["outputs"]["poke_output"]
-    path = Path(result["output"])
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [line["number"] for line in lines] == NUMBERS[:2]
-    assert [line["outcome"] for line in lines] == ["capable", "not_capable"]
-    assert "results" not in result and result["summary"]["total"] == 2
+    lines = {d["number"]: d for d in map(json.loads, Path(result["output"]).read_text().splitlines())}
+    assert sorted(lines) == NUMBERS
+    assert [lines[n]["outcome"] for n in NUMBERS] == ["capable", "not_capable", "unparseable", "missing"]
+    assert set(result) == {"summary", "output"}
+    assert not any(number.lstrip("+") in json.dumps(result) for number in NUMBERS)  # no number in XCom
 
 
 def test_deferrable_mode_waits_for_late_callbacks(dag_runs):
@@ -340,13 +404,6 @@ def test_deferrable_mode_waits_for_late_callbacks(dag_runs):
     summary = dag_runs["outputs"]["defer_ok"]["summary"]
     assert (summary["answered"], summary["capable"], summary["not_capable"]) == (4, 3, 1)
     assert "running trigger in line" in dag_runs["log"]
-    # The watch registered for the trigger is dropped once the sensor completes.
-    from sqlalchemy import func, select
-
-    from airflow_provider_kaleyra.callbacks.store import watches_table
-
-    with CallbackStore(dag_runs["store_b"]).engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(watches_table)).scalar() == 0
 
 
 @pytest.mark.parametrize("dag_id", ["poke_timeout", "defer_timeout"])
@@ -376,3 +433,28 @@ def _scenario_log(dag_runs, dag_id: str) -> str:
     start = log.index(f"<TaskInstance: {dag_id}.wait ")
     end = log.index("[DAG TEST] end task task_id=wait", start)
     return log[start:end]
+
+
+def test_reading_the_connection_masks_its_secrets(monkeypatch):
+    """The password inside the store URL too: Airflow masks the whole URL, not the password alone."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "api-key-masked-0123456789",
+        "extra": {
+            "pod": "na",
+            "default_region": "IN",
+            "callback_profile_id": "profile-shown-4711",
+            "callback_secret": "cb-secret-masked-9876",
+            "callback_store_url": "postgresql+psycopg://kaleyra:store-pw-masked-55@db.internal/cb",
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_MASK_TEST", json.dumps(conn))
+    config = KaleyraHook("kaleyra_mask_test").config
+    assert config.pod == "na" and config.callback_profile_id == "profile-shown-4711"
+    for secret in ("api-key-masked-0123456789", "cb-secret-masked-9876", "store-pw-masked-55"):
+        assert secret not in str(redact(f"value {secret} end"))

@@ -50,12 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 def _store_url(args: argparse.Namespace) -> str:
     if args.store_url:
         return args.store_url
-    from airflow.sdk import BaseHook
-
-    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, KaleyraConfig
+    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
     conn_id = args.conn_id or os.environ.get("KALEYRA_CALLBACK_CONN_ID") or DEFAULT_CONN_ID
-    return KaleyraConfig.from_connection(BaseHook.get_connection(conn_id)).store_url
+    return KaleyraHook(kaleyra_conn_id=conn_id).config.store_url
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,11 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not secret:
             print(f"error: environment variable {args.secret_env} is empty or unset", file=sys.stderr)
             return 2
+    from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured
+
     app = create_standalone_app(
         store=get_store(args.store_url) if args.store_url else None,
         secret=secret,
         conn_id=args.conn_id,
         max_body_bytes=args.max_body_bytes,
     )
+    try:  # refuse to start rather than answer 503 to every callback
+        app.state.kaleyra_settings.get()
+    except ReceiverNotConfigured as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
     return 0

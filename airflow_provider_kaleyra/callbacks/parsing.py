@@ -12,19 +12,23 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from airflow_provider_kaleyra.api import e164_key
 from airflow_provider_kaleyra.phone import normalize
 
-DEFAULT_REGION = "IN"  # SOIP is offered in India only
 MAX_DEPTH = 6
 MAX_RESULTS = 50_000
 
 
+_NOT_KEY = re.compile(r"[^a-z0-9]")
+
+
 def _key(name: str) -> str:
     """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    return _NOT_KEY.sub("", name.lower())
 
 
 def _values(items: Iterable[str]) -> frozenset[str]:
@@ -111,11 +115,7 @@ class FieldMapping:
         return cls(**kwargs)
 
     def _find(self, record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-        loose = {_key(k): v for k, v in record.items() if isinstance(k, str)}
-        for k in keys:
-            if _key(k) in loose:
-                return True, loose[_key(k)]
-        return False, None
+        return _find_loose(_loose(record), keys)
 
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
@@ -132,6 +132,17 @@ class FieldMapping:
         return None
 
 
+def _loose(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {_key(k): v for k, v in record.items() if isinstance(k, str)}
+
+
+def _find_loose(loose: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+    for k in keys:
+        if (found := _key(k)) in loose:
+            return True, loose[found]
+    return False, None
+
+
 @dataclass(frozen=True)
 class RawCallback:
     """One HTTP delivery exactly as received; stored whatever its content."""
@@ -143,9 +154,9 @@ class RawCallback:
     headers: Mapping[str, str] = field(default_factory=dict)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    @property
+    @cached_property
     def dedupe_key(self) -> str:
-        """Same method, query and body (canonically) means the same delivery, re-sent."""
+        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
         digest = hashlib.sha256()
         digest.update(self.method.upper().encode())
         digest.update(b"\n")
@@ -270,21 +281,13 @@ def _split_numbers(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
-def normalize_callback_number(raw: str, region: str | None = DEFAULT_REGION) -> str | None:
-    """E.164 for a number Kaleyra sends back, with or without ``+``.
-
-    Without ``+`` the default region is tried first (it also strips a leading country code,
-    so ``919876543210`` and ``9876543210`` both give ``+919876543210``), then country code + number.
-    """
-    text = raw.strip()
-    if text.startswith(("+", "00")):
-        return normalize(text).e164
-    if region:
-        found = normalize(text, region).e164
-        if found:
-            return found
-    digits = re.sub(r"\D", "", text)
-    return normalize("+" + digits).e164 if digits else None
+def _callback_e164(raw: str, region: str | None) -> str | None:
+    """E.164 of a number Kaleyra sends back: read by :func:`phone.normalize` with the connection's
+    region, else as Kaleyra's own SOIP form (country code and number, without ``+``)."""
+    found = normalize(raw, region).e164
+    if found is None and raw.strip().isdigit():
+        found = normalize(e164_key(raw)).e164
+    return found
 
 
 def _text(value: Any) -> str | None:
@@ -296,7 +299,7 @@ def _text(value: Any) -> str | None:
 
 
 def parse_callback(
-    raw: RawCallback, mapping: FieldMapping | None = None, region: str | None = DEFAULT_REGION
+    raw: RawCallback, mapping: FieldMapping | None = None, region: str | None = None
 ) -> ParsedCallback:
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
@@ -311,11 +314,12 @@ def parse_callback(
         )
     results: list[ParsedResult] = []
     for record in records:
-        _, number_value = mapping._find(record, mapping.number_keys)
+        loose = _loose(record)  # once per record, not once per key looked up
+        _, number_value = _find_loose(loose, mapping.number_keys)
         capable: bool | None = None
         status: str | None = None
         for key in mapping.capability_keys:
-            found, value = mapping._find(record, (key,))
+            found, value = _find_loose(loose, (key,))
             if not found:
                 continue
             if status is None:
@@ -324,10 +328,10 @@ def parse_callback(
             if recognised is not None:
                 capable, status = recognised, _text(value)
                 break
-        _, request_value = mapping._find(record, mapping.request_id_keys)
+        _, request_value = _find_loose(loose, mapping.request_id_keys)
         request_id = _text(request_value) or None
         for number_raw in _split_numbers(number_value):
-            number = normalize_callback_number(number_raw, region)
+            number = _callback_e164(number_raw, region)
             error = None
             if number is None:
                 error = "not a valid phone number"

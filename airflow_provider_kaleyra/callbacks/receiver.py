@@ -23,12 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_kaleyra.callbacks.parsing import (
-    DEFAULT_REGION,
-    FieldMapping,
-    RawCallback,
-    parse_callback,
-)
+from airflow_provider_kaleyra.callbacks.intake import GroupCommit
+from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store, redact_url
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
 
@@ -55,6 +51,7 @@ class ReceiverSettings:
     secret: str
     mapping: FieldMapping
     region: str | None
+    intake: GroupCommit
 
 
 class _LazySettings:
@@ -76,6 +73,10 @@ class _LazySettings:
         self._failure = ""
         self._lock = threading.Lock()
 
+    @property
+    def resolved(self) -> ReceiverSettings | None:
+        return self._settings
+
     def get(self) -> ReceiverSettings:
         if self._settings is not None:
             return self._settings
@@ -95,7 +96,7 @@ class _LazySettings:
     def _resolve(self) -> ReceiverSettings:
         store, secret, mapping, region = self._explicit
         if store is not None and secret:
-            return ReceiverSettings(store, secret, mapping or FieldMapping(), region or DEFAULT_REGION)
+            return ReceiverSettings(store, secret, mapping or FieldMapping(), region, GroupCommit(store))
         conn_id = self._conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
         config = _read_connection(conn_id)
         secret = secret or config.callback_secret
@@ -103,21 +104,19 @@ class _LazySettings:
             raise ReceiverNotConfigured(f"connection {conn_id!r} has no callback_secret extra")
         try:
             mapping = mapping or FieldMapping.from_dict(config.callback_field_map)
+            store = store or get_store(config.store_url)
         except (ValueError, TypeError) as exc:
             raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
-        store = store or get_store(config.store_url)
         log.info("Kaleyra callbacks go to %s", redact_url(store.url))
-        return ReceiverSettings(store, secret, mapping, region or config.default_region or DEFAULT_REGION)
+        return ReceiverSettings(store, secret, mapping, region or config.default_region, GroupCommit(store))
 
 
 def _read_connection(conn_id: str) -> Any:
+    """Through the hook, like every other component: one reading, secrets masked."""
     try:
-        from airflow.sdk import BaseHook
+        from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
-        from airflow_provider_kaleyra.config import KaleyraConfig
-
-        conn = BaseHook.get_connection(conn_id)
-        return KaleyraConfig.from_connection(conn)
+        return KaleyraHook(kaleyra_conn_id=conn_id).config
     except Exception as exc:
         raise ReceiverNotConfigured(
             f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
@@ -148,6 +147,16 @@ def is_authorized(headers: Mapping[str, str], secret: str) -> bool:
     for offered in _presented_secrets(headers):
         ok |= hmac.compare_digest(offered.encode(), expected)
     return ok
+
+
+def _kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers as stored with the callback: 64 at most, values cut, no credentials."""
+    kept = {}
+    for name, value in raw[:64]:
+        key = name.decode("latin-1").lower()
+        if key not in _PRIVATE_HEADERS:
+            kept[key] = value.decode("latin-1")[:512]
+    return kept
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -181,7 +190,7 @@ def create_app(
     :param secret: the shared secret callers must present; default: the connection's ``callback_secret``.
     :param conn_id: connection to read; default: env ``KALEYRA_CALLBACK_CONN_ID`` or ``kaleyra_default``.
     :param field_map: payload keys and values to recognise; default: connection extra ``callback_field_map``.
-    :param region: region for numbers that arrive without a country code; default: connection or ``IN``.
+    :param region: region for numbers that arrive without a country code; default: the connection's.
     :param max_body_bytes: larger bodies are refused with 413.
     """
     mapping = (
@@ -204,8 +213,8 @@ def create_app(
 
     @app.api_route(CALLBACK_PATH, methods=["GET", "POST", "PUT"])
     async def soip_callback(request: Request) -> JSONResponse:
-        try:
-            current = await run_in_threadpool(settings.get)
+        try:  # resolved once (reading the connection may block); then no thread hop per request
+            current = settings.resolved or await run_in_threadpool(settings.get)
         except ReceiverNotConfigured:
             return _error(503, "callback receiver is not configured; see the server log")
         if not is_authorized(request.headers, current.secret):
@@ -220,24 +229,23 @@ def create_app(
                 return _error(400, "invalid Content-Length")
             if int(declared) > max_body_bytes:
                 return _error(413, f"body larger than {max_body_bytes} bytes")
-        body = await _read_body(request, max_body_bytes)
+        # a declared length was checked above (the server holds the body to it); chunked: read capped
+        body = await request.body() if declared is not None else await _read_body(request, max_body_bytes)
         if body is None:
             return _error(413, f"body larger than {max_body_bytes} bytes")
         raw = RawCallback(
             method=request.method,
             body=body,
             content_type=request.headers.get("content-type"),
-            query=request.url.query,
-            headers={
-                k: v[:512] for k, v in list(request.headers.items())[:64] if k.lower() not in _PRIVATE_HEADERS
-            },
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=_kept_headers(request.scope["headers"]),
             received_at=datetime.now(UTC),
         )
         if not body.strip() and not raw.query:
             return _error(400, "empty callback: no body and no query parameters")
         parsed = parse_callback(raw, current.mapping, current.region)
         try:
-            new = await run_in_threadpool(current.store.add_callback, raw, parsed)
+            new = await current.intake.add(raw, parsed)
         except Exception:
             log.exception("Could not store a Kaleyra callback")
             return _error(503, "callback store unavailable; retry later", {"Retry-After": "30"})
@@ -259,5 +267,7 @@ def create_app(
 def create_standalone_app(**kwargs: Any) -> FastAPI:
     """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way."""
     root = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    root.mount(URL_PREFIX, create_app(**kwargs))
+    app = create_app(**kwargs)
+    root.state.kaleyra_settings = app.state.kaleyra_settings
+    root.mount(URL_PREFIX, app)
     return root

@@ -1,8 +1,12 @@
-"""Durable store of SOIP callbacks: SQLite on one machine, PostgreSQL across hosts.
+"""Durable store of SOIP callbacks and of the numbers each check submitted.
 
 SQLAlchemy Core, one engine per URL per process (:func:`get_store`). Every callback is kept raw;
-the numbers read from it go to a second table indexed on ``(number, received_at)`` so the sensor
-can count 100k numbers cheaply. Tables are created on first use and the schema is versioned.
+the numbers read from it go to a second table (:mod:`.schema`). The check operator writes the
+numbers it submitted to a third, keyed by a submission id: the sensor and its trigger read them
+from there, never from XCom. Tables are created on first use and the schema is versioned.
+
+PostgreSQL is the store of a deployment whose components run on several hosts; SQLite is for one
+machine only, and only when named explicitly (``sqlite:///...``): there is no default file.
 """
 
 from __future__ import annotations
@@ -11,42 +15,37 @@ import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
     Table,
-    Text,
-    UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.types import TypeDecorator
 
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.schema import (
+    SCHEMA_VERSION,
+    callbacks_table,
+    metadata,
+    results_table,
+    schema_version_table,
+    submissions_table,
+)
+from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-CHUNK = 900  # below SQLite's bound-parameter limit, small enough for PostgreSQL plans
 _PG_LOCK_KEY = 0x4B414C4559524131  # pg_advisory_xact_lock key for schema creation ("KALEYRA1")
 
 CAPABLE = "capable"
@@ -61,81 +60,6 @@ class CallbackStoreError(Exception):
 
 class SchemaVersionError(CallbackStoreError):
     """The database was written by a newer provider version: refuse rather than corrupt it."""
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes in and out, on SQLite (naive text) as on PostgreSQL (timestamptz)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
-
-metadata = MetaData()
-
-schema_version_table = Table(
-    "kaleyra_schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-)
-
-callbacks_table = Table(
-    "kaleyra_callbacks",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(64), nullable=False, unique=True),
-    Column("received_at", UTCDateTime, nullable=False, index=True),
-    Column("method", String(8), nullable=False),
-    Column("content_type", String(255)),
-    Column("query", Text, nullable=False, default=""),
-    Column("headers", Text, nullable=False, default="{}"),
-    Column("body", LargeBinary, nullable=False),
-    Column("parse_error", Text),
-    Column("result_count", Integer, nullable=False, default=0),
-)
-
-results_table = Table(
-    "kaleyra_callback_results",
-    metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column(
-        "callback_id",
-        _ID,
-        ForeignKey("kaleyra_callbacks.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    Column("number", String(20)),
-    Column("number_raw", String(64), nullable=False),
-    Column("capable", Boolean),
-    Column("status", String(256)),
-    Column("request_id", String(256)),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("parse_error", Text),
-    # NULL request ids are distinct on both backends, so this only bites when an id is present.
-    UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
-    Index("ix_kaleyra_result_number_received", "number", "received_at"),
-)
-
-watches_table = Table(
-    "kaleyra_watches",
-    metadata,
-    Column("watch_id", String(64), primary_key=True),
-    Column("number", String(20), primary_key=True),
-    Column("created_at", UTCDateTime, nullable=False, index=True),
-)
 
 
 @dataclass(frozen=True)
@@ -165,15 +89,6 @@ class CallbackResult:
         }
 
 
-def _chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def redact_url(url: str) -> str:
     """URLs can carry a database password; messages never do."""
     try:
@@ -183,7 +98,7 @@ def redact_url(url: str) -> str:
 
 
 class CallbackStore:
-    """Callbacks and their per-number results in one database.
+    """Callbacks, their per-number results and the submitted numbers, in one database.
 
     :param url: SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://...``.
     """
@@ -240,14 +155,8 @@ class CallbackStore:
                 )
 
     def _write(self, engine: Engine | None = None) -> Any:
-        """A transaction that takes SQLite's write lock up front, so concurrent writers wait, not fail."""
-        engine = engine or self.engine
-        conn = engine.connect().execution_options(kaleyra_write=True)
-        return _Tx(conn)
-
-    def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.max(schema_version_table.c.version))).scalar() or 0)
+        """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), so writers queue."""
+        return (engine or self.engine).execution_options(kaleyra_write=True).begin()
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -256,180 +165,208 @@ class CallbackStore:
     # -- writing -------------------------------------------------------------------------------
 
     def add_callback(self, raw: RawCallback, parsed: ParsedCallback | None = None) -> bool:
-        """Store one delivery and its results; ``False`` when the same delivery was stored before.
+        """Store one delivery; ``False`` when it was stored before (its ``received_at`` is refreshed)."""
+        return self.add_callbacks([(raw, parsed if parsed is not None else parse_callback(raw))])[0]
 
-        :param raw: the delivery as received.
-        :param parsed: its reading; parsed here with the default mapping when not given.
+    def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
+        """Store many deliveries in ONE transaction (the receiver's group commit); per delivery, new or not.
+
+        A delivery seen before (same dedupe key) is not stored twice, but its time and its results'
+        times move to the new delivery's: Kaleyra re-delivering a callback after a new submission of
+        the same number answers that submission too.
         """
-        parsed = parsed if parsed is not None else parse_callback(raw)
-        received_at = _utc(raw.received_at)
+        if not batch:
+            return []
+        keys = [raw.dedupe_key for raw, _ in batch]
+        first: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
         with self._write() as conn:
-            callback_id = conn.execute(
-                _insert_ignore(conn, callbacks_table, ["dedupe_key"])
-                .values(
-                    dedupe_key=raw.dedupe_key,
-                    received_at=received_at,
-                    method=raw.method.upper()[:8],
-                    content_type=(raw.content_type or None) and raw.content_type[:255],
-                    query=raw.query,
-                    headers=json.dumps(dict(raw.headers), sort_keys=True),
-                    body=raw.body,
-                    parse_error=parsed.error,
-                    result_count=len(parsed.results),
-                )
-                .returning(callbacks_table.c.id)
-            ).scalar()
-            if callback_id is None:
-                return False
-            rows = [
-                {
-                    "callback_id": callback_id,
-                    "number": r.number,
-                    "number_raw": r.number_raw,
-                    "capable": r.capable,
-                    "status": r.status,
-                    "request_id": r.request_id,
-                    "received_at": received_at,
-                    "parse_error": r.error,
-                }
-                for r in parsed.results
-            ]
-            for start in range(0, len(rows), 1000):
-                conn.execute(_insert_ignore(conn, results_table, None), rows[start : start + 1000])
-        return True
+            rows = [_callback_row(*batch[index]) for index in first.values()]
+            returning, upsert = _batch_statements(conn)
+            inserted: dict[str, int] = dict(conn.execute(returning, rows).all())  # type: ignore[arg-type]
+            again = [row for row in rows if row["dedupe_key"] not in inserted]
+            if again:
+                self._refresh(conn, again)
+            results = _result_rows(batch, first, inserted)
+            for start in range(0, len(results), 1000):
+                conn.execute(upsert, results[start : start + 1000])
+        return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
+
+    @staticmethod
+    def _refresh(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        c, r = callbacks_table, results_table
+        params = [{"key": row["dedupe_key"], "at": row["received_at"]} for row in rows]
+        conn.execute(
+            update(c).where(c.c.dedupe_key == bindparam("key")).values(received_at=bindparam("at")), params
+        )
+        ids = select(c.c.id).where(c.c.dedupe_key == bindparam("key")).scalar_subquery()
+        conn.execute(update(r).where(r.c.callback_id == ids).values(received_at=bindparam("at")), params)
 
     def purge(self, older_than: timedelta) -> int:
-        """Delete callbacks (and watches) received before ``now - older_than``; returns callbacks deleted."""
+        """Delete callbacks (and submissions) older than ``now - older_than``; returns callbacks deleted."""
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
         cutoff = datetime.now(UTC) - older_than
         with self._write() as conn:
             conn.execute(delete(results_table).where(results_table.c.received_at < cutoff))
             deleted = conn.execute(delete(callbacks_table).where(callbacks_table.c.received_at < cutoff))
-            conn.execute(delete(watches_table).where(watches_table.c.created_at < cutoff))
+            conn.execute(delete(submissions_table).where(submissions_table.c.created_at < cutoff))
         count = deleted.rowcount or 0
         log.info("Purged %s Kaleyra callbacks received before %s", count, cutoff.isoformat())
         return count
 
-    # -- watches: the set of numbers a deferred sensor waits for, kept out of trigger kwargs --
+    # -- submissions: the numbers a check submitted, read by the sensor and its trigger ---------
 
-    def register_watch(self, numbers: Iterable[str]) -> str:
-        """Record the numbers a sensor waits for; returns an id the trigger can count against."""
-        watch_id = uuid.uuid4().hex
+    def add_submission(self, submission_id: str, numbers: Iterable[str]) -> int:
+        """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
         now = datetime.now(UTC)
-        rows = [{"watch_id": watch_id, "number": n, "created_at": now} for n in dict.fromkeys(numbers)]
+        added = 0
         with self._write() as conn:
-            for start in range(0, len(rows), 5000):
-                conn.execute(watches_table.insert(), rows[start : start + 5000])
-        return watch_id
+            rows: list[dict[str, Any]] = []
+            for number in numbers:
+                rows.append({"submission_id": submission_id, "number": number, "created_at": now})
+                if len(rows) >= 5000:
+                    conn.execute(_insert_ignore(conn, submissions_table, None), rows)
+                    added, rows = added + len(rows), []
+            if rows:
+                conn.execute(_insert_ignore(conn, submissions_table, None), rows)
+                added += len(rows)
+        return added
 
-    def drop_watch(self, watch_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(delete(watches_table).where(watches_table.c.watch_id == watch_id))
+    def submission_size(self, submission_id: str) -> int:
+        s = submissions_table
+        with self.engine.connect() as conn:
+            stmt = select(func.count()).select_from(s).where(s.c.submission_id == submission_id)
+            return int(conn.execute(stmt).scalar() or 0)
 
-    def count_answered_watch(self, watch_id: str, since: datetime) -> int:
-        """How many of the watched numbers have a callback received at or after ``since``; one query."""
-        r = results_table
+    # -- reading -------------------------------------------------------------------------------
+
+    def count_answered(self, submission_id: str, since: datetime) -> int:
+        """How many submitted numbers have a callback received at or after ``since``; one query."""
+        s, r = submissions_table, results_table
         answered = (
-            select(watches_table.c.number)
-            .where(watches_table.c.watch_id == watch_id)
-            .where(
-                select(r.c.id)
-                .where(r.c.number == watches_table.c.number, r.c.received_at >= _utc(since))
-                .exists()
-            )
+            select(s.c.number)
+            .where(s.c.submission_id == submission_id)
+            .where(select(r.c.id).where(r.c.number == s.c.number, r.c.received_at >= as_utc(since)).exists())
         )
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(answered.subquery())).scalar() or 0)
 
-    # -- reading -------------------------------------------------------------------------------
+    def results(self, submission_id: str, since: datetime) -> Iterator[tuple[str, CallbackResult | None]]:
+        """Every submitted number with its latest answer since ``since`` (``None``: no callback yet).
 
-    def count_answered(self, numbers: Sequence[str], since: datetime) -> int:
-        """How many of ``numbers`` (E.164) have a callback received at or after ``since``."""
-        r = results_table
-        total = 0
-        unique = list(dict.fromkeys(numbers))
+        Streams, ordered by number; a readable answer beats a later unreadable one.
+        """
+        s, r = submissions_table, results_table
+        stmt = (
+            select(s.c.number, r.c.capable, r.c.status, r.c.received_at, r.c.request_id)
+            .select_from(s.outerjoin(r, (r.c.number == s.c.number) & (r.c.received_at >= as_utc(since))))
+            .where(s.c.submission_id == submission_id)
+            .order_by(s.c.number, r.c.received_at, r.c.id)
+        )
         with self.engine.connect() as conn:
-            for chunk in _chunks(unique):
-                stmt = select(func.count(func.distinct(r.c.number))).where(
-                    r.c.number.in_(chunk), r.c.received_at >= _utc(since)
-                )
-                total += int(conn.execute(stmt).scalar() or 0)
-        return total
+            current: str | None = None
+            best: CallbackResult | None = None
+            for row in conn.execution_options(yield_per=5000).execute(stmt):
+                if row.number != current:
+                    if current is not None:
+                        yield current, best
+                    current, best = row.number, None
+                if row.received_at is None or (
+                    best is not None and best.capable is not None and row.capable is None
+                ):
+                    continue
+                best = CallbackResult(row.number, row.capable, row.status, row.received_at, row.request_id)
+            if current is not None:
+                yield current, best
 
-    def results_for(self, numbers: Sequence[str], since: datetime) -> dict[str, CallbackResult]:
-        """Latest answer per number since ``since``; a readable answer beats a later unreadable one."""
-        r = results_table
-        found: dict[str, CallbackResult] = {}
-        unique = list(dict.fromkeys(numbers))
-        with self.engine.connect() as conn:
-            for chunk in _chunks(unique):
-                stmt = (
-                    select(r.c.number, r.c.capable, r.c.status, r.c.received_at, r.c.request_id)
-                    .where(r.c.number.in_(chunk), r.c.received_at >= _utc(since))
-                    .order_by(r.c.received_at, r.c.id)
-                )
-                for row in conn.execute(stmt):
-                    previous = found.get(row.number)
-                    if previous is not None and previous.capable is not None and row.capable is None:
-                        continue
-                    found[row.number] = CallbackResult(
-                        row.number, row.capable, row.status, row.received_at, row.request_id
-                    )
-        return found
 
-    def callbacks(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Latest raw callbacks, newest first: for inspection and re-parsing."""
-        c = callbacks_table
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(c).order_by(c.c.id.desc()).limit(limit)).mappings().all()
-        return [dict(row) for row in rows]
+def _callback_row(raw: RawCallback, parsed: ParsedCallback) -> dict[str, Any]:
+    return {
+        "dedupe_key": raw.dedupe_key,
+        "received_at": as_utc(raw.received_at),
+        "method": raw.method.upper()[:8],
+        "content_type": (raw.content_type or None) and raw.content_type[:255],
+        "query": raw.query,
+        "headers": json.dumps(dict(raw.headers), sort_keys=True),
+        "body": raw.body,
+        "parse_error": parsed.error,
+        "result_count": len(parsed.results),
+    }
 
-    def counts(self) -> dict[str, int]:
-        """Rows per table, cheap enough for health checks and tests."""
-        with self.engine.connect() as conn:
-            return {
-                "callbacks": int(conn.execute(select(func.count()).select_from(callbacks_table)).scalar()),
-                "results": int(conn.execute(select(func.count()).select_from(results_table)).scalar()),
-                "parse_errors": int(
-                    conn.execute(
-                        select(func.count())
-                        .select_from(callbacks_table)
-                        .where(callbacks_table.c.parse_error.is_not(None))
-                    ).scalar()
-                ),
+
+def _result_rows(
+    batch: Sequence[tuple[RawCallback, ParsedCallback]], first: dict[str, int], inserted: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Result rows of the newly stored deliveries; one per (number, request id) when an id is given."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for key, index in first.items():
+        callback_id = inserted.get(key)
+        if callback_id is None:
+            continue
+        raw, parsed = batch[index]
+        for r in parsed.results:
+            row = {
+                "callback_id": callback_id,
+                "number": r.number,
+                "number_raw": r.number_raw,
+                "capable": r.capable,
+                "status": r.status,
+                "request_id": r.request_id,
+                "received_at": as_utc(raw.received_at),
+                "parse_error": r.error,
             }
+            # a statement may not update one row twice: the last answer for an id wins
+            unique = (r.number, r.request_id) if r.request_id is not None and r.number else len(rows)
+            rows.pop(unique, None)
+            rows[unique] = row
+    return list(rows.values())
 
 
-class _Tx:
-    """``with`` block: commit on success, roll back on error, always close."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> Connection:
-        self.conn.begin()
-        return self.conn
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self.conn.commit()
-            else:
-                self.conn.rollback()
-        finally:
-            self.conn.close()
+_BATCH_STATEMENTS: dict[str, tuple[Any, Any]] = {}
 
 
-def _insert_ignore(conn: Connection, table: Table, conflict_columns: list[str] | None) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the dialect at hand."""
+def _batch_statements(conn: Connection) -> tuple[Any, Any]:
+    """The two statements of a batch, built once per dialect (building them cost more than running).
+
+    Callbacks: insert, skipping known dedupe keys, returning the ids of the new ones. Results:
+    insert; an answer for a (number, request id) already stored replaces it (a re-delivery).
+    """
+    name = conn.dialect.name
+    if name not in _BATCH_STATEMENTS:
+        callbacks = _insert_ignore(conn, callbacks_table, ["dedupe_key"]).returning(
+            callbacks_table.c.dedupe_key, callbacks_table.c.id
+        )
+        results = _dialect_insert(conn)(results_table)
+        new = results.excluded
+        upsert = results.on_conflict_do_update(
+            index_elements=["number", "request_id"],
+            set_={
+                "callback_id": new.callback_id,
+                "capable": new.capable,
+                "status": new.status,
+                "received_at": new.received_at,
+                "parse_error": new.parse_error,
+            },
+        )
+        _BATCH_STATEMENTS[name] = (callbacks, upsert)
+    return _BATCH_STATEMENTS[name]
+
+
+def _dialect_insert(conn: Connection) -> Any:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise CallbackStoreError(f"unsupported callback store backend {conn.dialect.name!r}")
-    return insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+    return insert
+
+
+def _insert_ignore(conn: Connection, table: Table, conflict_columns: list[str] | None) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the dialect at hand."""
+    return _dialect_insert(conn)(table).on_conflict_do_nothing(index_elements=conflict_columns)
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -49,15 +49,15 @@ class KaleyraHook(BaseHook):
 
     @cached_property
     def config(self) -> KaleyraConfig:
-        """The connection's settings, read on first use (never at DAG-parse time)."""
-        conn = self.get_connection(self.kaleyra_conn_id)
-        config = KaleyraConfig.from_connection(conn)
-        _mask(config.api_key)
-        if config.callback_secret:
-            _mask(config.callback_secret)
-        mask_url_password(config.callback_store_url)
-        mask_url_password(config.cache_url)
-        return config
+        """The connection's settings, read on first use (never at DAG-parse time); secrets masked."""
+        return _masked(KaleyraConfig.from_connection(self.get_connection(self.kaleyra_conn_id)))
+
+    async def aconfig(self) -> KaleyraConfig:
+        """:attr:`config` for async code (the triggerer): the same reading and masking."""
+        if "config" not in self.__dict__:
+            conn = await self.aget_connection(self.kaleyra_conn_id)
+            self.__dict__["config"] = _masked(KaleyraConfig.from_connection(conn))
+        return self.config
 
     @cached_property
     def transport(self) -> Transport:
@@ -130,12 +130,13 @@ class KaleyraHook(BaseHook):
             raise ValueError(
                 "a SOIP capability check needs a callback_profile_id: pass one or set it on the connection"
             )
-        payload = {
-            "number": [api.soip_number(self._require_e164(n)) for n in numbers],
-            "callback_profile_id": profile,
-        }
-        if not payload["number"]:
+        return self.submit_soip([self._require_e164(n) for n in numbers], profile)
+
+    def submit_soip(self, e164s: list[str], callback_profile_id: str) -> dict[str, Any]:
+        """The capability-check request itself, for numbers already normalized (a planned chunk)."""
+        if not e164s:
             raise ValueError("a SOIP capability check needs at least one number")
+        payload = {"number": [api.soip_number(n) for n in e164s], "callback_profile_id": callback_profile_id}
         url = self.config.soip_base_url + api.SOIP_CHECK_PATH.format(sid=quote(self.config.sid, safe=""))
         return self.transport.call("POST", url, json=payload, accept=(200, 202))
 
@@ -380,6 +381,16 @@ def _devices_list(body: Any) -> list[Any]:
     if not isinstance(devices, list):
         raise ValueError("Kaleyra's bulk answer has no devices list")
     return devices
+
+
+def _masked(config: KaleyraConfig) -> KaleyraConfig:
+    """Hand the connection's secrets, and only them, to Airflow's log masker."""
+    _mask(config.api_key)
+    if config.callback_secret:
+        _mask(config.callback_secret)
+    mask_url_password(config.callback_store_url)
+    mask_url_password(config.cache_url)
+    return config
 
 
 def mask_url_password(url: str | None) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -10,14 +12,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_kaleyra.api import STATUSES
-from airflow_provider_kaleyra.audience import AudienceRow, read_audience
+from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE, STATUSES
+from airflow_provider_kaleyra.audience import AudienceRow, distinct_numbers, read_audience
+from airflow_provider_kaleyra.batching import shard_bounds
 from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheError
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, parse_age
+from airflow_provider_kaleyra.callbacks.store import get_store
+from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured, parse_age
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
 from airflow_provider_kaleyra.outputs import result_format
-from airflow_provider_kaleyra.phone import mask, normalize
+from airflow_provider_kaleyra.phone import MaskedNumbers, mask
 from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
@@ -104,7 +108,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     The work is checkpointed next to the output (``<output>.checkpoint/``): when the task is
     retried after a crash, chunks already answered are not asked again, and the output is the
     same as that of an uninterrupted run. Memory holds the distinct numbers and their answers,
-    never the rows.
+    never the rows. Reading, lookups and writing overlap: calls start after the first ~10,000
+    distinct numbers (after the whole audience when ``shard_index`` or ``max_invalid_ratio``
+    needs it first), and rows are written as their numbers are answered.
 
     To spread one audience over several workers, map over ``shard_index`` and template the
     output, e.g. ``.partial(audience=..., shard_count=4, output="s3://b/out-{{ ti.map_index }}.csv",
@@ -295,78 +301,143 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
 
 
 class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
-    """Submit numbers for an SMS-over-IP capability check; results arrive later by callback.
+    """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
 
-    Numbers are normalized (the connection's ``default_region`` reads national numbers),
-    de-duplicated and submitted in chunks. The XCom value is what
-    ``KaleyraSoipCallbackSensor`` needs to match the callbacks::
+    Takes the same audience as :class:`KaleyraRcsBulkLookupOperator` (a list, or a file on any
+    object store, optionally sharded). Numbers are normalized (the connection's
+    ``default_region`` reads national numbers), de-duplicated, recorded in the callback store
+    under a new submission id, and submitted in concurrent, paced requests of ``chunk_size``.
+    The XCom value is a summary with no phone number in it, which
+    :class:`~airflow_provider_kaleyra.sensors.kaleyra.KaleyraSoipCallbackSensor` takes as
+    ``submission``::
 
-        {"numbers": ["+9198...", ...], "invalid": [{"input": ..., "reason": ...}],
-         "submitted_at": "2025-01-01T10:00:00.123456+00:00", "responses": [...],
-         "callback_profile_id": "..."}
+        {"submission_id": "...", "submitted_at": "2026-01-01T10:00:00+00:00", "numbers": 20000,
+         "invalid": 3, "requests": 200, "callback_profile_id": "..."}
 
-    A retry submits every chunk again; receiving callbacks is idempotent.
+    A retry is a new submission; callbacks Kaleyra delivers again count for it.
 
-    :param numbers: the numbers to check, as a list. (templated)
+    :param numbers: the audience as a list, for small audiences. (templated)
+    :param audience: the audience as a file (path, URL or ``ObjectStoragePath``): a CSV with a
+        header naming ``column``, or plain text with one number per line. (templated)
+    :param column: the CSV column holding the numbers. (templated)
+    :param audience_format: ``"csv"`` or ``"text"``; by default read from the suffix.
+    :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
+    :param shard_count: how many shards the audience is cut into. (templated)
+    :param storage_conn_id: the Airflow connection of the object store, for ``audience`` given as a
+        string. (templated)
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
     :param chunk_size: numbers per API request.
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    :param kaleyra_conn_id: the ``kaleyra`` connection; its ``callback_store_url`` names the store.
+        (templated)
     """
 
-    template_fields: Sequence[str] = ("kaleyra_conn_id", "numbers", "callback_profile_id")
+    template_fields: Sequence[str] = (
+        "kaleyra_conn_id",
+        "numbers",
+        "audience",
+        "column",
+        "shard_index",
+        "shard_count",
+        "storage_conn_id",
+        "callback_profile_id",
+    )
     template_fields_renderers = {"numbers": "json"}
 
     def __init__(
         self,
         *,
-        numbers: Iterable[str],
+        numbers: Iterable[str] | None = None,
+        audience: str | ObjectStoragePath | None = None,
+        column: str = "phone",
+        audience_format: str | None = None,
+        shard_index: int | str | None = None,
+        shard_count: int | str | None = None,
+        storage_conn_id: str | None = None,
         callback_profile_id: str | None = None,
-        chunk_size: int = 100,
+        chunk_size: int = SOIP_CHUNK_SIZE,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        if (numbers is None) == (audience is None):
+            raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.numbers = numbers
+        self.audience = audience
+        self.column = column
+        self.audience_format = audience_format
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.storage_conn_id = storage_conn_id
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
+
+    # the audience arguments mean what they mean for the RCS bulk operator: one reading of them
+    _shard = KaleyraRcsBulkLookupOperator._shard
+    _rows = KaleyraRcsBulkLookupOperator._rows
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        if self.numbers is not None:  # Airflow records rendered fields: a masked sample, not the audience
+            self.numbers = MaskedNumbers(_as_list(self.numbers, "numbers"))
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.hook.config
         profile = self.callback_profile_id or config.callback_profile_id
         if not profile:
-            raise ValueError("a SOIP capability check needs callback_profile_id, here or on the connection")
-        distinct: dict[str, None] = {}
-        invalid: list[dict[str, str | None]] = []
-        for raw in _as_list(self.numbers, "numbers"):
-            norm = normalize(raw, config.default_region)
-            if norm.e164:
-                distinct[norm.e164] = None
-            else:
-                invalid.append({"input": raw if isinstance(raw, str) else str(raw), "reason": norm.reason})
-        numbers = list(distinct)
-        if invalid:
-            self.log.warning("%s inputs are not valid numbers and were not submitted", len(invalid))
-        if not numbers:
-            self.log.warning("No valid number to submit")
-        submitted_at = datetime.now(UTC).isoformat()
-        responses = [
-            self.hook.check_soip_capability(
-                numbers[start : start + self.chunk_size], callback_profile_id=profile
+            raise AirflowFailException(
+                "a SOIP capability check needs callback_profile_id, here or on the connection"
             )
-            for start in range(0, len(numbers), self.chunk_size)
-        ]
+        try:
+            store = get_store(config.store_url)
+        except StoreNotConfigured as exc:
+            raise AirflowFailException(str(exc)) from None
+        shard = self._shard()
+        found = distinct_numbers(self._rows(), config.default_region)
+        numbers = found.numbers
+        if shard is not None:
+            bounds = shard_bounds(len(numbers), shard.count)
+            start, stop = bounds[shard.index] if shard.index < len(bounds) else (0, 0)
+            numbers = numbers[start:stop]
+        if found.invalid:
+            reasons = "; ".join(f"{reason} ({n})" for reason, n in found.reasons.most_common(3))
+            self.log.warning(
+                "%s of %s inputs are not valid numbers: %s", found.invalid, found.inputs, reasons
+            )
+        submission_id = uuid.uuid4().hex
+        store.add_submission(submission_id, numbers)  # before the first request: callbacks can be fast
+        submitted_at = datetime.now(UTC)
+        requests = self._submit(numbers, profile)
         self.log.info(
-            "Submitted %s numbers in %s requests for SOIP capability (callback profile %s)",
+            "Submitted %s numbers in %s requests for SOIP capability (submission %s, callback profile %s)",
             len(numbers),
-            len(responses),
+            requests,
+            submission_id,
             profile,
         )
         return {
-            "numbers": numbers,
-            "invalid": invalid,
-            "submitted_at": submitted_at,
-            "responses": responses,
+            "submission_id": submission_id,
+            "submitted_at": submitted_at.isoformat(),
+            "numbers": len(numbers),
+            "invalid": found.invalid,
+            "requests": requests,
             "callback_profile_id": profile,
         }
+
+    def _submit(self, numbers: list[str], profile: str) -> int:
+        """Chunks go out ``max_concurrency`` at a time; the transport paces and retries them."""
+        chunks = [numbers[i : i + self.chunk_size] for i in range(0, len(numbers), self.chunk_size)]
+        if not chunks:
+            self.log.warning("No valid number to submit")
+            return 0
+        workers = min(self.hook.config.max_concurrency, len(chunks))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
+            futures = [pool.submit(self.hook.submit_soip, chunk, profile) for chunk in chunks]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+        return len(chunks)

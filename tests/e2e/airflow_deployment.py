@@ -1,6 +1,8 @@
 """A real Airflow 3 deployment for end-to-end tests: scheduler, API server, triggerer, DAG processor.
 
-Each component is its own process (as in production), sharing a throwaway ``AIRFLOW_HOME`` and a
+Each component is its own process (as in production), sharing a throwaway ``AIRFLOW_HOME`` (or,
+with ``component_homes=True``, each with its own, as on separate hosts: then they share nothing
+but the DAGs folder, the metadata database and what the test names as object storage) and a
 metadata database: a fresh database on the PostgreSQL server that ``scripts/setup.sh`` starts
 (``KALEYRA_TEST_POSTGRES_URL``), or SQLite when there is none. The LocalExecutor runs the tasks.
 Everything is torn down by :meth:`AirflowDeployment.stop`, whatever happened before.
@@ -81,8 +83,10 @@ class AirflowDeployment:
         sql_alchemy_conn: str | None = None,
         env: dict[str, str] | None = None,
         parallelism: int = 4,
+        component_homes: bool = False,
     ) -> None:
         self.home = home
+        self.component_homes = component_homes
         self.dags_folder = dags_folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -147,6 +151,10 @@ class AirflowDeployment:
             )
         return done
 
+    def home_of(self, component: str) -> Path:
+        """The ``AIRFLOW_HOME`` of one component: its own directory with ``component_homes``."""
+        return self.home / component if self.component_homes else self.home
+
     def start(self, timeout: float = 180) -> AirflowDeployment:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
@@ -154,11 +162,13 @@ class AirflowDeployment:
             args = [name] + (
                 ["--host", "127.0.0.1", "--port", str(self.port)] if name == "api-server" else []
             )
+            home = self.home_of(name)
+            home.mkdir(parents=True, exist_ok=True)
             log = open(self.home / f"{name}.out", "wb")  # noqa: SIM115 - closed with the process
             self.processes[name] = subprocess.Popen(
                 [_airflow_bin(), *args],
-                env=self.env,
-                cwd=self.home,
+                env={**self.env, "AIRFLOW_HOME": str(home)},
+                cwd=home,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -289,7 +299,8 @@ class AirflowDeployment:
         ]
 
     def task_logs(self, dag_id: str, run_id: str) -> Iterator[tuple[str, str]]:
-        base = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        # task logs are written where the tasks run: by the scheduler's LocalExecutor
+        base = self.home_of("scheduler") / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
         for path in sorted(base.rglob("*.log")) if base.exists() else []:
             yield str(path.relative_to(base)), path.read_text(errors="replace")
 

@@ -26,6 +26,7 @@ from airflow_provider_kaleyra.callbacks import receiver
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from tests.store_queries import counts, raw_callbacks
 
 LIMIT = 4096
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -150,7 +151,7 @@ def test_unauthenticated_requests_get_4xx_and_store_nothing(store):
             assert SECRET not in response.text
 
         check()
-    assert store.counts() == {"callbacks": 0, "results": 0, "parse_errors": 0}
+    assert counts(store) == {"callbacks": 0, "results": 0, "parse_errors": 0}
 
 
 def test_authenticated_requests_are_stored_once_or_refused_with_a_reason(store):
@@ -190,7 +191,7 @@ def test_authenticated_requests_are_stored_once_or_refused_with_a_reason(store):
         check()
 
     # Nothing lost, nothing doubled: one row per distinct accepted delivery, and the same ones.
-    rows = store.callbacks(limit=100_000)
+    rows = raw_callbacks(store, limit=100_000)
     assert {row["dedupe_key"] for row in rows} == set(accepted)
     assert len(rows) == len(accepted)
     assert all(SECRET not in row["headers"] for row in rows), "the secret was stored with the headers"
@@ -295,4 +296,4 @@ def test_huge_unauthenticated_body_is_refused_fast_and_not_stored(live_receiver,
     )
     assert status.startswith("HTTP/1.1 413"), status
     assert seconds < 3
-    assert store.counts()["callbacks"] == 0
+    assert counts(store)["callbacks"] == 0

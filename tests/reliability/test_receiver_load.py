@@ -23,6 +23,7 @@ from _reliability import SECRET_CALLBACK as SECRET
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from tests.store_queries import counts
 
 TOTAL = 20_000
 THREADS = 8
@@ -151,6 +152,6 @@ def test_burst_of_20k_callbacks_is_stored_exactly_once(receiver_process):
 
     store = CallbackStore(url)
     try:
-        assert store.counts() == {"callbacks": TOTAL, "results": TOTAL, "parse_errors": 0}
+        assert counts(store) == {"callbacks": TOTAL, "results": TOTAL, "parse_errors": 0}
     finally:
         store.dispose()

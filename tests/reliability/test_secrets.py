@@ -121,7 +121,13 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     submission = outputs[-1]
     assert sim.wait_callbacks(timeout=30)
 
-    sensor = KaleyraSoipCallbackSensor(task_id="wait", submission=submission, poke_interval=0.1, timeout=30)
+    sensor = KaleyraSoipCallbackSensor(
+        task_id="wait",
+        submission=submission,
+        output=str(tmp_path / "soip.jsonl"),
+        poke_interval=0.1,
+        timeout=30,
+    )
     rendered["wait"] = _render(sensor)
     deadline = time.monotonic() + 30
     while not (poked := sensor.poke({})).is_done:
@@ -131,14 +137,12 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     assert poked.xcom_value["summary"]["answered"] == 120
 
     store = get_store(store_url)
-    watch = store.register_watch(submission["numbers"])
     trigger = KaleyraSoipCallbackTrigger(
-        watch_id=watch,
+        submission_id=submission["submission_id"],
         since=submission["submitted_at"],
         total=120,
         required=120,
         poll_interval=0.1,
-        store_url=store_url,
     )
     event = asyncio.run(anext(trigger.run()))
     outputs += [event.payload, trigger.serialize()]
@@ -146,7 +150,7 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
 
     # -- errors: a refused key, a dead endpoint, a bad connection, a bad argument
     wrong = secret_simulator(api_key="the-key-kaleyra-expects-1234")
-    use_connection(wrong.url, conn_id="kaleyra_wrong")
+    use_connection(wrong.url, conn_id="kaleyra_wrong", callback_store_url=store_url)
     for call in (
         lambda: KaleyraHook("kaleyra_wrong").lookup_rcs("+14152000001"),
         lambda: KaleyraRcsLookupOperator(
@@ -234,7 +238,8 @@ DAG_FILE = """
         bulk = KaleyraRcsBulkLookupOperator(task_id="bulk", audience=WORK + "/audience.csv",
                                             output=WORK + "/out-{{ ds }}.csv")
         soip = KaleyraSoipCapabilityCheckOperator(task_id="soip", numbers=["+14152000001", "(415) 200-0002"])
-        wait = KaleyraSoipCallbackSensor(task_id="wait", submission=soip.output, poke_interval=0.2, timeout=60)
+        wait = KaleyraSoipCallbackSensor(task_id="wait", submission=soip.output, output=WORK + "/soip.jsonl",
+                                         poke_interval=0.2, timeout=60)
         single >> bulk >> soip >> wait
 
     if __name__ == "__main__":
