@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 
 from airflow_provider_kaleyra.cache import get_cache
@@ -41,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    url = args.url or os.environ.get("KALEYRA_CACHE_URL")
+    url = args.url
     if not url:
         from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
         from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
