@@ -1,4 +1,8 @@
-"""Errors raised by the provider. None of them ever carries the API key."""
+"""Errors raised by the provider. None of them ever carries the API key.
+
+Their messages may quote Kaleyra (an error body's ``message``): the transport has replaced the
+connection's secrets in every answer before any error is built from it.
+"""
 
 from __future__ import annotations
 

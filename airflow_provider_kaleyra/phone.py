@@ -13,13 +13,17 @@ answer is the same either way (``tests/test_phone.py`` checks it).
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_kaleyra.utils import fastphone as _fastphone
+
+log = logging.getLogger(__name__)
 
 MAX_INPUT_LENGTH = 64  # longer strings are not phone numbers; refuse before parsing
 # Excel shows a long number as ``1.41555527E10`` and saves it so: the digits after the 9th
@@ -54,7 +58,8 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
     if isinstance(cleaned, Normalized):
         return cleaned
     compact, parse_region = cleaned
-    parsed = _fastphone.parse(compact, parse_region)  # what phonenumbers would compute, or None
+    # what phonenumbers would compute, or None (then, or when the self-check failed, ask it)
+    parsed = _fastphone.parse(compact, parse_region) if _trusted or fast_path_enabled() else None
     if parsed is None:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
@@ -68,8 +73,9 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Excel's scientific notation is refused (its digits are lost), separators go, ``00`` before a country code becomes ``+``, text longer than ``MAX_INPUT_LENGTH`` is refused,
-    and a number with ``+`` is read without a default region.
+    Text longer than ``MAX_INPUT_LENGTH`` and Excel's scientific notation (its digits are lost)
+    are refused, separators go, ``00`` before a country code becomes ``+``, and a number with
+    ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
@@ -159,3 +165,77 @@ class MaskedNumbers:
 
     def serialize(self) -> dict[str, object]:
         return {"count": len(self.values), "sample": [mask(str(v)) for v in self.values[:5]]}
+
+
+# --------------------------------------------------------------------------- fast path self-check
+
+_trusted: bool | None = None  # None until the self-check ran
+_check_lock = threading.Lock()
+# Regions with national prefixes, shared calling codes, leading zeros, AR/MX transforms, ...
+_SAMPLE_REGIONS = (
+    "US CA AG GB IE IN DE FR IT SM VA ES NL BR AR MX RU KZ CN JP KR AU NZ SG AE SA ZA NG KE EG TR ID"
+)
+# ... and inputs that exercise one replayed rule each: (input, default region)
+_TRICKY = [("+5491123456789", None), ("01115234567890", "AR"), ("0445512345678", "MX"), ("0212345678", "IT")]
+_TRICKY += [
+    ("8800555353", "RU"),
+    ("011442079460000", "US"),
+    ("4641234", "AG"),
+    ("+0", None),
+    ("+80012345678", None),
+]
+
+
+def _sample() -> list[tuple[str, str | None]]:
+    """Example numbers of each sample region, as audiences write them, valid and not, plus ``_TRICKY``."""
+    inputs = list(_TRICKY)
+    for region in _SAMPLE_REGIONS.split():
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is None:
+                continue
+            cc, nsn = number.country_code, phonenumbers.national_significant_number(number)
+            national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+            inputs += [(f"+{cc}{nsn}", None), (f"+{cc}{nsn[:-2]}", None), (f"+{cc}{nsn}0", None)]
+            inputs += [(text, region) for text in ("".join(filter(str.isdigit, national)), nsn, nsn[:-1])]
+            inputs += [(nsn + "1", region), (f"{cc}{nsn}", region)]
+    return inputs
+
+
+def fast_path_enabled() -> bool:
+    """Whether :mod:`~airflow_provider_kaleyra.utils.fastphone` is used: its first-use self-check,
+    once per process, found no difference from plain ``phonenumbers`` (the property tests cover the
+    pinned version; this catches a release that slipped past the pin, or a forced install)."""
+    global _trusted
+    if _trusted is None:
+        with _check_lock:
+            if _trusted is None:
+                _trusted = _self_check()
+    return _trusted
+
+
+def _self_check() -> bool:
+    """The fast path against plain ``phonenumbers`` on :func:`_sample` (~0.2 s, once per process)."""
+    try:
+        for compact, region in _sample():
+            ours = _fastphone.parse(compact, region)
+            if ours is None:
+                continue
+            try:
+                number = phonenumbers.parse(compact, region)
+                plain = (number.country_code, phonenumbers.national_significant_number(number))
+                same = ours == (*plain, phonenumbers.is_valid_number(number))
+            except phonenumbers.NumberParseException:
+                same = False
+            if not same:
+                log.warning(
+                    "phonenumbers %s disagrees with the fast path on a sample number (region %s): "
+                    "normalizing with plain phonenumbers (slower, same answers)",
+                    phonenumbers.__version__,
+                    region,
+                )
+                return False
+    except Exception:  # a private internal moved: the same fallback
+        log.warning("Fast path self-check failed: normalizing with plain phonenumbers", exc_info=True)
+        return False
+    return True

@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_kaleyra.api import INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.simulator import rcs_answer
+from airflow_provider_kaleyra.simulator import rcs_answer, simulator_connection
 
 
 def _audience(size: int, garbage_ratio: float, seed: int = 7) -> list[str]:
@@ -66,12 +66,7 @@ def test_wrong_key_fails_fast_over_http(make_simulator, monkeypatch):
     import json
 
     sim = make_simulator()
-    conn = {
-        "conn_type": "kaleyra",
-        "login": sim.config.sid,
-        "password": "wrong-key-123",
-        "extra": {"rcs_base_url": sim.url, "default_region": "US"},
-    }
+    conn = simulator_connection(sim.url, sid=sim.config.sid, api_key="wrong-key-123", default_region="US")
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
     with pytest.raises(KaleyraAuthError):
         list(KaleyraHook().lookup_rcs_many([f"+1415555{i:04d}" for i in range(300)]))

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
+from airflow_provider_kaleyra import phone
 from airflow_provider_kaleyra.phone import (
     MAX_INPUT_LENGTH,
     Normalized,
+    fast_path_enabled,
     mask,
     normalize,
     normalize_with_phonenumbers,
@@ -69,22 +71,20 @@ def assert_same(raw: object, region: str | None) -> Normalized:
 
 
 def test_fast_path_is_enabled_for_this_phonenumbers():
-    assert _fastphone.enabled(), (
-        f"phonenumbers {phonenumbers.__version__} failed the self-check: normalize is slow"
-    )
+    assert fast_path_enabled(), f"phonenumbers {phonenumbers.__version__} failed the self-check: slow"
     assert _fastphone.parse("+16502530000", None) == (1, "6502530000", True)
 
 
 def test_self_check_samples_many_regions_and_the_replay_answers_most_of_them():
-    sample = _fastphone._sample()
+    sample = phone._sample()
     assert len({region for _, region in sample}) > 30 and len(sample) > 500
-    assert sum(_fastphone._replay(*item) is not None for item in sample) > 0.95 * len(sample)
+    assert sum(_fastphone.parse(*item) is not None for item in sample) > 0.95 * len(sample)
 
 
 @pytest.mark.parametrize("fault", ["differs", "raises"])
 def test_any_self_check_mismatch_falls_back_to_plain_phonenumbers_and_logs_once(monkeypatch, caplog, fault):
     """A phonenumbers release that the replay no longer matches must cost speed, never answers."""
-    replay = _fastphone._replay
+    replay = _fastphone.parse
 
     def broken(compact, region):
         if fault == "raises":
@@ -92,13 +92,13 @@ def test_any_self_check_mismatch_falls_back_to_plain_phonenumbers_and_logs_once(
         answer = replay(compact, region)
         return None if answer is None else (answer[0], answer[1], not answer[2])  # validity flipped
 
-    monkeypatch.setattr(_fastphone, "_replay", broken)
-    monkeypatch.setattr(_fastphone, "_trusted", None)
-    with caplog.at_level("WARNING", logger=_fastphone.__name__):
-        assert _fastphone.parse("+16502530000", None) is None
-        assert _fastphone.parse("+442079460000", None) is None
+    monkeypatch.setattr(_fastphone, "parse", broken)
+    monkeypatch.setattr(phone, "_trusted", None)
+    with caplog.at_level("WARNING", logger=phone.__name__):
         assert normalize("+1 650 253 0000") == Normalized("+16502530000")  # through plain phonenumbers
-    assert not _fastphone.enabled()
+        assert normalize("+1 650 253 0000 1") == reference("+1 650 253 0000 1", None)
+        assert normalize("020 7946 0000", "GB") == Normalized("+442079460000")
+    assert not fast_path_enabled()
     assert len([r for r in caplog.records if "plain phonenumbers" in r.getMessage()]) == 1
 
 

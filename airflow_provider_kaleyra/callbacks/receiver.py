@@ -149,6 +149,16 @@ def is_authorized(headers: Mapping[str, str], secret: str) -> bool:
     return ok
 
 
+def _kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers as stored with the callback: 64 at most, values cut, no credentials."""
+    kept = {}
+    for name, value in raw[:64]:
+        key = name.decode("latin-1").lower()
+        if key not in _PRIVATE_HEADERS:
+            kept[key] = value.decode("latin-1")[:512]
+    return kept
+
+
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"status": "error", "detail": detail}, status_code=status, headers=headers)
 
@@ -219,17 +229,16 @@ def create_app(
                 return _error(400, "invalid Content-Length")
             if int(declared) > max_body_bytes:
                 return _error(413, f"body larger than {max_body_bytes} bytes")
-        body = await _read_body(request, max_body_bytes)
+        # a declared length was checked above (the server holds the body to it); chunked: read capped
+        body = await request.body() if declared is not None else await _read_body(request, max_body_bytes)
         if body is None:
             return _error(413, f"body larger than {max_body_bytes} bytes")
         raw = RawCallback(
             method=request.method,
             body=body,
             content_type=request.headers.get("content-type"),
-            query=request.url.query,
-            headers={
-                k: v[:512] for k, v in list(request.headers.items())[:64] if k.lower() not in _PRIVATE_HEADERS
-            },
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=_kept_headers(request.scope["headers"]),
             received_at=datetime.now(UTC),
         )
         if not body.strip() and not raw.query:

@@ -183,15 +183,14 @@ class CallbackStore:
             first.setdefault(key, index)
         with self._write() as conn:
             rows = [_callback_row(*batch[index]) for index in first.values()]
-            insert = _insert_ignore(conn, callbacks_table, ["dedupe_key"])
-            returning = insert.returning(callbacks_table.c.dedupe_key, callbacks_table.c.id)
+            returning, upsert = _batch_statements(conn)
             inserted: dict[str, int] = dict(conn.execute(returning, rows).all())  # type: ignore[arg-type]
             again = [row for row in rows if row["dedupe_key"] not in inserted]
             if again:
                 self._refresh(conn, again)
             results = _result_rows(batch, first, inserted)
             for start in range(0, len(results), 1000):
-                conn.execute(_upsert_results(conn), results[start : start + 1000])
+                conn.execute(upsert, results[start : start + 1000])
         return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
 
     @staticmethod
@@ -325,20 +324,34 @@ def _result_rows(
     return list(rows.values())
 
 
-def _upsert_results(conn: Connection) -> Any:
-    """Insert results; an answer for a (number, request id) already stored replaces it (a re-delivery)."""
-    stmt = _dialect_insert(conn)(results_table)
-    new = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=["number", "request_id"],
-        set_={
-            "callback_id": new.callback_id,
-            "capable": new.capable,
-            "status": new.status,
-            "received_at": new.received_at,
-            "parse_error": new.parse_error,
-        },
-    )
+_BATCH_STATEMENTS: dict[str, tuple[Any, Any]] = {}
+
+
+def _batch_statements(conn: Connection) -> tuple[Any, Any]:
+    """The two statements of a batch, built once per dialect (building them cost more than running).
+
+    Callbacks: insert, skipping known dedupe keys, returning the ids of the new ones. Results:
+    insert; an answer for a (number, request id) already stored replaces it (a re-delivery).
+    """
+    name = conn.dialect.name
+    if name not in _BATCH_STATEMENTS:
+        callbacks = _insert_ignore(conn, callbacks_table, ["dedupe_key"]).returning(
+            callbacks_table.c.dedupe_key, callbacks_table.c.id
+        )
+        results = _dialect_insert(conn)(results_table)
+        new = results.excluded
+        upsert = results.on_conflict_do_update(
+            index_elements=["number", "request_id"],
+            set_={
+                "callback_id": new.callback_id,
+                "capable": new.capable,
+                "status": new.status,
+                "received_at": new.received_at,
+                "parse_error": new.parse_error,
+            },
+        )
+        _BATCH_STATEMENTS[name] = (callbacks, upsert)
+    return _BATCH_STATEMENTS[name]
 
 
 def _dialect_insert(conn: Connection) -> Any:

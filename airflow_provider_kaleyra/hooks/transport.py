@@ -61,8 +61,9 @@ _BAD_URL = (
 def call_budget(timeout: float, max_retries: int) -> float:
     """The longest one call can take, in seconds: every attempt to its deadline, every sleep capped.
 
-    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s. A run of many calls takes
-    longer than one call only through the queue: its calls run ``max_concurrency`` at a time.
+    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s, not counting the wait for a
+    turn under the rate limit (the pacer, which a 429 pauses for everyone). A run's calls go
+    ``max_concurrency`` at a time.
     """
     return (max_retries + 1) * timeout + max_retries * max(MAX_RETRY_AFTER, BACKOFF_CAP)
 
@@ -285,8 +286,9 @@ class Transport:
                 if probe:  # (after a refusal is recorded: nobody waiting may send with a dead key)
                     self._first_answer_in(origin)
         assert last is not None
+        attempts = self.max_retries + 1
         raise KaleyraApiError(
-            f"gave up after {self.max_retries + 1} attempts: {last.message}",
+            f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}: {last.message}",
             status=last.status,
             code=last.code,
             retryable=True,

@@ -6,7 +6,7 @@ import functools
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +16,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow, distinct_numbers, read_audience
 from airflow_provider_kaleyra.batching import shard_bounds
+from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.callbacks.store import get_store
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured
+from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured, parse_age
 from airflow_provider_kaleyra.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
@@ -50,6 +51,15 @@ def _ratio(value: float | str | None, name: str) -> float | None:
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     return ratio
+
+
+def _age_or_none(value: timedelta | str | None, name: str) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    try:
+        return parse_age(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 # What waiting cannot fix: bad credentials (401/403), a wrong column or configuration (ValueError,
@@ -139,7 +149,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     The work is checkpointed next to the output (``<output>.checkpoint/``): when the task is
     retried after a crash, chunks already answered are not asked again, and the output is the
     same as that of an uninterrupted run. Memory holds the distinct numbers and their answers,
-    never the rows.
+    never the rows. Reading, lookups and writing overlap: calls start after the first ~10,000
+    distinct numbers (after the whole audience when ``shard_index`` or ``max_invalid_ratio``
+    needs it first), and rows are written as their numbers are answered.
 
     To spread one audience over several workers, map over ``shard_index`` and template the
     output, e.g. ``.partial(audience=..., shard_count=4, output="s3://b/out-{{ ti.map_index }}.csv",
@@ -169,6 +181,12 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     :param checkpoint_batches: API calls per checkpoint part.
     :param e164_input: the audience was normalized by an earlier step (e.g. the preflight's
         ``prepare``): only the E.164 shape is checked, so each number is parsed once per run.
+    :param cache: the capability cache (README, "Remembering answers"): ``None`` uses it when the
+        connection sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"``
+        asks Kaleyra for every number and rewrites it.
+    :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``,
+        ``"36h"``, a ``timedelta``); the connection's by default.
+    :param cache_max_age_negative: the same for ``rcs_disabled`` answers.
     :param storage_conn_id: the Airflow connection of the object store, for ``audience`` and
         ``output`` given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
@@ -202,6 +220,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
         e164_input: bool = False,
+        cache: CacheMode = None,
+        cache_max_age_positive: timedelta | str | None = None,
+        cache_max_age_negative: timedelta | str | None = None,
         storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
@@ -225,6 +246,11 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         self.max_failed_ratio = max_failed_ratio
         self.max_invalid_ratio = max_invalid_ratio
         self.checkpoint_batches = checkpoint_batches
+        if cache not in (None, True, False, REFRESH):
+            raise ValueError(f'cache must be True, False, "refresh" or None, got {cache!r}')
+        self.cache = cache
+        self.cache_max_age_positive = _age_or_none(cache_max_age_positive, "cache_max_age_positive")
+        self.cache_max_age_negative = _age_or_none(cache_max_age_negative, "cache_max_age_negative")
         self.storage_conn_id = storage_conn_id
 
     def _shard(self) -> Shard | None:
@@ -250,11 +276,16 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_failed = _ratio(self.max_failed_ratio, "max_failed_ratio") or 0.0
         max_invalid = _ratio(self.max_invalid_ratio, "max_invalid_ratio")
         requests_before = self.hook.transport.requests_sent
+        try:
+            cache = self.hook.cache_run(self.cache, self.cache_max_age_positive, self.cache_max_age_negative)
+        except CapabilityCacheError as exc:  # a setting to fix: retries would fail the same way
+            raise AirflowFailException(str(exc)) from None
         with BulkLookup(
             self.hook,
             output,
             shard=shard,
             checkpoint_batches=self.checkpoint_batches,
+            cache=cache,
             log=self.log,
             e164_input=self.e164_input,
         ) as run:
@@ -296,6 +327,12 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
             ", ".join(f"{status}={summary['statuses'][status]}" for status in STATUSES),
             summary["requests"],
         )
+        if summary.get("cache"):
+            self.log.info(
+                "Capability cache: %(from_cache)s numbers answered from it, %(asked)s asked, "
+                "%(written_to_cache)s answers written, about %(requests_saved)s API requests saved",
+                summary["cache"],
+            )
         return summary
 
     @staticmethod

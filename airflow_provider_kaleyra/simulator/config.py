@@ -95,10 +95,8 @@ class SimulatorConfig:
     callback_timeout: float = _knob(5.0, "seconds to wait for the receiver")
 
     def __post_init__(self) -> None:
-        if isinstance(self.callback_auth, str):
+        if isinstance(self.callback_auth, str):  # as /_sim/config and the CLI give it
             object.__setattr__(self, "callback_auth", CallbackAuth.parse(self.callback_auth))
-        elif isinstance(self.callback_auth, (tuple, list)):
-            object.__setattr__(self, "callback_auth", CallbackAuth(*self.callback_auth))
         for name in FAULT_KINDS:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -146,7 +144,7 @@ def simulator_connection(
 
 # --------------------------------------------------------------------------- CLI flags
 
-_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "CallbackAuth": CallbackAuth.parse}
+_TYPES: dict[str, Any] = {"int": int, "float": float}  # anything else is read as text
 _CHOICES = {"bulk_invalid": ("reject", "drop")}
 
 
@@ -171,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             else:
                 group.add_argument(flag, dest=f.name, action="store_true", help=help)
             continue
-        kind = _TYPES[f.type.split(" | ")[0]]
+        kind = _TYPES.get(f.type.split(" | ")[0], str)
         group.add_argument(
             flag, dest=f.name, type=kind, default=f.default, choices=_CHOICES.get(f.name), help=help
         )

@@ -45,21 +45,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
     # -- plumbing
 
     def _read_body(self) -> bytes:
@@ -106,8 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _dispatch(self, method: str) -> None:
-        sim = self.server.sim
+    def _dispatch(self) -> None:
+        method, sim = self.command, self.server.sim
         config = sim.config  # one consistent snapshot for the whole request
         path = urllib.parse.urlsplit(self.path).path
         try:
@@ -125,6 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("Simulator error on %s %s", method, path)
             status, payload, headers = (*str_error(500, "SIM500", "Simulator internal error"), None)
         self._send(status, payload, headers)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -226,19 +213,11 @@ class KaleyraSimulator:
         return self._config
 
     @property
-    def host(self) -> str:
-        return self._config.host
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("simulator is not running")
-        return self._server.server_address[1]
-
-    @property
     def url(self) -> str:
         """Base URL for both ``rcs_base_url`` and ``soip_base_url``."""
-        return f"http://{self.host}:{self.port}"
+        if self._server is None:
+            raise RuntimeError("simulator is not running")
+        return f"http://{self._config.host}:{self._server.server_address[1]}"
 
     def connection(self, **extra: Any) -> dict[str, Any]:
         """An Airflow connection to this simulator (its SID and key): see :func:`simulator_connection`."""

@@ -26,10 +26,9 @@ It replays private ``phonenumbers`` internals, so a release could change answers
 
 * ``pyproject.toml`` pins ``phonenumbers`` to the minor series the property tests in
   ``tests/test_phone.py`` cover (to widen it: install the new version, run those tests).
-* On first use, :func:`parse` compares the replay with plain ``phonenumbers`` on a fixed sample
-  (example numbers of many regions, in international, national, trunk-prefixed, too short and
-  too long forms, and known tricky inputs); on any difference, or any error, it logs once and
-  answers ``None`` from then on: every number goes through plain ``phonenumbers``.
+* On first use, :func:`~airflow_provider_kaleyra.phone.normalize` compares this module with
+  plain ``phonenumbers`` on a fixed sample (``phone.fast_path_enabled``); on any difference, or
+  any error, it logs once and uses plain ``phonenumbers`` for every number from then on.
 
 Why it is exactly equivalent
 ----------------------------
@@ -70,15 +69,11 @@ plain ``phonenumbers`` calls on arbitrary strings and on generated numbers of ma
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 
-import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumber
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
-
-log = logging.getLogger(__name__)
 
 _NON_GEO = "001"
 _MIN_NSN = 2  # phonenumbers' _MIN_LENGTH_FOR_NSN
@@ -332,15 +327,8 @@ def parse(compact: str, region: str | None) -> Parsed | None:
     """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result.
 
     Handles ``+`` and ASCII digits (``region`` unused), or ASCII digits read in ``region``.
-    ``None`` for anything else, wherever ``parse`` would raise, and always when the self-check
-    failed: ask ``phonenumbers``.
+    ``None`` for anything else, and wherever ``parse`` would raise: ask ``phonenumbers``.
     """
-    if _trusted is not True and not enabled():
-        return None
-    return _replay(compact, region)
-
-
-def _replay(compact: str, region: str | None) -> Parsed | None:
     if compact[:1] == "+":
         digits = compact[1:]
         if (
@@ -374,90 +362,3 @@ def _replay(compact: str, region: str | None) -> Parsed | None:
             # parse now uses the main region of the code (the same metadata when it is the default)
             return info.finish(candidate, info.main)
     return info.finish(compact, default)
-
-
-# --------------------------------------------------------------------------- self-check
-
-_trusted: bool | None = None  # None until the self-check ran
-_check_lock = threading.Lock()  # (not _lock: the check compiles regions, which takes _lock)
-_SAMPLE_REGIONS = (
-    *("US", "CA", "AG", "GB", "IE", "IN", "DE", "FR", "IT", "SM", "VA", "ES", "NL", "BR", "AR"),
-    *("MX", "RU", "KZ", "CN", "JP", "KR", "AU", "NZ", "SG", "AE", "SA", "ZA", "NG", "KE", "EG"),
-    *("TR", "ID", "PH", "PK", "BD", "VN", "IR", "001"),
-)
-_TRICKY = (  # (input, default region): inputs that exercise each replayed rule
-    ("+5491123456789", None),
-    ("01115234567890", "AR"),
-    ("0445512345678", "MX"),
-    ("0212345678", "IT"),
-    ("8800555353", "RU"),
-    ("011442079460000", "US"),
-    ("12684641234", "AG"),
-    ("4641234", "AG"),
-    ("+0", None),
-    ("+80012345678", None),
-    ("00", "GB"),
-)
-
-
-def _sample() -> list[tuple[str, str | None]]:
-    """Example numbers of each sample region, in the forms audiences hold, valid and not."""
-    inputs: list[tuple[str, str | None]] = list(_TRICKY)
-    for region in _SAMPLE_REGIONS:
-        if region == "001":
-            examples = [phonenumbers.example_number_for_non_geo_entity(cc) for cc in (800, 882)]
-            region = None
-        else:
-            examples = [
-                phonenumbers.example_number_for_type(region, kind)
-                for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE)
-            ]
-        for number in filter(None, examples):
-            cc, nsn = number.country_code, phonenumbers.national_significant_number(number)
-            inputs += [(f"+{cc}{nsn}", None), (f"+{cc}{nsn[:-2]}", None), (f"+{cc}{nsn}0", None)]
-            if region:
-                national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
-                inputs += [("".join(c for c in national if c.isdigit()), region), (nsn, region)]
-                inputs += [(nsn[:-1], region), (nsn + "1", region), (f"{cc}{nsn}", region)]
-    return inputs
-
-
-def _plain(compact: str, region: str | None) -> Parsed | None:
-    try:
-        number = phonenumbers.parse(compact, region)
-    except phonenumbers.NumberParseException:
-        return None
-    return (
-        number.country_code,
-        phonenumbers.national_significant_number(number),
-        phonenumbers.is_valid_number(number),
-    )
-
-
-def enabled() -> bool:
-    """Whether the fast path is on: the self-check, run once per process, found no difference."""
-    global _trusted
-    if _trusted is None:
-        with _check_lock:
-            if _trusted is None:
-                _trusted = _self_check()
-    return _trusted
-
-
-def _self_check() -> bool:
-    try:
-        for compact, region in _sample():
-            ours = _replay(compact, region)
-            if ours is not None and ours != _plain(compact, region):
-                log.warning(
-                    "phonenumbers %s reads %r (region %s) differently from the fast path: "
-                    "normalizing with plain phonenumbers (slower, same answers) in this process",
-                    phonenumbers.__version__,
-                    compact[:4] + "...",  # a sample number, but logs get no numbers anyway
-                    region,
-                )
-                return False
-    except Exception:  # a private internal moved: the same fallback
-        log.warning("fast path self-check failed: normalizing with plain phonenumbers", exc_info=True)
-        return False
-    return True

@@ -192,6 +192,15 @@ def huge(size: int = 100 * 1024 * 1024, declare: bool = True) -> Behaviour:
     return behave
 
 
+def raw(data: bytes) -> Behaviour:
+    """Exactly these bytes, whatever they are (a broken status line, a lying header), then close."""
+
+    def behave(conn: Connection, request: Request) -> None:
+        conn.send_body(data)
+
+    return behave
+
+
 def empty() -> Behaviour:
     """``200 OK`` with nothing in it."""
     return reply(b"")
