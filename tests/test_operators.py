@@ -21,6 +21,7 @@ from airflow_provider_kaleyra.operators.kaleyra import (
     KaleyraSoipCapabilityCheckOperator,
 )
 from airflow_provider_kaleyra.outputs import read_results
+from airflow_provider_kaleyra.phone import mask
 from airflow_provider_kaleyra.simulator import rcs_answer
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -92,7 +93,7 @@ def test_single_lookup_renders_the_number_and_returns_the_device_record(mock_con
     op = KaleyraRcsLookupOperator(task_id="single", number="{{ params.number }}")
     op.render_template_fields({"params": {"number": "(415) 555-2671"}})
     assert op.number == "(415) 555-2671"
-    assert op.execute({}) == data
+    assert op.execute({}) == {**data, "deviceAddress": "14155****71"}  # the number masked in XCom
     assert requests_mock.last_request.url == f"{BASE}/v1/{SID}/rcs/lookup/%2B14155552671"
     logged = "".join(capfd.readouterr())
     assert "RCS lookup of (415)*******71" in logged and "555-2671" not in logged
@@ -498,7 +499,7 @@ def test_dag_with_every_operator_runs_through_dag_test(kaleyra_conn, run_dag_fil
     assert len([t for t in states["tasks"] if t.startswith("bulk[")]) == 3
 
     report = json.loads((work / "report.json").read_text())
-    assert report["single"] == {**rcs_answer(us(7)), "deviceAddress": us(7)[1:]}
+    assert report["single"] == {**rcs_answer(us(7)), "deviceAddress": mask(us(7)[1:])}
     assert [s["shard"] for s in report["shards"]] == [[0, 3], [1, 3], [2, 3]]
     assert (report["soip"]["numbers"], report["soip"]["invalid"]) == (2, 1)
     assert report["soip"]["callback_profile_id"] == "profile-dag"

@@ -116,6 +116,9 @@ class _KaleyraOperator(BaseOperator):
 class KaleyraRcsLookupOperator(_KaleyraOperator):
     """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
 
+    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it
+    in XCom, and a phone number is personal data.
+
     :param number: the number, in any common format; national numbers need the connection's
         ``default_region``. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
@@ -135,7 +138,9 @@ class KaleyraRcsLookupOperator(_KaleyraOperator):
             data.get("rcsEnabled"),
             data.get("carrierStatus"),
         )
-        return data
+        return (
+            {**data, "deviceAddress": mask(str(data["deviceAddress"]))} if "deviceAddress" in data else data
+        )
 
 
 class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
