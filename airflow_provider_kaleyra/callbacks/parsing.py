@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -26,6 +26,7 @@ MAX_RESULTS = 50_000
 _NOT_KEY = re.compile(r"[^a-z0-9]")
 
 
+@lru_cache(maxsize=4096)  # payload keys repeat from callback to callback; bounded against odd ones
 def _key(name: str) -> str:
     """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
     return _NOT_KEY.sub("", name.lower())

@@ -194,6 +194,7 @@ def create_app(
     field_map: FieldMapping | Mapping[str, Any] | None = None,
     region: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    path_prefix: str = "",
 ) -> FastAPI:
     """Build the receiver app; what is not given is read from the ``kaleyra`` connection on first request.
 
@@ -203,6 +204,7 @@ def create_app(
     :param field_map: payload keys and values to recognise; default: connection extra ``callback_field_map``.
     :param region: region for numbers that arrive without a country code; default: the connection's.
     :param max_body_bytes: larger bodies are refused with 413.
+    :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
     """
     mapping = (
         field_map
@@ -218,11 +220,11 @@ def create_app(
     )
     app.state.kaleyra_settings = settings
 
-    @app.get("/health")
+    @app.get(f"{path_prefix}/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route(CALLBACK_PATH, methods=["GET", "POST", "PUT"])
+    @app.api_route(f"{path_prefix}{CALLBACK_PATH}", methods=["GET", "POST", "PUT"])
     async def soip_callback(request: Request) -> Response:
         try:  # resolved once (reading the connection may block); then no thread hop per request
             current = settings.resolved or await run_in_threadpool(settings.get)
@@ -268,9 +270,8 @@ def create_app(
 
 
 def create_standalone_app(**kwargs: Any) -> FastAPI:
-    """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way."""
-    root = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app = create_app(**kwargs)
-    root.state.kaleyra_settings = app.state.kaleyra_settings
-    root.mount(URL_PREFIX, app)
-    return root
+    """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way.
+
+    Routes carry the prefix rather than a mount: a mounted app runs a second middleware stack per request.
+    """
+    return create_app(path_prefix=URL_PREFIX, **kwargs)
