@@ -22,14 +22,12 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
-    bindparam,
     create_engine,
     delete,
     event,
     func,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
@@ -108,6 +106,8 @@ class CallbackStore:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._ready = False
+        self._writer: Any = None  # the group commit's own connection (see _write_batch)
+        self._writer_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CallbackStore({redact_url(self.url)!r})"
@@ -159,6 +159,10 @@ class CallbackStore:
         return (engine or self.engine).execution_options(kaleyra_write=True).begin()
 
     def dispose(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self._engine is not None:
             self._engine.dispose()
 
@@ -181,33 +185,52 @@ class CallbackStore:
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
-        with self._write() as conn:
-            rows = [_callback_row(*batch[index]) for index in first.values()]
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(*_multi_row(conn.dialect.name, _CALLBACKS_SQL, rows))
-                inserted: dict[str, int] = dict(cursor.fetchall())
-                results = _result_rows(batch, first, inserted)
-                for start in range(0, len(results), 1000):
-                    cursor.execute(
-                        *_multi_row(conn.dialect.name, _RESULTS_SQL, results[start : start + 1000])
-                    )
-            finally:
-                cursor.close()
-            again = [row for row in rows if row[0] not in inserted]
-            if again:
-                self._refresh(conn, again)
+        rows = [_callback_row(*batch[index]) for index in first.values()]
+        with self._writer_lock:
+            inserted = self._write_batch(rows, batch, first)
         return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
 
-    @staticmethod
-    def _refresh(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        c, r = callbacks_table, results_table
-        params = [{"key": row[0], "at": as_utc(row[1])} for row in rows]
-        conn.execute(
-            update(c).where(c.c.dedupe_key == bindparam("key")).values(received_at=bindparam("at")), params
-        )
-        ids = select(c.c.id).where(c.c.dedupe_key == bindparam("key")).scalar_subquery()
-        conn.execute(update(r).where(r.c.callback_id == ids).values(received_at=bindparam("at")), params)
+    def _write_batch(
+        self,
+        rows: list[tuple[Any, ...]],
+        batch: Sequence[tuple[RawCallback, ParsedCallback]],
+        first: dict[str, int],
+    ) -> dict[str, int]:
+        """One transaction on the writer's own DBAPI connection; the ids of the callbacks it inserted.
+
+        The connection is kept between batches (a pool checkout, its ping and SQLAlchemy's
+        transaction cost more than a small batch's statements) and dropped on any error.
+        """
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        dbapi, dialect = self._writer.driver_connection, self.engine.dialect.name
+        try:
+            cursor = dbapi.cursor()
+            if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
+                cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(*_multi_row(dialect, _CALLBACKS_SQL, rows))
+            inserted: dict[str, int] = dict(cursor.fetchall())
+            results = _result_rows(batch, first, inserted)
+            for start in range(0, len(results), 1000):
+                cursor.execute(*_multi_row(dialect, _RESULTS_SQL, results[start : start + 1000]))
+            again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
+            if again:  # re-deliveries: the stored callback and its results take the new time
+                mark = _PLACEHOLDER[dialect]
+                if dialect == "sqlite":
+                    again = [(f"{at:%Y-%m-%d %H:%M:%S.%f}", key) for at, key in again]
+                cursor.executemany(_REFRESH_CALLBACK.replace("?", mark), again)
+                cursor.executemany(_REFRESH_RESULTS.replace("?", mark), again)
+            cursor.close()
+            dbapi.commit()
+        except BaseException:
+            writer, self._writer = self._writer, None
+            try:
+                dbapi.rollback()
+                writer.close()
+            except Exception:
+                writer.invalidate()
+            raise
+        return inserted
 
     def purge(self, older_than: timedelta) -> int:
         """Delete callbacks (and submissions) older than ``now - older_than``; returns callbacks deleted."""
@@ -342,6 +365,11 @@ _RESULTS_SQL = (
     " parse_error = excluded.parse_error",
     8,
     6,
+)
+_REFRESH_CALLBACK = "UPDATE kaleyra_callbacks SET received_at = ? WHERE dedupe_key = ?"
+_REFRESH_RESULTS = (
+    "UPDATE kaleyra_callback_results SET received_at = ?"
+    " WHERE callback_id = (SELECT id FROM kaleyra_callbacks WHERE dedupe_key = ?)"
 )
 _PLACEHOLDER = {"sqlite": "?", "postgresql": "%s"}
 
