@@ -98,7 +98,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
     The work is checkpointed next to the output (``<output>.checkpoint/``): when the task is
     retried after a crash, chunks already answered are not asked again, and the output is the
     same as that of an uninterrupted run. Memory holds the distinct numbers and their answers,
-    never the rows.
+    never the rows. Reading, lookups and writing overlap: calls start after the first ~10,000
+    distinct numbers (after the whole audience when ``shard_index`` or ``max_invalid_ratio``
+    needs it first), and rows are written as their numbers are answered.
 
     To spread one audience over several workers, map over ``shard_index`` and template the
     output, e.g. ``.partial(audience=..., shard_count=4, output="s3://b/out-{{ ti.map_index }}.csv",
