@@ -224,7 +224,6 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route(f"{path_prefix}{CALLBACK_PATH}", methods=["GET", "POST", "PUT"])
     async def soip_callback(request: Request) -> Response:
         try:  # resolved once (reading the connection may block); then no thread hop per request
             current = settings.resolved or await run_in_threadpool(settings.get)
@@ -265,6 +264,9 @@ def create_app(
         if parsed.error:
             log.warning("Stored a Kaleyra callback that could not be fully read: %s", parsed.error)
         return _accepted(new, len(parsed.results), parsed.error)
+
+    # a plain Starlette route: FastAPI's dependency solving and validation cost ~15 us per request here
+    app.add_route(f"{path_prefix}{CALLBACK_PATH}", soip_callback, methods=["GET", "POST", "PUT"])
 
     return app
 
