@@ -11,7 +11,6 @@ machine only, and only when named explicitly (``sqlite:///...``): there is no de
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from airflow_provider_kaleyra.callbacks import store_sql as sql
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.schema import (
     SCHEMA_VERSION,
@@ -185,7 +185,7 @@ class CallbackStore:
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
-        rows = [_callback_row(*batch[index]) for index in first.values()]
+        rows = [sql.callback_row(*batch[index]) for index in first.values()]
         with self._writer_lock:
             inserted = self._write_batch(rows, batch, first)
         return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
@@ -208,18 +208,24 @@ class CallbackStore:
             cursor = dbapi.cursor()
             if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
                 cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute(*_multi_row(dialect, _CALLBACKS_SQL, rows))
-            inserted: dict[str, int] = dict(cursor.fetchall())
-            results = _result_rows(batch, first, inserted)
-            for start in range(0, len(results), 1000):
-                cursor.execute(*_multi_row(dialect, _RESULTS_SQL, results[start : start + 1000]))
+            inserted: dict[str, int] = {}
+            for start in range(0, len(rows), sql.ROWS_PER_STATEMENT):
+                cursor.execute(
+                    *sql.multi_row(dialect, sql.CALLBACKS, rows[start : start + sql.ROWS_PER_STATEMENT])
+                )
+                inserted.update(cursor.fetchall())
+            results = sql.result_rows(batch, first, inserted)
+            for start in range(0, len(results), sql.ROWS_PER_STATEMENT):
+                cursor.execute(
+                    *sql.multi_row(dialect, sql.RESULTS, results[start : start + sql.ROWS_PER_STATEMENT])
+                )
             again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
             if again:  # re-deliveries: the stored callback and its results take the new time
-                mark = _PLACEHOLDER[dialect]
+                mark = sql.PLACEHOLDER[dialect]
                 if dialect == "sqlite":
-                    again = [(f"{at:%Y-%m-%d %H:%M:%S.%f}", key) for at, key in again]
-                cursor.executemany(_REFRESH_CALLBACK.replace("?", mark), again)
-                cursor.executemany(_REFRESH_RESULTS.replace("?", mark), again)
+                    again = [(sql.sqlite_time(at), key) for at, key in again]
+                cursor.executemany(sql.REFRESH_CALLBACK.replace("?", mark), again)
+                cursor.executemany(sql.REFRESH_RESULTS.replace("?", mark), again)
             cursor.close()
             dbapi.commit()
         except BaseException:
@@ -309,87 +315,6 @@ class CallbackStore:
                 best = CallbackResult(row.number, row.capable, row.status, row.received_at, row.request_id)
             if current is not None:
                 yield current, best
-
-
-def _callback_row(raw: RawCallback, parsed: ParsedCallback) -> tuple[Any, ...]:
-    """Values in the order of ``_CALLBACKS_SQL``; times as each DBAPI wants them (see ``_when``)."""
-    return (
-        raw.dedupe_key,
-        as_utc(raw.received_at),
-        raw.method.upper()[:8],
-        (raw.content_type or None) and raw.content_type[:255],
-        raw.query,
-        json.dumps(dict(raw.headers), sort_keys=True),
-        raw.body,
-        parsed.error,
-        len(parsed.results),
-    )
-
-
-def _result_rows(
-    batch: Sequence[tuple[RawCallback, ParsedCallback]], first: dict[str, int], inserted: dict[str, int]
-) -> list[tuple[Any, ...]]:
-    """Result rows of the newly stored deliveries; one per (number, request id) when an id is given."""
-    rows: dict[Any, tuple[Any, ...]] = {}
-    for key, index in first.items():
-        callback_id = inserted.get(key)
-        if callback_id is None:
-            continue
-        raw, parsed = batch[index]
-        at = as_utc(raw.received_at)
-        for r in parsed.results:
-            row = (callback_id, r.number, r.number_raw, r.capable, r.status, r.request_id, at, r.error)
-            # a statement may not update one row twice: the last answer for an id wins
-            unique = (r.number, r.request_id) if r.request_id is not None and r.number else len(rows)
-            rows.pop(unique, None)
-            rows[unique] = row
-    return list(rows.values())
-
-
-# The hot path writes through the DBAPI cursor: one multi-row statement for the callbacks of a batch
-# (returning the ids of the new ones), one for their results. SQLAlchemy Core cost more per batch
-# (compiling, type processing, executemany) than the database did; the tables stay in .schema.
-_CALLBACKS_SQL = (
-    'INSERT INTO kaleyra_callbacks (dedupe_key, received_at, method, content_type, "query", headers,'
-    " body, parse_error, result_count) VALUES {values}"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id",
-    9,
-    1,
-)
-# Results: an answer for a (number, request id) already stored replaces it (a re-delivery).
-_RESULTS_SQL = (
-    "INSERT INTO kaleyra_callback_results (callback_id, number, number_raw, capable, status,"
-    " request_id, received_at, parse_error) VALUES {values}"
-    " ON CONFLICT (number, request_id) DO UPDATE SET callback_id = excluded.callback_id,"
-    " capable = excluded.capable, status = excluded.status, received_at = excluded.received_at,"
-    " parse_error = excluded.parse_error",
-    8,
-    6,
-)
-_REFRESH_CALLBACK = "UPDATE kaleyra_callbacks SET received_at = ? WHERE dedupe_key = ?"
-_REFRESH_RESULTS = (
-    "UPDATE kaleyra_callback_results SET received_at = ?"
-    " WHERE callback_id = (SELECT id FROM kaleyra_callbacks WHERE dedupe_key = ?)"
-)
-_PLACEHOLDER = {"sqlite": "?", "postgresql": "%s"}
-
-
-def _multi_row(
-    dialect: str, statement: tuple[str, int, int], rows: Sequence[tuple[Any, ...]]
-) -> tuple[str, list]:
-    """SQL and flat parameters of one ``INSERT ... VALUES (...), (...)`` for ``rows``."""
-    sql, width, when = statement
-    mark = _PLACEHOLDER.get(dialect)
-    if mark is None:
-        raise CallbackStoreError(f"unsupported callback store backend {dialect!r}")
-    group = "(" + ", ".join([mark] * width) + ")"
-    params: list[Any] = []
-    sqlite = dialect == "sqlite"
-    for row in rows:
-        params.extend(row)
-        if sqlite:  # the text SQLAlchemy's DateTime stores on SQLite (UTC, naive)
-            params[when - width] = f"{params[when - width]:%Y-%m-%d %H:%M:%S.%f}"
-    return sql.format(values=", ".join([group] * len(rows))), params
 
 
 def _dialect_insert(conn: Connection) -> Any:
