@@ -7,7 +7,9 @@ every extra the provider understands is named here, with its default.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
@@ -20,6 +22,21 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_RATE_LIMIT = 20.0
 DEFAULT_MAX_CONCURRENCY = 64  # an upper bound: the calls in flight follow rate_limit x latency
 DEFAULT_RETRY_BACKOFF = 0.5
+
+# Capability cache (see ``cache.py`` and the README for the reasoning): a positive answer holds
+# for a week, a negative one (offline device, RCS switched off) is asked again after two days.
+DEFAULT_CACHE_MAX_AGE_POSITIVE = timedelta(days=7)
+DEFAULT_CACHE_MAX_AGE_NEGATIVE = timedelta(days=2)
+
+_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_age(text: str | float) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``; a bare number means days."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", str(text))
+    if not match:
+        raise ValueError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m)")
+    return timedelta(**{_AGE_UNITS[match.group(2) or "d"]: float(match.group(1))})
 
 
 STORE_SETTING = "callback_store_url"
@@ -40,6 +57,16 @@ def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
     if result < 0:
         raise ValueError(f"Kaleyra connection extra {key!r} must not be negative, got {value!r}")
     return result
+
+
+def _age(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    value = extra.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        return parse_age(value)
+    except ValueError as exc:
+        raise ValueError(f"Kaleyra connection extra {key!r}: {exc}") from None
 
 
 def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -80,6 +107,9 @@ class KaleyraConfig:
     callback_secret: str | None = field(default=None, repr=False)
     callback_store_url: str | None = field(default=None, repr=False)
     callback_field_map: dict[str, Any] | None = None
+    cache_url: str | None = field(default=None, repr=False)
+    cache_max_age_positive: timedelta = DEFAULT_CACHE_MAX_AGE_POSITIVE
+    cache_max_age_negative: timedelta = DEFAULT_CACHE_MAX_AGE_NEGATIVE
 
     @classmethod
     def from_connection(cls, conn: Any) -> KaleyraConfig:
@@ -112,6 +142,9 @@ class KaleyraConfig:
             callback_secret=extra.get("callback_secret") or None,
             callback_store_url=extra.get("callback_store_url") or None,
             callback_field_map=_json_object(extra, "callback_field_map"),
+            cache_url=extra.get("cache_url") or None,
+            cache_max_age_positive=_age(extra, "cache_max_age_positive", DEFAULT_CACHE_MAX_AGE_POSITIVE),
+            cache_max_age_negative=_age(extra, "cache_max_age_negative", DEFAULT_CACHE_MAX_AGE_NEGATIVE),
         )
 
     @property

@@ -8,6 +8,8 @@ from airflow_provider_kaleyra import __version__
 from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS
 from airflow_provider_kaleyra.config import (
     CONN_TYPE,
+    DEFAULT_CACHE_MAX_AGE_NEGATIVE,
+    DEFAULT_CACHE_MAX_AGE_POSITIVE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RATE_LIMIT,
@@ -55,6 +57,21 @@ CONN_FIELDS: dict[str, Any] = {
         "Callback field map",
         'JSON: payload keys the receiver reads, e.g. {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
     ),
+    "cache_url": _text(
+        "Capability cache URL",
+        "SQLAlchemy URL of a database every worker reaches (PostgreSQL across hosts); "
+        "lookups remember answers there. Empty: no cache",
+    ),
+    "cache_max_age_positive": _text(
+        "Cache max age, RCS-capable",
+        f"How long an rcs_enabled answer is served from the cache (e.g. 7d, 36h); "
+        f"default {DEFAULT_CACHE_MAX_AGE_POSITIVE.days}d",
+    ),
+    "cache_max_age_negative": _text(
+        "Cache max age, not capable",
+        f"How long an rcs_disabled answer is served (offline devices read as not capable, "
+        f"so shorter); default {DEFAULT_CACHE_MAX_AGE_NEGATIVE.days}d",
+    ),
     "timeout": _number("Timeout (s)", "Per-request timeout", DEFAULT_TIMEOUT),
     "max_retries": _number(
         "Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"
@@ -79,6 +96,9 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "soip_base_url": "https://api.in.kaleyra.io",
         "default_region": "IN",
         "callback_profile_id": "my-soip-profile",
+        "cache_url": "postgresql+psycopg://user:pw@db-host/kaleyra",
+        "cache_max_age_positive": "7d",
+        "cache_max_age_negative": "2d",
     },
 }
 

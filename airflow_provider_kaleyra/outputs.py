@@ -18,6 +18,7 @@ from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 WRITE_BUFFER = 4096  # lines per write call: the store's file wrappers are costly per call
 OUTPUT_FIELDS = ("row", *FIELDS)
+_INT_FIELDS = {"row", "age_seconds"}  # read back from CSV as numbers, as JSON Lines keeps them
 _CSV_SUFFIXES = {".csv"}
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 
@@ -75,15 +76,15 @@ def write_results(path: ObjectStoragePath) -> Iterator[ResultWriter]:
 
 
 def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
-    """Rows of a result file as dicts, ``row`` as int; empty CSV cells other than ``input`` read as ``None``."""
+    """Rows of a result file as dicts, ``row`` and ``age_seconds`` as int; empty CSV cells other than ``input`` read as ``None``."""
     fmt = result_format(path)
     with path.open("r", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
             for record in csv.DictReader(handle):
                 yield {
-                    name: int(value)
-                    if name == "row"
-                    else (None if value == "" and name != "input" else value)
+                    name: (None if value == "" and name != "input" else value)
+                    if name not in _INT_FIELDS or value == ""
+                    else int(value)
                     for name, value in record.items()
                 }
         else:

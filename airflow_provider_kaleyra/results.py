@@ -7,7 +7,11 @@ from typing import Any, NamedTuple
 
 from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 
-FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error")
+FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error", "source", "age_seconds")
+
+# Where an answer came from (``source``): this run's API calls, or the capability cache.
+SOURCE_API = "api"
+SOURCE_CACHE = "cache"
 
 
 class Answer(NamedTuple):
@@ -28,6 +32,8 @@ class RcsResult(NamedTuple):
     carrier_id: str | None = None
     carrier_status: str | None = None
     error: str | None = None
+    source: str | None = None  # ``api`` or ``cache``; ``None`` for invalid inputs, never asked
+    age_seconds: int | None = None  # how old the answer is: 0 from the API, its age from the cache
 
 
 # Spellings of ``rcsEnabled`` that cannot be misread. Anything else (missing, ``null``, "maybe",
@@ -82,10 +88,17 @@ def failed(reason: str) -> Answer:
     return Answer(FAILED, error=reason)
 
 
-def result_for(raw: str, e164: str | None, reason: str | None, answer: Answer | None) -> RcsResult:
-    """Join an input, its normalization and the answer for its E.164 number into one record."""
+def result_for(
+    raw: str, e164: str | None, reason: str | None, answer: Answer | None, cached_age: int | None = None
+) -> RcsResult:
+    """Join an input, its normalization and the answer for its E.164 number into one record.
+
+    ``cached_age``: the answer came from the capability cache and is that many seconds old.
+    """
     if e164 is None:
         return RcsResult(raw, None, INVALID, error=reason or "invalid")
     if answer is None:
-        return RcsResult(raw, e164, FAILED, error="no answer recorded")
-    return RcsResult(raw, e164, *answer)
+        return RcsResult(raw, e164, FAILED, error="no answer recorded", source=SOURCE_API, age_seconds=0)
+    if cached_age is None:
+        return RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
+    return RcsResult(raw, e164, *answer, source=SOURCE_CACHE, age_seconds=cached_age)

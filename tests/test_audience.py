@@ -122,7 +122,7 @@ def test_plain_paths_become_absolute_object_storage_paths(tmp_path, monkeypatch)
 
 
 RESULTS = [
-    (0, RcsResult("+1 415 555 0100", "+14155550100", "rcs_enabled", "Google", "ACTIVE")),
+    (0, RcsResult("+1 415 555 0100", "+14155550100", "rcs_enabled", "Google", "ACTIVE", None, "cache", 3600)),
     (1, RcsResult("", None, "invalid", error="empty")),
     (2, RcsResult('a "quoted", text', None, "invalid", error="unparseable")),
 ]
@@ -148,8 +148,8 @@ def test_csv_output_header_and_jsonl_keys(tmp_path):
         with write_results(path) as out:
             out.write(*RESULTS[0])
     assert csv_path.read_text().splitlines() == [
-        "row,input,e164,status,carrier_id,carrier_status,error",
-        "0,+1 415 555 0100,+14155550100,rcs_enabled,Google,ACTIVE,",
+        "row,input,e164,status,carrier_id,carrier_status,error,source,age_seconds",
+        "0,+1 415 555 0100,+14155550100,rcs_enabled,Google,ACTIVE,,cache,3600",
     ]
     assert tuple(json.loads(jsonl_path.read_text())) == ("row", *RcsResult._fields)
 

@@ -132,6 +132,7 @@ def test_bulk_list_input_asks_distinct_numbers_once_and_writes_every_row(mock_co
         "chunks": 1,
         "chunks_resumed": 0,
         "shard": None,
+        "cache": None,  # no cache_url on the connection
     }
     assert not (tmp_path / "out.jsonl.checkpoint").exists()
 

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
+from airflow_provider_kaleyra import config
 from airflow_provider_kaleyra.callbacks.store import get_store, redact_url
-
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 def parse_age(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``45s``; a bare number means days."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m)")
-    return timedelta(**{_UNITS[match.group(2) or "d"]: float(match.group(1))})
+    try:
+        return config.parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

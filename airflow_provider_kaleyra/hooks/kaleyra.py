@@ -6,6 +6,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra import api
 from airflow_provider_kaleyra.batching import plan_batches, stream_batches
+from airflow_provider_kaleyra.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.concurrency import InFlight
@@ -40,6 +42,7 @@ class KaleyraHook(BaseHook):
     def __init__(self, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kaleyra_conn_id = kaleyra_conn_id
+        self.last_cache: CacheRun | None = None  # the cache counts of the last lookup_rcs_many
 
     def __repr__(self) -> str:
         return f"KaleyraHook(kaleyra_conn_id={self.kaleyra_conn_id!r})"
@@ -139,7 +142,7 @@ class KaleyraHook(BaseHook):
 
     # -- many numbers ----------------------------------------------------------------------
 
-    def lookup_rcs_many(self, numbers: Iterable[str]) -> Iterator[RcsResult]:
+    def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
         """Look up any number of inputs; yields exactly one record per input, in input order.
 
         Inputs are normalized to E.164 (the connection's ``default_region`` reads national
@@ -148,6 +151,11 @@ class KaleyraHook(BaseHook):
         numbers are known, and a record is yielded as soon as its number is answered, so the
         rate limit, not local CPU, sets the pace. Write records out as they come rather than
         keeping them all: the bulk operator does, for audiences that do not fit in memory.
+
+        :param cache: the capability cache (``cache.py``): ``None`` uses it when the connection
+            sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"`` asks
+            Kaleyra for every number and rewrites the cache. Fresh answers are not planned into
+            calls; new ones are written back. ``self.last_cache`` holds the run's cache counts.
         """
         inputs = list(numbers)
         region = self.config.default_region
@@ -169,22 +177,56 @@ class KaleyraHook(BaseHook):
 
         def record(index: int) -> RcsResult:
             e164 = e164s[index]
-            return result_for(inputs[index], e164, reasons.get(index), answers.get(e164) if e164 else None)
+            if e164 is None:
+                return result_for(inputs[index], None, reasons.get(index), None)
+            return result_for(inputs[index], e164, None, answers.get(e164), ages.get(e164))
 
         answers: dict[str, Answer] = {}
+        ages: dict[str, int] = {}  # numbers answered from the cache -> age of the answer (s)
+
+        def unknown(numbers: Iterator[str], run: CacheRun) -> Iterator[str]:
+            for chunk, found in run.lookup(numbers):
+                for e164, (answer, age) in found.items():
+                    answers[e164], ages[e164] = answer, age
+                yield from (e164 for e164 in chunk if e164 not in found)
+
+        run = self.last_cache = self.cache_run(cache)
+        to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
         done = 0  # records yielded so far
-        for batch_answers in self.lookup_batches(stream_batches(distinct_numbers())):
-            answers.update(batch_answers)
-            # batches complete in first-seen order: every input up to the first one whose
-            # number is still unanswered can be yielded now
-            while done < len(e164s):
-                e164 = e164s[done]
-                if e164 is not None and e164 not in answers:
-                    break
-                yield record(done)
-                done += 1
+        try:
+            for batch_answers in self.lookup_batches(stream_batches(to_ask)):
+                answers.update(batch_answers)
+                if run is not None:
+                    run.add(batch_answers)
+                # batches complete in first-seen order: every input up to the first one whose
+                # number is still unanswered can be yielded now
+                while done < len(e164s):
+                    e164 = e164s[done]
+                    if e164 is not None and e164 not in answers:
+                        break
+                    yield record(done)
+                    done += 1
+        finally:
+            if run is not None:
+                run.close()
         for index in range(done, len(inputs)):
             yield record(index)
+
+    def cache_run(
+        self,
+        cache: CacheMode = None,
+        max_age_positive: timedelta | None = None,
+        max_age_negative: timedelta | None = None,
+    ) -> CacheRun | None:
+        """The capability cache for one run, with the connection's ages unless given; ``None`` when off."""
+        cfg = self.config
+        return resolve(
+            cache,
+            url=cfg.cache_url,
+            sid=cfg.sid,
+            max_age_positive=cfg.cache_max_age_positive if max_age_positive is None else max_age_positive,
+            max_age_negative=cfg.cache_max_age_negative if max_age_negative is None else max_age_negative,
+        )
 
     def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
@@ -347,6 +389,7 @@ def _masked(config: KaleyraConfig) -> KaleyraConfig:
     if config.callback_secret:
         _mask(config.callback_secret)
     mask_url_password(config.callback_store_url)
+    mask_url_password(config.cache_url)
     return config
 
 

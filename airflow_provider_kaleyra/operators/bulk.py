@@ -34,6 +34,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_kaleyra.api import FAILED, INVALID, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
 from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split, stream_batches
+from airflow_provider_kaleyra.cache import CacheRun
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.operators.spool import Spool
@@ -143,9 +144,11 @@ class BulkLookup:
         *,
         shard: Shard | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        cache: CacheRun | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         self.hook = hook
+        self.cache = cache
         self.output = output
         self.shard = shard
         self.checkpoint_batches = checkpoint_batches
@@ -162,6 +165,10 @@ class BulkLookup:
         self._stop = _NO_END  # index after its last one
         self._answers: list[Answer | None] = []  # aligned with this shard's numbers
         self._answered = 0  # this shard's numbers answered and kept, a prefix
+        # With a cache: where each number asked of the API sits among this shard's numbers (the
+        # others are answered from the cache, out of order), and the age of each cached answer.
+        self._asked_at: array[int] | None = None
+        self._ages = array("q")  # aligned with ``_answers``; -1: answered by the API
 
     def __enter__(self) -> BulkLookup:
         return self
@@ -171,6 +178,8 @@ class BulkLookup:
 
     def close(self) -> None:
         self._spool.close()
+        if self.cache is not None:
+            self.cache.close()  # (idempotent) answers still queued are written
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -250,17 +259,57 @@ class BulkLookup:
         if self.shard is not None:
             raise ValueError("a shard needs the count of distinct numbers first: use read() and lookup()")
         self.checkpoint = Checkpoint(self.output, fingerprint((), (), self.checkpoint_batches))
-        self._pipeline(self._chunks(stream_batches(self._spool_rows(rows))), total_batches=None)
+        numbers = self._through_cache(self._spool_rows(rows))
+        self._pipeline(self._chunks(stream_batches(numbers)), total_batches=None)
         self.stats.distinct = self._answered
         return self.stats
 
     def lookup(self) -> Stats:
         """After :meth:`read`: look up this shard's numbers and write the output as they are answered."""
-        sizes = plan_batch_sizes(len(self._numbers))
-        self.checkpoint = Checkpoint(self.output, fingerprint(self._numbers, sizes, self.checkpoint_batches))
-        numbers = (_e164(digits) for digits in self._numbers)
+        asked = self._numbers
+        if self.cache is not None:  # planning needs the count of numbers left: read the cache first
+            for _ in self._through_cache(_e164(digits) for digits in self._numbers):
+                pass
+            asked = array("q", (self._numbers[position] for position in self._asked_at or ()))
+        sizes = plan_batch_sizes(len(asked))
+        self.checkpoint = Checkpoint(self.output, fingerprint(asked, sizes, self.checkpoint_batches))
+        numbers = (_e164(digits) for digits in asked)
         self._pipeline(self._chunks(split(numbers, sizes)), total_batches=len(sizes))
         return self.stats
+
+    def _through_cache(self, numbers: Iterator[str]) -> Iterator[str]:
+        """The distinct numbers, in order, less those the cache answers (kept at their position)."""
+        if self.cache is None:
+            yield from numbers
+            return
+        asked_at = self._asked_at = array("q")
+        store, ages = self._answers, self._ages
+        start = 0
+        for chunk, found in self.cache.lookup(numbers):
+            self._grow(start + len(chunk))
+            for position, e164 in enumerate(chunk, start):
+                hit = found.get(e164)
+                if hit is None:
+                    asked_at.append(position)
+                    yield e164
+                else:
+                    store[position], ages[position] = hit
+            start += len(chunk)
+            self._advance()
+
+    def _grow(self, size: int) -> None:
+        """Room for ``size`` answers (cache only: answers come out of order)."""
+        if size > len(self._answers):
+            grow = size - len(self._answers)
+            self._answers.extend([None] * grow)
+            self._ages.extend(array("q", [-1]) * grow)
+
+    def _advance(self) -> None:
+        """Move the answered prefix past every position now answered."""
+        store, answered = self._answers, self._answered
+        while answered < len(store) and store[answered] is not None:
+            answered += 1
+        self._answered = answered
 
     # -- looking up and writing ------------------------------------------------------------
 
@@ -294,6 +343,8 @@ class BulkLookup:
             self._settle(queue, out)
             self._write(out, final=True)
             stats.rows = out.rows
+        if self.cache is not None:
+            self.cache.close()  # every new answer written before the summary counts them
         if stats.chunks_resumed:
             self.log.info(
                 "Resumed from %s: %s of %s chunks were already answered",
@@ -312,12 +363,23 @@ class BulkLookup:
             ordered = [(n, answers.get(n) or failed("no answer recorded")) for n in chunk.numbers]
             if not entry.resumed:
                 self.checkpoint.save(chunk.index, ordered)
+                if self.cache is not None:
+                    self.cache.add(ordered)
             self._keep(chunk, ordered)
             kept = True
         if kept:
             self._write(out, final=False)
 
     def _keep(self, chunk: Chunk, ordered: list[tuple[str, Answer]]) -> None:
+        if self._asked_at is not None:
+            store, asked_at = self._answers, self._asked_at
+            for asked, (_, answer) in enumerate(ordered, chunk.start):
+                answer = store[asked_at[asked]] = shared(answer)  # (room made by _through_cache)
+                if answer.status == FAILED:
+                    self.stats.failed_numbers += 1
+                    self.failed_chunks.add(chunk.index)
+            self._advance()
+            return
         store = self._answers
         store.extend([None] * (chunk.start + len(ordered) - len(store)))
         for position, (_, answer) in enumerate(ordered, chunk.start):
@@ -333,6 +395,7 @@ class BulkLookup:
         Rows of other shards are skipped; invalid rows belong to shard 0 (or the whole run).
         """
         answers, stats, first, answered = self._answers, self.stats, self._first, self._answered
+        ages = self._ages if self.cache is not None else None
         with_invalid = self.shard is None or self.shard.index == 0
         rows = self._rows
         while True:
@@ -358,7 +421,8 @@ class BulkLookup:
                 if final:
                     raise RuntimeError(f"row {row} has no answer although every call is done")
                 break
-            result = result_for(raw, e164, None, answers[position])
+            age = ages[position] if ages is not None else -1
+            result = result_for(raw, e164, None, answers[position], age if age >= 0 else None)
             out.write(row, result)
             stats.statuses[result.status] += 1
             rows.popleft()
@@ -378,4 +442,5 @@ class BulkLookup:
             "chunks": stats.chunks,
             "chunks_resumed": stats.chunks_resumed,
             "shard": list(self.shard) if self.shard else None,
+            "cache": self.cache.summary() if self.cache else None,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +15,9 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow, distinct_numbers, read_audience
 from airflow_provider_kaleyra.batching import shard_bounds
+from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.callbacks.store import get_store
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured
+from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured, parse_age
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
 from airflow_provider_kaleyra.outputs import result_format
@@ -48,6 +49,15 @@ def _ratio(value: float | str | None, name: str) -> float | None:
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     return ratio
+
+
+def _age_or_none(value: timedelta | str | None, name: str) -> timedelta | None:
+    if value is None or isinstance(value, timedelta):
+        return value
+    try:
+        return parse_age(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 class _KaleyraOperator(BaseOperator):
@@ -128,6 +138,12 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         than this share of the input rows are not valid numbers (a wrong column or region);
         ``None`` (default) for no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
+    :param cache: the capability cache (README, "Remembering answers"): ``None`` uses it when the
+        connection sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"``
+        asks Kaleyra for every number and rewrites it.
+    :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``,
+        ``"36h"``, a ``timedelta``); the connection's by default.
+    :param cache_max_age_negative: the same for ``rcs_disabled`` answers.
     :param storage_conn_id: the Airflow connection of the object store, for ``audience`` and
         ``output`` given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
@@ -160,6 +176,9 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_failed_ratio: float | str = 0.01,
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        cache: CacheMode = None,
+        cache_max_age_positive: timedelta | str | None = None,
+        cache_max_age_negative: timedelta | str | None = None,
         storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
@@ -182,6 +201,11 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         self.max_failed_ratio = max_failed_ratio
         self.max_invalid_ratio = max_invalid_ratio
         self.checkpoint_batches = checkpoint_batches
+        if cache not in (None, True, False, REFRESH):
+            raise ValueError(f'cache must be True, False, "refresh" or None, got {cache!r}')
+        self.cache = cache
+        self.cache_max_age_positive = _age_or_none(cache_max_age_positive, "cache_max_age_positive")
+        self.cache_max_age_negative = _age_or_none(cache_max_age_negative, "cache_max_age_negative")
         self.storage_conn_id = storage_conn_id
 
     def _shard(self) -> Shard | None:
@@ -207,8 +231,17 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_failed = _ratio(self.max_failed_ratio, "max_failed_ratio") or 0.0
         max_invalid = _ratio(self.max_invalid_ratio, "max_invalid_ratio")
         requests_before = self.hook.transport.requests_sent
+        try:
+            cache = self.hook.cache_run(self.cache, self.cache_max_age_positive, self.cache_max_age_negative)
+        except CapabilityCacheError as exc:  # a setting to fix: retries would fail the same way
+            raise AirflowFailException(str(exc)) from None
         with BulkLookup(
-            self.hook, output, shard=shard, checkpoint_batches=self.checkpoint_batches, log=self.log
+            self.hook,
+            output,
+            shard=shard,
+            checkpoint_batches=self.checkpoint_batches,
+            cache=cache,
+            log=self.log,
         ) as run:
             if shard is None and max_invalid is None:
                 # nothing needs the whole audience first: calls start after ~10,000 numbers
@@ -248,6 +281,12 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
             ", ".join(f"{status}={summary['statuses'][status]}" for status in STATUSES),
             summary["requests"],
         )
+        if summary.get("cache"):
+            self.log.info(
+                "Capability cache: %(from_cache)s numbers answered from it, %(asked)s asked, "
+                "%(written_to_cache)s answers written, about %(requests_saved)s API requests saved",
+                summary["cache"],
+            )
         return summary
 
     @staticmethod

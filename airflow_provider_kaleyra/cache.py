@@ -1,0 +1,370 @@
+"""Capability cache: RCS answers remembered across runs, so a daily preflight asks only for what it does not know.
+
+One table, keyed by account SID and E.164 number, in a database every worker of a deployment
+reaches (the connection extra ``cache_url``; PostgreSQL across hosts). There is no default
+database: a per-host SQLite file would silently give each worker its own cache. Reads and
+writes go ``CHUNK`` numbers per statement, so memory does not follow the audience.
+
+Freshness is by age, with separate ages for positive (``rcs_enabled``) and negative
+(``rcs_disabled``) answers; anything else (``failed``, or a status this module does not know)
+is never written, so it is never served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from itertools import islice
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, delete, func, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from airflow_provider_kaleyra.api import RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.batching import plan_batch_sizes
+from airflow_provider_kaleyra.callbacks.store import _sqlite_setup, redact_url
+from airflow_provider_kaleyra.results import Answer, shared
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000  # numbers per read or write statement
+WRITE_ROWS = 20 * CHUNK  # answers per write transaction: a big B-tree costs half the CPU per row
+_WRITES_IN_FLIGHT = 2  # write transactions queued at most: memory stays bounded
+_READS_AHEAD = 3  # chunks read ahead of the one handed out
+T = TypeVar("T")
+REFRESH = "refresh"
+CacheMode = bool | Literal["refresh"] | None
+_PG_LOCK_KEY = 0x4B414C4559524143  # pg_advisory_xact_lock key for creating the table ("KALEYRAC")
+_POSITIVE, _NEGATIVE = RCS_ENABLED, RCS_DISABLED  # the only statuses ever cached
+
+_COLUMNS = "sid, number, status, carrier_id, carrier_status, obtained_at"
+_SELECT = "SELECT number, status, carrier_id, carrier_status, obtained_at FROM kaleyra_rcs_cache WHERE sid = "
+_ON_CONFLICT = (
+    " ON CONFLICT (sid, number) DO UPDATE SET status = excluded.status, carrier_id = excluded.carrier_id,"
+    " carrier_status = excluded.carrier_status, obtained_at = excluded.obtained_at"
+    " WHERE kaleyra_rcs_cache.obtained_at <= excluded.obtained_at"
+)
+_SQLITE_UPSERT = f"INSERT INTO kaleyra_rcs_cache ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)" + _ON_CONFLICT
+_PG_UPSERT = (
+    f"INSERT INTO kaleyra_rcs_cache ({_COLUMNS}) SELECT * FROM unnest(%s::varchar[], %s::bigint[], "
+    "%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])" + _ON_CONFLICT
+)
+
+metadata = MetaData()
+
+cache_table = Table(
+    "kaleyra_rcs_cache",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("number", BigInteger, primary_key=True, autoincrement=False),  # E.164 digits, no "+"
+    Column("status", String(32), nullable=False),
+    Column("carrier_id", String(255)),
+    Column("carrier_status", String(255)),
+    Column("obtained_at", BigInteger, nullable=False, index=True),  # Unix time, seconds
+    sqlite_with_rowid=False,  # one B-tree keyed (sid, number): a read is one lookup, not two
+)
+
+
+class CapabilityCacheError(Exception):
+    """The capability cache cannot be used as configured."""
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _chunks(items: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+_JSON = "\x1e"  # marks a carrier field stored as JSON: it was not text (a number, say)
+
+
+def _text(value: Any) -> str | None:
+    """A carrier field as stored: text as is, anything else as marked JSON, so it reads back equal."""
+    if value is None or (isinstance(value, str) and not value.startswith(_JSON)):
+        return value
+    return _JSON + json.dumps(value)
+
+
+def _value(stored: str | None) -> Any:
+    return json.loads(stored[1:]) if stored and stored[0] == _JSON else stored
+
+
+class CapabilityCache:
+    """The table and its statements; one engine per URL per process (:func:`get_cache`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CapabilityCache({redact_url(self.url)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """Created on first use, with the table; no connection is made before that."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._create()
+        return self._engine
+
+    def _create(self) -> Engine:
+        try:
+            url = make_url(self.url)
+        except Exception as exc:
+            raise CapabilityCacheError(f"invalid cache_url {redact_url(self.url)}: {exc}") from None
+        if url.get_backend_name() == "sqlite":
+            if url.database and url.database != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(engine)
+        elif url.get_backend_name() == "postgresql":
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        else:
+            raise CapabilityCacheError(
+                f"cache_url {redact_url(self.url)}: only sqlite and postgresql are supported"
+            )
+        with self._write(engine) as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
+        return engine
+
+    @staticmethod
+    @contextmanager
+    def _write(engine: Engine) -> Iterator[Connection]:
+        """A transaction that takes SQLite's write lock up front, so writers queue instead of failing."""
+        with engine.connect() as conn:
+            conn.execution_options(kaleyra_write=True)
+            with conn.begin():
+                yield conn
+
+    def fresh(
+        self,
+        sid: str,
+        numbers: list[str],
+        max_age_positive: timedelta,
+        max_age_negative: timedelta,
+        now: int | None = None,
+    ) -> dict[str, tuple[Answer, int]]:
+        """``{e164: (answer, age in seconds)}`` for the numbers with an answer young enough; one query."""
+        now = _now() if now is None else now
+        oldest = {
+            _POSITIVE: now - max_age_positive.total_seconds(),
+            _NEGATIVE: now - max_age_negative.total_seconds(),
+        }
+        keys = [int(n[1:]) for n in numbers]
+        found: dict[str, tuple[Answer, int]] = {}
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                rows = conn.exec_driver_sql(_SELECT + "%s AND number = ANY(%s::bigint[])", (sid, keys))
+            else:
+                marks = ", ".join("?" * len(keys))
+                rows = conn.exec_driver_sql(_SELECT + f"? AND number IN ({marks})", (sid, *keys))
+            seen: dict[tuple[str, str | None, str | None], Answer] = {}  # one record per distinct answer
+            for number, status, carrier_id, carrier_status, obtained_at in rows:
+                if status in oldest and obtained_at >= oldest[status]:
+                    fields = (status, carrier_id, carrier_status)
+                    answer = seen.get(fields) or seen.setdefault(
+                        fields, shared(Answer(status, _value(carrier_id), _value(carrier_status)))
+                    )
+                    found[f"+{number}"] = (answer, max(0, now - obtained_at))
+        return found
+
+    def remember(self, sid: str, answers: Iterable[tuple[str, Answer]], now: int | None = None) -> int:
+        """Upsert the positive and negative answers, ``CHUNK`` per statement; returns rows written.
+
+        A row is only replaced by a younger one, so two writers racing never roll an answer back.
+        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)
+        """
+        now = _now() if now is None else now
+        rows = (
+            (sid, int(e164[1:]), a.status, _text(a.carrier_id), _text(a.carrier_status), now)
+            for e164, a in answers
+            if a.status in (_POSITIVE, _NEGATIVE)
+        )
+        written = 0
+        engine = self.engine
+        with self._write(engine) as conn:
+            while batch := list(islice(rows, CHUNK)):
+                if engine.dialect.name == "postgresql":
+                    batch = list({row[1]: row for row in batch}.values())  # one row per key per statement
+                    conn.exec_driver_sql(_PG_UPSERT, tuple(map(list, zip(*batch))))
+                else:
+                    conn.exec_driver_sql(_SQLITE_UPSERT, batch)  # executemany
+                written += len(batch)
+        return written
+
+    def purge(self, older_than: timedelta, now: int | None = None) -> int:
+        """Delete answers obtained before ``now - older_than``; returns rows deleted."""
+        if older_than.total_seconds() < 0:
+            raise ValueError("older_than must not be negative")
+        cutoff = (_now() if now is None else now) - older_than.total_seconds()
+        with self._write(self.engine) as conn:
+            deleted = conn.execute(delete(cache_table).where(cache_table.c.obtained_at < cutoff)).rowcount
+        log.info("Purged %s cached Kaleyra answers older than %s", deleted, older_than)
+        return int(deleted or 0)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+_caches: dict[str, CapabilityCache] = {}
+_caches_lock = threading.Lock()
+
+
+def get_cache(url: str) -> CapabilityCache:
+    """One cache (one engine, one pool) per URL per process."""
+    with _caches_lock:
+        cache = _caches.get(url)
+        if cache is None:
+            cache = _caches[url] = CapabilityCache(url)
+        return cache
+
+
+Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
+
+
+@dataclass
+class CacheRun:
+    """One run's use of the cache: between the distinct numbers and batch planning.
+
+    :meth:`lookup` gives the fresh cached answers of the numbers, a chunk at a time (the other
+    numbers must be asked; all of them with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
+    a time; :meth:`close` writes the rest and waits for it. The counts feed the run's summary.
+
+    The database work runs on two threads of its own, one reading chunks ahead, one writing
+    behind (the drivers release the GIL while the database works), so the thread that feeds
+    API calls never waits for the cache: an empty-cache run keeps its pace.
+    """
+
+    cache: CapabilityCache
+    sid: str
+    max_age_positive: timedelta
+    max_age_negative: timedelta
+    refresh: bool = False
+    served: int = 0  # numbers answered from the cache
+    asked: int = 0  # numbers left for the API
+    written: int = 0
+    _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
+    _writes: deque[Future[int]] = field(default_factory=deque, repr=False)
+    _threads: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
+
+    def _submit(self, role: str, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Reads and writes on a thread each: a read never queues behind a big write."""
+        if role not in self._threads:
+            self._threads[role] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"kaleyra-cache-{role}"
+            )
+        return self._threads[role].submit(fn, *args)
+
+    def _read(self, chunk: list[str]) -> Future[dict[str, Hit]]:
+        if self.refresh:
+            done: Future[dict[str, Hit]] = Future()
+            done.set_result({})
+            return done
+        return self._submit(
+            "read", self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative
+        )
+
+    def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
+        """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
+        missing from the dict must be asked (all of them with ``refresh``)."""
+        reads: deque[tuple[list[str], Future[dict[str, Hit]]]] = deque()
+        for chunk in _chunks(numbers):
+            reads.append((chunk, self._read(chunk)))
+            if len(reads) > _READS_AHEAD:
+                yield self._found(*reads.popleft())
+        while reads:
+            yield self._found(*reads.popleft())
+
+    def _found(self, chunk: list[str], reading: Future[dict[str, Hit]]) -> tuple[list[str], dict[str, Hit]]:
+        found = reading.result()
+        self.served += len(found)
+        self.asked += len(chunk) - len(found)
+        return chunk, found
+
+    def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
+        """Queue new answers for writing; only positive and negative ones are kept."""
+        self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
+        if len(self._pending) >= WRITE_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._writes.append(self._submit("write", self.cache.remember, self.sid, self._pending))
+            self._pending = []
+        while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
+            self.written += self._writes.popleft().result()
+
+    def close(self) -> None:
+        """Write what is queued and wait for it; a database error surfaces here at the latest."""
+        try:
+            self.flush()
+            while self._writes:
+                self.written += self._writes.popleft().result()
+        finally:
+            for thread in self._threads.values():
+                thread.shutdown(wait=True, cancel_futures=True)
+            self._threads.clear()
+
+    def summary(self) -> dict[str, int | bool]:
+        """Counts for a run's XCom summary: served from the cache, and API calls saved.
+
+        Calls saved = the calls planned for every distinct number minus those for the ones asked.
+        """
+        planned = len(plan_batch_sizes(self.served + self.asked))
+        return {
+            "from_cache": self.served,
+            "asked": self.asked,
+            "written_to_cache": self.written,
+            "requests_saved": max(0, planned - len(plan_batch_sizes(self.asked))),
+            "refresh": self.refresh,
+        }
+
+
+def resolve(
+    mode: CacheMode,
+    *,
+    url: str | None,
+    sid: str,
+    max_age_positive: timedelta,
+    max_age_negative: timedelta,
+) -> CacheRun | None:
+    """The run's cache for ``cache=mode``: ``None`` (on when ``cache_url`` is set), ``True``,
+    ``False`` or ``"refresh"``; ``None`` back when the cache is off."""
+    if mode is None:
+        mode = bool(url)
+    if mode is False:
+        return None
+    if mode is not True and mode != REFRESH:
+        raise ValueError(f'cache must be True, False, "refresh" or None, got {mode!r}')
+    if not url:
+        raise CapabilityCacheError(
+            f"cache={mode!r} needs the Kaleyra connection extra 'cache_url': the SQLAlchemy URL of a "
+            "database every worker reaches (postgresql+psycopg://... across hosts); there is no "
+            "default, since a per-host SQLite file would give each worker its own cache"
+        )
+    for name, age in (("positive", max_age_positive), ("negative", max_age_negative)):
+        if age.total_seconds() < 0:
+            raise ValueError(f"cache max age for {name} answers must not be negative, got {age}")
+    return CacheRun(get_cache(url), sid, max_age_positive, max_age_negative, refresh=mode == REFRESH)

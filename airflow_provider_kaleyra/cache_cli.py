@@ -1,0 +1,60 @@
+"""``kaleyra-cache``: purge the capability cache by age (``kaleyra-cache purge --older-than 30d``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from airflow_provider_kaleyra.cache import get_cache
+from airflow_provider_kaleyra.callbacks.cli import parse_age
+from airflow_provider_kaleyra.callbacks.store import redact_url
+
+
+def purge_cache(older_than: str = "30d", kaleyra_conn_id: str | None = None) -> int:
+    """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a ``@task``."""
+    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    config = KaleyraHook(kaleyra_conn_id or DEFAULT_CONN_ID).config
+    if not config.cache_url:
+        raise ValueError(f"Kaleyra connection {kaleyra_conn_id or DEFAULT_CONN_ID!r} has no cache_url")
+    return get_cache(config.cache_url).purge(parse_age(older_than))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaleyra-cache", description="Manage the Kaleyra capability cache.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    purge = commands.add_parser("purge", help="delete answers obtained more than AGE ago")
+    purge.add_argument(
+        "--older-than", type=parse_age, required=True, metavar="AGE", help="e.g. 30d, 12h (bare number: days)"
+    )
+    where = purge.add_mutually_exclusive_group()
+    where.add_argument("--url", help="SQLAlchemy URL of the cache (default: the connection's cache_url)")
+    where.add_argument(
+        "--conn-id", help="kaleyra connection to read cache_url from (default: kaleyra_default)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = args.url
+    if not url:
+        from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+        from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+        url = KaleyraHook(args.conn_id or DEFAULT_CONN_ID).config.cache_url
+        if not url:
+            raise SystemExit(
+                f"kaleyra-cache: connection {args.conn_id or DEFAULT_CONN_ID!r} has no cache_url; "
+                "set it, or pass --url"
+            )
+    deleted = get_cache(url).purge(args.older_than)
+    print(f"purged {deleted} cached answers from {redact_url(url)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
