@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: the campaign preflight DAG, end to end, on the embedded Kaleyra simulator.
 #   bash scripts/demo.sh              # 50,000 generated numbers
-#   bash scripts/demo.sh --size 5000  # other options: python example_dags/demo.py --help
+#   bash scripts/demo.sh --size 5000  # other options: python scripts/demo.py --help
 # Sets everything up on a fresh machine (scripts/setup.sh), then runs the DAG once with dag.test()
 # in a throwaway Airflow home under .demo/; nothing talks to Kaleyra.
 set -euo pipefail
@@ -20,4 +20,4 @@ echo "==> preparing the Airflow metadata database in $AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 \
   || { tail -n 40 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
 
-python "$ROOT/example_dags/demo.py" "$@"
+python "$ROOT/scripts/demo.py" "$@"

@@ -39,7 +39,7 @@ from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.operators.spool import Spool
 from airflow_provider_kaleyra.outputs import ResultWriter, write_results
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.phone import Normalized, normalize
 from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
@@ -77,6 +77,13 @@ class _Open:
 
 def _e164(digits: int) -> str:
     return f"+{digits}"
+
+
+def already_e164(raw: str, region: str | None = None) -> Normalized:
+    """For inputs normalized by an earlier step: check the E.164 shape only (no second parse)."""
+    if raw[:1] == "+" and raw[1:].isdigit() and 8 <= len(raw) <= 16:
+        return Normalized(raw)
+    return Normalized(None, "not E.164 (the input was declared normalized)")
 
 
 @dataclass
@@ -146,8 +153,10 @@ class BulkLookup:
         checkpoint_batches: int = CHECKPOINT_BATCHES,
         cache: CacheRun | None = None,
         log: logging.Logger | None = None,
+        e164_input: bool = False,
     ) -> None:
         self.hook = hook
+        self.read_number = already_e164 if e164_input else normalize
         self.cache = cache
         self.output = output
         self.shard = shard
@@ -190,10 +199,11 @@ class BulkLookup:
         and ``(raw, None, reason)`` per invalid one, in input order, in blocks of ``_SPOOL_ROWS``.
         """
         region = self.hook.config.default_region
+        read_number = self.read_number
         stats, distinct = self.stats, self._distinct
         buffer: list[tuple[str, str | None, int | str]] = []
         for raw, problem in rows:
-            norm = normalize(raw, region) if problem is None else None
+            norm = read_number(raw, region) if problem is None else None
             e164 = norm.e164 if norm else None
             if e164 is None:
                 reason = problem or (norm.reason if norm else None) or INVALID

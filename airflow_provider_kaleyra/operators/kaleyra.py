@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -18,6 +19,7 @@ from airflow_provider_kaleyra.batching import shard_bounds
 from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured, parse_age
+from airflow_provider_kaleyra.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup, Shard
 from airflow_provider_kaleyra.outputs import result_format
@@ -60,8 +62,47 @@ def _age_or_none(value: timedelta | str | None, name: str) -> timedelta | None:
         raise ValueError(f"{name}: {exc}") from None
 
 
+# What waiting cannot fix: bad credentials (401/403), a wrong column or configuration (ValueError,
+# TypeError), an audience that is not there or not readable. Retrying these only delays the failure.
+_PERMANENT_ERRORS = (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
+
+
+@functools.cache
+def _non_retryable(kind: type[Exception]) -> type[AirflowFailException]:
+    """``AirflowFailException`` that is still a ``kind``: code catching ``ValueError`` etc. keeps working."""
+    return type(kind.__name__, (AirflowFailException, kind), {"__module__": kind.__module__})
+
+
+def _fail_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise a permanent error of ``execute`` as non-retryable (same message, same type); others propagate."""
+
+    @functools.wraps(execute)
+    def wrapper(self: BaseOperator, context: Context) -> Any:
+        try:
+            return execute(self, context)
+        except AirflowException:
+            raise
+        except _PERMANENT_ERRORS as exc:
+            error = _non_retryable(type(exc))(*exc.args)
+            error.__dict__.update(exc.__dict__)
+            raise error.with_traceback(exc.__traceback__) from exc
+
+    wrapper.__kaleyra_fail_fast__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class _KaleyraOperator(BaseOperator):
-    """Holds the connection id and the hook; the hook reads the connection on first use only."""
+    """Holds the connection id and the hook; the hook reads the connection on first use only.
+
+    Every subclass's ``execute`` fails at once, without retries, on what waiting cannot fix
+    (:data:`_PERMANENT_ERRORS`); transient errors keep the task's ``retries``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        execute = cls.__dict__.get("execute")
+        if execute is not None and not getattr(execute, "__kaleyra_fail_fast__", False):
+            cls.execute = _fail_fast(execute)  # type: ignore[method-assign]
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -138,6 +179,8 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         than this share of the input rows are not valid numbers (a wrong column or region);
         ``None`` (default) for no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
+    :param e164_input: the audience was normalized by an earlier step (e.g. the preflight's
+        ``prepare``): only the E.164 shape is checked, so each number is parsed once per run.
     :param cache: the capability cache (README, "Remembering answers"): ``None`` uses it when the
         connection sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"``
         asks Kaleyra for every number and rewrites it.
@@ -176,6 +219,7 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         max_failed_ratio: float | str = 0.01,
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
+        e164_input: bool = False,
         cache: CacheMode = None,
         cache_max_age_positive: timedelta | str | None = None,
         cache_max_age_negative: timedelta | str | None = None,
@@ -184,6 +228,7 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        self.e164_input = e164_input
         if (numbers is None) == (audience is None):
             raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
         if checkpoint_batches < 1:
@@ -242,6 +287,7 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
             checkpoint_batches=self.checkpoint_batches,
             cache=cache,
             log=self.log,
+            e164_input=self.e164_input,
         ) as run:
             if shard is None and max_invalid is None:
                 # nothing needs the whole audience first: calls start after ~10,000 numbers

@@ -1,5 +1,8 @@
 """Both example DAGs on a real Airflow 3 deployment, triggered through the REST API.
 
+The example files are copied into a SUBFOLDER of the DAGs folder (``dags/kaleyra/``), as users deploy
+them, and the preflight is triggered with its defaults (an empty ``conf``), as the UI's form would.
+
 Scheduler, API server (with the Kaleyra callback receiver mounted by the plugin), triggerer and
 DAG processor run as separate processes with the LocalExecutor, on a fresh PostgreSQL database
 (SQLite when ``KALEYRA_TEST_POSTGRES_URL`` is unset). The Kaleyra simulator answers the lookups
@@ -14,7 +17,9 @@ import json
 import os
 import random
 import re
+import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +28,7 @@ import requests
 from airflow_deployment import AirflowDeployment, PostgresDatabase
 
 from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.preflight.channels import DEFAULT_SOIP_REGIONS, region_of
 from airflow_provider_kaleyra.simulator import (
     CallbackAuth,
     KaleyraSimulator,
@@ -35,8 +41,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
-CAMPAIGN, SOIP = "kaleyra_campaign_preflight", "kaleyra_soip_check"
-AUDIENCE_SIZE, AUDIENCE_SEED, SHARDS = 5000, 7, 3
+CAMPAIGN, SOIP = "example_kaleyra_campaign_preflight", "example_kaleyra_soip_check"
+AUDIENCE_SIZE, SHARDS = 10_000, 4  # the DAG's defaults
+REGION = "US"
 CALLBACK_SECRET = "e2e-callback-secret-7f3a"
 PROFILE = "e2e-profile"
 RUN_TIMEOUT = 360.0
@@ -70,7 +77,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         metadata_url, store_url = metadata.url, callbacks.url
     else:  # works, but SQLite serialises every writer: PostgreSQL is what setup.sh gives the test run
         metadata_url, store_url = None, f"sqlite:///{home / 'kaleyra_callbacks.db'}"
-    deployment = AirflowDeployment(home, EXAMPLE_DAGS, sql_alchemy_conn=metadata_url)
+    dags = home / "dags"
+    shutil.copytree(EXAMPLE_DAGS, dags / "kaleyra", ignore=shutil.ignore_patterns("__pycache__"))
+    deployment = AirflowDeployment(home, dags, sql_alchemy_conn=metadata_url)
     simulator = KaleyraSimulator(
         SimulatorConfig(
             latency=0.01,
@@ -80,7 +89,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         )
     ).start()
     deployment.env["AIRFLOW_CONN_KALEYRA_DEFAULT"] = simulator.connection_json(
-        default_region="IN",
+        default_region=REGION,
         callback_profile_id=PROFILE,
         callback_secret=CALLBACK_SECRET,
         callback_store_url=store_url,
@@ -127,15 +136,7 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
         http.post(f"{receiver}/soip/callback", json={"number": "919876543210"}, timeout=10).status_code == 401
     )
     out = deployment.home / "outputs"
-    campaign_run = deployment.trigger(
-        CAMPAIGN,
-        {
-            "audience_size": AUDIENCE_SIZE,
-            "sample_seed": AUDIENCE_SEED,
-            "shard_count": SHARDS,
-            "output_location": f"file://{out / 'campaign'}",
-        },
-    )
+    campaign_run = deployment.trigger(CAMPAIGN, {})  # every param at its default
     soip_numbers = _soip_numbers()
     soip_run = deployment.trigger(SOIP, {"numbers": soip_numbers, "output_location": str(out / "soip")})
     runs = [(CAMPAIGN, campaign_run), (SOIP, soip_run)]
@@ -147,71 +148,68 @@ def test_both_example_dags_on_a_real_deployment(deployment: AirflowDeployment) -
     print(f"both runs succeeded {time.monotonic() - started:.0f} s after the deployment was up")
 
     # What a failure would print: every task's state (and the logs of the unsuccessful ones).
-    assert "build_report[-1]: success" in deployment.diagnostics(CAMPAIGN, campaign_run)
-    _check_campaign(deployment, campaign_run, _run_dir(out / "campaign", campaign_run))
+    assert "preflight.build_report[-1]: success" in deployment.diagnostics(CAMPAIGN, campaign_run)
+    default_output = deployment.home / "kaleyra" / "preflight"
+    _check_campaign(deployment, campaign_run, _run_dir(default_output, campaign_run))
     _check_soip(deployment, soip_run, _run_dir(out / "soip", soip_run), soip_numbers)
+
+
+def _expected(phone: str) -> tuple[str, str]:
+    """(channel, e164) of one audience cell, from the simulator's deterministic answers."""
+    e164 = normalize(phone, REGION).e164
+    if e164 is None:
+        return "none", ""
+    if rcs_answer(e164)["rcsEnabled"]:
+        return "rcs", e164
+    if region_of(e164) in DEFAULT_SOIP_REGIONS:
+        return ("soip" if soip_answer(e164) else "sms"), e164
+    return "sms", e164
 
 
 def _check_campaign(deployment: AirflowDeployment, run_id: str, run_dir: Path) -> None:
     # The sample the first task generated under the deployment's Airflow home.
-    audience = _rows(
-        deployment.home / "kaleyra" / "samples" / f"audience_{AUDIENCE_SIZE}_seed{AUDIENCE_SEED}.csv"
-    )
+    audience = _rows(deployment.home / "kaleyra" / "samples" / f"audience_{AUDIENCE_SIZE}.csv")
     assert len(audience) == AUDIENCE_SIZE
-    distinct: dict[str, None] = {}
-    invalid_rows: list[int] = []
-    for line, record in enumerate(audience, start=1):
-        e164 = normalize(record["phone"], "US").e164
-        if e164 is None:
-            invalid_rows.append(line)
-        else:
-            distinct.setdefault(e164)
-    expected_capable = {n for n in distinct if rcs_answer(n)["rcsEnabled"]}
-
-    capable = _rows(run_dir / "rcs_capable.csv")
-    fallback = _rows(run_dir / "sms_fallback.csv")
-    invalid = _rows(run_dir / "invalid.csv")
-    listed = [r["e164"] for r in capable] + [r["e164"] for r in fallback]
-    # Every audience number is in exactly one list, exactly once; every other row is in the invalid list.
-    assert len(listed) == len(set(listed)) == len(distinct)
-    assert set(listed) == set(distinct)
-    assert {r["e164"] for r in capable} == expected_capable
-    assert all(r["status"] == "rcs_disabled" for r in fallback)
-    for record in capable + fallback:
-        answer = rcs_answer(record["e164"])
-        assert (record["carrier_id"], record["carrier_status"]) == (
-            answer["carrierId"],
-            answer["carrierStatus"],
-        )
-    assert [int(r["row"]) for r in invalid] == invalid_rows
-    assert all(r["reason"] for r in invalid)
-    assert 0.03 < len(invalid_rows) / AUDIENCE_SIZE < 0.07
+    listed: dict[str, dict[str, str]] = {}
+    for name in ("rcs", "soip", "sms", "invalid"):
+        for record in _rows(run_dir / f"{name}.csv"):
+            assert record["customer_id"] not in listed, "a row is in two lists"
+            listed[record["customer_id"]] = record
+    # Number by number: every row once, in the list of its channel, with its own columns kept.
+    assert len(listed) == AUDIENCE_SIZE
+    for row in audience:
+        got = listed[row["customer_id"]]
+        assert (got["channel"], got["e164"]) == _expected(row["phone"]), row["customer_id"]
+        assert (got["phone"], got["segment"]) == (row["phone"], row["segment"])
+        assert got["reason"]
+    reasons = {r["reason"] for r in listed.values()}
+    assert {"rcs_enabled", "soip_capable", "soip_not_capable", "not_rcs_capable"} <= reasons
+    assert all(r["reason"].startswith("invalid: ") for r in listed.values() if r["channel"] == "none")
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"] == {
-        "rows": AUDIENCE_SIZE,
-        "distinct": len(distinct),
-        "duplicates": AUDIENCE_SIZE - len(invalid_rows) - len(distinct),
-        "invalid": len(invalid_rows),
-        "rcs_capable": len(expected_capable),
-        "sms_fallback": len(distinct) - len(expected_capable),
-        "failed": 0,
-    }
+    assert summary["channels"]["rows"] == dict(Counter(_expected(r["phone"])[0] for r in audience))
+    assert summary["soip"]["asked"] == summary["soip"]["answered"] > 0
     report = (run_dir / "report.html").read_text()
-    assert report.count("<svg") == 2 and f"{len(expected_capable):,}" in report
-    assert (run_dir / "report.md").read_text().startswith("# Kaleyra campaign preflight")
+    assert 'href="rcs.csv"' in report and "Channel of each audience row" in report
 
-    # The lookups ran as SHARDS mapped task instances, in the pool, and the simulator saw bulk calls only.
-    lookups = [ti for ti in deployment.task_instances(CAMPAIGN, run_id) if ti["task_id"] == "rcs_lookup"]
+    # The lookups ran as mapped task instances in the pool; the SOIP sensor deferred.
+    tis = deployment.task_instances(CAMPAIGN, run_id)
+    lookups = [ti for ti in tis if ti["task_id"] == "preflight.rcs_lookup"]
     assert sorted(ti["map_index"] for ti in lookups) == list(range(SHARDS))
     assert {ti["pool"] for ti in lookups} == {"kaleyra_api"}
-    assert len(summary["shards"]) == SHARDS
-    calls = deployment.simulator.stats()["requests"]  # type: ignore[attr-defined]
-    assert calls["rcs_single"] == 0 and calls["rcs_bulk"] >= SHARDS
+    assert all(ti["try_number"] == 1 for ti in tis)
+    sensor_logs = [
+        text for name, text in deployment.task_logs(CAMPAIGN, run_id) if "task_id=preflight.soip_wait" in name
+    ]
+    assert any("Deferring until" in text for text in sensor_logs), sensor_logs
+    # The channel lists are assets: one event each, carrying the list's location.
+    events = deployment.api("GET", "/assets/events", params={"source_dag_id": CAMPAIGN, "limit": 100})
+    located = {e["extra"].get("location") for e in events["asset_events"] if e["source_run_id"] == run_id}
+    assert located == {f"file://{run_dir}/{name}.csv" for name in ("rcs", "soip", "sms", "invalid")}
 
 
 def _check_soip(deployment: AirflowDeployment, run_id: str, run_dir: Path, numbers: list[str]) -> None:
-    valid = list(dict.fromkeys(e for e in (normalize(n, "IN").e164 for n in numbers) if e))
+    valid = list(dict.fromkeys(e for e in (normalize(n, REGION).e164 for n in numbers) if e))
     assert len(valid) == 300
     capable = {r["e164"] for r in _rows(run_dir / "soip_capable.csv")}
     not_capable = {r["e164"] for r in _rows(run_dir / "soip_not_capable.csv")}

@@ -35,10 +35,11 @@ from airflow_provider_kaleyra.simulator import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
-CAMPAIGN = "kaleyra_campaign_preflight"
+CAMPAIGN = "example_kaleyra_campaign_preflight"
+LOOKUP = "preflight.rcs_lookup"
 ROWS, SEED, SHARDS, POOL_SLOTS = 200_000, 5, 4, 2
 RUN_TIMEOUT = 600.0
-OUTPUT_FILES = ("rcs_capable.csv", "sms_fallback.csv", "invalid.csv")
+OUTPUT_FILES = ("rcs.csv", "soip.csv", "sms.csv", "invalid.csv")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def _run(deployment: CeleryDeployment, folder: str) -> str:
             "storage_conn_id": S3_CONN_ID,
             "output_location": f"s3://{BUCKET}/{folder}",
             "shard_count": SHARDS,
-            "default_region": "US",
+            "soip": False,  # RCS only: the connection has no SOIP callback store
         },
     )
     states = deployment.wait_for_runs([(CAMPAIGN, run_id)], timeout=RUN_TIMEOUT)
@@ -143,14 +144,13 @@ def test_preflight_on_two_celery_workers_sharing_only_object_storage(stack) -> N
     celery_seconds = time.monotonic() - started
 
     # Both workers ran lookup shards, each shard exactly once, and the pool capped them.
-    lookups = [ti for ti in deployment.task_instances(CAMPAIGN, celery_run) if ti["task_id"] == "rcs_lookup"]
+    lookups = [ti for ti in deployment.task_instances(CAMPAIGN, celery_run) if ti["task_id"] == LOOKUP]
     assert sorted(ti["map_index"] for ti in lookups) == list(range(SHARDS))
     assert {ti["pool"] for ti in lookups} == {"kaleyra_api"}
     assert all(ti["try_number"] == 1 for ti in lookups)
     assert _max_overlap(lookups) <= POOL_SLOTS
     by_worker = {
-        name: deployment.tasks_run_by(name, CAMPAIGN, celery_run, "rcs_lookup")
-        for name in deployment.worker_names
+        name: deployment.tasks_run_by(name, CAMPAIGN, celery_run, LOOKUP) for name in deployment.worker_names
     }
     assert all(by_worker.values()), f"a worker ran no shard: {by_worker}"
     assert sorted(i for ran in by_worker.values() for i in ran) == list(range(SHARDS))
@@ -163,15 +163,14 @@ def test_preflight_on_two_celery_workers_sharing_only_object_storage(stack) -> N
     assert not [key for key in celery_keys if ".checkpoint/" in key], "checkpoints left behind"
 
     # The answers are right on every number.
-    capable = list(
-        csv.DictReader(io.StringIO(s3.get(f"celery/{_safe(celery_run)}/rcs_capable.csv").decode()))
-    )
-    fallback = list(
-        csv.DictReader(io.StringIO(s3.get(f"celery/{_safe(celery_run)}/sms_fallback.csv").decode()))
-    )
+    lists = {
+        name: list(csv.DictReader(io.StringIO(s3.get(f"celery/{_safe(celery_run)}/{name}").decode())))
+        for name in OUTPUT_FILES
+    }
+    assert sum(len(rows) for rows in lists.values()) == len(audience)  # every row once
     distinct = {e164 for _, phone, _ in audience if (e164 := normalize(phone, "US").e164)}
-    assert len(capable) + len(fallback) == len(distinct)
-    assert {r["e164"] for r in capable} == {n for n in distinct if rcs_answer(n)["rcsEnabled"]}
+    assert {r["e164"] for r in lists["rcs.csv"] + lists["sms.csv"]} == distinct
+    assert {r["e164"] for r in lists["rcs.csv"]} == {n for n in distinct if rcs_answer(n)["rcsEnabled"]}
 
     # The same run on the LocalExecutor writes the same files, row for row.
     deployment.restart_scheduler(AIRFLOW__CORE__EXECUTOR="LocalExecutor")

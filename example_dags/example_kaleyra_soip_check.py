@@ -7,7 +7,7 @@ that Kaleyra sends back as callbacks, and splits the numbers into outputs.
 1. **load_numbers** — the numbers from `params.numbers`, or from the CSV at `params.numbers_location`
    (column `params.phone_column`) when that is set; plans the output folder.
 2. **soip_check** — `KaleyraSoipCapabilityCheckOperator` submits them, in chunks of `chunk_size`, with
-   the callback profile `params.callback_profile_id` (empty: the connection's `callback_profile_id`).
+   the callback profile `params.callback_profile_id` (none: the connection's `callback_profile_id`).
 3. **wait_for_callbacks** — `KaleyraSoipCallbackSensor`, **deferrable**: waits in the triggerer, holding
    no worker slot, until every number has a callback in the callback store (or times out).
 4. **split_by_capability** — writes `soip_capable.csv`, `soip_not_capable.csv`, `soip_missing.csv`
@@ -28,14 +28,14 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import campaign_report as helpers  # campaign_report.py beside this file: files, audience, report
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from airflow_provider_kaleyra.operators.kaleyra import (
     KaleyraSoipCapabilityCheckOperator,
 )
+from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
-from airflow_provider_kaleyra.utils.storage import as_path
+from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 KALEYRA_CONN_ID = "kaleyra_default"
 CHUNK_SIZE = 500
@@ -51,7 +51,7 @@ SAMPLE_NUMBERS = [
 
 
 with DAG(
-    dag_id="kaleyra_soip_check",
+    dag_id="example_kaleyra_soip_check",
     description="SMS-over-IP capability check: submit, wait for Kaleyra's callbacks (deferred), split by capability",
     doc_md=__doc__,
     schedule=None,
@@ -65,28 +65,28 @@ with DAG(
             type="array",
             items={"type": "string"},
             title="Numbers",
-            description="Phone numbers to check (used when numbers_location is empty).",
+            description="Phone numbers to check (used when numbers_location is none).",
         ),
         "numbers_location": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Numbers file",
-            description="CSV file (file://, s3://, ...) to read the numbers from instead; empty: use 'numbers'.",
+            description="CSV file (file://, s3://, ...) to read the numbers from instead; none: use 'numbers'.",
         ),
         "phone_column": Param("phone", type="string", minLength=1, title="Phone column of the CSV"),
         "callback_profile_id": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Callback profile id",
-            description="Empty: the connection's callback_profile_id.",
+            description="None: the connection's callback_profile_id.",
         ),
         "output_location": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Output location",
-            description="Each run writes to <output_location>/<run id>/. Empty: kaleyra/soip under the Airflow home.",
+            description="Each run writes to <output_location>/<run id>/. None: kaleyra/soip under the Airflow home.",
         ),
-        "storage_conn_id": Param("", type="string", title="Object storage connection id"),
+        "storage_conn_id": Param(None, type=["null", "string"], title="Object storage connection id"),
     },
 ) as dag:
 
@@ -100,15 +100,14 @@ with DAG(
             column = params["phone_column"]
             numbers = [
                 row.get(column) or ""
-                for row in helpers.read_csv(as_path(params["numbers_location"], conn_id))
+                for row in files.read_records(as_path(params["numbers_location"], conn_id))
             ]
         else:
             numbers = [str(n) for n in params["numbers"]]
         if not numbers:
             raise ValueError("no numbers to check")
-        base = params["output_location"] or f"file://{helpers.airflow_home()}/kaleyra/soip"
-        run_dir = as_path(base, conn_id) / helpers.safe_name(context["run_id"])
-        helpers.ensure_dir(run_dir)
+        base = params["output_location"] or f"file://{files.airflow_home()}/kaleyra/soip"
+        run_dir = as_path(base, conn_id) / files.safe_name(context["run_id"])
         print(f"{len(numbers):,} numbers to check; outputs go to {run_dir}")
         return {
             "numbers": numbers,
@@ -164,15 +163,15 @@ with DAG(
                 else:  # no callback at all, or one that could not be read
                     groups["missing"].append((*row, outcome))
         header = ("e164", "status", "received_at", "request_id")
-        files = {
+        outputs = {
             "capable": str(out / "soip_capable.csv"),
             "not_capable": str(out / "soip_not_capable.csv"),
             "missing": str(out / "soip_missing.csv"),
             "summary": str(out / "summary.json"),
         }
-        helpers.write_csv(as_path(files["capable"], conn_id), header, groups["capable"])
-        helpers.write_csv(as_path(files["not_capable"], conn_id), header, groups["not_capable"])
-        helpers.write_csv(as_path(files["missing"], conn_id), (*header, "outcome"), groups["missing"])
+        files.write_csv(as_path(outputs["capable"], conn_id), header, groups["capable"])
+        files.write_csv(as_path(outputs["not_capable"], conn_id), header, groups["not_capable"])
+        files.write_csv(as_path(outputs["missing"], conn_id), (*header, "outcome"), groups["missing"])
         counts = {name: len(rows) for name, rows in groups.items()}
         counts.update(submitted=submitted["numbers"], invalid=submitted["invalid"])
         summary = {
@@ -181,9 +180,10 @@ with DAG(
             "missing_outcomes": dict(Counter(row[-1] for row in groups["missing"])),
             "submitted_at": submitted.get("submitted_at"),
             "callback_profile_id": submitted.get("callback_profile_id"),
-            "files": files,
+            "files": outputs,
         }
-        helpers.write_text(as_path(files["summary"], conn_id), json.dumps(summary, indent=2, default=str))
+        with open_atomic(as_path(outputs["summary"], conn_id)) as handle:
+            handle.write(json.dumps(summary, indent=2, default=str))
         print(f"SOIP: {counts}; outputs in {run_dir}")
         return summary
 

@@ -1,0 +1,24 @@
+"""The campaign preflight: which channel (RCS, SMS over IP, SMS, none) each audience row should use.
+
+Building blocks, one module per step: :mod:`.prepare` (read and normalize the audience once, plan
+the shards), :mod:`.channels` (the channel decision and the per-channel lists), :mod:`.report`
+(HTML, Markdown, ``summary.json``), and :func:`kaleyra_preflight`, the task group that runs them
+with the provider's operators in a DAG.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_kaleyra.preflight.group import kaleyra_preflight
+
+__all__ = ["kaleyra_preflight"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "kaleyra_preflight":  # imported lazily: the building blocks do not need the operators
+        from airflow_provider_kaleyra.preflight.group import kaleyra_preflight
+
+        return kaleyra_preflight
+    raise AttributeError(name)

@@ -1,0 +1,103 @@
+"""Where a preflight run keeps its files, and the CSV reading and writing they all share.
+
+Every file goes through :func:`airflow_provider_kaleyra.utils.storage.as_path`, so a run folder on
+``s3://`` works like one on ``file://``. Tasks hand each other locations, never data.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
+
+WORK = "work"  # files only the preflight's own tasks read
+ROWS = f"{WORK}/rows.csv"  # every audience row: its columns, then e164 and the invalid reason
+NUMBERS = f"{WORK}/numbers.csv"  # the distinct valid numbers, first-seen order: input of the RCS shards
+SOIP_NUMBERS = f"{WORK}/soip_numbers.csv"  # the numbers the SOIP leg asks about
+SOIP_RESULTS = f"{WORK}/soip.jsonl"  # the callback sensor's output
+E164 = "e164"
+INVALID_REASON = "invalid_reason"
+
+
+def airflow_home() -> str:
+    return os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+
+
+def default_output_location() -> str:
+    """Local by default, for a demo on one machine; a deployment sets ``output`` to shared storage."""
+    return f"file://{airflow_home()}/kaleyra/preflight"
+
+
+def safe_name(run_id: str) -> str:
+    """A run id as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+
+
+def run_folder(output: str | None, run_id: str, conn_id: str | None) -> ObjectStoragePath:
+    return as_path(output or default_output_location(), conn_id) / safe_name(run_id)
+
+
+def shard_output(run_dir: ObjectStoragePath | str, index: int) -> str:
+    return f"{run_dir}/{WORK}/rcs_shard_{index:03d}.csv"
+
+
+def require(path: ObjectStoragePath, written_by: str) -> ObjectStoragePath:
+    """Fail at once (no retries) when a file an earlier task wrote is not visible from this host."""
+    if not path.exists():
+        raise AirflowFailException(
+            f"{path} (written by task {written_by!r}) is not visible from this worker. When tasks run "
+            "on different hosts, set the preflight's `output` (the DAG param output_location) to "
+            "storage every worker shares, e.g. s3://bucket/prefix with storage_conn_id."
+        )
+    return path
+
+
+def read_csv(path: ObjectStoragePath) -> Iterator[list[str]]:
+    """Rows of a CSV file as lists, header first."""
+    with path.open("r", encoding="utf-8-sig", newline="", errors="replace") as handle:
+        yield from csv.reader(handle)
+
+
+def read_records(path: ObjectStoragePath) -> Iterator[dict[str, str]]:
+    with path.open("r", encoding="utf-8-sig", newline="", errors="replace") as handle:
+        yield from csv.DictReader(handle)
+
+
+class CsvWriter:
+    """Several CSV files open at once, each published atomically on a clean exit; counts their rows."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._writers: dict[str, Any] = {}
+        self.rows: dict[str, int] = {}
+
+    def open(self, name: str, path: ObjectStoragePath, header: Iterable[str]) -> None:
+        self._writers[name] = csv.writer(self._stack.enter_context(open_atomic(path)))
+        self._writers[name].writerow(list(header))
+        self.rows[name] = 0
+
+    def write(self, name: str, row: Iterable[Any]) -> None:
+        self._writers[name].writerow(row)
+        self.rows[name] += 1
+
+    def __enter__(self) -> CsvWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._stack.__exit__(*exc)  # an error unwinds every file unpublished
+
+
+def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> int:
+    with CsvWriter() as out:
+        out.open("file", path, header)
+        for row in rows:
+            out.write("file", row)
+    return out.rows["file"]

@@ -1,0 +1,113 @@
+"""Step 1 of a preflight: read the audience once, normalize every row once, plan the RCS shards.
+
+Writes, under the run folder:
+
+- ``work/rows.csv``: every audience row, all its columns, then its E.164 number (empty when invalid)
+  and the reason it is invalid. The channel step reads this file instead of normalizing again.
+- ``work/numbers.csv``: the distinct valid numbers in first-seen order, the input of the RCS shards
+  (which are told the input is E.164 already, so nothing is parsed twice).
+
+Memory holds the set of distinct numbers (as integers), never the rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_kaleyra.audience import _column_index  # the one header rule (masks numbers)
+from airflow_provider_kaleyra.batching import shard_bounds
+from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.preflight import files
+from airflow_provider_kaleyra.utils.storage import as_path
+
+MAX_REASONS = 50  # distinct invalid reasons kept in the summary
+
+
+def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
+    """The simulator's deterministic sample audience (customer_id, phone, segment) as a CSV; its rows."""
+    from airflow_provider_kaleyra.simulator import generate_audience_rows
+
+    return files.write_csv(path, ("customer_id", column, "segment"), generate_audience_rows(size, seed))
+
+
+def prepare_audience(
+    audience: str | ObjectStoragePath,
+    run_dir: str | ObjectStoragePath,
+    *,
+    column: str,
+    region: str | None,
+    shard_count: int,
+    storage_conn_id: str | None = None,
+) -> dict[str, Any]:
+    """Normalize and de-duplicate ``audience``; returns a summary (counts, no number) and the shard plan.
+
+    :param region: ISO country for numbers written without a country code (the connection's
+        ``default_region``); ``None``: such numbers are invalid.
+    :raises ValueError: the audience is empty or has no ``column``.
+    :raises FileNotFoundError: the audience is not there.
+    """
+    source = as_path(audience, storage_conn_id)
+    folder = as_path(run_dir, storage_conn_id)
+    if not source.exists():
+        raise FileNotFoundError(
+            f"audience not found: {source} (the preflight's `audience`, DAG param audience_location; "
+            "when tasks run on several hosts it must be on storage every worker shares, e.g. s3://)"
+        )
+    distinct: dict[int, None] = {}
+    reasons: Counter[str] = Counter()
+    rows = invalid = duplicates = 0
+    lines = files.read_csv(source)
+    header = next(lines, None)
+    if not header:
+        raise ValueError(f"audience {source} is empty: a CSV with a header naming the phone column is needed")
+    try:
+        index = _column_index(header, column, source)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the preflight's `column`, DAG param phone_column)") from None
+    width = len(header)
+    with files.CsvWriter() as out:
+        out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
+        for record in lines:
+            if not record:
+                continue  # csv gives [] for a blank line: not a row of the audience
+            rows += 1
+            record = (record + [""] * width)[:width] if len(record) != width else record
+            norm = normalize(record[index], region)
+            e164 = norm.e164
+            if e164 is None:
+                invalid += 1
+                reason = norm.reason or "invalid"
+                if reason in reasons or len(reasons) < MAX_REASONS:
+                    reasons[reason] += 1
+                out.write("rows", [*record, "", reason])
+                continue
+            key = int(e164[1:])
+            if key in distinct:
+                duplicates += 1
+            else:
+                distinct[key] = None
+            out.write("rows", [*record, e164, ""])
+    numbers = folder / files.NUMBERS
+    files.write_csv(numbers, (files.E164,), ((f"+{key}",) for key in distinct))
+    bounds = shard_bounds(len(distinct), shard_count) if distinct else []
+    shards = [
+        {
+            "audience": str(numbers),
+            "shard_index": i,
+            "shard_count": len(bounds),
+            "output": files.shard_output(folder, i),
+        }
+        for i in range(len(bounds))
+    ]
+    summary = {
+        "run_dir": str(folder),
+        "audience": str(source),
+        "columns": header,
+        "counts": {"rows": rows, "invalid": invalid, "duplicates": duplicates, "distinct": len(distinct)},
+        "invalid_reasons": dict(reasons.most_common()),
+        "shards": len(shards),
+    }
+    return {"summary": summary, "shards": shards}

@@ -1,0 +1,84 @@
+"""The preflight report: structure and numbers (not pixels), like-with-like charts, relative links, the trend."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_kaleyra.preflight import report
+from airflow_provider_kaleyra.utils.storage import as_path
+
+
+def summary(run_id: str, rcs: int, finished: str = "2026-01-02T00:00:00+00:00") -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "finished_at": finished,
+        "audience": "file:///data/a.csv",
+        "counts": {"rows": 110, "invalid": 5, "duplicates": 5, "distinct": 100},
+        "invalid_reasons": {"empty": 3, "not a valid number: too short": 2},
+        "channels": {
+            "rows": {"rcs": rcs + 2, "soip": 20, "sms": 83 - rcs, "none": 5},
+            "numbers": {"rcs": rcs, "soip": 20, "sms": 80 - rcs},
+        },
+        "reasons": {
+            "rcs_enabled": rcs + 2,
+            "soip_capable": 20,
+            "not_rcs_capable": 83 - rcs,
+            "invalid: empty": 5,
+        },
+        "carriers": {"AT&T": {"numbers": 60, "rcs_capable": 30, "rcs_rate": 0.5}},
+        "countries": {"US": {"numbers": 60, "rcs_capable": 30, "rcs_rate": 0.5}},
+        "soip": {"asked": 40, "answered": 39},
+        "api": {"rcs_requests": 7, "soip_requests": 1},
+    }
+
+
+def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
+    run_dir = as_path(str(tmp_path / "run-2"))
+    history = [{"run_id": "run-1", "finished_at": "2026-01-01T00:00:00+00:00", "rcs_share": 0.25}]
+    written = report.write_report(run_dir, summary("run-2", 30), history)
+    html = Path(written["report.html"]).read_text()
+    markdown = Path(written["report.md"]).read_text()
+    saved = json.loads(Path(written["summary.json"]).read_text())
+
+    for heading in (
+        "Channel mix",
+        "RCS reachability by carrier",
+        "RCS reachability by country",
+        "Why rows were invalid",
+        "API calls",
+        "Trend: RCS-capable share across runs",
+    ):
+        assert f"<h2>{heading}</h2>" in html and f"## {heading}" in markdown
+    assert "| RCS | 32 | 29.1% | 30 |" in markdown  # rows, share of rows, distinct numbers side by side
+    assert "| RCS lookups (bulk and single) | 7 |" in markdown
+    assert "| run-1 | 25.0% |" in markdown and "| run-2 (this run) | 30.0% |" in markdown
+    assert "AT&amp;T" in html
+    hrefs = re.findall(r'href="([^"]+)"', html)
+    assert set(hrefs) == {"rcs.csv", "soip.csv", "sms.csv", "invalid.csv", "report.md", "summary.json"}
+    assert all((tmp_path / "run-2" / h).exists() for h in ("report.md", "summary.json"))
+    assert saved["files"]["rcs"] == "rcs.csv" and report.rcs_share(saved) == 0.3
+
+    charts = [ET.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", html, re.S)]
+    titles = [c.get("aria-label") for c in charts]
+    assert titles[0] == "Channel of each audience row"  # rows only: the four channels sum to the rows
+    bars = [
+        int(t.text.split(": ")[1].replace(",", ""))
+        for t in charts[0].iter("{http://www.w3.org/2000/svg}title")
+    ]
+    assert sum(bars) == 110
+    assert all("share of distinct numbers" in t for t in titles[1:])  # rates of distinct numbers only
+
+
+def test_trend_reads_earlier_runs_under_the_same_output(tmp_path: Path) -> None:
+    base = as_path(str(tmp_path))
+    for run_id, rcs, day in (("b", 40, "03"), ("a", 20, "01"), ("current", 50, "04")):
+        report.write_report(base / run_id, summary(run_id, rcs, f"2026-01-{day}T00:00:00+00:00"), [])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    history = report.load_history(base, "current")
+    assert [(h["run_id"], h["rcs_share"]) for h in history] == [("a", 0.2), ("b", 0.4)]
+    assert report.load_history(as_path(str(tmp_path / "none")), "x") == []

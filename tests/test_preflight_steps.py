@@ -1,0 +1,230 @@
+"""The preflight's building blocks without Airflow: prepare (read and normalize once) and the channel decision."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_kaleyra.preflight import channels as ch, files
+from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+from airflow_provider_kaleyra.utils.storage import as_path
+
+IN_ENABLED, IN_DISABLED = "+919876543210", "+919812345678"
+US_A, US_B = "+14155550100", "+12025550143"
+
+
+def write(path: Path, header: list[str], rows: list[list[str]]) -> str:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_prepare_normalizes_once_keeps_every_column_and_plans_shards(tmp_path: Path) -> None:
+    audience = write(
+        tmp_path / "a.csv",
+        ["customer_id", "Phone", "segment", "e164"],
+        [
+            ["C1", "(415) 555-0100", "vip", "x"],
+            ["C2", "junk", "new", ""],
+            ["C3", "+1 415 555 0100", "new", ""],
+        ]
+        + [[f"C{i}", f"+1202555{i:04d}", "bulk", ""] for i in range(200)],
+    )
+    out = tmp_path / "run"
+    prepared = prepare_audience(audience, str(out), column="phone", region="US", shard_count=4)
+    summary = prepared["summary"]
+    assert summary["counts"] == {"rows": 203, "invalid": 1, "duplicates": 1, "distinct": 201}
+    assert list(summary["invalid_reasons"]) == [next(iter(summary["invalid_reasons"]))]  # one reason
+    assert len(prepared["shards"]) == 2  # never fewer than 100 numbers a shard
+    assert [s["shard_index"] for s in prepared["shards"]] == [0, 1]
+    assert "+1" not in json.dumps(prepared)  # the summary and the plan hold no number
+    rows = list(csv.reader((out / "work" / "rows.csv").open(encoding="utf-8")))
+    assert rows[0] == ["customer_id", "Phone", "segment", "e164", "e164", "invalid_reason"]
+    assert rows[1] == ["C1", "(415) 555-0100", "vip", "x", US_A, ""]
+    assert rows[2][:5] == ["C2", "junk", "new", "", ""] and rows[2][5]
+    numbers = [r["e164"] for r in read(out / "work" / "numbers.csv")]
+    assert numbers[0] == US_A and len(numbers) == len(set(numbers)) == 201
+
+
+def test_prepare_refuses_a_missing_column_or_audience(tmp_path: Path) -> None:
+    audience = write(tmp_path / "a.csv", ["customer_id", "mobile"], [["C1", "+14155550100"]])
+    with pytest.raises(
+        ValueError, match=r"no column 'phone'; columns found: 'customer_id', 'mobile'.*phone_column"
+    ):
+        prepare_audience(audience, str(tmp_path / "run"), column="phone", region=None, shard_count=1)
+    with pytest.raises(FileNotFoundError, match="audience not found"):
+        prepare_audience(
+            str(tmp_path / "nope.csv"), str(tmp_path / "run"), column="phone", region=None, shard_count=1
+        )
+    headless = write(tmp_path / "h.csv", ["+14155550100", "vip"], [])  # a number where the header should be
+    with pytest.raises(ValueError, match=r"not a header") as caught:
+        prepare_audience(headless, str(tmp_path / "r0"), column="phone", region=None, shard_count=1)
+    assert "+14155550100" not in str(caught.value)  # masked: a phone number is personal data
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        prepare_audience(
+            str(tmp_path / "empty.csv"), str(tmp_path / "r"), column="phone", region=None, shard_count=1
+        )
+
+
+@pytest.mark.parametrize(
+    ("e164", "invalid", "rcs", "asked", "outcome", "expected"),
+    [
+        ("", "empty", None, False, None, ("none", "invalid: empty")),
+        (US_A, "", ch.RcsAnswer("rcs_enabled", "c", ""), False, None, ("rcs", "rcs_enabled")),
+        (US_A, "", ch.RcsAnswer("rcs_disabled", "c", ""), False, None, ("sms", "not_rcs_capable")),
+        (US_A, "", ch.RcsAnswer("failed", "", "HTTP 503"), False, None, ("sms", "lookup_failed: HTTP 503")),
+        (US_A, "", None, False, None, ("sms", "lookup_failed: no RCS answer recorded")),
+        (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, "capable", ("soip", "soip_capable")),
+        (
+            IN_DISABLED,
+            "",
+            ch.RcsAnswer("rcs_disabled", "", ""),
+            True,
+            "not_capable",
+            ("sms", "soip_not_capable"),
+        ),
+        (
+            IN_DISABLED,
+            "",
+            ch.RcsAnswer("rcs_disabled", "", ""),
+            True,
+            "unparseable",
+            ("sms", "soip_no_callback"),
+        ),
+        (IN_DISABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, None, ("sms", "soip_no_callback")),
+    ],
+)
+def test_one_channel_and_reason_per_row(e164, invalid, rcs, asked, outcome, expected) -> None:
+    assert ch.decide(e164, invalid, rcs, asked, outcome) == expected
+
+
+def test_regions_and_soip_candidates(tmp_path: Path) -> None:
+    assert [ch.region_of(n) for n in (US_A, IN_ENABLED, "+442079460000", "+4930123456")] == [
+        "US",
+        "IN",
+        "GB",
+        "DE",
+    ]
+    header = ["row", "input", "e164", "status", "carrier_id", "carrier_status", "error"]
+    one = write(
+        tmp_path / "s0.csv",
+        header,
+        [
+            ["0", "", IN_ENABLED, "rcs_enabled", "", "", ""],
+            ["1", "", IN_DISABLED, "rcs_disabled", "", "", ""],
+        ],
+    )
+    two = write(
+        tmp_path / "s1.csv",
+        header,
+        [["0", "", US_A, "rcs_disabled", "", "", ""], ["1", "", "+919800000001", "failed", "", "", "503"]],
+    )
+    outputs = [as_path(one), as_path(two)]
+    assert list(ch.soip_candidates(outputs, ch.DEFAULT_SOIP_REGIONS)) == [IN_DISABLED]  # failed: not asked
+    assert list(ch.soip_candidates(outputs, ["in", "us"])) == [IN_DISABLED, US_A]
+
+
+def test_channel_lists_keep_every_audience_column_and_every_row(tmp_path: Path) -> None:
+    audience = write(
+        tmp_path / "a.csv",
+        ["customer_id", "phone", "segment"],
+        [
+            ["C1", IN_ENABLED, "vip"],
+            ["C2", IN_DISABLED, "new"],
+            ["C3", US_A, "new"],
+            ["C4", "nonsense", "lapsed"],
+            ["C5", "09812345678", "dup"],  # IN_DISABLED again, written nationally
+            ["C6", US_B, "x"],
+        ],
+    )
+    run = tmp_path / "run"
+    prepare_audience(audience, str(run), column="phone", region="IN", shard_count=1)
+    shard = run / "work" / "rcs_shard_000.csv"
+    write(
+        shard,
+        ["row", "input", "e164", "status", "carrier_id", "carrier_status", "error"],
+        [
+            ["0", IN_ENABLED, IN_ENABLED, "rcs_enabled", "jio", "launched", ""],
+            ["1", IN_DISABLED, IN_DISABLED, "rcs_disabled", "airtel", "launched", ""],
+            ["2", US_A, US_A, "rcs_disabled", "att", "launched", ""],
+            ["3", US_B, US_B, "failed", "", "", "HTTP 503"],
+        ],
+    )
+    answers = ch.read_rcs_answers([as_path(str(shard))])
+    result = ch.write_channel_lists(as_path(str(run)), answers, {IN_DISABLED}, {IN_DISABLED: "capable"})
+    assert result["rows"] == {"rcs": 1, "soip": 2, "sms": 2, "none": 1}
+    assert result["numbers"] == {"rcs": 1, "soip": 1, "sms": 2}
+    assert result["soip_asked"] == result["soip_answered"] == 1
+    assert result["reasons"] == {
+        "soip_capable": 2,
+        "rcs_enabled": 1,
+        "not_rcs_capable": 1,
+        "lookup_failed": 1,
+        "invalid": 1,
+    }
+    soip = read(run / "soip.csv")
+    assert [(r["customer_id"], r["segment"], r["e164"], r["reason"]) for r in soip] == [
+        ("C2", "new", IN_DISABLED, "soip_capable"),
+        ("C5", "dup", IN_DISABLED, "soip_capable"),
+    ]
+    assert list(soip[0]) == ["customer_id", "phone", "segment", "e164", "channel", "reason"]
+    sms = {r["customer_id"]: r["reason"] for r in read(run / "sms.csv")}
+    assert sms == {"C3": "not_rcs_capable", "C6": "lookup_failed: HTTP 503"}
+    assert [r["customer_id"] for r in read(run / "invalid.csv")] == ["C4"]
+    assert result["carriers"]["jio"] == {"numbers": 1, "rcs_capable": 1, "rcs_rate": 1.0}
+    assert result["countries"]["IN"]["numbers"] == 2 and result["countries"]["US"]["numbers"] == 2
+
+
+def test_missing_work_files_fail_at_once_naming_the_setting(tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=r"not visible from this worker.*output_location"):
+        ch.read_rcs_answers([as_path(str(tmp_path / "elsewhere.csv"))])
+    assert ch.read_soip_outcomes(as_path(str(tmp_path / "none.jsonl"))) == {}
+    path = tmp_path / "soip.jsonl"
+    path.write_text('{"number": "+919812345678", "outcome": "capable"}\n\n{"number": "+919800000001"}\n')
+    assert ch.read_soip_outcomes(as_path(str(path))) == {IN_DISABLED: "capable", "+919800000001": "missing"}
+
+
+def test_csv_writer_publishes_nothing_when_interrupted(tmp_path: Path) -> None:
+    target = as_path(str(tmp_path / "x.csv"))
+
+    def interrupted() -> None:
+        with files.CsvWriter() as out:
+            out.open("x", target, ["a"])
+            out.write("x", ["1"])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_timed_out_wait_keeps_the_answers_that_arrived(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+
+    store = CallbackStore(f"sqlite:///{tmp_path / 'cb.db'}")
+    submitted = datetime.now(UTC) - timedelta(minutes=5)
+    store.add_submission("s1", [IN_ENABLED, IN_DISABLED])
+    body = json.dumps({"number": IN_DISABLED.lstrip("+"), "soip_capable": True}).encode()
+    store.add_callback(RawCallback("POST", body, "application/json", received_at=datetime.now(UTC)))
+    outcomes = ch.stored_soip_outcomes(store, {"submission_id": "s1", "submitted_at": submitted.isoformat()})
+    assert outcomes == {IN_DISABLED: "capable", IN_ENABLED: "missing"}
+    assert ch.decide(IN_ENABLED, "", ch.RcsAnswer("rcs_disabled", "", ""), True, outcomes[IN_ENABLED]) == (
+        "sms",
+        "soip_no_callback",
+    )
