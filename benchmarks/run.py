@@ -822,6 +822,13 @@ def _fsync(url: str) -> str:
     return f"fsync={fsync}, synchronous_commit={commit}"
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds a child process has used (Linux ``/proc``): what each server spends per callback."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_callbacks(quick: bool, runs: int) -> list[Row]:
     """Receiver (group commit) against a bare endpoint on the same stack, same clients, same run."""
     count = 2_000 if quick else 10_000
@@ -838,12 +845,16 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
             for (name, url), clients in [(store, n) for store in stores for n in (8, 64)]:
                 proc, port = _serve(_receiver_args(url), env)
                 try:
-                    http_t, bare_t, lost = [], [], 0
+                    http_t, bare_t, lost, http_cpu, bare_cpu = [], [], 0, [], []
                     for run in range(runs):
                         _clear_store(url)
                         indexes = range(run * count, (run + 1) * count)
+                        before = _process_cpu(bare.pid)
                         bare_t.append(_post_callbacks(bare_port, secret, indexes, clients))
+                        bare_cpu.append((_process_cpu(bare.pid) - before) / count)
+                        before = _process_cpu(proc.pid)
                         http_t.append(_post_callbacks(port, secret, indexes, clients))
+                        http_cpu.append((_process_cpu(proc.pid) - before) / count)
                         stored, numbers = _stored(url)
                         lost = max(lost, count - stored, count - numbers)
                         log(
@@ -861,7 +872,8 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
                         f"{count / http_s:,.0f} callbacks/s",
                         f"bare endpoint {count / bare_s:,.0f}/s",
                         f"{bare_s / http_s:.2f}",
-                        f"lost: {lost} (worst run); group commit",
+                        f"lost: {lost} (worst run); server CPU per callback {median(http_cpu) * 1e6:.0f} us, "
+                        f"bare {median(bare_cpu) * 1e6:.0f} us",
                     )
                 )
         finally:

@@ -129,6 +129,23 @@ def test_a_batch_is_one_transaction_with_an_answer_per_delivery(store):
     assert counts(store) == {"callbacks": 51, "results": 50, "parse_errors": 1}
 
 
+def test_a_failed_batch_stores_nothing_and_the_next_batch_reconnects(store):
+    """The group commit keeps one connection; when it breaks, that batch fails whole, the next one works."""
+    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+
+    def batch(first: int) -> list:
+        raws = [_cb({"number": f"91987654{i:04d}", "capable": True}) for i in range(first, first + 5)]
+        return [(raw, parse_callback(raw)) for raw in raws]
+
+    assert store.add_callbacks(batch(0)) == [True] * 5
+    store._writer.driver_connection.close()  # as a connection dropped by the server or the network
+    with pytest.raises(Exception, match="(?i)closed"):
+        store.add_callbacks(batch(5))
+    assert counts(store)["callbacks"] == 5
+    assert store.add_callbacks(batch(5)) == [True] * 5
+    assert counts(store) == {"callbacks": 10, "results": 10, "parse_errors": 0}
+
+
 def test_results_for_counts_only_callbacks_since(store):
     since = NOW - timedelta(minutes=5)
     store.add_callback(_cb({"number": "+919876543210", "capable": False}, at=since - timedelta(hours=1)))

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -26,6 +26,7 @@ MAX_RESULTS = 50_000
 _NOT_KEY = re.compile(r"[^a-z0-9]")
 
 
+@lru_cache(maxsize=4096)  # payload keys repeat from callback to callback; bounded against odd ones
 def _key(name: str) -> str:
     """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
     return _NOT_KEY.sub("", name.lower())
@@ -162,8 +163,23 @@ class RawCallback:
         digest.update(b"\n")
         digest.update(urlencode(sorted(parse_qsl(self.query, keep_blank_values=True))).encode())
         digest.update(b"\n")
-        digest.update(_canonical_body(self.body, self.content_type))
+        digest.update(_canonical_body(self))
         return digest.hexdigest()
+
+    @cached_property
+    def decoded_json(self) -> Any:
+        """The body read as JSON, once: the dedupe key and the parser both need it; an exception if not JSON."""
+        try:
+            return _decode_json(self.body.strip())
+        except (ValueError, RecursionError) as exc:
+            return _NotJson(exc)
+
+
+class _NotJson:
+    """Why a body is not JSON (kept rather than raised: the parser words its own error)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -209,16 +225,19 @@ def _form(text: str) -> dict[str, Any]:
     return data
 
 
-def _canonical_body(body: bytes, content_type: str | None) -> bytes:
+def _canonical_body(raw: RawCallback) -> bytes:
     """JSON and form bodies hash the same whatever their key order or spacing; anything else as is."""
+    body = raw.body
     stripped = body.strip()
     if not stripped:
         return b""
-    try:
-        return json.dumps(_decode_json(stripped), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, RecursionError):
-        pass
-    if _media_type(content_type) == "application/x-www-form-urlencoded":
+    decoded = raw.decoded_json
+    if not isinstance(decoded, _NotJson):
+        try:
+            return json.dumps(decoded, sort_keys=True, separators=(",", ":")).encode()
+        except (ValueError, RecursionError):
+            pass
+    if _media_type(raw.content_type) == "application/x-www-form-urlencoded":
         try:
             return urlencode(sorted(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))).encode()
         except UnicodeDecodeError:
@@ -242,12 +261,12 @@ def _decode_payload(raw: RawCallback) -> tuple[Any, dict[str, Any]]:
     except UnicodeDecodeError:
         raise ValueError("body is not UTF-8 text") from None
     if media.endswith("json") or (media != "application/x-www-form-urlencoded" and text[:1] in "{["):
-        try:
-            return json.loads(text), query
-        except RecursionError:
-            raise ValueError("JSON body nested too deeply") from None
-        except ValueError as exc:
-            raise ValueError(f"body is not valid JSON: {exc}") from None
+        decoded = raw.decoded_json
+        if not isinstance(decoded, _NotJson):
+            return decoded, query
+        if isinstance(decoded.error, RecursionError):
+            raise ValueError("JSON body nested too deeply")
+        raise ValueError(f"body is not valid JSON: {decoded.error}")
     if media == "application/x-www-form-urlencoded" or _looks_like_form(text):
         return _form(text), query
     raise ValueError(f"cannot read a body of type {media or 'unknown'!r}")

@@ -11,7 +11,6 @@ machine only, and only when named explicitly (``sqlite:///...``): there is no de
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -22,17 +21,16 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
-    bindparam,
     create_engine,
     delete,
     event,
     func,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from airflow_provider_kaleyra.callbacks import store_sql as sql
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.schema import (
     SCHEMA_VERSION,
@@ -108,6 +106,8 @@ class CallbackStore:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._ready = False
+        self._writer: Any = None  # the group commit's own connection (see _write_batch)
+        self._writer_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CallbackStore({redact_url(self.url)!r})"
@@ -159,6 +159,10 @@ class CallbackStore:
         return (engine or self.engine).execution_options(kaleyra_write=True).begin()
 
     def dispose(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self._engine is not None:
             self._engine.dispose()
 
@@ -181,27 +185,58 @@ class CallbackStore:
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
-        with self._write() as conn:
-            rows = [_callback_row(*batch[index]) for index in first.values()]
-            returning, upsert = _batch_statements(conn)
-            inserted: dict[str, int] = dict(conn.execute(returning, rows).all())  # type: ignore[arg-type]
-            again = [row for row in rows if row["dedupe_key"] not in inserted]
-            if again:
-                self._refresh(conn, again)
-            results = _result_rows(batch, first, inserted)
-            for start in range(0, len(results), 1000):
-                conn.execute(upsert, results[start : start + 1000])
+        rows = [sql.callback_row(*batch[index]) for index in first.values()]
+        with self._writer_lock:
+            inserted = self._write_batch(rows, batch, first)
         return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
 
-    @staticmethod
-    def _refresh(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        c, r = callbacks_table, results_table
-        params = [{"key": row["dedupe_key"], "at": row["received_at"]} for row in rows]
-        conn.execute(
-            update(c).where(c.c.dedupe_key == bindparam("key")).values(received_at=bindparam("at")), params
-        )
-        ids = select(c.c.id).where(c.c.dedupe_key == bindparam("key")).scalar_subquery()
-        conn.execute(update(r).where(r.c.callback_id == ids).values(received_at=bindparam("at")), params)
+    def _write_batch(
+        self,
+        rows: list[tuple[Any, ...]],
+        batch: Sequence[tuple[RawCallback, ParsedCallback]],
+        first: dict[str, int],
+    ) -> dict[str, int]:
+        """One transaction on the writer's own DBAPI connection; the ids of the callbacks it inserted.
+
+        The connection is kept between batches (a pool checkout, its ping and SQLAlchemy's
+        transaction cost more than a small batch's statements) and dropped on any error.
+        """
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        dbapi, dialect = self._writer.driver_connection, self.engine.dialect.name
+        try:
+            cursor = dbapi.cursor()
+            if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
+                cursor.execute("BEGIN IMMEDIATE")
+            inserted: dict[str, int] = {}
+            for start in range(0, len(rows), sql.ROWS_PER_STATEMENT):
+                cursor.execute(
+                    *sql.multi_row(dialect, sql.CALLBACKS, rows[start : start + sql.ROWS_PER_STATEMENT])
+                )
+                inserted.update(cursor.fetchall())
+            results = sql.result_rows(batch, first, inserted)
+            for start in range(0, len(results), sql.ROWS_PER_STATEMENT):
+                cursor.execute(
+                    *sql.multi_row(dialect, sql.RESULTS, results[start : start + sql.ROWS_PER_STATEMENT])
+                )
+            again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
+            if again:  # re-deliveries: the stored callback and its results take the new time
+                mark = sql.PLACEHOLDER[dialect]
+                if dialect == "sqlite":
+                    again = [(sql.sqlite_time(at), key) for at, key in again]
+                cursor.executemany(sql.REFRESH_CALLBACK.replace("?", mark), again)
+                cursor.executemany(sql.REFRESH_RESULTS.replace("?", mark), again)
+            cursor.close()
+            dbapi.commit()
+        except BaseException:
+            writer, self._writer = self._writer, None
+            try:
+                dbapi.rollback()
+                writer.close()
+            except Exception:
+                writer.invalidate()
+            raise
+        return inserted
 
     def purge(self, older_than: timedelta) -> int:
         """Delete callbacks (and submissions) older than ``now - older_than``; returns callbacks deleted."""
@@ -280,78 +315,6 @@ class CallbackStore:
                 best = CallbackResult(row.number, row.capable, row.status, row.received_at, row.request_id)
             if current is not None:
                 yield current, best
-
-
-def _callback_row(raw: RawCallback, parsed: ParsedCallback) -> dict[str, Any]:
-    return {
-        "dedupe_key": raw.dedupe_key,
-        "received_at": as_utc(raw.received_at),
-        "method": raw.method.upper()[:8],
-        "content_type": (raw.content_type or None) and raw.content_type[:255],
-        "query": raw.query,
-        "headers": json.dumps(dict(raw.headers), sort_keys=True),
-        "body": raw.body,
-        "parse_error": parsed.error,
-        "result_count": len(parsed.results),
-    }
-
-
-def _result_rows(
-    batch: Sequence[tuple[RawCallback, ParsedCallback]], first: dict[str, int], inserted: dict[str, int]
-) -> list[dict[str, Any]]:
-    """Result rows of the newly stored deliveries; one per (number, request id) when an id is given."""
-    rows: dict[Any, dict[str, Any]] = {}
-    for key, index in first.items():
-        callback_id = inserted.get(key)
-        if callback_id is None:
-            continue
-        raw, parsed = batch[index]
-        for r in parsed.results:
-            row = {
-                "callback_id": callback_id,
-                "number": r.number,
-                "number_raw": r.number_raw,
-                "capable": r.capable,
-                "status": r.status,
-                "request_id": r.request_id,
-                "received_at": as_utc(raw.received_at),
-                "parse_error": r.error,
-            }
-            # a statement may not update one row twice: the last answer for an id wins
-            unique = (r.number, r.request_id) if r.request_id is not None and r.number else len(rows)
-            rows.pop(unique, None)
-            rows[unique] = row
-    return list(rows.values())
-
-
-_BATCH_STATEMENTS: dict[str, tuple[Any, Any]] = {}
-
-
-def _batch_statements(conn: Connection) -> tuple[Any, Any]:
-    """The two statements of a batch, built once per dialect (building them cost more than running).
-
-    Callbacks: insert, skipping known dedupe keys, returning the ids of the new ones. Results:
-    insert; an answer for a (number, request id) already stored replaces it (a re-delivery).
-    """
-    name = conn.dialect.name
-    if name not in _BATCH_STATEMENTS:
-        callbacks = _insert_ignore(conn, callbacks_table, ["dedupe_key"]).returning(
-            callbacks_table.c.dedupe_key, callbacks_table.c.id
-        )
-        results = _dialect_insert(conn)(results_table)
-        new = results.excluded
-        upsert = results.on_conflict_do_update(
-            index_elements=["number", "request_id"],
-            set_={
-                "callback_id": new.callback_id,
-                "capable": new.capable,
-                "status": new.status,
-                "received_at": new.received_at,
-                "parse_error": new.parse_error,
-            },
-        )
-        _BATCH_STATEMENTS[name] = (callbacks, upsert)
-    return _BATCH_STATEMENTS[name]
 
 
 def _dialect_insert(conn: Connection) -> Any:
