@@ -129,7 +129,8 @@ def _sections(
         )
 
     api = summary["api"]
-    trend = [*history, {"run_id": f"{summary['run_id']} (this run)", "rcs_share": rcs_share(summary)}]
+    this_run = {"run_id": f"{summary['run_id']} (this run)", "finished_at": summary["finished_at"]}
+    trend = [*history, {**this_run, "rcs_share": rcs_share(summary)}]
     rate_header = ["", "distinct numbers", "RCS-capable", "share"]
     return [
         ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
@@ -172,7 +173,7 @@ def _sections(
             [[t["run_id"], f"{100 * t['rcs_share']:.1f}%"] for t in trend],
             svg_bar_chart(
                 "RCS-capable share of distinct numbers, by run",
-                [(t["run_id"][-28:], round(100 * t["rcs_share"], 1), "#2e7d32") for t in trend],
+                [(_when(t["finished_at"]), round(100 * t["rcs_share"], 1), "#2e7d32") for t in trend],
                 "%",
                 100.0,
             ),
@@ -231,3 +232,8 @@ def write_report(
             handle.write(text)
         written[name] = str(run_dir / name)
     return written
+
+
+def _when(finished_at: str) -> str:
+    """A run's chart label: when it finished, to the minute (run ids are too long for a label)."""
+    return str(finished_at)[:16].replace("T", " ")
