@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -26,13 +25,13 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, delete, func, select, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select, text
+from sqlalchemy.engine import Connection, Engine
 
 from airflow_provider_kaleyra.api import RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.batching import plan_batch_sizes
-from airflow_provider_kaleyra.callbacks.store import _sqlite_setup, redact_url
 from airflow_provider_kaleyra.results import Answer, shared
+from airflow_provider_kaleyra.utils.database import create_database_engine, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +122,9 @@ class CapabilityCache:
         return self._engine
 
     def _create(self) -> Engine:
-        try:
-            url = make_url(self.url)
-        except Exception as exc:
-            raise CapabilityCacheError(f"invalid cache_url {redact_url(self.url)}: {exc}") from None
-        if url.get_backend_name() == "sqlite":
-            if url.database and url.database != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-            _sqlite_setup(engine)
-        elif url.get_backend_name() == "postgresql":
-            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-        else:
-            raise CapabilityCacheError(
-                f"cache_url {redact_url(self.url)}: only sqlite and postgresql are supported"
-            )
+        engine = create_database_engine(
+            self.url, setting="cache_url", error=CapabilityCacheError, pool_size=2, max_overflow=2
+        )
         with self._write(engine) as conn:
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})

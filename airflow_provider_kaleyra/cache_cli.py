@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from airflow_provider_kaleyra.cache import get_cache
 from airflow_provider_kaleyra.callbacks.cli import parse_age
-from airflow_provider_kaleyra.callbacks.store import redact_url
+from airflow_provider_kaleyra.utils.database import redact_url
 
 
 def purge_cache(older_than: str = "30d", kaleyra_conn_id: str | None = None) -> int:

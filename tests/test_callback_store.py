@@ -18,9 +18,9 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     SchemaVersionError,
     get_store,
-    redact_url,
     schema_version_table,
 )
+from airflow_provider_kaleyra.utils.database import redact_url
 from tests.store_queries import count_answered, counts, raw_callbacks, results_for, schema_version
 
 PG_ENV = "KALEYRA_TEST_POSTGRES_URL"

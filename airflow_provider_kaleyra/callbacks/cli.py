@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from airflow_provider_kaleyra import config
-from airflow_provider_kaleyra.callbacks.store import get_store, redact_url
+from airflow_provider_kaleyra.callbacks.store import get_store
+from airflow_provider_kaleyra.utils.database import redact_url
 
 
 def parse_age(text: str) -> timedelta:

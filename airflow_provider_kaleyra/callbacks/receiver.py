@@ -26,8 +26,9 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_kaleyra.callbacks.intake import GroupCommit
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store, redact_url
+from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+from airflow_provider_kaleyra.utils.database import redact_url
 
 log = logging.getLogger(__name__)
 

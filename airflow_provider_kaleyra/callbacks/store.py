@@ -12,7 +12,6 @@ machine only, and only when named explicitly (``sqlite:///...``): there is no de
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,14 +20,12 @@ from typing import Any
 
 from sqlalchemy import (
     Table,
-    create_engine,
     delete,
-    event,
     func,
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 
 from airflow_provider_kaleyra.callbacks import store_sql as sql
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
@@ -40,6 +37,7 @@ from airflow_provider_kaleyra.callbacks.schema import (
     schema_version_table,
     submissions_table,
 )
+from airflow_provider_kaleyra.utils.database import create_database_engine, redact_url
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 log = logging.getLogger(__name__)
@@ -87,14 +85,6 @@ class CallbackResult:
         }
 
 
-def redact_url(url: str) -> str:
-    """URLs can carry a database password; messages never do."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable store URL>"
-
-
 class CallbackStore:
     """Callbacks, their per-number results and the submitted numbers, in one database.
 
@@ -127,17 +117,9 @@ class CallbackStore:
         return self._engine
 
     def _create_engine(self) -> Engine:
-        try:
-            url = make_url(self.url)
-        except Exception as exc:
-            raise CallbackStoreError(f"invalid callback store URL {redact_url(self.url)}: {exc}") from None
-        if url.get_backend_name() == "sqlite":
-            if url.database and url.database != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-            _sqlite_setup(engine)
-            return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return create_database_engine(
+            self.url, setting="callback store URL", error=CallbackStoreError, pool_size=5, max_overflow=10
+        )
 
     def _ensure_schema(self, engine: Engine) -> None:
         with self._write(engine) as conn:
@@ -330,25 +312,6 @@ def _dialect_insert(conn: Connection) -> Any:
 def _insert_ignore(conn: Connection, table: Table, conflict_columns: list[str] | None) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the dialect at hand."""
     return _dialect_insert(conn)(table).on_conflict_do_nothing(index_elements=conflict_columns)
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL lets readers run beside a writer; busy_timeout and BEGIN IMMEDIATE make writers queue."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("kaleyra_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 _stores: dict[str, CallbackStore] = {}

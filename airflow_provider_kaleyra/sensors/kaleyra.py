@@ -22,12 +22,12 @@ from airflow_provider_kaleyra.callbacks.store import (
     UNPARSEABLE,
     CallbackStore,
     get_store,
-    redact_url,
 )
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.phone import MaskedNumbers, mask, normalize
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
+from airflow_provider_kaleyra.utils.database import redact_url
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 

@@ -1,0 +1,65 @@
+"""The one way the provider opens a database of its own (callback store, capability cache).
+
+Both live in a database every component of a deployment reaches: PostgreSQL across hosts, or a
+SQLite file on one machine when a user names one. Nothing else is supported, since both need
+``INSERT ... ON CONFLICT`` in one of those two dialects.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+
+def redact_url(url: str) -> str:
+    """URLs can carry a database password; messages never do."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def create_database_engine(
+    url: str, *, setting: str, error: type[Exception], pool_size: int, max_overflow: int
+) -> Engine:
+    """An engine for ``url``, or ``error`` naming ``setting`` when the URL cannot be used.
+
+    SQLite gets WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for connections with the execution
+    option ``kaleyra_write``, so concurrent writers queue instead of failing.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise error(f"invalid {setting} {redact_url(url)}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        _sqlite_setup(engine)
+        return engine
+    if backend == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    raise error(f"{setting} {redact_url(url)}: only sqlite and postgresql are supported")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL lets readers run beside a writer; busy_timeout and BEGIN IMMEDIATE make writers queue."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("kaleyra_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
