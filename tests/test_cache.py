@@ -3,57 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from airflow_provider_kaleyra.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.cache import CapabilityCache, CapabilityCacheError, cache_table, resolve
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.results import Answer
 from airflow_provider_kaleyra.simulator import rcs_answer
+from tests.databases import throwaway_database
 
-PG_ENV = "KALEYRA_TEST_POSTGRES_URL"
 SID = "AC-TEST-SID"
 HOUR = timedelta(hours=1)
 NOW = 1_800_000_000
 
 
-def _postgres_url() -> str:
-    url = os.environ.get(PG_ENV)
-    if url:
-        return url
-    if os.environ.get("KALEYRA_ALLOW_NO_POSTGRES") == "1":
-        pytest.skip(f"{PG_ENV} is unset and KALEYRA_ALLOW_NO_POSTGRES=1")
-    pytest.fail(f"{PG_ENV} is unset: start PostgreSQL (scripts/setup.sh does) and export it")
-
-
-def cache_database(kind: str, tmp_path) -> Iterator[str]:
-    """An empty cache database: a SQLite file, or a throwaway PostgreSQL schema."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cache.db'}"
-        return
-    base = _postgres_url()
-    schema = f"kc_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def cache_url(request, tmp_path):
-    yield from cache_database(request.param, tmp_path)
+    yield from throwaway_database(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from airflow_provider_kaleyra.cache import CapabilityCache
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
-from tests.test_cache import _age, _asked, _connect, _expected, _numbers, cache_database
+from tests.databases import throwaway_database
+from tests.test_cache import _age, _asked, _connect, _expected, _numbers
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def cache_url(request, tmp_path):
-    yield from cache_database(request.param, tmp_path)
+    yield from throwaway_database(request.param, tmp_path)
 
 
 ANSWER = ("row", "input", "e164", "status", "carrier_id", "carrier_status", "error")

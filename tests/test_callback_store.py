@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect
 
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
 from airflow_provider_kaleyra.callbacks.store import (
@@ -21,41 +18,16 @@ from airflow_provider_kaleyra.callbacks.store import (
     schema_version_table,
 )
 from airflow_provider_kaleyra.utils.database import redact_url
+from tests.databases import throwaway_database
 from tests.store_queries import count_answered, counts, raw_callbacks, results_for, schema_version
 
-PG_ENV = "KALEYRA_TEST_POSTGRES_URL"
 NOW = datetime.now(UTC)
-
-
-def _postgres_url() -> str:
-    url = os.environ.get(PG_ENV)
-    if url:
-        return url
-    if os.environ.get("KALEYRA_ALLOW_NO_POSTGRES") == "1":
-        pytest.skip(f"{PG_ENV} is unset and KALEYRA_ALLOW_NO_POSTGRES=1")
-    pytest.fail(
-        f"{PG_ENV} is unset: start PostgreSQL (scripts/setup.sh does) and export it, e.g. "
-        "postgresql+psycopg://kaleyra:kaleyra@127.0.0.1:5433/kaleyra_test; "
-        "or set KALEYRA_ALLOW_NO_POSTGRES=1 to skip the PostgreSQL cases locally"
-    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
     """A fresh, empty store per test: a SQLite file, or a throwaway PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'callbacks.db'}"
-        return
-    base = _postgres_url()
-    schema = f"kt_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    yield from throwaway_database(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -17,16 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 import pytest
 from _reliability import SECRET_CALLBACK as SECRET
-from sqlalchemy import create_engine, text
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from tests.databases import throwaway_database
 
 CLIENTS = 8
 KILL_AFTER = 400  # acknowledged callbacks before the kill
@@ -40,21 +38,7 @@ def _free_port() -> int:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'crash.db'}"
-        return
-    base = os.environ.get("KALEYRA_TEST_POSTGRES_URL")
-    if not base:
-        pytest.fail("KALEYRA_TEST_POSTGRES_URL is unset (scripts/setup.sh starts PostgreSQL)")
-    schema = f"kc_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    yield from throwaway_database(request.param, tmp_path)
 
 
 def _start(url: str) -> tuple[subprocess.Popen[bytes], int]:
