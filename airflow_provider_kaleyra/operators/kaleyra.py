@@ -113,6 +113,63 @@ class _KaleyraOperator(BaseOperator):
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 
 
+class _AudienceOperator(_KaleyraOperator):
+    """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
+
+    ``numbers`` (a list) or ``audience`` (a file) + ``column`` + ``audience_format``, with
+    ``storage_conn_id`` and an optional ``shard_index``/``shard_count``. A rendered ``numbers`` list
+    is kept as :class:`~airflow_provider_kaleyra.phone.MaskedNumbers`: Airflow records rendered
+    fields, and they would otherwise show the audience in clear.
+    """
+
+    template_fields_renderers = {"numbers": "json"}
+
+    def __init__(
+        self,
+        *,
+        numbers: Iterable[str] | None = None,
+        audience: str | ObjectStoragePath | None = None,
+        column: str = "phone",
+        audience_format: str | None = None,
+        shard_index: int | str | None = None,
+        shard_count: int | str | None = None,
+        storage_conn_id: str | None = None,
+        kaleyra_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        if (numbers is None) == (audience is None):
+            raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
+        self.numbers = numbers
+        self.audience = audience
+        self.column = column
+        self.audience_format = audience_format
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.storage_conn_id = storage_conn_id
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        super().render_template_fields(context, jinja_env)
+        if self.numbers is not None:
+            self.numbers = MaskedNumbers(_as_list(self.numbers, "numbers"))
+
+    def _shard(self) -> Shard | None:
+        if self.shard_index in (None, "") and self.shard_count in (None, ""):
+            return None
+        if self.shard_index in (None, "") or self.shard_count in (None, ""):
+            raise ValueError("shard_index and shard_count must be set together")
+        index, count = int(self.shard_index), int(self.shard_count)  # type: ignore[arg-type]
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard_index must be in [0, shard_count), got {index} of {count}")
+        return Shard(index, count)
+
+    def _rows(self) -> Iterable[AudienceRow]:
+        if self.audience is not None:
+            path = as_path(self.audience, self.storage_conn_id)
+            return read_audience(path, column=self.column, fmt=self.audience_format)
+        return (AudienceRow(raw) for raw in _as_list(self.numbers, "numbers"))
+
+
 class KaleyraRcsLookupOperator(_KaleyraOperator):
     """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
 
@@ -143,7 +200,7 @@ class KaleyraRcsLookupOperator(_KaleyraOperator):
         )
 
 
-class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
+class KaleyraRcsBulkLookupOperator(_AudienceOperator):
     """Look up RCS capability for a whole audience; results go to a file, a summary to XCom.
 
     Each input row gets exactly one output row (``row``, ``input``, ``e164``, ``status``,
@@ -209,7 +266,6 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         "max_invalid_ratio",
         "storage_conn_id",
     )
-    template_fields_renderers = {"numbers": "json"}
 
     def __init__(
         self,
@@ -232,19 +288,21 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
-        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        super().__init__(
+            numbers=numbers,
+            audience=audience,
+            column=column,
+            audience_format=audience_format,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            storage_conn_id=storage_conn_id,
+            kaleyra_conn_id=kaleyra_conn_id,
+            **kwargs,
+        )
         self.e164_input = e164_input
-        if (numbers is None) == (audience is None):
-            raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
         if checkpoint_batches < 1:
             raise ValueError(f"checkpoint_batches must be at least 1, got {checkpoint_batches}")
         self.output_path = output  # ``self.output`` is BaseOperator's XComArg
-        self.numbers = numbers
-        self.audience = audience
-        self.column = column
-        self.audience_format = audience_format
-        self.shard_index = shard_index
-        self.shard_count = shard_count
         for name, ratio in (("max_failed_ratio", max_failed_ratio), ("max_invalid_ratio", max_invalid_ratio)):
             if not isinstance(ratio, str):  # templated strings are checked once rendered
                 _ratio(ratio, name)
@@ -256,23 +314,6 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         self.cache = cache
         self.cache_max_age_positive = _age_or_none(cache_max_age_positive, "cache_max_age_positive")
         self.cache_max_age_negative = _age_or_none(cache_max_age_negative, "cache_max_age_negative")
-        self.storage_conn_id = storage_conn_id
-
-    def _shard(self) -> Shard | None:
-        if self.shard_index in (None, "") and self.shard_count in (None, ""):
-            return None
-        if self.shard_index in (None, "") or self.shard_count in (None, ""):
-            raise ValueError("shard_index and shard_count must be set together")
-        index, count = int(self.shard_index), int(self.shard_count)  # type: ignore[arg-type]
-        if count < 1 or not 0 <= index < count:
-            raise ValueError(f"shard_index must be in [0, shard_count), got {index} of {count}")
-        return Shard(index, count)
-
-    def _rows(self) -> Iterable[AudienceRow]:
-        if self.audience is not None:
-            path = as_path(self.audience, self.storage_conn_id)
-            return read_audience(path, column=self.column, fmt=self.audience_format)
-        return (AudienceRow(raw) for raw in _as_list(self.numbers, "numbers"))
 
     def execute(self, context: Context) -> dict[str, Any]:
         output = as_path(self.output_path, self.storage_conn_id)
@@ -351,7 +392,7 @@ class KaleyraRcsBulkLookupOperator(_KaleyraOperator):
         )
 
 
-class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
+class KaleyraSoipCapabilityCheckOperator(_AudienceOperator):
     """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
 
     Takes the same audience as :class:`KaleyraRcsBulkLookupOperator` (a list, or a file on any
@@ -392,7 +433,6 @@ class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
         "storage_conn_id",
         "callback_profile_id",
     )
-    template_fields_renderers = {"numbers": "json"}
 
     def __init__(
         self,
@@ -409,29 +449,21 @@ class KaleyraSoipCapabilityCheckOperator(_KaleyraOperator):
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
-        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
-        if (numbers is None) == (audience is None):
-            raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
+        super().__init__(
+            numbers=numbers,
+            audience=audience,
+            column=column,
+            audience_format=audience_format,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            storage_conn_id=storage_conn_id,
+            kaleyra_conn_id=kaleyra_conn_id,
+            **kwargs,
+        )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-        self.numbers = numbers
-        self.audience = audience
-        self.column = column
-        self.audience_format = audience_format
-        self.shard_index = shard_index
-        self.shard_count = shard_count
-        self.storage_conn_id = storage_conn_id
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
-
-    # the audience arguments mean what they mean for the RCS bulk operator: one reading of them
-    _shard = KaleyraRcsBulkLookupOperator._shard
-    _rows = KaleyraRcsBulkLookupOperator._rows
-
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        super().render_template_fields(context, jinja_env)
-        if self.numbers is not None:  # Airflow records rendered fields: a masked sample, not the audience
-            self.numbers = MaskedNumbers(_as_list(self.numbers, "numbers"))
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.hook.config
