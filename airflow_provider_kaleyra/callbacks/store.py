@@ -191,16 +191,11 @@ class CallbackStore:
             if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
                 cursor.execute("BEGIN IMMEDIATE")
             inserted: dict[str, int] = {}
-            for start in range(0, len(rows), sql.ROWS_PER_STATEMENT):
-                cursor.execute(
-                    *sql.multi_row(dialect, sql.CALLBACKS, rows[start : start + sql.ROWS_PER_STATEMENT])
-                )
+            for statement in sql.inserts(dialect, sql.CALLBACKS, rows):
+                cursor.execute(*statement)
                 inserted.update(cursor.fetchall())
-            results = sql.result_rows(batch, first, inserted)
-            for start in range(0, len(results), sql.ROWS_PER_STATEMENT):
-                cursor.execute(
-                    *sql.multi_row(dialect, sql.RESULTS, results[start : start + sql.ROWS_PER_STATEMENT])
-                )
+            for statement in sql.inserts(dialect, sql.RESULTS, sql.result_rows(batch, first, inserted)):
+                cursor.execute(*statement)
             again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
             if again:  # re-deliveries: the stored callback and its results take the new time
                 mark = sql.PLACEHOLDER[dialect]
