@@ -37,7 +37,8 @@ class GroupCommit:
         if not self._writing:
             self._writing = True
             self._task = loop.create_task(self._drain())
-        return await asyncio.shield(future)  # a client hanging up does not cancel its commit
+        # (no shield needed: the writer takes the callback from the queue whether or not anyone still waits)
+        return await future
 
     async def _drain(self) -> None:
         try:
