@@ -14,6 +14,8 @@ from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callba
 class _Store:
     """Records each transaction; ``release`` holds the first one until the test lets it commit."""
 
+    dialect = "sqlite"  # written from a thread, as SQLite is
+
     def __init__(self, fail: bool = False) -> None:
         self.batches: list[list[str]] = []
         self.release = threading.Event()
@@ -80,3 +82,32 @@ def test_a_failed_transaction_fails_every_callback_in_it():
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     with pytest.raises(RuntimeError):
         asyncio.run(intake.add(*_item(9)))
+
+
+@pytest.fixture
+def pg_store(tmp_path):
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+    from tests.databases import throwaway_database
+
+    urls = throwaway_database("postgres", tmp_path)
+    store = CallbackStore(next(urls))
+    yield store
+    store.dispose()
+    next(urls, None)
+
+
+def test_postgres_batches_are_written_from_the_event_loop_and_a_broken_connection_is_replaced(pg_store):
+    from tests.store_queries import counts
+
+    intake = GroupCommit(pg_store)
+
+    async def scenario():
+        assert await asyncio.gather(*(intake.add(*_item(i)) for i in range(5))) == [True] * 5
+        await intake._conn.close()  # as a connection dropped by the server or the network
+        with pytest.raises(Exception, match="(?i)closed"):
+            await intake.add(*_item(5))
+        assert intake._conn is None
+        return await asyncio.gather(*(intake.add(*_item(i)) for i in range(5, 8)))
+
+    assert asyncio.run(scenario()) == [True] * 3
+    assert counts(pg_store) == {"callbacks": 8, "results": 8, "parse_errors": 0}

@@ -8,7 +8,7 @@ than the database did; the tables themselves are defined once, in :mod:`.schema`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -134,3 +134,38 @@ def inserts(dialect: str, statement: Insert, rows: Sequence[tuple[Any, ...]]) ->
             params.extend(row)
             params[when - width] = sqlite_time(params[when - width])
         yield f"{head}VALUES {', '.join([group] * len(chunk))} {statement.tail}", params
+
+
+# A statement of a transaction: (SQL, parameters, run once per parameter set instead of once).
+Statement = tuple[str, Any, bool]
+
+
+def transaction(
+    dialect: str, batch: Sequence[tuple[RawCallback, ParsedCallback]]
+) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
+    """The statements storing ``batch`` in one transaction; returns, per delivery, whether it is new.
+
+    A driver runs each statement it is given and sends back the rows it returned: the receiver's
+    thread (SQLite) and its event loop (PostgreSQL) run the same plan.
+    A delivery seen before (same dedupe key) is not stored twice, but its time and its results'
+    times move to the new delivery's: Kaleyra re-delivering a callback after a new submission of
+    the same number answers that submission too.
+    """
+    keys = [raw.dedupe_key for raw, _ in batch]
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+    rows = [callback_row(*batch[index]) for index in first.values()]
+    inserted: dict[str, int] = {}
+    for statement, params in inserts(dialect, CALLBACKS, rows):
+        inserted.update((yield statement, params, False) or ())
+    for statement, params in inserts(dialect, RESULTS, result_rows(batch, first, inserted)):
+        yield statement, params, False
+    again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
+    if again:  # re-deliveries: the stored callback and its results take the new time
+        mark = PLACEHOLDER[dialect]
+        if dialect == "sqlite":
+            again = [(sqlite_time(at), key) for at, key in again]
+        yield REFRESH_CALLBACK.replace("?", mark), again, True
+        yield REFRESH_RESULTS.replace("?", mark), again, True
+    return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
