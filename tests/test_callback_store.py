@@ -80,6 +80,26 @@ def test_number_and_request_id_are_unique_the_latest_answer_wins(store):
     assert (result.capable, result.received_at) == (False, NOW + timedelta(1))
 
 
+def test_within_one_batch_the_last_new_answer_for_a_request_wins_and_ids_without_request_all_count(store):
+    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+
+    stored = _cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 0})
+    assert store.add_callback(stored) is True
+    raws = [
+        _cb({"number": "919876543210", "capable": "no", "request_id": "r1", "attempt": 1}),
+        _cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 2}),
+        _cb({"number": "919876543210", "capable": "no", "request_id": "r1", "attempt": 3}),
+        _cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 0}),  # re-delivery
+        _cb({"number": "919876543211", "capable": "yes", "attempt": 1}),  # no request id: each is kept
+        _cb({"number": "919876543211", "capable": "no", "attempt": 2}),
+    ]
+    flags = store.add_callbacks([(raw, parse_callback(raw)) for raw in raws])
+    assert flags == [True, True, True, False, True, True]
+    assert counts(store) == {"callbacks": 6, "results": 3, "parse_errors": 0}
+    found = results_for(store, ["+919876543210"], NOW - timedelta(1))
+    assert found["+919876543210"].capable is False  # attempt 3, the last new one
+
+
 def test_a_delivery_repeated_after_a_new_submission_counts_for_it(store):
     """Kaleyra re-delivers identically: the stored copy's time moves, so the new submission sees it."""
     payload = {"number": "919876543210", "capable": True}

@@ -208,14 +208,19 @@ class CallbackStore:
 
         engine = await asyncio.to_thread(lambda: self.engine)  # the first use creates the tables
         url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return await psycopg.AsyncConnection.connect(url, connect_timeout=30)
+        return await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=30)
 
     async def aadd_callbacks(
         self, conn: Any, batch: Sequence[tuple[RawCallback, ParsedCallback]]
     ) -> list[bool]:
         """:meth:`add_callbacks` on the event loop, on PostgreSQL: the loop serves requests while the
-        server commits, with no thread to hand over to (measured: ~20 us less CPU per callback and
-        ~20% more callbacks/s). ``conn`` is the caller's (one transaction at a time); drop it on error."""
+        server commits, with no thread to hand over to and one round trip per batch (measured: ~20 us
+        less CPU per callback and ~20% more callbacks/s than the thread). ``conn`` (autocommit) is the
+        caller's, one batch at a time; drop it on error.
+
+        The batch is one statement, so one transaction; re-deliveries refresh their times in a second
+        one. Should that fail, the batch fails (503) and its callbacks, stored, come back as duplicates.
+        """
         async with conn.cursor() as cursor:
             plan = sql.transaction("postgresql", batch)
             returned = None
@@ -223,15 +228,12 @@ class CallbackStore:
                 try:
                     statement, params, many = plan.send(returned)
                 except StopIteration as done:
-                    flags = done.value
-                    break
+                    return done.value
                 if many:
                     await cursor.executemany(statement, params)
                 else:
                     await cursor.execute(statement, params)
                 returned = await cursor.fetchall() if cursor.description else None
-        await conn.commit()
-        return flags
 
     def purge(self, older_than: timedelta) -> int:
         """Delete callbacks (and submissions) older than ``now - older_than``; returns callbacks deleted."""
