@@ -13,13 +13,12 @@ import csv
 import gzip
 import os
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.phone import mask_numbers, normalize
+from airflow_provider_kaleyra.phone import mask_numbers
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
 READ_BLOCK = 1 << 20
@@ -200,36 +199,3 @@ def read_audience(
                 yield AudienceRow(fields[index], problem)
             else:
                 yield AudienceRow("", problem or f"no {column!r} field")
-
-
-# -- numbers -----------------------------------------------------------------------------
-
-
-class Distinct(NamedTuple):
-    """The distinct valid numbers of an audience (E.164, first-seen order) and what was not a number."""
-
-    numbers: list[str]
-    inputs: int
-    invalid: int
-    reasons: Counter[str]
-
-
-def distinct_numbers(rows: Iterable[AudienceRow], region: str | None) -> Distinct:
-    """Normalize every row with :func:`phone.normalize` and keep each valid number once.
-
-    The SOIP check's path from audience to numbers; the RCS bulk pipeline does the same per row
-    while spooling rows for its output file.
-    """
-    seen: dict[str, None] = {}
-    reasons: Counter[str] = Counter()
-    inputs = invalid = 0
-    for raw, problem in rows:
-        inputs += 1
-        e164, reason = normalize(raw, region) if problem is None else (None, problem)
-        if e164 is None:
-            invalid += 1
-            if reason in reasons or len(reasons) < 20:  # a few reasons say enough
-                reasons[reason or "invalid"] += 1
-        else:
-            seen[e164] = None
-    return Distinct(list(seen), inputs, invalid, reasons)
