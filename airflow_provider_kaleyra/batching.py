@@ -63,6 +63,14 @@ def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
     yield from plan_batches(list(waiting))
 
 
+def shard_slice(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """``[start, stop)`` of shard ``(index, count)`` of :func:`shard_bounds`; all for ``None``, empty past the last."""
+    if shard is None:
+        return 0, n
+    bounds = shard_bounds(n, shard[1])
+    return bounds[shard[0]] if shard[0] < len(bounds) else (n, n)
+
+
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges cutting ``n`` distinct numbers into at most ``shards`` parts.
 

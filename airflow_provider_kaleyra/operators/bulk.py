@@ -32,7 +32,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.api import FAILED, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
-from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split, stream_batches
+from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_slice, split, stream_batches
 from airflow_provider_kaleyra.cache import CacheRun
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
@@ -166,7 +166,7 @@ class BulkLookup:
         for _ in self._spool_rows(rows):
             pass
         total = len(self._distinct)
-        start, stop = self._bounds(total)
+        start, stop = shard_slice(total, self.shard)
         numbers = self._numbers
         for digits, index in self._distinct.seen.items():
             if start <= index < stop:
@@ -175,14 +175,6 @@ class BulkLookup:
         self._first, self._stop = start, stop
         self.stats.distinct = len(numbers)
         return self.stats
-
-    def _bounds(self, total: int) -> tuple[int, int]:
-        if self.shard is None:
-            return 0, total
-        bounds = shard_bounds(total, self.shard.count)
-        if self.shard.index >= len(bounds):  # fewer numbers than shards: this one has none
-            return total, total
-        return bounds[self.shard.index]
 
     # -- planning --------------------------------------------------------------------------
 
@@ -232,7 +224,8 @@ class BulkLookup:
         store, ages = self._answers, self._ages
         start = 0
         for chunk, found in self.cache.lookup(numbers):
-            self._grow(start + len(chunk))
+            store.extend([None] * len(chunk))  # room for answers that come out of order
+            ages.extend(array("q", [-1]) * len(chunk))
             for position, e164 in enumerate(chunk, start):
                 hit = found.get(e164)
                 if hit is None:
@@ -242,13 +235,6 @@ class BulkLookup:
                     store[position], ages[position] = hit
             start += len(chunk)
             self._advance()
-
-    def _grow(self, size: int) -> None:
-        """Room for ``size`` answers (cache only: answers come out of order)."""
-        if size > len(self._answers):
-            grow = size - len(self._answers)
-            self._answers.extend([None] * grow)
-            self._ages.extend(array("q", [-1]) * grow)
 
     def _advance(self) -> None:
         """Move the answered prefix past every position now answered."""

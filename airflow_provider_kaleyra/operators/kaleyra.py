@@ -14,6 +14,7 @@ from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheEr
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, parse_age
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, KaleyraOperator
 from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup
+from airflow_provider_kaleyra.operators.progress import Stats
 from airflow_provider_kaleyra.outputs import result_format
 from airflow_provider_kaleyra.phone import mask
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -181,7 +182,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
                 stats = run.stream(self._rows())
             else:
                 stats = run.read(self._rows())
-                self._check_invalid(stats.inputs, stats.invalid_inputs, max_invalid, run)
+                self._check_invalid(stats, max_invalid)
                 run.lookup()
             self.log.info(
                 "Audience: %s rows, %s invalid, %s distinct numbers for this task%s",
@@ -223,10 +224,11 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
         return summary
 
     @staticmethod
-    def _check_invalid(inputs: int, invalid: int, limit: float | None, run: BulkLookup) -> None:
+    def _check_invalid(stats: Stats, limit: float | None) -> None:
+        inputs, invalid = stats.inputs, stats.invalid_inputs
         if limit is None or not inputs or invalid / inputs <= limit:
             return
-        reasons = "; ".join(f"{reason} ({n})" for reason, n in run.stats.invalid_reasons.most_common(3))
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in stats.invalid_reasons.most_common(3))
         raise AirflowFailException(
             f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
             f"so nothing was looked up. Most common reasons: {reasons}"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE
-from airflow_provider_kaleyra.batching import shard_bounds
+from airflow_provider_kaleyra.batching import shard_slice
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.config import StoreNotConfigured
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator
@@ -76,10 +76,8 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         for raw, problem in self._rows():
             found.add(raw, problem)
         numbers = list(found.numbers())
-        if shard is not None:
-            bounds = shard_bounds(len(numbers), shard.count)
-            start, stop = bounds[shard.index] if shard.index < len(bounds) else (0, 0)
-            numbers = numbers[start:stop]
+        start, stop = shard_slice(len(numbers), shard)
+        numbers = numbers[start:stop]
         if found.invalid:
             reasons = "; ".join(f"{reason} ({n})" for reason, n in found.reasons.most_common(3))
             self.log.warning(
