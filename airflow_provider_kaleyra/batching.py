@@ -6,7 +6,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
 
@@ -63,12 +63,19 @@ def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
     yield from plan_batches(list(waiting))
 
 
-def shard_slice(n: int, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """``[start, stop)`` of shard ``(index, count)`` of :func:`shard_bounds`; all for ``None``, empty past the last."""
+class Shard(NamedTuple):
+    """Which contiguous slice of the distinct numbers a task owns."""
+
+    index: int
+    count: int
+
+
+def shard_slice(n: int, shard: Shard | None) -> tuple[int, int]:
+    """``[start, stop)`` of ``shard`` among :func:`shard_bounds`; all for ``None``, empty past the last."""
     if shard is None:
         return 0, n
-    bounds = shard_bounds(n, shard[1])
-    return bounds[shard[0]] if shard[0] < len(bounds) else (n, n)
+    bounds = shard_bounds(n, shard.count)
+    return bounds[shard.index] if shard.index < len(bounds) else (n, n)
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:

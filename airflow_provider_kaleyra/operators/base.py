@@ -11,10 +11,10 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.audience import AudienceRow, read_audience
+from airflow_provider_kaleyra.batching import Shard
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.operators.bulk import Shard
 from airflow_provider_kaleyra.phone import MaskedNumbers
 from airflow_provider_kaleyra.utils.storage import as_path
 

@@ -32,7 +32,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.api import FAILED, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
-from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_slice, split, stream_batches
+from airflow_provider_kaleyra.batching import Shard, plan_batch_sizes, shard_slice, split, stream_batches
 from airflow_provider_kaleyra.cache import CacheRun
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
@@ -45,13 +45,6 @@ from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 _SPOOL_ROWS = 4096  # rows per spool block
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
-
-
-class Shard(NamedTuple):
-    """Which contiguous slice of the distinct numbers this task owns."""
-
-    index: int
-    count: int
 
 
 class Chunk(NamedTuple):
