@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -765,7 +765,6 @@ def _clear_store(store_url: str) -> None:
 
 # The bare endpoint: the same uvicorn, FastAPI and route, reading the body, answering without storing.
 _BARE_APP = """
-import sys, uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -776,7 +775,14 @@ async def health():
 async def callback(request: Request):
     await request.body()
     return JSONResponse({"status": "accepted"}, status_code=200)
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", proxy_headers=True)
+"""
+# Served as the receiver's CLI serves itself: uvicorn.run, by import string when there are workers.
+_BARE_SERVER = """
+import sys, uvicorn
+sys.path.insert(0, sys.argv[1])
+workers = int(sys.argv[3])
+app = "bare_endpoint:app" if workers > 1 else __import__("bare_endpoint").app
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), workers=workers, log_level="warning", proxy_headers=True)
 """
 
 
@@ -823,10 +829,22 @@ def _fsync(url: str) -> str:
 
 
 def _process_cpu(pid: int) -> float:
-    """CPU seconds a child process has used (Linux ``/proc``): what each server spends per callback."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a server has used, its worker processes included: what it spends per callback."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    total = 0.0
+    for proc in [parent, *parent.children(recursive=True)]:
+        with suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+# (clients, server processes): 8 clients measure the commit latency (at most 8 callbacks share a
+# commit); 64 the receiver's own cost; 2 processes (receiver --workers 2, the bare endpoint too) use
+# the second core, as the API server does with [api] workers.
+CALLBACK_CASES = ((8, 1), (64, 1), (64, 2))
 
 
 def bench_callbacks(quick: bool, runs: int) -> list[Row]:
@@ -836,49 +854,49 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
     env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
     rows = []
     with tempfile.TemporaryDirectory(prefix="kaleyra-cb-") as tmp:
+        Path(tmp, "bare_endpoint.py").write_text(_BARE_APP)
         stores = [("SQLite", f"sqlite:///{tmp}/callbacks.db")]
         pg = os.environ.get("KALEYRA_BENCH_POSTGRES_URL") or os.environ.get("KALEYRA_TEST_POSTGRES_URL")
         if pg:
             stores.append(("PostgreSQL", pg))
-        bare, bare_port = _serve(["-c", _BARE_APP, "PORT"])
-        try:
-            for (name, url), clients in [(store, n) for store in stores for n in (8, 64)]:
-                proc, port = _serve(_receiver_args(url), env)
-                try:
-                    http_t, bare_t, lost, http_cpu, bare_cpu = [], [], 0, [], []
-                    for run in range(runs):
-                        _clear_store(url)
-                        indexes = range(run * count, (run + 1) * count)
-                        before = _process_cpu(bare.pid)
-                        bare_t.append(_post_callbacks(bare_port, secret, indexes, clients))
-                        bare_cpu.append((_process_cpu(bare.pid) - before) / count)
-                        before = _process_cpu(proc.pid)
-                        http_t.append(_post_callbacks(port, secret, indexes, clients))
-                        http_cpu.append((_process_cpu(proc.pid) - before) / count)
-                        stored, numbers = _stored(url)
-                        lost = max(lost, count - stored, count - numbers)
-                        log(
-                            f"callbacks {name} run {run + 1}: {count / http_t[-1]:,.0f}/s stored, "
-                            f"bare endpoint {count / bare_t[-1]:,.0f}/s, {count - stored} lost"
-                        )
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=15)
-                http_s, bare_s = median(http_t), median(bare_t)
-                rows.append(
-                    row(
-                        "callbacks",
-                        f"{name} ({_fsync(url)}): {count:,} callbacks, {clients} keep-alive clients",
-                        f"{count / http_s:,.0f} callbacks/s",
-                        f"bare endpoint {count / bare_s:,.0f}/s",
-                        f"{bare_s / http_s:.2f}",
-                        f"lost: {lost} (worst run); server CPU per callback {median(http_cpu) * 1e6:.0f} us, "
-                        f"bare {median(bare_cpu) * 1e6:.0f} us",
+        for (name, url), (clients, workers) in [(store, case) for store in stores for case in CALLBACK_CASES]:
+            bare, bare_port = _serve(["-c", _BARE_SERVER, tmp, "PORT", str(workers)])
+            proc, port = _serve([*_receiver_args(url), "--workers", str(workers)], env)
+            try:
+                http_t, bare_t, lost, http_cpu, bare_cpu = [], [], 0, [], []
+                for run in range(runs):
+                    _clear_store(url)
+                    indexes = range(run * count, (run + 1) * count)
+                    before = _process_cpu(bare.pid)
+                    bare_t.append(_post_callbacks(bare_port, secret, indexes, clients))
+                    bare_cpu.append((_process_cpu(bare.pid) - before) / count)
+                    before = _process_cpu(proc.pid)
+                    http_t.append(_post_callbacks(port, secret, indexes, clients))
+                    http_cpu.append((_process_cpu(proc.pid) - before) / count)
+                    stored, numbers = _stored(url)
+                    lost = max(lost, count - stored, count - numbers)
+                    log(
+                        f"callbacks {name} {clients} clients {workers} process(es) run {run + 1}: "
+                        f"{count / http_t[-1]:,.0f}/s stored, bare endpoint {count / bare_t[-1]:,.0f}/s, "
+                        f"{count - stored} lost"
                     )
+            finally:
+                for server in (proc, bare):
+                    server.terminate()
+                    server.wait(timeout=15)
+            http_s, bare_s = median(http_t), median(bare_t)
+            rows.append(
+                row(
+                    "callbacks",
+                    f"{name} ({_fsync(url)}): {count:,} callbacks, {clients} keep-alive clients, "
+                    f"{workers} server process{'es' if workers > 1 else ''} each",
+                    f"{count / http_s:,.0f} callbacks/s",
+                    f"bare endpoint {count / bare_s:,.0f}/s",
+                    f"{bare_s / http_s:.2f}",
+                    f"lost: {lost} (worst run); server CPU per callback {median(http_cpu) * 1e6:.0f} us, "
+                    f"bare {median(bare_cpu) * 1e6:.0f} us",
                 )
-        finally:
-            bare.terminate()
-            bare.wait(timeout=15)
+            )
     if not pg:
         rows.append(
             row("callbacks", "PostgreSQL", "skipped", "-", "-", "set KALEYRA_BENCH_POSTGRES_URL (fsync=on)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from airflow_provider_kaleyra import config
 from airflow_provider_kaleyra.callbacks.store import get_store
@@ -38,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default: env KALEYRA_CALLBACK_CONN_ID or kaleyra_default)",
     )
     parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024, help="default: %(default)s")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port, each with its own group commit; about one per CPU core "
+        "(like the API server's [api] workers) (default: %(default)s)",
+    )
     parser.add_argument(
         "--purge-older-than",
         type=parse_age,
@@ -70,10 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"purged {deleted} callbacks from {redact_url(store.url)}")
         return 0
 
-    import uvicorn
-
-    from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
-
     secret = None
     if args.secret_env:
         secret = os.environ.get(args.secret_env)
@@ -82,16 +87,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured
 
-    app = create_standalone_app(
-        store=get_store(args.store_url) if args.store_url else None,
-        secret=secret,
-        conn_id=args.conn_id,
-        max_body_bytes=args.max_body_bytes,
-    )
+    settings = {
+        "store_url": args.store_url,
+        "secret_env": args.secret_env,
+        "conn_id": args.conn_id,
+        "max_body_bytes": args.max_body_bytes,
+    }
+    app = _app(**settings)
     try:  # refuse to start rather than answer 503 to every callback
-        app.state.kaleyra_settings.get()
+        checked = app.state.kaleyra_settings.get()
     except ReceiverNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    import uvicorn
+
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "proxy_headers": True}
+    if args.workers <= 1:
+        uvicorn.run(app, **common)
+        return 0
+    checked.store.dispose()  # each worker opens its own
+    # Worker processes import the app by name: they get the settings (no secret) through the environment.
+    os.environ[_WORKER_SETTINGS_ENV] = json.dumps(settings)
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
     return 0
+
+
+_WORKER_SETTINGS_ENV = "KALEYRA_RECEIVER_WORKER_SETTINGS"
+
+
+def _app(*, store_url: str | None, secret_env: str | None, conn_id: str | None, max_body_bytes: int) -> Any:
+    from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
+
+    return create_standalone_app(
+        store=get_store(store_url) if store_url else None,
+        secret=os.environ.get(secret_env) if secret_env else None,
+        conn_id=conn_id,
+        max_body_bytes=max_body_bytes,
+    )
+
+
+def worker_app() -> Any:
+    """The app of one worker process (``--workers``), built from the settings ``main`` checked."""
+    return _app(**json.loads(os.environ[_WORKER_SETTINGS_ENV]))

@@ -10,6 +10,8 @@ acknowledged is ever lost, and a failed transaction fails (503) every request in
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -28,6 +30,7 @@ class GroupCommit:
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
         self._writing = False
         self._task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
+        self._conn: Any = None  # PostgreSQL: the writer's async connection
 
     async def add(self, raw: RawCallback, parsed: ParsedCallback) -> bool:
         """Store one callback; returns once committed: ``True`` if new, ``False`` if delivered before."""
@@ -37,14 +40,15 @@ class GroupCommit:
         if not self._writing:
             self._writing = True
             self._task = loop.create_task(self._drain())
-        return await asyncio.shield(future)  # a client hanging up does not cancel its commit
+        # (no shield needed: the writer takes the callback from the queue whether or not anyone still waits)
+        return await future
 
     async def _drain(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 try:
-                    new = await run_in_threadpool(self.store.add_callbacks, [(r, p) for r, p, _ in batch])
+                    new = await self._write([(r, p) for r, p, _ in batch])
                 except Exception as exc:
                     for *_, future in batch:
                         if not future.done():
@@ -55,3 +59,17 @@ class GroupCommit:
                             future.set_result(flag)
         finally:
             self._writing = False
+
+    async def _write(self, items: list[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
+        """PostgreSQL on the event loop, on this writer's own connection; SQLite in a thread."""
+        if self.store.dialect != "postgresql":
+            return await run_in_threadpool(self.store.add_callbacks, items)
+        if self._conn is None:
+            self._conn = await self.store.connect_async()
+        try:
+            return await self.store.aadd_callbacks(self._conn, items)
+        except BaseException:
+            conn, self._conn = self._conn, None
+            with suppress(Exception):
+                await conn.close()
+            raise

@@ -1,14 +1,14 @@
 """The SQL of the group commit's writes, run through the DBAPI cursor (see ``CallbackStore._write_batch``).
 
 One multi-row statement for the callbacks of a batch (returning the ids of the new ones), one
-for their results. SQLAlchemy Core cost more per batch (compiling, type processing, executemany)
+for their results (on SQLite, one per 1,000 rows). SQLAlchemy Core cost more per batch (compiling, type processing, executemany)
 than the database did; the tables themselves are defined once, in :mod:`.schema`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -52,28 +52,49 @@ def result_rows(
 
 
 class Insert(NamedTuple):
-    sql: str  # with ``{values}`` where the rows' placeholders go
-    width: int  # values per row
-    time_column: int  # index of the row's ``received_at``
+    """One multi-row ``INSERT``: its table, its columns (with their PostgreSQL types) and its tail."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]  # (name, PostgreSQL type of the values)
+    tail: str  # ON CONFLICT ... / RETURNING ...
+
+    @property
+    def time_column(self) -> int:
+        return [name for name, _ in self.columns].index("received_at")
 
 
-ROWS_PER_STATEMENT = 1000  # 9,000 parameters at most: under SQLite's 32,766 and PostgreSQL's 65,535
+ROWS_PER_STATEMENT = 1000  # SQLite: 9,000 parameters at most, under its limit of 32,766
 CALLBACKS = Insert(
-    'INSERT INTO kaleyra_callbacks (dedupe_key, received_at, method, content_type, "query", headers,'
-    " body, parse_error, result_count) VALUES {values}"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id",
-    9,
-    1,
+    "kaleyra_callbacks",
+    (
+        ("dedupe_key", "text"),
+        ("received_at", "timestamptz"),
+        ("method", "text"),
+        ("content_type", "text"),
+        ('"query"', "text"),
+        ("headers", "text"),
+        ("body", "bytea"),
+        ("parse_error", "text"),
+        ("result_count", "int"),
+    ),
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id",
 )
 # Results: an answer for a (number, request id) already stored replaces it (a re-delivery).
 RESULTS = Insert(
-    "INSERT INTO kaleyra_callback_results (callback_id, number, number_raw, capable, status,"
-    " request_id, received_at, parse_error) VALUES {values}"
-    " ON CONFLICT (number, request_id) DO UPDATE SET callback_id = excluded.callback_id,"
+    "kaleyra_callback_results",
+    (
+        ("callback_id", "bigint"),
+        ("number", "text"),
+        ("number_raw", "text"),
+        ("capable", "boolean"),
+        ("status", "text"),
+        ("request_id", "text"),
+        ("received_at", "timestamptz"),
+        ("parse_error", "text"),
+    ),
+    "ON CONFLICT (number, request_id) DO UPDATE SET callback_id = excluded.callback_id,"
     " capable = excluded.capable, status = excluded.status, received_at = excluded.received_at,"
     " parse_error = excluded.parse_error",
-    8,
-    6,
 )
 REFRESH_CALLBACK = "UPDATE kaleyra_callbacks SET received_at = ? WHERE dedupe_key = ?"
 REFRESH_RESULTS = (
@@ -88,15 +109,63 @@ def sqlite_time(at: datetime) -> str:
     return f"{at:%Y-%m-%d %H:%M:%S.%f}"
 
 
-def multi_row(dialect: str, statement: Insert, rows: Sequence[tuple[Any, ...]]) -> tuple[str, list]:
-    """SQL and flat parameters of one ``INSERT ... VALUES (...), (...)`` for ``rows``."""
-    sql, width, when = statement
-    mark = PLACEHOLDER[dialect]  # other backends were refused when the schema was created
-    group = "(" + ", ".join([mark] * width) + ")"
-    params: list[Any] = []
-    sqlite = dialect == "sqlite"
-    for row in rows:
-        params.extend(row)
-        if sqlite:
+def inserts(dialect: str, statement: Insert, rows: Sequence[tuple[Any, ...]]) -> Iterator[tuple[str, list]]:
+    """SQL and parameters of the statements inserting ``rows``.
+
+    PostgreSQL gets one array per column (``SELECT * FROM unnest(...)``): the text never changes,
+    so psycopg parses it once and the server prepares it, where ``VALUES (...), (...)`` was a new
+    statement for every batch size and cost more CPU to parse than the database spent on it.
+    SQLite binds ``?`` natively: ``VALUES`` rows, with its text form of the time.
+    """
+    if not rows:
+        return
+    names = ", ".join(name for name, _ in statement.columns)
+    head = f"INSERT INTO {statement.table} ({names}) "
+    if dialect == "postgresql":
+        arrays = ", ".join(f"%b::{kind}[]" for _, kind in statement.columns)
+        yield f"{head}SELECT * FROM unnest({arrays}) {statement.tail}", [list(c) for c in zip(*rows)]
+        return
+    width, when = len(statement.columns), statement.time_column
+    group = "(" + ", ".join(["?"] * width) + ")"
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        params: list[Any] = []
+        for row in chunk:
+            params.extend(row)
             params[when - width] = sqlite_time(params[when - width])
-    return sql.format(values=", ".join([group] * len(rows))), params
+        yield f"{head}VALUES {', '.join([group] * len(chunk))} {statement.tail}", params
+
+
+# A statement of a transaction: (SQL, parameters, run once per parameter set instead of once).
+Statement = tuple[str, Any, bool]
+
+
+def transaction(
+    dialect: str, batch: Sequence[tuple[RawCallback, ParsedCallback]]
+) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
+    """The statements storing ``batch`` in one transaction; returns, per delivery, whether it is new.
+
+    A driver runs each statement it is given and sends back the rows it returned: the receiver's
+    thread (SQLite) and its event loop (PostgreSQL) run the same plan.
+    A delivery seen before (same dedupe key) is not stored twice, but its time and its results'
+    times move to the new delivery's: Kaleyra re-delivering a callback after a new submission of
+    the same number answers that submission too.
+    """
+    keys = [raw.dedupe_key for raw, _ in batch]
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+    rows = [callback_row(*batch[index]) for index in first.values()]
+    inserted: dict[str, int] = {}
+    for statement, params in inserts(dialect, CALLBACKS, rows):
+        inserted.update((yield statement, params, False) or ())
+    for statement, params in inserts(dialect, RESULTS, result_rows(batch, first, inserted)):
+        yield statement, params, False
+    again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
+    if again:  # re-deliveries: the stored callback and its results take the new time
+        mark = PLACEHOLDER[dialect]
+        if dialect == "sqlite":
+            again = [(sqlite_time(at), key) for at, key in again]
+        yield REFRESH_CALLBACK.replace("?", mark), again, True
+        yield REFRESH_RESULTS.replace("?", mark), again, True
+    return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]
