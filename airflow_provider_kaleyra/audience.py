@@ -23,6 +23,7 @@ from airflow_provider_kaleyra.phone import mask_numbers
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
 READ_BLOCK = 1 << 20
 NOT_UTF8 = "not UTF-8 text"
+NOT_CSV = "not a CSV line (a carriage return or stray quote inside it)"
 _BOM = b"\xef\xbb\xbf"
 _CSV_SUFFIXES = {".csv"}
 _TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
@@ -108,10 +109,14 @@ def _decode(line: bytes) -> tuple[str, str | None]:
         return line.decode("utf-8", errors="replace"), NOT_UTF8
 
 
-def _fields(text: str) -> list[str]:
+def _fields(text: str) -> list[str] | None:
+    """The fields of one CSV line; ``None`` when ``csv`` refuses it (a carriage return in a quoted line)."""
     if '"' not in text:
         return text.split(",")
-    return next(csv.reader([text]), [])
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error:
+        return None
 
 
 def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
@@ -181,7 +186,7 @@ def read_audience(
                 raise ValueError(
                     f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}"
                 )
-            index = _column_index(_fields(header_text), column, path)
+            index = _column_index(_fields(header_text) or [header_text], column, path)
             first = False
         for line in lines:
             if line is None:
@@ -195,7 +200,9 @@ def read_audience(
                 yield AudienceRow(text, problem)  # a blank line is read as "empty"
                 continue
             fields = _fields(text)
-            if index < len(fields):
+            if fields is None:
+                yield AudienceRow(text, problem or NOT_CSV)
+            elif index < len(fields):
                 yield AudienceRow(fields[index], problem)
             else:
                 yield AudienceRow("", problem or f"no {column!r} field")
