@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Default hosts per pod. Kaleyra spells some hosts differently in its own samples,
 # so every host can be overridden from the connection.
@@ -64,3 +65,21 @@ def e164_key(device_address: object) -> str:
     address = device_address.strip()
     uri = _URI_ADDRESS.fullmatch(address)
     return "+" + (uri.group(1) if uri else address.lstrip("+"))
+
+
+def data_object(body: Any) -> dict[str, Any]:
+    """The ``data`` object of a single lookup answer; ``ValueError`` (retried) when there is none."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError("Kaleyra's single lookup answer has no data object")
+    return data
+
+
+def devices_list(body: Any) -> list[Any]:
+    """The ``devices`` list of a bulk answer; ``ValueError`` (retried) for an empty or other body."""
+    if body is None:
+        raise ValueError("Kaleyra's bulk answer was empty")
+    devices = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(devices, list):
+        raise ValueError("Kaleyra's bulk answer has no devices list")
+    return devices

@@ -13,17 +13,17 @@ import csv
 import gzip
 import os
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.phone import mask_numbers, normalize
+from airflow_provider_kaleyra.phone import mask_numbers
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
 READ_BLOCK = 1 << 20
 NOT_UTF8 = "not UTF-8 text"
+NOT_CSV = "not a CSV line (a carriage return or stray quote inside it)"
 _BOM = b"\xef\xbb\xbf"
 _CSV_SUFFIXES = {".csv"}
 _TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
@@ -109,10 +109,14 @@ def _decode(line: bytes) -> tuple[str, str | None]:
         return line.decode("utf-8", errors="replace"), NOT_UTF8
 
 
-def _fields(text: str) -> list[str]:
+def _fields(text: str) -> list[str] | None:
+    """The fields of one CSV line; ``None`` when ``csv`` refuses it (a carriage return in a quoted line)."""
     if '"' not in text:
         return text.split(",")
-    return next(csv.reader([text]), [])
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error:
+        return None
 
 
 def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
@@ -182,7 +186,7 @@ def read_audience(
                 raise ValueError(
                     f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}"
                 )
-            index = _column_index(_fields(header_text), column, path)
+            index = _column_index(_fields(header_text) or [header_text], column, path)
             first = False
         for line in lines:
             if line is None:
@@ -196,40 +200,9 @@ def read_audience(
                 yield AudienceRow(text, problem)  # a blank line is read as "empty"
                 continue
             fields = _fields(text)
-            if index < len(fields):
+            if fields is None:
+                yield AudienceRow(text, problem or NOT_CSV)
+            elif index < len(fields):
                 yield AudienceRow(fields[index], problem)
             else:
                 yield AudienceRow("", problem or f"no {column!r} field")
-
-
-# -- numbers -----------------------------------------------------------------------------
-
-
-class Distinct(NamedTuple):
-    """The distinct valid numbers of an audience (E.164, first-seen order) and what was not a number."""
-
-    numbers: list[str]
-    inputs: int
-    invalid: int
-    reasons: Counter[str]
-
-
-def distinct_numbers(rows: Iterable[AudienceRow], region: str | None) -> Distinct:
-    """Normalize every row with :func:`phone.normalize` and keep each valid number once.
-
-    The SOIP check's path from audience to numbers; the RCS bulk pipeline does the same per row
-    while spooling rows for its output file.
-    """
-    seen: dict[str, None] = {}
-    reasons: Counter[str] = Counter()
-    inputs = invalid = 0
-    for raw, problem in rows:
-        inputs += 1
-        e164, reason = normalize(raw, region) if problem is None else (None, problem)
-        if e164 is None:
-            invalid += 1
-            if reason in reasons or len(reasons) < 20:  # a few reasons say enough
-                reasons[reason or "invalid"] += 1
-        else:
-            seen[e164] = None
-    return Distinct(list(seen), inputs, invalid, reasons)

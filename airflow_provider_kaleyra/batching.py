@@ -6,7 +6,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
 
@@ -61,6 +61,21 @@ def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
         if len(waiting) > PLAN_AHEAD + BULK_MAX:
             yield [waiting.popleft() for _ in range(BULK_MAX)]
     yield from plan_batches(list(waiting))
+
+
+class Shard(NamedTuple):
+    """Which contiguous slice of the distinct numbers a task owns."""
+
+    index: int
+    count: int
+
+
+def shard_slice(n: int, shard: Shard | None) -> tuple[int, int]:
+    """``[start, stop)`` of ``shard`` among :func:`shard_bounds`; all for ``None``, empty past the last."""
+    if shard is None:
+        return 0, n
+    bounds = shard_bounds(n, shard.count)
+    return bounds[shard.index] if shard.index < len(bounds) else (n, n)
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:

@@ -31,11 +31,16 @@ DEFAULT_CACHE_MAX_AGE_NEGATIVE = timedelta(days=2)
 _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
-def parse_age(text: str | float) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``; a bare number means days."""
+def parse_age(text: str | float | timedelta, name: str | None = None) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s`` (a bare number means days), or a ``timedelta`` as it is.
+
+    :param name: the setting read, named first in the error.
+    """
+    if isinstance(text, timedelta):
+        return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", str(text))
     if not match:
-        raise ValueError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m)")
+        raise ValueError(f"{name + ': ' if name else ''}not an age: {text!r} (use e.g. 30d, 12h, 90m)")
     return timedelta(**{_AGE_UNITS[match.group(2) or "d"]: float(match.group(1))})
 
 
@@ -61,12 +66,7 @@ def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
 
 def _age(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
     value = extra.get(key)
-    if value in (None, ""):
-        return default
-    try:
-        return parse_age(value)
-    except ValueError as exc:
-        raise ValueError(f"Kaleyra connection extra {key!r}: {exc}") from None
+    return default if value in (None, "") else parse_age(value, f"Kaleyra connection extra {key!r}")
 
 
 def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:

@@ -1,10 +1,12 @@
-"""Errors raised by the provider. None of them ever carries the API key.
+"""Errors raised by the provider, and which one an error answer is. None ever carries the API key.
 
 Their messages may quote Kaleyra (an error body's ``message``): the transport has replaced the
 connection's secrets in every answer before any error is built from it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class KaleyraApiError(Exception):
@@ -42,3 +44,25 @@ class KaleyraApiError(Exception):
 
 class KaleyraAuthError(KaleyraApiError):
     """401/403: the API key is wrong or revoked, or the RCS channel is not enabled. Never retried."""
+
+
+def error_for_answer(status: int, reason: str, body: Any) -> KaleyraApiError:
+    """Map an error answer to an exception with Kaleyra's ``code`` and ``message`` (already redacted)."""
+    code: str | int | None = None
+    message = reason or "error"
+    if isinstance(body, dict):
+        raw_code = body.get("code")
+        code = raw_code if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool) else None
+        error = body.get("error")
+        detail = body.get("message") or (error.get("error") if isinstance(error, dict) else None)
+        if detail:
+            message = str(detail)[:500]
+    if status in (401, 403):
+        return KaleyraAuthError(
+            f"Kaleyra refused the credentials ({message}): check the API key and SID of the "
+            "connection, and that the RCS channel is enabled on the account",
+            status=status,
+            code=code,
+        )
+    retryable = status == 429 or status >= 500
+    return KaleyraApiError(f"Kaleyra answered {message}", status=status, code=code, retryable=retryable)

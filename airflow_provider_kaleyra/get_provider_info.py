@@ -119,7 +119,12 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.hooks.kaleyra"]}],
-        "operators": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.operators.kaleyra"]}],
+        "operators": [
+            {
+                "integration-name": "Kaleyra",
+                "python-modules": [f"{_PACKAGE}.operators.kaleyra", f"{_PACKAGE}.operators.soip"],
+            }
+        ],
         "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
         "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
         "connection-types": [

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import phonenumbers
@@ -110,6 +112,77 @@ def normalize_with_phonenumbers(compact: str, region: str | None) -> Normalized:
     if len(e164) - 1 > E164_MAX_DIGITS:
         return Normalized(None, TOO_LONG_FOR_E164)
     return Normalized(e164)
+
+
+def already_e164(raw: object, region: str | None = None) -> Normalized:
+    """For inputs normalized by an earlier step: check the E.164 shape only (no second parse)."""
+    if isinstance(raw, str) and raw[:1] == "+" and raw[1:].isdigit() and 8 <= len(raw) <= 16:
+        return Normalized(raw)
+    return Normalized(None, "not E.164 (the input was declared normalized)")
+
+
+MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong; ``invalid`` counts all
+
+
+class DistinctNumbers:
+    """The one normalize-and-deduplicate pass: every input read once, every valid number kept once.
+
+    :meth:`add` says what one input is; the tallies and the distinct numbers (first-seen order)
+    build up as it goes. A number is kept as the integer of its E.164 digits: half the memory
+    of its string. ``inputs`` is derived, so a new number costs no count.
+
+    :param region: ISO country for numbers written without a country code.
+    :param read: reads one input: :func:`normalize` (default), or :func:`already_e164` for inputs
+        an earlier step normalized.
+    :param positions: remember each number's position, so that a repeat's is known too (the bulk
+        spool needs it); otherwise a repeat's position is ``None`` and the map holds no int per number.
+    :param as_text: key numbers by their E.164 text instead, for a caller that keeps those strings
+        anyway (the hook): the map then shares them rather than adding an int per number.
+    """
+
+    def __init__(
+        self,
+        region: str | None,
+        read: Callable[[object, str | None], Normalized] | None = None,
+        *,
+        positions: bool = False,
+        as_text: bool = False,
+    ) -> None:
+        self.region = region
+        self.read = read or normalize  # (looked up now, not at import: a test counts its calls)
+        self.positions = positions
+        self.as_text = as_text
+        self.seen: dict[int | str, int | None] = {}
+        self.invalid = self.duplicates = 0
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, raw: object, problem: str | None = None) -> tuple[str | None, str | None, int | None, bool]:
+        """``(e164, reason, position, first_seen)`` of one input; ``problem``: why it was refused unread."""
+        e164, reason = self.read(raw, self.region) if problem is None else (None, problem)
+        if e164 is None:
+            self.invalid += 1
+            if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+                self.reasons[reason] += 1  # type: ignore[index]
+            return None, reason, None, False
+        seen = self.seen
+        count = len(seen)
+        key = e164 if self.as_text else int(e164[1:])
+        position = seen.setdefault(key, count if self.positions else None)
+        if len(seen) == count:
+            self.duplicates += 1
+            return e164, None, position, False
+        return e164, None, count, True
+
+    @property
+    def inputs(self) -> int:
+        return len(self.seen) + self.duplicates + self.invalid
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+    def numbers(self) -> Iterator[str]:
+        """The distinct numbers, E.164, first-seen order."""
+        return iter(self.seen) if self.as_text else (f"+{digits}" for digits in self.seen)  # type: ignore[return-value]
 
 
 _POSSIBILITY = {

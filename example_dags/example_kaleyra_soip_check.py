@@ -30,9 +30,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from airflow_provider_kaleyra.operators.kaleyra import (
-    KaleyraSoipCapabilityCheckOperator,
-)
+from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic

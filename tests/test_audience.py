@@ -10,7 +10,14 @@ from airflow.sdk import ObjectStoragePath
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from airflow_provider_kaleyra import outputs
-from airflow_provider_kaleyra.audience import MAX_LINE_BYTES, NOT_UTF8, AudienceRow, iter_lines, read_audience
+from airflow_provider_kaleyra.audience import (
+    MAX_LINE_BYTES,
+    NOT_CSV,
+    NOT_UTF8,
+    AudienceRow,
+    iter_lines,
+    read_audience,
+)
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.outputs import merge_results, read_results, write_results
 from airflow_provider_kaleyra.results import Answer, RcsResult
@@ -70,6 +77,15 @@ def test_csv_with_bom_quotes_blank_lines_and_short_rows(tmp_path):
         AudienceRow(""),
         AudienceRow("", "no 'phone' field"),
         AudienceRow(""),
+    ]
+
+
+def test_csv_line_the_csv_module_refuses_is_a_row_with_a_reason(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'phone,name\n\r"x,y\n+14155552671,b\n')
+    assert list(read_audience(as_path(str(path)))) == [
+        AudienceRow('\r"x,y', NOT_CSV),
+        AudienceRow("+14155552671"),
     ]
 
 

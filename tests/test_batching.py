@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
-from airflow_provider_kaleyra.batching import plan_batch_sizes, plan_batches, shard_bounds, split
+from airflow_provider_kaleyra.batching import (
+    Shard,
+    plan_batch_sizes,
+    plan_batches,
+    shard_bounds,
+    shard_slice,
+    split,
+)
 
 
 @pytest.mark.parametrize("n", range(0, BULK_MIN))
@@ -63,3 +70,9 @@ def test_shards_are_contiguous_and_never_below_the_bulk_minimum(n, shards):
 def test_shard_count_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         shard_bounds(10, 0)
+
+
+def test_shard_slice_is_the_shard_s_bounds_all_without_a_shard_and_empty_past_the_last():
+    assert shard_slice(1000, None) == (0, 1000)
+    assert [shard_slice(1000, Shard(i, 4)) for i in range(4)] == shard_bounds(1000, 4)
+    assert shard_slice(150, Shard(1, 4)) == (150, 150)  # 150 numbers make one shard: the others have none

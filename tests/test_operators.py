@@ -15,11 +15,8 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.operators.kaleyra import (
-    KaleyraRcsBulkLookupOperator,
-    KaleyraRcsLookupOperator,
-    KaleyraSoipCapabilityCheckOperator,
-)
+from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
+from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.outputs import read_results
 from airflow_provider_kaleyra.phone import mask
 from airflow_provider_kaleyra.simulator import rcs_answer
@@ -520,11 +517,8 @@ DAG_FILE = """
     from airflow.sdk import DAG, task
 
     from airflow_provider_kaleyra.outputs import merge_results
-    from airflow_provider_kaleyra.operators.kaleyra import (
-        KaleyraRcsBulkLookupOperator,
-        KaleyraRcsLookupOperator,
-        KaleyraSoipCapabilityCheckOperator,
-    )
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
+    from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 
     WORK = os.environ["KALEYRA_TEST_DIR"]
 

@@ -20,7 +20,10 @@ from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_
 from airflow_provider_kaleyra import phone
 from airflow_provider_kaleyra.phone import (
     MAX_INPUT_LENGTH,
+    MAX_REASONS,
+    DistinctNumbers,
     Normalized,
+    already_e164,
     fast_path_enabled,
     mask,
     normalize,
@@ -399,3 +402,73 @@ def test_mask_never_shows_the_middle(number):
     assert len(masked) == len(number)
     assert masked[:5] == number[:5] and masked[-2:] == number[-2:]
     assert set(masked[5:-2]) <= {"*"}
+
+
+# -- DistinctNumbers: the one normalize-and-deduplicate pass ------------------------------------
+
+
+def test_distinct_numbers_says_per_input_what_it_is_and_keeps_first_seen_order():
+    seen = DistinctNumbers("IN")
+    got = [
+        seen.add(raw)
+        for raw in [
+            "+14155552671",
+            "9876543210",
+            "garbage",
+            "+1 415-555-2671",
+            "+919876543210",
+            "+442079460000",
+        ]
+    ]
+    assert got == [
+        ("+14155552671", None, 0, True),
+        ("+919876543210", None, 1, True),
+        (None, "unparseable: The string supplied did not seem to be a phone number.", None, False),
+        ("+14155552671", None, None, False),  # a repeat: its position is not kept without positions=True
+        ("+919876543210", None, None, False),
+        ("+442079460000", None, 2, True),
+    ]
+    assert list(seen.numbers()) == ["+14155552671", "+919876543210", "+442079460000"]
+    assert (seen.inputs, len(seen), seen.duplicates, seen.invalid) == (6, 3, 2, 1)
+    assert sum(seen.reasons.values()) == 1
+
+
+def test_distinct_numbers_positions_give_a_repeat_the_position_of_its_first_sight():
+    seen = DistinctNumbers(None, positions=True)
+    got = [seen.add(raw)[2:] for raw in ["+14155552671", "+14155552671", "+442079460000", "+14155552671"]]
+    assert got == [(0, True), (0, False), (1, True), (0, False)]
+
+
+def test_distinct_numbers_refuses_problem_rows_and_non_text_with_a_reason():
+    seen = DistinctNumbers("US")
+    assert seen.add("+14155552671", "not UTF-8 text") == (None, "not UTF-8 text", None, False)
+    assert seen.add(14155552671) == (None, "not text: int", None, False)
+    assert seen.add(None) == (None, "not text: NoneType", None, False)
+    assert (seen.inputs, seen.invalid, len(seen)) == (3, 3, 0)
+    assert seen.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
+
+
+def test_distinct_numbers_caps_the_distinct_reasons_but_counts_every_invalid_input():
+    seen = DistinctNumbers(None)
+    for length in range(MAX_INPUT_LENGTH + 1, MAX_INPUT_LENGTH + 1 + 3 * MAX_REASONS):
+        seen.add("1" * length)  # "too long: N characters", one reason per length
+    seen.add("1" * (MAX_INPUT_LENGTH + 1))  # a reason already kept is still counted
+    assert seen.invalid == 3 * MAX_REASONS + 1
+    assert len(seen.reasons) == MAX_REASONS
+    assert seen.reasons[f"too long: {MAX_INPUT_LENGTH + 1} characters"] == 2
+
+
+def test_distinct_numbers_reads_with_the_reader_it_is_given():
+    seen = DistinctNumbers("IN", already_e164)  # inputs an earlier step normalized: no second parse
+    assert seen.add("+919876543210")[0] == "+919876543210"
+    assert seen.add("9876543210") == (None, "not E.164 (the input was declared normalized)", None, False)
+    assert seen.add(919876543210)[1] == "not E.164 (the input was declared normalized)"
+
+
+def test_distinct_numbers_as_text_keeps_the_caller_s_strings_and_the_same_answers():
+    by_text, by_digits = DistinctNumbers("IN", as_text=True), DistinctNumbers("IN")
+    inputs = ["9876543210", "+919876543210", "junk", "+14155552671"]
+    assert [by_text.add(raw) for raw in inputs] == [by_digits.add(raw) for raw in inputs]
+    assert list(by_text.numbers()) == list(by_digits.numbers()) == ["+919876543210", "+14155552671"]
+    first = next(iter(by_text.seen))
+    assert isinstance(first, str) and isinstance(next(iter(by_digits.seen)), int)

@@ -20,7 +20,7 @@ from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraC
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.concurrency import InFlight
 from airflow_provider_kaleyra.hooks.transport import Transport
-from airflow_provider_kaleyra.phone import mask, normalize
+from airflow_provider_kaleyra.phone import DistinctNumbers, mask, normalize
 from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
@@ -95,7 +95,7 @@ class KaleyraHook(BaseHook):
         """Single lookup of one E.164 number; returns Kaleyra's ``data`` object."""
         e164 = self._require_e164(number)
         url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(e164, safe=""))
-        return self.transport.call("GET", url, shape=_data_object)
+        return self.transport.call("GET", url, shape=api.data_object)
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
         """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
@@ -113,7 +113,10 @@ class KaleyraHook(BaseHook):
     def _post_bulk(self, distinct: list[str]) -> list[dict[str, Any]]:
         """The bulk call itself, for numbers already normalized, distinct and 100-500 (a planned batch)."""
         return self.transport.call(
-            "POST", self._rcs_url(api.RCS_BULK_PATH), json={"deviceAddresses": distinct}, shape=_devices_list
+            "POST",
+            self._rcs_url(api.RCS_BULK_PATH),
+            json={"deviceAddresses": distinct},
+            shape=api.devices_list,
         )
 
     def check_soip_capability(
@@ -158,22 +161,20 @@ class KaleyraHook(BaseHook):
             calls; new ones are written back. ``self.last_cache`` holds the run's cache counts.
         """
         inputs = list(numbers)
-        region = self.config.default_region
+        distinct = DistinctNumbers(self.config.default_region, as_text=True)  # e164s keeps the strings
         # Plain strings per input, not Normalized records: the garbage collector never
         # untracks NamedTuples, and a million of them slow down every full collection.
         e164s: list[str | None] = []
         reasons: dict[int, str | None] = {}  # input index -> why it is not a number
 
         def distinct_numbers() -> Iterator[str]:
-            seen: set[str] = set()
             for raw in inputs:
-                e164, reason = normalize(raw, region)
+                e164, reason, _, first = distinct.add(raw)
                 if e164 is None:
                     reasons[len(e164s)] = reason
                 e164s.append(e164)
-                if e164 is not None and e164 not in seen:
-                    seen.add(e164)
-                    yield e164
+                if first:
+                    yield e164  # type: ignore[misc]
 
         def record(index: int) -> RcsResult:
             e164 = e164s[index]
@@ -363,24 +364,6 @@ class KaleyraHook(BaseHook):
             "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
             "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
         }
-
-
-def _data_object(body: Any) -> dict[str, Any]:
-    """The ``data`` object of a single lookup answer; ``ValueError`` (retried) when there is none."""
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError("Kaleyra's single lookup answer has no data object")
-    return data
-
-
-def _devices_list(body: Any) -> list[Any]:
-    """The ``devices`` list of a bulk answer; ``ValueError`` (retried) for an empty or other body."""
-    if body is None:
-        raise ValueError("Kaleyra's bulk answer was empty")
-    devices = body.get("devices") if isinstance(body, dict) else None
-    if not isinstance(devices, list):
-        raise ValueError("Kaleyra's bulk answer has no devices list")
-    return devices
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:

@@ -33,7 +33,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_kaleyra.api import API_KEY_HEADER
-from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError, error_for_answer
 
 log = logging.getLogger(__name__)
 
@@ -121,28 +121,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     return min(seconds, MAX_RETRY_AFTER)
 
 
-def _error_from(status: int, reason: str, body: Any) -> KaleyraApiError:
-    """Map an error answer to an exception with Kaleyra's ``code`` and ``message`` (already redacted)."""
-    code: str | int | None = None
-    message = reason or "error"
-    if isinstance(body, dict):
-        raw_code = body.get("code")
-        code = raw_code if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool) else None
-        error = body.get("error")
-        detail = body.get("message") or (error.get("error") if isinstance(error, dict) else None)
-        if detail:
-            message = str(detail)[:500]
-    if status in (401, 403):
-        return KaleyraAuthError(
-            f"Kaleyra refused the credentials ({message}): check the API key and SID of the "
-            "connection, and that the RCS channel is enabled on the account",
-            status=status,
-            code=code,
-        )
-    retryable = status == 429 or status >= 500
-    return KaleyraApiError(f"Kaleyra answered {message}", status=status, code=code, retryable=retryable)
-
-
 class _Unreadable(Exception):
     """No readable answer: the body was cut, corrupt, too big or too slow (always retryable)."""
 
@@ -194,9 +172,6 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"Transport(timeout={self.timeout}, max_retries={self.max_retries})"
-
-    def close(self) -> None:
-        self.session.close()
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The environment's proxies for ``url``'s host (none when ``no_proxy`` names it), read once per host."""
@@ -315,7 +290,7 @@ class Transport:
             document = _decode(body)
         except (ValueError, RecursionError):
             document = None
-        error = _error_from(status, reason, document)
+        error = error_for_answer(status, reason, document)
         if isinstance(error, KaleyraAuthError):
             self._refused(origin, error)
         elif status == 429:

@@ -21,39 +21,30 @@ to a shared answer, and the chunks in flight.
 from __future__ import annotations
 
 import logging
-import time
 from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.api import FAILED, INVALID, STATUSES
+from airflow_provider_kaleyra.api import FAILED, STATUSES
 from airflow_provider_kaleyra.audience import AudienceRow
-from airflow_provider_kaleyra.batching import plan_batch_sizes, shard_bounds, split, stream_batches
+from airflow_provider_kaleyra.batching import Shard, plan_batch_sizes, shard_slice, split, stream_batches
 from airflow_provider_kaleyra.cache import CacheRun
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.operators.progress import Progress, Stats
 from airflow_provider_kaleyra.operators.spool import Spool
 from airflow_provider_kaleyra.outputs import ResultWriter, write_results
-from airflow_provider_kaleyra.phone import Normalized, normalize
+from airflow_provider_kaleyra.phone import DistinctNumbers, already_e164, normalize
 from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
-PROGRESS_SECONDS = 30.0
-_MAX_REASONS = 1000  # distinct invalid reasons counted for messages
 _SPOOL_ROWS = 4096  # rows per spool block
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
-
-
-class Shard(NamedTuple):
-    """Which contiguous slice of the distinct numbers this task owns."""
-
-    index: int
-    count: int
 
 
 class Chunk(NamedTuple):
@@ -73,66 +64,6 @@ class _Open:
     outstanding: int  # batches still to be answered; 0 for a resumed chunk
     answers: dict[str, Answer]
     resumed: bool = False
-
-
-def _e164(digits: int) -> str:
-    return f"+{digits}"
-
-
-def already_e164(raw: str, region: str | None = None) -> Normalized:
-    """For inputs normalized by an earlier step: check the E.164 shape only (no second parse)."""
-    if raw[:1] == "+" and raw[1:].isdigit() and 8 <= len(raw) <= 16:
-        return Normalized(raw)
-    return Normalized(None, "not E.164 (the input was declared normalized)")
-
-
-@dataclass
-class Stats:
-    """What a run did, for the summary and the policy checks."""
-
-    inputs: int = 0
-    invalid_inputs: int = 0
-    invalid_reasons: Counter[str] = field(default_factory=Counter)
-    distinct: int = 0
-    batches: int = 0
-    chunks: int = 0
-    chunks_resumed: int = 0
-    failed_numbers: int = 0
-    rows: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-
-
-class Progress:
-    """Logs batches done and numbers per second every 10% (when the total is known) or every
-    ``PROGRESS_SECONDS``."""
-
-    def __init__(self, log: logging.Logger, total_batches: int | None) -> None:
-        self.log = log
-        self.total = total_batches
-        self.done = 0
-        self.numbers = 0
-        self.started = self.last = time.monotonic()
-        self.next_step = 1
-
-    def advance(self, batches: int, numbers: int) -> None:
-        self.done += batches
-        self.numbers += numbers
-        now = time.monotonic()
-        total = self.total
-        step = (self.done * 10 // total if total else 10) if total is not None else 0
-        if (total is not None and (step >= self.next_step or self.done == total)) or (
-            now - self.last >= PROGRESS_SECONDS
-        ):
-            self.next_step = step + 1
-            self.last = now
-            rate = self.numbers / max(now - self.started, 1e-9)
-            shown = f"{self.done}/{total} batches ({self.done * 100 // max(total, 1)}%)" if total else ""
-            self.log.info(
-                "RCS lookup: %s, %s numbers asked, %.0f numbers/s",
-                shown or f"{self.done} batches",
-                self.numbers,
-                rate,
-            )
 
 
 class BulkLookup:
@@ -168,7 +99,7 @@ class BulkLookup:
         self._spool = Spool()  # blocks of up to ``_SPOOL_ROWS`` rows read, waiting for the writer
         self._rows: deque[tuple[int, list[Any]]] = deque()  # (row number, spool row) read, not written
         self._next_row = 0
-        self._distinct: dict[int, int] = {}  # E.164 digits -> index among all distinct numbers
+        self._distinct = DistinctNumbers(None)  # the numbers read, with their index (set by _spool_rows)
         self._numbers = array("q")  # after read(): this shard's numbers as E.164 digits, in order
         self._first = 0  # index of this shard's first number among all distinct numbers
         self._stop = _NO_END  # index after its last one
@@ -198,55 +129,45 @@ class BulkLookup:
         The spool holds ``(raw, e164, index of the number among the distinct ones)`` per valid row
         and ``(raw, None, reason)`` per invalid one, in input order, in blocks of ``_SPOOL_ROWS``.
         """
-        region = self.hook.config.default_region
-        read_number = self.read_number
-        stats, distinct = self.stats, self._distinct
-        buffer: list[tuple[str, str | None, int | str]] = []
+        distinct = self._distinct = DistinctNumbers(
+            self.hook.config.default_region, self.read_number, positions=True
+        )
+        add = distinct.add
+        buffer: list[tuple[str, str | None, int | str | None]] = []
         for raw, problem in rows:
-            norm = read_number(raw, region) if problem is None else None
-            e164 = norm.e164 if norm else None
+            e164, reason, index, first = add(raw, problem)
+            if first:
+                yield e164  # type: ignore[misc]
             if e164 is None:
-                reason = problem or (norm.reason if norm else None) or INVALID
-                stats.invalid_inputs += 1
-                if reason in stats.invalid_reasons or len(stats.invalid_reasons) < _MAX_REASONS:
-                    stats.invalid_reasons[reason] += 1
                 buffer.append((raw if isinstance(raw, str) else str(raw), None, reason))
             else:
-                digits = int(e164[1:])
-                index = distinct.get(digits)
-                if index is None:
-                    index = distinct[digits] = len(distinct)
-                    yield e164
                 buffer.append((raw, e164, index))
-            stats.inputs += 1
             if len(buffer) >= _SPOOL_ROWS:
                 self._spool.put(buffer)
                 buffer = []
         if buffer:
             self._spool.put(buffer)
+        stats = self.stats
+        stats.inputs, stats.invalid_inputs, stats.invalid_reasons = (
+            distinct.inputs,
+            distinct.invalid,
+            distinct.reasons,
+        )
 
     def read(self, rows: Iterable[AudienceRow]) -> Stats:
         """Read the whole audience first; keep this shard's distinct numbers, first-seen order."""
         for _ in self._spool_rows(rows):
             pass
         total = len(self._distinct)
-        start, stop = self._bounds(total)
+        start, stop = shard_slice(total, self.shard)
         numbers = self._numbers
-        for digits, index in self._distinct.items():
+        for digits, index in self._distinct.seen.items():
             if start <= index < stop:
                 numbers.append(digits)
-        self._distinct.clear()  # the spool has the indexes; only the slice is needed from here
+        self._distinct.seen.clear()  # the spool has the indexes; only the slice is needed from here
         self._first, self._stop = start, stop
         self.stats.distinct = len(numbers)
         return self.stats
-
-    def _bounds(self, total: int) -> tuple[int, int]:
-        if self.shard is None:
-            return 0, total
-        bounds = shard_bounds(total, self.shard.count)
-        if self.shard.index >= len(bounds):  # fewer numbers than shards: this one has none
-            return total, total
-        return bounds[self.shard.index]
 
     # -- planning --------------------------------------------------------------------------
 
@@ -278,12 +199,12 @@ class BulkLookup:
         """After :meth:`read`: look up this shard's numbers and write the output as they are answered."""
         asked = self._numbers
         if self.cache is not None:  # planning needs the count of numbers left: read the cache first
-            for _ in self._through_cache(_e164(digits) for digits in self._numbers):
+            for _ in self._through_cache(f"+{digits}" for digits in self._numbers):
                 pass
             asked = array("q", (self._numbers[position] for position in self._asked_at or ()))
         sizes = plan_batch_sizes(len(asked))
         self.checkpoint = Checkpoint(self.output, fingerprint(asked, sizes, self.checkpoint_batches))
-        numbers = (_e164(digits) for digits in asked)
+        numbers = (f"+{digits}" for digits in asked)
         self._pipeline(self._chunks(split(numbers, sizes)), total_batches=len(sizes))
         return self.stats
 
@@ -296,7 +217,8 @@ class BulkLookup:
         store, ages = self._answers, self._ages
         start = 0
         for chunk, found in self.cache.lookup(numbers):
-            self._grow(start + len(chunk))
+            store.extend([None] * len(chunk))  # room for answers that come out of order
+            ages.extend(array("q", [-1]) * len(chunk))
             for position, e164 in enumerate(chunk, start):
                 hit = found.get(e164)
                 if hit is None:
@@ -306,13 +228,6 @@ class BulkLookup:
                     store[position], ages[position] = hit
             start += len(chunk)
             self._advance()
-
-    def _grow(self, size: int) -> None:
-        """Room for ``size`` answers (cache only: answers come out of order)."""
-        if size > len(self._answers):
-            grow = size - len(self._answers)
-            self._answers.extend([None] * grow)
-            self._ages.extend(array("q", [-1]) * grow)
 
     def _advance(self) -> None:
         """Move the answered prefix past every position now answered."""
@@ -348,7 +263,7 @@ class BulkLookup:
                 entry = next(entry for entry in queue if entry.outstanding)
                 entry.answers.update(answers)
                 entry.outstanding -= 1
-                progress.advance(1, len(answers))
+                progress.advance(len(answers))
                 self._settle(queue, out)
             self._settle(queue, out)
             self._write(out, final=True)
@@ -381,23 +296,19 @@ class BulkLookup:
             self._write(out, final=False)
 
     def _keep(self, chunk: Chunk, ordered: list[tuple[str, Answer]]) -> None:
-        if self._asked_at is not None:
-            store, asked_at = self._answers, self._asked_at
-            for asked, (_, answer) in enumerate(ordered, chunk.start):
-                answer = store[asked_at[asked]] = shared(answer)  # (room made by _through_cache)
-                if answer.status == FAILED:
-                    self.stats.failed_numbers += 1
-                    self.failed_chunks.add(chunk.index)
-            self._advance()
-            return
-        store = self._answers
-        store.extend([None] * (chunk.start + len(ordered) - len(store)))
-        for position, (_, answer) in enumerate(ordered, chunk.start):
-            answer = store[position] = shared(answer)
+        """Store a chunk's answers (shared when equal) at their numbers' positions; count failures."""
+        store, asked_at = self._answers, self._asked_at
+        if asked_at is None:  # no cache: the chunk's numbers are the next positions
+            store.extend([None] * (chunk.start + len(ordered) - len(store)))
+        for asked, (_, answer) in enumerate(ordered, chunk.start):
+            answer = store[asked if asked_at is None else asked_at[asked]] = shared(answer)
             if answer.status == FAILED:
                 self.stats.failed_numbers += 1
                 self.failed_chunks.add(chunk.index)
-        self._answered = chunk.start + len(ordered)
+        if asked_at is None:
+            self._answered = chunk.start + len(ordered)
+        else:
+            self._advance()  # (room made by _through_cache)
 
     def _write(self, out: ResultWriter, *, final: bool) -> None:
         """Write every row, in input order, up to the first one whose number is not answered yet.

@@ -7,23 +7,20 @@ Writes, under the run folder:
 - ``work/numbers.csv``: the distinct valid numbers in first-seen order, the input of the RCS shards
   (which are told the input is E.164 already, so nothing is parsed twice).
 
-Memory holds the set of distinct numbers (as integers), never the rows.
+Memory holds the distinct numbers (:class:`~airflow_provider_kaleyra.phone.DistinctNumbers`), never the rows.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.audience import _column_index  # the one header rule (masks numbers)
 from airflow_provider_kaleyra.batching import shard_bounds
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.phone import DistinctNumbers
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.utils.storage import as_path
-
-MAX_REASONS = 50  # distinct invalid reasons kept in the summary
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
@@ -56,9 +53,7 @@ def prepare_audience(
             f"audience not found: {source} (the preflight's `audience`, DAG param audience_location; "
             "when tasks run on several hosts it must be on storage every worker shares, e.g. s3://)"
         )
-    distinct: dict[int, None] = {}
-    reasons: Counter[str] = Counter()
-    rows = invalid = duplicates = 0
+    distinct = DistinctNumbers(region)
     lines = files.read_csv(source)
     header = next(lines, None)
     if not header:
@@ -73,25 +68,11 @@ def prepare_audience(
         for record in lines:
             if not record:
                 continue  # csv gives [] for a blank line: not a row of the audience
-            rows += 1
             record = (record + [""] * width)[:width] if len(record) != width else record
-            norm = normalize(record[index], region)
-            e164 = norm.e164
-            if e164 is None:
-                invalid += 1
-                reason = norm.reason or "invalid"
-                if reason in reasons or len(reasons) < MAX_REASONS:
-                    reasons[reason] += 1
-                out.write("rows", [*record, "", reason])
-                continue
-            key = int(e164[1:])
-            if key in distinct:
-                duplicates += 1
-            else:
-                distinct[key] = None
-            out.write("rows", [*record, e164, ""])
+            e164, reason, _, _ = distinct.add(record[index])
+            out.write("rows", [*record, e164 or "", reason or ""])
     numbers = folder / files.NUMBERS
-    files.write_csv(numbers, (files.E164,), ((f"+{key}",) for key in distinct))
+    files.write_csv(numbers, (files.E164,), ((e164,) for e164 in distinct.numbers()))
     bounds = shard_bounds(len(distinct), shard_count) if distinct else []
     shards = [
         {
@@ -106,8 +87,13 @@ def prepare_audience(
         "run_dir": str(folder),
         "audience": str(source),
         "columns": header,
-        "counts": {"rows": rows, "invalid": invalid, "duplicates": duplicates, "distinct": len(distinct)},
-        "invalid_reasons": dict(reasons.most_common()),
+        "counts": {
+            "rows": distinct.inputs,
+            "invalid": distinct.invalid,
+            "duplicates": distinct.duplicates,
+            "distinct": len(distinct),
+        },
+        "invalid_reasons": dict(distinct.reasons.most_common()),
         "shards": len(shards),
     }
     return {"summary": summary, "shards": shards}

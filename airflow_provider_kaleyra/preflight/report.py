@@ -120,9 +120,9 @@ def _sections(
             for name, r in table.items()
         ]
 
-    def rate_chart(title: str, table: dict[str, dict[str, Any]]) -> str:
+    def rate_chart(by: str, table: dict[str, dict[str, Any]]) -> str:
         return svg_bar_chart(
-            title,
+            f"RCS-capable share of distinct numbers, by {by}",
             [(n, round(100 * r["rcs_rate"], 1), "#2e7d32") for n, r in list(table.items())[:15]],
             "%",
             100.0,
@@ -136,17 +136,9 @@ def _sections(
         ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
         ("Audience", ["", "count", "share"], audience, ""),
         ("Reasons", ["reason", "rows"], [[r, f"{n:,}"] for r, n in summary["reasons"].items()], ""),
-        (
-            "RCS reachability by carrier",
-            rate_header,
-            rates(summary["carriers"]),
-            rate_chart("RCS-capable share of distinct numbers, by carrier", summary["carriers"]),
-        ),
-        (
-            "RCS reachability by country",
-            rate_header,
-            rates(summary["countries"]),
-            rate_chart("RCS-capable share of distinct numbers, by country", summary["countries"]),
+        *(
+            (f"RCS reachability by {by}", rate_header, rates(summary[key]), rate_chart(by, summary[key]))
+            for by, key in (("carrier", "carriers"), ("country", "countries"))
         ),
         (
             "Why rows were invalid",

@@ -25,7 +25,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 )
 from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.phone import MaskedNumbers, mask, normalize
+from airflow_provider_kaleyra.phone import DistinctNumbers, MaskedNumbers, mask
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
@@ -160,10 +160,9 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
 
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
         """Numbers given directly become a submission of this task instance (the same id on every poke)."""
-        region = self.hook.config.default_region
-        numbers = list(
-            dict.fromkeys(e for e in (normalize(n, region).e164 for n in _as_numbers(self.numbers)) if e)
-        )
+        numbers = DistinctNumbers(self.hook.config.default_region)
+        for number in _as_numbers(self.numbers):
+            numbers.add(number)
         dag_run = context.get("dag_run")
         start = getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None)
         if start is None:
@@ -171,7 +170,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         ti = context.get("ti")
         key = f"{getattr(ti, 'dag_id', '')}/{getattr(ti, 'task_id', '')}/{getattr(ti, 'run_id', '')}/{getattr(ti, 'map_index', -1)}"
         submission_id = "sensor-" + hashlib.sha256(key.encode()).hexdigest()[:40]
-        self.store.add_submission(submission_id, numbers)
+        self.store.add_submission(submission_id, list(numbers.numbers()))
         return submission_id, as_utc(start)
 
     def _required(self, total: int) -> int:

@@ -39,7 +39,7 @@ DAG_FILE = textwrap.dedent(
 
     from airflow.sdk import DAG
 
-    from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+    from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
     STORE = os.environ["KALEYRA_E2E_OBJECT_STORE"]

@@ -25,11 +25,8 @@ from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFI
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
 from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.operators.kaleyra import (
-    KaleyraRcsBulkLookupOperator,
-    KaleyraRcsLookupOperator,
-    KaleyraSoipCapabilityCheckOperator,
-)
+from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
+from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.simulator import CallbackAuth
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
@@ -223,11 +220,8 @@ DAG_FILE = """
 
     from airflow.sdk import DAG
 
-    from airflow_provider_kaleyra.operators.kaleyra import (
-        KaleyraRcsBulkLookupOperator,
-        KaleyraRcsLookupOperator,
-        KaleyraSoipCapabilityCheckOperator,
-    )
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
+    from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
     WORK = os.environ["KALEYRA_TEST_DIR"]

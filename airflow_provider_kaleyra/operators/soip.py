@@ -1,0 +1,121 @@
+"""The SMS-over-IP capability check: an audience submitted, its answers left to the callbacks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE
+from airflow_provider_kaleyra.batching import shard_slice
+from airflow_provider_kaleyra.callbacks.store import get_store
+from airflow_provider_kaleyra.config import StoreNotConfigured
+from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator
+from airflow_provider_kaleyra.phone import DistinctNumbers
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
+    """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
+
+    Takes the same audience as :class:`KaleyraRcsBulkLookupOperator` (a list, or a file on any
+    object store, optionally sharded). Numbers are normalized (the connection's
+    ``default_region`` reads national numbers), de-duplicated, recorded in the callback store
+    under a new submission id, and submitted in concurrent, paced requests of ``chunk_size``.
+    The XCom value is a summary with no phone number in it, which
+    :class:`~airflow_provider_kaleyra.sensors.kaleyra.KaleyraSoipCallbackSensor` takes as
+    ``submission``::
+
+        {"submission_id": "...", "submitted_at": "2026-01-01T10:00:00+00:00", "numbers": 20000,
+         "invalid": 3, "requests": 200, "callback_profile_id": "..."}
+
+    A retry is a new submission; callbacks Kaleyra delivers again count for it.
+
+    The audience arguments are :class:`~.base.AudienceOperator`'s.
+
+    :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
+    :param chunk_size: numbers per API request.
+    :param kaleyra_conn_id: the ``kaleyra`` connection; its ``callback_store_url`` names the store.
+        (templated)
+    """
+
+    template_fields: Sequence[str] = (*AUDIENCE_FIELDS, "callback_profile_id")
+
+    def __init__(
+        self,
+        *,
+        callback_profile_id: str | None = None,
+        chunk_size: int = SOIP_CHUNK_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.callback_profile_id = callback_profile_id
+        self.chunk_size = chunk_size
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.hook.config
+        profile = self.callback_profile_id or config.callback_profile_id
+        if not profile:
+            raise AirflowFailException(
+                "a SOIP capability check needs callback_profile_id, here or on the connection"
+            )
+        try:
+            store = get_store(config.store_url)
+        except StoreNotConfigured as exc:
+            raise AirflowFailException(str(exc)) from None
+        shard = self._shard()
+        found = DistinctNumbers(config.default_region)
+        for raw, problem in self._rows():
+            found.add(raw, problem)
+        numbers = list(found.numbers())
+        start, stop = shard_slice(len(numbers), shard)
+        numbers = numbers[start:stop]
+        if found.invalid:
+            reasons = "; ".join(f"{reason} ({n})" for reason, n in found.reasons.most_common(3))
+            self.log.warning(
+                "%s of %s inputs are not valid numbers: %s", found.invalid, found.inputs, reasons
+            )
+        submission_id = uuid.uuid4().hex
+        store.add_submission(submission_id, numbers)  # before the first request: callbacks can be fast
+        submitted_at = datetime.now(UTC)
+        requests = self._submit(numbers, profile)
+        self.log.info(
+            "Submitted %s numbers in %s requests for SOIP capability (submission %s, callback profile %s)",
+            len(numbers),
+            requests,
+            submission_id,
+            profile,
+        )
+        return {
+            "submission_id": submission_id,
+            "submitted_at": submitted_at.isoformat(),
+            "numbers": len(numbers),
+            "invalid": found.invalid,
+            "requests": requests,
+            "callback_profile_id": profile,
+        }
+
+    def _submit(self, numbers: list[str], profile: str) -> int:
+        """Chunks go out ``max_concurrency`` at a time; the transport paces and retries them."""
+        chunks = [numbers[i : i + self.chunk_size] for i in range(0, len(numbers), self.chunk_size)]
+        if not chunks:
+            self.log.warning("No valid number to submit")
+            return 0
+        workers = min(self.hook.config.max_concurrency, len(chunks))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
+            futures = [pool.submit(self.hook.submit_soip, chunk, profile) for chunk in chunks]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
+        return len(chunks)
