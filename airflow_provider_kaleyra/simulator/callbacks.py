@@ -1,7 +1,8 @@
 """SOIP callbacks: what Kaleyra would POST to the receiver after a capability check, and their delivery.
 
-Delivery runs off the request path (a timer heap and a small thread pool), after the configured
-delay, with a few retries, as a real callback would arrive: later, maybe twice, maybe never.
+Delivery runs off the request path (a timer heap and a pool of threads, each on one keep-alive
+connection), after the configured delay, with a few retries, as a real callback would arrive:
+later, maybe twice, maybe never.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import itertools
 import logging
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+
+import requests
 
 from airflow_provider_kaleyra.phone import mask
 from airflow_provider_kaleyra.simulator.answers import json_bytes, soip_answer
@@ -48,7 +49,19 @@ def callback_payloads(numbers: list[str], profile: str | None) -> list[dict[str,
 
 
 # Callbacks go straight to the receiver: an HTTP(S)_PROXY in the environment must not intercept them.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+DELIVERY_THREADS = (
+    16  # concurrent callbacks in flight: enough for the receiver, not the sender, to set the pace
+)
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """This delivery thread's keep-alive connection (a new one per callback cost more than the receiver)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+        session.trust_env = False  # callbacks go to 127.0.0.1: no proxy from the environment
+    return session
 
 
 class CallbackDispatcher:
@@ -61,7 +74,7 @@ class CallbackDispatcher:
         self._cond = threading.Condition()
         self._pending = 0
         self._stopping = False
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kaleyra-sim-callback")
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="kaleyra-sim-callback")
         self._thread = threading.Thread(target=self._run, name="kaleyra-sim-callbacks", daemon=True)
         self._thread.start()
 
@@ -149,17 +162,17 @@ class CallbackDispatcher:
     @staticmethod
     def _post(config: SimulatorConfig, body: bytes, headers: dict[str, str]) -> str:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
-        request = urllib.request.Request(config.callback_url or "", data=body, headers=headers, method="POST")
         try:
-            with _OPENER.open(request, timeout=config.callback_timeout) as response:
-                response.read()
-                return "sent"
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            log.debug("Callback answered HTTP %s", exc.code)
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                return "failed"
-            return "retry"
-        except (OSError, ValueError) as exc:
+            response = _session().post(
+                config.callback_url or "", data=body, headers=headers, timeout=config.callback_timeout
+            )
+            response.close()
+        except (requests.RequestException, ValueError) as exc:
             log.debug("Callback delivery error: %s", exc)
             return "retry"
+        if response.ok:
+            return "sent"
+        log.debug("Callback answered HTTP %s", response.status_code)
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+            return "failed"
+        return "retry"
