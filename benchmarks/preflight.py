@@ -61,7 +61,7 @@ def child(step: str, args: dict[str, Any]) -> None:
         numbers = ch.soip_candidates(outputs, ch.DEFAULT_SOIP_REGIONS)
         result = files.write_csv(run_dir / files.SOIP_NUMBERS, (files.E164,), ((n,) for n in numbers))
     elif step == "soip_check":
-        from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+        from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 
         op = KaleyraSoipCapabilityCheckOperator(
             task_id="soip_check",

@@ -910,7 +910,7 @@ def bench_soip(quick: bool, runs: int) -> list[Row]:
 
     from airflow.sdk.exceptions import TaskDeferred
 
-    from airflow_provider_kaleyra.operators.kaleyra import KaleyraSoipCapabilityCheckOperator
+    from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 
     count = 10_000 if quick else 100_000
