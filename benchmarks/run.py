@@ -15,7 +15,8 @@ the ideal the rate limit allows), the median of several runs. Names (``--only``,
 ``callbacks``  callbacks/s the standalone receiver stores with group commit (SQLite;
                PostgreSQL from ``KALEYRA_BENCH_POSTGRES_URL`` or ``KALEYRA_TEST_POSTGRES_URL``, its
                fsync setting shown), none lost; against a bare endpoint on the same uvicorn and
-               FastAPI answering without storing, same clients (8 and 64), same run.
+               FastAPI answering without storing, same clients (8 and 64), same number of server
+               processes (1, and 2 with 64 clients), same run.
 ``soip``       a 100,000-number SOIP check end to end: the check operator over an audience file,
                the simulator's callbacks to the standalone receiver, the sensor deferred (its
                trigger run as the triggerer would), the per-number output; wall time, callbacks/s,
