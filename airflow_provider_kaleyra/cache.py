@@ -12,6 +12,7 @@ is never written, so it is never served.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -215,17 +216,10 @@ class CapabilityCache:
             self._engine.dispose()
 
 
-_caches: dict[str, CapabilityCache] = {}
-_caches_lock = threading.Lock()
-
-
+@functools.cache
 def get_cache(url: str) -> CapabilityCache:
     """One cache (one engine, one pool) per URL per process."""
-    with _caches_lock:
-        cache = _caches.get(url)
-        if cache is None:
-            cache = _caches[url] = CapabilityCache(url)
-        return cache
+    return CapabilityCache(url)
 
 
 Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds

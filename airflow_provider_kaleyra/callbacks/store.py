@@ -12,6 +12,7 @@ machine only, and only when named explicitly (``sqlite:///...``): there is no de
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -329,14 +330,7 @@ def _insert_ignore(conn: Connection, table: Table, conflict_columns: list[str] |
     return _dialect_insert(conn)(table).on_conflict_do_nothing(index_elements=conflict_columns)
 
 
-_stores: dict[str, CallbackStore] = {}
-_stores_lock = threading.Lock()
-
-
+@functools.cache
 def get_store(url: str) -> CallbackStore:
     """One store (one engine, one pool) per URL per process."""
-    with _stores_lock:
-        store = _stores.get(url)
-        if store is None:
-            store = _stores[url] = CallbackStore(url)
-        return store
+    return CallbackStore(url)
