@@ -15,6 +15,9 @@ from airflow_provider_kaleyra import config
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.utils.database import redact_url
 
+# How ``--workers`` hands the checked settings (never the secret: only its variable's name) to each worker.
+_WORKER_SETTINGS_ENV = "KALEYRA_RECEIVER_WORKER_SETTINGS"
+
 
 def parse_age(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``45s``; a bare number means days."""
@@ -79,12 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"purged {deleted} callbacks from {redact_url(store.url)}")
         return 0
 
-    secret = None
-    if args.secret_env:
-        secret = os.environ.get(args.secret_env)
-        if not secret:
-            print(f"error: environment variable {args.secret_env} is empty or unset", file=sys.stderr)
-            return 2
+    if args.secret_env and not os.environ.get(args.secret_env):
+        print(f"error: environment variable {args.secret_env} is empty or unset", file=sys.stderr)
+        return 2
     from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured
 
     settings = {
@@ -110,9 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ[_WORKER_SETTINGS_ENV] = json.dumps(settings)
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
     return 0
-
-
-_WORKER_SETTINGS_ENV = "KALEYRA_RECEIVER_WORKER_SETTINGS"
 
 
 def _app(*, store_url: str | None, secret_env: str | None, conn_id: str | None, max_body_bytes: int) -> Any:
