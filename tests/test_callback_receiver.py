@@ -313,3 +313,20 @@ def _epoch():
     from datetime import datetime
 
     return datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def test_cli_refuses_to_start_without_a_secret_or_a_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KALEYRA_NO_SUCH_SECRET", raising=False)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert cli.main(["--store-url", url, "--secret-env", "KALEYRA_NO_SUCH_SECRET"]) == 2
+    assert "KALEYRA_NO_SUCH_SECRET is empty or unset" in capsys.readouterr().err
+    monkeypatch.setenv("KALEYRA_SOME_SECRET", SECRET)
+    assert (
+        cli.main(["--store-url", "mysql://db/x", "--secret-env", "KALEYRA_SOME_SECRET", "--workers", "2"])
+        == 2
+    )
+    assert "only sqlite and postgresql" in capsys.readouterr().err
+    unreachable = "postgresql+psycopg://kaleyra:pw-s3cret@127.0.0.1:1/x"
+    assert cli.main(["--store-url", unreachable, "--secret-env", "KALEYRA_SOME_SECRET"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be used" in err and "pw-s3cret" not in err

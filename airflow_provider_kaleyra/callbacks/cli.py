@@ -99,6 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReceiverNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # ... and the store must open (its tables are created on first use)
+        checked.store.engine  # noqa: B018
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"error: callback store {redact_url(checked.store.url)} cannot be used: "
+            f"{type(exc).__name__}: {first_line}",
+            file=sys.stderr,
+        )
+        return 2
     import uvicorn
 
     common = {"host": args.host, "port": args.port, "log_level": args.log_level, "proxy_headers": True}
