@@ -12,15 +12,12 @@ import http.client
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from _reliability import SECRET_CALLBACK as SECRET
+from _reliability import SECRET_CALLBACK as SECRET, start_receiver
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
@@ -30,54 +27,13 @@ CLIENTS = 8
 KILL_AFTER = 400  # acknowledged callbacks before the kill
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
     yield from throwaway_database(request.param, tmp_path)
 
 
-def _start(url: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_kaleyra.callbacks",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--store-url",
-            url,
-            "--secret-env",
-            "KALEYRA_CRASH_SECRET",
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "KALEYRA_CRASH_SECRET": SECRET},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the receiver exited at start"
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", f"{URL_PREFIX}/health")
-            if conn.getresponse().status == 200:
-                return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the receiver did not start")
-
-
 def test_acknowledged_callbacks_survive_sigkill(store_url):
-    proc, port = _start(store_url)
+    proc, port = start_receiver(store_url)
     acked: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()

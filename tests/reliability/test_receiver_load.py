@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 
-import psutil
 import pytest
-from _reliability import SECRET_CALLBACK as SECRET
+from _reliability import SECRET_CALLBACK as SECRET, start_receiver
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
@@ -32,57 +28,11 @@ RESEND_EVERY = 20  # 5% of callbacks are delivered twice
 BUDGET_SECONDS = 240  # measured 8-10 s on 2 cores (75-95 s before the intake work); room against flakes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(params=[1, 2], ids=["1-process", "2-processes"])
 def receiver_process(tmp_path, request):
     """The standalone receiver; with ``--workers 2``, two processes share the port and the SQLite file."""
     url = f"sqlite:///{tmp_path / 'load.db'}"
-    port = _free_port()
-    env = {**os.environ, "KALEYRA_LOAD_SECRET": SECRET}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_kaleyra.callbacks",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--store-url",
-            url,
-            "--secret-env",
-            "KALEYRA_LOAD_SECRET",
-            "--log-level",
-            "warning",
-            "--workers",
-            str(request.param),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", f"{URL_PREFIX}/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.1)
-    if request.param > 1:  # the workers are child processes of the command
-        while len(psutil.Process(proc.pid).children()) < request.param:
-            assert time.monotonic() < deadline, "the receiver's workers did not start"
-            time.sleep(0.1)
+    proc, port = start_receiver(url, workers=request.param, capture=True)
     yield port, url
     proc.terminate()
     try:
