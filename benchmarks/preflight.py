@@ -90,19 +90,7 @@ def child(step: str, args: dict[str, Any]) -> None:
         result = ch.write_channel_lists(run_dir, ch.read_rcs_answers(outputs), asked, outcomes)
     elif step == "report":
         decided, prepared = args["channels"], args["prepared"]
-        summary = {
-            "run_id": run_dir.name,
-            "finished_at": "now",
-            "audience": args["audience"],
-            "counts": prepared["counts"],
-            "invalid_reasons": prepared["invalid_reasons"],
-            "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
-            "reasons": decided["reasons"],
-            "carriers": decided["carriers"],
-            "countries": decided["countries"],
-            "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
-            "api": args["api"],
-        }
+        summary = report.run_summary(run_dir.name, "now", prepared, decided, args["api"])
         result = report.write_report(run_dir, summary, report.load_history(run_dir.parent, run_dir.name))
     print(json.dumps({"result": result, "seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()}))
 

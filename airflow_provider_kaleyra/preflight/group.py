@@ -191,22 +191,12 @@ def kaleyra_preflight(
                 if decided["soip_asked"]
                 else None
             )
-            summary = {
-                "run_id": context["run_id"],
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "audience": prepared["audience"],
-                "counts": prepared["counts"],
-                "invalid_reasons": prepared["invalid_reasons"],
-                "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
-                "reasons": decided["reasons"],
-                "carriers": decided["carriers"],
-                "countries": decided["countries"],
-                "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
-                "api": {
-                    "rcs_requests": sum(int(s.get("requests") or 0) for s in summaries),
-                    "soip_requests": int((check or {}).get("requests") or 0),
-                },
+            api = {
+                "rcs_requests": sum(int(s.get("requests") or 0) for s in summaries),
+                "soip_requests": int((check or {}).get("requests") or 0),
             }
+            finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+            summary = report.run_summary(context["run_id"], finished_at, prepared, decided, api)
             history = report.load_history(run_dir.parent, context["run_id"])
             written = report.write_report(run_dir, summary, history)
             print(f"report: {written[report.HTML]}")

@@ -26,6 +26,25 @@ COLOURS = {"rcs": "#2e7d32", "soip": "#6a1b9a", "sms": "#1565c0", "none": "#c628
 LABELS = {"rcs": "RCS", "soip": "SMS over IP", "sms": "SMS", "none": "none (invalid)"}
 
 
+def run_summary(
+    run_id: str, finished_at: str, prepared: dict[str, Any], decided: dict[str, Any], api: dict[str, int]
+) -> dict[str, Any]:
+    """What ``summary.json`` and the report hold: ``prepare``'s counts, ``channels``' decisions, API calls."""
+    return {
+        "run_id": run_id,
+        "finished_at": finished_at,
+        "audience": prepared["audience"],
+        "counts": prepared["counts"],
+        "invalid_reasons": prepared["invalid_reasons"],
+        "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
+        "reasons": decided["reasons"],
+        "carriers": decided["carriers"],
+        "countries": decided["countries"],
+        "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
+        "api": api,
+    }
+
+
 def rcs_share(summary: dict[str, Any]) -> float:
     """RCS-capable distinct numbers over distinct valid numbers."""
     distinct = summary["counts"]["distinct"]
