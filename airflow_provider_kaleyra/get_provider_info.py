@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_kaleyra import __version__
-from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS
-from airflow_provider_kaleyra.config import (
+from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS
+from airflow_provider_kaleyra.client.config import (
     CONN_TYPE,
     DEFAULT_CACHE_MAX_AGE_NEGATIVE,
     DEFAULT_CACHE_MAX_AGE_POSITIVE,

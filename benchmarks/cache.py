@@ -52,7 +52,7 @@ def child(mode: str, audience: str, via: str) -> None:
     cache = mode != "off"
     if via == "operator":
         from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-        from airflow_provider_kaleyra.outputs import read_results
+        from airflow_provider_kaleyra.rcs.outputs import read_results
         from airflow_provider_kaleyra.utils.storage import as_path
 
         output = audience + f".{mode}.csv"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.numbers.normalize import normalize
 
 # Audience regions, weighted roughly like a campaign: India first (SOIP is India-only), then
 # the big RCS markets, with the awkward ones (IT leading zeros, AR/MX mobile rules, BR carrier

@@ -143,9 +143,9 @@ def preflight(audience: str, run_dir: str, soip: bool, sim: Simulator) -> dict[s
 
 def check(audience: str, run_dir: str, soip: bool) -> int:
     """Rows whose channel differs from the simulator's deterministic answers (0 expected)."""
-    from airflow_provider_kaleyra.phone import normalize
+    from airflow_provider_kaleyra.numbers.normalize import normalize
     from airflow_provider_kaleyra.preflight.channels import DEFAULT_SOIP_REGIONS, region_of
-    from airflow_provider_kaleyra.simulator import rcs_answer, soip_answer
+    from kaleyra_simulator import rcs_answer, soip_answer
 
     def expected(phone: str) -> str:
         e164 = normalize(phone, REGION).e164
@@ -174,8 +174,8 @@ def main() -> int:
         child(options.child[0], json.loads(options.child[1]))
         return 0
     from airflow_provider_kaleyra.preflight.prepare import write_sample_audience
-    from airflow_provider_kaleyra.simulator import DEFAULT_API_KEY, DEFAULT_SID
     from airflow_provider_kaleyra.utils.storage import as_path
+    from kaleyra_simulator import DEFAULT_API_KEY, DEFAULT_SID
 
     print(machine())
     with tempfile.TemporaryDirectory(prefix="kaleyra-preflight-bench-") as tmp:

@@ -57,15 +57,20 @@ import phonenumbers  # noqa: E402
 import requests  # noqa: E402
 from inputs import audience_lines, mixed_inputs, valid_e164_numbers  # noqa: E402
 
-from airflow_provider_kaleyra.phone import Normalized, normalize, normalize_with_phonenumbers, preclean  # noqa: E402
-from airflow_provider_kaleyra.simulator import (  # noqa: E402
+from airflow_provider_kaleyra.numbers import fastphone as _fastphone  # noqa: E402
+from airflow_provider_kaleyra.numbers.normalize import (  # noqa: E402
+    Normalized,
+    normalize,
+    normalize_with_phonenumbers,
+    preclean,
+)
+from kaleyra_simulator import (  # noqa: E402
     DEFAULT_API_KEY,
     DEFAULT_SID,
     rcs_answer,
     simulator_connection,
 )
-from airflow_provider_kaleyra.simulator.answers import clear_caches  # noqa: E402
-from airflow_provider_kaleyra.utils import fastphone as _fastphone  # noqa: E402
+from kaleyra_simulator.answers import clear_caches  # noqa: E402
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"
@@ -101,7 +106,7 @@ class Simulator:
     """The Kaleyra simulator as a child process (its CLI), driven through its /_sim endpoints."""
 
     def __init__(self, **config: Any) -> None:
-        args = [sys.executable, "-m", "airflow_provider_kaleyra.simulator", "--log-level", "WARNING"]
+        args = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING"]
         for key, value in config.items():
             if value is not None:
                 args += [f"--{key.replace('_', '-')}", str(value)]
@@ -644,8 +649,8 @@ def shard_tasks(sim: Simulator, audience: str, tmp: str, count: int, shards: int
     Two ways to hand a task its shard: one file per shard (the task streams it: memory follows
     the shard) or ``shard_index`` over the one file of all numbers (the task reads all of them
     to find its slice: memory follows the audience). Shard 0 is run both ways."""
-    from airflow_provider_kaleyra.batching import shard_bounds
-    from airflow_provider_kaleyra.phone import normalize as _normalize
+    from airflow_provider_kaleyra.numbers.normalize import normalize as _normalize
+    from airflow_provider_kaleyra.rcs.batching import shard_bounds
 
     numbers = os.path.join(tmp, "numbers.txt")
     seen: set[str] = set()

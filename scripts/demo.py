@@ -93,9 +93,9 @@ def receiver(store_url: str) -> Iterator[str]:
 
 def expected_channel(phone: str, soip: bool) -> tuple[str, str]:
     """What the preflight must answer for one audience cell, from the simulator's pure functions."""
-    from airflow_provider_kaleyra.phone import normalize
+    from airflow_provider_kaleyra.numbers.normalize import normalize
     from airflow_provider_kaleyra.preflight.channels import DEFAULT_SOIP_REGIONS, region_of
-    from airflow_provider_kaleyra.simulator import rcs_answer, soip_answer
+    from kaleyra_simulator import rcs_answer, soip_answer
 
     e164 = normalize(phone, REGION).e164
     if e164 is None:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS_FOLDER))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-    from airflow_provider_kaleyra.simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig
+    from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig
 
     store_url = f"sqlite:///{home / 'kaleyra-callbacks.db'}"
     started = time.monotonic()
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             for path, error in bag.import_errors.items():
                 print(f"Import error in {path}:\n{error}", file=sys.stderr)
             return 1
-        logging.getLogger("airflow_provider_kaleyra.simulator").setLevel(logging.WARNING)
+        logging.getLogger("kaleyra_simulator").setLevel(logging.WARNING)
         state = str(getattr(run, "state", ""))
         stats = sim.stats()
     elapsed = time.monotonic() - started

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/demo.sh: installs everything on a fresh machine.
-#   - a virtualenv in .venv with the provider (editable) and its test extras
+#   - a virtualenv in .venv with the provider (editable), its test extras and the simulator
 #   - with KALEYRA_SETUP_POSTGRES=1: a throwaway PostgreSQL server for the store tests
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -19,11 +19,11 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
-stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+stamp=".venv/.installed-$(cat pyproject.toml simulator/pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing the provider and its test dependencies (Airflow included)"
   python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -e ".[test]"
+  python -m pip install --quiet -e ".[test]" -e ./simulator  # the simulator: a test-only package
   touch "$stamp"
 fi
 

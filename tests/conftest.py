@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from airflow_provider_kaleyra.simulator import KaleyraSimulator, SimulatorConfig
+from kaleyra_simulator import KaleyraSimulator, SimulatorConfig
 
 TEST_SID = "AC-TEST-SID"
 TEST_API_KEY = "test-api-key-0123456789"

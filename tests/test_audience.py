@@ -9,8 +9,7 @@ import pytest
 from airflow.sdk import ObjectStoragePath
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from airflow_provider_kaleyra import outputs
-from airflow_provider_kaleyra.audience import (
+from airflow_provider_kaleyra.numbers.audience import (
     MAX_LINE_BYTES,
     NOT_CSV,
     NOT_UTF8,
@@ -18,9 +17,10 @@ from airflow_provider_kaleyra.audience import (
     iter_lines,
     read_audience,
 )
-from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
-from airflow_provider_kaleyra.outputs import merge_results, read_results, write_results
-from airflow_provider_kaleyra.results import Answer, RcsResult
+from airflow_provider_kaleyra.rcs import outputs
+from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult
+from airflow_provider_kaleyra.rcs.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.rcs.outputs import merge_results, read_results, write_results
 from airflow_provider_kaleyra.utils.storage import as_path
 
 

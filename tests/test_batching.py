@@ -3,8 +3,8 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
-from airflow_provider_kaleyra.batching import (
+from airflow_provider_kaleyra.client.api import BULK_MAX, BULK_MIN
+from airflow_provider_kaleyra.rcs.batching import (
     Shard,
     plan_batch_sizes,
     plan_batches,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from airflow_provider_kaleyra.audience import AudienceRow
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.operators import bulk as bulk_module
-from airflow_provider_kaleyra.operators.bulk import BulkLookup
+from airflow_provider_kaleyra.numbers.audience import AudienceRow
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.outputs import read_results
+from airflow_provider_kaleyra.rcs import engine as bulk_module
+from airflow_provider_kaleyra.rcs.engine import BulkLookup
+from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
 
 pytest_plugins = ["conftest_airflow"]
@@ -79,7 +79,7 @@ def test_streamed_and_read_first_runs_write_the_same_bytes(kaleyra_conn, tmp_pat
 
 
 def test_spool_keeps_order_in_memory_and_on_disk():
-    from airflow_provider_kaleyra.operators.spool import Spool
+    from airflow_provider_kaleyra.rcs.spool import Spool
 
     spool = Spool(memory_rows=10)
     taken = []

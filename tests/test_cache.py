@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from airflow_provider_kaleyra.api import FAILED, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.cache import CapabilityCache, CapabilityCacheError, cache_table, resolve
+from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.results import Answer
-from airflow_provider_kaleyra.simulator import rcs_answer
+from airflow_provider_kaleyra.rcs.answers import Answer
+from airflow_provider_kaleyra.rcs.cache import CapabilityCache, CapabilityCacheError, cache_table, resolve
+from kaleyra_simulator import rcs_answer
 from tests.databases import throwaway_database
 
 SID = "AC-TEST-SID"
@@ -104,7 +104,7 @@ def test_purge_by_age(cache):
 
 
 def test_purge_cli(cache_url, capsys):
-    from airflow_provider_kaleyra.cache_cli import main
+    from airflow_provider_kaleyra.rcs.cache_cli import main
 
     c = CapabilityCache(cache_url)
     c.remember(SID, [("+14155550001", Answer(RCS_ENABLED))], now=int(time.time()) - 31 * 86400)

@@ -7,9 +7,9 @@ import threading
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_kaleyra.cache import CapabilityCache
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.outputs import read_results
+from airflow_provider_kaleyra.rcs.cache import CapabilityCache
+from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
 from tests.databases import throwaway_database
 from tests.test_cache import _age, _asked, _connect, _expected, _numbers

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from airflow_provider_kaleyra.hooks.concurrency import EXTRA, HEADROOM, INITIAL_LATENCY, InFlight
+from airflow_provider_kaleyra.client.concurrency import EXTRA, HEADROOM, INITIAL_LATENCY, InFlight
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.results import Answer
+from airflow_provider_kaleyra.rcs.answers import Answer
 
 pytest_plugins = ["conftest_airflow"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_kaleyra.simulator import generate_audience_rows
+from kaleyra_simulator import generate_audience_rows
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 CAMPAIGN = "example_kaleyra_campaign_preflight"
@@ -140,7 +140,7 @@ def test_soip_check_shape(parsed: dict[str, Any]) -> None:
 
 
 def test_sample_audience_is_deterministic_messy_and_mostly_valid() -> None:
-    from airflow_provider_kaleyra.phone import normalize
+    from airflow_provider_kaleyra.numbers.normalize import normalize
     from airflow_provider_kaleyra.preflight.channels import region_of
 
     rows = list(generate_audience_rows(4000, seed=7))

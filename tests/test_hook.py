@@ -11,17 +11,17 @@ from collections import Counter
 import pytest
 import requests
 
-from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
-from airflow_provider_kaleyra.hooks import transport
-from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.hooks.transport import (
+from airflow_provider_kaleyra.client import transport
+from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.client.transport import (
     PACER_SLACK,
     Pacer,
     Transport,
     retry_after_seconds,
 )
-from airflow_provider_kaleyra.results import answer_from_device, failed, shared
+from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.rcs.answers import answer_from_device, failed, shared
 
 BASE = "http://kaleyra.test"
 SID = "HXAP16SIDTEST"

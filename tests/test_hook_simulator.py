@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from airflow_provider_kaleyra.api import INVALID, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.exceptions import KaleyraAuthError
+from airflow_provider_kaleyra.client.api import INVALID, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.simulator import rcs_answer, simulator_connection
+from kaleyra_simulator import rcs_answer, simulator_connection
 
 
 def _audience(size: int, garbage_ratio: float, seed: int = 7) -> list[str]:

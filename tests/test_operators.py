@@ -15,12 +15,12 @@ from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.numbers.normalize import mask
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
-from airflow_provider_kaleyra.outputs import read_results
-from airflow_provider_kaleyra.phone import mask
-from airflow_provider_kaleyra.simulator import rcs_answer
+from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
+from kaleyra_simulator import rcs_answer
 
 pytest_plugins = ["conftest_airflow"]
 
@@ -447,7 +447,7 @@ def test_every_row_is_present_exactly_once_with_5pct_garbage(kaleyra_conn, tmp_p
 
 
 def test_shards_split_the_work_and_merge_into_the_unsharded_output(kaleyra_conn, tmp_path):
-    from airflow_provider_kaleyra.outputs import merge_results
+    from airflow_provider_kaleyra.rcs.outputs import merge_results
 
     garbage_audience(tmp_path / "audience.csv", 3_000)
     audience = str(tmp_path / "audience.csv")
@@ -516,7 +516,7 @@ DAG_FILE = """
 
     from airflow.sdk import DAG, task
 
-    from airflow_provider_kaleyra.outputs import merge_results
+    from airflow_provider_kaleyra.rcs.outputs import merge_results
     from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
     from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
-from airflow_provider_kaleyra import phone
-from airflow_provider_kaleyra.phone import (
+from airflow_provider_kaleyra.numbers import fastphone as _fastphone, normalize as phone
+from airflow_provider_kaleyra.numbers.normalize import (
     MAX_INPUT_LENGTH,
     MAX_REASONS,
     DistinctNumbers,
@@ -30,7 +30,6 @@ from airflow_provider_kaleyra.phone import (
     normalize_with_phonenumbers,
     preclean,
 )
-from airflow_provider_kaleyra.utils import fastphone as _fastphone
 
 ALL_REGIONS = sorted(SUPPORTED_REGIONS)
 # Regions with rules worth aiming at: national prefixes, Italian leading zeros, AR/MX mobile

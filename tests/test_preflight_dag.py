@@ -6,7 +6,7 @@ import csv
 import json
 import textwrap
 
-from airflow_provider_kaleyra.simulator import generate_audience_rows
+from kaleyra_simulator import generate_audience_rows
 
 pytest_plugins = ["conftest_airflow"]
 
@@ -35,8 +35,8 @@ PREFLIGHT_DAG = """
     if __name__ == "__main__":
         # Count every call of the one normalizer, in every module that imported it, for the whole run.
         import importlib
-        from airflow_provider_kaleyra import phone
-        for name in ("preflight.prepare", "operators.bulk", "operators.kaleyra", "hooks.kaleyra",
+        from airflow_provider_kaleyra.numbers import normalize as phone
+        for name in ("preflight.prepare", "rcs.engine", "operators.kaleyra", "hooks.kaleyra",
                      "sensors.kaleyra", "callbacks.parsing"):
             importlib.import_module("airflow_provider_kaleyra." + name)
         original, calls = phone.normalize, []
@@ -134,9 +134,9 @@ SOIP_TIMEOUT_DAG = """
 
 def test_a_soip_wait_that_times_out_loses_no_row(make_simulator, run_dag_file, tmp_path, monkeypatch):
     """No callback ever comes: the wait gives up (skipped), and the numbers asked go to SMS, none lost."""
-    from airflow_provider_kaleyra.phone import normalize
+    from airflow_provider_kaleyra.numbers.normalize import normalize
     from airflow_provider_kaleyra.preflight.channels import region_of
-    from airflow_provider_kaleyra.simulator import rcs_answer
+    from kaleyra_simulator import rcs_answer
 
     sim = make_simulator()  # no callback URL: Kaleyra never answers
     store = f"sqlite:///{tmp_path / 'callbacks.db'}"

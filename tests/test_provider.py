@@ -9,7 +9,7 @@ from importlib import resources
 
 import jsonschema
 
-from airflow_provider_kaleyra.config import KaleyraConfig
+from airflow_provider_kaleyra.client.config import KaleyraConfig
 from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS, get_provider_info
 
 

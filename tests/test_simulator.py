@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_kaleyra.api import (
+from airflow_provider_kaleyra.client.api import (
     API_KEY_HEADER,
     BULK_MAX,
     BULK_MIN,
@@ -28,7 +28,7 @@ from airflow_provider_kaleyra.api import (
     SOIP_CHECK_PATH,
     e164_key,
 )
-from airflow_provider_kaleyra.simulator import (
+from kaleyra_simulator import (
     CARRIER_STATUSES,
     CARRIERS,
     CallbackAuth,
@@ -91,7 +91,7 @@ def test_answers_are_stable_golden_values():
         [
             sys.executable,
             "-c",
-            "from airflow_provider_kaleyra.simulator import soip_answer as s, rcs_answer as r;"
+            "from kaleyra_simulator import soip_answer as s, rcs_answer as r;"
             "print(s('919876543210'), r('+14155550199'))",
         ],
         env={**os.environ, "PYTHONHASHSEED": "12345"},
@@ -491,7 +491,7 @@ def test_config_validation():
 def test_kaleyra_conn_fixture_builds_a_valid_config(kaleyra_conn):
     from airflow.models.connection import Connection
 
-    from airflow_provider_kaleyra.config import KaleyraConfig
+    from airflow_provider_kaleyra.client.config import KaleyraConfig
 
     conn = Connection.from_json(os.environ["AIRFLOW_CONN_KALEYRA_DEFAULT"], conn_id="kaleyra_default")
     config = KaleyraConfig.from_connection(conn)
@@ -640,7 +640,7 @@ def test_cli_prints_url_serves_and_stops_on_sigterm():
         [
             sys.executable,
             "-m",
-            "airflow_provider_kaleyra.simulator",
+            "kaleyra_simulator",
             "--port",
             "0",
             "--sid",
@@ -676,7 +676,7 @@ def test_cli_flags_are_derived_from_every_config_field():
     import argparse
     import dataclasses
 
-    from airflow_provider_kaleyra.simulator.config import FAULT_KINDS, add_arguments, config_from_args
+    from kaleyra_simulator.config import FAULT_KINDS, add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow_provider_kaleyra import config
 from airflow_provider_kaleyra.callbacks.store import get_store
+from airflow_provider_kaleyra.client import config
 from airflow_provider_kaleyra.utils.database import redact_url
 
 # How ``--workers`` hands the checked settings (never the secret: only its variable's name) to each worker.
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def _store_url(args: argparse.Namespace) -> str:
     if args.store_url:
         return args.store_url
-    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
     conn_id = args.conn_id or os.environ.get("KALEYRA_CALLBACK_CONN_ID") or DEFAULT_CONN_ID

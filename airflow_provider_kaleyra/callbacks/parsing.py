@@ -16,8 +16,8 @@ from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from airflow_provider_kaleyra.api import e164_key
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.client.api import e164_key
+from airflow_provider_kaleyra.numbers.normalize import normalize
 
 MAX_DEPTH = 6
 MAX_RESULTS = 50_000

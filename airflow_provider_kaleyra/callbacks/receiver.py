@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from airflow_provider_kaleyra.callbacks.intake import GroupCommit
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.utils.database import redact_url
 
 log = logging.getLogger(__name__)

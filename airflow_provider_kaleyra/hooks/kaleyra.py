@@ -13,15 +13,15 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_kaleyra import api
-from airflow_provider_kaleyra.batching import plan_batches, stream_batches
-from airflow_provider_kaleyra.cache import CacheMode, CacheRun, resolve
-from airflow_provider_kaleyra.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
-from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
-from airflow_provider_kaleyra.hooks.concurrency import InFlight
-from airflow_provider_kaleyra.hooks.transport import Transport
-from airflow_provider_kaleyra.phone import DistinctNumbers, mask, normalize
-from airflow_provider_kaleyra.results import Answer, RcsResult, answer_from_device, failed, result_for
+from airflow_provider_kaleyra.client import api
+from airflow_provider_kaleyra.client.concurrency import InFlight
+from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.client.transport import Transport
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, mask, normalize
+from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed, result_for
+from airflow_provider_kaleyra.rcs.batching import plan_batches, stream_batches
+from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
 _PROBE_NUMBER = "+14155552671"

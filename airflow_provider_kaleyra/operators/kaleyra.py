@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_kaleyra.api import STATUSES
-from airflow_provider_kaleyra.cache import REFRESH, CacheMode, CapabilityCacheError
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, parse_age
+from airflow_provider_kaleyra.client.api import STATUSES
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
+from airflow_provider_kaleyra.numbers.normalize import mask
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, KaleyraOperator
-from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES, BulkLookup
-from airflow_provider_kaleyra.operators.progress import Stats
-from airflow_provider_kaleyra.outputs import result_format
-from airflow_provider_kaleyra.phone import mask
+from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
+from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, BulkLookup
+from airflow_provider_kaleyra.rcs.outputs import result_format
+from airflow_provider_kaleyra.rcs.progress import Stats
 from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     pool="kaleyra").expand(shard_index=[0, 1, 2, 3])``; a ``pool`` caps concurrent API use across
     workers. Each shard looks up its contiguous slice of the distinct numbers (first-seen order)
     and writes the rows holding them; invalid rows go to shard 0. Join the shard outputs with
-    :func:`airflow_provider_kaleyra.outputs.merge_results`.
+    :func:`airflow_provider_kaleyra.rcs.outputs.merge_results`.
 
     :param output: where the results go (path or URL or ``ObjectStoragePath``): ``.csv``, or
         ``.jsonl`` / ``.json`` for JSON Lines. Kept as ``output_path``, since ``output`` is the

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_kaleyra.api import SOIP_CHUNK_SIZE
-from airflow_provider_kaleyra.batching import shard_slice
 from airflow_provider_kaleyra.callbacks.store import get_store
-from airflow_provider_kaleyra.config import StoreNotConfigured
+from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
+from airflow_provider_kaleyra.client.config import StoreNotConfigured
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator
-from airflow_provider_kaleyra.phone import DistinctNumbers
+from airflow_provider_kaleyra.rcs.batching import shard_slice
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

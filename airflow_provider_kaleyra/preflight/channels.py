@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.api import FAILED, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 

@@ -19,11 +19,11 @@ from typing import Any
 from airflow.sdk import Asset, TaskGroup, XComArg, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
-from airflow_provider_kaleyra.operators.bulk import CHECKPOINT_BATCHES
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.preflight import channels as ch, files, report
+from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
 

@@ -7,7 +7,7 @@ Writes, under the run folder:
 - ``work/numbers.csv``: the distinct valid numbers in first-seen order, the input of the RCS shards
   (which are told the input is E.164 already, so nothing is parsed twice).
 
-Memory holds the distinct numbers (:class:`~airflow_provider_kaleyra.phone.DistinctNumbers`), never the rows.
+Memory holds the distinct numbers (:class:`~airflow_provider_kaleyra.numbers.normalize.DistinctNumbers`), never the rows.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.audience import _column_index  # the one header rule (masks numbers)
-from airflow_provider_kaleyra.batching import shard_bounds
-from airflow_provider_kaleyra.phone import DistinctNumbers
+from airflow_provider_kaleyra.numbers.audience import _column_index  # the one header rule (masks numbers)
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.preflight import files
+from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
-    """The simulator's deterministic sample audience (customer_id, phone, segment) as a CSV; its rows."""
-    from airflow_provider_kaleyra.simulator import generate_audience_rows
+    """A deterministic sample audience (customer_id, phone, segment) as a CSV; its rows."""
+    from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
 
     return files.write_csv(path, ("customer_id", column, "segment"), generate_audience_rows(size, seed))
 

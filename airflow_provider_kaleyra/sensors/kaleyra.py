@@ -23,9 +23,9 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     get_store,
 )
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID, StoreNotConfigured
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.phone import DistinctNumbers, MaskedNumbers, mask
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, MaskedNumbers, mask
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_kaleyra.callbacks.store import SchemaVersionError, get_store
-from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 MAX_CONSECUTIVE_FAILURES = 5

@@ -27,9 +27,9 @@ import pytest
 import requests
 from airflow_deployment import AirflowDeployment, PostgresDatabase
 
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.preflight.channels import DEFAULT_SOIP_REGIONS, region_of
-from airflow_provider_kaleyra.simulator import (
+from kaleyra_simulator import (
     CallbackAuth,
     KaleyraSimulator,
     SimulatorConfig,

@@ -24,8 +24,8 @@ import pytest
 from airflow_deployment import PostgresDatabase
 from celery_deployment import BUCKET, S3_CONN_ID, CeleryDeployment, Redis, S3Server, wait_for_workers
 
-from airflow_provider_kaleyra.phone import normalize
-from airflow_provider_kaleyra.simulator import (
+from airflow_provider_kaleyra.numbers.normalize import normalize
+from kaleyra_simulator import (
     KaleyraSimulator,
     SimulatorConfig,
     generate_audience_rows,

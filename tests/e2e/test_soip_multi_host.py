@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from airflow_deployment import AirflowDeployment, PostgresDatabase
 
-from airflow_provider_kaleyra.simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, soip_answer
+from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, soip_answer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from airflow_provider_kaleyra.callbacks.receiver import URL_PREFIX
-from airflow_provider_kaleyra.simulator import simulator_connection
+from kaleyra_simulator import simulator_connection
 
 # Recognisable secrets: if any of these shows up in a log, an XCom, a repr or an error, it leaked.
 SECRET_API_KEY = "SECRET-APIKEY-zq81x"

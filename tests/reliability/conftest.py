@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _reliability import SECRET_API_KEY, RecordCollector, connection_json
 
-from airflow_provider_kaleyra.simulator import KaleyraSimulator
+from kaleyra_simulator import KaleyraSimulator
 
 
 @pytest.fixture

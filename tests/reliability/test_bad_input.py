@@ -9,12 +9,12 @@ import phonenumbers
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
-from airflow_provider_kaleyra.audience import MAX_LINE_BYTES, read_audience
-from airflow_provider_kaleyra.batching import plan_batch_sizes, plan_batches, shard_bounds
+from airflow_provider_kaleyra.client.api import BULK_MAX, BULK_MIN
+from airflow_provider_kaleyra.numbers.audience import MAX_LINE_BYTES, read_audience
+from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.outputs import read_results
-from airflow_provider_kaleyra.phone import normalize
+from airflow_provider_kaleyra.rcs.batching import plan_batch_sizes, plan_batches, shard_bounds
+from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")

@@ -20,9 +20,9 @@ from pathlib import Path
 from _reliability import SECRETS
 
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.outputs import read_results
-from airflow_provider_kaleyra.simulator import rcs_answer
+from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
+from kaleyra_simulator import rcs_answer
 
 ROWS = 12_000
 CHECKPOINT_BATCHES = 2  # ~24 bulk calls of ~490 -> 12 parts

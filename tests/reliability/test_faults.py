@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.exceptions import KaleyraApiError
+from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.simulator import FAULT_KINDS, rcs_answer
+from kaleyra_simulator import FAULT_KINDS, rcs_answer
 
 AREAS = (212, 310, 415, 646, 702, 213, 305, 512, 617, 720)
 EXCHANGES = (201, 555, 734, 919, 482)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from hostile_server import HostileServer, bulk_answer
 
-from airflow_provider_kaleyra.api import INVALID, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.audience import read_audience
+from airflow_provider_kaleyra.client.api import INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.numbers.audience import read_audience
+from airflow_provider_kaleyra.numbers.normalize import SCIENTIFIC_NOTATION, normalize
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.phone import SCIENTIFIC_NOTATION, normalize
 from airflow_provider_kaleyra.utils.storage import as_path
 
 ANSWERED = {RCS_ENABLED, RCS_DISABLED}

@@ -34,12 +34,12 @@ from hostile_server import (
     throttle,
 )
 
-from airflow_provider_kaleyra.api import FAILED, RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.exceptions import KaleyraAuthError
+from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
+from airflow_provider_kaleyra.client.transport import MAX_BODY_BYTES, call_budget
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.hooks.transport import MAX_BODY_BYTES, call_budget
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.results import NO_RCS_ENABLED, UNREADABLE_RCS_ENABLED
+from airflow_provider_kaleyra.rcs.answers import NO_RCS_ENABLED, UNREADABLE_RCS_ENABLED
 
 ANSWERED = {RCS_ENABLED, RCS_DISABLED}
 

@@ -23,13 +23,13 @@ from _reliability import SECRET_API_KEY, SECRET_CALLBACK, SECRETS
 
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, URL_PREFIX, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
-from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
-from airflow_provider_kaleyra.simulator import CallbackAuth
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
+from kaleyra_simulator import CallbackAuth
 
 pytest_plugins = ["conftest_airflow"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from airflow_provider_kaleyra.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
+from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
 
 DEFAULT_CONN_ID = "kaleyra_default"
 CONN_TYPE = "kaleyra"

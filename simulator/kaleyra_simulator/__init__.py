@@ -15,9 +15,9 @@ dice, rate limit), ``callbacks`` (SOIP callback delivery), ``stats``, ``server``
 
 from __future__ import annotations
 
-from airflow_provider_kaleyra.simulator.answers import CARRIER_STATUSES, CARRIERS, rcs_answer, soip_answer
-from airflow_provider_kaleyra.simulator.audience import generate_audience_rows
-from airflow_provider_kaleyra.simulator.config import (
+from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
+from kaleyra_simulator.answers import CARRIER_STATUSES, CARRIERS, rcs_answer, soip_answer
+from kaleyra_simulator.config import (
     DEFAULT_API_KEY,
     DEFAULT_SID,
     FAULT_KINDS,
@@ -25,7 +25,7 @@ from airflow_provider_kaleyra.simulator.config import (
     SimulatorConfig,
     simulator_connection,
 )
-from airflow_provider_kaleyra.simulator.server import KaleyraSimulator
+from kaleyra_simulator.server import KaleyraSimulator
 
 __all__ = [
     "CARRIERS",

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.results import FIELDS, RcsResult
+from airflow_provider_kaleyra.rcs.answers import FIELDS, RcsResult
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 WRITE_BUFFER = 4096  # lines per write call: the store's file wrappers are costly per call

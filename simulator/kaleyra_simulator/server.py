@@ -22,12 +22,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from airflow_provider_kaleyra.simulator.answers import str_error
-from airflow_provider_kaleyra.simulator.callbacks import CallbackDispatcher
-from airflow_provider_kaleyra.simulator.config import SimulatorConfig, simulator_connection
-from airflow_provider_kaleyra.simulator.endpoints import Reset, answer
-from airflow_provider_kaleyra.simulator.faults import Dice, TokenBucket
-from airflow_provider_kaleyra.simulator.stats import Stats
+from kaleyra_simulator.answers import str_error
+from kaleyra_simulator.callbacks import CallbackDispatcher
+from kaleyra_simulator.config import SimulatorConfig, simulator_connection
+from kaleyra_simulator.endpoints import Reset, answer
+from kaleyra_simulator.faults import Dice, TokenBucket
+from kaleyra_simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 

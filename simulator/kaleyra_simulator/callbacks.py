@@ -20,10 +20,10 @@ from typing import Any
 
 import requests
 
-from airflow_provider_kaleyra.phone import mask
-from airflow_provider_kaleyra.simulator.answers import json_bytes, soip_answer
-from airflow_provider_kaleyra.simulator.config import SimulatorConfig
-from airflow_provider_kaleyra.simulator.stats import Stats
+from airflow_provider_kaleyra.numbers.normalize import mask
+from kaleyra_simulator.answers import json_bytes, soip_answer
+from kaleyra_simulator.config import SimulatorConfig
+from kaleyra_simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 

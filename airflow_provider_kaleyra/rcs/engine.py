@@ -30,17 +30,17 @@ from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.api import FAILED, STATUSES
-from airflow_provider_kaleyra.audience import AudienceRow
-from airflow_provider_kaleyra.batching import Shard, plan_batch_sizes, shard_slice, split, stream_batches
-from airflow_provider_kaleyra.cache import CacheRun
+from airflow_provider_kaleyra.client.api import FAILED, STATUSES
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.operators.checkpoint import Checkpoint, fingerprint
-from airflow_provider_kaleyra.operators.progress import Progress, Stats
-from airflow_provider_kaleyra.operators.spool import Spool
-from airflow_provider_kaleyra.outputs import ResultWriter, write_results
-from airflow_provider_kaleyra.phone import DistinctNumbers, already_e164, normalize
-from airflow_provider_kaleyra.results import Answer, failed, result_for, shared
+from airflow_provider_kaleyra.numbers.audience import AudienceRow
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, already_e164, normalize
+from airflow_provider_kaleyra.rcs.answers import Answer, failed, result_for, shared
+from airflow_provider_kaleyra.rcs.batching import Shard, plan_batch_sizes, shard_slice, split, stream_batches
+from airflow_provider_kaleyra.rcs.cache import CacheRun
+from airflow_provider_kaleyra.rcs.checkpoint import Checkpoint, fingerprint
+from airflow_provider_kaleyra.rcs.outputs import ResultWriter, write_results
+from airflow_provider_kaleyra.rcs.progress import Progress, Stats
+from airflow_provider_kaleyra.rcs.spool import Spool
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 _SPOOL_ROWS = 4096  # rows per spool block

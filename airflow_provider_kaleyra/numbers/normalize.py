@@ -5,7 +5,7 @@
 code are read with an explicit default region and always gated on ``is_valid_number``.
 
 Speed: inputs that are ``+`` and digits, or digits read with a default region (nearly all
-of them), are answered by :mod:`airflow_provider_kaleyra.utils.fastphone`, which replays
+of them), are answered by :mod:`airflow_provider_kaleyra.numbers.fastphone`, which replays
 ``phonenumbers``' parse and validation for exactly those strings from its own metadata,
 with precompiled patterns; everything else goes through ``phonenumbers`` itself. The
 answer is the same either way (``tests/test_phone.py`` checks it).
@@ -23,7 +23,7 @@ from typing import NamedTuple
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from airflow_provider_kaleyra.utils import fastphone as _fastphone
+from airflow_provider_kaleyra.numbers import fastphone as _fastphone
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def _sample() -> list[tuple[str, str | None]]:
 
 
 def fast_path_enabled() -> bool:
-    """Whether :mod:`~airflow_provider_kaleyra.utils.fastphone` is used: its first-use self-check,
+    """Whether :mod:`~airflow_provider_kaleyra.numbers.fastphone` is used: its first-use self-check,
     once per process, found no difference from plain ``phonenumbers`` (the property tests cover the
     pinned version; this catches a release that slipped past the pin, or a forced install)."""
     global _trusted

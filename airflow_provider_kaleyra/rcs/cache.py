@@ -29,9 +29,9 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from airflow_provider_kaleyra.api import RCS_DISABLED, RCS_ENABLED
-from airflow_provider_kaleyra.batching import plan_batch_sizes
-from airflow_provider_kaleyra.results import Answer, shared
+from airflow_provider_kaleyra.client.api import RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.rcs.answers import Answer, shared
+from airflow_provider_kaleyra.rcs.batching import plan_batch_sizes
 from airflow_provider_kaleyra.utils.database import create_database_engine, redact_url
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_kaleyra.api import API_KEY_HEADER
-from airflow_provider_kaleyra.exceptions import KaleyraApiError, KaleyraAuthError, error_for_answer
+from airflow_provider_kaleyra.client.api import API_KEY_HEADER
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, error_for_answer
 
 log = logging.getLogger(__name__)
 

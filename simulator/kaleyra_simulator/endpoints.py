@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kaleyra.api import (
+from airflow_provider_kaleyra.client.api import (
     API_KEY_HEADER,
     BULK_MAX,
     BULK_MIN,
@@ -35,7 +35,7 @@ from airflow_provider_kaleyra.api import (
     SOIP_CHECK_PATH,
     soip_number,
 )
-from airflow_provider_kaleyra.simulator.answers import (
+from kaleyra_simulator.answers import (
     E164_RE,
     RCS_OK_CODE,
     RCS_OK_MESSAGE,
@@ -49,11 +49,11 @@ from airflow_provider_kaleyra.simulator.answers import (
     soip_bad,
     str_error,
 )
-from airflow_provider_kaleyra.simulator.callbacks import callback_payloads
-from airflow_provider_kaleyra.simulator.config import SimulatorConfig
+from kaleyra_simulator.callbacks import callback_payloads
+from kaleyra_simulator.config import SimulatorConfig
 
 if TYPE_CHECKING:
-    from airflow_provider_kaleyra.simulator.server import KaleyraSimulator
+    from kaleyra_simulator.server import KaleyraSimulator
 
 Answer = tuple[int, bytes, dict[str, str] | None]
 

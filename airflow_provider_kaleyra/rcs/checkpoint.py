@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.results import Answer
+from airflow_provider_kaleyra.rcs.answers import Answer
 from airflow_provider_kaleyra.utils.storage import open_atomic
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from airflow_provider_kaleyra.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 
 FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error", "source", "age_seconds")
 

@@ -1,4 +1,4 @@
-"""``kaleyra-simulator`` / ``python -m airflow_provider_kaleyra.simulator``: serve until SIGINT/SIGTERM."""
+"""``kaleyra-simulator`` / ``python -m kaleyra_simulator``: serve until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import threading
 from typing import Any
 
-from airflow_provider_kaleyra.simulator.config import add_arguments, config_from_args
-from airflow_provider_kaleyra.simulator.server import KaleyraSimulator
+from kaleyra_simulator.config import add_arguments, config_from_args
+from kaleyra_simulator.server import KaleyraSimulator
 
 
 def _parser() -> argparse.ArgumentParser:

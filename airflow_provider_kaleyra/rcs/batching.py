@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple, TypeVar
 
-from airflow_provider_kaleyra.api import BULK_MAX, BULK_MIN
+from airflow_provider_kaleyra.client.api import BULK_MAX, BULK_MIN
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""A fast path for the common case of :func:`airflow_provider_kaleyra.phone.normalize`.
+"""A fast path for the common case of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
 Why it exists
 -------------
@@ -26,7 +26,7 @@ It replays private ``phonenumbers`` internals, so a release could change answers
 
 * ``pyproject.toml`` pins ``phonenumbers`` to the minor series the property tests in
   ``tests/test_phone.py`` cover (to widen it: install the new version, run those tests).
-* On first use, :func:`~airflow_provider_kaleyra.phone.normalize` compares this module with
+* On first use, :func:`~airflow_provider_kaleyra.numbers.normalize.normalize` compares this module with
   plain ``phonenumbers`` on a fixed sample (``phone.fast_path_enabled``); on any difference, or
   any error, it logs once and uses plain ``phonenumbers`` for every number from then on.
 

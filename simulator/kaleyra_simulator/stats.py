@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from airflow_provider_kaleyra.simulator.config import FAULT_KINDS
+from kaleyra_simulator.config import FAULT_KINDS
 
 ENDPOINTS = ("rcs_single", "rcs_bulk", "soip_check", "sim", "unknown")
 

@@ -6,14 +6,14 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from airflow_provider_kaleyra.cache import get_cache
 from airflow_provider_kaleyra.callbacks.cli import parse_age
+from airflow_provider_kaleyra.rcs.cache import get_cache
 from airflow_provider_kaleyra.utils.database import redact_url
 
 
 def purge_cache(older_than: str = "30d", kaleyra_conn_id: str | None = None) -> int:
     """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a ``@task``."""
-    from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
     config = KaleyraHook(kaleyra_conn_id or DEFAULT_CONN_ID).config
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = args.url
     if not url:
-        from airflow_provider_kaleyra.config import DEFAULT_CONN_ID
+        from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
         from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
         url = KaleyraHook(args.conn_id or DEFAULT_CONN_ID).config.cache_url

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from airflow_provider_kaleyra.simulator.config import SimulatorConfig
+from kaleyra_simulator.config import SimulatorConfig
 
 # A request hits at most one of these (the first roll that succeeds, in this order)...
 _EXCLUSIVE = ("reset", "error_5xx", "rate_429")
