@@ -14,7 +14,9 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from common import Row, free_port, log, median, row, wait_for_health
+from common import Row, log, median, row
+
+from kaleyra_simulator.harness import free_port, start_receiver, stop, wait_for_health
 
 
 def _callback_body(i: int) -> bytes:
@@ -110,33 +112,12 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), workers=workers, log_l
 """
 
 
-def serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def serve_bare(tmp: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, *(str(port) if arg == "PORT" else arg for arg in args)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_health(port, proc)
+    args = ["-c", _BARE_SERVER, tmp, str(port), str(workers)]
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_health(port, proc, workers)
     return proc, port
-
-
-def receiver_args(url: str) -> list[str]:
-    return [
-        "-m",
-        "airflow_provider_kaleyra.callbacks",
-        "--host",
-        "127.0.0.1",
-        "--store-url",
-        url,
-        "--secret-env",
-        "KALEYRA_BENCH_SECRET",
-        "--log-level",
-        "warning",
-        "--port",
-        "PORT",
-    ]
 
 
 def _fsync(url: str) -> str:
@@ -175,7 +156,6 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
     """Receiver (group commit) against a bare endpoint on the same stack, same clients, same run."""
     count = 2_000 if quick else 10_000
     secret = "bench-callback-secret-0123456789"
-    env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
     rows = []
     with tempfile.TemporaryDirectory(prefix="kaleyra-cb-") as tmp:
         Path(tmp, "bare_endpoint.py").write_text(_BARE_APP)
@@ -184,8 +164,8 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
         if pg:
             stores.append(("PostgreSQL", pg))
         for (name, url), (clients, workers) in [(store, case) for store in stores for case in CALLBACK_CASES]:
-            bare, bare_port = serve(["-c", _BARE_SERVER, tmp, "PORT", str(workers)])
-            proc, port = serve([*receiver_args(url), "--workers", str(workers)], env)
+            bare, bare_port = serve_bare(tmp, workers)
+            proc, port = start_receiver(url, secret, workers=workers)
             try:
                 http_t, bare_t, lost, http_cpu, bare_cpu = [], [], 0, [], []
                 for run in range(runs):
@@ -205,9 +185,8 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
                         f"{count - stored} lost"
                     )
             finally:
-                for server in (proc, bare):
-                    server.terminate()
-                    server.wait(timeout=15)
+                stop(proc)
+                stop(bare)
             http_s, bare_s = median(http_t), median(bare_t)
             rows.append(
                 row(

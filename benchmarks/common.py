@@ -1,30 +1,25 @@
-"""What the benchmark sections share: the result rows, the simulator as a child process, the
-benchmark connection, the hook lookup timed as a task would run it, and the report."""
+"""What the benchmark sections share: the result rows, the benchmark connection, the hook lookup
+timed as a task would run it, and the report (processes: ``kaleyra_simulator.harness``)."""
 
 from __future__ import annotations
 
 import gc
-import http.client
 import json
 import math
 import os
 import platform
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import phonenumbers
-import requests
 
 from kaleyra_simulator import rcs_answer, simulator_connection
 from kaleyra_simulator.answers import clear_caches
+from kaleyra_simulator.harness import SimulatorProcess
 
 LATENCY = 0.15
 CONN_ID = "kaleyra_bench"
@@ -46,53 +41,6 @@ def log(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Simulator:
-    """The Kaleyra simulator as a child process (its CLI), driven through its /_sim endpoints."""
-
-    def __init__(self, **config: Any) -> None:
-        args = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING"]
-        for key, value in config.items():
-            if value is not None:
-                args += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http"):
-            raise RuntimeError("the simulator did not start")
-
-    def configure(self, **changes: Any) -> None:
-        requests.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
-
-    def reset(self) -> None:
-        requests.post(f"{self.url}/_sim/reset", timeout=10).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        return requests.get(f"{self.url}/_sim/stats", timeout=10).json()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@contextmanager
-def simulator(**config: Any) -> Iterator[Simulator]:
-    sim = Simulator(**config)
-    try:
-        yield sim
-    finally:
-        sim.close()
-
-
 def set_connection(url: str, **extra: Any) -> None:
     """The ``kaleyra_bench`` connection, as an Airflow JSON connection in the environment."""
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(simulator_connection(url, **extra))
@@ -107,7 +55,7 @@ def expected_status(e164: str) -> str:
     return "rcs_enabled" if rcs_answer(e164)["rcsEnabled"] else "rcs_disabled"
 
 
-def warm_simulator(sim: Simulator, numbers: list[str]) -> None:
+def warm_simulator(sim: SimulatorProcess, numbers: list[str]) -> None:
     """One unthrottled pass so the simulator's answer cache is warm: its CPU is not the client's
     (the real API runs elsewhere), and on this 2-core machine it would otherwise compete."""
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
@@ -140,32 +88,6 @@ def cpu_seconds() -> float:
     """CPU time of this process, every thread (the simulator is a child process: not counted)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS. ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
-    the parent's memory across fork/exec, so a child of a big parent would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def wait_for_health(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the callback receiver exited at start")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/kaleyra/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the callback receiver did not start")
 
 
 def machine() -> str:

@@ -12,10 +12,11 @@ from common import (
     median,
     row,
     set_connection,
-    simulator,
     warm_simulator,
 )
 from inputs import valid_e164_numbers
+
+from kaleyra_simulator.harness import simulator_process
 
 
 def bench_goodput(quick: bool, runs: int) -> list[Row]:
@@ -26,7 +27,7 @@ def bench_goodput(quick: bool, runs: int) -> list[Row]:
     )
     rows = []
     audience = valid_e164_numbers(max(n for _, n in cases))
-    with simulator(latency=LATENCY) as sim:
+    with simulator_process(latency=LATENCY) as sim:
         warm_simulator(sim, audience)
         for rate, count in cases:
             numbers = audience[:count]

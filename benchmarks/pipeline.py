@@ -18,10 +18,11 @@ from common import (
     median,
     row,
     set_connection,
-    simulator,
     warm_simulator,
 )
 from inputs import valid_e164_numbers
+
+from kaleyra_simulator.harness import simulator_process
 
 
 def operator_lookup(audience: str, output: str) -> tuple[float, dict[str, Any]]:
@@ -47,7 +48,10 @@ def bench_pipeline(quick: bool, runs: int) -> list[Row]:
     cases = [(100, 50_000)] if quick else [(20, 200_000), (100, 200_000)]
     rows = []
     audience = valid_e164_numbers(max(n for _, n in cases))
-    with simulator(latency=LATENCY) as sim, tempfile.TemporaryDirectory(prefix="kaleyra-goodput-") as tmp:
+    with (
+        simulator_process(latency=LATENCY) as sim,
+        tempfile.TemporaryDirectory(prefix="kaleyra-goodput-") as tmp,
+    ):
         warm_simulator(sim, audience)
         for rate, count in cases:
             path = os.path.join(tmp, f"audience-{count}.txt")

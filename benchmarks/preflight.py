@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import CONN_ID, Simulator, free_port, machine, peak_rss_mib, wait_for_health
+from common import CONN_ID, machine
+
+from kaleyra_simulator.harness import SimulatorProcess, peak_rss_mib, start_receiver, stop
 
 SECRET = "bench-preflight-secret-0123456789"
 SHARDS, POOL_SLOTS, REGION = 4, 2, "US"
@@ -103,7 +105,7 @@ def run_step(step: str, args: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def preflight(audience: str, run_dir: str, soip: bool, sim: Simulator) -> dict[str, Any]:
+def preflight(audience: str, run_dir: str, soip: bool, sim: SimulatorProcess) -> dict[str, Any]:
     """The task group's steps, in order; returns per-task figures and the API calls."""
     started = time.perf_counter()
     base = {"run_dir": run_dir, "audience": audience}
@@ -181,20 +183,12 @@ def main() -> int:
         audience = f"{tmp}/audience.csv"
         write_sample_audience(as_path(audience), options.rows, seed=42)
         store_url = os.environ.get("KALEYRA_TEST_POSTGRES_URL") or f"sqlite:///{tmp}/callbacks.db"
-        port = free_port()
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "airflow_provider_kaleyra.callbacks", "--port", str(port),
-             "--store-url", store_url, "--secret-env", "KALEYRA_BENCH_SECRET", "--log-level", "warning"],
-            env={**os.environ, "KALEYRA_BENCH_SECRET": SECRET},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        sim = Simulator(
+        receiver, port = start_receiver(store_url, SECRET)
+        sim = SimulatorProcess(
             callback_url=f"http://127.0.0.1:{port}/kaleyra/soip/callback",
             callback_auth=f"header:X-Kaleyra-Secret:{SECRET}",
         )
         try:
-            wait_for_health(port, receiver)
             extra = {"rcs_base_url": sim.url, "soip_base_url": sim.url, "default_region": REGION,
                      "rate_limit": 0, "max_concurrency": 8, "callback_profile_id": "bench",
                      "callback_secret": SECRET, "callback_store_url": store_url}  # fmt: skip
@@ -209,8 +203,7 @@ def main() -> int:
                 runs[name]["wrong"] = check(audience, run_dir, soip)
         finally:
             sim.close()
-            receiver.terminate()
-            receiver.wait(timeout=15)
+            stop(receiver)
     print(f"\nCampaign preflight of {options.rows:,} rows (simulator without latency, rate limit off)\n")
     print("| task | RCS only: s | RCS only: peak RSS MiB | RCS + SOIP: s | RCS + SOIP: peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CONN_ID, Row, Simulator, log, median, peak_rss_mib, row, set_connection, simulator
+from common import CONN_ID, Row, log, median, row, set_connection
 from inputs import audience_lines
+
+from kaleyra_simulator.harness import SimulatorProcess, peak_rss_mib, simulator_process
 
 SCALE_ROWS = 1_000_000  # run.py --scale-rows changes it (the 10,000,000-row plan in README.md)
 
@@ -91,7 +93,7 @@ def bench_scale(quick: bool, runs: int, rows: int = SCALE_ROWS) -> list[Row]:
             for line in audience_lines(count):
                 stream.write(line.replace("\n", " ") + "\n")
         rows = []
-        with simulator() as sim:
+        with simulator_process() as sim:
             # the connection's default concurrency (max_concurrency is only a cap); no rate limit
             set_connection(sim.url, rate_limit=0, default_region="IN")
             results: dict[str, list[dict[str, Any]]] = {"operator": [], "memory": []}
@@ -142,7 +144,7 @@ def bench_scale(quick: bool, runs: int, rows: int = SCALE_ROWS) -> list[Row]:
     return rows
 
 
-def shard_tasks(sim: Simulator, audience: str, tmp: str, count: int, shards: int = 4) -> list[Row]:
+def shard_tasks(sim: SimulatorProcess, audience: str, tmp: str, count: int, shards: int = 4) -> list[Row]:
     """The preflight's lookup tasks over the distinct E.164 numbers of the audience (what its prepare
     step writes), each task a child process, one after another: wall time, peak RSS, API calls.
 

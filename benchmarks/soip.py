@@ -9,8 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from callbacks import clear_store, receiver_args, serve
-from common import CONN_ID, Row, log, row, set_connection, simulator
+from callbacks import clear_store
+from common import CONN_ID, Row, log, row, set_connection
+
+from kaleyra_simulator.harness import simulator_process, start_receiver, stop
 
 
 def bench_soip(quick: bool, runs: int) -> list[Row]:
@@ -24,15 +26,14 @@ def bench_soip(quick: bool, runs: int) -> list[Row]:
 
     count = 10_000 if quick else 100_000
     secret = "bench-soip-secret-0123456789"
-    env = {**os.environ, "KALEYRA_BENCH_SECRET": secret}
     with tempfile.TemporaryDirectory(prefix="kaleyra-soip-") as tmp:
         url = os.environ.get("KALEYRA_BENCH_POSTGRES_URL") or f"sqlite:///{tmp}/callbacks.db"
         clear_store(url)
         audience = Path(tmp) / "audience.txt"
         audience.write_text("".join(f"+9198{i:08d}\n" for i in range(count)))
-        receiver, port = serve(receiver_args(url), env)
+        receiver, port = start_receiver(url, secret)
         try:
-            with simulator(
+            with simulator_process(
                 callback_url=f"http://127.0.0.1:{port}/kaleyra/soip/callback",
                 callback_auth=f"header:X-Kaleyra-Secret:{secret}",
             ) as sim:
@@ -59,8 +60,7 @@ def bench_soip(quick: bool, runs: int) -> list[Row]:
                     result = sensor.execute_complete({}, event.payload)
                 elapsed = time.perf_counter() - started
         finally:
-            receiver.terminate()
-            receiver.wait(timeout=15)
+            stop(receiver)
     answered = result["summary"]["answered"]
     xcom = len(json.dumps(summary)) + len(json.dumps(result))
     log(f"soip: {count:,} numbers in {elapsed:.1f} s, {answered:,} answered, XCom {xcom} bytes")

@@ -5,4 +5,5 @@ set -euo pipefail
 export KALEYRA_SETUP_POSTGRES=1
 # shellcheck source=setup.sh
 . "$(dirname "$0")/setup.sh"
+trap stop_postgres EXIT
 python benchmarks/run.py "$@"

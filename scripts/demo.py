@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,25 +69,12 @@ def _quiet(log_file: Path | None) -> Iterator[None]:
 @contextlib.contextmanager
 def receiver(store_url: str) -> Iterator[str]:
     """The provider's callback receiver served by uvicorn on a free port; yields its callback URL."""
-    import uvicorn
-
     from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
     from airflow_provider_kaleyra.callbacks.store import get_store
+    from kaleyra_simulator.harness import serve_app
 
-    app = create_standalone_app(store=get_store(store_url), secret=SECRET)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not (server.started and server.servers):
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with serve_app(create_standalone_app(store=get_store(store_url), secret=SECRET)) as port:
         yield f"http://127.0.0.1:{port}/kaleyra/soip/callback"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def expected_channel(phone: str, soip: bool) -> tuple[str, str]:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from kaleyra_simulator import KaleyraSimulator, SimulatorConfig
+from kaleyra_simulator import KaleyraSimulator, SimulatorConfig, harness
 
 TEST_SID = "AC-TEST-SID"
 TEST_API_KEY = "test-api-key-0123456789"
@@ -61,27 +60,8 @@ def kaleyra_conn(
 @pytest.fixture
 def serve_app() -> Iterator[Callable[..., int]]:
     """Factory: ``serve_app(app)`` serves an ASGI app with uvicorn on a free 127.0.0.1 port, returns the port."""
-    import uvicorn
-
-    running: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def start(app: Any, log_level: str = "warning") -> int:
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
-        deadline = time.monotonic() + 10
-        while not (server.started and server.servers):
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return server.servers[0].sockets[0].getsockname()[1]
-
-    yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with ExitStack() as running:
+        yield lambda app, log_level="warning": running.enter_context(harness.serve_app(app, log_level))
 
 
 class StructlogEvents:

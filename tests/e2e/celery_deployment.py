@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_deployment import AirflowDeployment, _airflow_bin, free_port
+from airflow_deployment import AirflowDeployment, _airflow_bin
+
+from kaleyra_simulator.harness import free_port
 
 BUCKET = "kaleyra-e2e"
 S3_CONN_ID = "s3_e2e"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections import Counter
 from typing import Any
@@ -20,6 +19,7 @@ from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, R
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from kaleyra_simulator import FAULT_KINDS, rcs_answer
+from kaleyra_simulator.harness import free_port
 
 AREAS = (212, 310, 415, 646, 702, 213, 305, 512, 617, 720)
 EXCHANGES = (201, 555, 734, 919, 482)
@@ -206,14 +206,8 @@ def test_every_fault_kind_at_a_heavy_rate_still_accounts_for_every_input(
     assert {r.e164 for r in results if r.e164} <= {e for e in expected if e}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_dead_endpoint_fails_in_bounded_time_with_a_clear_message(use_connection):
-    port = _free_port()  # nothing listens here any more
+    port = free_port()  # nothing listens here any more
     use_connection(f"http://127.0.0.1:{port}", timeout=1, max_retries=2, retry_backoff=0.05)
     hook = KaleyraHook()
     started = time.monotonic()

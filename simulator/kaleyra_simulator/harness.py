@@ -1,0 +1,155 @@
+"""Process plumbing shared by the tests, the benchmarks and the demo: a free port, an ASGI app served
+in a thread, the simulator and the callback receiver as child processes (as the real API and a real
+receiver run: they do not share the caller's GIL), and a process's peak RSS."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+RECEIVER_SECRET_ENV = "KALEYRA_HARNESS_SECRET"
+
+
+def free_port() -> int:
+    """A port nothing listens on now (127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_app(app: Any, log_level: str = "warning") -> Iterator[int]:
+    """``app`` (ASGI) served by uvicorn in a thread of this process on a free port; yields the port."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class SimulatorProcess:
+    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
+
+    def __init__(self, **config: Any) -> None:
+        args = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING"]
+        for key, value in config.items():
+            if value is not None:
+                args += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the simulator did not start")
+
+    def configure(self, **changes: Any) -> None:
+        requests.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/_sim/reset", timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/_sim/stats", timeout=10).json()
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+@contextmanager
+def simulator_process(**config: Any) -> Iterator[SimulatorProcess]:
+    sim = SimulatorProcess(**config)
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
+    """Returns once the server of ``proc`` answers ``/kaleyra/health`` and its ``workers`` run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited at start")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/kaleyra/health")
+            healthy = conn.getresponse().status == 200
+            conn.close()
+        except OSError:
+            healthy = False
+        if healthy and (workers <= 1 or _children(proc.pid) >= workers):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the server did not start")
+
+
+def _children(pid: int) -> int:
+    import psutil
+
+    return len(psutil.Process(pid).children())
+
+
+def start_receiver(
+    store_url: str, secret: str, *, workers: int = 1, capture: bool = False
+) -> tuple[subprocess.Popen, int]:
+    """The standalone receiver (``python -m airflow_provider_kaleyra.callbacks``, real uvicorn) on a
+    free port, expecting ``secret``; returns once it is healthy. ``capture``: its output goes to
+    ``proc.stdout``, else nowhere."""
+    port = free_port()
+    command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--store-url", store_url, "--secret-env", RECEIVER_SECRET_ENV]
+    command += ["--log-level", "warning", "--workers", str(workers)]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        env={**os.environ, RECEIVER_SECRET_ENV: secret},
+        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
+    )
+    try:
+        wait_for_health(port, proc, workers)
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc, port
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
+    the parent's memory across fork/exec, so a child of a big parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
