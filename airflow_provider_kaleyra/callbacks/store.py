@@ -20,26 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Table,
-    delete,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.engine import Connection, make_url
 
 from airflow_provider_kaleyra.callbacks import store_sql as sql
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.schema import (
     SCHEMA_VERSION,
     callbacks_table,
-    metadata,
     results_table,
     schema_version_table,
     submissions_table,
 )
-from airflow_provider_kaleyra.utils.database import create_database_engine, redact_url
+from airflow_provider_kaleyra.utils.database import Database, redact_url
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 log = logging.getLogger(__name__)
@@ -87,73 +80,45 @@ class CallbackResult:
         }
 
 
-class CallbackStore:
+class CallbackStore(Database):
     """Callbacks, their per-number results and the submitted numbers, in one database.
 
     :param url: SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://...``.
     """
 
+    metadata = callbacks_table.metadata
+    setting = "callback store URL"
+    error = CallbackStoreError
+    lock_key = _PG_LOCK_KEY
+
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
-        self._ready = False
+        super().__init__(url)
         self._writer: Any = None  # the group commit's own connection (see add_callbacks)
         self._writer_lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"CallbackStore({redact_url(self.url)!r})"
-
-    # -- engine and schema ---------------------------------------------------------------------
 
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql`` (others are refused when the engine is created)."""
         return make_url(self.url).get_backend_name()
 
-    @property
-    def engine(self) -> Engine:
-        """Created on first use, tables included; no connection is made before that."""
-        if not self._ready:
-            with self._lock:
-                if not self._ready:
-                    self._engine = self._engine or self._create_engine()
-                    self._ensure_schema(self._engine)
-                    self._ready = True
-        assert self._engine is not None
-        return self._engine
-
-    def _create_engine(self) -> Engine:
-        return create_database_engine(
-            self.url, setting="callback store URL", error=CallbackStoreError, pool_size=5, max_overflow=10
-        )
-
-    def _ensure_schema(self, engine: Engine) -> None:
-        with self._write(engine) as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-            metadata.create_all(conn, checkfirst=True)
-            found = conn.execute(select(func.max(schema_version_table.c.version))).scalar()
-            if found is None:
-                conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
-            elif found > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"callback store {redact_url(self.url)} has schema version {found}, newer than "
-                    f"{SCHEMA_VERSION} which this airflow-provider-kaleyra understands: upgrade the "
-                    "provider everywhere that uses this store"
-                )
-
-    def _write(self, engine: Engine | None = None) -> Any:
-        """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), so writers queue."""
-        return (engine or self.engine).execution_options(kaleyra_write=True).begin()
+    def _prepare(self, conn: Connection) -> None:
+        """The schema version: written on a new database, checked on an existing one."""
+        found = conn.execute(select(func.max(schema_version_table.c.version))).scalar()
+        if found is None:
+            conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
+        elif found > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"callback store {redact_url(self.url)} has schema version {found}, newer than "
+                f"{SCHEMA_VERSION} which this airflow-provider-kaleyra understands: upgrade the "
+                "provider everywhere that uses this store"
+            )
 
     def dispose(self) -> None:
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        if self._engine is not None:
-            self._engine.dispose()
+        super().dispose()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -241,7 +206,7 @@ class CallbackStore:
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
         cutoff = datetime.now(UTC) - older_than
-        with self._write() as conn:
+        with self.write() as conn:
             conn.execute(delete(results_table).where(results_table.c.received_at < cutoff))
             deleted = conn.execute(delete(callbacks_table).where(callbacks_table.c.received_at < cutoff))
             conn.execute(delete(submissions_table).where(submissions_table.c.created_at < cutoff))
@@ -255,7 +220,7 @@ class CallbackStore:
         """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
         now = datetime.now(UTC)
         added = 0
-        with self._write() as conn:
+        with self.write() as conn:
             rows: list[dict[str, Any]] = []
             for number in numbers:
                 rows.append({"submission_id": submission_id, "number": number, "created_at": now})

@@ -15,24 +15,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select
 
 from airflow_provider_kaleyra.client.api import RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
 from airflow_provider_kaleyra.rcs.batching import plan_batch_sizes
-from airflow_provider_kaleyra.utils.database import create_database_engine, redact_url
+from airflow_provider_kaleyra.utils.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -102,44 +99,14 @@ def _value(stored: str | None) -> Any:
     return json.loads(stored[1:]) if stored and stored[0] == _JSON else stored
 
 
-class CapabilityCache:
+class CapabilityCache(Database):
     """The table and its statements; one engine per URL per process (:func:`get_cache`)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"CapabilityCache({redact_url(self.url)!r})"
-
-    @property
-    def engine(self) -> Engine:
-        """Created on first use, with the table; no connection is made before that."""
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = self._create()
-        return self._engine
-
-    def _create(self) -> Engine:
-        engine = create_database_engine(
-            self.url, setting="cache_url", error=CapabilityCacheError, pool_size=2, max_overflow=2
-        )
-        with self._write(engine) as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-            metadata.create_all(conn, checkfirst=True)
-        return engine
-
-    @staticmethod
-    @contextmanager
-    def _write(engine: Engine) -> Iterator[Connection]:
-        """A transaction that takes SQLite's write lock up front, so writers queue instead of failing."""
-        with engine.connect() as conn:
-            conn.execution_options(kaleyra_write=True)
-            with conn.begin():
-                yield conn
+    metadata = cache_table.metadata
+    setting = "cache_url"
+    error = CapabilityCacheError
+    lock_key = _PG_LOCK_KEY
+    pool_size = max_overflow = 2
 
     def fresh(
         self,
@@ -187,7 +154,7 @@ class CapabilityCache:
         )
         written = 0
         engine = self.engine
-        with self._write(engine) as conn:
+        with self.write() as conn:
             while batch := list(islice(rows, CHUNK)):
                 if engine.dialect.name == "postgresql":
                     batch = list({row[1]: row for row in batch}.values())  # one row per key per statement
@@ -202,7 +169,7 @@ class CapabilityCache:
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
         cutoff = (_now() if now is None else now) - older_than.total_seconds()
-        with self._write(self.engine) as conn:
+        with self.write() as conn:
             deleted = conn.execute(delete(cache_table).where(cache_table.c.obtained_at < cutoff)).rowcount
         log.info("Purged %s cached Kaleyra answers older than %s", deleted, older_than)
         return int(deleted or 0)
@@ -210,10 +177,6 @@ class CapabilityCache:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
-
-    def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
 
 
 @functools.cache

@@ -8,9 +8,10 @@ SQLite file on one machine when a user names one. Nothing else is supported, sin
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 
@@ -63,3 +64,68 @@ def _sqlite_setup(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("kaleyra_write")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def write_transaction(engine: Engine) -> Any:
+    """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), so writers queue."""
+    return engine.execution_options(kaleyra_write=True).begin()
+
+
+class Database:
+    """A database of the provider's own (the capability cache, the callback store): its engine made
+    on first use, its tables created then; no connection is made before that.
+
+    A subclass names its ``metadata``, the ``setting`` and ``error`` that a bad URL is reported
+    with, its pool, and the PostgreSQL advisory lock taken while creating tables (two processes
+    creating them at once would otherwise collide); :meth:`_prepare` adds to that transaction.
+    """
+
+    metadata: ClassVar[MetaData]
+    setting: ClassVar[str]
+    error: ClassVar[type[Exception]]
+    lock_key: ClassVar[int]
+    pool_size: ClassVar[int] = 5
+    max_overflow: ClassVar[int] = 10
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact_url(self.url)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._create()
+        return self._engine
+
+    def _create(self) -> Engine:
+        engine = create_database_engine(
+            self.url, setting=self.setting, error=self.error, pool_size=self.pool_size,
+            max_overflow=self.max_overflow,
+        )  # fmt: skip
+        try:
+            with write_transaction(engine) as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.lock_key})
+                self.metadata.create_all(conn, checkfirst=True)
+                self._prepare(conn)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def _prepare(self, conn: Connection) -> None:
+        """More work in the transaction that creates the tables (a schema version check, say)."""
+
+    def write(self) -> Any:
+        """A write transaction on this database (see :func:`write_transaction`)."""
+        return write_transaction(self.engine)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
