@@ -100,7 +100,10 @@ def test_report_speaks_to_a_campaign_manager(tmp_path: Path) -> None:
     assert "<title>spring_campaign: preflight of 2 Jan 2026 14:05 UTC</title>" in html
     assert markdown.startswith("# spring_campaign: preflight of 2 Jan 2026 14:05 UTC\n")
     assert "scheduled__2026-01-02" not in html.split("</h1>")[0]  # the run id is no title
-    assert "110 audience rows: 32 RCS (29.1%), 20 SMS over IP (18.2%), 53 SMS (48.2%)" in markdown
+    assert (
+        "Of 110 audience rows, 32 to RCS (29.1%), 20 to SMS over IP (18.2%), 53 to SMS (48.2%); 5 are"
+        in markdown
+    )
     # every reason sits under the channel it leads to, with its share of that channel's rows
     assert "| RCS | Kaleyra says the number takes RCS | 32 | 100.0% |" in markdown
     assert "| SMS over IP | not RCS-capable; the SMS-over-IP check said capable | 20 | 100.0% |" in markdown

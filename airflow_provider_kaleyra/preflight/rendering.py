@@ -8,6 +8,7 @@ folder can be copied or served as it is (the Airflow plugin serves it so, see ``
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -193,9 +194,9 @@ def _sections(
             ["", "requests"],
             [
                 ["RCS lookups (bulk and single)", f"{api['rcs_requests']:,}"],
-                ["SOIP capability checks", f"{api['soip_requests']:,}"],
+                ["SMS-over-IP capability checks", f"{api['soip_requests']:,}"],
                 [
-                    "SOIP numbers asked / answered by callback",
+                    "SMS-over-IP numbers asked / answered by callback",
                     f"{summary['soip']['asked']:,} / {summary['soip']['answered']:,}",
                 ],
             ],
@@ -224,17 +225,39 @@ def rcs_share(summary: dict[str, Any]) -> float:
 def headline(summary: dict[str, Any]) -> str:
     """One sentence: how many rows go where."""
     rows, total = summary["channels"]["rows"], summary["counts"]["rows"]
-    parts = [f"{rows[c]:,} {LABELS[c]} ({_pct(rows[c], total)})" for c in CHANNELS]
-    return f"{total:,} audience rows: " + ", ".join(parts) + "."
+    parts = [f"{rows[c]:,} to {LABELS[c]} ({_pct(rows[c], total)})" for c in CHANNELS if c != NONE]
+    invalid = f"{rows[NONE]:,} are not phone numbers ({_pct(rows[NONE], total)})"
+    return f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
 
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:62em;padding:0 1em;color:#222}"
     "h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}.lead{font-size:1.15em}"
     "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 9px}"
-    "th{background:#f4f4f4;text-align:left}td:not(:first-child){text-align:right}"
-    "table.why td:nth-child(2){text-align:left}svg{max-width:100%;height:auto}"
+    "th{background:#f4f4f4;text-align:left}td.n,td:first-child{white-space:nowrap}td.n{text-align:right}"
+    "td.ch{font-weight:bold;vertical-align:top;border-left:6px solid var(--c)}svg{max-width:100%;height:auto}"
 )
+_NUMBER = re.compile(r"[\d,.]+%?( / [\d,]+)?|-")
+
+
+def _cell(text: str) -> str:
+    return f"<td class=n>{escape(text)}</td>" if _NUMBER.fullmatch(text) else f"<td>{escape(text)}</td>"
+
+
+def _html_rows(rows: list[list[str]], grouped: bool) -> list[str]:
+    """Table rows; ``grouped``: the first column (a channel) spans the rows of its group."""
+    if not grouped:
+        return ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
+    out = []
+    for index, row in enumerate(rows):
+        cells = "".join(_cell(c) for c in row[1:])
+        if index and rows[index - 1][0] == row[0]:
+            out.append(f"<tr>{cells}</tr>")
+            continue
+        span = sum(1 for other in rows[index:] if other[0] == row[0])
+        colour = next((COLOURS[c] for c, label in LABELS.items() if label == row[0]), "#999")
+        out.append(f'<tr><td class=ch rowspan={span} style="--c:{colour}">{escape(row[0])}</td>{cells}</tr>')
+    return out
 
 
 def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str, str]:
@@ -249,13 +272,10 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
     ]
     md = [f"# {heading}", "", sub, "", headline(summary), ""]
     for name, header, rows, chart in _sections(summary, history):
-        css = " class=why" if header[:2] == ["channel", "why"] else ""
         html += [
-            f"<h2>{escape(name)}</h2><table{css}><tr>"
-            + "".join(f"<th>{escape(h)}</th>" for h in header)
-            + "</tr>"
+            "<h2>" + escape(name) + "</h2><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)
         ]
-        html += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+        html += _html_rows(rows, grouped=header[:2] == ["channel", "why"])
         html += ["</table>", chart]
         md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
