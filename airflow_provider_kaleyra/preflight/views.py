@@ -120,7 +120,8 @@ def _mix_bar(rows: dict[str, int]) -> str:
             f"<title>{rendering.LABELS[channel]}: {rows.get(channel, 0):,}</title></rect>"
         )
         x += width
-    return f'<svg width="240" height="16" role="img" aria-label="channel mix">{"".join(parts)}</svg>'
+    bar = "".join(parts)
+    return f'<svg width="240" height="16" viewBox="0 0 240 16" style="min-width:240px" role="img" aria-label="channel mix">{bar}</svg>'
 
 
 @app.get("/runs/{dag_id}", response_class=HTMLResponse)
@@ -142,7 +143,7 @@ def dag_runs(request: Request, dag_id: str, user: User) -> HTMLResponse:
         return HTMLResponse("\n".join(lines), headers=HEADERS)
     labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
     lines += [
-        f"<p>{len(runs)} most recent runs, newest first. {legend}</p><table><tr><th>finished</th><th>run</th>"
+        f"<p>Newest first (the last {RUNS_SHOWN} at most). {legend}</p><table><tr><th>finished</th><th>run</th>"
         "<th>rows</th><th>channel mix</th><th>RCS-capable share</th><th>files</th></tr>"
     ]
     for label, (run_id, task_id, record) in zip(labels, runs):
