@@ -335,12 +335,16 @@ def test_messy_inputs(raw, region, e164):
         (16502530000, "US", "not text: int"),
         ("1" * (MAX_INPUT_LENGTH + 1), "US", f"too long: {MAX_INPUT_LENGTH + 1} characters"),
         ("9876543210", None, "no country code and no default region"),
-        ("+9876543210", None, "not a valid number"),  # the +national trap: possible, not valid
+        (
+            "+9876543210",
+            None,
+            "not a valid number: no such area code or prefix in IR (+98)",
+        ),  # +national trap
         ("hello", "US", "unparseable: The string supplied did not seem to be a phone number."),
         ("N/A", "US", "unparseable: The string supplied did not seem to be a phone number."),
         ("+", None, "unparseable: The string supplied did not seem to be a phone number."),
         ("00", None, "no country code and no default region"),
-        ("000-000-0000", "US", "not a valid number"),
+        ("000-000-0000", "US", "not a valid number: no such area code or prefix in US (+1)"),
         ("+0 123 456", None, "unparseable: Could not interpret numbers after plus-sign."),
         ("+999 123 456 789", None, "unparseable: Could not interpret numbers after plus-sign."),
         ("12", "US", "not a valid number: too short"),

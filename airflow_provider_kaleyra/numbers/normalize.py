@@ -195,7 +195,10 @@ _POSSIBILITY = {
 
 def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
     why = _POSSIBILITY.get(phonenumbers.is_possible_number_with_reason(number))
-    return f"not a valid number: {why}" if why else "not a valid number"
+    if why is None:  # the length fits, the digits do not: often a national number read in the wrong country
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+        why = f"no such area code or prefix in {region} (+{number.country_code})"
+    return f"not a valid number: {why}"
 
 
 def mask(number: str | None) -> str:

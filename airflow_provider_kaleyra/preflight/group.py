@@ -13,7 +13,6 @@ DAG that sends the campaign can be scheduled on them; each asset event carries t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Asset, TaskGroup, XComArg, get_current_context, task
@@ -22,7 +21,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
-from airflow_provider_kaleyra.preflight import channels as ch, files, report
+from airflow_provider_kaleyra.preflight import channels as ch, files
+from airflow_provider_kaleyra.preflight.report_task import KaleyraPreflightReportOperator
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -177,35 +177,6 @@ def kaleyra_preflight(
             print(f"channels by row: {result['rows']}")
             return result
 
-        @task(retries=0)
-        def build_report(
-            prepared: dict[str, Any], decided: dict[str, Any], lookups: Any, storage: str | None
-        ) -> dict[str, Any]:
-            """report.html, report.md and summary.json, with the trend of earlier runs under the same output."""
-            context = get_current_context()
-            storage = _optional(storage)
-            run_dir = as_path(prepared["run_dir"], storage)
-            summaries = [lookups[i] for i in range(len(lookups))] if lookups is not None else []
-            check = (
-                context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_check")
-                if decided["soip_asked"]
-                else None
-            )
-            api = {
-                "rcs_requests": sum(int(s.get("requests") or 0) for s in summaries),
-                "soip_requests": int((check or {}).get("requests") or 0),
-            }
-            finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-            summary = report.run_summary(context["run_id"], finished_at, prepared, decided, api)
-            history = report.load_history(run_dir.parent, context["run_id"])
-            written = report.write_report(run_dir, summary, history)
-            print(f"report: {written[report.HTML]}")
-            return {
-                "report": written[report.HTML],
-                "channels": decided["rows"],
-                "rcs_share": report.rcs_share(summary),
-            }
-
         shards = prepare(audience, output, column, storage_conn_id, shard_count)
         prepared = XComArg(shards.operator, key="summary")
         lookups = KaleyraRcsBulkLookupOperator.partial(
@@ -244,5 +215,13 @@ def kaleyra_preflight(
         )
         decided = channels(prepared, shards, storage_conn_id)
         [lookups, wait] >> decided
-        build_report(prepared, decided, lookups.output, storage_conn_id)
+        KaleyraPreflightReportOperator(
+            task_id="build_report",
+            prepared=prepared,
+            decided=decided,
+            lookups=lookups.output,
+            storage_conn_id=storage_conn_id,
+            soip_check_task_id=check.task_id,
+            retries=0,
+        )
     return group

@@ -1,0 +1,292 @@
+"""The preflight report as HTML and Markdown: what a campaign manager reads before sending.
+
+Charts compare like with like: audience *rows* by channel in one chart, *distinct numbers* in
+rates by carrier and country in others, and the RCS-capable share of distinct numbers across runs.
+Hand-written SVG: a few bar charts do not earn a chart library. Links are relative, so the run
+folder can be copied or served as it is (the Airflow plugin serves it so, see ``views``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from html import escape
+from typing import Any
+
+from airflow_provider_kaleyra.preflight.channels import CHANNELS, NONE
+
+COLOURS = {"rcs": "#2e7d32", "soip": "#6a1b9a", "sms": "#1565c0", "none": "#c62828"}
+LABELS = {"rcs": "RCS", "soip": "SMS over IP", "sms": "SMS", "none": "none (invalid)"}
+FILE_LABELS = {
+    "rcs": "RCS list",
+    "soip": "SMS-over-IP list",
+    "sms": "SMS list",
+    "none": "Invalid rows",
+    "report_md": "This report as Markdown",
+    "summary": "The figures as JSON (summary.json)",
+}
+# why a row got its channel (the reason codes of ``channels.decide``), in plain words
+REASONS = {
+    "rcs_enabled": ("rcs", "Kaleyra says the number takes RCS"),
+    "soip_capable": ("soip", "not RCS-capable; the SMS-over-IP check said capable"),
+    "soip_not_capable": ("sms", "not RCS-capable; the SMS-over-IP check said not capable"),
+    "soip_no_callback": ("sms", "not RCS-capable; no SMS-over-IP answer came in time"),
+    "not_rcs_capable": ("sms", "not RCS-capable (outside the SMS-over-IP countries, or that check off)"),
+    "lookup_failed": ("sms", "the RCS lookup failed: the number is valid, SMS still works"),
+    "invalid": ("none", "not a phone number"),
+}
+# phonenumbers' parse errors, as a campaign manager would say them
+INVALID_WORDS = {
+    "empty": "empty cell",
+    "unparseable: The string supplied did not seem to be a phone number.": "not a number (words or symbols)",
+    "unparseable: Could not interpret numbers after plus-sign.": "unknown country code after +",
+    "unparseable: The string supplied is too long to be a phone number.": "too long to be a phone number",
+    "unparseable: The string supplied is too short to be a phone number.": "too short to be a phone number",
+    "no country code and no default region": "no country code, and the connection sets no default region",
+}
+
+
+def svg_bar_chart(
+    title: str, bars: list[tuple[str, float, str]], unit: str = "", scale_max: float | None = None
+) -> str:
+    """A horizontal bar chart as standalone SVG; ``bars`` are (label, value, colour)."""
+    width, bar_height, gap, label_width, top = 640, 24, 8, 190, 40
+    height = top + len(bars) * (bar_height + gap) + 10
+    plot = width - label_width - 100
+    peak = scale_max or max((value for _, value, _ in bars), default=0) or 1
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'font-family="sans-serif" font-size="13" role="img" aria-label="{escape(title)}">',
+        f'<text x="10" y="24" font-size="16" font-weight="bold">{escape(title)}</text>',
+    ]
+    for index, (label, value, colour) in enumerate(bars):
+        y = top + index * (bar_height + gap)
+        length = max(1.0, plot * value / peak) if value else 0.0
+        shown = f"{value:,.1f}{unit}" if isinstance(value, float) else f"{value:,}{unit}"
+        parts += [
+            f'<text x="{label_width - 8}" y="{y + 17}" text-anchor="end">{escape(label)}</text>',
+            f'<rect x="{label_width}" y="{y}" width="{length:.1f}" height="{bar_height}" fill="{colour}">'
+            f"<title>{escape(label)}: {shown}</title></rect>",
+            f'<text x="{label_width + length + 6:.1f}" y="{y + 17}">{shown}</text>',
+        ]
+    return "\n".join([*parts, "</svg>"])
+
+
+def when(finished_at: str, seconds: bool = False) -> str:
+    """``2026-01-02T14:05:09+00:00`` as ``2 Jan 2026 14:05 UTC``; text that is no timestamp as it is."""
+    try:
+        moment = datetime.fromisoformat(str(finished_at))
+    except ValueError:
+        return str(finished_at)
+    zone = moment.tzname() or ""
+    shown = moment.strftime("%H:%M:%S" if seconds else "%H:%M")
+    return f"{moment.day} {moment:%b %Y} {shown} {'UTC' if zone in ('UTC', 'UTC+00:00') else zone}".strip()
+
+
+def title(summary: dict[str, Any]) -> str:
+    """The report's title: the DAG and when the run finished, not the run id."""
+    name = summary.get("dag_id") or "Kaleyra campaign"
+    return f"{name}: preflight of {when(summary['finished_at'])}"
+
+
+def distinct_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Chart labels for runs: when each finished, to the minute, more precise only where two collide."""
+    labels = [when(r["finished_at"]) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [when(r["finished_at"], seconds=True) for r in runs]
+    repeated = {label for label in labels if labels.count(label) > 1}  # the same second: number them
+    seen: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        if label in repeated:
+            seen[label] = seen.get(label, 0) + 1
+            labels[index] = f"{label} ({seen[label]})"
+    return labels
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def reason_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """[channel, why, rows, share of the channel's rows]: every reason under the channel it leads to."""
+    rows_by_channel = summary["channels"]["rows"]
+    grouped: dict[str, list[tuple[str, int]]] = {c: [] for c in CHANNELS}
+    for code, count in summary["reasons"].items():
+        channel, words = REASONS.get(code, ("sms", code))
+        if code != "invalid":
+            grouped[channel].append((words, count))
+    invalid = summary["invalid_reasons"]
+    grouped[NONE] = [(INVALID_WORDS.get(r, r), n) for r, n in invalid.items()]
+    rest = summary["counts"]["invalid"] - sum(invalid.values())
+    if rest > 0:
+        grouped[NONE].append(("other reasons (see the invalid rows list)", rest))
+    table = []
+    for channel in CHANNELS:
+        total = rows_by_channel.get(channel, 0)
+        for words, count in sorted(grouped[channel], key=lambda item: -item[1]):
+            table.append([LABELS[channel], words, f"{count:,}", _pct(count, total)])
+    return table
+
+
+def _sections(
+    summary: dict[str, Any], history: list[dict[str, Any]]
+) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(title, table header, table rows, svg chart or "") for both renderings."""
+    counts, channels = summary["counts"], summary["channels"]
+    rows_total, distinct = counts["rows"], counts["distinct"]
+    mix = [
+        [
+            LABELS[c],
+            f"{channels['rows'][c]:,}",
+            _pct(channels["rows"][c], rows_total),
+            f"{channels['numbers'][c]:,}" if c in channels["numbers"] else "-",
+        ]
+        for c in CHANNELS
+    ]
+    mix_chart = svg_bar_chart(
+        "Channel of each audience row", [(LABELS[c], channels["rows"][c], COLOURS[c]) for c in CHANNELS]
+    )
+    audience = [
+        ["audience rows", f"{rows_total:,}", ""],
+        [
+            "duplicate rows (a number seen earlier)",
+            f"{counts['duplicates']:,}",
+            _pct(counts["duplicates"], rows_total) + " of rows",
+        ],
+        ["invalid rows", f"{counts['invalid']:,}", _pct(counts["invalid"], rows_total) + " of rows"],
+        ["distinct valid numbers", f"{distinct:,}", ""],
+    ]
+
+    def rates(table: dict[str, dict[str, Any]]) -> list[list[str]]:
+        return [
+            [name, f"{r['numbers']:,}", f"{r['rcs_capable']:,}", f"{100 * r['rcs_rate']:.1f}%"]
+            for name, r in table.items()
+        ]
+
+    def rate_chart(by: str, table: dict[str, dict[str, Any]]) -> str:
+        return svg_bar_chart(
+            f"RCS-capable share of distinct numbers, by {by}",
+            [(n, round(100 * r["rcs_rate"], 1), "#2e7d32") for n, r in list(table.items())[:15]],
+            "%",
+            100.0,
+        )
+
+    api = summary["api"]
+    this_run = {"run_id": f"{summary['run_id']} (this run)", "finished_at": summary["finished_at"]}
+    trend = [*history, {**this_run, "rcs_share": rcs_share(summary)}]
+    labels = distinct_labels(trend)
+    rate_header = ["", "distinct numbers", "RCS-capable", "share"]
+    return [
+        ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
+        ("Audience", ["", "count", "share"], audience, ""),
+        (
+            "Why each row got its channel",
+            ["channel", "why", "rows", "share of the channel"],
+            reason_rows(summary),
+            "",
+        ),
+        *(
+            (f"RCS reachability by {by}", rate_header, rates(summary[key]), rate_chart(by, summary[key]))
+            for by, key in (("carrier", "carriers"), ("country", "countries"))
+        ),
+        (
+            "API calls",
+            ["", "requests"],
+            [
+                ["RCS lookups (bulk and single)", f"{api['rcs_requests']:,}"],
+                ["SMS-over-IP capability checks", f"{api['soip_requests']:,}"],
+                [
+                    "SMS-over-IP numbers asked / answered by callback",
+                    f"{summary['soip']['asked']:,} / {summary['soip']['answered']:,}",
+                ],
+            ],
+            "",
+        ),
+        (
+            "Trend: RCS-capable share across runs",
+            ["finished", "run", "RCS-capable share of distinct numbers"],
+            [[label, t["run_id"], f"{100 * t['rcs_share']:.1f}%"] for label, t in zip(labels, trend)],
+            svg_bar_chart(
+                "RCS-capable share of distinct numbers, by run",
+                [(label, round(100 * t["rcs_share"], 1), "#2e7d32") for label, t in zip(labels, trend)],
+                "%",
+                100.0,
+            ),
+        ),
+    ]
+
+
+def rcs_share(summary: dict[str, Any]) -> float:
+    """RCS-capable distinct numbers over distinct valid numbers."""
+    distinct = summary["counts"]["distinct"]
+    return summary["channels"]["numbers"].get("rcs", 0) / distinct if distinct else 0.0
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One sentence: how many rows go where."""
+    rows, total = summary["channels"]["rows"], summary["counts"]["rows"]
+    parts = [f"{rows[c]:,} to {LABELS[c]} ({_pct(rows[c], total)})" for c in CHANNELS if c != NONE]
+    invalid = f"{rows[NONE]:,} are not phone numbers ({_pct(rows[NONE], total)})"
+    return f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:62em;padding:0 1em;color:#222}"
+    "h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}.lead{font-size:1.15em}"
+    "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 9px}"
+    "th{background:#f4f4f4;text-align:left}td.n,td:first-child{white-space:nowrap}td.n{text-align:right}"
+    "td.ch{font-weight:bold;vertical-align:top;border-left:6px solid var(--c)}svg{max-width:100%;height:auto}"
+)
+_NUMBER = re.compile(r"[\d,.]+%?( / [\d,]+)?|-")
+
+
+def _cell(text: str) -> str:
+    return f"<td class=n>{escape(text)}</td>" if _NUMBER.fullmatch(text) else f"<td>{escape(text)}</td>"
+
+
+def _html_rows(rows: list[list[str]], grouped: bool) -> list[str]:
+    """Table rows; ``grouped``: the first column (a channel) spans the rows of its group."""
+    if not grouped:
+        return ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
+    out = []
+    for index, row in enumerate(rows):
+        cells = "".join(_cell(c) for c in row[1:])
+        if index and rows[index - 1][0] == row[0]:
+            out.append(f"<tr>{cells}</tr>")
+            continue
+        span = sum(1 for other in rows[index:] if other[0] == row[0])
+        colour = next((COLOURS[c] for c, label in LABELS.items() if label == row[0]), "#999")
+        out.append(f'<tr><td class=ch rowspan={span} style="--c:{colour}">{escape(row[0])}</td>{cells}</tr>')
+    return out
+
+
+def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str, str]:
+    """(HTML, Markdown) of a run's summary; ``history`` from ``report.load_history``."""
+    heading = title(summary)
+    sub = f"Run {summary['run_id']}, finished {when(summary['finished_at'])}; audience {summary['audience']}."
+    html = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title>",
+        f"<meta name=viewport content='width=device-width'><style>{STYLE}</style></head><body>",
+        f"<h1>{escape(heading)}</h1><p class=sub>{escape(sub)}</p>",
+        f"<p class=lead>{escape(headline(summary))}</p>",
+    ]
+    md = [f"# {heading}", "", sub, "", headline(summary), ""]
+    for name, header, rows, chart in _sections(summary, history):
+        html += [
+            "<h2>" + escape(name) + "</h2><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)
+        ]
+        html += _html_rows(rows, grouped=header[:2] == ["channel", "why"])
+        html += ["</table>", chart]
+        md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    html.append("<h2>Files</h2><ul>")
+    md += ["## Files", ""]
+    rows_by_channel = summary["channels"]["rows"]
+    for key, href in summary["files"].items():
+        label = FILE_LABELS.get(key, key)
+        if key in rows_by_channel:
+            label += f", {rows_by_channel[key]:,} rows"
+        html.append(f'<li><a href="{escape(href)}">{escape(label)}</a> <code>{escape(href)}</code></li>')
+        md.append(f"- [{label}]({href})")
+    html.append("</ul></body></html>")
+    return "\n".join(html) + "\n", "\n".join(md) + "\n"

@@ -1,0 +1,178 @@
+"""The preflight's pages on the Airflow API server: a run's report and lists, and a DAG's runs.
+
+Mounted by the provider's plugin under ``/kaleyra-preflight``. Airflow does not authenticate plugin
+routes, so every route here resolves the user from the Airflow UI session (the ``_token`` cookie)
+or an ``Authorization: Bearer`` JWT through Airflow's auth manager, and asks it whether that user
+may read the DAG's runs (the runs page) or task instances (the files): 401 without a valid token,
+403 without the permission. The files are read from wherever the run wrote them (``file://``,
+``s3://`` ...), with the connection the run used, so users need neither a shell nor the store's keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html import escape
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from airflow_provider_kaleyra.preflight import rendering, report
+from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
+from airflow_provider_kaleyra.preflight.report_task import SERVED_FILES, URL_PREFIX, XCOM_KEY
+from airflow_provider_kaleyra.utils.storage import as_path
+
+RUNS_SHOWN = 100
+CHUNK = 1 << 20
+MEDIA_TYPES = {".html": "text/html", ".md": "text/markdown", ".json": "application/json", ".csv": "text/csv"}
+# the report has no script; inline SVG and styles only. Framed by the Airflow UI (external view) only.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, no-store",
+}
+RUN_FILES = ((report.HTML, "report"), *((LIST_NAMES[c], rendering.LABELS[c]) for c in CHANNELS))
+_bearer = HTTPBearer(auto_error=False)
+
+app = FastAPI(title="Kaleyra campaign preflight reports", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+async def airflow_user(
+    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Any:
+    """The Airflow user of the request (UI session cookie or bearer JWT), validated by Airflow; else 401/403."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request, None, bearer)
+
+
+def authorize(user: Any, dag_id: str, entity_name: str) -> None:
+    """403 unless Airflow's auth manager lets ``user`` read ``entity_name`` (``RUN``, ``TASK_INSTANCE``) of the DAG."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.models.dag import DagModel
+
+    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
+    allowed = get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity[entity_name], details=details, user=user
+    )
+    if not allowed:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden: no read access to this DAG's runs")
+
+
+User = Annotated[Any, Depends(airflow_user)]
+
+
+def _records(dag_id: str, run_id: str | None = None, task_id: str | None = None) -> list[Any]:
+    """The report tasks' XCom records of a DAG, newest first (of one run and task when given)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    query = select(XComModel).where(XComModel.dag_id == dag_id, XComModel.key == XCOM_KEY)
+    if run_id is not None:
+        query = query.where(XComModel.run_id == run_id, XComModel.task_id == task_id)
+    with create_session() as session:
+        rows = session.scalars(query.order_by(XComModel.timestamp.desc()).limit(RUNS_SHOWN)).all()
+        return [(row.run_id, row.task_id, XComModel.deserialize_value(row)) for row in rows]
+
+
+def _chunks(handle: Any) -> Iterator[bytes]:
+    with handle:
+        while block := handle.read(CHUNK):
+            yield block
+
+
+@app.get("/runs/{dag_id}/{run_id}/{task_id}/{name}")
+def run_file(dag_id: str, run_id: str, task_id: str, name: str, user: User) -> Any:
+    """One file of a run's folder: the report, its Markdown and JSON, or a channel list."""
+    authorize(user, dag_id, "TASK_INSTANCE")
+    if name not in SERVED_FILES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"No such preflight file: {name}")
+    found = _records(dag_id, run_id, task_id)
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "No preflight report was recorded for this task")
+    record = found[0][2]
+    path = as_path(record["run_dir"], record.get("storage_conn_id")) / name
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is gone from the run folder") from None
+    media = MEDIA_TYPES[name[name.rindex(".") :]]
+    headers = dict(HEADERS)
+    if media == "text/csv":
+        download = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}_{run_id}_{name}")
+        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+    return StreamingResponse(_chunks(handle), media_type=f"{media}; charset=utf-8", headers=headers)
+
+
+def _mix_bar(rows: dict[str, int]) -> str:
+    """The channel mix of one run as a stacked bar."""
+    total, x, parts = sum(rows.values()) or 1, 0.0, []
+    for channel in CHANNELS:
+        width = 240 * rows.get(channel, 0) / total
+        parts.append(
+            f'<rect x="{x:.1f}" width="{width:.1f}" height="16" fill="{rendering.COLOURS[channel]}">'
+            f"<title>{rendering.LABELS[channel]}: {rows.get(channel, 0):,}</title></rect>"
+        )
+        x += width
+    bar = "".join(parts)
+    return f'<svg width="240" height="16" viewBox="0 0 240 16" style="min-width:240px" role="img" aria-label="channel mix">{bar}</svg>'
+
+
+@app.get("/runs/{dag_id}", response_class=HTMLResponse)
+def dag_runs(request: Request, dag_id: str, user: User) -> HTMLResponse:
+    """A preflight DAG's runs: channel mix, RCS-capable share, links to each report; the trend."""
+    authorize(user, dag_id, "RUN")
+    runs = _records(dag_id)
+    base = f"{request.scope.get('root_path', '')}/runs/{quote(dag_id, safe='')}"
+    legend = " ".join(
+        f'<span style="color:{rendering.COLOURS[c]}">&#9632;</span> {escape(rendering.LABELS[c])}'
+        for c in CHANNELS
+    )
+    lines = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Preflight runs of {escape(dag_id)}</title>",
+        f"<style>{rendering.STYLE}</style></head><body><h1>Preflight runs of {escape(dag_id)}</h1>",
+    ]
+    if not runs:
+        lines.append("<p>No preflight report has been recorded for this DAG yet.</p></body></html>")
+        return HTMLResponse("\n".join(lines), headers=HEADERS)
+    labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
+    lines += [
+        f"<p>Newest first (the last {RUNS_SHOWN} at most). {legend}</p><table><tr><th>finished</th><th>run</th>"
+        "<th>rows</th><th>channel mix</th><th>RCS-capable share</th><th>files</th></tr>"
+    ]
+    for label, (run_id, task_id, record) in zip(labels, runs):
+        folder = f"{base}/{quote(run_id, safe='')}/{quote(task_id, safe='')}"
+        files = " · ".join(
+            f'<a href="{escape(folder)}/{name}" target="_blank">{escape(text)}</a>'
+            for name, text in RUN_FILES
+        )
+        lines.append(
+            f"<tr><td>{escape(label)}</td><td>{escape(run_id)}</td>"
+            f"<td class=n>{sum(record['rows'].values()):,}</td><td>{_mix_bar(record['rows'])}</td>"
+            f"<td class=n>{100 * record['rcs_share']:.1f}%</td><td>{files}</td></tr>"
+        )
+    trend = [(label, round(100 * r["rcs_share"], 1), "#2e7d32") for label, (_, _, r) in zip(labels, runs)]
+    chart = rendering.svg_bar_chart("RCS-capable share of distinct numbers, by run", trend[::-1], "%", 100.0)
+    lines += ["</table>", chart, "</body></html>"]
+    return HTMLResponse("\n".join(lines), headers=HEADERS)
+
+
+class KaleyraPreflightPlugin(AirflowPlugin):
+    """Serves the preflight reports on the API server; adds a "Preflight runs" tab to each DAG."""
+
+    name = "kaleyra_preflight"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Kaleyra preflight reports"}]
+    external_views = [
+        {
+            "name": "Preflight runs",
+            "href": f"{URL_PREFIX}/runs/{{DAG_ID}}",
+            "destination": "dag",
+            "url_route": "kaleyra-preflight-runs",
+        }
+    ]
