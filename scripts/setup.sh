@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/demo.sh: installs everything on a fresh machine.
 #   - a virtualenv in .venv with the provider (editable), its test extras and the simulator
-#   - with KALEYRA_SETUP_POSTGRES=1: a throwaway PostgreSQL server for the store tests
+#   - with KALEYRA_SETUP_POSTGRES=1: a throwaway PostgreSQL server for the store tests, Redis and Chromium
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 
@@ -85,6 +85,15 @@ install_redis() {
   fi
 }
 
+# The report's browser test renders the preflight report with Debian's headless Chromium.
+install_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "==> installing chromium"
+    apt_get update -qq
+    apt_get install -y -qq chromium >/dev/null
+  fi
+}
+
 # The PostgreSQL server this shell started (none if it was already running), stopped on exit unless
 # KALEYRA_KEEP_POSTGRES=1 (a developer rerunning the tests keeps it; the next run reuses it).
 KALEYRA_PG_STOP=()
@@ -98,4 +107,5 @@ stop_postgres() {
 if [ "${KALEYRA_SETUP_POSTGRES:-0}" = 1 ]; then
   start_postgres
   install_redis
+  install_chromium
 fi
