@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_kaleyra import __version__
-from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS
+from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
 from airflow_provider_kaleyra.client.config import (
     CONN_TYPE,
     DEFAULT_CACHE_MAX_AGE_NEGATIVE,
@@ -14,6 +14,7 @@ from airflow_provider_kaleyra.client.config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RATE_LIMIT,
     DEFAULT_TIMEOUT,
+    PODS,
 )
 
 _PACKAGE = "airflow_provider_kaleyra"
@@ -35,10 +36,21 @@ def _number(label: str, description: str, default: float, kind: str = "number") 
     }
 
 
+def _pods() -> str:
+    """Each pod with the hosts the code knows, and what must be set by hand."""
+    known = [
+        f"{pod}: RCS {RCS_HOSTS.get(pod, 'none published, set RCS base URL')}, SOIP {SOIP_HOSTS.get(pod, '-')}"
+        for pod in PODS
+    ]
+    return "Kaleyra pod; picks the default hosts. " + "; ".join(known)
+
+
 # The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
 CONN_FIELDS: dict[str, Any] = {
-    "pod": _text("Pod", "Kaleyra pod; picks the default hosts", enum=[*RCS_HOSTS, None], default=DEFAULT_POD),
-    "rcs_base_url": _text("RCS base URL", "Overrides the pod's RCS host (e.g. a simulator)"),
+    "pod": _text("Pod", _pods(), enum=[*PODS, None], default=DEFAULT_POD),
+    "rcs_base_url": _text(
+        "RCS base URL", "Overrides the pod's RCS host (required for pods eu and sg; e.g. a simulator)"
+    ),
     "soip_base_url": _text("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
     "default_region": _text(
         "Default region", "ISO country for numbers written without a country code (US, IN)"
@@ -49,13 +61,30 @@ CONN_FIELDS: dict[str, Any] = {
         "Shared secret the callback receiver requires (Basic password or header)",
         secret=True,
     ),
+    "callback_client_id": _text(
+        "Callback client ID", "Advanced auth: the client ID the callback profile sends to /kaleyra/soip/token"
+    ),
+    "callback_client_secret": _text(
+        "Callback client secret", "Advanced auth: the client secret of the callback profile", secret=True
+    ),
+    "callback_token_lifetime": _text(
+        "Callback token lifetime",
+        "How long an advanced-auth token is valid (e.g. 1h, 30m, or seconds); default 1h",
+    ),
+    "callback_allowed_ips": _text(
+        "Callback allowed IPs", "Comma-separated CIDRs that may send callbacks; empty: any sender"
+    ),
+    "callback_trusted_proxies": _text(
+        "Callback trusted proxies", "Comma-separated CIDRs of proxies whose X-Forwarded-For is believed"
+    ),
     "callback_store_url": _text(
         "Callback store URL",
         "SQLAlchemy URL of the callback store that every component reaches (required for SOIP)",
     ),
     "callback_field_map": _text(
         "Callback field map",
-        'JSON: payload keys the receiver reads, e.g. {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
+        'JSON: the profile\'s placeholders, e.g. {"number": "phone", "status": "state", "request_id": "ref"}, '
+        'or lists of keys: {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
     ),
     "cache_url": _text(
         "Capability cache URL",
@@ -96,6 +125,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "soip_base_url": "https://api.in.kaleyra.io",
         "default_region": "IN",
         "callback_profile_id": "my-soip-profile",
+        "callback_token_lifetime": "1h",
+        "callback_allowed_ips": "203.0.113.0/24, 198.51.100.7",
         "cache_url": "postgresql+psycopg://user:pw@db-host/kaleyra",
         "cache_max_age_positive": "7d",
         "cache_max_age_negative": "2d",

@@ -29,6 +29,7 @@ DAG_ID = "example_kaleyra_campaign_preflight"
 POOL = "kaleyra_api"
 REGION = "US"
 SECRET = "demo-callback-secret-0123456789"
+CLIENT_ID, CLIENT_SECRET = "demo-console", "demo-client-secret-0123456789"  # advanced callback auth
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-slots", type=int, default=2, help="slots of the kaleyra_api pool")
     p.add_argument("--latency", type=float, default=0.02, help="simulated API latency per request, seconds")
     p.add_argument("--no-soip", action="store_true", help="run the RCS part only")
+    p.add_argument(
+        "--callback-auth",
+        choices=["header", "basic", "advanced"],
+        default="header",
+        help="how the simulator's SOIP callbacks authenticate (advanced: a token from /kaleyra/soip/token)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Airflow's task logs")
     return p
 
@@ -73,7 +80,10 @@ def receiver(store_url: str) -> Iterator[str]:
     from airflow_provider_kaleyra.callbacks.store import get_store
     from kaleyra_simulator.harness import serve_app
 
-    with serve_app(create_standalone_app(store=get_store(store_url), secret=SECRET)) as port:
+    app = create_standalone_app(
+        store=get_store(store_url), secret=SECRET, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    with serve_app(app) as port:
         yield f"http://127.0.0.1:{port}/kaleyra/soip/callback"
 
 
@@ -122,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig
 
+    callback_auth = {
+        "header": CallbackAuth.header("X-Kaleyra-Secret", SECRET),
+        "basic": CallbackAuth.basic("kaleyra", SECRET),
+        "advanced": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET),
+    }[args.callback_auth]
+
     store_url = f"sqlite:///{home / 'kaleyra-callbacks.db'}"
     started = time.monotonic()
     with (
@@ -130,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             SimulatorConfig(
                 latency=args.latency,
                 callback_url=callback_url,
-                callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET),
+                callback_auth=callback_auth,
             )
         ) as sim,
     ):

@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 
 import jsonschema
+import pytest
 
 from airflow_provider_kaleyra.client.config import KaleyraConfig
 from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS, get_provider_info
@@ -34,6 +35,32 @@ def test_connection_form_lists_every_extra_the_config_reads():
     extras = set(KaleyraConfig.__dataclass_fields__) - {"sid", "api_key", "retry_backoff"}
     assert extras == set(CONN_FIELDS)
     assert CONN_FIELDS["callback_secret"]["schema"]["format"] == "password"
+    assert CONN_FIELDS["callback_client_secret"]["schema"]["format"] == "password"
+
+
+def test_connection_form_offers_every_pod_with_its_hosts_and_says_what_to_set(monkeypatch):
+    pod = CONN_FIELDS["pod"]
+    assert [p for p in pod["schema"]["enum"] if p] == ["na", "in", "eu", "sg"]
+    for host in ("rcs-api.na.kaleyra.io", "rcs-api.in.kaleyra.io", "api.eu.kaleyra.io", "api.ap.kaleyra.io"):
+        assert host in pod["description"]
+    assert "sg: RCS none published, set RCS base URL" in pod["description"]
+
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    conn = {"conn_type": "kaleyra", "login": "AC-1", "password": "key-1", "extra": {"pod": "eu"}}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_EU", json.dumps(conn))
+    hook = KaleyraHook("kaleyra_eu")
+    assert (hook.config.rcs_base_url, hook.config.soip_base_url) == ("", "https://api.eu.kaleyra.io")
+    with pytest.raises(ValueError, match="no RCS host for pod 'eu'.*set the connection's rcs_base_url"):
+        hook.lookup_rcs("+14155552671")
+    assert hook.transport.requests_sent == 0
+    conn["extra"] = {"pod": "sg", "rcs_base_url": "https://rcs.example.test/"}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_SG", json.dumps(conn))
+    config = KaleyraHook("kaleyra_sg").config
+    assert (config.rcs_base_url, config.soip_base_url) == (
+        "https://rcs.example.test",
+        "https://api.ap.kaleyra.io",
+    )
 
 
 def test_airflow_sees_the_provider_and_its_connection_form():

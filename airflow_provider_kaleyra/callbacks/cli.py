@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         help="kaleyra connection to read callback_secret (and the store URL) from "
         "(default: env KALEYRA_CALLBACK_CONN_ID or kaleyra_default)",
     )
+    parser.add_argument(
+        "--client-id", help="advanced auth: the client ID Kaleyra sends to /kaleyra/soip/token"
+    )
+    parser.add_argument(
+        "--client-secret-env", metavar="NAME", help="advanced auth: variable holding the client secret"
+    )
     parser.add_argument("--max-body-bytes", type=int, default=1024 * 1024, help="default: %(default)s")
     parser.add_argument(
         "--workers",
@@ -82,14 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"purged {deleted} callbacks from {redact_url(store.url)}")
         return 0
 
-    if args.secret_env and not os.environ.get(args.secret_env):
-        print(f"error: environment variable {args.secret_env} is empty or unset", file=sys.stderr)
-        return 2
+    for name in (args.secret_env, args.client_secret_env):
+        if name and not os.environ.get(name):
+            print(f"error: environment variable {name} is empty or unset", file=sys.stderr)
+            return 2
     from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured
 
     settings = {
         "store_url": args.store_url,
         "secret_env": args.secret_env,
+        "client_id": args.client_id,
+        "client_secret_env": args.client_secret_env,
         "conn_id": args.conn_id,
         "max_body_bytes": args.max_body_bytes,
     }
@@ -111,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "proxy_headers": True}
+    # X-Forwarded-For is read by the receiver's allow-list, from the proxies the connection trusts only.
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level, "proxy_headers": False}
     if args.workers <= 1:
         uvicorn.run(app, **common)
         return 0
@@ -122,12 +132,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _app(*, store_url: str | None, secret_env: str | None, conn_id: str | None, max_body_bytes: int) -> Any:
+def _app(
+    *,
+    store_url: str | None,
+    secret_env: str | None,
+    client_id: str | None,
+    client_secret_env: str | None,
+    conn_id: str | None,
+    max_body_bytes: int,
+) -> Any:
     from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
 
     return create_standalone_app(
         store=get_store(store_url) if store_url else None,
         secret=os.environ.get(secret_env) if secret_env else None,
+        client_id=client_id,
+        client_secret=os.environ.get(client_secret_env) if client_secret_env else None,
         conn_id=conn_id,
         max_body_bytes=max_body_bytes,
     )

@@ -8,28 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from airflow_provider_kaleyra.callbacks.bodies import (
+    NotJson,
+    RefusedBody,
+    decode_payload,
+    loose_key as _key,
+    media_type,
+    read_json,
+    unescape,
+)
 from airflow_provider_kaleyra.client.api import e164_key
 from airflow_provider_kaleyra.numbers.normalize import normalize
 
 MAX_DEPTH = 6
 MAX_RESULTS = 50_000
-
-
-_NOT_KEY = re.compile(r"[^a-z0-9]")
-
-
-@lru_cache(maxsize=4096)  # payload keys repeat from callback to callback; bounded against odd ones
-def _key(name: str) -> str:
-    """Compare keys loosely: ``phoneNumber``, ``phone_number`` and ``Phone-Number`` are one key."""
-    return _NOT_KEY.sub("", name.lower())
 
 
 def _values(items: Iterable[str]) -> frozenset[str]:
@@ -41,7 +40,8 @@ class FieldMapping:
     """Which payload keys hold the number, the capability and the request id, and what values mean.
 
     Keys are matched case-insensitively, ignoring ``_`` and ``-``; earlier keys win.
-    Override from the connection extra ``callback_field_map`` (same names, lists of strings).
+    Override from the connection extra ``callback_field_map`` (same names, lists of strings), or
+    name a profile's placeholders with the shorthands ``number``, ``status`` and ``request_id``.
     """
 
     number_keys: tuple[str, ...] = (
@@ -104,16 +104,26 @@ class FieldMapping:
         if not data:
             return cls()
         known = {"number_keys", "capability_keys", "request_id_keys", "capable_values", "not_capable_values"}
-        unknown = set(data) - known
+        unknown = set(data) - known - set(_SHORTHANDS)
         if unknown:
-            raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known | set(_SHORTHANDS))}"
+            )
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             items = [value] if isinstance(value, str) else list(value)
             if not items or not all(isinstance(i, str) for i in items):
                 raise ValueError(f"callback_field_map.{name} must be a non-empty list of strings")
+            if name in _SHORTHANDS:  # a placeholder's name, tried before the tolerant defaults
+                name = _SHORTHANDS[name]
+                items = [*items, *kwargs.get(name, getattr(cls, name))]
             kwargs[name] = _values(items) if name.endswith("_values") else tuple(items)
         return cls(**kwargs)
+
+    @property
+    def text_names(self) -> tuple[str, str, str]:
+        """Keys under which a positional text body's number, status and request id are read."""
+        return self.number_keys[0], self.capability_keys[0], self.request_id_keys[0]
 
     def _find(self, record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
         return _find_loose(_loose(record), keys)
@@ -125,12 +135,15 @@ class FieldMapping:
         if isinstance(value, (int, float)) and value in (0, 1):
             return bool(value)
         if isinstance(value, str):
-            text = _key(value)
+            text = _key(unescape(value))
             if text in self.capable_values:
                 return True
             if text in self.not_capable_values:
                 return False
         return None
+
+
+_SHORTHANDS = {"number": "number_keys", "status": "capability_keys", "request_id": "request_id_keys"}
 
 
 def _loose(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,18 +181,8 @@ class RawCallback:
 
     @cached_property
     def decoded_json(self) -> Any:
-        """The body read as JSON, once: the dedupe key and the parser both need it; an exception if not JSON."""
-        try:
-            return _decode_json(self.body.strip())
-        except (ValueError, RecursionError) as exc:
-            return _NotJson(exc)
-
-
-class _NotJson:
-    """Why a body is not JSON (kept rather than raised: the parser words its own error)."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+        """The body read as JSON, once: the dedupe key and the parser both need it; a ``NotJson`` if not."""
+        return read_json(self.body)
 
 
 @dataclass(frozen=True)
@@ -200,29 +203,7 @@ class ParsedCallback:
 
     results: tuple[ParsedResult, ...] = ()
     error: str | None = None
-
-
-def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def _decode_json(body: bytes) -> Any:
-    return json.loads(body.decode("utf-8-sig"))
-
-
-def _looks_like_form(text: str) -> bool:
-    return "=" in text and not text.lstrip().startswith(("{", "["))
-
-
-def _form(text: str) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
-        if key in data:
-            existing = data[key]
-            data[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
-        else:
-            data[key] = value
-    return data
+    refused: bool = False  # hostile (an XML DTD): answered 400 and not stored
 
 
 def _canonical_body(raw: RawCallback) -> bytes:
@@ -232,44 +213,17 @@ def _canonical_body(raw: RawCallback) -> bytes:
     if not stripped:
         return b""
     decoded = raw.decoded_json
-    if not isinstance(decoded, _NotJson):
+    if not isinstance(decoded, NotJson):
         try:
             return json.dumps(decoded, sort_keys=True, separators=(",", ":")).encode()
         except (ValueError, RecursionError):
             pass
-    if _media_type(raw.content_type) == "application/x-www-form-urlencoded":
+    if media_type(raw.content_type) == "application/x-www-form-urlencoded":
         try:
             return urlencode(sorted(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))).encode()
         except UnicodeDecodeError:
             pass
     return body
-
-
-def _decode_payload(raw: RawCallback) -> tuple[Any, dict[str, Any]]:
-    """Return (payload, context from the query string); raise ``ValueError`` with a reason."""
-    query = _form(raw.query) if raw.query else {}
-    body = raw.body.strip()
-    if not body:
-        if not query:
-            raise ValueError("empty callback: no body and no query parameters")
-        return query, {}
-    media = _media_type(raw.content_type)
-    if media == "multipart/form-data":
-        raise ValueError("multipart/form-data is not supported; stored raw")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError("body is not UTF-8 text") from None
-    if media.endswith("json") or (media != "application/x-www-form-urlencoded" and text[:1] in "{["):
-        decoded = raw.decoded_json
-        if not isinstance(decoded, _NotJson):
-            return decoded, query
-        if isinstance(decoded.error, RecursionError):
-            raise ValueError("JSON body nested too deeply")
-        raise ValueError(f"body is not valid JSON: {decoded.error}")
-    if media == "application/x-www-form-urlencoded" or _looks_like_form(text):
-        return _form(text), query
-    raise ValueError(f"cannot read a body of type {media or 'unknown'!r}")
 
 
 def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth: int = 0) -> list[dict]:
@@ -296,8 +250,8 @@ def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth
 
 def _split_numbers(value: Any) -> list[str]:
     if isinstance(value, list):
-        return [str(v).strip() for v in value if isinstance(v, (str, int)) and str(v).strip()]
-    return [part.strip() for part in str(value).split(",") if part.strip()]
+        return [unescape(str(v)).strip() for v in value if isinstance(v, (str, int)) and str(v).strip()]
+    return [part.strip() for part in unescape(str(value)).split(",") if part.strip()]
 
 
 def _callback_e164(raw: str, region: str | None) -> str | None:
@@ -314,7 +268,7 @@ def _text(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)[:256]
+    return unescape(str(value))[:256]
 
 
 def parse_callback(
@@ -323,7 +277,11 @@ def parse_callback(
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
     try:
-        payload, context = _decode_payload(raw)
+        payload, context = decode_payload(
+            raw.body, raw.content_type, raw.query, raw.decoded_json, mapping.text_names
+        )
+    except RefusedBody as exc:
+        return ParsedCallback(error=str(exc), refused=True)
     except ValueError as exc:
         return ParsedCallback(error=str(exc))
     records = _records(payload, context, mapping)

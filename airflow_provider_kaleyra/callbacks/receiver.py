@@ -7,148 +7,40 @@ cannot be parsed is kept and flagged, never dropped, so nothing Kaleyra sends is
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from airflow_provider_kaleyra.callbacks.intake import GroupCommit
+from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized
+from airflow_provider_kaleyra.callbacks.logs import redact_access_log, redact_query
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
-from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
-from airflow_provider_kaleyra.utils.database import redact_url
+from airflow_provider_kaleyra.callbacks.settings import (
+    CONN_ID_ENV,
+    LazySettings,
+    ReceiverNotConfigured,
+    ReceiverOptions,
+    ReceiverSettings,
+)
+from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from airflow_provider_kaleyra.callbacks.tokens import presented_client
 
 log = logging.getLogger(__name__)
 
-CONN_ID_ENV = "KALEYRA_CALLBACK_CONN_ID"
-SECRET_HEADER = "x-kaleyra-secret"
+__all__ = ["CALLBACK_PATH", "CONN_ID_ENV", "TOKEN_PATH", "URL_PREFIX", "ReceiverNotConfigured", "create_app"]
+
 MAX_BODY_BYTES = 1024 * 1024
+MAX_TOKEN_REQUEST_BYTES = 16 * 1024
 CALLBACK_PATH = "/soip/callback"
+TOKEN_PATH = "/soip/token"
 URL_PREFIX = "/kaleyra"
-_RETRY_CONFIG_AFTER = 15.0  # seconds between connection look-ups while misconfigured
 _PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", SECRET_HEADER}
-
-
-class ReceiverNotConfigured(Exception):
-    """No secret or no store: the receiver refuses everything rather than accept unauthenticated data."""
-
-
-@dataclass(frozen=True)
-class ReceiverSettings:
-    """What a request needs: where to store, what secret to expect, how to read payloads."""
-
-    store: CallbackStore
-    secret: str
-    mapping: FieldMapping
-    region: str | None
-    intake: GroupCommit
-
-
-class _LazySettings:
-    """Settings resolved on the first request (not at import: the API server imports plugins early)."""
-
-    def __init__(
-        self,
-        *,
-        store: CallbackStore | None,
-        secret: str | None,
-        conn_id: str | None,
-        mapping: FieldMapping | None,
-        region: str | None,
-    ) -> None:
-        self._explicit = (store, secret, mapping, region)
-        self._conn_id = conn_id
-        self._settings: ReceiverSettings | None = None
-        self._failed_at = 0.0
-        self._failure = ""
-        self._lock = threading.Lock()
-
-    @property
-    def resolved(self) -> ReceiverSettings | None:
-        return self._settings
-
-    def get(self) -> ReceiverSettings:
-        if self._settings is not None:
-            return self._settings
-        with self._lock:
-            if self._settings is not None:
-                return self._settings
-            if self._failure and time.monotonic() - self._failed_at < _RETRY_CONFIG_AFTER:
-                raise ReceiverNotConfigured(self._failure)
-            try:
-                self._settings = self._resolve()
-            except ReceiverNotConfigured as exc:
-                self._failure, self._failed_at = str(exc), time.monotonic()
-                log.error("Kaleyra callback receiver is not configured: %s", exc)
-                raise
-            return self._settings
-
-    def _resolve(self) -> ReceiverSettings:
-        store, secret, mapping, region = self._explicit
-        if store is not None and secret:
-            return ReceiverSettings(store, secret, mapping or FieldMapping(), region, GroupCommit(store))
-        conn_id = self._conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
-        config = _read_connection(conn_id)
-        secret = secret or config.callback_secret
-        if not secret:
-            raise ReceiverNotConfigured(f"connection {conn_id!r} has no callback_secret extra")
-        try:
-            mapping = mapping or FieldMapping.from_dict(config.callback_field_map)
-            store = store or get_store(config.store_url)
-        except (ValueError, TypeError) as exc:
-            raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
-        log.info("Kaleyra callbacks go to %s", redact_url(store.url))
-        return ReceiverSettings(store, secret, mapping, region or config.default_region, GroupCommit(store))
-
-
-def _read_connection(conn_id: str) -> Any:
-    """Through the hook, like every other component: one reading, secrets masked."""
-    try:
-        from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-
-        return KaleyraHook(kaleyra_conn_id=conn_id).config
-    except Exception as exc:
-        raise ReceiverNotConfigured(
-            f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
-        ) from None
-
-
-def _presented_secrets(secret_header: str | None, authorization: str | None) -> list[str]:
-    """Secrets the caller offers: ``X-Kaleyra-Secret``, ``Bearer`` token, or Basic password."""
-    offered = []
-    if secret_header and secret_header.strip():
-        offered.append(secret_header.strip())
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        offered.append(value.strip())
-    elif scheme.lower() == "basic" and value.strip():
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return offered
-        offered.append(decoded.partition(":")[2])
-    return offered
-
-
-def is_authorized(headers: Mapping[str, str], secret: str) -> bool:
-    """Constant-time comparison of every offered secret (an attacker learns nothing from timing)."""
-    expected = secret.encode()
-    ok = False
-    for offered in _presented_secrets(headers.get(SECRET_HEADER), headers.get("authorization")):
-        ok |= hmac.compare_digest(offered.encode(), expected)
-    return ok
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -204,28 +96,57 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+async def _settings_or_refusal(settings: LazySettings, scope: Scope, send: Send) -> ReceiverSettings | None:
+    """The settings, once the sender passed the allow-list; else ``None`` (and the request is answered).
+
+    The query string is redacted in the scope first: Airflow's access log reads it after the answer.
+    """
+    if scope.get("query_string"):  # (the receiver itself has kept the real one, see RawCallback)
+        scope["kaleyra_query"] = scope["query_string"].decode("latin-1")
+        scope["query_string"] = redact_query(scope["kaleyra_query"]).encode("latin-1")
+    try:  # resolved once (reading the connection may block); then no thread hop per request
+        current = settings.resolved or await run_in_threadpool(settings.get)
+    except ReceiverNotConfigured:
+        await _error(send, 503, "callback receiver is not configured; see the server log")
+        return None
+    if current.allow is not None:
+        peer = scope["client"][0] if scope.get("client") else None
+        forwarded = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"), None)
+        if not current.allow.admits(peer, forwarded):
+            log.warning("Refused a Kaleyra callback request from %s: not in the allow-list", peer)
+            await _error(send, 403, "sender not allowed")
+            return None
+    return current
+
+
+def _refused(scope: Scope, what: str) -> None:
+    client = scope["client"][0] if scope.get("client") else "?"
+    log.warning("Refused an unauthenticated Kaleyra %s from %s", what, client)
+
+
 class _CallbackEndpoint:
     """The callback route as a plain ASGI app: Starlette's Request and Response cost ~25 us a callback.
 
     (Starlette runs an ASGI object given to a route as is; the route still answers 405 to other methods.)
     """
 
-    def __init__(self, settings: _LazySettings, max_body_bytes: int) -> None:
+    def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
         self.settings = settings
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        settings, limit = self.settings, self.max_body_bytes
-        try:  # resolved once (reading the connection may block); then no thread hop per request
-            current = settings.resolved or await run_in_threadpool(settings.get)
-        except ReceiverNotConfigured:
-            return await _error(send, 503, "callback receiver is not configured; see the server log")
+        limit = self.max_body_bytes
+        current = await _settings_or_refusal(self.settings, scope, send)
+        if current is None:
+            return None
         headers, kept = _headers(scope["headers"])
-        if not is_authorized(headers, current.secret):
-            client = scope["client"][0] if scope.get("client") else "?"
-            log.warning("Refused an unauthenticated Kaleyra callback from %s", client)
+        if not is_authorized(headers, current.secret, current.tokens):
+            _refused(scope, "callback")
+            scheme = (
+                'Bearer realm="kaleyra", error="invalid_token"' if current.tokens else 'Basic realm="kaleyra"'
+            )
             return await _error(
-                send, 401, "missing or wrong callback secret", {"WWW-Authenticate": 'Basic realm="kaleyra"'}
+                send, 401, "missing or wrong callback credentials", {"WWW-Authenticate": scheme}
             )
         declared = headers.get("content-length")
         if declared is not None:
@@ -240,21 +161,51 @@ class _CallbackEndpoint:
             method=scope["method"],
             body=body,
             content_type=headers.get("content-type"),
-            query=scope.get("query_string", b"").decode("latin-1"),
+            query=scope.get("kaleyra_query", ""),
             headers=kept,
             received_at=datetime.now(UTC),
         )
         if not body.strip() and not raw.query:
             return await _error(send, 400, "empty callback: no body and no query parameters")
         parsed = parse_callback(raw, current.mapping, current.region)
+        if parsed.refused:
+            log.warning("Refused a Kaleyra callback: %s", parsed.error)
+            return await _error(send, 400, parsed.error or "refused")
         try:
             new = await current.intake.add(raw, parsed)
-        except Exception:
-            log.exception("Could not store a Kaleyra callback")
+        except Exception as exc:  # nothing acknowledged that is not committed: Kaleyra sends it again
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]  # not the SQL and its parameters
+            log.error("Could not store a Kaleyra callback (answered 503): %s: %s", type(exc).__name__, reason)
             return await _error(send, 503, "callback store unavailable; retry later", {"Retry-After": "30"})
         if parsed.error:
             log.warning("Stored a Kaleyra callback that could not be fully read: %s", parsed.error)
         await _accepted(send, new, len(parsed.results), parsed.error)
+
+
+class _TokenEndpoint:
+    """Advanced auth: client ID and secret (Basic, JSON, form or query) in, a Bearer token out."""
+
+    def __init__(self, settings: LazySettings) -> None:
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        current = await _settings_or_refusal(self.settings, scope, send)
+        if current is None:
+            return None
+        if current.tokens is None:
+            return await _error(send, 404, "advanced callback auth is not configured on this connection")
+        headers, _ = _headers(scope["headers"])
+        body = await _read_body(receive, MAX_TOKEN_REQUEST_BYTES)
+        if body is None:
+            return await _error(send, 413, f"body larger than {MAX_TOKEN_REQUEST_BYTES} bytes")
+        client = presented_client(
+            headers.get("authorization"), body, headers.get("content-type"), scope.get("kaleyra_query", "")
+        )
+        if client is None or not current.tokens.client_matches(*client):
+            _refused(scope, "token request")
+            body = b'{"error":"invalid_client"}'
+            return await _answer(send, 401, body, {"WWW-Authenticate": 'Basic realm="kaleyra"', **_NO_STORE})
+        await _answer(send, 200, json.dumps(current.tokens.issue()).encode(), _NO_STORE)
 
 
 def create_app(
@@ -264,16 +215,27 @@ def create_app(
     conn_id: str | None = None,
     field_map: FieldMapping | Mapping[str, Any] | None = None,
     region: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    token_lifetime: timedelta | None = None,
+    allowed_ips: tuple[str, ...] | None = None,
+    trusted_proxies: tuple[str, ...] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     path_prefix: str = "",
 ) -> FastAPI:
     """Build the receiver app; what is not given is read from the ``kaleyra`` connection on first request.
 
     :param store: where callbacks go; default: the connection's ``callback_store_url``.
-    :param secret: the shared secret callers must present; default: the connection's ``callback_secret``.
+    :param secret: the shared secret (header, Basic password or static Bearer); default: ``callback_secret``.
     :param conn_id: connection to read; default: env ``KALEYRA_CALLBACK_CONN_ID`` or ``kaleyra_default``.
+        Advanced-auth tokens are bound to it: another connection's token is refused.
     :param field_map: payload keys and values to recognise; default: connection extra ``callback_field_map``.
     :param region: region for numbers that arrive without a country code; default: the connection's.
+    :param client_id: advanced auth (the token route); default: ``callback_client_id``.
+    :param client_secret: advanced auth; default: ``callback_client_secret``.
+    :param token_lifetime: of advanced-auth tokens; default: ``callback_token_lifetime`` (one hour).
+    :param allowed_ips: CIDRs allowed to call; default: ``callback_allowed_ips`` (empty: any sender).
+    :param trusted_proxies: CIDRs whose ``X-Forwarded-For`` is believed; default: ``callback_trusted_proxies``.
     :param max_body_bytes: larger bodies are refused with 413.
     :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
     """
@@ -282,13 +244,20 @@ def create_app(
         if field_map is None or isinstance(field_map, FieldMapping)
         else FieldMapping.from_dict(field_map)
     )
-    settings = _LazySettings(store=store, secret=secret, conn_id=conn_id, mapping=mapping, region=region)
-    app = FastAPI(
-        title="Kaleyra SOIP callback receiver",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+    options = ReceiverOptions(
+        store=store,
+        secret=secret,
+        client_id=client_id,
+        client_secret=client_secret,
+        token_lifetime=token_lifetime,
+        allowed_ips=allowed_ips,
+        trusted_proxies=trusted_proxies,
+        mapping=mapping,
+        region=region,
+        conn_id=conn_id,
     )
+    settings = LazySettings(options)
+    app = FastAPI(title="Kaleyra SOIP callback receiver", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kaleyra_settings = settings
 
     @app.get(f"{path_prefix}/health")
@@ -298,9 +267,9 @@ def create_app(
     app.add_route(
         f"{path_prefix}{CALLBACK_PATH}",
         _CallbackEndpoint(settings, max_body_bytes),
-        methods=["GET", "POST", "PUT"],
+        methods=["GET", "POST", "PUT", "DELETE"],
     )
-
+    app.add_route(f"{path_prefix}{TOKEN_PATH}", _TokenEndpoint(settings), methods=["GET", "POST", "PUT"])
     return app
 
 
@@ -308,5 +277,7 @@ def create_standalone_app(**kwargs: Any) -> FastAPI:
     """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way.
 
     Routes carry the prefix rather than a mount: a mounted app runs a second middleware stack per request.
+    Served by uvicorn, whose access log gets its query strings redacted.
     """
+    redact_access_log()
     return create_app(path_prefix=URL_PREFIX, **kwargs)

@@ -27,6 +27,10 @@ DEFAULT_RETRY_BACKOFF = 0.5
 # for a week, a negative one (offline device, RCS switched off) is asked again after two days.
 DEFAULT_CACHE_MAX_AGE_POSITIVE = timedelta(days=7)
 DEFAULT_CACHE_MAX_AGE_NEGATIVE = timedelta(days=2)
+DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)  # advanced callback auth (``callbacks/tokens.py``)
+
+# Every pod the code knows a host for; RCS hosts are published for NA and IN only.
+PODS = tuple(dict.fromkeys([*RCS_HOSTS, *SOIP_HOSTS]))
 
 _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
@@ -69,6 +73,33 @@ def _age(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
     return default if value in (None, "") else parse_age(value, f"Kaleyra connection extra {key!r}")
 
 
+def _seconds(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    """An age (``1h``, ``30m``), where a bare number means seconds (as Kaleyra's ``expires_in``)."""
+    value = extra.get(key)
+    if value in (None, ""):
+        return default
+    if isinstance(value, (int, float)) or str(value).strip().isdigit():
+        return timedelta(seconds=float(value))
+    return parse_age(value, f"Kaleyra connection extra {key!r}")
+
+
+def _cidrs(extra: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A list of CIDRs, given as a list or comma-separated (checked by the receiver, which uses them)."""
+    value = extra.get(key)
+    if value in (None, ""):
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+def missing_rcs_host(pod: str) -> str:
+    """What to set by hand when a pod has no published RCS host."""
+    return (
+        f"Kaleyra publishes no RCS host for pod {pod!r} (known: {', '.join(RCS_HOSTS)}): "
+        "set the connection's rcs_base_url to the RCS host Kaleyra gave your account"
+    )
+
+
 def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
     """An extra holding a JSON object, given as an object or as JSON text (the UI form sends text)."""
     value = extra.get(key)
@@ -107,6 +138,11 @@ class KaleyraConfig:
     callback_secret: str | None = field(default=None, repr=False)
     callback_store_url: str | None = field(default=None, repr=False)
     callback_field_map: dict[str, Any] | None = None
+    callback_client_id: str | None = None
+    callback_client_secret: str | None = field(default=None, repr=False)
+    callback_token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME
+    callback_allowed_ips: tuple[str, ...] = ()
+    callback_trusted_proxies: tuple[str, ...] = ()
     cache_url: str | None = field(default=None, repr=False)
     cache_max_age_positive: timedelta = DEFAULT_CACHE_MAX_AGE_POSITIVE
     cache_max_age_negative: timedelta = DEFAULT_CACHE_MAX_AGE_NEGATIVE
@@ -120,10 +156,10 @@ class KaleyraConfig:
         if not conn.password:
             raise ValueError(f"Kaleyra connection {conn.conn_id!r} has no password: set it to the API key")
         pod = (extra.get("pod") or DEFAULT_POD).lower()
-        if pod not in RCS_HOSTS and not extra.get("rcs_base_url"):
+        if pod not in PODS and not extra.get("rcs_base_url"):
             raise ValueError(
                 f"Kaleyra connection {conn.conn_id!r}: unknown pod {pod!r} "
-                f"(known: {', '.join(sorted(RCS_HOSTS))}); set rcs_base_url to use another host"
+                f"(known: {', '.join(PODS)}); set rcs_base_url (and soip_base_url) to use other hosts"
             )
         region = extra.get("default_region") or None
         return cls(
@@ -142,6 +178,11 @@ class KaleyraConfig:
             callback_secret=extra.get("callback_secret") or None,
             callback_store_url=extra.get("callback_store_url") or None,
             callback_field_map=_json_object(extra, "callback_field_map"),
+            callback_client_id=extra.get("callback_client_id") or None,
+            callback_client_secret=extra.get("callback_client_secret") or None,
+            callback_token_lifetime=_seconds(extra, "callback_token_lifetime", DEFAULT_TOKEN_LIFETIME),
+            callback_allowed_ips=_cidrs(extra, "callback_allowed_ips"),
+            callback_trusted_proxies=_cidrs(extra, "callback_trusted_proxies"),
             cache_url=extra.get("cache_url") or None,
             cache_max_age_positive=_age(extra, "cache_max_age_positive", DEFAULT_CACHE_MAX_AGE_POSITIVE),
             cache_max_age_negative=_age(extra, "cache_max_age_negative", DEFAULT_CACHE_MAX_AGE_NEGATIVE),

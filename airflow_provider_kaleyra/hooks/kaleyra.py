@@ -15,7 +15,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
 from airflow_provider_kaleyra.client.concurrency import InFlight
-from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
+from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, mask, normalize
@@ -89,6 +89,8 @@ class KaleyraHook(BaseHook):
     # -- the three API calls -------------------------------------------------------------
 
     def _rcs_url(self, path: str, **values: str) -> str:
+        if not self.config.rcs_base_url:  # a pod with no published RCS host (eu, sg): set by hand
+            raise ValueError(missing_rcs_host(self.config.pod))
         return self.config.rcs_base_url + path.format(sid=quote(self.config.sid, safe=""), **values)
 
     def lookup_rcs(self, number: str) -> dict[str, Any]:
@@ -369,8 +371,9 @@ class KaleyraHook(BaseHook):
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
     """Hand the connection's secrets, and only them, to Airflow's log masker."""
     _mask(config.api_key)
-    if config.callback_secret:
-        _mask(config.callback_secret)
+    for secret in (config.callback_secret, config.callback_client_secret):
+        if secret:
+            _mask(secret)
     mask_url_password(config.callback_store_url)
     mask_url_password(config.cache_url)
     return config

@@ -12,7 +12,6 @@ import itertools
 import logging
 import threading
 import time
-import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -21,8 +20,9 @@ from typing import Any
 import requests
 
 from airflow_provider_kaleyra.numbers.normalize import mask
-from kaleyra_simulator.answers import json_bytes, soip_answer
+from kaleyra_simulator.answers import soip_answer
 from kaleyra_simulator.config import SimulatorConfig
+from kaleyra_simulator.profiles import TokenCache, render, token_url
 from kaleyra_simulator.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class CallbackDispatcher:
         self._cond = threading.Condition()
         self._pending = 0
         self._stopping = False
+        self._tokens = TokenCache()
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="kaleyra-sim-callback")
         self._thread = threading.Thread(target=self._run, name="kaleyra-sim-callbacks", daemon=True)
         self._thread.start()
@@ -125,23 +126,14 @@ class CallbackDispatcher:
 
     def _deliver(self, payload: dict[str, Any], config: SimulatorConfig) -> None:
         try:
-            if config.callback_form:
-                fields = {
-                    k: ("true" if v is True else "false" if v is False else "" if v is None else v)
-                    for k, v in payload.items()
-                }
-                body = urllib.parse.urlencode(fields).encode()
-                headers = {"Content-Type": "application/x-www-form-urlencoded"}
-            else:
-                body = json_bytes(payload)
-                headers = {"Content-Type": "application/json"}
+            request = render(payload, config.callback_body, config.callback_method)
             if config.callback_auth is not None:
-                headers.update(config.callback_auth.headers())
+                request[2].update(config.callback_auth.headers())
             for attempt in range(config.callback_retries + 1):
                 if attempt:
                     self._stats.add("cb.retried")
                     time.sleep(min(0.05 * 2**attempt, 2.0))
-                outcome = self._post(config, body, headers)
+                outcome = self._send(config, *request)
                 if outcome == "sent":
                     self._stats.add("cb.sent")
                     return
@@ -159,20 +151,36 @@ class CallbackDispatcher:
                 self._pending -= 1
                 self._cond.notify_all()
 
-    @staticmethod
-    def _post(config: SimulatorConfig, body: bytes, headers: dict[str, str]) -> str:
+    def _send(
+        self, config: SimulatorConfig, params: dict[str, str], body: bytes, headers: dict[str, str]
+    ) -> str:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
+        auth, url = config.callback_auth, config.callback_url or ""
+        advanced = auth is not None and auth.kind == "advanced"
+        tokens_at = config.callback_token_url or token_url(url)
         try:
-            response = _session().post(
-                config.callback_url or "", data=body, headers=headers, timeout=config.callback_timeout
+            if advanced:
+                token, fetched = self._tokens.header(_session(), tokens_at, auth, config.callback_timeout)
+                headers = {**headers, **token}
+                self._stats.add("cb.tokens", int(fetched))
+            response = _session().request(
+                config.callback_method,
+                url,
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=config.callback_timeout,
             )
             response.close()
-        except (requests.RequestException, ValueError) as exc:
-            log.debug("Callback delivery error: %s", exc)
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            log.debug("Callback delivery error: %s", type(exc).__name__)  # (a token error holds no token)
             return "retry"
         if response.ok:
             return "sent"
         log.debug("Callback answered HTTP %s", response.status_code)
+        if advanced and response.status_code == 401:  # expired or refused: a new token, then again
+            self._tokens.forget(tokens_at, auth)
+            return "retry"
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
             return "failed"
         return "retry"

@@ -14,17 +14,26 @@ DEFAULT_SID = "AC-TEST-SID"
 DEFAULT_API_KEY = "test-api-key-0123456789"
 
 
+CALLBACK_BODIES = ("json", "xml", "form", "text")
+CALLBACK_METHODS = ("POST", "PUT", "GET")
+TOKEN_REQUESTS = ("json", "form", "basic")  # how advanced auth sends the client ID and secret
+
+
 @dataclass(frozen=True)
 class CallbackAuth:
-    """How SOIP callbacks authenticate: HTTP Basic, or one extra header (as a Kaleyra callback profile allows)."""
+    """How SOIP callbacks authenticate, as a Kaleyra callback profile allows: HTTP Basic, one extra
+    header, or advanced (a token fetched with a client ID and secret, sent as ``Bearer``)."""
 
-    kind: str  # "basic" or "header"
-    name: str  # user name, or header name
-    value: str = field(repr=False)  # password, or header value
+    kind: str  # "basic", "header" or "advanced"
+    name: str  # user name, header name, or client ID
+    value: str = field(repr=False)  # password, header value, or client secret
+    token_request: str = "json"  # advanced: credentials as a JSON object, a form, or Basic auth
 
     def __post_init__(self) -> None:
-        if self.kind not in ("basic", "header"):
-            raise ValueError(f"callback auth kind must be 'basic' or 'header', got {self.kind!r}")
+        if self.kind not in ("basic", "header", "advanced"):
+            raise ValueError(f"callback auth kind must be 'basic', 'header' or 'advanced', got {self.kind!r}")
+        if self.token_request not in TOKEN_REQUESTS:
+            raise ValueError(f"token_request must be one of {TOKEN_REQUESTS}, got {self.token_request!r}")
 
     @classmethod
     def basic(cls, user: str, password: str) -> CallbackAuth:
@@ -35,15 +44,25 @@ class CallbackAuth:
         return cls("header", name, value)
 
     @classmethod
+    def advanced(cls, client_id: str, client_secret: str, token_request: str = "json") -> CallbackAuth:
+        return cls("advanced", client_id, client_secret, token_request)
+
+    @classmethod
     def parse(cls, spec: str) -> CallbackAuth:
-        """Parse ``basic:USER:PASSWORD`` or ``header:NAME:VALUE`` (CLI and HTTP config form)."""
+        """Parse ``basic:USER:PASSWORD``, ``header:NAME:VALUE`` or ``advanced[-form|-basic]:ID:SECRET``."""
         kind, sep, rest = spec.partition(":")
         name, sep2, value = rest.partition(":")
         if not sep or not sep2 or not name:
-            raise ValueError("callback auth must look like 'basic:USER:PASSWORD' or 'header:NAME:VALUE'")
-        return cls(kind.lower(), name, value)
+            raise ValueError(
+                "callback auth must look like 'basic:USER:PASSWORD', 'header:NAME:VALUE' or 'advanced:ID:SECRET'"
+            )
+        kind, _, style = kind.lower().partition("-")
+        return cls(kind, name, value, style or "json")
 
     def headers(self) -> dict[str, str]:
+        """Static headers (advanced auth adds its token at delivery)."""
+        if self.kind == "advanced":
+            return {}
         if self.kind == "basic":
             token = b64encode(f"{self.name}:{self.value}".encode()).decode()
             return {"Authorization": f"Basic {token}"}
@@ -88,9 +107,14 @@ class SimulatorConfig:
     # SOIP callbacks
     callback_url: str | None = _knob(None, "where SOIP callbacks are POSTed (none: no callbacks)")
     callback_delay: float = _knob(0.0, "seconds between a SOIP check and its callbacks")
-    callback_auth: CallbackAuth | None = _knob(None, "basic:USER:PASSWORD or header:NAME:VALUE")
+    callback_auth: CallbackAuth | None = _knob(
+        None, "basic:USER:PASSWORD, header:NAME:VALUE or advanced[-form|-basic]:CLIENT_ID:CLIENT_SECRET"
+    )
+    callback_token_url: str | None = _knob(None, "advanced auth's token URL (default: callback URL's /token)")
     callback_duplicates: bool = _knob(False, "deliver every callback twice")
-    callback_form: bool = _knob(False, "form-encoded callbacks instead of JSON")
+    callback_form: bool = _knob(False, "form-encoded callbacks instead of JSON (as --callback-body form)")
+    callback_body: str = _knob("json", "body type: json, xml, form or text")
+    callback_method: str = _knob("POST", "POST, PUT, or GET (the fields in the query string)")
     callback_retries: int = _knob(3, "delivery attempts after the first")
     callback_timeout: float = _knob(5.0, "seconds to wait for the receiver")
 
@@ -110,6 +134,13 @@ class SimulatorConfig:
             raise ValueError("callback_retries must not be negative")
         if self.bulk_invalid not in ("reject", "drop"):
             raise ValueError("bulk_invalid must be 'reject' or 'drop'")
+        if self.callback_form:
+            object.__setattr__(self, "callback_body", "form")
+        object.__setattr__(self, "callback_method", self.callback_method.upper())
+        if self.callback_body not in CALLBACK_BODIES or self.callback_method not in CALLBACK_METHODS:
+            raise ValueError(
+                f"callback_body must be one of {CALLBACK_BODIES}, callback_method one of {CALLBACK_METHODS}"
+            )
 
     def public(self) -> dict[str, Any]:
         """The config as JSON-friendly data, secrets masked (for ``GET /_sim/config``)."""
@@ -145,7 +176,11 @@ def simulator_connection(
 # --------------------------------------------------------------------------- CLI flags
 
 _TYPES: dict[str, Any] = {"int": int, "float": float}  # anything else is read as text
-_CHOICES = {"bulk_invalid": ("reject", "drop")}
+_CHOICES = {
+    "bulk_invalid": ("reject", "drop"),
+    "callback_body": CALLBACK_BODIES,
+    "callback_method": CALLBACK_METHODS,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -49,4 +49,5 @@ class Stats:
                 "retried": c.get("cb.retried", 0),
                 "pending": pending_callbacks,
             },
+            "callback_tokens": c.get("cb.tokens", 0),  # advanced-auth tokens fetched
         }

@@ -45,6 +45,10 @@ CAMPAIGN, SOIP = "example_kaleyra_campaign_preflight", "example_kaleyra_soip_che
 AUDIENCE_SIZE, SHARDS = 10_000, 4  # the DAG's defaults
 REGION = "US"
 CALLBACK_SECRET = "e2e-callback-secret-7f3a"
+CLIENT_ID, CLIENT_SECRET = "e2e-console", "e2e-client-secret-91kd"  # advanced callback auth
+TOKEN_LIFETIME = (
+    15  # seconds: shorter than a SOIP run (its callbacks come 10 s late): each run needs a new one
+)
 PROFILE = "e2e-profile"
 RUN_TIMEOUT = 360.0
 
@@ -92,6 +96,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         default_region=REGION,
         callback_profile_id=PROFILE,
         callback_secret=CALLBACK_SECRET,
+        callback_client_id=CLIENT_ID,
+        callback_client_secret=CLIENT_SECRET,
+        callback_token_lifetime=TOKEN_LIFETIME,
         callback_store_url=store_url,
         rate_limit=100,
         max_concurrency=4,
@@ -228,3 +235,55 @@ def _check_soip(deployment: AirflowDeployment, run_id: str, run_dir: Path, numbe
         text for name, text in deployment.task_logs(SOIP, run_id) if "task_id=wait_for_callbacks" in name
     ]
     assert any("Deferring until" in text for text in sensor_logs), sensor_logs
+
+
+# Issue 22: every way a Kaleyra callback profile can deliver, to the receiver on the API server.
+CALLBACK_MODES = [
+    ("basic", "xml", "PUT"),
+    ("advanced", "json", "POST"),
+    ("advanced", "form", "PUT"),
+    ("advanced-basic", "text", "GET"),
+    ("header", "text", "POST"),
+]
+
+
+@pytest.mark.parametrize(
+    ("auth", "body", "method"), CALLBACK_MODES, ids=["-".join(m) for m in CALLBACK_MODES]
+)
+def test_soip_check_with_each_callback_profile_mode(
+    deployment: AirflowDeployment, tmp_path: Path, auth: str, body: str, method: str
+) -> None:
+    simulator = deployment.simulator  # type: ignore[attr-defined]
+    credentials = {
+        "header": CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+        "basic": CallbackAuth.basic("kaleyra", CALLBACK_SECRET),
+        "advanced": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET),
+        "advanced-basic": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET, "basic"),
+    }[auth]
+    simulator.configure(callback_auth=credentials, callback_body=body, callback_method=method)
+    tokens_before = simulator.stats()["callback_tokens"]
+    try:
+        deployment.wait_for_dags([SOIP])
+        numbers = _soip_numbers()
+        out = tmp_path / "soip"
+        run_id = deployment.trigger(SOIP, {"numbers": numbers, "output_location": str(out)})
+        states = deployment.wait_for_runs([(SOIP, run_id)], timeout=RUN_TIMEOUT)
+        if set(states.values()) != {"success"}:
+            pytest.fail(
+                f"SOIP run with {auth}/{body}/{method}: {states}\n{deployment.diagnostics(SOIP, run_id)}"
+            )
+        _check_soip(deployment, run_id, _run_dir(out, run_id), numbers)  # every number answered
+        assert simulator.stats()["callbacks"]["failed"] == 0
+        if auth.startswith("advanced"):  # the last run's token has expired: a new one was fetched
+            assert simulator.stats()["callback_tokens"] - tokens_before >= 1
+    finally:
+        simulator.configure(
+            callback_auth=CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+            callback_body="json",
+            callback_method="POST",
+        )
+    # No secret and no token in what the API server printed (its access log included).
+    printed = (deployment.home / "api-server.out").read_text(errors="replace")
+    for secret in (CALLBACK_SECRET, CLIENT_SECRET):
+        assert secret not in printed
+    assert "eyJ" not in printed, "a JWT (an advanced-auth token) in the API server's output"

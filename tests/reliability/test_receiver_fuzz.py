@@ -22,7 +22,7 @@ from _reliability import SECRET_CALLBACK as SECRET
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from airflow_provider_kaleyra.callbacks import receiver
+from airflow_provider_kaleyra.callbacks import auth
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
@@ -203,13 +203,13 @@ def test_authenticated_requests_are_stored_once_or_refused_with_a_reason(store):
 
 def test_secret_is_compared_in_constant_time(store, monkeypatch):
     calls: list[tuple[bytes, bytes]] = []
-    real = receiver.hmac.compare_digest
+    real = auth.hmac.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(receiver.hmac, "compare_digest", spy)
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     payload = {"number": "919876543210", "soip_capable": True}
     with TestClient(create_app(store=store, secret=SECRET)) as client:
         wrong = "X" * len(SECRET)  # same length: only a constant-time compare keeps timing flat
@@ -218,18 +218,18 @@ def test_secret_is_compared_in_constant_time(store, monkeypatch):
         )
         assert calls and calls[-1] == (wrong.encode(), SECRET.encode())
         calls.clear()
-        for auth in (
+        for offer in (
             {"X-Kaleyra-Secret": SECRET},
             {"Authorization": f"Bearer {SECRET}"},
             {"Authorization": _basic("u", SECRET)},
         ):
-            assert client.post(CALLBACK_PATH, json=payload, headers=auth).status_code == 202
+            assert client.post(CALLBACK_PATH, json=payload, headers=offer).status_code == 202
             assert (SECRET.encode(), SECRET.encode()) in calls
             calls.clear()
     # The check must not short-circuit on a plain ``==`` of the secret anywhere in the receiver.
     import inspect
 
-    source = inspect.getsource(receiver.is_authorized)
+    source = inspect.getsource(auth.is_authorized)
     assert "compare_digest" in source and "== expected" not in source and "== secret" not in source
 
 
