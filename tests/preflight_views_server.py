@@ -10,6 +10,7 @@ login does, so a browser can follow a link like a signed-in user.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -46,7 +47,11 @@ def main() -> None:
     with create_session() as session:
         links = [
             {"run_id": row.run_id, "key": row.key, "url": XComModel.deserialize_value(row)}
-            for row in session.scalars(select(XComModel).where(XComModel.key.like("_link_%")))
+            for row in session.scalars(
+                select(XComModel).where(
+                    XComModel.key.like("_link_%"), XComModel.dag_id == os.environ["KALEYRA_VIEWS_DAG"]
+                )
+            )
         ]
     tokens = {
         "viewer": manager.generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer")),

@@ -74,6 +74,7 @@ def served(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "viewer:viewer",
             "AIRFLOW__API_AUTH__JWT_SECRET": "test-secret-for-the-preflight-views",
+            "KALEYRA_VIEWS_DAG": DAG_ID,  # the session's database also holds other tests' runs
         }
     )
     ran = subprocess.run(
