@@ -8,7 +8,6 @@ behave the same, and a worker on another host reads what an earlier task wrote.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import uuid
 from collections.abc import Iterator
@@ -55,10 +54,7 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
             raise
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A writer killed with SIGKILL (a task's retry follows) leaves its temporary file behind.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+    # Its own temporary file only: another writer of the same path may be writing beside it.
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
@@ -66,5 +62,4 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
         temp.rename(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            if temp.exists():
-                temp.unlink()
+            temp.unlink()
