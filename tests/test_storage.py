@@ -1,6 +1,12 @@
-"""``open_atomic``: readers never see a partial file, and a writer touches only its own temporary file."""
+"""``open_atomic``: readers never see a partial file; a writer removes its own temporary file and
+those of killed writers of this host, never a running writer's."""
 
 from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -39,3 +45,19 @@ def test_a_failed_writer_removes_its_temporary_file_and_leaves_the_old_file(tmp_
         killed_midway()
     assert target.read_text() == "old\n"
     assert _temps(tmp_path) == [other.name] and other.read_text() == "partial"
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    killed = tmp_path / f".out.csv.{host}-{int(dead.stdout)}-0123456789ab.tmp"  # its process is gone
+    running = tmp_path / f".out.csv.{host}-{os.getppid()}-0123456789ab.tmp"  # its process runs
+    elsewhere = tmp_path / f".out.csv.other-host-{int(dead.stdout)}-0123456789ab.tmp"  # cannot tell
+    for temp in (killed, running, elsewhere):
+        temp.write_text("partial")
+    with open_atomic(as_path(str(tmp_path / "out.csv"))) as handle:
+        handle.write("whole\n")
+    assert _temps(tmp_path) == sorted([running.name, elsewhere.name])
+    assert (tmp_path / "out.csv").read_text() == "whole\n"

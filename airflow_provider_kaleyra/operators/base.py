@@ -39,24 +39,20 @@ class NotRetried(AirflowFailException):
     also the error it came as (a ``ValueError`` is still one), with the same message."""
 
 
-class NotRetriedAuthError(NotRetried, KaleyraAuthError):
-    """Bad credentials, or the channel is not enabled (401/403)."""
+# One class per kind, so that code catching ``ValueError`` (say) still catches it.
+class NotRetriedAuthError(NotRetried, KaleyraAuthError): ...  # bad credentials, channel off (401/403)
 
 
-class NotRetriedValueError(NotRetried, ValueError):
-    """A wrong argument, column or setting."""
+class NotRetriedValueError(NotRetried, ValueError): ...  # a wrong argument, column or setting
 
 
-class NotRetriedTypeError(NotRetried, TypeError):
-    """An argument of the wrong type."""
+class NotRetriedTypeError(NotRetried, TypeError): ...  # an argument of the wrong type
 
 
-class NotRetriedFileNotFoundError(NotRetried, FileNotFoundError):
-    """The audience is not there."""
+class NotRetriedFileNotFoundError(NotRetried, FileNotFoundError): ...  # the audience is not there
 
 
-class NotRetriedPermissionError(NotRetried, PermissionError):
-    """The audience or the output is not readable or writable."""
+class NotRetriedPermissionError(NotRetried, PermissionError): ...  # not readable or writable
 
 
 # What waiting cannot fix, and what it is raised as; retrying these only delays the failure.

@@ -8,7 +8,9 @@ behave the same, and a worker on another host reads what an earlier task wrote.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import IO
@@ -36,6 +38,16 @@ def _is_local(path: ObjectStoragePath) -> bool:
     return isinstance(path.fs, LocalFileSystem)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 @contextlib.contextmanager
 def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     """Open ``path`` for writing UTF-8 text so that readers never see a partial file.
@@ -54,8 +66,15 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
             raise
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Its own temporary file only: another writer of the same path may be writing beside it.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    prefix, host = f".{path.name}.", socket.gethostname()
+    # Another writer's temporary file is left alone, unless that writer was a process of this host
+    # that no longer runs (a task killed with SIGKILL, whose retry this is).
+    for left in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        writer_host, _, pid = left.name[len(prefix) : -len(".tmp")].rpartition("-")[0].rpartition("-")
+        if writer_host == host and pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
+    temp = path.with_name(f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
         with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
             yield handle
