@@ -115,6 +115,29 @@ def test_purge_cli(cache_url, capsys):
     c.dispose()
 
 
+def test_purge_cache_in_a_task_raises_a_task_error_not_a_usage_error(cache_url, monkeypatch):
+    from airflow_provider_kaleyra.rcs.cache_cli import purge_cache
+
+    c = CapabilityCache(cache_url)
+    c.remember(SID, [("+14155550001", Answer(RCS_ENABLED))], now=int(time.time()) - 31 * 86400)
+    c.remember(SID, [("+14155550002", Answer(RCS_ENABLED))])
+    conn = {"conn_type": "kaleyra", "login": SID, "password": "key", "extra": {"cache_url": cache_url}}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_PURGE", json.dumps(conn))
+    for bad in ("thirty days", "-1d", ""):
+        with pytest.raises(ValueError, match="older_than: not an age") as raised:
+            purge_cache(older_than=bad, kaleyra_conn_id="kaleyra_purge")
+        assert type(raised.value) is ValueError  # not argparse's ArgumentTypeError, nor SystemExit
+    assert c.count() == 2
+    assert purge_cache(older_than="30d", kaleyra_conn_id="kaleyra_purge") == 1
+    assert purge_cache(older_than=timedelta(days=1), kaleyra_conn_id="kaleyra_purge") == 0
+    assert c.count() == 1
+    conn["extra"] = {}
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_PURGE", json.dumps(conn))
+    with pytest.raises(ValueError, match="has no cache_url"):
+        purge_cache(kaleyra_conn_id="kaleyra_purge")
+    c.dispose()
+
+
 def test_resolve_needs_an_explicit_url_and_a_known_mode():
     ages = {"sid": SID, "max_age_positive": HOUR, "max_age_negative": HOUR}
     assert resolve(None, url=None, **ages) is None

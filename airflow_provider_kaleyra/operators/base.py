@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -21,6 +21,8 @@ from airflow_provider_kaleyra.utils.storage import as_path
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+T = TypeVar("T")
+
 
 def _as_list(value: Any, name: str) -> list[Any]:
     """A rendered ``numbers`` argument as a list: any iterable but a string (a string is a mistake)."""
@@ -32,47 +34,63 @@ def _as_list(value: Any, name: str) -> list[Any]:
     return list(value)
 
 
-# What waiting cannot fix: bad credentials (401/403), a wrong column or configuration (ValueError,
-# TypeError), an audience that is not there or not readable. Retrying these only delays the failure.
-_PERMANENT_ERRORS = (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
+class NotRetried(AirflowFailException):
+    """What waiting cannot fix: fails the task at once, without its retries. Each kind below is
+    also the error it came as (a ``ValueError`` is still one), with the same message."""
 
 
-@functools.cache
-def _non_retryable(kind: type[Exception]) -> type[AirflowFailException]:
-    """``AirflowFailException`` that is still a ``kind``: code catching ``ValueError`` etc. keeps working."""
-    return type(kind.__name__, (AirflowFailException, kind), {"__module__": kind.__module__})
+# One class per kind, so that code catching ``ValueError`` (say) still catches it.
+class NotRetriedAuthError(NotRetried, KaleyraAuthError): ...  # bad credentials, channel off (401/403)
 
 
-def _fail_fast(execute: Callable[..., Any]) -> Callable[..., Any]:
-    """Re-raise a permanent error of ``execute`` as non-retryable (same message, same type); others propagate."""
+class NotRetriedValueError(NotRetried, ValueError): ...  # a wrong argument, column or setting
+
+
+class NotRetriedTypeError(NotRetried, TypeError): ...  # an argument of the wrong type
+
+
+class NotRetriedFileNotFoundError(NotRetried, FileNotFoundError): ...  # the audience is not there
+
+
+class NotRetriedPermissionError(NotRetried, PermissionError): ...  # not readable or writable
+
+
+# What waiting cannot fix, and what it is raised as; retrying these only delays the failure.
+NOT_RETRIED: dict[type[Exception], type[NotRetried]] = {
+    KaleyraAuthError: NotRetriedAuthError,
+    ValueError: NotRetriedValueError,
+    TypeError: NotRetriedTypeError,
+    FileNotFoundError: NotRetriedFileNotFoundError,
+    PermissionError: NotRetriedPermissionError,
+}
+
+
+def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], T]:
+    """For an operator's ``execute``: an error of :data:`NOT_RETRIED` fails the task without retries
+    (same message and attributes, still its kind); any other error keeps the task's ``retries``."""
 
     @functools.wraps(execute)
-    def wrapper(self: BaseOperator, context: Context) -> Any:
+    def run(self: Any, context: Context) -> T:
         try:
             return execute(self, context)
         except AirflowException:
             raise
-        except _PERMANENT_ERRORS as exc:
-            error = _non_retryable(type(exc))(*exc.args)
+        except tuple(NOT_RETRIED) as exc:
+            kind = next(kind for kind in NOT_RETRIED if isinstance(exc, kind))
+            error = NOT_RETRIED[kind](*exc.args)
             error.__dict__.update(exc.__dict__)
+            if isinstance(exc, OSError) and exc.filename is not None:  # its message shows the name
+                error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
             raise error.with_traceback(exc.__traceback__) from exc
 
-    wrapper.__kaleyra_fail_fast__ = True  # type: ignore[attr-defined]
-    return wrapper
+    return run
 
 
 class KaleyraOperator(BaseOperator):
     """Holds the connection id and the hook; the hook reads the connection on first use only.
 
-    Every subclass's ``execute`` fails at once, without retries, on what waiting cannot fix
-    (:data:`_PERMANENT_ERRORS`); transient errors keep the task's ``retries``.
+    Each operator's ``execute`` is decorated with :func:`fail_fast`.
     """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        execute = cls.__dict__.get("execute")
-        if execute is not None and not getattr(execute, "__kaleyra_fail_fast__", False):
-            cls.execute = _fail_fast(execute)  # type: ignore[method-assign]
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -12,7 +12,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.client.api import STATUSES
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
 from airflow_provider_kaleyra.numbers.normalize import mask
-from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, KaleyraOperator
+from airflow_provider_kaleyra.operators.base import (
+    AUDIENCE_FIELDS,
+    AudienceOperator,
+    KaleyraOperator,
+    fail_fast,
+)
 from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, BulkLookup
 from airflow_provider_kaleyra.rcs.outputs import result_format
@@ -53,6 +58,7 @@ class KaleyraRcsLookupOperator(KaleyraOperator):
         super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
         self.number = number
 
+    @fail_fast
     def execute(self, context: Context) -> dict[str, Any]:
         data = self.hook.lookup_rcs(self.number)
         self.log.info(
@@ -157,6 +163,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
             )
         )
 
+    @fail_fast
     def execute(self, context: Context) -> dict[str, Any]:
         output = as_path(self.output_path, self.storage_conn_id)
         result_format(output)  # a wrong suffix fails before any work

@@ -14,7 +14,7 @@ from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
 from airflow_provider_kaleyra.client.config import StoreNotConfigured
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator
+from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
 
+    @fail_fast
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.hook.config
         profile = self.callback_profile_id or config.callback_profile_id

@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
-from airflow_provider_kaleyra.callbacks.cli import parse_age
+from airflow_provider_kaleyra.callbacks.cli import parse_age as parse_age_argument
 from airflow_provider_kaleyra.rcs.cache import get_cache
 from airflow_provider_kaleyra.utils.database import redact_url
 
 
-def purge_cache(older_than: str = "30d", kaleyra_conn_id: str | None = None) -> int:
-    """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a ``@task``."""
-    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
+def purge_cache(older_than: str | timedelta = "30d", kaleyra_conn_id: str | None = None) -> int:
+    """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a
+    ``@task``. A bad age is a ``ValueError`` naming it (a task error, not the CLI's usage error)."""
+    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+    age = parse_age(older_than, "older_than")
 
     config = KaleyraHook(kaleyra_conn_id or DEFAULT_CONN_ID).config
     if not config.cache_url:
         raise ValueError(f"Kaleyra connection {kaleyra_conn_id or DEFAULT_CONN_ID!r} has no cache_url")
-    return get_cache(config.cache_url).purge(parse_age(older_than))
+    return get_cache(config.cache_url).purge(age)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     purge = commands.add_parser("purge", help="delete answers obtained more than AGE ago")
     purge.add_argument(
-        "--older-than", type=parse_age, required=True, metavar="AGE", help="e.g. 30d, 12h (bare number: days)"
+        "--older-than",
+        type=parse_age_argument,
+        required=True,
+        metavar="AGE",
+        help="e.g. 30d, 12h (bare number: days)",
     )
     where = purge.add_mutually_exclusive_group()
     where.add_argument("--url", help="SQLAlchemy URL of the cache (default: the connection's cache_url)")

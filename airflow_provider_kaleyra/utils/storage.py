@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import IO
@@ -37,6 +38,16 @@ def _is_local(path: ObjectStoragePath) -> bool:
     return isinstance(path.fs, LocalFileSystem)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 @contextlib.contextmanager
 def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     """Open ``path`` for writing UTF-8 text so that readers never see a partial file.
@@ -55,16 +66,19 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
             raise
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A writer killed with SIGKILL (a task's retry follows) leaves its temporary file behind.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    prefix, host = f".{path.name}.", socket.gethostname()
+    # Another writer's temporary file is left alone, unless that writer was a process of this host
+    # that no longer runs (a task killed with SIGKILL, whose retry this is).
+    for left in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        writer_host, _, pid = left.name[len(prefix) : -len(".tmp")].rpartition("-")[0].rpartition("-")
+        if writer_host == host and pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
+    temp = path.with_name(f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
         with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
             yield handle
         temp.rename(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            if temp.exists():
-                temp.unlink()
+            temp.unlink()
