@@ -14,7 +14,7 @@ from airflow_provider_kaleyra.numbers.audience import (
     NOT_CSV,
     NOT_UTF8,
     AudienceRow,
-    iter_lines,
+    line_blocks,
     read_audience,
 )
 from airflow_provider_kaleyra.rcs import outputs
@@ -27,7 +27,7 @@ from airflow_provider_kaleyra.utils.storage import as_path
 def lines_of(data: bytes, block: int | None = None, limit: int = MAX_LINE_BYTES) -> list[bytes | None]:
     stream = io.BytesIO(data)
     read = stream.read if block is None else (lambda _n: stream.read(block))
-    return list(iter_lines(read, limit))
+    return [line for block in line_blocks(read, limit) for line in block]
 
 
 def rows_of(tmp_path, name: str, data: bytes, **kwargs) -> list[AudienceRow]:

@@ -27,6 +27,7 @@ from airflow_provider_kaleyra.numbers.normalize import (
     fast_path_enabled,
     mask,
     normalize,
+    normalize_block,
     normalize_with_phonenumbers,
     preclean,
 )
@@ -66,6 +67,8 @@ def reference(raw: object, region: str | None) -> Normalized:
 def assert_same(raw: object, region: str | None) -> Normalized:
     got = normalize(raw, region)
     assert got == reference(raw, region), (raw, region)
+    # the block reader's path, with the input repeated (its per-block memory of answers)
+    assert normalize_block([raw, raw], None, region) == ([got.e164] * 2, [got.reason] * 2), (raw, region)
     return got
 
 
@@ -471,3 +474,14 @@ def test_distinct_numbers_as_text_keeps_the_caller_s_strings_and_the_same_answer
     assert list(by_text.numbers()) == list(by_digits.numbers()) == ["+919876543210", "+14155552671"]
     first = next(iter(by_text.seen))
     assert isinstance(first, str) and isinstance(next(iter(by_digits.seen)), int)
+
+
+def test_normalize_block_keeps_order_and_the_problems_it_is_given():
+    raws = ["+14155552671", "", "(415) 555-2671", 14155552671, "N/A", "+14155552671", "+1 415 555"]
+    problems = [None, None, None, None, None, "not UTF-8 text", None]
+    e164s, reasons = normalize_block(raws, problems, "US")
+    expected = [normalize(raw, "US") for raw in raws]
+    assert e164s == [n.e164 for n in expected[:5]] + [None, expected[6].e164]
+    assert reasons == [n.reason for n in expected[:5]] + ["not UTF-8 text", expected[6].reason]
+    assert normalize_block(raws, None, "US") == ([n.e164 for n in expected], [n.reason for n in expected])
+    assert normalize_block([], None, None) == ([], [])
