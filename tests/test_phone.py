@@ -485,3 +485,28 @@ def test_normalize_block_keeps_order_and_the_problems_it_is_given():
     assert reasons == [n.reason for n in expected[:5]] + ["not UTF-8 text", expected[6].reason]
     assert normalize_block(raws, None, "US") == ([n.e164 for n in expected], [n.reason for n in expected])
     assert normalize_block([], None, None) == ([], [])
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_distinct_numbers_add_block_tallies_as_add_does(as_text):
+    raws = ["+14155552671", "(415) 555-2671", "junk", "", "+14155552672", "x", "+14155552671"]
+    problems = [None, None, None, None, None, "not UTF-8 text", None]
+    one, block = DistinctNumbers("US", as_text=as_text), DistinctNumbers("US", as_text=as_text)
+    answers = [one.add(raw, problem)[:2] for raw, problem in zip(raws, problems)]
+    assert (
+        list(zip(*block.add_block(raws[:3], problems[:3])))
+        + list(zip(*block.add_block(raws[3:], problems[3:])))
+        == answers
+    )
+    assert (block.inputs, block.invalid, block.duplicates, block.reasons) == (
+        one.inputs,
+        one.invalid,
+        one.duplicates,
+        one.reasons,
+    )
+    assert list(block.numbers()) == list(one.numbers()) == ["+14155552671", "+14155552672"]
+    counted = DistinctNumbers("US", already_e164)  # another reader: called per input
+    assert counted.add_block(["+14155552671", "(415) 555-2671"]) == (
+        ["+14155552671", None],
+        [None, "not E.164 (the input was declared normalized)"],
+    )

@@ -166,6 +166,7 @@ def already_e164(raw: object, region: str | None = None) -> Normalized:
     return Normalized(None, "not E.164 (the input was declared normalized)")
 
 
+_NORMALIZE = normalize  # (the function itself, whatever a test rebinds the name to)
 MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong; ``invalid`` counts all
 
 
@@ -217,6 +218,33 @@ class DistinctNumbers:
             self.duplicates += 1
             return e164, None, position, False
         return e164, None, count, True
+
+    def add_block(
+        self, raws: Sequence[object], problems: Sequence[str | None] | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """:meth:`add` for a block of inputs: ``(e164s, reasons)``, aligned with ``raws``.
+
+        Read with :func:`normalize_block` when the reader is plain :func:`normalize`; any other
+        reader (:func:`already_e164`, a test's counter) is called once per input.
+        """
+        if self.read is _NORMALIZE:
+            e164s, reasons = normalize_block(raws, problems, self.region)
+        else:
+            read, region = self.read, self.region
+            pairs = [(None, p) if p else read(r, region) for r, p in zip(raws, problems or repeat(None))]
+            e164s, reasons = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        seen, as_text, tally = self.seen, self.as_text, self.reasons
+        for e164, reason in zip(e164s, reasons):
+            if e164 is None:
+                self.invalid += 1
+                if reason in tally or len(tally) < MAX_REASONS:
+                    tally[reason] += 1  # type: ignore[index]
+                continue
+            count = len(seen)
+            seen.setdefault(e164 if as_text else int(e164[1:]), count if self.positions else None)
+            if len(seen) == count:
+                self.duplicates += 1
+        return e164s, reasons
 
     @property
     def inputs(self) -> int:
