@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from inputs import valid_e164_numbers  # noqa: E402
-from run import (  # noqa: E402
+from common import (
     CONN_ID,
     LATENCY,
+    cpu_seconds,
     expected_status,
     log,
     machine,
@@ -41,6 +37,7 @@ from run import (  # noqa: E402
     set_connection,
     simulator,
 )
+from inputs import valid_e164_numbers
 
 NEW_SHARE = 0.02
 
@@ -89,17 +86,12 @@ def child(mode: str, audience: str, via: str) -> None:
                 "from_cache": sum(1 for *_, source in records if source == "cache"),
                 "written": written,
                 "peak_mib": rss,
+                # day 1 waits on the rate limit, day 2 is CPU-bound: on a shared machine day 2's
+                # wall time stretches with the load, day 1's does not
                 "cpu": cpu_seconds(),
             }
         )
     )
-
-
-def cpu_seconds() -> float:
-    """User + system CPU of this process: day 1 waits on the rate limit, day 2 is CPU-bound, so on a
-    machine shared with other work day 2's wall time stretches with the load, day 1's does not."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_child(mode: str, audience: str, via: str) -> dict:

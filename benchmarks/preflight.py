@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import CONN_ID, Simulator, _wait_for_health, free_port, machine, peak_rss_mib
+from common import CONN_ID, Simulator, free_port, machine, peak_rss_mib, wait_for_health
 
 SECRET = "bench-preflight-secret-0123456789"
 SHARDS, POOL_SLOTS, REGION = 4, 2, "US"
@@ -195,7 +194,7 @@ def main() -> int:
             callback_auth=f"header:X-Kaleyra-Secret:{SECRET}",
         )
         try:
-            _wait_for_health(port, receiver)
+            wait_for_health(port, receiver)
             extra = {"rcs_base_url": sim.url, "soip_base_url": sim.url, "default_region": REGION,
                      "rate_limit": 0, "max_concurrency": 8, "callback_profile_id": "bench",
                      "callback_secret": SECRET, "callback_store_url": store_url}  # fmt: skip
