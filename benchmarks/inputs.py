@@ -171,3 +171,24 @@ def audience_lines(count: int, region: str = "IN", seed: int = 17) -> Iterator[s
             template = rng.choices(templates, weights)[0]
             tail = "".join(rng.choice("0123456789") for _ in range(template.free))
             yield template.write(style, tail, rng)
+
+
+def messy_audience(numbers: list[str], seed: int = 19) -> list[str]:
+    """The lines of a messy audience over ``numbers`` (distinct valid E.164, read with default
+    region US): 10% of rows written in US national form (``(212) 245-2918``, when the number is a
+    US one; otherwise ``+1 ...``-style international), 5% repeats of earlier rows, 2% garbage."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    for e164 in numbers:
+        draw = rng.random()
+        if draw < 0.02:
+            lines.append(_garbage(rng))
+        elif draw < 0.07 and lines:
+            lines.append(lines[rng.randrange(len(lines))])
+        elif draw < 0.17:
+            number = phonenumbers.parse(e164)
+            form = PhoneNumberFormat.NATIONAL if number.country_code == 1 else PhoneNumberFormat.INTERNATIONAL
+            lines.append(phonenumbers.format_number(number, form))
+        else:
+            lines.append(e164)
+    return lines

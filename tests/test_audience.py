@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
 import json
 
@@ -14,7 +16,7 @@ from airflow_provider_kaleyra.numbers.audience import (
     NOT_CSV,
     NOT_UTF8,
     AudienceRow,
-    iter_lines,
+    line_blocks,
     read_audience,
 )
 from airflow_provider_kaleyra.rcs import outputs
@@ -27,7 +29,7 @@ from airflow_provider_kaleyra.utils.storage import as_path
 def lines_of(data: bytes, block: int | None = None, limit: int = MAX_LINE_BYTES) -> list[bytes | None]:
     stream = io.BytesIO(data)
     read = stream.read if block is None else (lambda _n: stream.read(block))
-    return list(iter_lines(read, limit))
+    return [line for block in line_blocks(read, limit) for line in block]
 
 
 def rows_of(tmp_path, name: str, data: bytes, **kwargs) -> list[AudienceRow]:
@@ -248,3 +250,84 @@ def test_fingerprint_changes_with_numbers_order_and_plan():
         fingerprint([1, 2, 3], [3], 5),
     }
     assert len(others | {base}) == 4
+
+
+# -- one reader: the preflight, the bulk operator and the hook agree --------------------------------
+
+# Excel's forms (a BOM, CRLF, a number in scientific notation, ="..." text), blank lines, a line
+# cut by ";", bytes that are not UTF-8, a short line, quotes, repeats, national and 00 forms.
+MESSY_AUDIENCE = (
+    b"\xef\xbb\xbfcustomer_id,phone,segment\r\n"
+    b"C1,+1 415 555 2671,vip\r\n"
+    b"\r\n"
+    b"C2;(415) 555-2672;new\r\n"
+    b"C3,\xff\xfe4155552673,x\r\n"
+    b"C4,1.41555527E10,x\r\n"
+    b'C5,="+14155552674",x\r\n'
+    b'C6,"(415) 555-2675","a, b"\r\n'
+    b"C7,+14155552671,repeat\r\n"
+    b"C8,00 1 415 555 2676,x\r\n"
+    b"C9,N/A,x\r\n"
+    b"C10\r\n"
+    b"   \r\n"
+    b"C11,(212) 245-2918,x\n"
+    b"C12,+14155552671"
+)
+
+
+@pytest.mark.parametrize("name", ["audience.csv", "audience.csv.gz"])
+def test_the_same_messy_audience_gives_the_same_rows_reasons_and_answers_everywhere(
+    kaleyra_conn, tmp_path, name
+):
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+    from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(MESSY_AUDIENCE) if name.endswith(".gz") else MESSY_AUDIENCE)
+    lines = MESSY_AUDIENCE.split(b"\n")[1:]
+    read = list(read_audience(as_path(str(path))))
+    assert len(read) == len(lines) == 14  # every line after the header is a row, blank ones too
+    assert read[2] == AudienceRow("", "no 'phone' field") and read[3].problem == NOT_UTF8
+
+    prepare_audience(str(path), str(tmp_path / "run"), column="phone", region="US", shard_count=1)
+    with (tmp_path / "run" / "work" / "rows.csv").open(encoding="utf-8", newline="") as handle:
+        prepared = [(row["e164"] or None, row["invalid_reason"] or None) for row in csv.DictReader(handle)]
+
+    output = tmp_path / "out.csv"
+    KaleyraRcsBulkLookupOperator(task_id="bulk", audience=str(path), output=str(output)).execute({})
+    operated = list(read_results(as_path(str(output))))
+    assert [row["input"] for row in operated] == [row.raw for row in read]
+
+    hooked = list(KaleyraHook().lookup_rcs_many([row.raw for row in read]))
+
+    assert [row["e164"] or None for row in operated] == [e164 for e164, _ in prepared]
+    assert [row["error"] or None for row in operated if row["status"] == "invalid"] == [
+        reason for e164, reason in prepared if e164 is None
+    ]
+    valid = [e164 for e164, _ in prepared if e164]
+    assert len(valid) == 7 and len(set(valid)) == 5  # +14155552671 three times
+    for row, result, line in zip(operated, hooked, read):
+        if line.problem is None:  # (a list of strings cannot carry the reader's reasons)
+            assert (result.e164, result.status, result.error) == (
+                row["e164"] or None,
+                row["status"],
+                row["error"] or None,
+            )
+        else:
+            assert row["status"] == "invalid" and row["error"] == line.problem
+
+
+@pytest.mark.parametrize("delimiter", [b";", b"\t"])
+def test_another_delimiter_is_refused_the_same_way_everywhere(kaleyra_conn, tmp_path, delimiter):
+    from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
+    from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+
+    path = tmp_path / "audience.csv.gz"
+    path.write_bytes(gzip.compress(delimiter.join([b"customer_id", b"phone"]) + b"\nC1\n"))
+    with pytest.raises(ValueError, match="-delimited") as prepared:
+        prepare_audience(str(path), str(tmp_path / "run"), column="phone", region="US", shard_count=1)
+    op = KaleyraRcsBulkLookupOperator(task_id="bulk", audience=str(path), output=str(tmp_path / "o.csv"))
+    with pytest.raises(ValueError, match="-delimited") as operated:
+        op.execute({})
+    assert str(operated.value) in str(prepared.value)

@@ -27,6 +27,7 @@ from airflow_provider_kaleyra.numbers.normalize import (
     fast_path_enabled,
     mask,
     normalize,
+    normalize_block,
     normalize_with_phonenumbers,
     preclean,
 )
@@ -66,6 +67,8 @@ def reference(raw: object, region: str | None) -> Normalized:
 def assert_same(raw: object, region: str | None) -> Normalized:
     got = normalize(raw, region)
     assert got == reference(raw, region), (raw, region)
+    # the block reader's path, with the input repeated (its per-block memory of answers)
+    assert normalize_block([raw, raw], None, region) == ([got.e164] * 2, [got.reason] * 2), (raw, region)
     return got
 
 
@@ -475,3 +478,39 @@ def test_distinct_numbers_as_text_keeps_the_caller_s_strings_and_the_same_answer
     assert list(by_text.numbers()) == list(by_digits.numbers()) == ["+919876543210", "+14155552671"]
     first = next(iter(by_text.seen))
     assert isinstance(first, str) and isinstance(next(iter(by_digits.seen)), int)
+
+
+def test_normalize_block_keeps_order_and_the_problems_it_is_given():
+    raws = ["+14155552671", "", "(415) 555-2671", 14155552671, "N/A", "+14155552671", "+1 415 555"]
+    problems = [None, None, None, None, None, "not UTF-8 text", None]
+    e164s, reasons = normalize_block(raws, problems, "US")
+    expected = [normalize(raw, "US") for raw in raws]
+    assert e164s == [n.e164 for n in expected[:5]] + [None, expected[6].e164]
+    assert reasons == [n.reason for n in expected[:5]] + ["not UTF-8 text", expected[6].reason]
+    assert normalize_block(raws, None, "US") == ([n.e164 for n in expected], [n.reason for n in expected])
+    assert normalize_block([], None, None) == ([], [])
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_distinct_numbers_add_block_tallies_as_add_does(as_text):
+    raws = ["+14155552671", "(415) 555-2671", "junk", "", "+14155552672", "x", "+14155552671"]
+    problems = [None, None, None, None, None, "not UTF-8 text", None]
+    one, block = DistinctNumbers("US", as_text=as_text), DistinctNumbers("US", as_text=as_text)
+    answers = [one.add(raw, problem)[:2] for raw, problem in zip(raws, problems)]
+    assert (
+        list(zip(*block.add_block(raws[:3], problems[:3])))
+        + list(zip(*block.add_block(raws[3:], problems[3:])))
+        == answers
+    )
+    assert (block.inputs, block.invalid, block.duplicates, block.reasons) == (
+        one.inputs,
+        one.invalid,
+        one.duplicates,
+        one.reasons,
+    )
+    assert list(block.numbers()) == list(one.numbers()) == ["+14155552671", "+14155552672"]
+    counted = DistinctNumbers("US", already_e164)  # another reader: called per input
+    assert counted.add_block(["+14155552671", "(415) 555-2671"]) == (
+        ["+14155552671", None],
+        [None, "not E.164 (the input was declared normalized)"],
+    )

@@ -1,10 +1,14 @@
 """Audience files in: one row per line, on any object store Airflow knows (``file://``, ``s3://``, ...).
 
-Every byte goes through :class:`~airflow.sdk.ObjectStoragePath`. Reading streams in
-blocks and never holds more than one line (capped at :data:`MAX_LINE_BYTES`); every
-line of an audience becomes exactly one row, with a reason when it cannot be a number.
-A ``.gz`` suffix (``audience.csv.gz``, ``audience.txt.gz``) is decompressed on the way,
-still streaming. Error messages quote header names with phone numbers masked.
+The one reader of audiences (the operators, the preflight's ``prepare``, the examples), so the
+same line gets the same row and the same reason everywhere. Every byte goes through
+:class:`~airflow.sdk.ObjectStoragePath`. Reading streams in blocks of :data:`READ_BLOCK` bytes
+and hands rows on in blocks (:class:`RowBlock`, columns of a few thousand rows), because per-row
+Python is most of a reader's cost; memory stays at one block plus one line (capped at
+:data:`MAX_LINE_BYTES`). Every line becomes exactly one row, with a reason when it cannot be a
+number: a blank line is a row (read as "empty"), bytes that are not UTF-8 are a row with
+:data:`NOT_UTF8`. A ``.gz`` suffix (``audience.csv.gz``, ``audience.txt.gz``) is decompressed on
+the way, still streaming. Error messages quote header names with phone numbers masked.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import gzip
 import os
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter, methodcaller
 from typing import IO, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
@@ -21,14 +29,16 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_kaleyra.numbers.normalize import mask_numbers
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
-READ_BLOCK = 1 << 20
+READ_BLOCK = 1 << 18  # bytes read at a time: a few thousand rows per block
 NOT_UTF8 = "not UTF-8 text"
 NOT_CSV = "not a CSV line (a carriage return or stray quote inside it)"
+LINE_TOO_LONG = f"line too long: over {MAX_LINE_BYTES} bytes"
 _BOM = b"\xef\xbb\xbf"
 _CSV_SUFFIXES = {".csv"}
 _TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
 _GZIP_SUFFIX = ".gz"
 _OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+_SPLIT = methodcaller("split", ",")
 
 
 class AudienceRow(NamedTuple):
@@ -36,6 +46,24 @@ class AudienceRow(NamedTuple):
 
     raw: str
     problem: str | None = None
+
+
+@dataclass(slots=True)
+class RowBlock:
+    """Consecutive rows of an audience, as columns.
+
+    :param raws: the phone field of each row, in order.
+    :param problems: why each row cannot be a number (``None`` where it may); ``None`` for the
+        whole block when no row has a problem (the common case, at no per-row cost).
+    :param records: every column of each row, when the audience was opened with ``keep_columns``.
+    """
+
+    raws: list[str]
+    problems: list[str | None] | None = None
+    records: list[list[str]] | None = None
+
+    def rows(self) -> Iterator[AudienceRow]:
+        return map(AudienceRow, self.raws, self.problems or repeat(None))
 
 
 def _suffix(path: ObjectStoragePath) -> tuple[str, bool]:
@@ -63,11 +91,12 @@ def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
     )
 
 
-# -- reading -----------------------------------------------------------------------------
+# -- lines -------------------------------------------------------------------------------------
 
 
-def iter_lines(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
-    """Lines of a binary stream without their ``\\n`` / ``\\r\\n``; ``None`` for a line over ``limit`` bytes.
+def line_blocks(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Iterator[list[bytes | None]]:
+    """Lines of a binary stream, a block at a time, without their ``\\n`` / ``\\r\\n``; ``None``
+    for a line over ``limit`` bytes.
 
     Reads ``READ_BLOCK`` bytes at a time, so memory stays at one block plus one line,
     whatever the stream holds (even one gigabyte with no newline at all).
@@ -75,31 +104,37 @@ def iter_lines(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Ite
     tail = b""
     skipping = False  # inside a line already known to be too long
     while block := read(READ_BLOCK):
-        start = 0
-        while (end := block.find(b"\n", start)) >= 0:
-            if skipping:
-                skipping = False
-                yield None
-            else:
-                line = _chomp(tail + block[start:end] if tail else block[start:end])
-                tail = b""
-                yield line if len(line) <= limit else None
-            start = end + 1
-        if not skipping:
-            rest = block[start:]
-            if len(tail) + len(rest) > limit + 1:
-                skipping, tail = True, b""
-            else:
-                tail += rest
+        lines: list[bytes | None] = []
+        if skipping:
+            end = block.find(b"\n")
+            if end < 0:
+                continue
+            skipping, block = False, block[end + 1 :]
+            lines.append(None)
+        data = tail + block if tail else block
+        last = data.rfind(b"\n")
+        if last >= 0:
+            lines += _checked(data[:last].split(b"\n"), limit)
+            data = data[last + 1 :]
+        if len(data) > limit + 1:  # (+1: a "\r" may still end it)
+            skipping, tail = True, b""
+        else:
+            tail = data
+        if lines:
+            yield lines
     if skipping:
-        yield None
+        yield [None]
     elif tail:
-        line = _chomp(tail)
-        yield line if len(line) <= limit else None
+        yield _checked([tail], limit)
 
 
-def _chomp(line: bytes) -> bytes:
-    return line[:-1] if line.endswith(b"\r") else line
+def _checked(lines: list[bytes], limit: int) -> list[bytes | None]:
+    """``lines`` less a final ``\\r`` each, over-long ones as ``None`` (C loops unless needed)."""
+    if any(map(methodcaller("endswith", b"\r"), lines)):
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    if max(map(len, lines)) > limit:
+        return [line if len(line) <= limit else None for line in lines]
+    return lines  # type: ignore[return-value]
 
 
 def _decode(line: bytes) -> tuple[str, str | None]:
@@ -107,6 +142,22 @@ def _decode(line: bytes) -> tuple[str, str | None]:
         return line.decode("utf-8"), None
     except UnicodeDecodeError:
         return line.decode("utf-8", errors="replace"), NOT_UTF8
+
+
+def _texts(lines: list[bytes | None]) -> tuple[list[str], list[str | None] | None]:
+    """A block of lines as text (one decode for the block when it is all UTF-8), and its problems."""
+    if None not in lines:
+        try:
+            return b"\n".join(lines).decode("utf-8").split("\n"), None  # type: ignore[arg-type]
+        except UnicodeDecodeError:
+            pass
+    texts: list[str] = []
+    problems: list[str | None] = []
+    for line in lines:
+        text, problem = ("", LINE_TOO_LONG) if line is None else _decode(line)
+        texts.append(text)
+        problems.append(problem)
+    return texts, problems
 
 
 def _fields(text: str) -> list[str] | None:
@@ -119,17 +170,37 @@ def _fields(text: str) -> list[str] | None:
         return None
 
 
-def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
-    """``read`` of the decompressed stream; a corrupt or cut file is a ``ValueError`` naming the path."""
-    unzipped = gzip.GzipFile(fileobj=stream, mode="rb")
+# -- columns -------------------------------------------------------------------------------------
 
-    def read(size: int) -> bytes:
+
+def _csv_block(
+    texts: list[str], problems: list[str | None] | None, index: int, column: str, keep: bool
+) -> RowBlock:
+    """The ``index`` field of each CSV line (and every field, with ``keep``)."""
+    if problems is None and not any(map(methodcaller("__contains__", '"'), texts)):
+        # No quotes: a line's fields are its comma-separated parts; the loops stay in C.
+        records = list(map(_SPLIT, texts)) if keep else None
         try:
-            return unzipped.read(size)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise ValueError(f"audience {path} is not a whole gzip file: {exc}") from None
-
-    return read
+            raws = list(map(itemgetter(index), records if keep else map(_SPLIT, texts)))  # type: ignore[arg-type]
+            return RowBlock(raws, None, records)
+        except IndexError:
+            pass  # a short line: read line by line below
+    raws, found, kept = [], [], []
+    for text, problem in zip(texts, problems or repeat(None)):
+        if problem == LINE_TOO_LONG:
+            raw, fields = "", []
+        elif not text.strip():
+            raw, fields = text, [text]  # a blank line: read as "empty"
+        elif (parsed := _fields(text)) is None:
+            raw, fields, problem = text, [text], problem or NOT_CSV
+        elif index < len(parsed):
+            raw, fields = parsed[index], parsed
+        else:
+            raw, fields, problem = "", parsed, problem or f"no {column!r} field"
+        raws.append(raw)
+        found.append(problem)
+        kept.append(fields)
+    return RowBlock(raws, found if any(p is not None for p in found) else None, kept if keep else None)
 
 
 def _column_index(header: list[str], column: str, path: ObjectStoragePath) -> int:
@@ -157,52 +228,97 @@ def _column_index(header: list[str], column: str, path: ObjectStoragePath) -> in
     raise ValueError(f"{message}; columns found: {shown or 'none'}")
 
 
-def read_audience(
-    path: ObjectStoragePath, *, column: str = "phone", fmt: str | None = None
-) -> Iterator[AudienceRow]:
-    """Stream an audience file: one :class:`AudienceRow` per line after the CSV header.
+# -- audiences -----------------------------------------------------------------------------------
 
-    CSV files need a header naming ``column``; each physical line is one record (quoted
-    fields may hold commas, not newlines). Plain text holds one number per line. A UTF-8
-    BOM is dropped; blank lines, over-long lines and lines that are not UTF-8 become rows
-    with a reason, so the output can account for every line.
 
+def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
+    """``read`` of the decompressed stream; a corrupt or cut file is a ``ValueError`` naming the path."""
+    unzipped = gzip.GzipFile(fileobj=stream, mode="rb")
+
+    def read(size: int) -> bytes:
+        try:
+            return unzipped.read(size)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise ValueError(f"audience {path} is not a whole gzip file: {exc}") from None
+
+    return read
+
+
+@dataclass
+class Audience:
+    """An audience file opened by :func:`open_audience`: its header, and its rows in blocks."""
+
+    path: ObjectStoragePath
+    kind: str  # "csv" or "text"
+    column: str
+    keep_columns: bool
+    header: list[str] | None  # the CSV header (None for text)
+    index: int  # of ``column`` in the header
+
+    def _line_blocks(self) -> Iterator[list[bytes | None]]:
+        _, gzipped = _suffix(self.path)
+        with self.path.open("rb") as stream:
+            yield from line_blocks(_gunzip(stream, self.path) if gzipped else stream.read)
+
+    def blocks(self) -> Iterator[RowBlock]:
+        """Every row after the header, in order, a block at a time (the file is read again each call)."""
+        first = True
+        for lines in self._line_blocks():
+            if first:
+                first = False
+                if self.kind == "csv":
+                    lines = lines[1:]  # the header, read by open_audience
+                elif lines[0] is not None:
+                    lines[0] = lines[0].removeprefix(_BOM)
+                if not lines:
+                    continue
+            texts, problems = _texts(lines)
+            if self.kind == "text":
+                records = [[text] for text in texts] if self.keep_columns else None
+                yield RowBlock(texts, problems, records)
+            else:
+                yield _csv_block(texts, problems, self.index, self.column, self.keep_columns)
+
+    def rows(self) -> Iterator[AudienceRow]:
+        """Row by row, for callers that need no speed."""
+        for block in self.blocks():
+            yield from block.rows()
+
+
+def open_audience(
+    path: ObjectStoragePath, *, column: str = "phone", fmt: str | None = None, keep_columns: bool = False
+) -> Audience:
+    """Open an audience file: a CSV with a header naming ``column``, or text with one number per line.
+
+    Each physical line is one record (quoted fields may hold commas, not newlines). A UTF-8 BOM
+    is dropped; blank lines, over-long lines and lines that are not UTF-8 become rows with a
+    reason, so the output can account for every line.
+
+    :param fmt: ``"csv"`` or ``"text"``; by default read from the suffix (before a ``.gz``).
+    :param keep_columns: also hand on every column of each row (:attr:`RowBlock.records`).
     :raises ValueError: the CSV header is missing, unreadable, or does not name ``column``.
     """
     kind = audience_format(path, fmt)
-    _, gzipped = _suffix(path)
-    with path.open("rb") as stream:
-        lines = iter_lines(_gunzip(stream, path) if gzipped else stream.read)
-        first = True
-        index = -1
-        if kind == "csv":
-            header = next(lines, b"")
-            if header is None:
-                raise ValueError(
-                    f"audience {path}: line 1 (the header) is longer than {MAX_LINE_BYTES} bytes"
-                )
-            header_text, problem = _decode(header.removeprefix(_BOM))
-            if problem or not header_text.strip():
-                raise ValueError(
-                    f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}"
-                )
-            index = _column_index(_fields(header_text) or [header_text], column, path)
-            first = False
-        for line in lines:
-            if line is None:
-                yield AudienceRow("", f"line too long: over {MAX_LINE_BYTES} bytes")
-                first = False
-                continue
-            if first:
-                line, first = line.removeprefix(_BOM), False
-            text, problem = _decode(line)
-            if kind == "text" or not text.strip():
-                yield AudienceRow(text, problem)  # a blank line is read as "empty"
-                continue
-            fields = _fields(text)
-            if fields is None:
-                yield AudienceRow(text, problem or NOT_CSV)
-            elif index < len(fields):
-                yield AudienceRow(fields[index], problem)
-            else:
-                yield AudienceRow("", problem or f"no {column!r} field")
+    header, index = None, 0
+    if kind == "csv":
+        with closing(Audience(path, kind, column, False, None, 0)._line_blocks()) as blocks:
+            first = next(blocks, None)
+        if first is None:
+            raise ValueError(
+                f"audience {path} is empty: line 1 must be a CSV header naming column {column!r}"
+            )
+        if first[0] is None:
+            raise ValueError(f"audience {path}: line 1 (the header) is longer than {MAX_LINE_BYTES} bytes")
+        header_text, problem = _decode(first[0].removeprefix(_BOM))
+        if problem or not header_text.strip():
+            raise ValueError(f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}")
+        header = _fields(header_text) or [header_text]
+        index = _column_index(header, column, path)
+    return Audience(path, kind, column, keep_columns, header, index)
+
+
+def read_audience(
+    path: ObjectStoragePath, *, column: str = "phone", fmt: str | None = None
+) -> Iterator[AudienceRow]:
+    """:func:`open_audience`, row by row (raises on a bad header when iterated)."""
+    yield from open_audience(path, column=column, fmt=fmt).rows()

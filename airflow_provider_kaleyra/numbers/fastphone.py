@@ -308,7 +308,7 @@ _BY_DIGITS: dict[str, _CallingCode] = {}
 _REMEMBER = _prefix_free(list(_CC_OF_DIGITS))
 
 
-def _international(digits: str) -> Parsed | None:
+def international(digits: str) -> Parsed | None:
     """``digits`` after ``+`` or an IDD (at least 3): ``_extract_country_code``, then the tail."""
     info = _BY_DIGITS.get(digits[:1]) or _BY_DIGITS.get(digits[:2]) or _BY_DIGITS.get(digits[:3])
     if info is None:
@@ -337,7 +337,7 @@ def parse(compact: str, region: str | None) -> Parsed | None:
             or not (digits.isascii() and digits.isdigit())
         ):
             return None  # not viable, too short after the "+", or not digits only
-        return _international(digits)
+        return international(digits)
     if len(compact) < _MIN_NSN or len(compact) > _MAX_INPUT or not (compact.isascii() and compact.isdigit()):
         return None
     default = _region(region) if region else None
@@ -348,7 +348,7 @@ def parse(compact: str, region: str | None) -> Parsed | None:
         if match is not None:
             rest = compact[match.end() :]
             if rest[:1] != "0":  # an IDD is not stripped when a 0 follows it
-                return _international(rest) if len(rest) > _MIN_NSN else None
+                return international(rest) if len(rest) > _MIN_NSN else None
     info = _calling_code(default.country_code)
     if info is None:
         return None

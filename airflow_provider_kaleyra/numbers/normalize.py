@@ -17,7 +17,8 @@ import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import phonenumbers
@@ -46,9 +47,6 @@ class Normalized(NamedTuple):
     reason: str | None = None
 
 
-_new_normalized = tuple.__new__
-
-
 def normalize(raw: object, region: str | None = None) -> Normalized:
     """Read one input as a phone number.
 
@@ -68,8 +66,55 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
     if valid:
         if len(nsn) + len(str(country_code)) > E164_MAX_DIGITS:
             return Normalized(None, TOO_LONG_FOR_E164)
-        return _new_normalized(Normalized, (f"+{country_code}{nsn}", None))  # Normalized(e164), faster
+        return Normalized(f"+{country_code}{nsn}")
     return Normalized(None, _invalid_reason(_fastphone.phone_number(parsed)))
+
+
+def normalize_block(
+    raws: Sequence[object], problems: Sequence[str | None] | None = None, region: str | None = None
+) -> tuple[list[str | None], list[str | None]]:
+    """:func:`normalize` of each input of a block: ``(e164s, reasons)``, aligned with ``raws``.
+
+    The same answers as :func:`normalize`, for less CPU per row: inputs already ``+`` and ASCII
+    digits (most of a clean audience) go straight to the fast path's calling-code step, with no
+    per-row cleaning or record; a repeated input the fast path does not take is read once per block.
+
+    :param problems: why each input was refused unread (``None`` where it was not), as
+        :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them; ``None``: none was.
+    """
+    international = _fastphone.international if _trusted or fast_path_enabled() else None
+    e164s: list[str | None] = []
+    reasons: list[str | None] = []
+    slow: dict[str, Normalized] = {}  # this block's answers for inputs off the cheap path
+    for raw, problem in zip(raws, problems or repeat(None)):
+        if problem is not None:
+            e164s.append(None)
+            reasons.append(problem)
+            continue
+        if type(raw) is not str:
+            e164s.append(None)
+            reasons.append(normalize(raw).reason)  # refused: not text
+            continue
+        if (
+            international is not None
+            and raw[:1] == "+"
+            and 3 < len(raw) <= E164_MAX_DIGITS + 1
+            and raw.isascii()
+            and raw[1:].isdigit()
+        ):
+            parsed = international(raw[1:])
+            if parsed is not None and parsed[2]:
+                e164 = f"+{parsed[0]}{parsed[1]}"
+                if len(e164) <= E164_MAX_DIGITS + 1:  # (a transform rule can lengthen a number)
+                    e164s.append(e164)
+                    reasons.append(None)
+                    continue
+        answer = slow.get(raw)
+        if answer is None:
+            answer = slow[raw] = normalize(raw, region)
+        e164s.append(answer.e164)
+        reasons.append(answer.reason)
+    return e164s, reasons
 
 
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
@@ -105,7 +150,7 @@ def normalize_with_phonenumbers(compact: str, region: str | None) -> Normalized:
     try:
         number = phonenumbers.parse(compact, region)
     except NumberParseException as exc:
-        return Normalized(None, f"unparseable: {exc._msg}")
+        return Normalized(None, f"unparseable: {exc.args[0]}")  # the message, without the error code
     if not phonenumbers.is_valid_number(number):
         return Normalized(None, _invalid_reason(number))
     e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
@@ -121,6 +166,7 @@ def already_e164(raw: object, region: str | None = None) -> Normalized:
     return Normalized(None, "not E.164 (the input was declared normalized)")
 
 
+_NORMALIZE = normalize  # (the function itself, whatever a test rebinds the name to)
 MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong; ``invalid`` counts all
 
 
@@ -172,6 +218,33 @@ class DistinctNumbers:
             self.duplicates += 1
             return e164, None, position, False
         return e164, None, count, True
+
+    def add_block(
+        self, raws: Sequence[object], problems: Sequence[str | None] | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """:meth:`add` for a block of inputs: ``(e164s, reasons)``, aligned with ``raws``.
+
+        Read with :func:`normalize_block` when the reader is plain :func:`normalize`; any other
+        reader (:func:`already_e164`, a test's counter) is called once per input.
+        """
+        if self.read is _NORMALIZE:
+            e164s, reasons = normalize_block(raws, problems, self.region)
+        else:
+            read, region = self.read, self.region
+            pairs = [(None, p) if p else read(r, region) for r, p in zip(raws, problems or repeat(None))]
+            e164s, reasons = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        seen, as_text, tally = self.seen, self.as_text, self.reasons
+        for e164, reason in zip(e164s, reasons):
+            if e164 is None:
+                self.invalid += 1
+                if reason in tally or len(tally) < MAX_REASONS:
+                    tally[reason] += 1  # type: ignore[index]
+                continue
+            count = len(seen)
+            seen.setdefault(e164 if as_text else int(e164[1:]), count if self.positions else None)
+            if len(seen) == count:
+                self.duplicates += 1
+        return e164s, reasons
 
     @property
     def inputs(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.numbers.audience import AudienceRow, read_audience
+from airflow_provider_kaleyra.numbers.audience import AudienceRow, RowBlock, open_audience
 from airflow_provider_kaleyra.numbers.normalize import MaskedNumbers
 from airflow_provider_kaleyra.rcs.batching import Shard
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -101,6 +101,8 @@ class KaleyraOperator(BaseOperator):
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 
 
+_LIST_BLOCK = 4096  # rows per block of a ``numbers`` list
+
 AUDIENCE_FIELDS = (
     "kaleyra_conn_id",
     "numbers",
@@ -171,8 +173,16 @@ class AudienceOperator(KaleyraOperator):
             raise ValueError(f"shard_index must be in [0, shard_count), got {index} of {count}")
         return Shard(index, count)
 
-    def _rows(self) -> Iterable[AudienceRow]:
+    def _blocks(self) -> Iterator[RowBlock]:
+        """The audience in blocks of rows (:func:`~airflow_provider_kaleyra.numbers.audience.open_audience`)."""
         if self.audience is not None:
             path = as_path(self.audience, self.storage_conn_id)
-            return read_audience(path, column=self.column, fmt=self.audience_format)
-        return (AudienceRow(raw) for raw in _as_list(self.numbers, "numbers"))
+            yield from open_audience(path, column=self.column, fmt=self.audience_format).blocks()
+            return
+        numbers = _as_list(self.numbers, "numbers")
+        for start in range(0, len(numbers), _LIST_BLOCK):
+            yield RowBlock(numbers[start : start + _LIST_BLOCK])
+
+    def _rows(self) -> Iterator[AudienceRow]:
+        for block in self._blocks():
+            yield from block.rows()

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.numbers.audience import _column_index  # the one header rule (masks numbers)
+from airflow_provider_kaleyra.numbers.audience import open_audience  # the one audience reader
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
@@ -54,23 +54,20 @@ def prepare_audience(
             "when tasks run on several hosts it must be on storage every worker shares, e.g. s3://)"
         )
     distinct = DistinctNumbers(region)
-    lines = files.read_csv(source)
-    header = next(lines, None)
-    if not header:
-        raise ValueError(f"audience {source} is empty: a CSV with a header naming the phone column is needed")
-    try:
-        index = _column_index(header, column, source)
+    try:  # a CSV by contract (.csv.gz decompressed); every line one row, the same reasons as the operators'
+        audience = open_audience(source, column=column, fmt="csv", keep_columns=True)
     except ValueError as exc:
         raise ValueError(f"{exc} (the preflight's `column`, DAG param phone_column)") from None
+    header = audience.header or []
     width = len(header)
     with files.CsvWriter() as out:
         out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
-        for record in lines:
-            if not record:
-                continue  # csv gives [] for a blank line: not a row of the audience
-            record = (record + [""] * width)[:width] if len(record) != width else record
-            e164, reason, _, _ = distinct.add(record[index])
-            out.write("rows", [*record, e164 or "", reason or ""])
+        for block in audience.blocks():
+            for record, e164, reason in zip(
+                block.records or (), *distinct.add_block(block.raws, block.problems)
+            ):
+                record = (record + [""] * width)[:width] if len(record) != width else record
+                out.write("rows", [*record, e164 or "", reason or ""])
     numbers = folder / files.NUMBERS
     files.write_csv(numbers, (files.E164,), ((e164,) for e164 in distinct.numbers()))
     bounds = shard_bounds(len(distinct), shard_count) if distinct else []
