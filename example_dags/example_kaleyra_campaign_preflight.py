@@ -34,6 +34,7 @@ with DAG(
     schedule="@daily",
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
+    render_template_as_native_obj=True,  # "{{ params.shard_count }}" reaches the task group as an int
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     tags=["kaleyra", "rcs", "soip", "example"],
