@@ -134,6 +134,9 @@ def test_soip_check_shape(parsed: dict[str, Any]) -> None:
     assert {"numbers", "numbers_location", "callback_profile_id", "output_location"} <= set(dag.params)
     assert dag.get_task("wait_for_callbacks").deferrable is True
     assert dag.get_task("soip_check").kaleyra_conn_id == "kaleyra_default"
+    # the numbers reach the operator as a file (its audience=), never as a list through XCom
+    assert dag.get_task("soip_check").numbers is None and dag.get_task("soip_check").audience is not None
+    assert "load_numbers" not in dag.task_ids
 
 
 # -- the simulator's sample audience, which the example uses by default ---------------------------
