@@ -19,6 +19,12 @@ def summary(run_id: str, rcs: int, finished: str = "2026-01-02T00:00:00+00:00") 
         "audience": "file:///data/a.csv",
         "counts": {"rows": 110, "invalid": 5, "duplicates": 5, "distinct": 100},
         "invalid_reasons": {"empty": 3, "not a valid number: too short": 2},
+        "national": {
+            "default_region": "US",
+            "default_rows": 22,
+            "by_region": {"US": 22, "IN": 8},
+            "examples": ["617.4*****07 -> +1617*****07"],
+        },
         "channels": {
             "rows": {"rcs": rcs + 2, "soip": 20, "sms": 83 - rcs, "none": 5},
             "numbers": {"rcs": rcs, "soip": 20, "sms": 80 - rcs},
@@ -46,6 +52,7 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
 
     for heading in (
         "Channel mix",
+        "Numbers without a country code",
         "RCS reachability by carrier",
         "RCS reachability by country",
         "Why rows were invalid",
@@ -55,6 +62,8 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
         assert f"<h2>{heading}</h2>" in html and f"## {heading}" in markdown
     assert "| RCS | 32 | 29.1% | 30 |" in markdown  # rows, share of rows, distinct numbers side by side
     assert "| RCS lookups (bulk and single) | 7 |" in markdown
+    assert "| read with the default region (US) | 22 | 20.0% of rows |" in markdown  # 22 of 110 rows
+    assert "| read as IN | 8 | 7.3% of rows |" in markdown and "617.4*****07 -&gt; +1617*****07" in html
     assert "| run-1 | 25.0% |" in markdown and "| run-2 (this run) | 30.0% |" in markdown
     assert "AT&amp;T" in html
     hrefs = re.findall(r'href="([^"]+)"', html)

@@ -222,3 +222,45 @@ def test_csv_writer_publishes_nothing_when_interrupted(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         interrupted()
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_region_column_reads_a_mixed_audience_right_and_default_region_rows_are_counted(
+    tmp_path: Path,
+) -> None:
+    from airflow_provider_kaleyra.preflight.regions import region_for
+
+    assert [region_for(v) for v in ("US", " in ", "India", "united  kingdom", "USA", "+91", "44", "1")] == [
+        "US",
+        "IN",
+        "IN",
+        "GB",
+        "US",
+        "IN",
+        "GB",
+        "US",
+    ]
+    assert [region_for(v) for v in ("Narnia", "ZZ", "+999", "")] == [None, None, None, None]
+    rows = [  # national numbers, as a CRM export writes them, with the country beside them
+        ["C1", "617.433.1307", "United States", "+16174331307"],
+        ["C2", "98765 43210", "IN", "+919876543210"],
+        ["C3", "07911 123456", "44", "+447911123456"],
+        ["C4", "9812345678", "India", "+919812345678"],
+        ["C5", "+1 202 555 0143", "India", "+12025550143"],  # a country code wins over the column
+        ["C6", "(718) 821-3470", "", "+17188213470"],  # no country: the default region
+        ["C7", "9876543210", "Narnia", ""],
+    ]
+    audience = write(tmp_path / "a.csv", ["customer_id", "phone", "country"], [r[:3] for r in rows])
+    run = tmp_path / "run"
+    prepared = prepare_audience(
+        audience, str(run), column="phone", region="US", shard_count=1, region_column="country"
+    )
+    got = {r["customer_id"]: (r["e164"], r["invalid_reason"]) for r in read(run / "work" / "rows.csv")}
+    assert {c: e164 for c, (e164, _) in got.items()} == {r[0]: r[3] for r in rows}  # 0 wrong
+    assert got["C7"][1] == "unknown country in the region column"
+    assert prepared["national"]["default_rows"] == 1
+    assert prepared["national"]["by_region"] == {"US": 2, "IN": 2, "GB": 1}
+    assert prepared["national"]["examples"] == ["(718)*******70 -> +1718*****70"]
+    # without the column, national numbers are read as the default region's, and those that read are counted
+    plain = prepare_audience(audience, str(tmp_path / "r2"), column="phone", region="US", shard_count=1)
+    assert plain["national"]["default_rows"] == 2 and plain["national"]["by_region"] == {"US": 2}
+    assert plain["counts"]["invalid"] == 4  # the Indian and British national numbers are not valid US ones

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
+from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun
 from airflow_provider_kaleyra.utils.storage import open_atomic
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ LABELS = {"rcs": "RCS", "soip": "SMS over IP", "sms": "SMS", "none": "none (inva
 
 
 def run_summary(
-    run_id: str, finished_at: str, prepared: dict[str, Any], decided: dict[str, Any], api: dict[str, int]
+    run_id: str, finished_at: str, prepared: PreparedRun, decided: ChannelResult, api: dict[str, int]
 ) -> dict[str, Any]:
     """What ``summary.json`` and the report hold: ``prepare``'s counts, ``channels``' decisions, API calls."""
     return {
@@ -36,6 +37,7 @@ def run_summary(
         "audience": prepared["audience"],
         "counts": prepared["counts"],
         "invalid_reasons": prepared["invalid_reasons"],
+        "national": prepared["national"],
         "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
         "reasons": decided["reasons"],
         "carriers": decided["carriers"],
@@ -147,6 +149,19 @@ def _sections(
             100.0,
         )
 
+    national = summary["national"]
+    read_as = [
+        [
+            f"read with the default region ({national['default_region']})",
+            f"{national['default_rows']:,}",
+            _pct(national["default_rows"], rows_total) + " of rows",
+        ],
+        *(
+            [f"read as {region}", f"{n:,}", _pct(n, rows_total) + " of rows"]
+            for region, n in national["by_region"].items()
+        ),
+        *(["example (masked)", example, ""] for example in national["examples"]),
+    ]
     api = summary["api"]
     this_run = {"run_id": f"{summary['run_id']} (this run)", "finished_at": summary["finished_at"]}
     trend = [*history, {**this_run, "rcs_share": rcs_share(summary)}]
@@ -154,6 +169,7 @@ def _sections(
     return [
         ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
         ("Audience", ["", "count", "share"], audience, ""),
+        ("Numbers without a country code", ["", "rows", "share"], read_as, ""),
         ("Reasons", ["reason", "rows"], [[r, f"{n:,}"] for r, n in summary["reasons"].items()], ""),
         *(
             (f"RCS reachability by {by}", rate_header, rates(summary[key]), rate_chart(by, summary[key]))
