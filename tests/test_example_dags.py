@@ -10,6 +10,7 @@ import shutil
 import socket
 import warnings
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,22 @@ def test_campaign_preflight_shape(parsed: dict[str, Any]) -> None:
     assert {"audience_location", "output_location", "storage_conn_id", "shard_count", "soip"} <= set(
         dag.params
     )
-    assert dag.schedule == "@daily" and dag.catchup is False
+    # daily, and unpausing it from the Trigger form creates no run of a past day (only the one triggered)
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    timetable = coerce_to_core_timetable(dag.timetable)  # what the scheduler runs
+    assert dag.catchup is False and timetable.summary == "0 6 * * *"
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(dag.start_date, None, catchup=False)
+    )
+    assert first is not None and first.run_after > datetime.now(UTC)
+    assert "**build_report**" in dag.doc_md and "**report**" not in dag.doc_md  # the docs name the tasks
+    assert {t.task_id.removeprefix("preflight.") for t in dag.tasks} >= {
+        "prepare",
+        "channels",
+        "build_report",
+    }
     lookup = dag.get_task("preflight.rcs_lookup")
     assert lookup.is_mapped
     assert lookup.partial_kwargs["pool"] == "kaleyra_api"
