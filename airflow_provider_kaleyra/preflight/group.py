@@ -178,7 +178,7 @@ def kaleyra_preflight(
             print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")
             return {"audience": str(target), "numbers": numbers, "results": str(run_dir / files.SOIP_RESULTS)}
 
-        @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0)
+        @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0, multiple_outputs=False)
         def channels(prepared: PreparedRun, leg: SoipLeg | None) -> ChannelResult:
             """One channel per row; the four lists, keeping every audience column.
 
@@ -201,7 +201,9 @@ def kaleyra_preflight(
             print(f"channels by row: {result['rows']}")
             return result
 
-        @task(trigger_rule="none_failed", retries=0)  # runs when the SOIP leg was skipped
+        @task(
+            trigger_rule="none_failed", retries=0, multiple_outputs=False
+        )  # runs when the SOIP leg was skipped
         def build_report(
             prepared: PreparedRun,
             decided: ChannelResult,
