@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_kaleyra.preflight import channels as ch, files
-from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 from airflow_provider_kaleyra.rcs.answers import Answer
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -264,3 +264,8 @@ def test_a_region_column_reads_a_mixed_audience_right_and_default_region_rows_ar
     plain = prepare_audience(audience, str(tmp_path / "r2"), column="phone", region="US", shard_count=1)
     assert plain["national"]["default_rows"] == 2 and plain["national"]["by_region"] == {"US": 2}
     assert plain["counts"]["invalid"] == 4  # the Indian and British national numbers are not valid US ones
+    assert default_region_warning(plain).startswith(
+        "2 of 7 rows (28.6%) have no country code and were read as US"
+    )
+    assert "(718)*******70 -> +1718*****70" in default_region_warning(plain)
+    assert default_region_warning({**plain, "counts": {**plain["counts"], "rows": 40}}) is None  # 5%: quiet

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -19,6 +19,17 @@ from airflow_provider_kaleyra.rcs.batching import shard_slice
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+class SoipSubmission(TypedDict):
+    """The check's XCom: what the callback sensor waits for. No phone number."""
+
+    submission_id: str
+    submitted_at: str  # ISO 8601; callbacks received before it do not count
+    numbers: int
+    invalid: int
+    requests: int
+    callback_profile_id: str
 
 
 class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
@@ -64,7 +75,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         self.chunk_size = chunk_size
         self.e164_input = e164_input
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> SoipSubmission:
         config = self.hook.config
         profile = self.callback_profile_id or config.callback_profile_id
         if not profile:

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
+from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator, SoipSubmission
 from airflow_provider_kaleyra.preflight import channels as ch, files, report
 from airflow_provider_kaleyra.preflight.records import (
     ChannelResult,
@@ -39,7 +39,6 @@ from airflow_provider_kaleyra.utils.storage import as_path
 
 log = logging.getLogger(__name__)
 PREPARED = "prepared"  # prepare's XCom key of the PreparedRun
-NATIONAL_WARN_RATIO = 0.05  # prepare's log warns when more rows than this were read with the default region
 
 
 def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
@@ -122,7 +121,7 @@ def kaleyra_preflight(
             Returns the shards (mapped over); the :class:`PreparedRun` goes to XCom key ``prepared``.
             """
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-            from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+            from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
             text, optional = str, (str, type(None))
             storage = _expect("storage_conn_id", storage, optional)
@@ -142,22 +141,13 @@ def kaleyra_preflight(
                 )
             except (ValueError, FileNotFoundError, PermissionError) as exc:
                 raise AirflowFailException(str(exc)) from exc
-            counts, national = prepared["counts"], prepared["national"]
+            counts = prepared["counts"]
             print(
                 f"{counts['rows']:,} rows: {counts['distinct']:,} distinct numbers, {counts['duplicates']:,} "
                 f"duplicates, {counts['invalid']:,} invalid; {len(prepared['shards'])} shard(s); region {region}"
             )
-            if counts["rows"] and national["default_rows"] > NATIONAL_WARN_RATIO * counts["rows"]:
-                log.warning(
-                    "%s of %s rows (%.1f%%) have no country code and were read as %s numbers (the "
-                    "connection's default_region), e.g. %s; if the audience mixes countries, give the "
-                    "preflight a region_column",
-                    f"{national['default_rows']:,}",
-                    f"{counts['rows']:,}",
-                    100 * national["default_rows"] / counts["rows"],
-                    region,
-                    ", ".join(national["examples"]),
-                )
+            if warning := default_region_warning(prepared):
+                log.warning(warning)
             get_current_context()["ti"].xcom_push(key=PREPARED, value=prepared)
             return prepared["shards"]
 
@@ -208,7 +198,7 @@ def kaleyra_preflight(
             prepared: PreparedRun,
             decided: ChannelResult,
             lookups: Iterable[LookupSummary] | None,
-            submission: dict[str, Any] | None,
+            submission: SoipSubmission | None,
         ) -> ReportResult:
             """report.html, report.md and summary.json, with the trend of earlier runs under the same output."""
             run_id = get_current_context()["run_id"]

@@ -29,6 +29,7 @@ from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
 
 EXAMPLES = 3
+WARN_RATIO = 0.05  # more rows than this read with the default region: say so in the task log
 UNKNOWN_COUNTRY = "unknown country in the region column"
 
 
@@ -174,3 +175,15 @@ def prepare_audience(
         "national": reader.national,
         "shards": shards,
     }
+
+
+def default_region_warning(prepared: PreparedRun) -> str | None:
+    """What the task log says when many rows were read with the default region (masked examples)."""
+    rows, national = prepared["counts"]["rows"], prepared["national"]
+    if not rows or national["default_rows"] <= WARN_RATIO * rows:
+        return None
+    return (
+        f"{national['default_rows']:,} of {rows:,} rows ({100 * national['default_rows'] / rows:.1f}%) have no "
+        f"country code and were read as {national['default_region']} numbers (the connection's default_region), "
+        f"e.g. {', '.join(national['examples'])}; if the audience mixes countries, give the preflight a region_column"
+    )

@@ -30,6 +30,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, MaskedNumbers, mask
+from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
@@ -88,7 +89,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self,
         *,
         output: str | ObjectStoragePath,
-        submission: dict[str, Any] | None = None,
+        submission: SoipSubmission | None = None,
         numbers: list[str] | None = None,
         storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
