@@ -186,3 +186,11 @@ def test_sample_audience_survives_csv_round_trip() -> None:
     buffer.seek(0)
     assert [tuple(r.values()) for r in csv.DictReader(buffer)] == rows
     assert all("\n" not in phone for _, phone, _ in rows)
+
+
+def test_the_soip_samples_read_the_same_under_any_default_region(parsed: dict[str, Any]) -> None:
+    """Each has its country code, so the README's one connection serves both examples (default_region US)."""
+    from airflow_provider_kaleyra.numbers.normalize import normalize
+
+    numbers = parsed["bag"].dags[SOIP].params.get_param("numbers").value
+    assert all(normalize(n, None).e164 and normalize(n, None) == normalize(n, "US") for n in numbers)
