@@ -269,3 +269,26 @@ def test_a_region_column_reads_a_mixed_audience_right_and_default_region_rows_ar
     )
     assert "(718)*******70 -> +1718*****70" in default_region_warning(plain)
     assert default_region_warning({**plain, "counts": {**plain["counts"], "rows": 40}}) is None  # 5%: quiet
+
+
+def test_the_soip_check_takes_the_e164_candidates_as_they_are(tmp_path: Path, monkeypatch) -> None:
+    from airflow_provider_kaleyra.numbers import normalize as phone
+    from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
+
+    extra = {"callback_profile_id": "p", "callback_store_url": f"sqlite:///{tmp_path / 'c.db'}"}
+    conn = {
+        "conn_type": "kaleyra",
+        "login": "AC-TEST-SID",
+        "password": "test-api-key-0123456789",
+        "extra": extra,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(conn))
+    monkeypatch.setattr(phone, "normalize", lambda *args: pytest.fail("an E.164 candidate was parsed again"))
+    audience = write(tmp_path / "soip_numbers.csv", ["e164"], [[IN_DISABLED], [IN_ENABLED], ["98765 43210"]])
+    check = KaleyraSoipCapabilityCheckOperator(task_id="c", audience=audience, column="e164", e164_input=True)
+    sent: list[str] = []
+    monkeypatch.setattr(type(check.hook), "submit_soip", lambda self, chunk, profile: sent.extend(chunk))
+    result = check.execute({})
+    assert (
+        sorted(sent) == sorted([IN_DISABLED, IN_ENABLED]) and result["invalid"] == 1
+    )  # the shape is checked
