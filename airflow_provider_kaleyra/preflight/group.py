@@ -191,9 +191,8 @@ def kaleyra_preflight(
             print(f"channels by row: {result['rows']}")
             return result
 
-        @task(
-            trigger_rule="none_failed", retries=0, multiple_outputs=False
-        )  # runs when the SOIP leg was skipped
+        # none_failed: runs when the SOIP leg was skipped (submission is None then)
+        @task(trigger_rule="none_failed", retries=0, multiple_outputs=False)
         def build_report(
             prepared: PreparedRun,
             decided: ChannelResult,
