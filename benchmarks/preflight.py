@@ -50,7 +50,7 @@ def child(step: str, args: dict[str, Any]) -> None:
 
         shard = args["shard"]
         op = KaleyraRcsBulkLookupOperator(
-            task_id=f"rcs_lookup_{shard['shard_index']}",
+            task_id=f"rcs_lookup_{args['index']}",
             kaleyra_conn_id=CONN_ID,
             column=files.E164,
             e164_input=True,
@@ -69,6 +69,7 @@ def child(step: str, args: dict[str, Any]) -> None:
             kaleyra_conn_id=CONN_ID,
             audience=str(run_dir / files.SOIP_NUMBERS),
             column="e164",
+            e164_input=True,
         )
         result = op.execute({})
     elif step == "soip_wait":
@@ -85,10 +86,8 @@ def child(step: str, args: dict[str, Any]) -> None:
         result = poked.xcom_value
     elif step == "channels":
         outputs = [as_path(s["output"]) for s in args["shards"]]
-        asked_path = run_dir / files.SOIP_NUMBERS
-        asked = {r["e164"] for r in files.read_records(asked_path)} if args["soip"] else set()
-        outcomes = ch.read_soip_outcomes(run_dir / files.SOIP_RESULTS if args["soip"] else None)
-        result = ch.write_channel_lists(run_dir, ch.read_rcs_answers(outputs), asked, outcomes)
+        leg = (run_dir / files.SOIP_NUMBERS, run_dir / files.SOIP_RESULTS) if args["soip"] else (None, None)
+        result = ch.write_channel_lists(run_dir, outputs, *leg)
     elif step == "report":
         decided, prepared = args["channels"], args["prepared"]
         summary = report.run_summary(run_dir.name, "now", prepared, decided, args["api"])
@@ -114,7 +113,11 @@ def preflight(audience: str, run_dir: str, soip: bool, sim: SimulatorProcess) ->
     prepared = tasks["prepare"]["result"]
     shards = prepared["shards"]
     with ThreadPoolExecutor(POOL_SLOTS) as pool:  # the kaleyra_api pool: 2 shards at a time
-        lookups = list(pool.map(lambda shard: run_step("rcs_lookup", {**base, "shard": shard}), shards))
+        lookups = list(
+            pool.map(
+                lambda i: run_step("rcs_lookup", {**base, "shard": shards[i], "index": i}), range(len(shards))
+            )
+        )
     tasks["rcs_lookup"] = {
         "seconds": sum(r["seconds"] for r in lookups),
         "peak_mib": max(r["peak_mib"] for r in lookups),
@@ -132,7 +135,7 @@ def preflight(audience: str, run_dir: str, soip: bool, sim: SimulatorProcess) ->
     }
     tasks["report"] = run_step(
         "report",
-        {**base, "channels": tasks["channels"]["result"], "prepared": prepared["summary"], "api": api},
+        {**base, "channels": tasks["channels"]["result"], "prepared": prepared, "api": api},
     )
     return {
         "wall": time.perf_counter() - started,

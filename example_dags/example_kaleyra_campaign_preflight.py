@@ -9,11 +9,14 @@ phone numbers. Every row comes out once, with its channel and the reason, in `rc
 
 The work is the provider's task group `kaleyra_preflight`: **prepare** (read and normalize the
 audience once, plan the shards) → **rcs_lookup** (mapped bulk lookups, pool `kaleyra_api`) →
-**soip_candidates** → **soip_check** → **soip_wait** (deferrable, callbacks) → **channels** → **report**.
+**soip_candidates** → **soip_check** → **soip_wait** (deferrable, callbacks) → **channels** → **build_report**.
 The channel lists are Assets (`kaleyra_preflight.rcs`, `.soip`, `.sms`, `.invalid`): schedule the DAG
 that sends the campaign on them.
 
-**Set-up:** a connection `kaleyra_default` (type *Kaleyra*; its `default_region` reads national numbers;
+Runs daily at 06:00 UTC; unpausing it (the Trigger form does) starts no run of its own, only yours.
+
+**Set-up:** a connection `kaleyra_default` (type *Kaleyra*; its `default_region` reads numbers written
+without a country code, `US` for the generated sample, or set the param `region_column`;
 `callback_secret` and `callback_profile_id` for the SOIP leg), the pool
 `airflow pools set kaleyra_api 2 "Kaleyra API"` (without it the lookups are never scheduled), and, when
 workers do not share a disk, `output_location` on shared storage (`s3://...` with `storage_conn_id`).
@@ -21,9 +24,9 @@ workers do not share a disk, `output_location` on shared storage (`s3://...` wit
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
 
 from airflow_provider_kaleyra.preflight import kaleyra_preflight
 
@@ -31,9 +34,11 @@ with DAG(
     dag_id="example_kaleyra_campaign_preflight",
     description="Daily campaign preflight: one channel (RCS, SMS over IP, SMS) per audience row",
     doc_md=__doc__,
-    schedule="@daily",
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    # 06:00 UTC daily. No start_date: unpausing (the Trigger form does) starts no run of a past day,
+    # so the run you trigger is the only one until the next 06:00.
+    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC"),
     catchup=False,
+    render_template_as_native_obj=True,  # "{{ params.shard_count }}" reaches the task group as an int
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     tags=["kaleyra", "rcs", "soip", "example"],
@@ -53,6 +58,12 @@ with DAG(
             description="None: kaleyra/preflight under the Airflow home (one machine only).",
         ),
         "storage_conn_id": Param(None, type=["null", "string"], title="Object storage connection id"),
+        "region_column": Param(
+            None,
+            type=["null", "string"],
+            title="Country column (ISO code, name or calling code) for numbers without a country code",
+            description="None: they are read with the connection's default_region; the report counts them.",
+        ),
         "shard_count": Param(4, type="integer", minimum=1, maximum=256, title="Most RCS lookup shards"),
         "soip": Param(True, type="boolean", title="SMS-over-IP leg for numbers not RCS-capable"),
     },
@@ -78,6 +89,7 @@ with DAG(
         audience=audience(),
         column="{{ params.phone_column }}",
         output="{{ params.output_location }}",
+        region_column="{{ params.region_column }}",
         storage_conn_id="{{ params.storage_conn_id }}",
         shard_count="{{ params.shard_count }}",
         soip="{{ params.soip }}",

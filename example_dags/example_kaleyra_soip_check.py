@@ -4,10 +4,12 @@
 Asks Kaleyra which numbers can receive **SMS over IP** (SOIP, India), waits for the answers
 that Kaleyra sends back as callbacks, and splits the numbers into outputs.
 
-1. **load_numbers** — the numbers from `params.numbers`, or from the CSV at `params.numbers_location`
-   (column `params.phone_column`) when that is set; plans the output folder.
-2. **soip_check** — `KaleyraSoipCapabilityCheckOperator` submits them, in chunks of `chunk_size`, with
-   the callback profile `params.callback_profile_id` (none: the connection's `callback_profile_id`).
+1. **audience** — where the numbers are: the file at `params.numbers_location` (a CSV with column
+   `params.phone_column`, or a text file), or `params.numbers` written to `numbers.txt` in the run's
+   output folder. Only locations go to XCom, never a number.
+2. **soip_check** — `KaleyraSoipCapabilityCheckOperator` reads that file (its `audience=`) and submits
+   the numbers, in chunks of `chunk_size`, with the callback profile `params.callback_profile_id`
+   (none: the connection's `callback_profile_id`).
 3. **wait_for_callbacks** — `KaleyraSoipCallbackSensor`, **deferrable**: waits in the triggerer, holding
    no worker slot, until every number has a callback in the callback store (or times out).
 4. **split_by_capability** — writes `soip_capable.csv`, `soip_not_capable.csv`, `soip_missing.csv`
@@ -41,7 +43,7 @@ CALLBACK_TIMEOUT = timedelta(minutes=30)
 SAMPLE_NUMBERS = [
     "+91 98765 43210",
     "+919812345678",
-    "09876501234",
+    "0091 98765 01234",
     "+91-99000-12345",
     "+91 70123 45678",
     "+918800112233",
@@ -55,6 +57,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
+    render_template_as_native_obj=True,  # "{{ params.storage_conn_id }}" renders None, not "None"
     tags=["kaleyra", "soip", "example"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
     params={
@@ -89,37 +92,35 @@ with DAG(
 ) as dag:
 
     @task(multiple_outputs=True)
-    def load_numbers() -> dict[str, Any]:
-        """The numbers to check, and where this run writes its outputs."""
+    def audience() -> dict[str, str]:
+        """Where the numbers to check are, and where this run writes its outputs."""
         context = get_current_context()
         params = context["params"]
-        conn_id = params["storage_conn_id"] or None
-        if params["numbers_location"]:
-            column = params["phone_column"]
-            numbers = [
-                row.get(column) or ""
-                for row in files.read_records(as_path(params["numbers_location"], conn_id))
-            ]
-        else:
-            numbers = [str(n) for n in params["numbers"]]
-        if not numbers:
-            raise ValueError("no numbers to check")
         base = params["output_location"] or f"file://{files.airflow_home()}/kaleyra/soip"
-        run_dir = as_path(base, conn_id) / files.safe_name(context["run_id"])
-        print(f"{len(numbers):,} numbers to check; outputs go to {run_dir}")
+        run_dir = as_path(base, params["storage_conn_id"]) / files.safe_name(context["run_id"])
+        location = params["numbers_location"]
+        if not location:
+            if not params["numbers"]:
+                raise ValueError("no numbers to check")
+            location = run_dir / "numbers.txt"  # one number per line: the operator reads it as text
+            with open_atomic(location) as handle:
+                handle.writelines(f"{' '.join(str(n).splitlines())}\n" for n in params["numbers"])
+        print(f"numbers from {location}; outputs go to {run_dir}")
         return {
-            "numbers": numbers,
+            "audience": str(location),
             "run_dir": str(run_dir),
             "callback_results": str(run_dir / "callbacks.jsonl"),
         }
 
-    loaded = load_numbers()
+    planned = audience()
 
     submission = KaleyraSoipCapabilityCheckOperator(
         task_id="soip_check",
         kaleyra_conn_id=KALEYRA_CONN_ID,
-        numbers=loaded["numbers"],
-        callback_profile_id="{{ params.callback_profile_id or '' }}",
+        audience=planned["audience"],
+        column="{{ params.phone_column }}",
+        storage_conn_id="{{ params.storage_conn_id }}",
+        callback_profile_id="{{ params.callback_profile_id }}",
         chunk_size=CHUNK_SIZE,
     )
 
@@ -127,7 +128,8 @@ with DAG(
         task_id="wait_for_callbacks",
         kaleyra_conn_id=KALEYRA_CONN_ID,
         submission=submission.output,
-        output=loaded["callback_results"],
+        output=planned["callback_results"],
+        storage_conn_id="{{ params.storage_conn_id }}",
         deferrable=True,
         poke_interval=5,
         timeout=CALLBACK_TIMEOUT.total_seconds(),
@@ -139,7 +141,7 @@ with DAG(
     ) -> dict[str, Any]:
         """capable / not capable / missing (and invalid), one CSV each, plus summary.json."""
         params = get_current_context()["params"]
-        conn_id = params["storage_conn_id"] or None
+        conn_id = params["storage_conn_id"]
         out = as_path(run_dir, conn_id)
         groups: dict[str, list[tuple[Any, ...]]] = {"capable": [], "not_capable": [], "missing": []}
         with as_path(waited["output"], conn_id).open("r", encoding="utf-8") as fh:
@@ -185,4 +187,4 @@ with DAG(
         print(f"SOIP: {counts}; outputs in {run_dir}")
         return summary
 
-    split_by_capability(submission.output, callbacks.output, loaded["run_dir"])
+    split_by_capability(submission.output, callbacks.output, planned["run_dir"])

@@ -10,6 +10,7 @@ import shutil
 import socket
 import warnings
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,22 @@ def test_campaign_preflight_shape(parsed: dict[str, Any]) -> None:
     assert {"audience_location", "output_location", "storage_conn_id", "shard_count", "soip"} <= set(
         dag.params
     )
-    assert dag.schedule == "@daily" and dag.catchup is False
+    # daily, and unpausing it from the Trigger form creates no run of a past day (only the one triggered)
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    timetable = coerce_to_core_timetable(dag.timetable)  # what the scheduler runs
+    assert dag.catchup is False and timetable.summary == "0 6 * * *"
+    first = timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(dag.start_date, None, catchup=False)
+    )
+    assert first is not None and first.run_after > datetime.now(UTC)
+    assert "**build_report**" in dag.doc_md and "**report**" not in dag.doc_md  # the docs name the tasks
+    assert {t.task_id.removeprefix("preflight.") for t in dag.tasks} >= {
+        "prepare",
+        "channels",
+        "build_report",
+    }
     lookup = dag.get_task("preflight.rcs_lookup")
     assert lookup.is_mapped
     assert lookup.partial_kwargs["pool"] == "kaleyra_api"
@@ -134,6 +150,9 @@ def test_soip_check_shape(parsed: dict[str, Any]) -> None:
     assert {"numbers", "numbers_location", "callback_profile_id", "output_location"} <= set(dag.params)
     assert dag.get_task("wait_for_callbacks").deferrable is True
     assert dag.get_task("soip_check").kaleyra_conn_id == "kaleyra_default"
+    # the numbers reach the operator as a file (its audience=), never as a list through XCom
+    assert dag.get_task("soip_check").numbers is None and dag.get_task("soip_check").audience is not None
+    assert "load_numbers" not in dag.task_ids
 
 
 # -- the simulator's sample audience, which the example uses by default ---------------------------
@@ -167,3 +186,11 @@ def test_sample_audience_survives_csv_round_trip() -> None:
     buffer.seek(0)
     assert [tuple(r.values()) for r in csv.DictReader(buffer)] == rows
     assert all("\n" not in phone for _, phone, _ in rows)
+
+
+def test_the_soip_samples_read_the_same_under_any_default_region(parsed: dict[str, Any]) -> None:
+    """Each has its country code, so the README's one connection serves both examples (default_region US)."""
+    from airflow_provider_kaleyra.numbers.normalize import normalize
+
+    numbers = parsed["bag"].dags[SOIP].params.get_param("numbers").value
+    assert all(normalize(n, None).e164 and normalize(n, None) == normalize(n, "US") for n in numbers)

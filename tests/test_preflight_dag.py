@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
 
 from kaleyra_simulator import generate_audience_rows
@@ -48,7 +49,12 @@ PREFLIGHT_DAG = """
                 module.normalize = counting
         run = dag.test()
         states = {ti.task_id: str(ti.state).rsplit(".", 1)[-1] for ti in run.get_task_instances()}
-        print("RESULT " + json.dumps({"run": str(run.state).rsplit(".", 1)[-1], "calls": len(calls), "tasks": states}))
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        with create_session() as session:
+            rows = session.query(XComModel).filter_by(dag_id=dag.dag_id, run_id=run.run_id).all()
+            xcoms = {f"{x.task_id}[{x.map_index}].{x.key}": json.dumps(x.value) for x in rows}
+        print("RESULT " + json.dumps({"run": str(run.state).rsplit(".", 1)[-1], "calls": len(calls), "tasks": states, "xcoms": xcoms}))
 """
 
 
@@ -69,6 +75,11 @@ def test_each_row_is_normalized_once_per_run(make_simulator, run_dag_file, tmp_p
     assert result["run"] == "success", result
     assert result["tasks"]["preflight.soip_check"] == "skipped"  # the leg is off
     assert result["calls"] == 1500  # prepare once per row; the RCS shards take its E.164 as they are
+    # typed records go through XCom (the prepared run, each shard, the lookup summaries, ...), never a number
+    xcoms = result["xcoms"]
+    assert {"preflight.prepare[-1].prepared", "preflight.channels[-1].return_value"} <= set(xcoms)
+    assert "preflight.rcs_lookup[1].return_value" in xcoms
+    assert not [key for key, value in xcoms.items() if re.search(r"\+\d{8}", value)], xcoms
     (run_dir,) = (work / "out").iterdir()
     listed = sum(
         1
@@ -171,7 +182,11 @@ def test_a_soip_wait_that_times_out_loses_no_row(make_simulator, run_dag_file, t
         and region_of(e164) == "IN"
     }
     assert asked and {c for c, reason in listed.items() if reason == "soip_no_callback"} == asked
+    asked_numbers = {normalize(p, "US").e164 for c, p, _ in rows if c in asked}
     assert json.loads((run_dir / "summary.json").read_text())["soip"] == {
-        "asked": len({normalize(p, "US").e164 for c, p, _ in rows if c in asked}),
+        "asked": len(asked_numbers),
         "answered": 0,
     }
+    # the timed-out wait wrote what arrived (nothing here) for channels to read: no second store query
+    written = [json.loads(line) for line in (run_dir / "work" / "soip.jsonl").read_text().splitlines()]
+    assert {w["number"] for w in written} == asked_numbers and {w["outcome"] for w in written} == {"missing"}

@@ -20,6 +20,12 @@ def summary(run_id: str, rcs: int, finished: str = "2026-01-02T00:00:00+00:00") 
         "audience": "file:///data/a.csv",
         "counts": {"rows": 110, "invalid": 5, "duplicates": 5, "distinct": 100},
         "invalid_reasons": {"empty": 3, "not a valid number: too short": 2},
+        "national": {
+            "default_region": "US",
+            "default_rows": 22,
+            "by_region": {"US": 22, "IN": 8},
+            "examples": ["617.4*****07 -> +1617*****07"],
+        },
         "channels": {
             "rows": {"rcs": rcs + 2, "soip": 20, "sms": 83 - rcs, "none": 5},
             "numbers": {"rcs": rcs, "soip": 20, "sms": 80 - rcs},
@@ -48,6 +54,7 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
     for heading in (
         "Channel mix",
         "Why each row got its channel",
+        "Numbers without a country code",
         "RCS reachability by carrier",
         "RCS reachability by country",
         "API calls",
@@ -58,6 +65,8 @@ def test_report_sections_numbers_and_links(tmp_path: Path) -> None:
     assert "| RCS lookups (bulk and single) | 7 |" in markdown
     assert "| 1 Jan 2026 00:00 UTC | run-1 | 25.0% |" in markdown
     assert "| 2 Jan 2026 00:00 UTC | run-2 (this run) | 30.0% |" in markdown
+    assert "| read with the default region (US) | 22 | 20.0% of rows |" in markdown  # 22 of 110 rows
+    assert "| read as IN | 8 | 7.3% of rows |" in markdown and "617.4*****07 -&gt; +1617*****07" in html
     assert "AT&amp;T" in html
     hrefs = re.findall(r'href="([^"]+)"', html)
     assert set(hrefs) == {"rcs.csv", "soip.csv", "sms.csv", "invalid.csv", "report.md", "summary.json"}

@@ -43,8 +43,9 @@ decided = {{
     "reasons": {{"rcs_enabled": 4, "soip_capable": 2, "not_rcs_capable": 3, "invalid": 1}},
     "carriers": {{}}, "countries": {{}}, "soip_asked": 0, "soip_answered": 0,
 }}
-prepared = {{"run_dir": {run_dir!r}, "audience": "file:///data/spring.csv", "counts": counts,
-            "invalid_reasons": {{"empty": 1}}}}
+national = {{"default_region": "US", "default_rows": 2, "by_region": {{"US": 2}}, "examples": []}}
+prepared = {{"run_dir": {run_dir!r}, "storage_conn_id": None, "audience": "file:///data/spring.csv",
+            "counts": counts, "invalid_reasons": {{"empty": 1}}, "national": national}}
 with DAG({dag_id!r}, schedule=None) as dag:
     KaleyraPreflightReportOperator(task_id="build_report", prepared=prepared, decided=decided)
 

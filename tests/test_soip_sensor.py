@@ -186,6 +186,36 @@ def test_national_format_numbers_given_to_the_sensor_are_matched(tmp_path, monke
     assert "+91987654321" not in json.dumps(done.xcom_value)  # no number in XCom
 
 
+def test_a_timed_out_wait_writes_the_answers_that_arrived(tmp_path, monkeypatch):
+    """The preflight's channels step reads only this file: a soft-failed wait must leave it behind."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+    from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    _conn(monkeypatch, "kaleyra_late", url)
+    submitted = datetime.now(UTC) - timedelta(minutes=5)
+    store = CallbackStore(url)
+    store.add_submission("s1", NUMBERS[:2])
+    _add(store, NUMBERS[1], True, datetime.now(UTC))
+    output = tmp_path / "soip.jsonl"
+    sensor = KaleyraSoipCallbackSensor(
+        task_id="wait",
+        submission={"submission_id": "s1", "submitted_at": submitted.isoformat()},
+        output=str(output),
+        kaleyra_conn_id="kaleyra_late",
+        deferrable=True,
+        soft_fail=True,
+    )
+    with pytest.raises(AirflowSensorTimeout, match="1 of 2 numbers still have no SOIP callback"):
+        sensor.execute_complete(_context(submitted), {"status": "timeout", "answered": 1})
+    lines = {d["number"]: d["outcome"] for d in map(json.loads, output.read_text().splitlines())}
+    assert lines == {NUMBERS[0]: "missing", NUMBERS[1]: "capable"}
+    text = KaleyraSoipCallbackSensor(task_id="w2", submission="{'submission_id': 's1'}", output=str(output))
+    with pytest.raises(AirflowFailException, match="as a dict"):  # text is refused, not parsed
+        text.poke(_context(submitted))
+
+
 def test_sensor_without_a_store_url_fails_naming_the_setting(tmp_path, monkeypatch):
     """The multi-host trap: no shared store named means a loud failure, not a wait on a per-host file."""
     from airflow.sdk.exceptions import AirflowFailException

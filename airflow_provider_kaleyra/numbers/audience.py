@@ -203,7 +203,7 @@ def _csv_block(
     return RowBlock(raws, found if any(p is not None for p in found) else None, kept if keep else None)
 
 
-def _column_index(header: list[str], column: str, path: ObjectStoragePath) -> int:
+def column_index(header: list[str], column: str, path: ObjectStoragePath) -> int:
     names = [name.strip() for name in header]
     if column in names:
         return names.index(column)
@@ -313,7 +313,7 @@ def open_audience(
         if problem or not header_text.strip():
             raise ValueError(f"audience {path}: line 1 must be a UTF-8 CSV header naming column {column!r}")
         header = _fields(header_text) or [header_text]
-        index = _column_index(header, column, path)
+        index = column_index(header, column, path)
     return Audience(path, kind, column, keep_columns, header, index)
 
 

@@ -6,19 +6,30 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
 from airflow_provider_kaleyra.client.config import StoreNotConfigured
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, already_e164
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+class SoipSubmission(TypedDict):
+    """The check's XCom: what the callback sensor waits for. No phone number."""
+
+    submission_id: str
+    submitted_at: str  # ISO 8601; callbacks received before it do not count
+    numbers: int
+    invalid: int
+    requests: int
+    callback_profile_id: str
 
 
 class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
@@ -41,6 +52,8 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
 
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
     :param chunk_size: numbers per API request.
+    :param e164_input: the audience was normalized by an earlier step (e.g. the preflight's
+        ``soip_candidates``): only the E.164 shape is checked, nothing is parsed again.
     :param kaleyra_conn_id: the ``kaleyra`` connection; its ``callback_store_url`` names the store.
         (templated)
     """
@@ -52,6 +65,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         *,
         callback_profile_id: str | None = None,
         chunk_size: int = SOIP_CHUNK_SIZE,
+        e164_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,9 +73,10 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
+        self.e164_input = e164_input
 
     @fail_fast
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> SoipSubmission:
         config = self.hook.config
         profile = self.callback_profile_id or config.callback_profile_id
         if not profile:
@@ -73,7 +88,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         except StoreNotConfigured as exc:
             raise AirflowFailException(str(exc)) from None
         shard = self._shard()
-        found = DistinctNumbers(config.default_region)
+        found = DistinctNumbers(config.default_region, already_e164 if self.e164_input else None)
         for raw, problem in self._rows():
             found.add(raw, problem)
         numbers = list(found.numbers())

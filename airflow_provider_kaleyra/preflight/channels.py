@@ -14,113 +14,74 @@ reason                  channel  when
 ``invalid: why``        none     not a phone number (the reason from ``phone.normalize``)
 ======================  =======  ====================================================================
 
-Every list keeps every column of the audience row, then ``e164``, ``channel`` and ``reason``.
+Every list keeps every column of the audience row, then ``e164``, ``channel`` and ``reason``, in the
+audience's order. Memory stays bounded: the answers and the rows' numbers are spread over
+temporary files by number (about 60 bytes of local disk per row, under ``TMPDIR``), and each
+part is decided alone (4 bytes per row remember each decision).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from contextlib import ExitStack
+from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.preflight import files
-from airflow_provider_kaleyra.utils.timestamps import as_utc
+from airflow_provider_kaleyra.preflight.records import ChannelResult
+from airflow_provider_kaleyra.preflight.regions import region_of
+from airflow_provider_kaleyra.rcs.answers import Answer, shared
+from airflow_provider_kaleyra.rcs.outputs import read_results
 
-if TYPE_CHECKING:
-    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+__all__ = ["region_of"]  # (the tests and the examples read it here)
 
 DEFAULT_SOIP_REGIONS = frozenset({"IN"})  # where Kaleyra offers SMS over IP; the one place it is set
 RCS, SOIP, SMS, NONE = "rcs", "soip", "sms", "none"
 CHANNELS = (RCS, SOIP, SMS, NONE)
 LIST_NAMES = {RCS: "rcs.csv", SOIP: "soip.csv", SMS: "sms.csv", NONE: "invalid.csv"}
 SOIP_CAPABLE, SOIP_NOT_CAPABLE = "capable", "not_capable"
-
-_REGION_BY_CODE: dict[str, str] | None = None
-
-
-def region_of(e164: str) -> str:
-    """ISO region of an E.164 number from its calling code (cheap: no parse). +1 reads as ``US``."""
-    global _REGION_BY_CODE
-    if _REGION_BY_CODE is None:
-        import phonenumbers
-
-        _REGION_BY_CODE = {
-            str(code): regions[0]
-            for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
-            if regions
-        }
-    digits = e164[1:4]
-    for length in (1, 2, 3):
-        region = _REGION_BY_CODE.get(digits[:length])
-        if region:
-            return region
-    return "??"
+_ANSWER, _ASKED, _OUTCOME, _ROW = "a", "q", "o", "r"  # the kinds of line in a partition file
 
 
-class RcsAnswer(NamedTuple):
-    status: str
-    carrier: str
-    error: str
-
-
-def read_rcs_answers(outputs: Iterable[ObjectStoragePath]) -> dict[str, RcsAnswer]:
-    """The RCS shards' outputs as ``{e164: answer}``; equal answers share one tuple (a million numbers fit)."""
-    answers: dict[str, RcsAnswer] = {}
-    shared: dict[RcsAnswer, RcsAnswer] = {}
+def rcs_answers(outputs: Iterable[ObjectStoragePath]) -> Iterator[tuple[str, Answer]]:
+    """``(e164, answer)`` of every number the RCS shards wrote; a missing output fails at once."""
     for path in outputs:
-        for record in files.read_records(files.require(path, "rcs_lookup")):
-            e164 = record.get("e164") or ""
-            if e164:
-                answer = RcsAnswer(
-                    record.get("status") or "", record.get("carrier_id") or "", record.get("error") or ""
+        for record in read_results(files.require(path, "rcs_lookup")):
+            if record.get("e164"):
+                answer = Answer(
+                    record["status"] or FAILED, record.get("carrier_id"), None, record.get("error")
                 )
-                answers[e164] = shared.setdefault(answer, answer)
-    return answers
+                yield record["e164"], answer
 
 
 def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]) -> Iterator[str]:
     """The numbers the SOIP leg asks about, streamed from the RCS shards' outputs: not RCS-capable
     (a real answer, not a failed lookup) and in a SOIP country."""
     wanted = {region.upper() for region in regions}
-    for path in outputs:
-        for record in files.read_records(files.require(path, "rcs_lookup")):
-            e164 = record.get("e164") or ""
-            if e164 and record.get("status") == RCS_DISABLED and region_of(e164) in wanted:
-                yield e164
+    for e164, answer in rcs_answers(outputs):
+        if answer.status == RCS_DISABLED and region_of(e164) in wanted:
+            yield e164
 
 
-def read_soip_outcomes(path: ObjectStoragePath | None) -> dict[str, str]:
-    """``{e164: outcome}`` from the callback sensor's JSON Lines; empty when the leg wrote nothing."""
+def soip_outcomes(path: ObjectStoragePath | None) -> Iterator[tuple[str, str]]:
+    """``(e164, outcome)`` from the callback sensor's JSON Lines (written on success and on timeout)."""
     if path is None or not path.exists():
-        return {}
-    outcomes: dict[str, str] = {}
+        return
     with path.open("r", encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
                 entry = json.loads(line)
-                outcomes[str(entry.get("number", ""))] = str(entry.get("outcome", "missing"))
-    return outcomes
-
-
-def stored_soip_outcomes(store: CallbackStore, submission: dict[str, Any]) -> dict[str, str]:
-    """When the wait timed out (and wrote nothing): the answers that did arrive, from the callback store."""
-    since = as_utc(submission["submitted_at"])
-    return {
-        number: (result.outcome if result else "missing")
-        for number, result in store.results(str(submission["submission_id"]), since)
-    }
+                yield str(entry.get("number", "")), str(entry.get("outcome", "missing"))
 
 
 def decide(
-    e164: str,
-    invalid_reason: str,
-    rcs: RcsAnswer | None,
-    soip_asked: bool,
-    soip_outcome: str | None,
+    e164: str, invalid_reason: str, rcs: Answer | None, soip_asked: bool, soip_outcome: str | None
 ) -> tuple[str, str]:
     """The channel of one row, and why."""
     if not e164:
@@ -152,51 +113,123 @@ def _rate_table(numbers: Counter[str], capable: Counter[str]) -> dict[str, dict[
     }
 
 
+class _Decisions:
+    """Every valid row's (channel, reason), decided one partition of numbers at a time."""
+
+    def __init__(self, rows: int) -> None:
+        self.codes = array("I", [0]) * rows  # per row (4 bytes): an index into ``self.table``
+        self.table: list[tuple[str, str]] = []
+        self._index: dict[tuple[str, str], int] = {}
+        self.numbers: Counter[str] = Counter()
+        self.carriers, self.carriers_capable = Counter[str](), Counter[str]()
+        self.countries, self.countries_capable = Counter[str](), Counter[str]()
+        self.answered = 0
+
+    def decide_partition(self, lines: Iterable[list[str]]) -> None:
+        answers: dict[str, Answer] = {}
+        asked: set[str] = set()
+        outcomes: dict[str, str] = {}
+        decided: dict[str, int] = {}
+        for kind, e164, *rest in lines:  # the facts come first, then the rows (the file's order)
+            if kind == _ANSWER:
+                answers[e164] = shared(Answer(rest[0], rest[1] or None, None, rest[2] or None))
+            elif kind == _ASKED:
+                asked.add(e164)
+            elif kind == _OUTCOME:
+                outcomes[e164] = rest[0]
+            else:
+                code = decided.get(e164)
+                if code is None:
+                    code = decided[e164] = self._decide(
+                        e164, answers.get(e164), e164 in asked, outcomes.get(e164)
+                    )
+                self.codes[int(rest[0])] = code
+        self.answered += sum(1 for n in asked if outcomes.get(n) in (SOIP_CAPABLE, SOIP_NOT_CAPABLE))
+
+    def _decide(self, e164: str, rcs: Answer | None, asked: bool, outcome: str | None) -> int:
+        decision = decide(e164, "", rcs, asked, outcome)
+        channel = decision[0]
+        carrier = (rcs.carrier_id if rcs else "") or "unknown"
+        country = region_of(e164)
+        self.numbers[channel] += 1
+        self.carriers[carrier] += 1
+        self.countries[country] += 1
+        if channel == RCS:
+            self.carriers_capable[carrier] += 1
+            self.countries_capable[country] += 1
+        code = self._index.get(decision)
+        if code is None:
+            code = self._index[decision] = len(self.table)
+            self.table.append(decision)
+        return code
+
+
 def write_channel_lists(
     run_dir: ObjectStoragePath,
-    answers: dict[str, RcsAnswer],
-    soip_asked: set[str],
-    soip_outcomes: dict[str, str],
-) -> dict[str, Any]:
-    """Decide every row of ``work/rows.csv`` and write the four lists; returns the counts for the report."""
-    rows_in = files.read_csv(files.require(run_dir / files.ROWS, "prepare"))
+    outputs: list[ObjectStoragePath],
+    asked: ObjectStoragePath | None = None,
+    outcomes: ObjectStoragePath | None = None,
+) -> ChannelResult:
+    """Decide every row of ``work/rows.csv`` and write the four lists; returns the counts for the report.
+
+    :param outputs: the RCS shards' outputs.
+    :param asked: the numbers the SOIP leg asked about (``None``: the leg did not run).
+    :param outcomes: the callback sensor's per-number answers.
+    """
+    rows_path = files.require(run_dir / files.ROWS, "prepare")
+    with ExitStack() as stack:
+        parts = files.Partitions(stack, "kaleyra-channels-")
+        writers = [csv.writer(handle) for handle in parts.handles]
+
+        def spread(kind: str, e164: str, *rest: Any) -> None:
+            writers[parts.index(e164)].writerow((kind, e164, *rest))
+
+        for e164, answer in rcs_answers(outputs):
+            spread(_ANSWER, e164, answer.status, answer.carrier_id or "", answer.error or "")
+        soip_asked = 0
+        for record in files.read_records(asked) if asked is not None else ():
+            spread(_ASKED, record[files.E164])
+            soip_asked += 1
+        for e164, outcome in soip_outcomes(outcomes):
+            spread(_OUTCOME, e164, outcome)
+        rows = 0
+        for rows, record in enumerate(files.read_csv(rows_path)):
+            if rows and record[-2]:
+                spread(_ROW, record[-2], rows - 1)
+        decisions = _Decisions(max(rows, 0))
+        for path in parts.written():
+            with open(path, encoding="utf-8", newline="") as fh:
+                decisions.decide_partition(csv.reader(fh))
+    return _write_lists(run_dir, rows_path, decisions, soip_asked)
+
+
+def _write_lists(
+    run_dir: ObjectStoragePath, rows_path: ObjectStoragePath, decisions: _Decisions, soip_asked: int
+) -> ChannelResult:
+    rows_in = files.read_csv(rows_path)
     header = next(rows_in)[:-2]  # the audience's columns; prepare appended e164 and the invalid reason
     names = _our_names(header)
     by_rows: Counter[str] = Counter()
-    by_numbers: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    carriers, carriers_capable = Counter[str](), Counter[str]()
-    countries, countries_capable = Counter[str](), Counter[str]()
-    seen: set[str] = set()
     with files.CsvWriter() as out:
         for channel in CHANNELS:
             out.open(channel, run_dir / LIST_NAMES[channel], [*header, *names])
-        for record in rows_in:
+        for index, record in enumerate(rows_in):
             *columns, e164, invalid_reason = record
-            rcs = answers.get(e164) if e164 else None
-            channel, reason = decide(e164, invalid_reason, rcs, e164 in soip_asked, soip_outcomes.get(e164))
+            if e164:
+                channel, reason = decisions.table[decisions.codes[index]]
+            else:
+                channel, reason = decide(e164, invalid_reason, None, False, None)
             out.write(channel, [*columns, e164, channel, reason])
             by_rows[channel] += 1
             reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
-            if e164 and e164 not in seen:
-                seen.add(e164)
-                by_numbers[channel] += 1
-                carrier = (rcs.carrier if rcs else "") or "unknown"
-                country = region_of(e164)
-                carriers[carrier] += 1
-                countries[country] += 1
-                if channel == RCS:
-                    carriers_capable[carrier] += 1
-                    countries_capable[country] += 1
     return {
         "rows": {channel: by_rows[channel] for channel in CHANNELS},
-        "numbers": {channel: by_numbers[channel] for channel in CHANNELS if channel != NONE},
+        "numbers": {channel: decisions.numbers[channel] for channel in CHANNELS if channel != NONE},
         "reasons": dict(reasons.most_common()),
-        "carriers": _rate_table(carriers, carriers_capable),
-        "countries": _rate_table(countries, countries_capable),
-        "soip_asked": len(soip_asked),
-        "soip_answered": sum(
-            1 for n in soip_asked if soip_outcomes.get(n) in (SOIP_CAPABLE, SOIP_NOT_CAPABLE)
-        ),
+        "carriers": _rate_table(decisions.carriers, decisions.carriers_capable),
+        "countries": _rate_table(decisions.countries, decisions.countries_capable),
+        "soip_asked": soip_asked,
+        "soip_answered": decisions.answered,
         "lists": {channel: str(run_dir / LIST_NAMES[channel]) for channel in CHANNELS},
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -20,9 +21,9 @@ from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 WORK = "work"  # files only the preflight's own tasks read
 ROWS = f"{WORK}/rows.csv"  # every audience row: its columns, then e164 and the invalid reason
-NUMBERS = f"{WORK}/numbers.csv"  # the distinct valid numbers, first-seen order: input of the RCS shards
 SOIP_NUMBERS = f"{WORK}/soip_numbers.csv"  # the numbers the SOIP leg asks about
 SOIP_RESULTS = f"{WORK}/soip.jsonl"  # the callback sensor's output
+PARTITIONS = 64  # a step that must see each number's facts together holds about 1/64 of them at a time
 E164 = "e164"
 INVALID_REASON = "invalid_reason"
 
@@ -43,6 +44,11 @@ def safe_name(run_id: str) -> str:
 
 def run_folder(output: str | None, run_id: str, conn_id: str | None) -> ObjectStoragePath:
     return as_path(output or default_output_location(), conn_id) / safe_name(run_id)
+
+
+def shard_numbers(index: int) -> str:
+    """A shard's input, under the run folder: its part of the distinct valid numbers (header ``e164``)."""
+    return f"{WORK}/numbers_{index:03d}.csv"
 
 
 def shard_output(run_dir: ObjectStoragePath | str, index: int) -> str:
@@ -101,3 +107,26 @@ def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Ite
         for row in rows:
             out.write("file", row)
     return out.rows["file"]
+
+
+class Partitions:
+    """Temporary files that numbers are spread over by value, so each part can be handled alone.
+
+    The same number always lands in the same part: joining or de-duplicating by number one part
+    at a time holds about ``1 / PARTITIONS`` of the numbers, whatever the audience's size.
+    """
+
+    def __init__(self, stack: ExitStack, prefix: str) -> None:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+        self.paths = [os.path.join(folder, f"{i:03d}") for i in range(PARTITIONS)]
+        self.handles = [stack.enter_context(open(p, "w", encoding="utf-8", newline="")) for p in self.paths]  # noqa: SIM115
+
+    def index(self, e164: str) -> int:
+        """The part ``e164`` goes to (its last digits: spread evenly, the same on every host)."""
+        return int(e164[-6:]) % PARTITIONS
+
+    def written(self) -> Iterator[str]:
+        """Each part's path, once its writing is done."""
+        for handle, path in zip(self.handles, self.paths, strict=True):
+            handle.close()
+            yield path

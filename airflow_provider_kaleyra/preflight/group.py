@@ -3,15 +3,17 @@
 ::
 
     prepare -> rcs_lookup (mapped, one per shard) -> soip_candidates -> soip_check -> soip_wait
-                                                  \\----------------------------------------> channels -> report
+                                                  \\----------------------------------------> channels -> build_report
 
-Tasks hand each other locations and counts; the numbers stay in files under the run folder
-``<output>/<run id>/``. ``channels`` has the four channel lists as ``outlets`` (Airflow Assets), so a
-DAG that sends the campaign can be scheduled on them; each asset event carries the list's location.
+Tasks hand each other typed records (:mod:`.records`) as XComArgs: locations and counts, never a
+number; the numbers stay in files under the run folder ``<output>/<run id>/``. ``channels`` has the
+four channel lists as ``outlets`` (Airflow Assets), so a DAG that sends the campaign can be
+scheduled on them; each asset event carries the list's location.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,22 +24,28 @@ from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.preflight import channels as ch, files
+from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun, Shard, SoipLeg
 from airflow_provider_kaleyra.preflight.report_task import KaleyraPreflightReportOperator
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
 
-
-def _optional(value: Any) -> str | None:
-    """A rendered optional setting: ``None``, ``""`` and the text ``"None"`` all mean unset."""
-    return None if value in (None, "", "None") else str(value)
+log = logging.getLogger(__name__)
+PREPARED = "prepared"  # prepare's XCom key of the PreparedRun
 
 
-def _flag(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    """A setting as the native value it must be: a template rendered as text is refused, not parsed."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise AirflowFailException(
+            f"the preflight's {name} must be {kind}, got {type(value).__name__} "
+            f"{str(value)[:40]!r}: pass a value or an XComArg, or template it in a DAG with "
+            "render_template_as_native_obj=True"
+        )
+    return value
 
 
-def _regions(value: Any) -> list[str]:
+def _regions(value: Iterable[str] | str) -> list[str]:
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
     return sorted({str(item).strip().upper() for item in items if str(item).strip()})
 
@@ -50,14 +58,15 @@ def channel_assets(prefix: str) -> dict[str, Asset]:
 def kaleyra_preflight(
     group_id: str = "preflight",
     *,
-    audience: str,
-    output: str | None = None,
-    column: str = "phone",
-    storage_conn_id: str | None = None,
+    audience: Any,
+    output: Any = None,
+    column: Any = "phone",
+    region_column: Any = None,
+    storage_conn_id: Any = None,
     kaleyra_conn_id: str = DEFAULT_CONN_ID,
-    shard_count: int | str = 4,
+    shard_count: Any = 4,
     pool: str | None = None,
-    soip: bool | str = True,
+    soip: Any = True,
     soip_regions: Iterable[str] | str = ch.DEFAULT_SOIP_REGIONS,
     callback_profile_id: str | None = None,
     soip_timeout: float = 3600,
@@ -69,12 +78,17 @@ def kaleyra_preflight(
 ) -> TaskGroup:
     """Add a campaign preflight to the current DAG; returns its task group.
 
-    String arguments may be templates (``"{{ params.audience }}"``); they are rendered in each task.
+    ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count``
+    and ``soip`` take plain values, XComArgs, or templates (``"{{ params.audience }}"``); templates
+    of non-text settings need the DAG's ``render_template_as_native_obj=True``.
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
     :param output: folder of the runs; each run writes to ``<output>/<run id>/``. Default:
         ``file://<AIRFLOW_HOME>/kaleyra/preflight``, fine on one machine only: on a deployment
         whose workers do not share a disk, set it to shared storage (``s3://...``).
+    :param region_column: a column naming each row's country (ISO code, English name or calling
+        code) for numbers written without a country code; rows without one use the connection's
+        ``default_region``, and the report counts them.
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
     :param soip: run the SMS-over-IP leg for numbers that are not RCS-capable and in ``soip_regions``.
@@ -88,97 +102,90 @@ def kaleyra_preflight(
 
         @task(retries=0)
         def prepare(
-            audience: str, output: str | None, column: str, storage: str | None, shards: Any
-        ) -> list[dict[str, Any]]:
-            """Read the audience once, normalize each row once, write the work files; returns the shard plan.
+            audience: str,
+            output: str | None,
+            column: str,
+            region_column: str | None,
+            storage: str | None,
+            shards: int,
+        ) -> list[Shard]:
+            """Read the audience once, normalize each row once, write each shard's numbers file.
 
-            The counts go to XCom under the key ``summary``.
+            Returns the shards (mapped over); the :class:`PreparedRun` goes to XCom key ``prepared``.
             """
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-            from airflow_provider_kaleyra.preflight.prepare import prepare_audience
+            from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
-            context = get_current_context()
-            storage = _optional(storage)
-            run_dir = files.run_folder(_optional(output), context["run_id"], storage)
+            text, optional = str, (str, type(None))
+            storage = _expect("storage_conn_id", storage, optional)
+            run_dir = files.run_folder(
+                _expect("output", output, optional), get_current_context()["run_id"], storage
+            )
             region = KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.default_region
             try:
                 prepared = prepare_audience(
-                    audience,
+                    _expect("audience", audience, text),
                     run_dir,
-                    column=column,
+                    column=_expect("column", column, text),
                     region=region,
-                    shard_count=int(shards),
+                    shard_count=_expect("shard_count", shards, int),
                     storage_conn_id=storage,
+                    region_column=_expect("region_column", region_column, optional),
                 )
             except (ValueError, FileNotFoundError, PermissionError) as exc:
                 raise AirflowFailException(str(exc)) from exc
-            for shard in prepared["shards"]:
-                shard["storage_conn_id"] = storage
-            prepared["summary"]["storage_conn_id"] = storage
-            counts = prepared["summary"]["counts"]
+            counts = prepared["counts"]
             print(
                 f"{counts['rows']:,} rows: {counts['distinct']:,} distinct numbers, {counts['duplicates']:,} "
                 f"duplicates, {counts['invalid']:,} invalid; {len(prepared['shards'])} shard(s); region {region}"
             )
-            context["ti"].xcom_push(key="summary", value=prepared["summary"])
+            if warning := default_region_warning(prepared):
+                log.warning(warning)
+            get_current_context()["ti"].xcom_push(key=PREPARED, value=prepared)
             return prepared["shards"]
 
-        @task(retries=0)
-        def soip_candidates(
-            prepared: dict[str, Any],
-            shards: list[dict[str, Any]],
-            storage: str | None,
-            leg: Any,
-            regions: Any,
-        ) -> dict[str, Any]:
+        @task(retries=0, multiple_outputs=True)
+        def soip_candidates(prepared: PreparedRun, leg: bool, regions: Iterable[str] | str) -> SoipLeg:
             """The numbers for the SOIP leg, written to ``work/soip_numbers.csv``; skips the leg when there are none."""
-            if not _flag(leg):
+            if not _expect("soip", leg, bool):
                 raise AirflowSkipException("SOIP leg off")
-            storage = _optional(storage)
-            target = as_path(prepared["run_dir"], storage) / files.SOIP_NUMBERS
-            outputs = [as_path(s["output"], storage) for s in shards]
+            storage, wanted = prepared["storage_conn_id"], _regions(regions)
+            run_dir = as_path(prepared["run_dir"], storage)
+            outputs = [as_path(s["output"], storage) for s in prepared["shards"]]
+            target = run_dir / files.SOIP_NUMBERS
             numbers = files.write_csv(
-                target, (files.E164,), ((n,) for n in ch.soip_candidates(outputs, _regions(regions)))
+                target, (files.E164,), ((n,) for n in ch.soip_candidates(outputs, wanted))
             )
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
-            print(f"{numbers:,} numbers are not RCS-capable and in {_regions(regions)}: asking SOIP")
-            return {"audience": str(target), "numbers": numbers}
+            print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")
+            return {"audience": str(target), "numbers": numbers, "results": str(run_dir / files.SOIP_RESULTS)}
 
-        @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0)
-        def channels(
-            prepared: dict[str, Any], shards: list[dict[str, Any]], storage: str | None
-        ) -> dict[str, Any]:
-            """One channel per row; the four lists, keeping every audience column."""
-            context = get_current_context()
-            storage = _optional(storage)
-            run_dir = as_path(prepared["run_dir"], storage)
-            answers = ch.read_rcs_answers(as_path(s["output"], storage) for s in shards)
-            asked_path = run_dir / files.SOIP_NUMBERS
-            asked = {r[files.E164] for r in files.read_records(asked_path)} if asked_path.exists() else set()
-            waited = context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_wait") if asked else None
-            outcomes: dict[str, str] = {}
-            if waited:
-                outcomes = ch.read_soip_outcomes(as_path(waited["output"], storage))
-            elif asked:  # the wait timed out (soft_fail): keep what came in; the rest is soip_no_callback
-                submission = context["ti"].xcom_pull(task_ids=f"{group.group_id}.soip_check")
-                if submission:
-                    from airflow_provider_kaleyra.callbacks.store import get_store
-                    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+        @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0, multiple_outputs=False)
+        def channels(prepared: PreparedRun, leg: SoipLeg | None) -> ChannelResult:
+            """One channel per row; the four lists, keeping every audience column.
 
-                    store = get_store(KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.store_url)
-                    outcomes = ch.stored_soip_outcomes(store, submission)
-            result = ch.write_channel_lists(run_dir, answers, asked, outcomes)
+            The SOIP wait writes what arrived even when it timed out (and was skipped), so the
+            numbers asked and their answers are read from files only.
+            """
+            storage = prepared["storage_conn_id"]
+            result = ch.write_channel_lists(
+                as_path(prepared["run_dir"], storage),
+                [as_path(s["output"], storage) for s in prepared["shards"]],
+                as_path(leg["audience"], storage) if leg else None,
+                as_path(leg["results"], storage) if leg else None,
+            )
+            outlet_events = get_current_context()["outlet_events"]
             for channel, asset in assets.items():
-                context["outlet_events"][asset].extra = {
+                outlet_events[asset].extra = {
                     "location": result["lists"][channel],
                     "rows": result["rows"][channel],
                 }
             print(f"channels by row: {result['rows']}")
             return result
 
-        shards = prepare(audience, output, column, storage_conn_id, shard_count)
-        prepared = XComArg(shards.operator, key="summary")
+        shards = prepare(audience, output, column, region_column, storage_conn_id, shard_count)
+        prepared = XComArg(shards.operator, key=PREPARED)  # (a list is mapped over; this record is not)
         lookups = KaleyraRcsBulkLookupOperator.partial(
             task_id="rcs_lookup",
             kaleyra_conn_id=kaleyra_conn_id,
@@ -189,15 +196,15 @@ def kaleyra_preflight(
             retries=retries,
             **({"pool": pool} if pool else {}),
         ).expand_kwargs(shards)
-        candidates = soip_candidates(prepared, shards, storage_conn_id, soip, soip_regions)
-        lookups >> candidates
-        prepared_field = f"ti.xcom_pull(task_ids='{group.group_id}.prepare', key='summary')"
+        leg = soip_candidates(prepared, soip, soip_regions)
+        lookups >> leg
         check = KaleyraSoipCapabilityCheckOperator(
             task_id="soip_check",
             kaleyra_conn_id=kaleyra_conn_id,
-            audience=candidates["audience"],
+            audience=leg["audience"],
             column=files.E164,
-            storage_conn_id=f"{{{{ {prepared_field}['storage_conn_id'] or '' }}}}",
+            e164_input=True,
+            storage_conn_id=storage_conn_id,
             callback_profile_id=callback_profile_id,
             retries=retries,
         )
@@ -205,23 +212,23 @@ def kaleyra_preflight(
             task_id="soip_wait",
             kaleyra_conn_id=kaleyra_conn_id,
             submission=check.output,
-            output=f"{{{{ {prepared_field}['run_dir'] }}}}/{files.SOIP_RESULTS}",
-            storage_conn_id=f"{{{{ {prepared_field}['storage_conn_id'] or '' }}}}",
+            output=leg["results"],
+            storage_conn_id=storage_conn_id,
             min_answered_ratio=soip_min_answered_ratio,
             deferrable=True,
             poke_interval=2,
             timeout=soip_timeout,
             soft_fail=True,  # a timeout must not lose rows: unanswered numbers go to SMS (soip_no_callback)
         )
-        decided = channels(prepared, shards, storage_conn_id)
+        decided = channels(prepared, leg)
         [lookups, wait] >> decided
         KaleyraPreflightReportOperator(
             task_id="build_report",
             prepared=prepared,
             decided=decided,
             lookups=lookups.output,
-            storage_conn_id=storage_conn_id,
-            soip_check_task_id=check.task_id,
+            submission=check.output,
+            trigger_rule="none_failed",  # runs when the SOIP leg was skipped (submission is None then)
             retries=0,
         )
     return group

@@ -1,26 +1,36 @@
-"""Step 1 of a preflight: read the audience once, normalize every row once, plan the RCS shards.
+"""Step 1 of a preflight: read the audience once, normalize every row once, write each shard's numbers.
 
 Writes, under the run folder:
 
 - ``work/rows.csv``: every audience row, all its columns, then its E.164 number (empty when invalid)
   and the reason it is invalid. The channel step reads this file instead of normalizing again.
-- ``work/numbers.csv``: the distinct valid numbers in first-seen order, the input of the RCS shards
-  (which are told the input is E.164 already, so nothing is parsed twice).
+- ``work/numbers_000.csv`` ...: one file per RCS shard, the distinct valid numbers (E.164, header
+  ``e164``); each shard reads only its own, told the input is E.164 already.
 
-Memory holds the distinct numbers (:class:`~airflow_provider_kaleyra.numbers.normalize.DistinctNumbers`), never the rows.
+Memory stays bounded whatever the audience: the valid numbers go to temporary files by value
+(:class:`~.files.Partitions`), and each is de-duplicated alone (the same number always lands in the same one).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from itertools import islice
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.numbers.audience import open_audience  # the one audience reader
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
+from airflow_provider_kaleyra.numbers.audience import column_index, open_audience  # the one reader
+from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, mask, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
+from airflow_provider_kaleyra.preflight.records import NationalRows, PreparedRun, Shard
+from airflow_provider_kaleyra.preflight.regions import region_for
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
+
+EXAMPLES = 3
+WARN_RATIO = 0.05  # more rows than this read with the default region: say so in the task log
+UNKNOWN_COUNTRY = "unknown country in the region column"
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
@@ -28,6 +38,66 @@ def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column:
     from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
 
     return files.write_csv(path, ("customer_id", column, "segment"), generate_audience_rows(size, seed))
+
+
+class _Reader:
+    """Reads each row's number with its own region (the region column) or the default; tallies."""
+
+    def __init__(self, region: str | None) -> None:
+        self.region = region
+        self.rows = self.invalid = 0
+        self.reasons: Counter[str] = Counter()
+        self.national: NationalRows = {
+            "default_region": region,
+            "default_rows": 0,
+            "by_region": {},
+            "examples": [],
+        }
+
+    def read(self, raw: str, country: str, problem: str | None = None) -> tuple[str | None, str | None]:
+        """``problem``: why the reader refused the line unread (it is then invalid with that reason)."""
+        self.rows += 1
+        region = region_for(country) if country.strip() else self.region
+        e164, reason = (None, problem) if problem else normalize(raw, region)
+        if e164 is None:
+            if region is None and country.strip() and not problem:
+                reason = UNKNOWN_COUNTRY
+            self.invalid += 1
+            if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+                self.reasons[reason] += 1  # type: ignore[index]
+        elif region and isinstance(cleaned := preclean(raw, region), tuple) and cleaned[1]:
+            by_region = self.national["by_region"]
+            by_region[region] = by_region.get(region, 0) + 1
+            if not country.strip():
+                self.national["default_rows"] += 1
+                if len(self.national["examples"]) < EXAMPLES:
+                    self.national["examples"].append(f"{mask(raw.strip())} -> {mask(e164)}")
+        return e164, reason
+
+
+def _deduplicate(parts: files.Partitions) -> int:
+    """Each part keeps the first of each of its numbers, in order; the count of distinct numbers."""
+    distinct = 0
+    for path in parts.written():
+        with open(path, encoding="utf-8") as fh:
+            numbers = dict.fromkeys(fh.read().split())
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{n}\n" for n in numbers)
+        distinct += len(numbers)
+    return distinct
+
+
+def _numbers(parts: files.Partitions) -> Iterator[str]:
+    for path in parts.paths:
+        with open(path, encoding="utf-8") as fh:
+            yield from (line[:-1] for line in fh)
+
+
+def _column(header: list[str], name: str, source: ObjectStoragePath, setting: str) -> int:
+    try:
+        return column_index(header, name, source)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the preflight's {setting})") from None
 
 
 def prepare_audience(
@@ -38,12 +108,15 @@ def prepare_audience(
     region: str | None,
     shard_count: int,
     storage_conn_id: str | None = None,
-) -> dict[str, Any]:
-    """Normalize and de-duplicate ``audience``; returns a summary (counts, no number) and the shard plan.
+    region_column: str | None = None,
+) -> PreparedRun:
+    """Normalize and de-duplicate ``audience``; returns the counts (no number) and the shard plan.
 
     :param region: ISO country for numbers written without a country code (the connection's
         ``default_region``); ``None``: such numbers are invalid.
-    :raises ValueError: the audience is empty or has no ``column``.
+    :param region_column: a column naming each row's country (ISO code, English name or calling
+        code), used instead of ``region`` for that row's national number.
+    :raises ValueError: the audience is empty or has no ``column`` (or ``region_column``).
     :raises FileNotFoundError: the audience is not there.
     """
     source = as_path(audience, storage_conn_id)
@@ -53,44 +126,65 @@ def prepare_audience(
             f"audience not found: {source} (the preflight's `audience`, DAG param audience_location; "
             "when tasks run on several hosts it must be on storage every worker shares, e.g. s3://)"
         )
-    distinct = DistinctNumbers(region)
     try:  # a CSV by contract (.csv.gz decompressed); every line one row, the same reasons as the operators'
         audience = open_audience(source, column=column, fmt="csv", keep_columns=True)
     except ValueError as exc:
         raise ValueError(f"{exc} (the preflight's `column`, DAG param phone_column)") from None
     header = audience.header or []
+    country = _column(header, region_column, source, "`region_column`") if region_column else None
     width = len(header)
-    with files.CsvWriter() as out:
-        out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
-        for block in audience.blocks():
-            for record, e164, reason in zip(
-                block.records or (), *distinct.add_block(block.raws, block.problems)
-            ):
-                record = (record + [""] * width)[:width] if len(record) != width else record
-                out.write("rows", [*record, e164 or "", reason or ""])
-    numbers = folder / files.NUMBERS
-    files.write_csv(numbers, (files.E164,), ((e164,) for e164 in distinct.numbers()))
-    bounds = shard_bounds(len(distinct), shard_count) if distinct else []
-    shards = [
-        {
-            "audience": str(numbers),
-            "shard_index": i,
-            "shard_count": len(bounds),
-            "output": files.shard_output(folder, i),
-        }
-        for i in range(len(bounds))
-    ]
-    summary = {
+    reader = _Reader(region)
+    with ExitStack() as stack:
+        parts = files.Partitions(stack, "kaleyra-prepare-")
+        valid = 0
+        with files.CsvWriter() as out:
+            out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
+            for block in audience.blocks():
+                problems = block.problems or [None] * len(block.raws)
+                for record, raw, problem in zip(block.records or (), block.raws, problems):
+                    record = (record + [""] * width)[:width] if len(record) != width else record
+                    e164, reason = reader.read(raw, record[country] if country is not None else "", problem)
+                    if e164:
+                        parts.handles[parts.index(e164)].write(e164 + "\n")
+                        valid += 1
+                    out.write("rows", [*record, e164 or "", reason or ""])
+        distinct = _deduplicate(parts)
+        numbers = _numbers(parts)
+        shards: list[Shard] = []
+        for i, (start, stop) in enumerate(shard_bounds(distinct, shard_count) if distinct else []):
+            path = folder / files.shard_numbers(i)
+            files.write_csv(path, (files.E164,), ([n] for n in islice(numbers, stop - start)))
+            shards.append(
+                {
+                    "audience": str(path),
+                    "output": files.shard_output(folder, i),
+                    "storage_conn_id": storage_conn_id,
+                }
+            )
+    return {
         "run_dir": str(folder),
+        "storage_conn_id": storage_conn_id,
         "audience": str(source),
         "columns": header,
         "counts": {
-            "rows": distinct.inputs,
-            "invalid": distinct.invalid,
-            "duplicates": distinct.duplicates,
-            "distinct": len(distinct),
+            "rows": reader.rows,
+            "invalid": reader.invalid,
+            "duplicates": valid - distinct,
+            "distinct": distinct,
         },
-        "invalid_reasons": dict(distinct.reasons.most_common()),
-        "shards": len(shards),
+        "invalid_reasons": dict(reader.reasons.most_common()),
+        "national": reader.national,
+        "shards": shards,
     }
-    return {"summary": summary, "shards": shards}
+
+
+def default_region_warning(prepared: PreparedRun) -> str | None:
+    """What the task log says when many rows were read with the default region (masked examples)."""
+    rows, national = prepared["counts"]["rows"], prepared["national"]
+    if not rows or national["default_rows"] <= WARN_RATIO * rows:
+        return None
+    return (
+        f"{national['default_rows']:,} of {rows:,} rows ({100 * national['default_rows'] / rows:.1f}%) have no "
+        f"country code and were read as {national['default_region']} numbers (the connection's default_region), "
+        f"e.g. {', '.join(national['examples'])}; if the audience mixes countries, give the preflight a region_column"
+    )

@@ -171,6 +171,21 @@ def _sections(
             100.0,
         )
 
+    national = summary.get("national")  # (summaries of runs before it was counted have none)
+    read_as = []
+    if national:
+        read_as = [
+            [
+                f"read with the default region ({national['default_region']})",
+                f"{national['default_rows']:,}",
+                _pct(national["default_rows"], rows_total) + " of rows",
+            ],
+            *(
+                [f"read as {region}", f"{n:,}", _pct(n, rows_total) + " of rows"]
+                for region, n in national["by_region"].items()
+            ),
+            *(["example (masked)", example, ""] for example in national["examples"]),
+        ]
     api = summary["api"]
     this_run = {"run_id": f"{summary['run_id']} (this run)", "finished_at": summary["finished_at"]}
     trend = [*history, {**this_run, "rcs_share": rcs_share(summary)}]
@@ -179,6 +194,7 @@ def _sections(
     return [
         ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
         ("Audience", ["", "count", "share"], audience, ""),
+        ("Numbers without a country code", ["", "rows", "share"], read_as, ""),
         (
             "Why each row got its channel",
             ["channel", "why", "rows", "share of the channel"],

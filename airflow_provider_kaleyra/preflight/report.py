@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
+from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun
 from airflow_provider_kaleyra.preflight.rendering import rcs_share, render
 from airflow_provider_kaleyra.utils.storage import open_atomic
 
@@ -26,8 +27,8 @@ __all__ = ["HTML", "MARKDOWN", "SUMMARY", "load_history", "rcs_share", "run_summ
 def run_summary(
     run_id: str,
     finished_at: str,
-    prepared: dict[str, Any],
-    decided: dict[str, Any],
+    prepared: PreparedRun,
+    decided: ChannelResult,
     api: dict[str, int],
     dag_id: str | None = None,
 ) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def run_summary(
         "audience": prepared["audience"],
         "counts": prepared["counts"],
         "invalid_reasons": prepared["invalid_reasons"],
+        "national": prepared["national"],
         "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
         "reasons": decided["reasons"],
         "carriers": decided["carriers"],

@@ -7,15 +7,18 @@ the DAG first. A user needs no shell on the workers and no credentials of the st
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import attrs
-from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+from airflow.sdk import BaseOperator, BaseOperatorLink, XComArg, conf
 
+from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.preflight import rendering, report
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
+from airflow_provider_kaleyra.preflight.records import ChannelResult, LookupSummary, PreparedRun, ReportResult
 from airflow_provider_kaleyra.utils.storage import as_path
 
 URL_PREFIX = "/kaleyra-preflight"  # where the plugin mounts the views on the API server
@@ -60,51 +63,40 @@ LINKS = (
 )
 
 
-def _optional(value: Any) -> str | None:
-    """A rendered optional setting: ``None``, ``""`` and the text ``"None"`` all mean unset."""
-    return None if value in (None, "", "None") else str(value)
-
-
 class KaleyraPreflightReportOperator(BaseOperator):
     """Writes ``report.html``, ``report.md`` and ``summary.json``, with the trend of earlier runs.
 
-    :param prepared: ``prepare``'s summary (its XCom ``summary``).
-    :param decided: ``channels``' result.
-    :param lookups: the RCS shards' results (for the request counts), or ``None``.
-    :param soip_check_task_id: the SOIP check's task id, for its request count.
+    :param prepared: ``prepare``'s record (:class:`~.records.PreparedRun`).
+    :param decided: ``channels``' record (:class:`~.records.ChannelResult`).
+    :param lookups: the RCS shards' summaries (for the request counts), or ``None``.
+    :param submission: the SOIP check's record, or ``None`` when the leg was skipped.
     """
 
-    template_fields = ("prepared", "decided", "lookups", "storage_conn_id")
+    template_fields = ("prepared", "decided", "lookups", "submission")
     operator_extra_links = LINKS
 
     def __init__(
         self,
         *,
-        prepared: Any,
-        decided: Any,
-        lookups: Any = None,
-        storage_conn_id: str | None = None,
-        soip_check_task_id: str | None = None,
+        prepared: PreparedRun | XComArg,
+        decided: ChannelResult | XComArg,
+        lookups: Iterable[LookupSummary] | XComArg | None = None,
+        submission: SoipSubmission | XComArg | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.prepared = prepared
         self.decided = decided
         self.lookups = lookups
-        self.storage_conn_id = storage_conn_id
-        self.soip_check_task_id = soip_check_task_id
+        self.submission = submission
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        prepared, decided, lookups = self.prepared, self.decided, self.lookups
-        storage = _optional(self.storage_conn_id)
+    def execute(self, context: Any) -> ReportResult:
+        prepared, decided = self.prepared, self.decided
+        storage = prepared["storage_conn_id"]
         run_dir = as_path(prepared["run_dir"], storage)
-        summaries = [lookups[i] for i in range(len(lookups))] if lookups is not None else []
-        check = None
-        if decided["soip_asked"] and self.soip_check_task_id:
-            check = context["ti"].xcom_pull(task_ids=self.soip_check_task_id)
         api = {
-            "rcs_requests": sum(int(s.get("requests") or 0) for s in summaries),
-            "soip_requests": int((check or {}).get("requests") or 0),
+            "rcs_requests": sum(int(s.get("requests") or 0) for s in self.lookups or []),
+            "soip_requests": int((self.submission or {}).get("requests") or 0),
         }
         finished_at = datetime.now(UTC).isoformat(timespec="seconds")
         dag_id, run_id = context["dag"].dag_id, context["run_id"]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
 
 from airflow_provider_kaleyra.callbacks.store import (
     CAPABLE,
@@ -26,6 +30,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, MaskedNumbers, mask
+from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
@@ -35,21 +40,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
 _MISSING_SAMPLE = 5
-
-
-def _as_mapping(value: Any) -> dict[str, Any]:
-    """XCom dicts arrive as dicts, or as their text when templated without native rendering."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str):
-        for loads in (json.loads, ast.literal_eval):
-            try:
-                loaded = loads(value)
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(loaded, dict):
-                return loaded
-    raise ValueError(f"submission must be the SOIP check operator's XCom dict, got {type(value).__name__}")
 
 
 def _as_numbers(value: Any) -> list[str]:
@@ -69,7 +59,9 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     after the submission. Writes one JSON line per submitted number to ``output``
     (``{"number": "+91...", "outcome": "capable" | "not_capable" | "unparseable" | "missing",
     "capable", "status", "received_at", "request_id"}``) and returns
-    ``{"summary": {counts...}, "output": location}``: no phone number goes to XCom.
+    ``{"summary": {counts...}, "output": location}``: no phone number goes to XCom. On a timeout
+    the output is written all the same (unanswered numbers ``missing``), before the task fails or,
+    with ``soft_fail``, is skipped: a downstream step reads what did arrive from the file.
 
     :param submission: the SOIP check operator's XCom (``{"submission_id", "submitted_at", ...}``):
         the numbers are read from the callback store, not from XCom.
@@ -97,7 +89,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self,
         *,
         output: str | ObjectStoragePath,
-        submission: dict[str, Any] | None = None,
+        submission: SoipSubmission | None = None,
         numbers: list[str] | None = None,
         storage_conn_id: str | None = None,
         kaleyra_conn_id: str = DEFAULT_CONN_ID,
@@ -145,11 +137,16 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if self._target is not None:
             return self._target
         if self.submission is not None:
-            submission = _as_mapping(self.submission)
-            if not submission.get("submission_id") or not submission.get("submitted_at"):
+            submission = self.submission
+            if (
+                not isinstance(submission, Mapping)
+                or not submission.get("submission_id")
+                or not submission.get("submitted_at")
+            ):
                 raise AirflowFailException(
                     "submission has no submission_id/submitted_at: pass the XCom of "
-                    "KaleyraSoipCapabilityCheckOperator (e.g. submission=check.output)"
+                    "KaleyraSoipCapabilityCheckOperator as a dict (submission=check.output, or a template "
+                    "in a DAG with render_template_as_native_obj=True)"
                 )
             submission_id, since = str(submission["submission_id"]), as_utc(submission["submitted_at"])
         else:
@@ -200,7 +197,12 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if not self.deferrable:
             try:
                 return super().execute(context)
-            except AirflowSensorTimeout as exc:
+            except (AirflowSensorTimeout, AirflowSkipException) as exc:
+                if exc.__cause__ is not None:  # a failure soft_fail turned into a skip: not a timeout
+                    raise
+                self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
+                if isinstance(exc, AirflowSkipException):
+                    raise
                 raise AirflowSensorTimeout(f"{exc} {self._missing_message(total)}") from exc
         first = self.poke(context)
         if first.is_done:
@@ -231,6 +233,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         status = event.get("status")
         self._last_answered = event.get("answered")
         if status == "timeout":
+            self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
             raise AirflowSensorTimeout(
                 f"Sensor has timed out after {self.timeout} seconds. {self._missing_message(total)}"
             )
