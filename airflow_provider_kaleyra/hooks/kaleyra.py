@@ -18,10 +18,12 @@ from airflow_provider_kaleyra.client.concurrency import InFlight
 from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.client.transport import Transport
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, mask, normalize
-from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed, result_for
-from airflow_provider_kaleyra.rcs.batching import plan_batches, stream_batches
+from airflow_provider_kaleyra.numbers.normalize import mask, normalize
+from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed
+from airflow_provider_kaleyra.rcs.batching import plan_batches
+from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
+from airflow_provider_kaleyra.rcs.engine import Engine
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
 _PROBE_NUMBER = "+14155552671"
@@ -148,70 +150,22 @@ class KaleyraHook(BaseHook):
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
         """Look up any number of inputs; yields exactly one record per input, in input order.
 
-        Inputs are normalized to E.164 (the connection's ``default_region`` reads national
-        numbers), de-duplicated, planned into compliant calls and looked up concurrently.
-        The three overlap on big audiences: calls start once the first ~10,000 distinct
-        numbers are known, and a record is yielded as soon as its number is answered, so the
-        rate limit, not local CPU, sets the pace. Write records out as they come rather than
-        keeping them all: the bulk operator does, for audiences that do not fit in memory.
+        The bulk operator's pipeline (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`):
+        inputs are normalized to E.164 (the connection's ``default_region`` reads national
+        numbers), de-duplicated, planned into compliant calls and looked up concurrently; calls
+        start once the first ~10,000 distinct numbers are known, and records come as soon as
+        their numbers are answered. Inputs wait for their answers in a spool (disk beyond a
+        few blocks), so memory follows the distinct numbers, not the inputs.
 
         :param cache: the capability cache (``cache.py``): ``None`` uses it when the connection
             sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"`` asks
             Kaleyra for every number and rewrites the cache. Fresh answers are not planned into
             calls; new ones are written back. ``self.last_cache`` holds the run's cache counts.
         """
-        inputs = list(numbers)
-        distinct = DistinctNumbers(self.config.default_region, as_text=True)  # e164s keeps the strings
-        # Plain strings per input, not Normalized records: the garbage collector never
-        # untracks NamedTuples, and a million of them slow down every full collection.
-        e164s: list[str | None] = []
-        reasons: dict[int, str | None] = {}  # input index -> why it is not a number
-
-        def distinct_numbers() -> Iterator[str]:
-            for raw in inputs:
-                e164, reason, _, first = distinct.add(raw)
-                if e164 is None:
-                    reasons[len(e164s)] = reason
-                e164s.append(e164)
-                if first:
-                    yield e164  # type: ignore[misc]
-
-        def record(index: int) -> RcsResult:
-            e164 = e164s[index]
-            if e164 is None:
-                return result_for(inputs[index], None, reasons.get(index), None)
-            return result_for(inputs[index], e164, None, answers.get(e164), ages.get(e164))
-
-        answers: dict[str, Answer] = {}
-        ages: dict[str, int] = {}  # numbers answered from the cache -> age of the answer (s)
-
-        def unknown(numbers: Iterator[str], run: CacheRun) -> Iterator[str]:
-            for chunk, found in run.lookup(numbers):
-                for e164, (answer, age) in found.items():
-                    answers[e164], ages[e164] = answer, age
-                yield from (e164 for e164 in chunk if e164 not in found)
-
         run = self.last_cache = self.cache_run(cache)
-        to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
-        done = 0  # records yielded so far
-        try:
-            for batch_answers in self.lookup_batches(stream_batches(to_ask)):
-                answers.update(batch_answers)
-                if run is not None:
-                    run.add(batch_answers)
-                # batches complete in first-seen order: every input up to the first one whose
-                # number is still unanswered can be yielded now
-                while done < len(e164s):
-                    e164 = e164s[done]
-                    if e164 is not None and e164 not in answers:
-                        break
-                    yield record(done)
-                    done += 1
-        finally:
-            if run is not None:
-                run.close()
-        for index in range(done, len(inputs)):
-            yield record(index)
+        with Engine(self, cache=run) as engine:
+            for block in engine.stream(input_blocks(numbers)):
+                yield from block.records()
 
     def cache_run(
         self,
