@@ -5,9 +5,10 @@ from __future__ import annotations
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.audience import AudienceRow
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
-from airflow_provider_kaleyra.rcs import engine as bulk_module
-from airflow_provider_kaleyra.rcs.engine import BulkLookup
-from airflow_provider_kaleyra.rcs.outputs import read_results
+from airflow_provider_kaleyra.rcs import blocks as blocks_module
+from airflow_provider_kaleyra.rcs.blocks import row_blocks
+from airflow_provider_kaleyra.rcs.engine import Engine
+from airflow_provider_kaleyra.rcs.outputs import read_results, write_results
 from airflow_provider_kaleyra.utils.storage import as_path
 
 pytest_plugins = ["conftest_airflow"]
@@ -31,7 +32,7 @@ def audience(count: int) -> list[str]:
 
 
 def test_calls_start_and_rows_are_written_before_the_audience_is_read(kaleyra_conn, tmp_path, monkeypatch):
-    monkeypatch.setattr(bulk_module, "_SPOOL_ROWS", 256)  # small spool lines: the writer follows closely
+    monkeypatch.setattr(blocks_module, "BLOCK_ROWS", 256)  # small blocks: the writer follows closely
     numbers = audience(60_000)
     read = 0
     read_at_first_call: list[int] = []
@@ -46,7 +47,7 @@ def test_calls_start_and_rows_are_written_before_the_audience_is_read(kaleyra_co
 
     hook = KaleyraHook()
     output = as_path(str(tmp_path / "out.csv"))
-    with BulkLookup(hook, output, checkpoint_batches=2) as run:
+    with Engine(hook, checkpoint_at=output, checkpoint_batches=2) as run, write_results(output) as out:
 
         def answer(self, batch, retry_missing=True):
             read_at_first_call.append(read)
@@ -54,7 +55,9 @@ def test_calls_start_and_rows_are_written_before_the_audience_is_read(kaleyra_co
             return real_answer(self, batch, retry_missing)
 
         monkeypatch.setattr(KaleyraHook, "_answer_batch", answer)
-        stats = run.stream(rows())
+        for block in run.stream(row_blocks(rows())):
+            out.write_block(block)
+        stats = run.stats
     assert read_at_first_call[0] < len(numbers) // 2, "the first call waited for most of the audience"
     assert written_at_call[-1] > 0, "nothing was written before the last call"
     assert stats.rows == stats.inputs == len(numbers)

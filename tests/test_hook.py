@@ -388,3 +388,19 @@ def test_equal_answers_are_one_shared_record():
     odd = answer_from_device({**device, "carrierId": ["not", "a", "carrier"]})
     assert odd.carrier_id is None and odd.status == RCS_ENABLED  # an odd field is dropped, the answer kept
     assert shared(failed("timeout")) is shared(failed("timeout"))  # read back from a checkpoint too
+
+
+def test_connection_test_refuses_what_is_not_a_kaleyra_answer(hook, requests_mock):
+    """A wrong base URL that answers 200 with a web page, or a 403: never "works"."""
+    requests_mock.get(SINGLE_RE, text="<html>Welcome to nginx</html>", headers={"Content-Type": "text/html"})
+    ok, message = hook.test_connection()
+    assert not ok and "is not Kaleyra's RCS API" in message
+    requests_mock.get(SINGLE_RE, json={"code": "RCS200", "data": {"deviceAddress": "14155552671"}})
+    ok, message = hook.test_connection()
+    assert not ok and "without a readable rcsEnabled" in message
+    requests_mock.get(SINGLE_RE, status_code=403, json={"code": 403, "message": "Forbidden"})
+    ok, message = hook.test_connection()
+    assert not ok and message.startswith("The RCS channel is not enabled")
+    requests_mock.get(SINGLE_RE, status_code=503, json={"code": 503, "message": "Temporal error"})
+    ok, message = hook.test_connection()
+    assert not ok and "try again later" in message

@@ -71,3 +71,34 @@ def test_wrong_key_fails_fast_over_http(make_simulator, monkeypatch):
     with pytest.raises(KaleyraAuthError):
         list(KaleyraHook().lookup_rcs_many([f"+1415555{i:04d}" for i in range(300)]))
     assert sim.stats()["requests"]["rcs_bulk"] == 1
+
+
+def test_connection_test_names_each_problem(make_simulator, monkeypatch):
+    """Issue 23, item 5: success only for a real Kaleyra answer; each misconfiguration its own message."""
+    import json
+    import socket
+
+    sim = make_simulator()
+
+    def check(url: str, **conn: str) -> tuple[bool, str]:
+        settings = {"sid": sim.config.sid, "api_key": sim.config.api_key, **conn}
+        monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_DEFAULT", json.dumps(simulator_connection(url, **settings)))
+        return KaleyraHook().test_connection()
+
+    assert check(sim.url) == (True, "Connection to Kaleyra works")
+    ok, wrong_url = check(sim.url + "/not-kaleyra")  # a 404 on the lookup path
+    assert not ok and "is not Kaleyra's RCS API" in wrong_url and "HTTP 404" in wrong_url
+    ok, wrong_sid = check(sim.url, sid="AC-NOT-MINE")
+    assert not ok and wrong_sid.startswith("Kaleyra does not know the account SID")
+    ok, wrong_key = check(sim.url, api_key="wrong-key-123")
+    assert not ok and wrong_key.startswith("Kaleyra refused the API key")
+    sim.configure(rcs_disabled=True)
+    ok, disabled = check(sim.url)
+    assert not ok and disabled.startswith("The RCS channel is not enabled")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    ok, unreachable = check(closed)
+    assert not ok and unreachable.startswith(f"No answer from {closed}")
+    assert len({wrong_url, wrong_sid, wrong_key, disabled, unreachable}) == 5
+    assert all(sim.config.api_key not in message for message in (wrong_url, wrong_sid, wrong_key, disabled))

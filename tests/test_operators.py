@@ -399,6 +399,69 @@ def test_a_changed_audience_never_reuses_stale_parts(kaleyra_conn, tmp_path, mon
     assert not (tmp_path / "out.csv.checkpoint").exists()
 
 
+def test_another_run_never_trusts_the_parts_a_failed_run_left(kaleyra_conn, tmp_path, monkeypatch, request):
+    """Issue 20, item 6: a failed run's checkpoint is its own. The next day's run writes the same
+    output from the same audience while Kaleyra's answers changed: every row carries the new answer."""
+    from kaleyra_simulator import answers as simulated
+
+    write_text_audience(tmp_path / "audience.txt", 5_000)  # 10 calls of 500; parts of 2 calls
+    audience = str(tmp_path / "audience.txt")
+    with monkeypatch.context() as patch:
+        patch.setattr(KaleyraHook, "lookup_batches", crash_after(4))
+        with pytest.raises(RuntimeError, match="worker killed"):
+            bulk(tmp_path, audience=audience, checkpoint_batches=2).execute({"run_id": "day-1"})
+    assert len(list((tmp_path / "out.csv.checkpoint").glob("*/part-*.jsonl"))) == 2
+
+    real = simulated.rcs_answer
+
+    def changed(e164: str) -> dict:
+        device = real(e164)
+        return {**device, "rcsEnabled": not device["rcsEnabled"], "carrierId": "NewCarrier"}
+
+    monkeypatch.setattr(simulated, "rcs_answer", changed)  # the server changed its mind overnight
+    simulated.clear_caches()
+    request.addfinalizer(simulated.clear_caches)  # other tests see the simulator's own answers
+    kaleyra_conn.reset_stats()
+    summary = bulk(tmp_path, audience=audience, checkpoint_batches=2).execute({"run_id": "day-2"})
+    assert (summary["chunks_resumed"], summary["requests"]) == (0, 10)
+    rows = list(read_results(as_path(summary["output"])))
+    assert len(rows) == 5_000
+    for row in rows:
+        flipped = "rcs_disabled" if real(row["e164"])["rcsEnabled"] else "rcs_enabled"
+        assert (row["status"], row["carrier_id"], row["source"], row["age_seconds"]) == (
+            flipped,
+            "NewCarrier",
+            "api",
+            0,
+        ), row
+    assert not (tmp_path / "out.csv.checkpoint").exists()
+
+
+def test_a_retry_of_the_same_task_instance_resumes_a_mapped_runs_parts(kaleyra_conn, tmp_path, monkeypatch):
+    """The checkpoint key is the task instance: the same dag, run, task and map index resume; another
+    map index (another shard writing the same output by mistake) does not."""
+
+    class TI:
+        dag_id, run_id, task_id = "d", "r", "bulk_out_csv"
+
+        def __init__(self, map_index: int) -> None:
+            self.map_index = map_index
+
+    write_text_audience(tmp_path / "audience.txt", 2_000)  # 4 calls of 500, one per part
+    audience = str(tmp_path / "audience.txt")
+    with monkeypatch.context() as patch:
+        patch.setattr(KaleyraHook, "lookup_batches", crash_after(2))
+        with pytest.raises(RuntimeError):
+            bulk(tmp_path, audience=audience, checkpoint_batches=1).execute({"ti": TI(0), "run_id": "r"})
+    other = bulk(tmp_path, "other.csv", audience=audience, checkpoint_batches=1)
+    assert other._run_identity({"ti": TI(1), "run_id": "r"}) != other._run_identity(
+        {"ti": TI(0), "run_id": "r"}
+    )
+    kaleyra_conn.reset_stats()
+    retry = bulk(tmp_path, audience=audience, checkpoint_batches=1).execute({"ti": TI(0), "run_id": "r"})
+    assert (retry["chunks_resumed"], retry["requests"]) == (2, 2)
+
+
 def garbage_audience(path: Path, count: int) -> list[bytes | None]:
     """A CSV of ``count`` rows, 5% garbage of every kind, 10% repeats; returns each row's phone field."""
     kinds = [

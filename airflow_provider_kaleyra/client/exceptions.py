@@ -32,6 +32,7 @@ class KaleyraApiError(Exception):
         self.code = code
         self.retryable = retryable
         self.retry_after: float | None = None  # seconds, from a 429's Retry-After
+        self.detail = message  # Kaleyra's words when the error came from an answer
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -58,11 +59,13 @@ def error_for_answer(status: int, reason: str, body: Any) -> KaleyraApiError:
         if detail:
             message = str(detail)[:500]
     if status in (401, 403):
-        return KaleyraAuthError(
+        error: KaleyraApiError = KaleyraAuthError(
             f"Kaleyra refused the credentials ({message}): check the API key and SID of the "
             "connection, and that the RCS channel is enabled on the account",
             status=status,
             code=code,
         )
+        error.detail = message  # Kaleyra's own words, for the connection test
+        return error
     retryable = status == 429 or status >= 500
     return KaleyraApiError(f"Kaleyra answered {message}", status=status, code=code, retryable=retryable)

@@ -16,6 +16,7 @@ seconds each: see :func:`call_budget`. **Memory budget.** A body over ``MAX_BODY
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import json as jsonlib
@@ -160,6 +161,7 @@ class Transport:
         self._proxies: dict[str, dict[str, str]] = {}
         self._redactions = _redactions((api_key, *secrets))
         self.requests_sent = 0
+        self._bad_text_logged = False
         self._count_lock = threading.Lock()
         # Per origin (RCS and SOIP hosts may differ): the refusal that stopped every call, and
         # whether the first answer is in. Until it is, one request probes the key while the
@@ -282,7 +284,7 @@ class Transport:
         status, reason, headers, body = self._send(origin, method, url, json)
         if status in accept:
             try:
-                document = _decode(body)
+                document = self._decode(body)
                 return shape(document) if shape else ({} if document is None else document)
             except (ValueError, TypeError, RecursionError) as exc:
                 raise KaleyraApiError(_unreadable(exc), status=status, retryable=True) from None
@@ -333,6 +335,17 @@ class Transport:
         reason = self._redact((response.reason or "").encode("utf-8", "replace")).decode("utf-8", "replace")
         return response.status_code, reason, response.headers, self._redact(body)
 
+    def _decode(self, body: bytes) -> Any:
+        """:func:`_decode`, but a byte that is not UTF-8 (seen in ``carrierId``) does not cost the
+        answer: it becomes U+FFFD, and the first time it happens is logged."""
+        try:
+            return _decode(body)
+        except UnicodeDecodeError:
+            if not self._bad_text_logged:
+                self._bad_text_logged = True
+                log.warning("Kaleyra answered with text that is not UTF-8; the bad bytes read as U+FFFD")
+            return _decode(body.decode("utf-8", "replace").encode())
+
     def _redact(self, data: bytes) -> bytes:
         for secret in self._redactions:
             if secret in data:
@@ -341,27 +354,52 @@ class Transport:
 
 
 def _read_body(response: requests.Response, deadline: float, timeout: float) -> bytes:
-    """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``."""
+    """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``.
+
+    The deadline is checked between reads; a read still waiting at the deadline (a body that
+    dripped until then and stalled) is cut by a timer calling urllib3's public
+    ``HTTPResponse.shutdown``, made to interrupt a read from another thread. The timer starts
+    only when a body takes more than one read, so most answers never start one.
+    """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")
     raw = response.raw
     pieces: list[bytes] = []
     size = 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
-        sock = getattr(getattr(raw, "_connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(remaining)  # no single read outlives the deadline either
-        piece = raw.read1(READ_PIECE, decode_content=True)
-        if not piece:
-            return b"".join(pieces)
-        size += len(piece)
-        if size > MAX_BODY_BYTES:
-            raise _Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
-        pieces.append(piece)
+    watchdog: threading.Timer | None = None
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
+            if pieces and watchdog is None:
+                watchdog = threading.Timer(remaining, _cut, (raw,))
+                watchdog.daemon = True
+                watchdog.start()
+            try:
+                piece = raw.read1(READ_PIECE, decode_content=True)
+            except _NO_ANSWER:
+                if time.monotonic() >= deadline:
+                    raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout") from None
+                raise
+            if not piece:
+                if time.monotonic() >= deadline:  # (the end the watchdog made)
+                    raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
+                return b"".join(pieces)
+            size += len(piece)
+            if size > MAX_BODY_BYTES:
+                raise _Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
+            pieces.append(piece)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+def _cut(raw: Any) -> None:
+    """Interrupt a read past its deadline (urllib3 2.3+; older ones keep the between-reads check)."""
+    with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+        raw.shutdown()
 
 
 def _decode(body: bytes) -> Any:

@@ -14,14 +14,17 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
+from airflow_provider_kaleyra.client.api import FAILED
 from airflow_provider_kaleyra.client.concurrency import InFlight
 from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.client.transport import Transport
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, mask, normalize
-from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed, result_for
-from airflow_provider_kaleyra.rcs.batching import plan_batches, stream_batches
+from airflow_provider_kaleyra.numbers.normalize import mask, normalize
+from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed
+from airflow_provider_kaleyra.rcs.batching import plan_batches
+from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
+from airflow_provider_kaleyra.rcs.engine import Engine
 
 # A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
 _PROBE_NUMBER = "+14155552671"
@@ -150,70 +153,22 @@ class KaleyraHook(BaseHook):
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
         """Look up any number of inputs; yields exactly one record per input, in input order.
 
-        Inputs are normalized to E.164 (the connection's ``default_region`` reads national
-        numbers), de-duplicated, planned into compliant calls and looked up concurrently.
-        The three overlap on big audiences: calls start once the first ~10,000 distinct
-        numbers are known, and a record is yielded as soon as its number is answered, so the
-        rate limit, not local CPU, sets the pace. Write records out as they come rather than
-        keeping them all: the bulk operator does, for audiences that do not fit in memory.
+        The bulk operator's pipeline (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`):
+        inputs are normalized to E.164 (the connection's ``default_region`` reads national
+        numbers), de-duplicated, planned into compliant calls and looked up concurrently; calls
+        start once the first ~10,000 distinct numbers are known, and records come as soon as
+        their numbers are answered. Inputs wait for their answers in a spool (disk beyond a
+        few blocks), so memory follows the distinct numbers, not the inputs.
 
         :param cache: the capability cache (``cache.py``): ``None`` uses it when the connection
             sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"`` asks
             Kaleyra for every number and rewrites the cache. Fresh answers are not planned into
             calls; new ones are written back. ``self.last_cache`` holds the run's cache counts.
         """
-        inputs = list(numbers)
-        distinct = DistinctNumbers(self.config.default_region, as_text=True)  # e164s keeps the strings
-        # Plain strings per input, not Normalized records: the garbage collector never
-        # untracks NamedTuples, and a million of them slow down every full collection.
-        e164s: list[str | None] = []
-        reasons: dict[int, str | None] = {}  # input index -> why it is not a number
-
-        def distinct_numbers() -> Iterator[str]:
-            for raw in inputs:
-                e164, reason, _, first = distinct.add(raw)
-                if e164 is None:
-                    reasons[len(e164s)] = reason
-                e164s.append(e164)
-                if first:
-                    yield e164  # type: ignore[misc]
-
-        def record(index: int) -> RcsResult:
-            e164 = e164s[index]
-            if e164 is None:
-                return result_for(inputs[index], None, reasons.get(index), None)
-            return result_for(inputs[index], e164, None, answers.get(e164), ages.get(e164))
-
-        answers: dict[str, Answer] = {}
-        ages: dict[str, int] = {}  # numbers answered from the cache -> age of the answer (s)
-
-        def unknown(numbers: Iterator[str], run: CacheRun) -> Iterator[str]:
-            for chunk, found in run.lookup(numbers):
-                for e164, (answer, age) in found.items():
-                    answers[e164], ages[e164] = answer, age
-                yield from (e164 for e164 in chunk if e164 not in found)
-
         run = self.last_cache = self.cache_run(cache)
-        to_ask = distinct_numbers() if run is None else unknown(distinct_numbers(), run)
-        done = 0  # records yielded so far
-        try:
-            for batch_answers in self.lookup_batches(stream_batches(to_ask)):
-                answers.update(batch_answers)
-                if run is not None:
-                    run.add(batch_answers)
-                # batches complete in first-seen order: every input up to the first one whose
-                # number is still unanswered can be yielded now
-                while done < len(e164s):
-                    e164 = e164s[done]
-                    if e164 is not None and e164 not in answers:
-                        break
-                    yield record(done)
-                    done += 1
-        finally:
-            if run is not None:
-                run.close()
-        for index in range(done, len(inputs)):
-            yield record(index)
+        with Engine(self, cache=run) as engine:
+            for block in engine.stream(input_blocks(numbers)):
+                yield from block.records()
 
     def cache_run(
         self,
@@ -326,17 +281,28 @@ class KaleyraHook(BaseHook):
         return norm.e164
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the credentials with one single lookup; never raises."""
+        """One single lookup, not retried; success only when a well-formed Kaleyra answer came. Never raises."""
         try:
-            self.lookup_rcs(_PROBE_NUMBER)
-        except KaleyraAuthError as exc:
-            return False, str(exc)
+            cfg = self.config
+            probe = Transport(
+                api_key=cfg.api_key,
+                timeout=min(cfg.timeout, 15.0),
+                max_retries=0,
+                rate_limit=0,
+                pool_size=1,
+                secrets=(cfg.callback_secret,),
+            )
+            url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(_PROBE_NUMBER, safe=""))
+            device = probe.call("GET", url, shape=api.data_object)
         except KaleyraApiError as exc:
-            if exc.status is not None and exc.status < 500 and exc.status != 429:
-                return True, f"Credentials accepted (the probe lookup answered: {exc})"
-            return False, str(exc)
+            return False, _connection_problem(exc, self.config.rcs_base_url)
         except Exception as exc:  # the UI shows this message; anything unexpected is a failure
             return False, f"{type(exc).__name__}: {exc}"
+        if answer_from_device(device).status == FAILED:
+            return (
+                False,
+                f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?",
+            )
         return True, "Connection to Kaleyra works"
 
     @classmethod
@@ -366,6 +332,29 @@ class KaleyraHook(BaseHook):
             "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
             "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
         }
+
+
+def _connection_problem(exc: KaleyraApiError, base: str) -> str:
+    """What a failed probe lookup says about the connection, in the user's terms."""
+    said = str(exc.detail).lower()
+    if exc.status is None:
+        return f"No answer from {base} ({exc.message}): check the pod or rcs_base_url, and the network"
+    if exc.status == 403 or (exc.status == 401 and ("channel" in said or "rcs" in said)):
+        return (
+            f"The RCS channel is not enabled on this Kaleyra account (ask Kaleyra to enable it): {exc.detail}"
+        )
+    if exc.status == 401 and "sid" in said:
+        return f"Kaleyra does not know the account SID (the connection's login): {exc.detail}"
+    if exc.status == 401:
+        return f"Kaleyra refused the API key (the connection's password): {exc.detail}"
+    if exc.status == 404 or exc.status < 300:
+        return (
+            f"{base} is not Kaleyra's RCS API ({exc}): check the connection's pod or rcs_base_url "
+            f"(e.g. {api.RCS_HOSTS[api.DEFAULT_POD]})"
+        )
+    if exc.status == 429 or exc.status >= 500:
+        return f"Kaleyra is not answering properly right now ({exc}): try again later"
+    return f"Kaleyra answered the probe lookup with an error ({exc})"
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,10 @@ from airflow_provider_kaleyra.operators.base import (
     KaleyraOperator,
     fail_fast,
 )
+from airflow_provider_kaleyra.rcs.blocks import row_blocks
 from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
-from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, BulkLookup
-from airflow_provider_kaleyra.rcs.outputs import result_format
+from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, Engine
+from airflow_provider_kaleyra.rcs.outputs import result_format, write_results
 from airflow_provider_kaleyra.rcs.progress import Stats
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -82,7 +84,8 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
 
     The work is checkpointed next to the output (``<output>.checkpoint/``): when the task is
     retried after a crash, chunks already answered are not asked again, and the output is the
-    same as that of an uninterrupted run. Memory holds the distinct numbers and their answers,
+    same as that of an uninterrupted run. The checkpoint belongs to the task instance (DAG, run,
+    task, map index): another run writing the same output never reuses its answers. Memory holds the distinct numbers and their answers,
     never the rows. Reading, lookups and writing overlap: calls start after the first ~10,000
     distinct numbers (after the whole audience when ``shard_index`` or ``max_invalid_ratio``
     needs it first), and rows are written as their numbers are answered.
@@ -175,22 +178,26 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
             cache = self.hook.cache_run(self.cache, self.cache_max_age_positive, self.cache_max_age_negative)
         except CapabilityCacheError as exc:  # a setting to fix: retries would fail the same way
             raise AirflowFailException(str(exc)) from None
-        with BulkLookup(
+        with Engine(
             self.hook,
-            output,
-            shard=shard,
-            checkpoint_batches=self.checkpoint_batches,
             cache=cache,
-            log=self.log,
+            shard=shard,
+            checkpoint_at=output,
+            run=self._run_identity(context),
+            checkpoint_batches=self.checkpoint_batches,
             e164_input=self.e164_input,
-        ) as run:
+            log=self.log,
+        ) as engine:
+            blocks = row_blocks(self._rows())
             if shard is None and max_invalid is None:
-                # nothing needs the whole audience first: calls start after ~10,000 numbers
-                stats = run.stream(self._rows())
+                answered = engine.stream(blocks)  # nothing needs the whole audience first
             else:
-                stats = run.read(self._rows())
-                self._check_invalid(stats, max_invalid)
-                run.lookup()
+                self._check_invalid(engine.read(blocks), max_invalid)
+                answered = engine.lookup()
+            with write_results(output) as out:
+                for block in answered:
+                    out.write_block(block)
+            stats = engine.stats
             self.log.info(
                 "Audience: %s rows, %s invalid, %s distinct numbers for this task%s",
                 stats.inputs,
@@ -198,16 +205,16 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
                 stats.distinct,
                 f" (shard {shard.index} of {shard.count})" if shard else "",
             )
-            summary = run.summary(self.hook.transport.requests_sent - requests_before)
-            assert run.checkpoint is not None
+            summary = _summary(engine, output, self.hook.transport.requests_sent - requests_before)
+            assert engine.checkpoint is not None
             failed, distinct = summary["failed_numbers"], summary["distinct"]
             if failed and failed / distinct > max_failed:
-                run.checkpoint.discard(run.failed_chunks)  # a retry asks again for these only
+                engine.checkpoint.discard(engine.failed_chunks)  # a retry asks again for these only
                 raise AirflowException(
                     f"{failed} of {distinct} distinct numbers could not be looked up "
                     f"(max_failed_ratio={max_failed}); every row, with its reason, is in {summary['output']}"
                 )
-            run.checkpoint.clear()
+            engine.checkpoint.clear()
         if summary["failed_numbers"]:
             self.log.warning(
                 "%s of %s distinct numbers could not be looked up; see status 'failed' in %s",
@@ -230,6 +237,14 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
             )
         return summary
 
+    def _run_identity(self, context: Context) -> str:
+        """Whose checkpoint this is: a retry of this task instance resumes it, nothing else does."""
+        ti = context.get("ti")
+        dag_id = getattr(ti, "dag_id", None) or (self.dag_id if self.has_dag() else "")
+        run_id = context.get("run_id") or getattr(ti, "run_id", "")
+        map_index = getattr(ti, "map_index", -1)
+        return json.dumps([dag_id, run_id, self.task_id, map_index if isinstance(map_index, int) else -1])
+
     @staticmethod
     def _check_invalid(stats: Stats, limit: float | None) -> None:
         inputs, invalid = stats.inputs, stats.invalid_inputs
@@ -240,3 +255,22 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
             f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
             f"so nothing was looked up. Most common reasons: {reasons}"
         )
+
+
+def _summary(engine: Engine, output: ObjectStoragePath, requests: int) -> dict[str, Any]:
+    """The small XCom dict: counts only, never numbers."""
+    stats = engine.stats
+    return {
+        "output": str(output),
+        "inputs": stats.inputs,
+        "rows": stats.rows,
+        "distinct": stats.distinct,
+        "statuses": {status: stats.statuses.get(status, 0) for status in STATUSES},
+        "failed_numbers": stats.failed_numbers,
+        "requests": requests,
+        "batches": stats.batches,
+        "chunks": stats.chunks,
+        "chunks_resumed": stats.chunks_resumed,
+        "shard": list(engine.shard) if engine.shard else None,
+        "cache": engine.cache.summary() if engine.cache else None,
+    }

@@ -1,8 +1,13 @@
-"""The record every input gets: one per input, with a status and, when there is one, a reason."""
+"""What is known about a number (:class:`Answer`, from the transport, the cache or a checkpoint to the
+output files) and the record every input gets (:class:`RcsResult`); :class:`AnsweredRows` carries a
+block of rows with their answers from the engine to a file or to ``lookup_rcs_many``'s caller."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
@@ -102,3 +107,27 @@ def result_for(
     if cached_age is None:
         return RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
     return RcsResult(raw, e164, *answer, source=SOURCE_CACHE, age_seconds=cached_age)
+
+
+@dataclass(slots=True)
+class AnsweredRows:
+    """Rows of one block, in input order, with what the engine knows of each.
+
+    ``answers[i]`` is ``None`` for a row that is not a number (``reasons[i]`` says why);
+    ``ages[i]`` is the age of an answer from the cache, -1 for one from the API (``ages`` is
+    ``None`` when no answer of the block came from the cache).
+    """
+
+    rows: Sequence[int]
+    raws: Sequence[Any]
+    e164s: Sequence[str | None]
+    answers: Sequence[Answer | None]
+    reasons: Sequence[str | None] | None = None
+    ages: Sequence[int] | None = None
+
+    def records(self) -> Iterator[RcsResult]:
+        """One :class:`RcsResult` per row (for callers that want objects, not a file)."""
+        reasons = self.reasons or repeat(None)
+        ages = self.ages or repeat(-1)
+        for raw, e164, answer, reason, age in zip(self.raws, self.e164s, self.answers, reasons, ages):
+            yield result_for(raw, e164, reason, answer, None if age < 0 else age)

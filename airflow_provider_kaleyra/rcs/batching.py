@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple, TypeVar
@@ -55,12 +54,22 @@ def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
     end is planned by ``plan_batches``. Up to ``PLAN_AHEAD + 500`` numbers this is exactly
     ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
     """
-    waiting: deque[T] = deque()
-    for number in numbers:
-        waiting.append(number)
-        if len(waiting) > PLAN_AHEAD + BULK_MAX:
-            yield [waiting.popleft() for _ in range(BULK_MAX)]
-    yield from plan_batches(list(waiting))
+    it = iter(numbers)
+    return stream_block_batches(iter(lambda: list(islice(it, BULK_MAX)), []))
+
+
+def stream_block_batches(blocks: Iterable[list[T]]) -> Iterator[list[T]]:
+    """:func:`stream_batches` for numbers that come in lists (the engine's blocks): no per-number step."""
+    waiting: list[T] = []
+    for block in blocks:
+        waiting += block
+        start = 0
+        while len(waiting) - start > PLAN_AHEAD + BULK_MAX:
+            yield waiting[start : start + BULK_MAX]
+            start += BULK_MAX
+        if start:
+            del waiting[:start]
+    yield from plan_batches(waiting)
 
 
 class Shard(NamedTuple):

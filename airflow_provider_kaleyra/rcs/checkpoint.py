@@ -2,8 +2,9 @@
 
 Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one JSON array
 ``[e164, status, carrier_id, carrier_status, error]`` per line, one part per chunk of
-batches. The fingerprint hashes the ordered numbers and the batch plan, so a changed
-audience (or shard, or plan) never reads stale parts. Parts are written atomically and
+batches. The fingerprint hashes the run's identity (dag, run, task, map index), the ordered
+numbers and the batch plan: a retry of the same task instance resumes, while another run, a
+changed audience (or shard, or plan) never reads these parts. Parts are written atomically and
 checked against the numbers they must hold before they are trusted.
 """
 
@@ -25,9 +26,9 @@ log = logging.getLogger(__name__)
 FORMAT = b"kaleyra-rcs-checkpoint-v1"
 
 
-def fingerprint(numbers: Sequence[int], sizes: Sequence[int], chunk_batches: int) -> str:
-    """Hash of the ordered numbers (E.164 digits), the batch sizes and the chunking."""
-    digest = hashlib.sha256(FORMAT)
+def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batches: int, run: str = "") -> str:
+    """Hash of the run's identity, the ordered numbers, the batch sizes and the chunking."""
+    digest = hashlib.sha256(FORMAT + b"|" + run.encode() + b"|")
     for start in range(0, len(numbers), 10_000):
         digest.update(",".join(map(str, numbers[start : start + 10_000])).encode() + b",")
     digest.update(b"|" + ",".join(map(str, sizes)).encode() + b"|" + str(chunk_batches).encode())

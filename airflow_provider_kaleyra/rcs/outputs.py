@@ -1,4 +1,10 @@
-"""Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one."""
+"""Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
+
+Rows are written a block at a time. Each distinct answer is encoded once (the tail of its
+lines: status, carrier, error, source, age) and each row adds its number, input and the
+row index; an input is quoted or escaped only when the block holds a character that needs
+it. The bytes are those of ``csv.writer`` and ``json.dumps`` (tests compare them).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +19,23 @@ from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.rcs.answers import FIELDS, RcsResult
+from airflow_provider_kaleyra.client.api import INVALID
+from airflow_provider_kaleyra.rcs.answers import (
+    FIELDS,
+    SOURCE_API,
+    SOURCE_CACHE,
+    Answer,
+    AnsweredRows,
+    RcsResult,
+    shared,
+)
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
-WRITE_BUFFER = 4096  # lines per write call: the store's file wrappers are costly per call
 OUTPUT_FIELDS = ("row", *FIELDS)
 _INT_FIELDS = {"row", "age_seconds"}  # read back from CSV as numbers, as JSON Lines keeps them
 _CSV_SUFFIXES = {".csv"}
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_CSV_SPECIAL = (",", '"', "\n", "\r")
 
 
 def result_format(path: ObjectStoragePath) -> str:
@@ -34,35 +49,105 @@ def result_format(path: ObjectStoragePath) -> str:
 
 
 class ResultWriter:
-    """Writes result rows (``row`` + :data:`results.FIELDS`) as CSV or JSON Lines, buffered."""
+    """Writes result rows (``row`` + :data:`answers.FIELDS`) as CSV or JSON Lines, a block at a time."""
 
     def __init__(self, handle: IO[str], fmt: str) -> None:
         self._handle = handle
-        self._fmt = fmt
-        self._buffer = io.StringIO()
-        self._pending = 0
-        self._csv = csv.writer(self._buffer, lineterminator="\n")
+        self._csv = fmt == "csv"
+        self._tails: dict[Any, str] = {}  # (answer or reason, age) -> the encoded end of a line
+        self._line = io.StringIO()
+        self._writer = csv.writer(self._line, lineterminator="")
         self.rows = 0
-        if fmt == "csv":
-            self._csv.writerow(OUTPUT_FIELDS)
+        if self._csv:
+            handle.write(",".join(OUTPUT_FIELDS) + "\n")
 
     def write(self, row: int, result: RcsResult) -> None:
-        if self._fmt == "csv":
-            self._csv.writerow((row, *("" if value is None else value for value in result)))
-        else:
-            self._buffer.write(json.dumps({"row": row, **result._asdict()}))
-            self._buffer.write("\n")
-        self.rows += 1
-        self._pending += 1
-        if self._pending >= WRITE_BUFFER:
-            self.flush()
+        """One row (merging shard outputs); the engine writes blocks."""
+        valid = result.e164 is not None
+        age = result.age_seconds if valid and result.source == SOURCE_CACHE else None
+        answer = Answer(*result[2:6]) if valid else None
+        reasons = None if valid else [result.error]
+        self.write_block(
+            AnsweredRows(
+                [row], [result.input], [result.e164], [answer], reasons, None if age is None else [age]
+            )
+        )
 
-    def flush(self) -> None:
-        if self._buffer.tell():
-            self._handle.write(self._buffer.getvalue())
-            self._buffer.seek(0)
-            self._buffer.truncate()
-        self._pending = 0
+    def write_block(self, block: AnsweredRows) -> None:
+        """The rows of one block, in one write."""
+        rows, raws, e164s, answers, reasons, ages = (
+            block.rows,
+            block.raws,
+            block.e164s,
+            block.answers,
+            block.reasons,
+            block.ages,
+        )
+        tails, tail = self._tails, self._tail
+        if ages is not None:
+            ends = [
+                tail(a, age) if a is not None else tail(reasons[i], -1)
+                for i, (a, age) in enumerate(zip(answers, ages))
+            ]  # type: ignore[index]
+        elif reasons is None:  # every row valid, every answer from the API: the common block
+            ends = [tails.get(a) or tail(a, -1) for a in answers]
+        else:
+            ends = [
+                tails.get(a) or tail(a, -1) if a is not None else tail(r, -1)
+                for a, r in zip(answers, reasons)
+            ]
+        text = all(type(raw) is str for raw in raws)
+        joined = "".join(raws) if text else ""
+        if self._csv:
+            plain = text and not any(c in joined for c in _CSV_SPECIAL)
+            inputs = raws if plain else [self._csv_field(raw) for raw in raws]
+            lines = [
+                f"{row},{raw},{e164 or ''},{end}\n" for row, raw, e164, end in zip(rows, inputs, e164s, ends)
+            ]
+        else:
+            plain = (
+                text
+                and joined.isascii()
+                and joined.isprintable()
+                and '"' not in joined
+                and "\\" not in joined
+            )
+            inputs = [f'"{raw}"' for raw in raws] if plain else [json.dumps(raw) for raw in raws]
+            numbers = [f'"{e164}"' if e164 else "null" for e164 in e164s]
+            lines = [
+                f'{{"row": {row}, "input": {raw}, "e164": {e164}, {end}}}\n'
+                for row, raw, e164, end in zip(rows, inputs, numbers, ends)
+            ]
+        self._handle.write("".join(lines))
+        self.rows += len(lines)
+
+    def _tail(self, answer: Answer | str | None, age: int) -> str:
+        """The end of a line for an answer (``age``: -1 from the API) or for an invalid row's reason."""
+        key = answer if age < 0 else (answer, age)
+        if key in self._tails:
+            return self._tails[key]
+        if answer is None or isinstance(answer, str):
+            fields: tuple[Any, ...] = (INVALID, None, None, answer or "invalid", None, None)
+        else:
+            fields = (*answer, SOURCE_API, 0) if age < 0 else (*answer, SOURCE_CACHE, age)
+        if self._csv:
+            self._line.seek(0)
+            self._line.truncate()
+            self._writer.writerow("" if value is None else value for value in fields)
+            encoded = self._line.getvalue()
+        else:
+            encoded = json.dumps(dict(zip(FIELDS[2:], fields)))[1:-1]
+        if len(self._tails) < 100_000:  # (ages and odd errors could make it grow without end)
+            self._tails[key] = encoded
+        return encoded
+
+    def _csv_field(self, value: Any) -> str:
+        if value is None or value == "":
+            return ""  # (csv.writer quotes an empty field only when it is alone on its line)
+        self._line.seek(0)
+        self._line.truncate()
+        self._writer.writerow((value,))
+        return self._line.getvalue()
 
 
 @contextlib.contextmanager
@@ -70,9 +155,7 @@ def write_results(path: ObjectStoragePath) -> Iterator[ResultWriter]:
     """``with write_results(path) as out: out.write(row, result)``: format from the suffix."""
     fmt = result_format(path)
     with open_atomic(path) as handle:
-        writer = ResultWriter(handle, fmt)
-        yield writer
-        writer.flush()
+        yield ResultWriter(handle, fmt)
 
 
 def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
@@ -91,6 +174,17 @@ def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
             for line in handle:
                 if line.strip():
                     yield json.loads(line)
+
+
+def read_answers(paths: Iterable[ObjectStoragePath]) -> dict[str, Answer]:
+    """``{e164: answer}`` from result files (e.g. the preflight's RCS shards); equal answers shared."""
+    answers: dict[str, Answer] = {}
+    for path in paths:
+        for record in read_results(path):
+            if record.get("e164"):
+                fields = (record.get(name) for name in Answer._fields)
+                answers[record["e164"]] = shared(Answer(*fields))
+    return answers
 
 
 def merge_results(

@@ -11,6 +11,7 @@ and no secret comes out.
 from __future__ import annotations
 
 import csv
+import json
 import time
 import tracemalloc
 from collections import Counter
@@ -21,7 +22,9 @@ import pytest
 from _reliability import SECRET_API_KEY, SECRET_CALLBACK, SECRETS
 from hostile_server import (
     Behaviour,
+    Connection,
     HostileServer,
+    Request,
     bulk_answer,
     corrupt_gzip,
     drip,
@@ -315,3 +318,44 @@ def test_server_text_echoing_secrets_is_redacted_from_errors_outputs_and_logs(
     for text in texts:
         for secret in SECRETS:
             assert secret not in text, text[:500]
+
+
+def carrier_with_bad_bytes(conn: Connection, request: Request) -> None:
+    """A bulk answer whose ``carrierId`` holds a byte that is not UTF-8; everything else is fine."""
+    devices = [
+        {"deviceAddress": n, "carrierId": "CARRIER", "carrierStatus": "ACTIVE", "rcsEnabled": True}
+        for n in request.numbers
+    ]
+    body = json.dumps({"code": "RCS200", "devices": devices}).encode().replace(b"CARRIER", b"Jio\xff")
+    conn.head(200, {"Content-Type": "application/json", "Content-Length": str(len(body))})
+    conn.send_body(body)
+
+
+def test_a_carrier_that_is_not_utf8_keeps_the_answer_and_is_logged_once(hostile, caplog):
+    server = hostile(carrier_with_bad_bytes)
+    with caplog.at_level("WARNING", logger="airflow_provider_kaleyra.client.transport"):
+        results, _ = lookup()
+    assert server.count == 1, "a readable answer was asked again"
+    assert {(r.status, r.carrier_id) for r in results} == {(RCS_ENABLED, "Jio\ufffd")}
+    assert sum("not UTF-8" in record.getMessage() for record in caplog.records) == 1
+
+
+def drip_then_stall(conn: Connection, request: Request) -> None:
+    """Headers, a few bytes 0.3 s apart (each read well within the deadline), then silence."""
+    conn.head(200, {"Content-Type": "application/json", "Content-Length": "1000"})
+    for _ in range(3):
+        conn.send_body(b" ")
+        time.sleep(0.3)
+    for _ in range(50):
+        if conn.stopping:
+            return
+        time.sleep(0.1)
+
+
+def test_a_body_that_stalls_near_the_deadline_is_cut_at_the_deadline(hostile):
+    """A read still waiting at the deadline is cut there (the transport's watchdog): checking the
+    deadline between reads only, the last read would wait for the socket's own timeout (1.6 s here)."""
+    hostile(drip_then_stall, timeout=1.0, max_retries=0)
+    results, elapsed = lookup()
+    assert all(r.status == FAILED for r in results)
+    assert elapsed < 1.5, f"{elapsed:.2f} s: the stalled read outlived the 1 s deadline"
