@@ -11,15 +11,11 @@ from collections import Counter
 import pytest
 import requests
 
-from airflow_provider_kaleyra.client import transport
+from airflow_provider_kaleyra.client import pacing
 from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
-from airflow_provider_kaleyra.client.transport import (
-    PACER_SLACK,
-    Pacer,
-    Transport,
-    retry_after_seconds,
-)
+from airflow_provider_kaleyra.client.pacing import PACER_SLACK, Pacer, retry_after_seconds
+from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.rcs.answers import answer_from_device, failed, shared
 
@@ -333,7 +329,7 @@ class _FakeClock:
 
 def test_pacer_makes_up_lateness_but_never_bursts_beyond_its_slack(monkeypatch):
     clock = _FakeClock()
-    monkeypatch.setattr(transport, "time", clock)
+    monkeypatch.setattr(pacing, "time", clock)
     pacer = Pacer(100)  # a slot every 10 ms
     sent = []
 

@@ -16,12 +16,8 @@ seconds each: see :func:`call_budget`. **Memory budget.** A body over ``MAX_BODY
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
-import http.client
 import json as jsonlib
 import logging
-import math
 import os
 import random
 import threading
@@ -34,23 +30,20 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_kaleyra.client.api import API_KEY_HEADER
+from airflow_provider_kaleyra.client.body import NO_ANSWER as _NO_ANSWER, Unreadable, read_body
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, error_for_answer
+from airflow_provider_kaleyra.client.pacing import (  # (re-exported: the transport's public names)
+    BACKOFF_CAP,
+    MAX_RETRY_AFTER,
+    Pacer,
+    retry_after_seconds,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
-BACKOFF_CAP = 30.0
-PACER_SLACK = 0.1  # seconds of lateness the pacer makes up (a burst of at most rate x 0.1 + 1)
-# A bulk answer for 500 numbers is a few tens of KB: a body beyond this is not an answer.
-MAX_BODY_BYTES = 4 * 1024 * 1024
-READ_PIECE = 64 * 1024
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would redact ordinary words of every answer
 
-# Everything that means "no (whole) answer came back": requests' and urllib3's errors (refused,
-# reset, cut or corrupt bodies, timeouts), http.client's and the socket's. JSON that cannot be
-# read or is nested too deep is the same, caught where the body is decoded.
-_NO_ANSWER = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 # ... except a base URL that cannot work: waiting will not fix it.
 _BAD_URL = (
     requests.exceptions.InvalidURL,
@@ -67,63 +60,6 @@ def call_budget(timeout: float, max_retries: int) -> float:
     ``max_concurrency`` at a time.
     """
     return (max_retries + 1) * timeout + max_retries * max(MAX_RETRY_AFTER, BACKOFF_CAP)
-
-
-class Pacer:
-    """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
-
-    A thread that reaches its slot late (busy with a response, waiting for the GIL) does not
-    push the schedule back: up to ``PACER_SLACK`` seconds of lateness are made up by sending
-    the next requests sooner. Without that, each late slot is lost for good: at 100 requests
-    a second, a 2.5 ms average lateness costs a quarter of the throughput. In any window of
-    ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` requests go out.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def wait(self, sleep: Callable[[float], None] | None = None) -> None:
-        """Wait for this thread's slot; ``sleep`` may end the wait early by raising."""
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(self._next, now - PACER_SLACK)
-            self._next = slot + self.interval
-        if slot > now:
-            (sleep or time.sleep)(slot - now)
-
-    def hold(self, seconds: float) -> None:
-        """After a 429 the server is the authority: nobody sends before ``seconds`` from now."""
-        with self._lock:
-            self._next = max(self._next, time.monotonic() + seconds)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or nonsense.
-
-    Nonsense (``nan``, ``inf``, a negative delay, garbage) is treated like no header at all,
-    so the caller backs off exponentially instead of hammering or sleeping forever.
-    """
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-            seconds = max(when.timestamp() - time.time(), 0.0)  # a date passed: "now"
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER)
-
-
-class _Unreadable(Exception):
-    """No readable answer: the body was cut, corrupt, too big or too slow (always retryable)."""
 
 
 class Transport:
@@ -324,9 +260,9 @@ class Transport:
         except _NO_ANSWER as exc:
             raise KaleyraApiError(f"no answer from Kaleyra: {type(exc).__name__}", retryable=True) from None
         try:
-            body = _read_body(response, deadline, self.timeout)
-        except (_Unreadable, *_NO_ANSWER) as exc:
-            why = str(exc) if isinstance(exc, _Unreadable) else type(exc).__name__
+            body = read_body(response, deadline, self.timeout)
+        except (Unreadable, *_NO_ANSWER) as exc:
+            why = str(exc) if isinstance(exc, Unreadable) else type(exc).__name__
             raise KaleyraApiError(
                 f"no readable answer from Kaleyra: {why}", status=response.status_code, retryable=True
             ) from None
@@ -351,55 +287,6 @@ class Transport:
             if secret in data:
                 data = data.replace(secret, REDACTED.encode())
         return data
-
-
-def _read_body(response: requests.Response, deadline: float, timeout: float) -> bytes:
-    """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``.
-
-    The deadline is checked between reads; a read still waiting at the deadline (a body that
-    dripped until then and stalled) is cut by a timer calling urllib3's public
-    ``HTTPResponse.shutdown``, made to interrupt a read from another thread. The timer starts
-    only when a body takes more than one read, so most answers never start one.
-    """
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")
-    raw = response.raw
-    pieces: list[bytes] = []
-    size = 0
-    watchdog: threading.Timer | None = None
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
-            if pieces and watchdog is None:
-                watchdog = threading.Timer(remaining, _cut, (raw,))
-                watchdog.daemon = True
-                watchdog.start()
-            try:
-                piece = raw.read1(READ_PIECE, decode_content=True)
-            except _NO_ANSWER:
-                if time.monotonic() >= deadline:
-                    raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout") from None
-                raise
-            if not piece:
-                if time.monotonic() >= deadline:  # (the end the watchdog made)
-                    raise _Unreadable(f"the answer took longer than the {timeout:g} s timeout")
-                return b"".join(pieces)
-            size += len(piece)
-            if size > MAX_BODY_BYTES:
-                raise _Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
-            pieces.append(piece)
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-
-
-def _cut(raw: Any) -> None:
-    """Interrupt a read past its deadline (urllib3 2.3+; older ones keep the between-reads check)."""
-    with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
-        raw.shutdown()
 
 
 def _decode(body: bytes) -> Any:

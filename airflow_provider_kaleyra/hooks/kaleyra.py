@@ -14,10 +14,10 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
-from airflow_provider_kaleyra.client.api import FAILED
 from airflow_provider_kaleyra.client.concurrency import InFlight
 from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.client.probe import probe
 from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.normalize import mask, normalize
 from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed
@@ -283,27 +283,10 @@ class KaleyraHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """One single lookup, not retried; success only when a well-formed Kaleyra answer came. Never raises."""
         try:
-            cfg = self.config
-            probe = Transport(
-                api_key=cfg.api_key,
-                timeout=min(cfg.timeout, 15.0),
-                max_retries=0,
-                rate_limit=0,
-                pool_size=1,
-                secrets=(cfg.callback_secret,),
-            )
             url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(_PROBE_NUMBER, safe=""))
-            device = probe.call("GET", url, shape=api.data_object)
-        except KaleyraApiError as exc:
-            return False, _connection_problem(exc, self.config.rcs_base_url)
-        except Exception as exc:  # the UI shows this message; anything unexpected is a failure
+            return probe(self.config, url)
+        except Exception as exc:  # (a connection that cannot even be read) the UI shows the message
             return False, f"{type(exc).__name__}: {exc}"
-        if answer_from_device(device).status == FAILED:
-            return (
-                False,
-                f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?",
-            )
-        return True, "Connection to Kaleyra works"
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
@@ -332,29 +315,6 @@ class KaleyraHook(BaseHook):
             "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
             "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
         }
-
-
-def _connection_problem(exc: KaleyraApiError, base: str) -> str:
-    """What a failed probe lookup says about the connection, in the user's terms."""
-    said = str(exc.detail).lower()
-    if exc.status is None:
-        return f"No answer from {base} ({exc.message}): check the pod or rcs_base_url, and the network"
-    if exc.status == 403 or (exc.status == 401 and ("channel" in said or "rcs" in said)):
-        return (
-            f"The RCS channel is not enabled on this Kaleyra account (ask Kaleyra to enable it): {exc.detail}"
-        )
-    if exc.status == 401 and "sid" in said:
-        return f"Kaleyra does not know the account SID (the connection's login): {exc.detail}"
-    if exc.status == 401:
-        return f"Kaleyra refused the API key (the connection's password): {exc.detail}"
-    if exc.status == 404 or exc.status < 300:
-        return (
-            f"{base} is not Kaleyra's RCS API ({exc}): check the connection's pod or rcs_base_url "
-            f"(e.g. {api.RCS_HOSTS[api.DEFAULT_POD]})"
-        )
-    if exc.status == 429 or exc.status >= 500:
-        return f"Kaleyra is not answering properly right now ({exc}): try again later"
-    return f"Kaleyra answered the probe lookup with an error ({exc})"
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:

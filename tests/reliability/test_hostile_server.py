@@ -38,8 +38,9 @@ from hostile_server import (
 )
 
 from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.body import MAX_BODY_BYTES
 from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
-from airflow_provider_kaleyra.client.transport import MAX_BODY_BYTES, call_budget
+from airflow_provider_kaleyra.client.transport import call_budget
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.rcs.answers import NO_RCS_ENABLED, UNREADABLE_RCS_ENABLED

@@ -1,0 +1,69 @@
+"""Client-side pacing: Kaleyra publishes no rate limit, so the client spaces its requests and
+obeys 429 and ``Retry-After``."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import threading
+import time
+from collections.abc import Callable
+
+MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
+BACKOFF_CAP = 30.0
+PACER_SLACK = 0.1  # seconds of lateness the pacer makes up (a burst of at most rate x 0.1 + 1)
+
+__all__ = ["BACKOFF_CAP", "MAX_RETRY_AFTER", "PACER_SLACK", "Pacer", "retry_after_seconds"]
+
+
+class Pacer:
+    """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
+
+    A thread that reaches its slot late (busy with a response, waiting for the GIL) does not
+    push the schedule back: up to ``PACER_SLACK`` seconds of lateness are made up by sending
+    the next requests sooner. Without that, each late slot is lost for good: at 100 requests
+    a second, a 2.5 ms average lateness costs a quarter of the throughput. In any window of
+    ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` requests go out.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self, sleep: Callable[[float], None] | None = None) -> None:
+        """Wait for this thread's slot; ``sleep`` may end the wait early by raising."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now - PACER_SLACK)
+            self._next = slot + self.interval
+        if slot > now:
+            (sleep or time.sleep)(slot - now)
+
+    def hold(self, seconds: float) -> None:
+        """After a 429 the server is the authority: nobody sends before ``seconds`` from now."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or nonsense.
+
+    Nonsense (``nan``, ``inf``, a negative delay, garbage) is treated like no header at all,
+    so the caller backs off exponentially instead of hammering or sleeping forever.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = max(when.timestamp() - time.time(), 0.0)  # a date passed: "now"
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
