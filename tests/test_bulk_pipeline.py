@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.numbers.audience import AudienceRow
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.rcs import blocks as blocks_module
-from airflow_provider_kaleyra.rcs.blocks import row_blocks
+from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.engine import Engine
 from airflow_provider_kaleyra.rcs.outputs import read_results, write_results
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -43,7 +42,7 @@ def test_calls_start_and_rows_are_written_before_the_audience_is_read(kaleyra_co
         nonlocal read
         for raw in numbers:
             read += 1
-            yield AudienceRow(raw)
+            yield raw
 
     hook = KaleyraHook()
     output = as_path(str(tmp_path / "out.csv"))
@@ -55,7 +54,7 @@ def test_calls_start_and_rows_are_written_before_the_audience_is_read(kaleyra_co
             return real_answer(self, batch, retry_missing)
 
         monkeypatch.setattr(KaleyraHook, "_answer_batch", answer)
-        for block in run.stream(row_blocks(rows())):
+        for block in run.stream(input_blocks(rows())):
             out.write_block(block)
         stats = run.stats
     assert read_at_first_call[0] < len(numbers) // 2, "the first call waited for most of the audience"

@@ -19,7 +19,6 @@ from airflow_provider_kaleyra.operators.base import (
     KaleyraOperator,
     fail_fast,
 )
-from airflow_provider_kaleyra.rcs.blocks import row_blocks
 from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, Engine
 from airflow_provider_kaleyra.rcs.outputs import result_format, write_results
@@ -188,7 +187,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
             e164_input=self.e164_input,
             log=self.log,
         ) as engine:
-            blocks = row_blocks(self._rows())
+            blocks = self._blocks()
             if shard is None and max_invalid is None:
                 answered = engine.stream(blocks)  # nothing needs the whole audience first
             else:

@@ -1,61 +1,41 @@
 """The engine's first stages, a block of rows at a time: rows in, normalized, de-duplicated.
 
 Per-row Python is what a bulk run pays for (issue 21), so every stage takes and gives lists
-aligned with the rows of a block. ``RowBlock`` and ``normalize_block`` follow the audience
-contract (PLAN.md, seams 2 and 3); until ``numbers`` provides them, :func:`row_blocks` and
-:func:`normalize_block` here adapt today's row reader and ``normalize``.
+aligned with the rows of a block (:class:`~airflow_provider_kaleyra.numbers.audience.RowBlock`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from airflow_provider_kaleyra.numbers.audience import AudienceRow
-from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, Normalized, normalize
+from airflow_provider_kaleyra.numbers.audience import RowBlock
+from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, already_e164, normalize_block
 
 BLOCK_ROWS = 4096
 
 
-@dataclass(slots=True)
-class RowBlock:
-    """Rows of an audience, in order: the phone field of each, and why it cannot be a number."""
-
-    raws: list[Any]
-    problems: list[str | None] | None = None  # ``None``: no row of the block has a problem
-    records: list[list[str]] | None = None  # every column of each row, when asked for
-
-
-def row_blocks(rows: Iterable[AudienceRow]) -> Iterator[RowBlock]:
-    """Today's audience rows (``raw``, ``problem``) in blocks, until ``numbers`` reads blocks itself."""
-    it = iter(rows)
-    while chunk := list(islice(it, BLOCK_ROWS)):
-        problems = [row[1] for row in chunk]
-        yield RowBlock([row[0] for row in chunk], problems if any(problems) else None)
-
-
 def input_blocks(inputs: Iterable[Any]) -> Iterator[RowBlock]:
-    """Inputs as they came (any object: the normalizer says why a non-string is not a number)."""
+    """Inputs as they came, in blocks (any object: the normalizer says why a non-string is not a number)."""
     it = iter(inputs)
     while chunk := list(islice(it, BLOCK_ROWS)):
         yield RowBlock(chunk)
 
 
-def normalize_block(
-    raws: list[Any],
-    problems: list[str | None] | None,
-    region: str | None,
-    read: Callable[[object, str | None], Normalized] = normalize,
+def read_block(
+    block: RowBlock, region: str | None, e164_input: bool
 ) -> tuple[list[str | None], list[str | None]]:
-    """``(e164s, reasons)`` aligned with ``raws``: the number, or why there is none."""
-    if problems is None:
-        read_all = [read(raw, region) for raw in raws]
-    else:
-        read_all = [read(raw, region) if p is None else (None, p) for raw, p in zip(raws, problems)]
-    return [n[0] for n in read_all], [n[1] for n in read_all]
+    """``(e164s, reasons)`` of a block: normalized, or only checked for the E.164 shape when an earlier
+    step normalized the audience (``e164_input``: the preflight's shards)."""
+    if not e164_input:
+        return normalize_block(block.raws, block.problems, region)
+    read = [
+        already_e164(raw) if p is None else (None, p)
+        for raw, p in zip(block.raws, block.problems or [None] * len(block.raws))
+    ]
+    return [n[0] for n in read], [n[1] for n in read]
 
 
 class Distinct:

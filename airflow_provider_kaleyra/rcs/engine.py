@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID
-from airflow_provider_kaleyra.numbers.normalize import already_e164, normalize
+from airflow_provider_kaleyra.numbers.audience import RowBlock
 from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed, shared
 from airflow_provider_kaleyra.rcs.batching import (
     Shard,
@@ -41,7 +41,7 @@ from airflow_provider_kaleyra.rcs.batching import (
     split,
     stream_block_batches,
 )
-from airflow_provider_kaleyra.rcs.blocks import Distinct, RowBlock, normalize_block
+from airflow_provider_kaleyra.rcs.blocks import Distinct, read_block
 from airflow_provider_kaleyra.rcs.cache import CacheRun
 from airflow_provider_kaleyra.rcs.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.rcs.progress import Progress, Stats
@@ -99,7 +99,7 @@ class Engine:
         self.checkpoint_at = checkpoint_at
         self.run = run
         self.checkpoint_batches = checkpoint_batches
-        self.read_number = already_e164 if e164_input else normalize
+        self.e164_input = e164_input
         self.log = log or logging.getLogger(__name__)
         self.stats = Stats()
         self.failed_chunks: set[int] = set()
@@ -165,7 +165,7 @@ class Engine:
         region = self.hook.config.default_region
         distinct = self._distinct
         for block in blocks:
-            e164s, reasons = normalize_block(block.raws, block.problems, region, self.read_number)
+            e164s, reasons = read_block(block, region, self.e164_input)
             positions, new = distinct.add(e164s, reasons)
             invalid = None in e164s
             top = max(positions, default=-1)
