@@ -27,7 +27,7 @@ from inputs import messy_audience, valid_e164_numbers
 
 from airflow_provider_kaleyra.numbers.audience import open_audience
 from airflow_provider_kaleyra.numbers.normalize import normalize, normalize_block
-from airflow_provider_kaleyra.rcs.answers import RcsResult
+from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, shared
 from airflow_provider_kaleyra.rcs.outputs import write_results
 from airflow_provider_kaleyra.utils.storage import as_path
 from kaleyra_simulator.harness import simulator_process
@@ -64,24 +64,26 @@ def _cpu(function: Callable[[], Any], runs: int) -> tuple[float, Any]:
 
 def stage_cpu(path: str, output: str, runs: int) -> dict[str, float]:
     """CPU seconds of the client-side stages over one audience file, one core, no network:
-    ``read`` and ``normalize`` in blocks (what the pipeline uses), ``write`` (one result per
-    row), and the row-by-row way (``Audience.rows`` and ``normalize`` per row) as the baseline."""
+    ``read`` and ``normalize`` in blocks (what the pipeline uses), ``write`` (blocks of answered
+    rows, as the engine writes them), and the row-by-row way (``Audience.rows`` and ``normalize`` per row) as the baseline."""
     audience = open_audience(as_path(path))
     read_s, blocks = _cpu(lambda: list(audience.blocks()), runs)
     normalize_s, answers = _cpu(lambda: [normalize_block(b.raws, b.problems, REGION) for b in blocks], runs)
     rows_s, _ = _cpu(
         lambda: [normalize(r.raw, REGION) if r.problem is None else r for r in audience.rows()], runs
     )
-    results = [
-        RcsResult(raw, e164, "rcs_enabled" if e164 else "invalid", "Carrier", "ACTIVE", reason, "api", 0)
-        for block, (e164s, reasons) in zip(blocks, answers)
-        for raw, e164, reason in zip(block.raws, e164s, reasons)
-    ]
+    answer = shared(Answer("rcs_enabled", "Carrier", "ACTIVE"))
+    answered, start = [], 0
+    for block, (e164s, reasons) in zip(blocks, answers):
+        rows = range(start, start + len(e164s))
+        start += len(e164s)
+        found = [None if e164 is None else answer for e164 in e164s]
+        answered.append(AnsweredRows(rows, block.raws, e164s, found, reasons))
 
-    def write() -> None:
+    def write() -> None:  # as the engine writes: a block at a time
         with write_results(as_path(output)) as out:
-            for index, result in enumerate(results):
-                out.write(index, result)
+            for block in answered:
+                out.write_block(block)
 
     write_s, _ = _cpu(write, runs)
     return {"read": read_s, "normalize": normalize_s, "write": write_s, "row_by_row": rows_s}

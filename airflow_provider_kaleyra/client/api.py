@@ -58,6 +58,8 @@ def e164_key(device_address: object) -> str:
     Kaleyra sends it with or without ``+``, or as ``<scheme>:<digits>`` (``chat:14155552671``);
     anything else gives a key no asked number has (``""`` for what is not even text).
     """
+    if type(device_address) is str and device_address[1:].isdigit() and device_address[:1] == "+":
+        return device_address  # the usual form, as asked
     if isinstance(device_address, int) and not isinstance(device_address, bool):
         device_address = str(device_address)
     if not isinstance(device_address, str):

@@ -50,15 +50,26 @@ UNREADABLE_RCS_ENABLED = "Kaleyra's answer has an rcsEnabled that is neither tru
 
 
 def answer_from_device(device: dict[str, Any]) -> Answer:
-    """Read one device object of a lookup answer: ``rcsEnabled`` as a bool, 1/0 or an unambiguous word."""
-    value = device.get("rcsEnabled")
+    """Read one device object of a lookup answer: ``rcsEnabled`` as a bool, 1/0 or an unambiguous word.
+
+    A bulk answer repeats a handful of (rcsEnabled, carrier) combinations: each is read once.
+    """
+    fields = device.get("rcsEnabled"), device.get("carrierId"), device.get("carrierStatus")
+    try:
+        return _read_fields(*fields)
+    except TypeError:  # a list or object in a field: unhashable, read it each time
+        return _read_fields.__wrapped__(*fields)
+
+
+@lru_cache(maxsize=4096, typed=True)  # typed: 1, 1.0 and True are different spellings
+def _read_fields(value: Any, carrier_id: Any, carrier_status: Any) -> Answer:
     if isinstance(value, str):
         enabled = _SPELLED.get(value.strip().lower())
     elif isinstance(value, int):
         enabled = _ENABLED.get(value)
     else:
         enabled = None
-    carrier_id, carrier_status = _carrier(device.get("carrierId")), _carrier(device.get("carrierStatus"))
+    carrier_id, carrier_status = _carrier(carrier_id), _carrier(carrier_status)
     if enabled is None:
         reason = NO_RCS_ENABLED if value is None else UNREADABLE_RCS_ENABLED
         return shared(Answer(FAILED, carrier_id, carrier_status, reason))
