@@ -36,6 +36,7 @@ def read_body(response: requests.Response, deadline: float, timeout: float) -> b
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")
     raw = response.raw
+    plain = declared.isdigit() and not response.headers.get("Content-Encoding")
     pieces: list[bytes] = []
     size = 0
     watchdog: threading.Timer | None = None
@@ -62,6 +63,8 @@ def read_body(response: requests.Response, deadline: float, timeout: float) -> b
             if size > MAX_BODY_BYTES:
                 raise Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
             pieces.append(piece)
+            if plain and raw.length_remaining == 0:  # all the declared bytes are in: no more reads
+                return b"".join(pieces)
     finally:
         if watchdog is not None:
             watchdog.cancel()
