@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_kaleyra.numbers.normalize import mask
+from airflow_provider_kaleyra.numbers.masking import mask
 from kaleyra_simulator.answers import soip_answer
 from kaleyra_simulator.config import SimulatorConfig
 from kaleyra_simulator.profiles import TokenCache, render, token_url
