@@ -18,6 +18,7 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
 from airflow_provider_kaleyra.numbers import fastphone as _fastphone, normalize as phone
+from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import (
     MAX_INPUT_LENGTH,
     MAX_REASONS,
@@ -25,7 +26,6 @@ from airflow_provider_kaleyra.numbers.normalize import (
     Normalized,
     already_e164,
     fast_path_enabled,
-    mask,
     normalize,
     normalize_block,
     normalize_with_phonenumbers,

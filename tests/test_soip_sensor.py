@@ -452,7 +452,7 @@ def test_soft_fail_skips_on_timeout(dag_runs, dag_id):
 def test_numbers_are_masked_in_logs(dag_runs):
     for number in NUMBERS:
         assert number not in dag_runs["log"]
-    from airflow_provider_kaleyra.numbers.normalize import mask
+    from airflow_provider_kaleyra.numbers.masking import mask
 
     assert mask(NUMBERS[3]) in _scenario_log(dag_runs, "poke_ok")
 

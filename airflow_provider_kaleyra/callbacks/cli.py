@@ -69,10 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 def _store_url(args: argparse.Namespace) -> str:
     if args.store_url:
         return args.store_url
+    from airflow_provider_kaleyra.callbacks.settings import CONN_ID_ENV
     from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
     from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
-    conn_id = args.conn_id or os.environ.get("KALEYRA_CALLBACK_CONN_ID") or DEFAULT_CONN_ID
+    conn_id = args.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
     return KaleyraHook(kaleyra_conn_id=conn_id).config.store_url
 
 

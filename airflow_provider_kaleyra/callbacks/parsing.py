@@ -125,9 +125,6 @@ class FieldMapping:
         """Keys under which a positional text body's number, status and request id are read."""
         return self.number_keys[0], self.capability_keys[0], self.request_id_keys[0]
 
-    def _find(self, record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-        return _find_loose(_loose(record), keys)
-
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
         if isinstance(value, bool):
@@ -238,7 +235,7 @@ def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth
     if not isinstance(payload, dict):
         return []
     merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
-    has_number, value = mapping._find(payload, mapping.number_keys)
+    has_number, value = _find_loose(_loose(payload), mapping.number_keys)
     if has_number and (isinstance(value, (str, int, list))):
         return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
     found = []

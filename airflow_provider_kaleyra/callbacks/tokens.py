@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl
 import jwt
 
 from airflow_provider_kaleyra.callbacks.bodies import loose_key, media_type
+from airflow_provider_kaleyra.client.config import DEFAULT_TOKEN_LIFETIME
 
-DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
 _CACHE_SIZE = 4096  # verified tokens remembered; Kaleyra reuses one token for its whole lifetime
 _ALGORITHM = "HS256"
 

@@ -26,7 +26,7 @@ from typing import IO, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.numbers.normalize import mask_numbers
+from airflow_provider_kaleyra.numbers.masking import mask_numbers
 
 MAX_LINE_BYTES = 64 * 1024  # longer lines are refused with a reason, never held whole
 READ_BLOCK = 1 << 18  # bytes read at a time: a few thousand rows per block

@@ -1,70 +1,29 @@
 """A fast path for the common case of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
-Why it exists
--------------
-``phonenumbers`` is pure Python and general: every ``parse`` looks for RFC 3966 parts,
-extensions, letters, Unicode digits and several plus signs, and every ``is_valid_number``
-re-compiles (through ``re``'s bounded cache) and tries up to eleven metadata patterns one
-after the other. That is ~50 microseconds a number; audiences hold millions, and the
-preflight normalizes every row once per run.
-
+Why: ``phonenumbers`` is pure Python and general (every ``parse`` looks for RFC 3966 parts,
+extensions, letters, several plus signs; every ``is_valid_number`` tries up to eleven metadata
+patterns one by one): ~50 microseconds a number, and the preflight normalizes every row.
 Measured (``python benchmarks/run.py --only normalize``, 1,000,000 mixed inputs, identical
-answers checked on every one): 4.7x plain ``phonenumbers`` (75,800/s against 16,138/s, median
-of 3 on a loaded 2-core machine; 7.2x on the quietest run), so a 1,000,000-row audience costs
-~13 s of CPU instead of ~62 s. Delete this module (``parse`` returning ``None`` everywhere is
-the plain path) if a ``phonenumbers`` release makes the ratio small.
+answers checked on each): 4.7x plain ``phonenumbers`` (75,800/s against 16,138/s, median of 3
+on a loaded 2-core machine). Delete this module (``parse`` returning ``None`` everywhere is the
+plain path) if a ``phonenumbers`` release makes the ratio small.
 
-Almost every real input, once :func:`normalize` has removed spaces, dashes, dots and
-parentheses and turned ``00`` into ``+``, is ``+`` and ASCII digits, or ASCII digits read
-with a default region. For exactly those strings this module computes the same answer
-``phonenumbers`` computes, from ``phonenumbers``' own metadata, with the patterns compiled
-once and the validity patterns of a region merged into one regular expression per length.
+What: once :func:`normalize` removed separators and turned ``00`` into ``+``, almost every input
+is ``+`` and ASCII digits, or ASCII digits read with a default region. For exactly those strings
+this module replays, step for step, what ``phonenumbers.parse`` (9.x) and ``is_valid_number``
+do, from ``phonenumbers``' own metadata, with patterns compiled once and a region's validity
+patterns merged into one expression per length (a full match of the alternation exists exactly
+when one of the individual full matches does). Anything else, anything ``parse`` would raise on,
+and any odd metadata return ``None``: the caller then asks ``phonenumbers``. The comments on each
+step name the ``phonenumbers`` function it replays.
 
-Fences
-------
-It replays private ``phonenumbers`` internals, so a release could change answers silently:
+Fences (it replays private internals, so a release could change answers silently):
 
 * ``pyproject.toml`` pins ``phonenumbers`` to the minor series the property tests in
-  ``tests/test_phone.py`` cover (to widen it: install the new version, run those tests).
-* On first use, :func:`~airflow_provider_kaleyra.numbers.normalize.normalize` compares this module with
-  plain ``phonenumbers`` on a fixed sample (``phone.fast_path_enabled``); on any difference, or
-  any error, it logs once and uses plain ``phonenumbers`` for every number from then on.
-
-Why it is exactly equivalent
-----------------------------
-It replays, step for step, what ``phonenumbers.parse`` (9.x) does with such a string, and
-hands everything else back (``None``) to the caller, which then runs ``phonenumbers``:
-
-* No RFC 3966 part, no extension, no letters, no leading junk, nothing trailing: for
-  ``+`` followed by 3 or more ASCII digits, or 2 or more ASCII digits, ``parse``'s
-  viability check passes and its extraction steps leave the string unchanged (checked
-  by ``tests/test_phone.py`` for every length up to the input cap).
-* Country code: after ``+``, the shortest 1-3 digit prefix that is a known calling code
-  (none, or a leading ``0``: ``None``, ``parse`` raises). Without ``+``: the default
-  region's international prefix (its own compiled pattern, not stripped when a ``0``
-  follows), then the "starts with the region's own calling code" rule with the same two
-  tests (general pattern before/after, ``TOO_LONG`` before), then the default region itself.
-* The national prefix and carrier code are stripped with the region's own
-  ``national_prefix_for_parsing`` pattern and ``national_prefix_transform_rule``
-  (``Pattern.sub(..., count=1)``, as ``re.sub`` does in ``phonenumbers``), kept only when
-  the result has a possible length that is not local-only, with the same viability
-  guards, in the same order, with the same metadata (the main region of the calling
-  code once one was found, the default region otherwise).
-* The national significant number of the ``PhoneNumber`` that ``parse`` would build is
-  the digit string itself (the Italian leading-zero fields restore every leading zero),
-  so E.164 is ``+`` + calling code + that string, as ``format_number(E164)`` writes it.
-* Validity: the region is chosen as ``region_code_for_number`` chooses it (the first
-  region of the calling code whose ``leading_digits`` match, or whose types match), and
-  the number is valid when it matches the general description (length and pattern) and
-  at least one of the type descriptions that ``_number_type_helper`` consults (each with
-  its own possible lengths; mobile only when its pattern differs from fixed line). The
-  descriptions admitted at a length are merged into one alternation behind a look-ahead
-  for the general pattern: a full match of that alternation exists exactly when one of
-  the individual full matches does.
-
-Anything the replay would raise on, or any region or calling code whose metadata is
-missing, falls back to ``phonenumbers``. The property tests compare this module with the
-plain ``phonenumbers`` calls on arbitrary strings and on generated numbers of many regions.
+  ``tests/test_phone.py`` cover (they compare this module with plain ``phonenumbers`` on
+  arbitrary strings and on generated numbers of many regions).
+* On first use, ``normalize.fast_path_enabled`` compares this module with plain ``phonenumbers``
+  on a fixed sample; on any difference or error it logs once and uses plain ``phonenumbers``.
 """
 
 from __future__ import annotations
@@ -101,21 +60,8 @@ def phone_number(parsed: Parsed) -> PhoneNumber:
 class _Region:
     """One metadata object (a region, or a non-geographic calling code), precompiled."""
 
-    __slots__ = (
-        "code",
-        "country_code",
-        "cc_digits",
-        "idd",
-        "prefix",
-        "transform",
-        "general",
-        "lengths",
-        "max_length",
-        "local_lengths",
-        "leading_digits",
-        "_types",
-        "_valid",
-    )
+    __slots__ = ("code", "country_code", "cc_digits", "idd", "prefix", "transform", "general", "lengths")
+    __slots__ += ("max_length", "local_lengths", "leading_digits", "_types", "_valid")
 
     def __init__(self, code: str, md: PhoneMetadata) -> None:
         self.code = code
@@ -134,17 +80,8 @@ class _Region:
         self.lengths = frozenset(general.possible_length)
         self.max_length = max(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
-        descs = [
-            md.premium_rate,
-            md.toll_free,
-            md.shared_cost,
-            md.voip,
-            md.personal_number,
-            md.pager,
-            md.uan,
-            md.voicemail,
-            md.fixed_line,
-        ]
+        descs = [md.premium_rate, md.toll_free, md.shared_cost, md.voip, md.personal_number, md.pager]
+        descs += [md.uan, md.voicemail, md.fixed_line]
         if not md.same_mobile_and_fixed_line_pattern:
             descs.append(md.mobile)
         # (admitted lengths, or None for any; pattern) of each description _number_type_helper tries

@@ -25,6 +25,7 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_kaleyra.numbers import fastphone as _fastphone
+from airflow_provider_kaleyra.numbers.masking import mask  # noqa: F401 (re-exported: engine modules import it here)
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,29 @@ class DistinctNumbers:
     def add(self, raw: object, problem: str | None = None) -> tuple[str | None, str | None, int | None, bool]:
         """``(e164, reason, position, first_seen)`` of one input; ``problem``: why it was refused unread."""
         e164, reason = self.read(raw, self.region) if problem is None else (None, problem)
+        return self._keep(e164, reason)
+
+    def add_block(
+        self, raws: Sequence[object], problems: Sequence[str | None] | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """:meth:`add` for a block: ``(e164s, reasons)``, aligned with ``raws``.
+
+        Plain :func:`normalize` reads the block with :func:`normalize_block`; any other reader
+        (:func:`already_e164`, a test's counter) is called once per input.
+        """
+        if self.read is _NORMALIZE:
+            e164s, reasons = normalize_block(raws, problems, self.region)
+        else:
+            pairs = [
+                self.read(r, self.region) if p is None else (None, p)
+                for r, p in zip(raws, problems or repeat(None))
+            ]
+            e164s, reasons = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        for e164, reason in zip(e164s, reasons):
+            self._keep(e164, reason)
+        return e164s, reasons
+
+    def _keep(self, e164: str | None, reason: str | None) -> tuple[str | None, str | None, int | None, bool]:
         if e164 is None:
             self.invalid += 1
             if reason in self.reasons or len(self.reasons) < MAX_REASONS:
@@ -212,39 +236,11 @@ class DistinctNumbers:
             return None, reason, None, False
         seen = self.seen
         count = len(seen)
-        key = e164 if self.as_text else int(e164[1:])
-        position = seen.setdefault(key, count if self.positions else None)
+        position = seen.setdefault(e164 if self.as_text else int(e164[1:]), count if self.positions else None)
         if len(seen) == count:
             self.duplicates += 1
             return e164, None, position, False
         return e164, None, count, True
-
-    def add_block(
-        self, raws: Sequence[object], problems: Sequence[str | None] | None = None
-    ) -> tuple[list[str | None], list[str | None]]:
-        """:meth:`add` for a block of inputs: ``(e164s, reasons)``, aligned with ``raws``.
-
-        Read with :func:`normalize_block` when the reader is plain :func:`normalize`; any other
-        reader (:func:`already_e164`, a test's counter) is called once per input.
-        """
-        if self.read is _NORMALIZE:
-            e164s, reasons = normalize_block(raws, problems, self.region)
-        else:
-            read, region = self.read, self.region
-            pairs = [(None, p) if p else read(r, region) for r, p in zip(raws, problems or repeat(None))]
-            e164s, reasons = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
-        seen, as_text, tally = self.seen, self.as_text, self.reasons
-        for e164, reason in zip(e164s, reasons):
-            if e164 is None:
-                self.invalid += 1
-                if reason in tally or len(tally) < MAX_REASONS:
-                    tally[reason] += 1  # type: ignore[index]
-                continue
-            count = len(seen)
-            seen.setdefault(e164 if as_text else int(e164[1:]), count if self.positions else None)
-            if len(seen) == count:
-                self.duplicates += 1
-        return e164s, reasons
 
     @property
     def inputs(self) -> int:
@@ -272,48 +268,6 @@ def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
         region = phonenumbers.region_code_for_country_code(number.country_code)
         why = f"no such area code or prefix in {region} (+{number.country_code})"
     return f"not a valid number: {why}"
-
-
-def mask(number: str | None) -> str:
-    """Phone numbers are personal data: logs show ``+1415*****67``, never the whole number."""
-    if not number:
-        return "<none>"
-    text = str(number)
-    if len(text) <= 6:
-        return "*" * len(text)
-    return text[:5] + "*" * (len(text) - 7) + text[-2:]
-
-
-_NUMBER_LIKE = re.compile(r"\+?\d[\d \t().\-/]{4,}\d")
-
-
-def mask_numbers(text: str) -> str:
-    """``text`` with anything that looks like a phone number masked, for messages quoting input."""
-    return _NUMBER_LIKE.sub(lambda match: mask(match.group()), text)
-
-
-class MaskedNumbers:
-    """A rendered list of numbers that Airflow records (Rendered Templates) as a masked sample.
-
-    Airflow stores every templated field after rendering; a ``numbers`` list would put the
-    audience there in clear. Operators wrap the rendered value in this, which iterates as the
-    numbers but serializes as ``{"count": n, "sample": [masked, ...]}``.
-    """
-
-    def __init__(self, values: object) -> None:
-        self.values = list(values)  # type: ignore[call-overload]
-
-    def __iter__(self):
-        return iter(self.values)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __repr__(self) -> str:
-        return f"<{len(self.values)} phone numbers>"
-
-    def serialize(self) -> dict[str, object]:
-        return {"count": len(self.values), "sample": [mask(str(v)) for v in self.values[:5]]}
 
 
 # --------------------------------------------------------------------------- fast path self-check

@@ -14,7 +14,7 @@ from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.audience import AudienceRow, RowBlock, open_audience
-from airflow_provider_kaleyra.numbers.normalize import MaskedNumbers
+from airflow_provider_kaleyra.numbers.masking import MaskedNumbers
 from airflow_provider_kaleyra.rcs.batching import Shard
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -117,7 +117,7 @@ AUDIENCE_FIELDS = (
 class AudienceOperator(KaleyraOperator):
     """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
 
-    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.normalize.MaskedNumbers`:
+    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.masking.MaskedNumbers`:
     Airflow records rendered fields, and they would otherwise show the audience in clear.
 
     :param numbers: the audience as a list, for small audiences. (templated)

@@ -21,7 +21,8 @@ from itertools import islice
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.numbers.audience import column_index, open_audience  # the one reader
-from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, mask, normalize, preclean
+from airflow_provider_kaleyra.numbers.masking import mask
+from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import NationalRows, PreparedRun, Shard
 from airflow_provider_kaleyra.preflight.regions import region_for

@@ -134,6 +134,10 @@ def _sections(
     """(title, table header, table rows, svg chart or "") for both renderings."""
     counts, channels = summary["counts"], summary["channels"]
     rows_total, distinct = counts["rows"], counts["distinct"]
+
+    def of_rows(label: str, count: int) -> list[str]:
+        return [label, f"{count:,}", _pct(count, rows_total) + " of rows"]
+
     mix = [
         [
             LABELS[c],
@@ -148,12 +152,8 @@ def _sections(
     )
     audience = [
         ["audience rows", f"{rows_total:,}", ""],
-        [
-            "duplicate rows (a number seen earlier)",
-            f"{counts['duplicates']:,}",
-            _pct(counts["duplicates"], rows_total) + " of rows",
-        ],
-        ["invalid rows", f"{counts['invalid']:,}", _pct(counts["invalid"], rows_total) + " of rows"],
+        of_rows("duplicate rows (a number seen earlier)", counts["duplicates"]),
+        of_rows("invalid rows", counts["invalid"]),
         ["distinct valid numbers", f"{distinct:,}", ""],
     ]
 
@@ -163,27 +163,16 @@ def _sections(
             for name, r in table.items()
         ]
 
-    def rate_chart(by: str, table: dict[str, dict[str, Any]]) -> str:
-        return svg_bar_chart(
-            f"RCS-capable share of distinct numbers, by {by}",
-            [(n, round(100 * r["rcs_rate"], 1), "#2e7d32") for n, r in list(table.items())[:15]],
-            "%",
-            100.0,
-        )
+    def rate_chart(by: str, shares: list[tuple[str, float]]) -> str:
+        bars = [(label, round(100 * share, 1), COLOURS["rcs"]) for label, share in shares]
+        return svg_bar_chart(f"RCS-capable share of distinct numbers, by {by}", bars, "%", 100.0)
 
     national = summary.get("national")  # (summaries of runs before it was counted have none)
     read_as = []
     if national:
         read_as = [
-            [
-                f"read with the default region ({national['default_region']})",
-                f"{national['default_rows']:,}",
-                _pct(national["default_rows"], rows_total) + " of rows",
-            ],
-            *(
-                [f"read as {region}", f"{n:,}", _pct(n, rows_total) + " of rows"]
-                for region, n in national["by_region"].items()
-            ),
+            of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
+            *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
             *(["example (masked)", example, ""] for example in national["examples"]),
         ]
     api = summary["api"]
@@ -202,7 +191,12 @@ def _sections(
             "",
         ),
         *(
-            (f"RCS reachability by {by}", rate_header, rates(summary[key]), rate_chart(by, summary[key]))
+            (
+                f"RCS reachability by {by}",
+                rate_header,
+                rates(summary[key]),
+                rate_chart(by, [(n, r["rcs_rate"]) for n, r in list(summary[key].items())[:15]]),
+            )
             for by, key in (("carrier", "carriers"), ("country", "countries"))
         ),
         (
@@ -222,12 +216,7 @@ def _sections(
             "Trend: RCS-capable share across runs",
             ["finished", "run", "RCS-capable share of distinct numbers"],
             [[label, t["run_id"], f"{100 * t['rcs_share']:.1f}%"] for label, t in zip(labels, trend)],
-            svg_bar_chart(
-                "RCS-capable share of distinct numbers, by run",
-                [(label, round(100 * t["rcs_share"], 1), "#2e7d32") for label, t in zip(labels, trend)],
-                "%",
-                100.0,
-            ),
+            rate_chart("run", [(label, t["rcs_share"]) for label, t in zip(labels, trend)]),
         ),
     ]
 

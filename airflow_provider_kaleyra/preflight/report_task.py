@@ -33,11 +33,6 @@ def file_url(dag_id: str, run_id: str, task_id: str, name: str) -> str:
     return f"{base}{URL_PREFIX}/runs/{parts}/{name}"
 
 
-def runs_url(dag_id: str) -> str:
-    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
-    return f"{base}{URL_PREFIX}/runs/{quote(dag_id, safe='')}"
-
-
 @attrs.define
 class PreflightFileLink(BaseOperatorLink):
     """A button on the report task opening one file of its run through the API server."""

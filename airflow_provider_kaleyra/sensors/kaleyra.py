@@ -29,7 +29,8 @@ from airflow_provider_kaleyra.callbacks.store import (
 )
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, MaskedNumbers, mask
+from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url

@@ -44,11 +44,7 @@ def _rcs_fields(digits: str) -> tuple[str, str, bool]:
 
 
 def rcs_answer(e164: str) -> dict[str, Any]:
-    """The simulator's device record for a number, as in a bulk answer (``deviceAddress`` with ``+``).
-
-    Pure and stable across processes (blake2b of the digits), so tests and benchmarks
-    can compute the expected result. The single lookup sends ``deviceAddress`` without ``+``.
-    """
+    """The device record of a number, as in a bulk answer (the single lookup drops the ``+``)."""
     digits = e164.strip().lstrip("+")
     carrier, status, enabled = _rcs_fields(digits)
     return {

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_kaleyra.numbers.normalize import mask
+from airflow_provider_kaleyra.numbers.masking import mask
 from kaleyra_simulator.answers import soip_answer
 from kaleyra_simulator.config import SimulatorConfig
 from kaleyra_simulator.profiles import TokenCache, render, token_url
@@ -48,10 +48,7 @@ def callback_payloads(numbers: list[str], profile: str | None) -> list[dict[str,
     return payloads
 
 
-# Callbacks go straight to the receiver: an HTTP(S)_PROXY in the environment must not intercept them.
-DELIVERY_THREADS = (
-    16  # concurrent callbacks in flight: enough for the receiver, not the sender, to set the pace
-)
+DELIVERY_THREADS = 16  # callbacks in flight: enough for the receiver, not the sender, to set the pace
 _local = threading.local()
 
 
