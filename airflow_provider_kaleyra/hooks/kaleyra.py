@@ -19,7 +19,8 @@ from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, K
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
 from airflow_provider_kaleyra.client.probe import probe
 from airflow_provider_kaleyra.client.transport import Transport
-from airflow_provider_kaleyra.numbers.normalize import mask, normalize
+from airflow_provider_kaleyra.numbers.masking import mask
+from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed
 from airflow_provider_kaleyra.rcs.batching import plan_batches
 from airflow_provider_kaleyra.rcs.blocks import input_blocks

@@ -25,7 +25,6 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_kaleyra.numbers import fastphone as _fastphone
-from airflow_provider_kaleyra.numbers.masking import mask  # noqa: F401 (re-exported: engine modules import it here)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.client.api import STATUSES
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
-from airflow_provider_kaleyra.numbers.normalize import mask
+from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.operators.base import (
     AUDIENCE_FIELDS,
     AudienceOperator,
