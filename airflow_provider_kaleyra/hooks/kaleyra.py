@@ -27,8 +27,7 @@ from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.rcs.engine import Engine
 
-# A known-valid number used by ``test_connection``: the answer does not matter, the auth does.
-_PROBE_NUMBER = "+14155552671"
+_PROBE_NUMBER = "+14155552671"  # test_connection's valid number: the answer does not matter, the auth does
 
 
 class KaleyraHook(BaseHook):
