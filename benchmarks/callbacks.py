@@ -1,5 +1,7 @@
 """``callbacks``: callbacks/s the standalone receiver stores with group commit, against a bare
-endpoint on the same uvicorn and FastAPI answering without storing (same clients, same run)."""
+endpoint on the same uvicorn and FastAPI answering without storing (same clients, same run), with
+each auth mode Kaleyra's console offers at volume: a header secret, and Advanced auth (a token
+fetched once per client from the token route, then ``Authorization: Bearer`` on every callback)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -30,20 +33,45 @@ def _callback_body(i: int) -> bytes:
     ).encode()
 
 
-def _post_callbacks(port: int, secret: str, indexes: range, clients: int) -> float:
-    """Deliver callbacks from ``clients`` threads, each on one keep-alive connection; retries on 5xx."""
+# Auth of one client: on its own keep-alive connection, the headers it sends with every callback.
+Login = Callable[[http.client.HTTPConnection], dict[str, str]]
+SECRET = "bench-callback-secret-0123456789"
+CLIENT = ("bench-client", "bench-client-secret-0123456789")
+
+
+def header_auth(conn: http.client.HTTPConnection) -> dict[str, str]:
+    return {"X-Kaleyra-Secret": SECRET}
+
+
+def advanced_auth(conn: http.client.HTTPConnection) -> dict[str, str]:
+    """Kaleyra's Advanced auth: one token from the token route, then Bearer on every callback."""
+    body = json.dumps({"client_id": CLIENT[0], "client_secret": CLIENT[1]})
+    conn.request("POST", "/kaleyra/soip/token", body=body, headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    token = json.loads(answer.read())
+    if answer.status != 200 or token.get("token_type") != "Bearer":
+        raise RuntimeError(f"token route answered HTTP {answer.status}")
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+AUTH_MODES: tuple[tuple[str, Login], ...] = (("header auth", header_auth), ("Advanced auth", advanced_auth))
+
+
+def _post_callbacks(port: int, login: Login, indexes: range, clients: int) -> float:
+    """Deliver callbacks from ``clients`` threads, each on one keep-alive connection (its ``login``
+    first, timed too); retries on 5xx."""
     errors: list[str] = []
 
     def client(part: range) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            headers = {"Content-Type": "application/json", **login(conn)}
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            errors.append(f"login: {exc}")
+            return
         for i in part:
             for _attempt in range(5):
-                conn.request(
-                    "POST",
-                    "/kaleyra/soip/callback",
-                    body=_callback_body(i),
-                    headers={"Content-Type": "application/json", "X-Kaleyra-Secret": secret},
-                )
+                conn.request("POST", "/kaleyra/soip/callback", body=_callback_body(i), headers=headers)
                 answer = conn.getresponse()
                 answer.read()
                 if answer.status in (200, 202):
@@ -152,10 +180,17 @@ def _process_cpu(pid: int) -> float:
 CALLBACK_CASES = ((8, 1), (64, 1), (64, 2))
 
 
+def _timed(pid: int, port: int, login: Login, indexes: range, clients: int) -> tuple[float, float]:
+    """(seconds, server CPU seconds per callback) of one delivery of ``indexes``."""
+    before = _process_cpu(pid)
+    seconds = _post_callbacks(port, login, indexes, clients)
+    return seconds, (_process_cpu(pid) - before) / len(indexes)
+
+
 def bench_callbacks(quick: bool, runs: int) -> list[Row]:
-    """Receiver (group commit) against a bare endpoint on the same stack, same clients, same run."""
+    """Receiver (group commit) against a bare endpoint on the same stack, same clients, same run;
+    each run times the bare endpoint once, then the receiver once per auth mode (store cleared)."""
     count = 2_000 if quick else 10_000
-    secret = "bench-callback-secret-0123456789"
     rows = []
     with tempfile.TemporaryDirectory(prefix="kaleyra-cb-") as tmp:
         Path(tmp, "bare_endpoint.py").write_text(_BARE_APP)
@@ -165,41 +200,46 @@ def bench_callbacks(quick: bool, runs: int) -> list[Row]:
             stores.append(("PostgreSQL", pg))
         for (name, url), (clients, workers) in [(store, case) for store in stores for case in CALLBACK_CASES]:
             bare, bare_port = serve_bare(tmp, workers)
-            proc, port = start_receiver(url, secret, workers=workers)
+            # One receiver with both the shared secret and client credentials, as a profile may use them.
+            proc, port = start_receiver(url, SECRET, workers=workers, client=CLIENT)
+            bare_t, bare_cpu = [], []
+            modes = {mode: {"t": [], "cpu": [], "lost": 0} for mode, _login in AUTH_MODES}
             try:
-                http_t, bare_t, lost, http_cpu, bare_cpu = [], [], 0, [], []
                 for run in range(runs):
-                    clear_store(url)
                     indexes = range(run * count, (run + 1) * count)
-                    before = _process_cpu(bare.pid)
-                    bare_t.append(_post_callbacks(bare_port, secret, indexes, clients))
-                    bare_cpu.append((_process_cpu(bare.pid) - before) / count)
-                    before = _process_cpu(proc.pid)
-                    http_t.append(_post_callbacks(port, secret, indexes, clients))
-                    http_cpu.append((_process_cpu(proc.pid) - before) / count)
-                    stored, numbers = _stored(url)
-                    lost = max(lost, count - stored, count - numbers)
-                    log(
-                        f"callbacks {name} {clients} clients {workers} process(es) run {run + 1}: "
-                        f"{count / http_t[-1]:,.0f}/s stored, bare endpoint {count / bare_t[-1]:,.0f}/s, "
-                        f"{count - stored} lost"
-                    )
+                    seconds, cpu = _timed(bare.pid, bare_port, header_auth, indexes, clients)
+                    bare_t.append(seconds)
+                    bare_cpu.append(cpu)
+                    for mode, login in AUTH_MODES:
+                        clear_store(url)
+                        seconds, cpu = _timed(proc.pid, port, login, indexes, clients)
+                        modes[mode]["t"].append(seconds)
+                        modes[mode]["cpu"].append(cpu)
+                        stored, numbers = _stored(url)
+                        modes[mode]["lost"] = max(modes[mode]["lost"], count - stored, count - numbers)
+                        log(
+                            f"callbacks {name} {clients} clients {workers} process(es) {mode} run "
+                            f"{run + 1}: {count / seconds:,.0f}/s stored, bare endpoint "
+                            f"{count / bare_t[-1]:,.0f}/s, {count - stored} lost"
+                        )
             finally:
                 stop(proc)
                 stop(bare)
-            http_s, bare_s = median(http_t), median(bare_t)
-            rows.append(
-                row(
-                    "callbacks",
-                    f"{name} ({_fsync(url)}): {count:,} callbacks, {clients} keep-alive clients, "
-                    f"{workers} server process{'es' if workers > 1 else ''} each",
-                    f"{count / http_s:,.0f} callbacks/s",
-                    f"bare endpoint {count / bare_s:,.0f}/s",
-                    f"{bare_s / http_s:.2f}",
-                    f"lost: {lost} (worst run); server CPU per callback {median(http_cpu) * 1e6:.0f} us, "
-                    f"bare {median(bare_cpu) * 1e6:.0f} us",
+            bare_s = median(bare_t)
+            for mode, got in modes.items():
+                http_s = median(got["t"])
+                rows.append(
+                    row(
+                        "callbacks",
+                        f"{name} ({_fsync(url)}), {mode}: {count:,} callbacks, {clients} keep-alive "
+                        f"clients, {workers} server process{'es' if workers > 1 else ''} each",
+                        f"{count / http_s:,.0f} callbacks/s",
+                        f"bare endpoint {count / bare_s:,.0f}/s",
+                        f"{bare_s / http_s:.2f}",
+                        f"lost: {got['lost']} (worst run); server CPU per callback "
+                        f"{median(got['cpu']) * 1e6:.0f} us, bare {median(bare_cpu) * 1e6:.0f} us",
+                    )
                 )
-            )
     if not pg:
         rows.append(
             row("callbacks", "PostgreSQL", "skipped", "-", "-", "set KALEYRA_BENCH_POSTGRES_URL (fsync=on)")

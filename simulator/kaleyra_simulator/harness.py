@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 RECEIVER_SECRET_ENV = "KALEYRA_HARNESS_SECRET"
+RECEIVER_CLIENT_SECRET_ENV = "KALEYRA_HARNESS_CLIENT_SECRET"
 
 
 def free_port() -> int:
@@ -123,18 +124,27 @@ def _children(pid: int) -> int:
 
 
 def start_receiver(
-    store_url: str, secret: str, *, workers: int = 1, capture: bool = False
+    store_url: str,
+    secret: str,
+    *,
+    workers: int = 1,
+    capture: bool = False,
+    client: tuple[str, str] | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """The standalone receiver (``python -m airflow_provider_kaleyra.callbacks``, real uvicorn) on a
-    free port, expecting ``secret``; returns once it is healthy. ``capture``: its output goes to
-    ``proc.stdout``, else nowhere."""
+    free port, expecting ``secret`` (and advanced auth with ``client``, an ID and a secret); returns
+    once it is healthy. ``capture``: its output goes to ``proc.stdout``, else nowhere."""
     port = free_port()
     command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--store-url", store_url, "--secret-env", RECEIVER_SECRET_ENV]
     command += ["--log-level", "warning", "--workers", str(workers)]
+    env = {**os.environ, RECEIVER_SECRET_ENV: secret}
+    if client is not None:
+        command += ["--client-id", client[0], "--client-secret-env", RECEIVER_CLIENT_SECRET_ENV]
+        env[RECEIVER_CLIENT_SECRET_ENV] = client[1]
     proc = subprocess.Popen(
         [sys.executable, *command],
-        env={**os.environ, RECEIVER_SECRET_ENV: secret},
+        env=env,
         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
     )
