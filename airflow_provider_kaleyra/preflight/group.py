@@ -219,6 +219,7 @@ def kaleyra_preflight(
             poke_interval=2,
             timeout=soip_timeout,
             soft_fail=True,  # a timeout must not lose rows: unanswered numbers go to SMS (soip_no_callback)
+            retries=retries,  # (a timeout is not retried; a lost worker or API-server hiccup is)
         )
         decided = channels(prepared, leg)
         [lookups, wait] >> decided
