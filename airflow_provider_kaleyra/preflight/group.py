@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, TaskGroup, XComArg, get_current_context, task
@@ -220,6 +221,7 @@ def kaleyra_preflight(
             timeout=soip_timeout,
             soft_fail=True,  # a timeout must not lose rows: unanswered numbers go to SMS (soip_no_callback)
             retries=retries,  # (a timeout is not retried; a lost worker or API-server hiccup is)
+            retry_delay=timedelta(seconds=15),  # the callbacks are in the store: no need to wait long
         )
         decided = channels(prepared, leg)
         [lookups, wait] >> decided
