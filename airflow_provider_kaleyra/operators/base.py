@@ -16,6 +16,7 @@ from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.audience import AudienceRow, RowBlock, open_audience
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers
 from airflow_provider_kaleyra.rcs.batching import Shard
+from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
@@ -101,8 +102,6 @@ class KaleyraOperator(BaseOperator):
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 
 
-_LIST_BLOCK = 4096  # rows per block of a ``numbers`` list
-
 AUDIENCE_FIELDS = (
     "kaleyra_conn_id",
     "numbers",
@@ -179,9 +178,7 @@ class AudienceOperator(KaleyraOperator):
             path = as_path(self.audience, self.storage_conn_id)
             yield from open_audience(path, column=self.column, fmt=self.audience_format).blocks()
             return
-        numbers = _as_list(self.numbers, "numbers")
-        for start in range(0, len(numbers), _LIST_BLOCK):
-            yield RowBlock(numbers[start : start + _LIST_BLOCK])
+        yield from input_blocks(_as_list(self.numbers, "numbers"))
 
     def _rows(self) -> Iterator[AudienceRow]:
         for block in self._blocks():
