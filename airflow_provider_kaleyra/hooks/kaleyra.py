@@ -21,7 +21,13 @@ from airflow_provider_kaleyra.client.probe import probe
 from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import normalize
-from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult, answer_from_device, failed
+from airflow_provider_kaleyra.rcs.answers import (
+    Answer,
+    RcsResult,
+    answer_from_device,
+    answers_by_number,
+    failed,
+)
 from airflow_provider_kaleyra.rcs.batching import plan_batches
 from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
@@ -240,20 +246,12 @@ class KaleyraHook(BaseHook):
         except KaleyraApiError as exc:
             self.log.warning("Bulk lookup of %s numbers failed: %s", len(batch), exc)
             return {number: failed(str(exc)) for number in batch}
-        asked = set(batch)
-        answers: dict[str, Answer] = {}
-        unasked = 0
-        for device in devices:
-            key = api.e164_key(device.get("deviceAddress")) if isinstance(device, dict) else ""
-            if key in asked:
-                answers[key] = answer_from_device(device)
-            else:
-                unasked += 1
+        answers, unasked = answers_by_number(batch, devices)
         if unasked:
             self.log.warning(
                 "Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked
             )
-        missing = [number for number in batch if number not in answers]
+        missing = [number for number in batch if number not in answers] if len(answers) < len(batch) else []
         if missing:
             self.log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
             if retry_missing:

@@ -10,7 +10,7 @@ from functools import lru_cache
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
+from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED, e164_key
 
 FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error", "source", "age_seconds")
 
@@ -59,6 +59,29 @@ def answer_from_device(device: dict[str, Any]) -> Answer:
         return _read_fields(*fields)
     except TypeError:  # a list or object in a field: unhashable, read it each time
         return _read_fields.__wrapped__(*fields)
+
+
+def answers_by_number(asked: list[str], devices: list[Any]) -> tuple[dict[str, Answer], int]:
+    """``({number: answer}, devices not asked for)`` of a bulk answer; numbers it left out are absent.
+
+    The usual ``deviceAddress`` is the number as asked, found with one set lookup; other forms
+    go through :func:`~airflow_provider_kaleyra.client.api.e164_key`.
+    """
+    wanted = set(asked)
+    answers: dict[str, Answer] = {}
+    unasked = 0
+    for device in devices:
+        if type(device) is not dict:
+            unasked += 1
+            continue
+        key = device.get("deviceAddress")
+        if type(key) is not str or key not in wanted:
+            key = e164_key(key)
+            if key not in wanted:
+                unasked += 1
+                continue
+        answers[key] = answer_from_device(device)
+    return answers, unasked
 
 
 @lru_cache(maxsize=4096, typed=True)  # typed: 1, 1.0 and True are different spellings
