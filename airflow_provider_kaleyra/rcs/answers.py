@@ -124,7 +124,7 @@ def _first_equal(answer: Answer) -> Answer:
 
 
 def failed(reason: str) -> Answer:
-    return Answer(FAILED, error=reason)
+    return shared(Answer(FAILED, error=reason))
 
 
 def result_for(

@@ -1,8 +1,8 @@
 """Answers already paid for, kept next to the output so a retried task does not ask again.
 
-Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one JSON array
-``[e164, status, carrier_id, carrier_status, error]`` per line, one part per chunk of
-batches. The fingerprint hashes the run's identity (dag, run, task, map index), the ordered
+Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches,
+one JSON array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer
+(a chunk of 10,000 numbers holds a handful of answers). The fingerprint hashes the run's identity (dag, run, task, map index), the ordered
 numbers and the batch plan: a retry of the same task instance resumes, while another run, a
 changed audience (or shard, or plan) never reads these parts. Parts are written atomically and
 checked against the numbers they must hold before they are trusted.
@@ -18,12 +18,12 @@ from collections.abc import Iterable, Sequence
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_kaleyra.rcs.answers import Answer
+from airflow_provider_kaleyra.rcs.answers import Answer, shared
 from airflow_provider_kaleyra.utils.storage import open_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = b"kaleyra-rcs-checkpoint-v1"
+FORMAT = b"kaleyra-rcs-checkpoint-v2"
 
 
 def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batches: int, run: str = "") -> str:
@@ -70,8 +70,8 @@ class Checkpoint:
         try:
             with self.part(index).open("r", encoding="utf-8") as handle:
                 for line in handle:
-                    e164, *fields = json.loads(line)
-                    answers[e164] = Answer(*fields)
+                    *fields, group = json.loads(line)
+                    answers.update(dict.fromkeys(group, shared(Answer(*fields))))
         except (OSError, ValueError, TypeError) as exc:
             log.warning("Checkpoint part %s is unreadable (%s); asking again", index, exc)
             return None
@@ -82,15 +82,15 @@ class Checkpoint:
 
     def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
         """Write part ``index`` atomically."""
-        encoded: dict[Answer, str] = {}  # answers are shared: encode each distinct one once
-        lines = []
+        groups: dict[Answer, list[str]] = {}
         for e164, answer in answers:
-            fields = encoded.get(answer)
-            if fields is None:
-                fields = encoded[answer] = json.dumps(list(answer))[1:-1]
-            lines.append(f'["{e164}", {fields}]\n')  # E.164: "+" and digits, nothing to escape
+            group = groups.get(answer)
+            if group is None:
+                group = groups[answer] = []
+            group.append(e164)
+        lines = [json.dumps([*answer, group], separators=(",", ":")) for answer, group in groups.items()]
         with open_atomic(self.part(index)) as handle:
-            handle.write("".join(lines))
+            handle.write("\n".join(lines) + "\n")
 
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""

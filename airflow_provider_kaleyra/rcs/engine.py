@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID
 from airflow_provider_kaleyra.numbers.audience import RowBlock
-from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed, shared
+from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed
 from airflow_provider_kaleyra.rcs.batching import (
     Shard,
     plan_batch_sizes,
@@ -49,7 +50,8 @@ from airflow_provider_kaleyra.rcs.spool import Spool
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
-_FROM_API = array("q", [-1])  # the age of an answer that did not come from the cache
+_FROM_API = array("q", [-1])
+_STATUS = itemgetter(0)  # an answer's status  # the age of an answer that did not come from the cache
 
 
 class Chunk(NamedTuple):
@@ -275,19 +277,22 @@ class Engine:
     def _keep(self, answers: Iterable[tuple[str, Answer]], chunk_index: int) -> None:
         """Store answers at their numbers' positions; count failures."""
         store, seen, first = self._answers, self._distinct.seen, self._first
-        for e164, answer in answers:
-            answer = store[seen[e164] - first] = shared(answer)
+        failures = 0
+        for e164, answer in answers:  # (answers are shared records: no copy per number)
+            store[seen[e164] - first] = answer
             if answer.status == FAILED:
-                self.stats.failed_numbers += 1
-                self.failed_chunks.add(chunk_index)
+                failures += 1
+        if failures:
+            self.stats.failed_numbers += failures
+            self.failed_chunks.add(chunk_index)
         self._advance()
 
     def _advance(self) -> None:
         """Move the answered prefix past every position now answered."""
-        store, answered = self._answers, self._answered
-        while answered < len(store) and store[answered] is not None:
-            answered += 1
-        self._answered = answered
+        try:
+            self._answered = self._answers.index(None, self._answered)
+        except ValueError:
+            self._answered = len(self._answers)
 
     # -- restore order ---------------------------------------------------------------------
 
@@ -342,6 +347,8 @@ class Engine:
 
     def _count(self, answers: list[Answer | None]) -> None:
         statuses = self.stats.statuses
-        for answer, count in Counter(answers).items():
-            statuses[INVALID if answer is None else answer.status] += count
+        invalid = answers.count(None)
+        if invalid:
+            statuses[INVALID] += invalid
+        statuses.update(map(_STATUS, filter(None, answers)) if invalid else map(_STATUS, answers))
         self.stats.rows += len(answers)
