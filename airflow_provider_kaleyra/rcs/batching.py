@@ -47,19 +47,10 @@ def plan_batches(numbers: Sequence[T]) -> list[list[T]]:
 PLAN_AHEAD = 20 * BULK_MAX
 
 
-def stream_batches(numbers: Iterable[T]) -> Iterator[list[T]]:
-    """``plan_batches`` for a stream of distinct numbers, without waiting for its end.
-
-    Full bulk calls go out while more than ``PLAN_AHEAD`` numbers wait; what waits at the
-    end is planned by ``plan_batches``. Up to ``PLAN_AHEAD + 500`` numbers this is exactly
-    ``plan_batches``; beyond, it makes the same number of calls, all within 100-500.
-    """
-    it = iter(numbers)
-    return stream_block_batches(iter(lambda: list(islice(it, BULK_MAX)), []))
-
-
 def stream_block_batches(blocks: Iterable[list[T]]) -> Iterator[list[T]]:
-    """:func:`stream_batches` for numbers that come in lists (the engine's blocks): no per-number step."""
+    """``plan_batches`` for distinct numbers that come in lists (the engine's blocks), without waiting
+    for the end: full bulk calls go out while more than ``PLAN_AHEAD`` numbers wait, and what waits
+    at the end is planned by ``plan_batches``, so every call holds 100-500 numbers."""
     waiting: list[T] = []
     for block in blocks:
         waiting += block
