@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_kaleyra import __version__
 from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
 from airflow_provider_kaleyra.client.config import (
     CONN_TYPE,
@@ -135,28 +134,13 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 
 def get_provider_info() -> dict[str, Any]:
-    # The callback receiver plugin is registered by the ``airflow.plugins`` entry point only:
-    # listing it here too makes Airflow load it twice and report an import error.
+    """What Airflow 3 reads at run time: names, the trigger module and the connection type with its
+    form (the version comes from the package). The callback receiver plugin is registered by the
+    ``airflow.plugins`` entry point only: listing it here too makes Airflow load it twice."""
     return {
         "package-name": "airflow-provider-kaleyra",
         "name": "Kaleyra",
         "description": "Kaleyra RCS and SMS-over-IP number capability checks.",
-        "versions": [__version__],
-        "integrations": [
-            {
-                "integration-name": "Kaleyra",
-                "external-doc-url": "https://developers.kaleyra.io/",
-                "tags": ["service"],
-            }
-        ],
-        "hooks": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.hooks.kaleyra"]}],
-        "operators": [
-            {
-                "integration-name": "Kaleyra",
-                "python-modules": [f"{_PACKAGE}.operators.kaleyra", f"{_PACKAGE}.operators.soip"],
-            }
-        ],
-        "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
         "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
         "connection-types": [
             {

@@ -65,9 +65,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     @fail_fast
     def execute(self, context: Context) -> SoipSubmission:
         config = self.hook.config
-        profile = self.callback_profile_id or config.callback_profile_id
-        if not profile:
-            raise ValueError("a SOIP capability check needs callback_profile_id, here or on the connection")
+        profile = self.hook.soip_profile(self.callback_profile_id)
         store = get_store(config.store_url)  # no store configured: fails without retries, naming the setting
         shard = self._shard()
         found = DistinctNumbers(config.default_region, already_e164 if self.e164_input else None)
