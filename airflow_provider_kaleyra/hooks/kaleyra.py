@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -192,15 +191,6 @@ class KaleyraHook(BaseHook):
         stops everything at once.
         """
         control = self.in_flight
-        running = 0
-        changed = threading.Condition()
-
-        def finished(_: Future[dict[str, Answer]]) -> None:
-            nonlocal running
-            with changed:
-                running -= 1
-                changed.notify()
-
         with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
@@ -208,18 +198,14 @@ class KaleyraHook(BaseHook):
                     while True:
                         while pending and pending[0].done():
                             yield pending.popleft().result()
-                        limit = control.limit
-                        if len(pending) >= 2 * limit:
+                        running = [future for future in pending if not future.done()]
+                        if len(pending) >= 2 * control.limit:
                             yield pending.popleft().result()
-                            continue
-                        with changed:
-                            if running < limit:
-                                running += 1
-                                break
-                            changed.wait(0.05)
-                    future = pool.submit(self._answer_batch, batch)
-                    future.add_done_callback(finished)
-                    pending.append(future)
+                        elif len(running) >= control.limit:
+                            wait(running, timeout=0.05, return_when=FIRST_COMPLETED)  # the limit moves too
+                        else:
+                            break
+                    pending.append(pool.submit(self._answer_batch, batch))
                 while pending:
                     yield pending.popleft().result()
             finally:
