@@ -118,8 +118,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if self.numbers is not None:  # Airflow records rendered fields: a masked sample only
             self.numbers = MaskedNumbers(_as_numbers(self.numbers))
 
-    # -- inputs ---------------------------------------------------------------------------------
-
     @cached_property
     def hook(self) -> KaleyraHook:
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
@@ -169,8 +167,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     def _required(self, total: int) -> int:
         return math.ceil(total * self.min_answered_ratio - 1e-9)
 
-    # -- poke and reschedule modes ----------------------------------------------------------------
-
     def poke(self, context: Context) -> PokeReturnValue:
         submission_id, since, total = self._resolve(context)
         answered = self.store.count_answered(submission_id, since) if total else 0
@@ -205,13 +201,14 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             return first.xcom_value
         deadline = datetime.now(UTC) + timedelta(seconds=self.timeout)
         poll = self.poll_interval if self.poll_interval is not None else self.poke_interval
-        self.log.info("Deferring until %s numbers are answered or %s", self._required(total), deadline)
+        required = self._required(total)
+        self.log.info("Deferring until %s numbers are answered or %s", required, deadline)
         self.defer(
             trigger=KaleyraSoipCallbackTrigger(
                 submission_id=submission_id,
                 since=since,
                 total=total,
-                required=self._required(total),
+                required=required,
                 kaleyra_conn_id=self.kaleyra_conn_id,
                 poll_interval=poll,
                 deadline=deadline,
@@ -243,8 +240,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             f"{total - answered} of {total} numbers still have no SOIP callback "
             f"({answered} answered, {self._required(total)} needed)."
         )
-
-    # -- result -----------------------------------------------------------------------------------
 
     def _build_result(self, submission_id: str, since: datetime) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""
