@@ -107,7 +107,6 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             return 0
         workers = min(self.hook.config.max_concurrency, len(chunks))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
-            list(
-                pool.map(lambda chunk: self.hook.submit_soip(chunk, profile), chunks)
-            )  # the first error stops all
+            # the first error ends the map, which cancels the chunks not yet sent
+            list(pool.map(lambda chunk: self.hook.submit_soip(chunk, profile), chunks))
         return len(chunks)
