@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_kaleyra import __version__
 from airflow_provider_kaleyra.client.api import DEFAULT_POD, RCS_HOSTS, SOIP_HOSTS
 from airflow_provider_kaleyra.client.config import (
     CONN_TYPE,
@@ -20,20 +19,10 @@ from airflow_provider_kaleyra.client.config import (
 _PACKAGE = "airflow_provider_kaleyra"
 
 
-def _text(label: str, description: str, *, secret: bool = False, **schema: Any) -> dict[str, Any]:
-    return {
-        "label": label,
-        "description": description,
-        "schema": {"type": ["string", "null"], **({"format": "password"} if secret else {}), **schema},
-    }
-
-
-def _number(label: str, description: str, default: float, kind: str = "number") -> dict[str, Any]:
-    return {
-        "label": label,
-        "description": description,
-        "schema": {"type": [kind, "null"], "default": default},
-    }
+def _field(label: str, description: str, kind: str = "string", secret: bool = False, **schema: Any) -> dict:
+    """One extra of the form; ``secret`` fields are masked in the UI and the API."""
+    schema = {"type": [kind, "null"], **({"format": "password"} if secret else {}), **schema}
+    return {"label": label, "description": description, "schema": schema}
 
 
 def _pods() -> str:
@@ -47,70 +36,72 @@ def _pods() -> str:
 
 # The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
 CONN_FIELDS: dict[str, Any] = {
-    "pod": _text("Pod", _pods(), enum=[*PODS, None], default=DEFAULT_POD),
-    "rcs_base_url": _text(
+    "pod": _field("Pod", _pods(), enum=[*PODS, None], default=DEFAULT_POD),
+    "rcs_base_url": _field(
         "RCS base URL", "Overrides the pod's RCS host (required for pods eu and sg; e.g. a simulator)"
     ),
-    "soip_base_url": _text("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
-    "default_region": _text(
+    "soip_base_url": _field("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
+    "default_region": _field(
         "Default region", "ISO country for numbers written without a country code (US, IN)"
     ),
-    "callback_profile_id": _text("Callback profile ID", "Default callback profile of SOIP checks"),
-    "callback_secret": _text(
+    "callback_profile_id": _field("Callback profile ID", "Default callback profile of SOIP checks"),
+    "callback_secret": _field(
         "Callback secret",
         "Shared secret the callback receiver requires (Basic password or header)",
         secret=True,
     ),
-    "callback_client_id": _text(
+    "callback_client_id": _field(
         "Callback client ID", "Advanced auth: the client ID the callback profile sends to /kaleyra/soip/token"
     ),
-    "callback_client_secret": _text(
+    "callback_client_secret": _field(
         "Callback client secret", "Advanced auth: the client secret of the callback profile", secret=True
     ),
-    "callback_token_lifetime": _text(
+    "callback_token_lifetime": _field(
         "Callback token lifetime",
         "How long an advanced-auth token is valid (e.g. 1h, 30m, or seconds); default 1h",
     ),
-    "callback_allowed_ips": _text(
+    "callback_allowed_ips": _field(
         "Callback allowed IPs", "Comma-separated CIDRs that may send callbacks; empty: any sender"
     ),
-    "callback_trusted_proxies": _text(
+    "callback_trusted_proxies": _field(
         "Callback trusted proxies", "Comma-separated CIDRs of proxies whose X-Forwarded-For is believed"
     ),
-    "callback_store_url": _text(
+    "callback_store_url": _field(
         "Callback store URL",
         "SQLAlchemy URL of the callback store that every component reaches (required for SOIP)",
     ),
-    "callback_field_map": _text(
+    "callback_field_map": _field(
         "Callback field map",
         'JSON: the profile\'s placeholders, e.g. {"number": "phone", "status": "state", "request_id": "ref"}, '
         'or lists of keys: {"number_keys": ["msisdn"], "capability_keys": ["soip"]}',
     ),
-    "cache_url": _text(
+    "cache_url": _field(
         "Capability cache URL",
         "SQLAlchemy URL of a database every worker reaches (PostgreSQL across hosts); "
         "lookups remember answers there. Empty: no cache",
     ),
-    "cache_max_age_positive": _text(
+    "cache_max_age_positive": _field(
         "Cache max age, RCS-capable",
         f"How long an rcs_enabled answer is served from the cache (e.g. 7d, 36h); "
         f"default {DEFAULT_CACHE_MAX_AGE_POSITIVE.days}d",
     ),
-    "cache_max_age_negative": _text(
+    "cache_max_age_negative": _field(
         "Cache max age, not capable",
         f"How long an rcs_disabled answer is served (offline devices read as not capable, "
         f"so shorter); default {DEFAULT_CACHE_MAX_AGE_NEGATIVE.days}d",
     ),
-    "timeout": _number("Timeout (s)", "Per-request timeout", DEFAULT_TIMEOUT),
-    "max_retries": _number(
-        "Max retries", "Retries on 429, 5xx and dropped connections", DEFAULT_MAX_RETRIES, "integer"
+    "timeout": _field("Timeout (s)", "Per-request timeout", "number", default=DEFAULT_TIMEOUT),
+    "max_retries": _field(
+        "Max retries", "Retries on 429, 5xx and dropped connections", "integer", default=DEFAULT_MAX_RETRIES
     ),
-    "rate_limit": _number("Rate limit (req/s)", "Client-side pacing across all threads", DEFAULT_RATE_LIMIT),
-    "max_concurrency": _number(
+    "rate_limit": _field(
+        "Rate limit (req/s)", "Client-side pacing across all threads", "number", default=DEFAULT_RATE_LIMIT
+    ),
+    "max_concurrency": _field(
         "Max concurrency",
         "Upper bound on requests in flight; the client keeps rate limit x observed latency in flight",
-        DEFAULT_MAX_CONCURRENCY,
         "integer",
+        default=DEFAULT_MAX_CONCURRENCY,
     ),
 }
 
@@ -135,28 +126,13 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 
 def get_provider_info() -> dict[str, Any]:
-    # The callback receiver plugin is registered by the ``airflow.plugins`` entry point only:
-    # listing it here too makes Airflow load it twice and report an import error.
+    """What Airflow 3 reads at run time: names, the trigger module and the connection type with its
+    form (the version comes from the package). The callback receiver plugin is registered by the
+    ``airflow.plugins`` entry point only: listing it here too makes Airflow load it twice."""
     return {
         "package-name": "airflow-provider-kaleyra",
         "name": "Kaleyra",
         "description": "Kaleyra RCS and SMS-over-IP number capability checks.",
-        "versions": [__version__],
-        "integrations": [
-            {
-                "integration-name": "Kaleyra",
-                "external-doc-url": "https://developers.kaleyra.io/",
-                "tags": ["service"],
-            }
-        ],
-        "hooks": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.hooks.kaleyra"]}],
-        "operators": [
-            {
-                "integration-name": "Kaleyra",
-                "python-modules": [f"{_PACKAGE}.operators.kaleyra", f"{_PACKAGE}.operators.soip"],
-            }
-        ],
-        "sensors": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.sensors.kaleyra"]}],
         "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
         "connection-types": [
             {

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.masking import mask
+from airflow_provider_kaleyra.operators.base import run_identity
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator, KaleyraRcsLookupOperator
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.rcs.outputs import read_results
@@ -454,8 +455,8 @@ def test_a_retry_of_the_same_task_instance_resumes_a_mapped_runs_parts(kaleyra_c
         with pytest.raises(RuntimeError):
             bulk(tmp_path, audience=audience, checkpoint_batches=1).execute({"ti": TI(0), "run_id": "r"})
     other = bulk(tmp_path, "other.csv", audience=audience, checkpoint_batches=1)
-    assert other._run_identity({"ti": TI(1), "run_id": "r"}) != other._run_identity(
-        {"ti": TI(0), "run_id": "r"}
+    assert run_identity(other, {"ti": TI(1), "run_id": "r"}) != run_identity(
+        other, {"ti": TI(0), "run_id": "r"}
     )
     kaleyra_conn.reset_stats()
     retry = bulk(tmp_path, audience=audience, checkpoint_batches=1).execute({"ti": TI(0), "run_id": "r"})

@@ -21,12 +21,8 @@ def test_provider_info_validates_against_airflows_schema():
 
 def test_every_module_named_in_provider_info_imports():
     info = get_provider_info()
-    modules = [
-        m
-        for key in ("hooks", "operators", "sensors", "triggers")
-        for entry in info[key]
-        for m in entry["python-modules"]
-    ]
+    modules = [m for entry in info["triggers"] for m in entry["python-modules"]]
+    modules += [conn["hook-class-name"].rpartition(".")[0] for conn in info["connection-types"]]
     code = "import importlib,sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
     subprocess.run([sys.executable, "-c", code, *modules], check=True)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -139,12 +138,16 @@ class KaleyraHook(BaseHook):
         :param callback_profile_id: the profile whose URL receives the callbacks; defaults to the
             connection's ``callback_profile_id``.
         """
+        return self.submit_soip(
+            [self._require_e164(n) for n in numbers], self.soip_profile(callback_profile_id)
+        )
+
+    def soip_profile(self, callback_profile_id: str | None = None) -> str:
+        """The callback profile given, else the connection's; ``ValueError`` when neither is set."""
         profile = callback_profile_id or self.config.callback_profile_id
         if not profile:
-            raise ValueError(
-                "a SOIP capability check needs a callback_profile_id: pass one or set it on the connection"
-            )
-        return self.submit_soip([self._require_e164(n) for n in numbers], profile)
+            raise ValueError("a SOIP capability check needs callback_profile_id, here or on the connection")
+        return profile
 
     def submit_soip(self, e164s: list[str], callback_profile_id: str) -> dict[str, Any]:
         """The capability-check request itself, for numbers already normalized (a planned chunk)."""
@@ -159,17 +162,11 @@ class KaleyraHook(BaseHook):
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
         """Look up any number of inputs; yields exactly one record per input, in input order.
 
-        The bulk operator's pipeline (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`):
-        inputs are normalized to E.164 (the connection's ``default_region`` reads national
-        numbers), de-duplicated, planned into compliant calls and looked up concurrently; calls
-        start once the first ~10,000 distinct numbers are known, and records come as soon as
-        their numbers are answered. Inputs wait for their answers in a spool (disk beyond a
-        few blocks), so memory follows the distinct numbers, not the inputs.
+        The bulk operator's pipeline (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`): memory
+        follows the distinct numbers, not the inputs.
 
-        :param cache: the capability cache (``cache.py``): ``None`` uses it when the connection
-            sets ``cache_url``; ``True`` requires it; ``False`` bypasses it; ``"refresh"`` asks
-            Kaleyra for every number and rewrites the cache. Fresh answers are not planned into
-            calls; new ones are written back. ``self.last_cache`` holds the run's cache counts.
+        :param cache: the capability cache: ``None`` (on when the connection sets ``cache_url``),
+            ``True``, ``False`` or ``"refresh"``; ``self.last_cache`` holds the run's cache counts.
         """
         run = self.last_cache = self.cache_run(cache)
         with Engine(self, cache=run) as engine:
@@ -195,22 +192,11 @@ class KaleyraHook(BaseHook):
     def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
         """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
 
-        Yields one ``{e164: Answer}`` per batch, in batch order, holding an answer for every
-        number of the batch. The calls in flight follow :attr:`in_flight` (rate limit x observed
-        latency, capped by ``max_concurrency``); threads are started only as they are needed.
-        At most twice that many answers wait to be taken, so memory follows the window, not
-        the audience. An auth failure stops everything at once.
+        Yields one ``{e164: Answer}`` per batch, in batch order. The calls in flight follow
+        :attr:`in_flight`, and at most twice that many answers wait to be taken. An auth failure
+        stops everything at once.
         """
         control = self.in_flight
-        running = 0
-        changed = threading.Condition()
-
-        def finished(_: Future[dict[str, Answer]]) -> None:
-            nonlocal running
-            with changed:
-                running -= 1
-                changed.notify()
-
         with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
@@ -218,18 +204,14 @@ class KaleyraHook(BaseHook):
                     while True:
                         while pending and pending[0].done():
                             yield pending.popleft().result()
-                        limit = control.limit
-                        if len(pending) >= 2 * limit:
+                        running = [future for future in pending if not future.done()]
+                        if len(pending) >= 2 * control.limit:
                             yield pending.popleft().result()
-                            continue
-                        with changed:
-                            if running < limit:
-                                running += 1
-                                break
-                            changed.wait(0.05)
-                    future = pool.submit(self._answer_batch, batch)
-                    future.add_done_callback(finished)
-                    pending.append(future)
+                        elif len(running) >= control.limit:
+                            wait(running, timeout=0.05, return_when=FIRST_COMPLETED)  # the limit moves too
+                        else:
+                            break
+                    pending.append(pool.submit(self._answer_batch, batch))
                 while pending:
                     yield pending.popleft().result()
             finally:
@@ -270,8 +252,6 @@ class KaleyraHook(BaseHook):
             self.log.warning("Lookup of %s failed: %s", mask(number), exc)
             return failed(str(exc))
 
-    # -- helpers ---------------------------------------------------------------------------
-
     def _require_e164(self, number: str) -> str:
         norm = normalize(number, self.config.default_region)
         if norm.e164 is None:
@@ -308,41 +288,24 @@ class KaleyraHook(BaseHook):
         """Hidden fields, labels and placeholders, for Airflow versions before 3.2 (see above)."""
         from airflow_provider_kaleyra.get_provider_info import UI_FIELD_BEHAVIOUR
 
-        return {
-            "hidden_fields": UI_FIELD_BEHAVIOUR["hidden-fields"],
-            "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
-            "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
-        }
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
-    """Hand the connection's secrets, and only them, to Airflow's log masker."""
-    _mask(config.api_key)
-    for secret in (config.callback_secret, config.callback_client_secret):
-        if secret:
-            _mask(secret)
-    mask_url_password(config.callback_store_url)
-    mask_url_password(config.cache_url)
-    return config
-
-
-def mask_url_password(url: str | None) -> None:
-    """Mask the password inside a store URL such as ``postgresql+psycopg://user:pw@host/db``."""
-    if not url:
-        return
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-    except Exception:  # an unreadable URL fails later, with the store's own message
-        return
-    if password:
-        _mask(str(password))
-
-
-def _mask(secret: str) -> None:
+    """Hand the connection's secrets, and only them (with the passwords inside its store URLs), to
+    Airflow's log masker."""
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # pragma: no cover - older SDK layouts
-        return
-    mask_secret(secret)
+        return config
+    from sqlalchemy.engine import make_url
+
+    secrets = [config.api_key, config.callback_secret, config.callback_client_secret]
+    for url in filter(None, (config.callback_store_url, config.cache_url)):
+        try:
+            secrets.append(make_url(url).password)
+        except Exception:  # an unreadable URL fails later, with the store's own message
+            pass
+    for secret in filter(None, secrets):
+        mask_secret(str(secret))
+    return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,7 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.client.exceptions import KaleyraAuthError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.numbers.audience import AudienceRow, RowBlock, open_audience
+from airflow_provider_kaleyra.numbers.audience import RowBlock, open_audience
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers
 from airflow_provider_kaleyra.rcs.batching import Shard
 from airflow_provider_kaleyra.rcs.blocks import input_blocks
@@ -36,33 +37,15 @@ def _as_list(value: Any, name: str) -> list[Any]:
 
 
 class NotRetried(AirflowFailException):
-    """What waiting cannot fix: fails the task at once, without its retries. Each kind below is
-    also the error it came as (a ``ValueError`` is still one), with the same message."""
+    """What waiting cannot fix: fails the task at once, without its retries."""
 
 
-# One class per kind, so that code catching ``ValueError`` (say) still catches it.
-class NotRetriedAuthError(NotRetried, KaleyraAuthError): ...  # bad credentials, channel off (401/403)
-
-
-class NotRetriedValueError(NotRetried, ValueError): ...  # a wrong argument, column or setting
-
-
-class NotRetriedTypeError(NotRetried, TypeError): ...  # an argument of the wrong type
-
-
-class NotRetriedFileNotFoundError(NotRetried, FileNotFoundError): ...  # the audience is not there
-
-
-class NotRetriedPermissionError(NotRetried, PermissionError): ...  # not readable or writable
-
-
-# What waiting cannot fix, and what it is raised as; retrying these only delays the failure.
+# What waiting cannot fix (bad credentials or channel off, a wrong argument, column or setting, an
+# audience that is not there or not readable), each raised as a class that is also that kind, so
+# that ``except ValueError`` (say) still catches it.
 NOT_RETRIED: dict[type[Exception], type[NotRetried]] = {
-    KaleyraAuthError: NotRetriedAuthError,
-    ValueError: NotRetriedValueError,
-    TypeError: NotRetriedTypeError,
-    FileNotFoundError: NotRetriedFileNotFoundError,
-    PermissionError: NotRetriedPermissionError,
+    kind: type(f"NotRetried{kind.__name__}", (NotRetried, kind), {"__module__": __name__})
+    for kind in (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
 }
 
 
@@ -88,7 +71,7 @@ def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], 
 
 
 class KaleyraOperator(BaseOperator):
-    """Holds the connection id and the hook; the hook reads the connection on first use only.
+    """Holds the connection id and the hook, which reads the connection on first use only.
 
     Each operator's ``execute`` is decorated with :func:`fail_fast`.
     """
@@ -100,6 +83,15 @@ class KaleyraOperator(BaseOperator):
     @cached_property
     def hook(self) -> KaleyraHook:
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
+
+
+def run_identity(task: BaseOperator, context: Context) -> str:
+    """The task instance (DAG, run, task, map index): what a retry shares and no other run does."""
+    ti = context.get("ti")
+    dag_id = getattr(ti, "dag_id", None) or (task.dag_id if task.has_dag() else "")
+    run_id = context.get("run_id") or getattr(ti, "run_id", "")
+    map_index = getattr(ti, "map_index", -1)
+    return json.dumps([dag_id, run_id, task.task_id, map_index if isinstance(map_index, int) else -1])
 
 
 AUDIENCE_FIELDS = (
@@ -116,8 +108,8 @@ AUDIENCE_FIELDS = (
 class AudienceOperator(KaleyraOperator):
     """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
 
-    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.masking.MaskedNumbers`:
-    Airflow records rendered fields, and they would otherwise show the audience in clear.
+    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.masking.MaskedNumbers`,
+    since Airflow records rendered fields.
 
     :param numbers: the audience as a list, for small audiences. (templated)
     :param audience: the audience as a file (path, URL or ``ObjectStoragePath``): a CSV with a
@@ -126,8 +118,7 @@ class AudienceOperator(KaleyraOperator):
     :param audience_format: ``"csv"`` or ``"text"``; by default read from the suffix.
     :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
     :param shard_count: how many shards the audience is cut into. (templated)
-    :param storage_conn_id: the Airflow connection of the object store, for ``audience`` given as a
-        string. (templated)
+    :param storage_conn_id: the object store's Airflow connection, for locations given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
     """
 
@@ -143,10 +134,9 @@ class AudienceOperator(KaleyraOperator):
         shard_index: int | str | None = None,
         shard_count: int | str | None = None,
         storage_conn_id: str | None = None,
-        kaleyra_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
-        super().__init__(kaleyra_conn_id=kaleyra_conn_id, **kwargs)
+        super().__init__(**kwargs)
         if (numbers is None) == (audience is None):
             raise ValueError("pass exactly one of numbers (a list) or audience (a file)")
         self.numbers = numbers
@@ -174,12 +164,7 @@ class AudienceOperator(KaleyraOperator):
 
     def _blocks(self) -> Iterator[RowBlock]:
         """The audience in blocks of rows (:func:`~airflow_provider_kaleyra.numbers.audience.open_audience`)."""
-        if self.audience is not None:
-            path = as_path(self.audience, self.storage_conn_id)
-            yield from open_audience(path, column=self.column, fmt=self.audience_format).blocks()
-            return
-        yield from input_blocks(_as_list(self.numbers, "numbers"))
-
-    def _rows(self) -> Iterator[AudienceRow]:
-        for block in self._blocks():
-            yield from block.rows()
+        if self.audience is None:
+            return input_blocks(_as_list(self.numbers, "numbers"))
+        path = as_path(self.audience, self.storage_conn_id)
+        return open_audience(path, column=self.column, fmt=self.audience_format).blocks()

@@ -8,11 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from airflow.sdk.exceptions import AirflowFailException
-
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
-from airflow_provider_kaleyra.client.config import StoreNotConfigured
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, already_e164
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
@@ -35,27 +32,17 @@ class SoipSubmission(TypedDict):
 class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
 
-    Takes the same audience as :class:`KaleyraRcsBulkLookupOperator` (a list, or a file on any
-    object store, optionally sharded). Numbers are normalized (the connection's
-    ``default_region`` reads national numbers), de-duplicated, recorded in the callback store
-    under a new submission id, and submitted in concurrent, paced requests of ``chunk_size``.
-    The XCom value is a summary with no phone number in it, which
+    Numbers are normalized, de-duplicated, recorded in the callback store under a new submission
+    id, and submitted in concurrent, paced requests of ``chunk_size``. The XCom value
+    (:class:`SoipSubmission`, no phone number) is what
     :class:`~airflow_provider_kaleyra.sensors.kaleyra.KaleyraSoipCallbackSensor` takes as
-    ``submission``::
-
-        {"submission_id": "...", "submitted_at": "2026-01-01T10:00:00+00:00", "numbers": 20000,
-         "invalid": 3, "requests": 200, "callback_profile_id": "..."}
-
-    A retry is a new submission; callbacks Kaleyra delivers again count for it.
+    ``submission``. A retry is a new submission; callbacks Kaleyra delivers again count for it.
 
     The audience arguments are :class:`~.base.AudienceOperator`'s.
 
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
     :param chunk_size: numbers per API request.
-    :param e164_input: the audience was normalized by an earlier step (e.g. the preflight's
-        ``soip_candidates``): only the E.164 shape is checked, nothing is parsed again.
-    :param kaleyra_conn_id: the ``kaleyra`` connection; its ``callback_store_url`` names the store.
-        (templated)
+    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
     template_fields: Sequence[str] = (*AUDIENCE_FIELDS, "callback_profile_id")
@@ -78,19 +65,12 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     @fail_fast
     def execute(self, context: Context) -> SoipSubmission:
         config = self.hook.config
-        profile = self.callback_profile_id or config.callback_profile_id
-        if not profile:
-            raise AirflowFailException(
-                "a SOIP capability check needs callback_profile_id, here or on the connection"
-            )
-        try:
-            store = get_store(config.store_url)
-        except StoreNotConfigured as exc:
-            raise AirflowFailException(str(exc)) from None
+        profile = self.hook.soip_profile(self.callback_profile_id)
+        store = get_store(config.store_url)  # no store configured: fails without retries, naming the setting
         shard = self._shard()
         found = DistinctNumbers(config.default_region, already_e164 if self.e164_input else None)
-        for raw, problem in self._rows():
-            found.add(raw, problem)
+        for block in self._blocks():
+            found.add_block(block.raws, block.problems)
         numbers = list(found.numbers())
         start, stop = shard_slice(len(numbers), shard)
         numbers = numbers[start:stop]
@@ -127,11 +107,6 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             return 0
         workers = min(self.hook.config.max_concurrency, len(chunks))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
-            futures = [pool.submit(self.hook.submit_soip, chunk, profile) for chunk in chunks]
-            try:
-                for future in futures:
-                    future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+            # the first error ends the map, which cancels the chunks not yet sent
+            list(pool.map(lambda chunk: self.hook.submit_soip(chunk, profile), chunks))
         return len(chunks)

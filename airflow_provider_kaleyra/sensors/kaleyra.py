@@ -31,6 +31,7 @@ from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConf
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
+from airflow_provider_kaleyra.operators.base import run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -57,19 +58,16 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     """Wait until enough numbers of a SOIP check have their callback, then write every number's answer.
 
     Succeeds when ``answered / total >= min_answered_ratio``, counting only callbacks received
-    after the submission. Writes one JSON line per submitted number to ``output``
-    (``{"number": "+91...", "outcome": "capable" | "not_capable" | "unparseable" | "missing",
-    "capable", "status", "received_at", "request_id"}``) and returns
-    ``{"summary": {counts...}, "output": location}``: no phone number goes to XCom. On a timeout
-    the output is written all the same (unanswered numbers ``missing``), before the task fails or,
-    with ``soft_fail``, is skipped: a downstream step reads what did arrive from the file.
+    after the submission; writes one JSON line per submitted number to ``output`` and returns
+    ``{"summary": {counts...}, "output": location}`` (README, "SOIP checks and their callbacks").
+    On a timeout the output is written all the same (unanswered numbers ``missing``) before the
+    task fails or, with ``soft_fail``, is skipped.
 
-    :param submission: the SOIP check operator's XCom (``{"submission_id", "submitted_at", ...}``):
-        the numbers are read from the callback store, not from XCom.
-    :param numbers: instead of ``submission``, numbers to wait for, in any format the connection's
-        ``default_region`` reads; callbacks received since the DAG run started count.
+    :param submission: the SOIP check operator's XCom; the numbers are read from the callback store.
+    :param numbers: instead of ``submission``, numbers to wait for (read with the connection's
+        ``default_region``); callbacks received since the DAG run started count.
     :param output: where the per-number JSON Lines go (path, URL or ``ObjectStoragePath``). (templated)
-    :param storage_conn_id: the Airflow connection of the object store, for ``output`` given as a string.
+    :param storage_conn_id: the object store's Airflow connection, for ``output`` given as a string.
     :param kaleyra_conn_id: the connection whose ``callback_store_url`` names the store.
     :param min_answered_ratio: fraction of numbers that must be answered, in ``(0, 1]``.
     :param deferrable: wait in the triggerer, holding no worker slot.
@@ -120,8 +118,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if self.numbers is not None:  # Airflow records rendered fields: a masked sample only
             self.numbers = MaskedNumbers(_as_numbers(self.numbers))
 
-    # -- inputs ---------------------------------------------------------------------------------
-
     @cached_property
     def hook(self) -> KaleyraHook:
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
@@ -159,22 +155,17 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
         """Numbers given directly become a submission of this task instance (the same id on every poke)."""
         numbers = DistinctNumbers(self.hook.config.default_region)
-        for number in _as_numbers(self.numbers):
-            numbers.add(number)
+        numbers.add_block(_as_numbers(self.numbers))
         dag_run = context.get("dag_run")
         start = getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None)
         if start is None:
             raise ValueError("no submission time: pass the SOIP check's XCom as submission=")
-        ti = context.get("ti")
-        key = f"{getattr(ti, 'dag_id', '')}/{getattr(ti, 'task_id', '')}/{getattr(ti, 'run_id', '')}/{getattr(ti, 'map_index', -1)}"
-        submission_id = "sensor-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+        submission_id = "sensor-" + hashlib.sha256(run_identity(self, context).encode()).hexdigest()[:40]
         self.store.add_submission(submission_id, list(numbers.numbers()))
         return submission_id, as_utc(start)
 
     def _required(self, total: int) -> int:
         return math.ceil(total * self.min_answered_ratio - 1e-9)
-
-    # -- poke and reschedule modes ----------------------------------------------------------------
 
     def poke(self, context: Context) -> PokeReturnValue:
         submission_id, since, total = self._resolve(context)
@@ -210,13 +201,14 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             return first.xcom_value
         deadline = datetime.now(UTC) + timedelta(seconds=self.timeout)
         poll = self.poll_interval if self.poll_interval is not None else self.poke_interval
-        self.log.info("Deferring until %s numbers are answered or %s", self._required(total), deadline)
+        required = self._required(total)
+        self.log.info("Deferring until %s numbers are answered or %s", required, deadline)
         self.defer(
             trigger=KaleyraSoipCallbackTrigger(
                 submission_id=submission_id,
                 since=since,
                 total=total,
-                required=self._required(total),
+                required=required,
                 kaleyra_conn_id=self.kaleyra_conn_id,
                 poll_interval=poll,
                 deadline=deadline,
@@ -248,8 +240,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             f"{total - answered} of {total} numbers still have no SOIP callback "
             f"({answered} answered, {self._required(total)} needed)."
         )
-
-    # -- result -----------------------------------------------------------------------------------
 
     def _build_result(self, submission_id: str, since: datetime) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""

@@ -19,6 +19,7 @@ from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 MAX_CONSECUTIVE_FAILURES = 5
+_FIELDS = ("submission_id", "since", "total", "required", "kaleyra_conn_id", "poll_interval", "deadline")
 
 
 class KaleyraSoipCallbackTrigger(BaseTrigger):
@@ -54,18 +55,7 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
         self.deadline = as_utc(deadline).isoformat() if deadline is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "submission_id": self.submission_id,
-                "since": self.since,
-                "total": self.total,
-                "required": self.required,
-                "kaleyra_conn_id": self.kaleyra_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-            },
-        )
+        return f"{type(self).__module__}.{type(self).__qualname__}", {n: getattr(self, n) for n in _FIELDS}
 
     def _event(self, status: str, answered: int, message: str | None = None) -> TriggerEvent:
         return TriggerEvent(

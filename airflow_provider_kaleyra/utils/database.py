@@ -23,54 +23,6 @@ def redact_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-def create_database_engine(
-    url: str, *, setting: str, error: type[Exception], pool_size: int, max_overflow: int
-) -> Engine:
-    """An engine for ``url``, or ``error`` naming ``setting`` when the URL cannot be used.
-
-    SQLite gets WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for connections with the execution
-    option ``kaleyra_write``, so concurrent writers queue instead of failing.
-    """
-    try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise error(f"invalid {setting} {redact_url(url)}: {exc}") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
-        _sqlite_setup(engine)
-        return engine
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
-    raise error(f"{setting} {redact_url(url)}: only sqlite and postgresql are supported")
-
-
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL lets readers run beside a writer; busy_timeout and BEGIN IMMEDIATE make writers queue."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("kaleyra_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def write_transaction(engine: Engine) -> Any:
-    """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), so writers queue."""
-    return engine.execution_options(kaleyra_write=True).begin()
-
-
 class Database:
     """A database of the provider's own (the capability cache, the callback store): its engine made
     on first use, its tables created then; no connection is made before that.
@@ -104,12 +56,26 @@ class Database:
         return self._engine
 
     def _create(self) -> Engine:
-        engine = create_database_engine(
-            self.url, setting=self.setting, error=self.error, pool_size=self.pool_size,
-            max_overflow=self.max_overflow,
-        )  # fmt: skip
         try:
-            with write_transaction(engine) as conn:
+            parsed = make_url(self.url)
+        except Exception as exc:
+            raise self.error(f"invalid {self.setting} {redact_url(self.url)}: {exc}") from None
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_setup(engine)
+        elif backend == "postgresql":
+            engine = create_engine(
+                parsed, pool_pre_ping=True, pool_size=self.pool_size, max_overflow=self.max_overflow
+            )
+        else:
+            raise self.error(
+                f"{self.setting} {redact_url(self.url)}: only sqlite and postgresql are supported"
+            )
+        try:
+            with engine.execution_options(kaleyra_write=True).begin() as conn:
                 if engine.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.lock_key})
                 self.metadata.create_all(conn, checkfirst=True)
@@ -123,9 +89,29 @@ class Database:
         """More work in the transaction that creates the tables (a schema version check, say)."""
 
     def write(self) -> Any:
-        """A write transaction on this database (see :func:`write_transaction`)."""
-        return write_transaction(self.engine)
+        """A transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE), so writers queue."""
+        return self.engine.execution_options(kaleyra_write=True).begin()
 
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL lets readers run beside a writer; busy_timeout and BEGIN IMMEDIATE (for connections with
+    the execution option ``kaleyra_write``) make writers queue instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("kaleyra_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

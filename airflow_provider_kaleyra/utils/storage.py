@@ -34,10 +34,6 @@ def as_path(
     return ObjectStoragePath(text, conn_id=conn_id)
 
 
-def _is_local(path: ObjectStoragePath) -> bool:
-    return isinstance(path.fs, LocalFileSystem)
-
-
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -55,7 +51,7 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     Local files are written under a temporary name and renamed into place; object stores
     publish an object only when its upload completes, so they are written directly.
     """
-    if not _is_local(path):
+    if not isinstance(path.fs, LocalFileSystem):
         try:
             with path.open("w", encoding="utf-8", newline="") as handle:
                 yield handle

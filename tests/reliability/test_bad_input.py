@@ -235,4 +235,4 @@ def test_bulk_operator_refuses_wrong_arguments_clearly(tmp_path):
         KaleyraRcsBulkLookupOperator(task_id="b", output="o.csv", numbers=[], max_failed_ratio=2)
     op = KaleyraRcsBulkLookupOperator(task_id="c", output=str(tmp_path / "o.csv"), numbers="+14155552671")
     with pytest.raises(TypeError, match="must be a list"):
-        list(op._rows())
+        list(op._blocks())
