@@ -582,7 +582,7 @@ def test_callbacks_json_with_basic_auth_after_delay(make_simulator, receiver):
 def test_callbacks_form_encoded_duplicated_with_header_auth(make_simulator, receiver):
     sim = make_simulator(
         callback_url=receiver.url,
-        callback_form=True,
+        callback_body="form",
         callback_duplicates=True,
         callback_auth="header:X-Callback-Token:tok-123",
     )

@@ -8,9 +8,9 @@ Usage::
 Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
 :func:`generate_audience_rows` yields a deterministic sample audience to look them up on.
 
-Modules: ``config`` (every knob, once; fault kinds and CLI flags derive from it), ``answers``
-(deterministic answers and bodies), ``endpoints`` (request in, answer out), ``faults`` (seeded
-dice, rate limit), ``callbacks`` (SOIP callback delivery), ``stats``, ``server`` (HTTP, lifecycle).
+Modules: ``config`` (every knob, once), ``answers`` (deterministic answers and bodies), ``endpoints``
+(request in, answer out, faults), ``callbacks`` (SOIP callbacks), ``server`` (HTTP, counters, lifecycle),
+``harness`` (processes for tests and benchmarks).
 """
 
 from __future__ import annotations

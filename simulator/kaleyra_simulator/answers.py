@@ -20,13 +20,6 @@ SOIP_DIGITS_RE = re.compile(r"^[1-9]\d{6,14}$")
 CARRIERS = ("AT&T", "T-Mobile", "Verizon", "Google")
 CARRIER_STATUSES = ("ACTIVE", "INACTIVE", "UNKNOWN")
 
-RCS_OK_CODE = "RCS702"
-RCS_OK_MESSAGE = "Device Lookup successful"
-SOIP_OK_CODE = "MSG402"
-SOIP_OK_MESSAGE = "Request Successfully Processed"
-SOIP_BAD_CODE = "RBC529"
-SOIP_BAD_MESSAGE = "Invalid input or validation error!"
-
 
 def _digest(digits: str, person: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(digits.encode(), digest_size=8, person=person).digest(), "big")
@@ -78,9 +71,6 @@ def bulk_fragment(address: str) -> str | None:
     return json.dumps(rcs_answer(address), separators=(",", ":"))
 
 
-# --------------------------------------------------------------------------- bodies
-
-
 def json_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -96,15 +86,5 @@ def str_error(
     status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None
 ) -> tuple[int, bytes]:
     """A SOIP or simulator error body: string ``code``, since Kaleyra uses both forms."""
-    return status, json_bytes(
-        {
-            "code": code,
-            "message": message,
-            "data": [] if data is None else data,
-            "error": detail or {"error": message},
-        }
-    )
-
-
-def soip_bad(reason: str) -> tuple[int, bytes]:
-    return str_error(400, SOIP_BAD_CODE, SOIP_BAD_MESSAGE, {"error": reason})
+    body = {"code": code, "message": message, "data": [] if data is None else data}
+    return status, json_bytes({**body, "error": detail or {"error": message}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
-import resource
+import re
 import socket
 import subprocess
 import sys
@@ -63,18 +63,22 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class SimulatorProcess:
-    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
+    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim;
+    stopped by :meth:`close` or at the end of a ``with`` block (``simulator_process``)."""
 
     def __init__(self, **config: Any) -> None:
-        args = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING"]
-        for key, value in config.items():
-            if value is not None:
-                args += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items() if value is not None]
+        command = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING", *flags]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
         if not self.url.startswith("http"):
             raise RuntimeError("the simulator did not start")
+
+    def __enter__(self) -> SimulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def configure(self, **changes: Any) -> None:
         requests.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
@@ -89,17 +93,13 @@ class SimulatorProcess:
         stop(self.proc)
 
 
-@contextmanager
-def simulator_process(**config: Any) -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(**config)
-    try:
-        yield sim
-    finally:
-        sim.close()
+simulator_process = SimulatorProcess
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
     """Returns once the server of ``proc`` answers ``/kaleyra/health`` and its ``workers`` run."""
+    import psutil
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -111,16 +111,10 @@ def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout
             conn.close()
         except OSError:
             healthy = False
-        if healthy and (workers <= 1 or _children(proc.pid) >= workers):
+        if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
             return
         time.sleep(0.1)
     raise RuntimeError("the server did not start")
-
-
-def _children(pid: int) -> int:
-    import psutil
-
-    return len(psutil.Process(pid).children())
 
 
 def start_receiver(
@@ -159,7 +153,4 @@ def start_receiver(
 def peak_rss_mib() -> float:
     """This process's peak RSS. ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
     the parent's memory across fork/exec, so a child of a big parent would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024  # type: ignore[union-attr]
