@@ -6,11 +6,8 @@ Usage::
         os.environ["AIRFLOW_CONN_KALEYRA_DEFAULT"] = sim.connection_json(default_region="US")
 
 Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
-:func:`generate_audience_rows` yields a deterministic sample audience to look them up on.
-
-Modules: ``config`` (every knob, once), ``answers`` (deterministic answers and bodies), ``endpoints``
-(request in, answer out, faults), ``callbacks`` (SOIP callbacks), ``server`` (HTTP, counters, lifecycle),
-``harness`` (processes for tests and benchmarks).
+:func:`generate_audience_rows` yields a deterministic sample audience to look them up on. Processes for
+tests and benchmarks (the simulator, the receiver, an ASGI app in a thread): :mod:`.harness`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""What the simulator answers: deterministic device records and SOIP capability, and the JSON bodies.
-
-Pure functions of the number (blake2b of its digits), stable across processes, so tests and
-benchmarks can compute the expected result of any lookup without asking the server.
+"""What the simulator answers: pure functions of the number (blake2b of its digits), stable across
+processes, so tests and benchmarks compute the expected result of any lookup without asking; and the bodies.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-# Cheap shape check only: full phonenumbers validation is the client's job, and
-# per-request parsing would cap the simulator far below the throughput it must sustain.
+# Cheap shape checks only: full validation is the client's job, and parsing would cap the simulator's throughput.
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 SOIP_DIGITS_RE = re.compile(r"^[1-9]\d{6,14}$")
 
@@ -61,11 +58,8 @@ def clear_caches() -> None:
 
 @lru_cache(maxsize=1 << 18)
 def bulk_fragment(address: str) -> str | None:
-    """Pre-serialised JSON of one bulk device, or None when ``address`` is not E.164-shaped.
-
-    Cached because a bulk answer is 500 of these and the same numbers come back in
-    benchmarks: one dict lookup per number keeps the server well above 1,000 bulk req/s.
-    """
+    """Pre-serialised JSON of one bulk device, or None when ``address`` is not E.164-shaped. Cached: a bulk
+    answer is 500 of these, the same numbers come back in benchmarks, and the server must do >1,000 req/s."""
     if not isinstance(address, str) or not E164_RE.match(address):
         return None
     return json.dumps(rcs_answer(address), separators=(",", ":"))
@@ -77,9 +71,8 @@ def json_bytes(data: Any) -> bytes:
 
 def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -> tuple[int, bytes]:
     """An RCS error body: numeric ``code`` (the HTTP status)."""
-    return status, json_bytes(
-        {"code": status, "message": message, "data": {}, "error": detail or {"message": message}}
-    )
+    body = {"code": status, "message": message, "data": {}}
+    return status, json_bytes({**body, "error": detail or {"message": message}})
 
 
 def str_error(

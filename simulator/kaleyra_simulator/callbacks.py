@@ -1,9 +1,7 @@
-"""SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request
-path, after the configured delay, with a few retries (later, maybe twice, maybe never).
-
-Body types as the console offers them (JSON, XML, form, text), GET with the fields in the query, and
-its authentications: Basic, one header, or advanced: a token fetched from the customer's token URL
-with the client ID and secret, kept until it expires, fetched again when it does or is refused.
+"""SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request path,
+after the configured delay, with a few retries (later, maybe twice, maybe never). Every body type (JSON, XML,
+form, text), GET with the fields in the query, and every authentication: Basic, one header, or advanced (a
+token fetched with the client ID and secret, kept until it expires, fetched again when it does or is refused).
 """
 
 from __future__ import annotations
@@ -32,18 +30,6 @@ TIMEOUT = 5.0  # seconds to wait for the receiver or its token URL
 _local = threading.local()
 
 
-def callback_payloads(numbers: list[str], profile: str | None) -> list[dict[str, Any]]:
-    """One callback body per number of a SOIP check (digits, as Kaleyra sends them), one request id."""
-    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    common = {"callback_profile_id": profile, "request_id": uuid.uuid4().hex, "timestamp": stamp}
-    payloads = []
-    for digits in numbers:
-        capable = soip_answer(digits)
-        status = "capable" if capable else "not_capable"
-        payloads.append({"number": digits, "soip_capable": capable, "status": status, **common})
-    return payloads
-
-
 def render(
     payload: dict[str, Any], body_type: str, method: str
 ) -> tuple[dict[str, str], bytes, dict[str, str]]:
@@ -65,11 +51,6 @@ def render(
         body = "\n".join(f"{k}={v}" for k, v in fields.items())
         return {}, body.encode(), {"Content-Type": "text/plain; charset=utf-8"}
     return {}, json_bytes(payload), {"Content-Type": "application/json"}
-
-
-def token_url(callback_url: str) -> str:
-    """The receiver's token route beside its callback route (``.../soip/callback`` -> ``.../soip/token``)."""
-    return urllib.parse.urljoin(callback_url, "token")
 
 
 def _session() -> requests.Session:
@@ -94,11 +75,17 @@ class CallbackDispatcher:
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (URL, client ID): token, deadline
 
     def schedule(self, numbers: list[str], profile: str | None, config: SimulatorConfig) -> None:
-        payloads = callback_payloads(numbers, profile) * (2 if config.callback_duplicates else 1)
+        """One callback per number of a SOIP check (digits, as Kaleyra sends them), one request id."""
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        common = {"callback_profile_id": profile, "request_id": uuid.uuid4().hex, "timestamp": stamp}
         due = time.monotonic() + config.callback_delay
+        copies = 2 if config.callback_duplicates else 1
         with self._idle:
-            self.pending += len(payloads)
-        for payload in payloads:
+            self.pending += len(numbers) * copies
+        for digits in numbers * copies:
+            capable = soip_answer(digits)
+            status = "capable" if capable else "not_capable"
+            payload = {"number": digits, "soip_capable": capable, "status": status, **common}
             self._pool.submit(self._deliver, payload, config, due)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -134,7 +121,8 @@ class CallbackDispatcher:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
         params, body, headers = render(payload, config.callback_body, config.callback_method)
         auth, session, url = config.callback_auth, _session(), config.callback_url or ""
-        kind, tokens_at = auth.kind if auth else None, config.callback_token_url or token_url(url)
+        kind = auth.kind if auth else None
+        tokens_at = config.callback_token_url or urllib.parse.urljoin(url, "token")  # beside .../callback
         try:
             if kind == "advanced":
                 headers["Authorization"] = f"Bearer {self._token(session, tokens_at, auth)}"

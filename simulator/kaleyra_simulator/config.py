@@ -44,11 +44,10 @@ class CallbackAuth:
     @classmethod
     def parse(cls, spec: str) -> CallbackAuth:
         """Parse ``basic:USER:PASSWORD``, ``header:NAME:VALUE`` or ``advanced[-form|-basic]:ID:SECRET``."""
-        kind, sep, rest = spec.partition(":")
-        name, sep2, value = rest.partition(":")
-        if not sep or not sep2 or not name:
+        kind, name, value = spec.split(":", 2) if spec.count(":") >= 2 else ("", "", "")
+        if not name:
             raise ValueError(
-                "callback auth must look like 'basic:USER:PASSWORD', 'header:NAME:VALUE' or 'advanced:ID:SECRET'"
+                "callback auth must be basic:USER:PASSWORD, header:NAME:VALUE or advanced:ID:SECRET"
             )
         kind, _, style = kind.lower().partition("-")
         return cls(kind, name, value, style or "json")
@@ -87,9 +86,7 @@ class SimulatorConfig:
     # behaviour
     rcs_disabled: bool = _knob(False, "answer 401 to every RCS lookup")
     bulk_invalid: str = _knob(
-        "reject",
-        "bulk entries not E.164-shaped: 'reject' answers 400 naming them, 'drop' omits them",
-        choices=("reject", "drop"),
+        "reject", "non-E.164 bulk entries: 400 naming them, or drop", choices=("reject", "drop")
     )
     # SOIP callbacks
     callback_url: str | None = _knob(None, "where SOIP callbacks are POSTed (none: no callbacks)")
@@ -100,9 +97,7 @@ class SimulatorConfig:
     callback_token_url: str | None = _knob(None, "advanced auth's token URL (default: callback URL's /token)")
     callback_duplicates: bool = _knob(False, "deliver every callback twice")
     callback_body: str = _knob("json", "body type", choices=("json", "xml", "form", "text"))
-    callback_method: str = _knob(
-        "POST", "GET sends the fields in the query string", choices=("POST", "PUT", "GET")
-    )
+    callback_method: str = _knob("POST", "GET: fields in the query string", choices=("POST", "PUT", "GET"))
     callback_retries: int = _knob(3, "delivery attempts after the first")
 
     def __post_init__(self) -> None:
@@ -125,20 +120,14 @@ class SimulatorConfig:
         return {**dataclasses.asdict(self), "api_key": "***", "callback_auth": masked}
 
 
-FAULT_KINDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(SimulatorConfig) if f.metadata.get("fault")
-)
+FAULT_KINDS = tuple(f.name for f in dataclasses.fields(SimulatorConfig) if f.metadata.get("fault"))
 
 
 def simulator_connection(
     url: str, *, sid: str = DEFAULT_SID, api_key: str = DEFAULT_API_KEY, **extra: Any
 ) -> dict[str, Any]:
-    """An Airflow ``kaleyra`` connection (JSON form) whose RCS and SOIP base URLs are ``url``.
-
-    The one place tests, benchmarks and examples build it; ``extra`` adds or overrides
-    connection extras (``default_region``, ``rate_limit``, ...). ``json.dumps`` it into
-    ``AIRFLOW_CONN_<ID>``. For a running simulator, :meth:`KaleyraSimulator.connection_json`.
-    """
+    """An Airflow ``kaleyra`` connection (JSON form) whose RCS and SOIP base URLs are ``url``, with ``extra``
+    extras (``default_region``, ...): the one place tests, benchmarks and examples build it."""
     return {
         "conn_type": "kaleyra",
         "login": sid,

@@ -24,8 +24,9 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from airflow_provider_kaleyra.callbacks.bodies import form_fields
 from airflow_provider_kaleyra.client import api
 from kaleyra_simulator import answers
 from kaleyra_simulator.answers import E164_RE, SOIP_DIGITS_RE, bulk_fragment, json_bytes, rcs_error, str_error
@@ -34,29 +35,22 @@ from kaleyra_simulator.config import SimulatorConfig
 if TYPE_CHECKING:
     from kaleyra_simulator.server import KaleyraSimulator
 
-Answer = tuple[int, bytes, dict[str, str] | None]
-
-# A request hits at most one of these (the first roll that succeeds, in this order)...
-_EXCLUSIVE = ("reset", "error_5xx", "rate_429")
-# ...and maybe these on top. The bulk faults are rolled by the bulk endpoint, once it has an answer.
-_STACKING = ("slow", "truncated")
-
-
-class Reset(Exception):
-    """Raised to drop the connection without answering."""
+Answer = tuple[int, bytes, dict[str, str] | None]  # or None: drop the connection without answering
 
 
 class TokenBucket:
-    """Requests per second with burst = rate, so an evenly paced client is never throttled."""
+    """Requests per second with burst = rate, so an evenly paced client is never throttled; no rate, no limit."""
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = self._tokens = max(rate, 1.0)
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate or 0.0
+        self.capacity = self._tokens = max(self.rate, 1.0)
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
     def take(self) -> float:
         """Take one token: 0.0 when allowed, else the seconds to wait for the next token."""
+        if not self.rate:
+            return 0.0
         with self._lock:
             now = time.monotonic()
             self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
@@ -68,36 +62,28 @@ class TokenBucket:
 
 
 def roll_faults(rng: random.Random, config: SimulatorConfig) -> set[str]:
-    """This request's faults: at most one of reset/5xx/429, plus maybe slow and truncated.
+    """This request's faults: at most one of reset/5xx/429 (the first roll that hits, in this order), plus
+    maybe slow and truncated. The bulk faults are rolled by the bulk endpoint, once it has an answer."""
 
-    One seeded RNG for all handler threads, so a seed replays the same faults to a sequential client.
-    """
-    faults: set[str] = set()
-    for kind in _EXCLUSIVE:
-        if getattr(config, kind) and rng.random() < getattr(config, kind):
-            faults.add(kind)
-            break
-    faults.update(
-        kind for kind in _STACKING if getattr(config, kind) and rng.random() < getattr(config, kind)
-    )
-    return faults
+    def hits(kind: str) -> bool:
+        return getattr(config, kind) > 0 and rng.random() < getattr(config, kind)
+
+    first = next((kind for kind in ("reset", "error_5xx", "rate_429") if hits(kind)), None)
+    return {kind for kind in ("slow", "truncated") if hits(kind)} | ({first} if first else set())
 
 
-def _path_regex(template: str) -> re.Pattern[str]:
-    """Turn an ``api.py`` path template into a regex, so paths are never re-typed here."""
-    pattern = re.escape(template).replace(re.escape("{sid}"), "(?P<sid>[^/]+)")
-    return re.compile("^" + pattern.replace(re.escape("{number}"), "(?P<number>[^/]+)") + "/?$")
-
-
-_ROUTES = (  # endpoint, path, the one method it allows
-    ("rcs_bulk", _path_regex(api.RCS_BULK_PATH), "POST"),
-    ("rcs_single", _path_regex(api.RCS_SINGLE_PATH), "GET"),
-    ("soip_check", _path_regex(api.SOIP_CHECK_PATH), "POST"),
+_SEGMENTS = {"sid": "(?P<sid>[^/]+)", "number": "(?P<number>[^/]+)"}
+_ROUTES = (  # endpoint, path (api.py's templates: never re-typed here), the one method it allows
+    ("rcs_bulk", re.compile(f"^{api.RCS_BULK_PATH.format(**_SEGMENTS)}/?$"), "POST"),
+    ("rcs_single", re.compile(f"^{api.RCS_SINGLE_PATH.format(**_SEGMENTS)}/?$"), "GET"),
+    ("soip_check", re.compile(f"^{api.SOIP_CHECK_PATH.format(**_SEGMENTS)}/?$"), "POST"),
 )
 
 
-def answer(sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
-    """Route one request; raises :class:`Reset` when a fault drops the connection."""
+def answer(
+    sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, str], body: bytes
+) -> Answer | None:
+    """Route one request; None when the reset fault drops the connection."""
     config = sim.config  # one consistent snapshot for the whole request
     if path.startswith("/_sim/"):
         sim._count("req.sim")
@@ -115,7 +101,7 @@ def answer(sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, 
         return (*str_error(405, "405", "Method Not Allowed", {"allowed": allowed}), {"Allow": allowed})
     if config.latency:
         time.sleep(config.latency)
-    wait = sim._bucket.take() if sim._bucket is not None else 0.0
+    wait = sim._bucket.take()
     if wait:
         return _too_many(sim, config, wait)
 
@@ -123,7 +109,7 @@ def answer(sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, 
     for kind in faults - {"truncated"}:  # truncated is counted only when it hits a 200
         sim._count(f"fault.{kind}")
     if "reset" in faults:
-        raise Reset
+        return None
     if "error_5xx" in faults:
         status = sim._rng.choice((500, 502, 503, 504))
         message = "Temporal error, try again later" if status == 503 else HTTPStatus(status).phrase
@@ -141,7 +127,7 @@ def answer(sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, 
     elif endpoint == "rcs_bulk":
         status, payload = _rcs_bulk(sim, config, body)
     else:
-        status, payload = _soip(sim, config, headers.get("Content-Type") or "", body)
+        status, payload = _soip(sim, config, (headers.get("Content-Type") or "").lower(), body)
     if status == 200 and "truncated" in faults:
         sim._count("fault.truncated")
         payload = payload[: max(1, len(payload) // 2)]
@@ -225,52 +211,38 @@ def _rcs_bulk(sim: KaleyraSimulator, config: SimulatorConfig, body: bytes) -> tu
 def _soip(
     sim: KaleyraSimulator, config: SimulatorConfig, content_type: str, body: bytes
 ) -> tuple[int, bytes]:
-    numbers, profile, error = _soip_numbers(body, content_type.lower())
-    if error:
-        return str_error(400, "RBC529", "Invalid input or validation error!", {"error": error})
-    sim._count("numbers.soip", len(numbers))
-    if config.callback_url:
-        sim._callbacks.schedule(numbers, profile, config)
-    accepted = {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
-    return 202, json_bytes(accepted)
-
-
-def _soip_numbers(body: bytes, content_type: str) -> tuple[list[str], str | None, str | None]:
-    """Numbers (digits, de-duplicated), callback profile id, and an error reason or None.
-
-    Tolerant on purpose: Kaleyra's own sample sends JSON-looking text as form data.
-    """
+    """Numbers as digits, de-duplicated. Tolerant on purpose: Kaleyra's own sample sends JSON-looking text
+    as form data."""
     text = body.decode("utf-8", errors="replace").strip()
     try:
-        if "json" in content_type or text.startswith("{"):
-            payload: Any = json.loads(text)
-        else:
-            form = urllib.parse.parse_qs(text, keep_blank_values=True)  # repeated or name[]: a list
-            payload = {
-                k.removesuffix("[]"): v if len(v) > 1 or k.endswith("[]") else v[0] for k, v in form.items()
-            }
+        payload = json.loads(text) if "json" in content_type or text.startswith("{") else form_fields(text)
     except ValueError:
-        return [], None, "body is not valid JSON"
-    if not isinstance(payload, dict):
-        return [], None, "body must be a JSON object or form fields"
-    raw, profile = payload.get("number"), payload.get("callback_profile_id")
-    profile = None if profile in (None, "") else str(profile)
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        return [], profile, "number is required (a string, comma-separated string or list)"
-    items = [part for item in raw for part in (item.split(",") if isinstance(item, str) else [item])]
+        return _soip_bad("body is not valid JSON")
+    raw = payload.get("number") if isinstance(payload, dict) else None
+    if not isinstance(raw, str | list):
+        return _soip_bad("number is required (a string, comma-separated string or list) in an object or form")
     numbers: dict[str, None] = {}
     bad: list[str] = []
-    for item in items:
-        digits = api.soip_number(item.strip()) if isinstance(item, str) else str(item)
-        if SOIP_DIGITS_RE.match(digits):
-            numbers[digits] = None
-        else:
-            bad.append(str(item))
-    if bad:
-        return [], profile, f"invalid number(s): {', '.join(bad[:10])}"
-    return (list(numbers), profile, None) if numbers else ([], profile, "number is empty")
+    for item in [raw] if isinstance(raw, str) else raw:
+        for part in item.split(",") if isinstance(item, str) else [item]:
+            digits = api.soip_number(part.strip()) if isinstance(part, str) else str(part)
+            if SOIP_DIGITS_RE.match(digits):
+                numbers[digits] = None
+            else:
+                bad.append(str(part))
+    if bad or not numbers:
+        return _soip_bad(f"invalid number(s): {', '.join(bad[:10])}" if bad else "number is empty")
+    sim._count("numbers.soip", len(numbers))
+    if config.callback_url:
+        profile = payload.get("callback_profile_id")
+        sim._callbacks.schedule(list(numbers), None if profile in (None, "") else str(profile), config)
+    return 202, json_bytes(
+        {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
+    )
+
+
+def _soip_bad(reason: str) -> tuple[int, bytes]:
+    return str_error(400, "RBC529", "Invalid input or validation error!", {"error": reason})
 
 
 def _control(sim: KaleyraSimulator, method: str, path: str, body: bytes) -> tuple[int, bytes]:

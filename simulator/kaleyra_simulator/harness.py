@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 class SimulatorProcess:
-    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim;
-    stopped by :meth:`close` or at the end of a ``with`` block (``simulator_process``)."""
+    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
 
     def __init__(self, **config: Any) -> None:
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items() if value is not None]
@@ -73,12 +72,6 @@ class SimulatorProcess:
         self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
         if not self.url.startswith("http"):
             raise RuntimeError("the simulator did not start")
-
-    def __enter__(self) -> SimulatorProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def configure(self, **changes: Any) -> None:
         requests.post(f"{self.url}/_sim/config", json=changes, timeout=10).raise_for_status()
@@ -93,7 +86,9 @@ class SimulatorProcess:
         stop(self.proc)
 
 
-simulator_process = SimulatorProcess
+def simulator_process(**config: Any) -> closing[SimulatorProcess]:
+    """``with simulator_process(**config) as sim``: stopped at the end of the block."""
+    return closing(SimulatorProcess(**config))
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from kaleyra_simulator.answers import str_error
 from kaleyra_simulator.callbacks import CallbackDispatcher
 from kaleyra_simulator.config import FAULT_KINDS, SimulatorConfig, simulator_connection
-from kaleyra_simulator.endpoints import Reset, TokenBucket, answer
+from kaleyra_simulator.endpoints import TokenBucket, answer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ MAX_BODY = 8 * 1024 * 1024
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "KaleyraSimulator"
     disable_nagle_algorithm = True
     timeout = 120  # idle keep-alive connections are closed after this
     server: _HTTPServer
@@ -57,36 +56,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Write status, headers and body in one send: no Nagle/delayed-ACK stalls, exact Content-Length."""
-        lines = [
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            *(f"{k}: {v}" for k, v in (headers or {}).items()),
-        ]
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json"]
+        head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        head += ["Connection: close"] if self.close_connection else []
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self.server.sim._count(f"status.{status}")
 
     def _dispatch(self) -> None:
-        method, sim = self.command, self.server.sim
-        path = urllib.parse.urlsplit(self.path).path
+        method, path = self.command, urllib.parse.urlsplit(self.path).path
         try:
             body = self._read_body()
         except ValueError:
             self.close_connection = True
-            self._send(*str_error(413, "413", "Request body too large or malformed"))
-            return
+            return self._send(*str_error(413, "413", "Request body too large or malformed"))
         try:
-            status, payload, headers = answer(sim, method, path, self.headers, body)
-        except Reset:  # close with RST (SO_LINGER 0) and no answer, as a flaky load balancer would
-            self.close_connection = True
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            return
+            reply = answer(self.server.sim, method, path, self.headers, body)
         except Exception:  # the simulator must never hang a client on its own bug
             log.exception("Simulator error on %s %s", method, path)
-            status, payload, headers = (*str_error(500, "SIM500", "Simulator internal error"), None)
-        self._send(status, payload, headers)
+            reply = (*str_error(500, "SIM500", "Simulator internal error"), None)
+        if reply is None:  # the reset fault: close with RST (SO_LINGER 0), as a flaky load balancer would
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self._send(*reply)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
@@ -111,31 +103,31 @@ class _HTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts, resets) are normal here: no traceback on stderr (answer()'s own
-        errors are logged where they happen)."""
+        """Clients that hang up (timeouts, resets) are normal here: no traceback on stderr."""
         log.debug("Connection from %s ended", client_address, exc_info=True)
 
 
 class KaleyraSimulator:
-    """A running simulator: ``with KaleyraSimulator(SimulatorConfig()) as sim: requests.get(sim.url + ...)``."""
+    """A running simulator: ``with KaleyraSimulator(SimulatorConfig()) as sim: requests.get(sim.url + ...)``.
+    Change its ``config`` with :meth:`configure` (which also renews the rate limit and the fault seed)."""
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
-        self._config = config or SimulatorConfig()
+        self.config = config or SimulatorConfig()
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()  # of the counters and the config
-        self._rng = random.Random(self._config.seed)
-        self._bucket = TokenBucket(self._config.rate_limit) if self._config.rate_limit else None
+        self._rng = random.Random(self.config.seed)  # one for all threads: a seed replays the faults
+        self._bucket = TokenBucket(self.config.rate_limit)
         self._server: _HTTPServer | None = None
         self._callbacks = CallbackDispatcher(self._count)
 
     def start(self) -> KaleyraSimulator:
         """Bind (port 0 = a free port) and serve from a background thread."""
         if self._server is None:
-            self._server = _HTTPServer((self._config.host, self._config.port), self)
+            self._server = _HTTPServer((self.config.host, self.config.port), self)
             self._callbacks = CallbackDispatcher(self._count)
-            threading.Thread(
-                target=self._server.serve_forever, args=(0.1,), name="kaleyra-simulator", daemon=True
-            ).start()
+            serve = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="kaleyra-simulator")
+            serve.daemon = True
+            serve.start()
             log.info("Kaleyra simulator listening on %s", self.url)
         return self
 
@@ -149,7 +141,6 @@ class KaleyraSimulator:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             self._callbacks.stop()
-            log.info("Kaleyra simulator stopped")
 
     def __enter__(self) -> KaleyraSimulator:
         return self.start()
@@ -158,33 +149,28 @@ class KaleyraSimulator:
         self.stop()
 
     @property
-    def config(self) -> SimulatorConfig:
-        return self._config
-
-    @property
     def url(self) -> str:
         """Base URL for both ``rcs_base_url`` and ``soip_base_url``."""
         if self._server is None:
             raise RuntimeError("simulator is not running")
-        return f"http://{self._config.host}:{self._server.server_address[1]}"
+        return f"http://{self.config.host}:{self._server.server_address[1]}"
 
     def connection_json(self, **extra: Any) -> str:
         """An ``AIRFLOW_CONN_<ID>`` to this simulator (its SID and key): see :func:`simulator_connection`."""
-        config = self._config
-        return json.dumps(simulator_connection(self.url, sid=config.sid, api_key=config.api_key, **extra))
+        sid, key = self.config.sid, self.config.api_key
+        return json.dumps(simulator_connection(self.url, sid=sid, api_key=key, **extra))
 
     def configure(self, **changes: Any) -> SimulatorConfig:
         """Change knobs at runtime (host/port excluded); new requests see the new config."""
         if {"host", "port"} & changes.keys():
             raise ValueError("host and port cannot change while running")
         with self._lock:
-            new = dataclasses.replace(self._config, **changes)
+            self.config = dataclasses.replace(self.config, **changes)
             if "rate_limit" in changes:
-                self._bucket = TokenBucket(new.rate_limit) if new.rate_limit else None
+                self._bucket = TokenBucket(self.config.rate_limit)
             if "seed" in changes:
-                self._rng.seed(new.seed)
-            self._config = new
-        return new
+                self._rng.seed(self.config.seed)
+        return self.config
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -197,10 +183,8 @@ class KaleyraSimulator:
             c = dict(self._counts)
 
         def group(prefix: str, *keys: str) -> dict[str, int]:
-            return {
-                **dict.fromkeys(keys, 0),
-                **{k[len(prefix) :]: v for k, v in c.items() if k.startswith(prefix)},
-            }
+            counted = {k.removeprefix(prefix): v for k, v in c.items() if k.startswith(prefix)}
+            return {**dict.fromkeys(keys, 0), **counted}
 
         return {
             "connections": c.get("connections", 0),
@@ -218,8 +202,7 @@ class KaleyraSimulator:
         """Zero the counters and refill the rate-limit bucket."""
         with self._lock:
             self._counts.clear()
-            if self._config.rate_limit:
-                self._bucket = TokenBucket(self._config.rate_limit)
+            self._bucket = TokenBucket(self.config.rate_limit)
 
     def wait_callbacks(self, timeout: float = 10.0) -> bool:
         """Block until every scheduled callback was delivered or gave up; False on timeout."""
