@@ -1,10 +1,5 @@
-"""A local Kaleyra API simulator (RCS lookups and SOIP capability checks) for tests and benchmarks.
-
-Usage::
-
-    with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim:
-        os.environ["AIRFLOW_CONN_KALEYRA_DEFAULT"] = sim.connection_json(default_region="US")
-
+"""A local Kaleyra API simulator (RCS lookups and SOIP capability checks) for tests and benchmarks:
+``with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim: sim.connection_json(default_region="US")``.
 Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
 :func:`generate_audience_rows` yields a deterministic sample audience to look them up on. Processes for
 tests and benchmarks (the simulator, the receiver, an ASGI app in a thread): :mod:`.harness`.

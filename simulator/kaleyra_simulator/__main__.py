@@ -13,10 +13,7 @@ from kaleyra_simulator.server import KaleyraSimulator
 
 def main(argv: list[str] | None = None) -> int:
     """Start the simulator, print its URL on stdout, and serve until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="kaleyra-simulator",
-        description="Local Kaleyra RCS/SOIP capability-check API simulator (one base URL serves both).",
-    )
+    parser = argparse.ArgumentParser("kaleyra-simulator", description="A local Kaleyra RCS and SOIP API.")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -1,6 +1,5 @@
-"""Every knob of the simulator, once: :class:`SimulatorConfig`. The fault kinds, the CLI flags, the
-checks of a value and the Airflow connection that points at a simulator are all derived from it.
-"""
+"""Every knob of the simulator, once: :class:`SimulatorConfig`; the fault kinds, the CLI flags, the checks of
+a value and the Airflow connection that points at a simulator derive from it."""
 
 from __future__ import annotations
 
@@ -57,11 +56,6 @@ def _knob(default: Any, help: str, **metadata: Any) -> Any:
     return field(default=default, metadata={"help": help, **metadata})
 
 
-def _fault(effect: str) -> Any:
-    """A fault kind: its probability per request, in [0, 1]. The one list of fault kinds is these fields."""
-    return _knob(0.0, effect, fault=True)
-
-
 @dataclass(frozen=True)
 class SimulatorConfig:
     """Every knob of the simulator. Probabilities are per request, in [0, 1]; no number is negative."""
@@ -73,14 +67,14 @@ class SimulatorConfig:
     latency: float = _knob(0.0, "seconds added to every API request")
     rate_limit: float | None = _knob(None, "requests/s over all API endpoints (429 above); 0 = unlimited")
     retry_after: bool = _knob(True, "send Retry-After with 429 answers")
-    # fault injection: one field per kind, in the order the stats list them
-    error_5xx: float = _fault("answer 500, 502, 503 or 504")
-    reset: float = _fault("drop the connection (RST) without answering")
-    slow: float = _fault("wait slow_seconds before answering")
-    truncated: float = _fault("send only the first half of a 200 body")
-    bulk_missing: float = _fault("leave ~5% of the asked numbers out of a bulk answer")
-    bulk_extra: float = _fault("add 3 numbers nobody asked for to a bulk answer")
-    rate_429: float = _fault("answer 429 as if throttled")
+    # fault injection, probabilities: the one list of fault kinds (FAULT_KINDS, in the stats' order)
+    error_5xx: float = _knob(0.0, "answer 500, 502, 503 or 504", fault=True)
+    reset: float = _knob(0.0, "drop the connection (RST) without answering", fault=True)
+    slow: float = _knob(0.0, "wait slow_seconds before answering", fault=True)
+    truncated: float = _knob(0.0, "send only the first half of a 200 body", fault=True)
+    bulk_missing: float = _knob(0.0, "leave ~5% of the asked numbers out of a bulk answer", fault=True)
+    bulk_extra: float = _knob(0.0, "add 3 numbers nobody asked for to a bulk answer", fault=True)
+    rate_429: float = _knob(0.0, "answer 429 as if throttled", fault=True)
     slow_seconds: float = _knob(2.0, "delay of a 'slow' fault")
     seed: int | None = _knob(None, "seed of the fault RNG")
     # behaviour
@@ -115,9 +109,8 @@ class SimulatorConfig:
 
     def public(self) -> dict[str, Any]:
         """The config as JSON-friendly data, secrets masked (for ``GET /_sim/config``)."""
-        auth = self.callback_auth
-        masked = {"kind": auth.kind, "name": auth.name} if auth else None
-        return {**dataclasses.asdict(self), "api_key": "***", "callback_auth": masked}
+        auth = self.callback_auth and {"kind": self.callback_auth.kind, "name": self.callback_auth.name}
+        return {**dataclasses.asdict(self), "api_key": "***", "callback_auth": auth}
 
 
 FAULT_KINDS = tuple(f.name for f in dataclasses.fields(SimulatorConfig) if f.metadata.get("fault"))

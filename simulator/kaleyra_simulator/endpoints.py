@@ -1,15 +1,9 @@
-"""The API's behaviour: one request (method, path, headers, body) in, one answer (status, body, headers) out.
-
-Decisions the Kaleyra documents leave open (see ``shared/kaleyra-api``):
-
-* An unknown SID in the path answers **401**, like a wrong key: a configuration error retrying cannot fix.
-* The bulk lookup, by default, **rejects** the whole request with 400 when any entry is not E.164-shaped,
-  naming them (``bulk_invalid="drop"`` omits them). The 100..500 rule is checked after that and de-dup.
-* A single lookup needs the ``+`` (raw or ``%2B``); a bare number is a 400.
-* RCS error bodies carry a numeric ``code`` (the HTTP status); SOIP and simulator error bodies carry
-  string codes, since Kaleyra uses both.
-* ``truncated`` answers 200 with a correct ``Content-Length`` but only the first half of the JSON body,
-  so the connection stays usable and the client sees bad JSON.
+"""The API's behaviour: one request in, one answer (status, body, headers) out. Decisions Kaleyra's documents
+(``shared/kaleyra-api``) leave open: an unknown SID answers 401, like a wrong key (retrying cannot fix it); a bulk
+lookup with entries not E.164-shaped is rejected with a 400 naming them (``bulk_invalid="drop"`` omits them),
+and the 100..500 rule counts after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``); RCS error
+bodies carry a numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra uses both);
+``truncated`` answers 200 with a correct ``Content-Length`` but half the JSON, so the connection stays usable.
 """
 
 from __future__ import annotations
@@ -102,20 +96,19 @@ def answer(
     if config.latency:
         time.sleep(config.latency)
     wait = sim._bucket.take()
-    if wait:
-        return _too_many(sim, config, wait)
-
-    faults = roll_faults(sim._rng, config)
+    faults = roll_faults(sim._rng, config) if not wait else set()
     for kind in faults - {"truncated"}:  # truncated is counted only when it hits a 200
         sim._count(f"fault.{kind}")
+    if wait or "rate_429" in faults:
+        sim._count("rate_limited")
+        retry_after = {"Retry-After": str(max(1, math.ceil(wait or 1.0)))} if config.retry_after else None
+        return (*str_error(429, "429", "Throttling", {"error": "Too many requests"}, data={}), retry_after)
     if "reset" in faults:
         return None
     if "error_5xx" in faults:
         status = sim._rng.choice((500, 502, 503, 504))
         message = "Temporal error, try again later" if status == 503 else HTTPStatus(status).phrase
         return (*(rcs_error(status, message) if is_rcs else str_error(status, str(status), message)), None)
-    if "rate_429" in faults:
-        return _too_many(sim, config, 1.0)
     if "slow" in faults:
         time.sleep(config.slow_seconds)
 
@@ -132,12 +125,6 @@ def answer(
         sim._count("fault.truncated")
         payload = payload[: max(1, len(payload) // 2)]
     return status, payload, None
-
-
-def _too_many(sim: KaleyraSimulator, config: SimulatorConfig, wait: float) -> Answer:
-    sim._count("rate_limited")
-    headers = {"Retry-After": str(max(1, math.ceil(wait)))} if config.retry_after else None
-    return (*str_error(429, "429", "Throttling", {"error": "Too many requests"}, data={}), headers)
 
 
 def _check_auth(
@@ -236,9 +223,8 @@ def _soip(
     if config.callback_url:
         profile = payload.get("callback_profile_id")
         sim._callbacks.schedule(list(numbers), None if profile in (None, "") else str(profile), config)
-    return 202, json_bytes(
-        {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
-    )
+    accepted = {"code": "MSG402", "message": "Request Successfully Processed", "data": [], "error": {}}
+    return 202, json_bytes(accepted)
 
 
 def _soip_bad(reason: str) -> tuple[int, bytes]:
@@ -253,10 +239,7 @@ def _control(sim: KaleyraSimulator, method: str, path: str, body: bytes) -> tupl
         return 200, json_bytes({"reset": True})
     if path == "/_sim/config" and method == "POST":
         try:
-            changes = json.loads(body or b"{}")
-            if not isinstance(changes, dict):
-                raise ValueError("config changes must be a JSON object")
-            sim.configure(**changes)
+            sim.configure(**json.loads(body or b"{}"))  # not an object: a TypeError
         except (TypeError, ValueError) as exc:
             return str_error(400, "SIM400", "Bad simulator config", {"error": str(exc)})
     if path == "/_sim/config" and method in ("GET", "POST"):

@@ -4,7 +4,6 @@ receiver run: they do not share the caller's GIL), and a process's peak RSS."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import socket
@@ -35,9 +34,8 @@ def serve_app(app: Any, log_level: str = "warning") -> Iterator[int]:
     """``app`` (ASGI) served by uvicorn in a thread of this process on a free port; yields the port."""
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -100,11 +98,8 @@ def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout
         if proc.poll() is not None:
             raise RuntimeError("the server exited at start")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/kaleyra/health")
-            healthy = conn.getresponse().status == 200
-            conn.close()
-        except OSError:
+            healthy = requests.get(f"http://127.0.0.1:{port}/kaleyra/health", timeout=2).status_code == 200
+        except requests.RequestException:
             healthy = False
         if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
             return

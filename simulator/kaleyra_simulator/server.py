@@ -84,8 +84,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
     request_queue_size = 512  # the default 5 drops SYNs when a client pool opens many connections at once
 
     def __init__(self, address: tuple[str, int], sim: KaleyraSimulator) -> None:
