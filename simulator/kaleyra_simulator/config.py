@@ -134,10 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     or, when on by default, ``--no-retry-after``), so a new knob is a flag with no more code.
     """
     faults = parser.add_argument_group("fault injection (probabilities per request, 0..1)")
-    callbacks = parser.add_argument_group("SOIP callbacks")
     for f in dataclasses.fields(SimulatorConfig):
         group = faults if f.metadata.get("fault") or f.name in ("slow_seconds", "seed") else parser
-        group = callbacks if f.name.startswith("callback_") else group
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
         if f.type == "bool" and f.default:
             group.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=f"do not {help}")

@@ -22,14 +22,11 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_kaleyra.callbacks.bodies import form_fields
 from airflow_provider_kaleyra.client import api
-from kaleyra_simulator import answers
-from kaleyra_simulator.answers import E164_RE, SOIP_DIGITS_RE, bulk_fragment, json_bytes, rcs_error, str_error
+from kaleyra_simulator.answers import E164_RE, bulk_fragment, json_bytes, rcs_answer, rcs_error, str_error
 from kaleyra_simulator.config import SimulatorConfig
 
 if TYPE_CHECKING:
     from kaleyra_simulator.server import KaleyraSimulator
-
-Answer = tuple[int, bytes, dict[str, str] | None]  # or None: drop the connection without answering
 
 
 class TokenBucket:
@@ -76,20 +73,17 @@ _ROUTES = (  # endpoint, path (api.py's templates: never re-typed here), the one
 
 def answer(
     sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, str], body: bytes
-) -> Answer | None:
+) -> tuple[int, bytes, dict[str, str] | None] | None:
     """Route one request; None when the reset fault drops the connection."""
     config = sim.config  # one consistent snapshot for the whole request
     if path.startswith("/_sim/"):
         sim._count("req.sim")
         return (*_control(sim, method, path, body), None)
-    for endpoint, regex, allowed in _ROUTES:  # noqa: B007 - used after the break
-        match = regex.match(path)
-        if match:
-            break
-    else:
-        sim._count("req.unknown")
-        return (*str_error(404, "404", "Not Found", {"path": path}), None)
+    route = ((name, m, allowed) for name, regex, allowed in _ROUTES if (m := regex.match(path)))
+    endpoint, match, allowed = next(route, ("unknown", None, ""))
     sim._count(f"req.{endpoint}")
+    if match is None:
+        return (*str_error(404, "404", "Not Found", {"path": path}), None)
     is_rcs = endpoint != "soip_check"
     if method != allowed:
         return (*str_error(405, "405", "Method Not Allowed", {"allowed": allowed}), {"Allow": allowed})
@@ -111,7 +105,6 @@ def answer(
         return (*(rcs_error(status, message) if is_rcs else str_error(status, str(status), message)), None)
     if "slow" in faults:
         time.sleep(config.slow_seconds)
-
     error = _check_auth(sim, config, headers, match.group("sid"), is_rcs)
     if error is not None:
         status, payload = error
@@ -147,12 +140,11 @@ def _rcs_single(sim: KaleyraSimulator, raw: str) -> tuple[int, bytes]:
     number = urllib.parse.unquote(raw)
     if not E164_RE.match(number):
         return rcs_error(400, "Invalid device address", {"deviceAddress": "must be E.164 with a leading +"})
-    device = answers.rcs_answer(number)
+    device = rcs_answer(number)
     device["deviceAddress"] = device["deviceAddress"][1:]  # Kaleyra's single sample drops the +
     sim._count("numbers.rcs")
-    return 200, json_bytes(
-        {"code": "RCS702", "message": "Device Lookup successful", "data": device, "error": {}}
-    )
+    found = {"code": "RCS702", "message": "Device Lookup successful", "data": device, "error": {}}
+    return 200, json_bytes(found)
 
 
 def _rcs_bulk(sim: KaleyraSimulator, config: SimulatorConfig, body: bytes) -> tuple[int, bytes]:
@@ -213,7 +205,7 @@ def _soip(
     for item in [raw] if isinstance(raw, str) else raw:
         for part in item.split(",") if isinstance(item, str) else [item]:
             digits = api.soip_number(part.strip()) if isinstance(part, str) else str(part)
-            if SOIP_DIGITS_RE.match(digits):
+            if E164_RE.match("+" + digits):
                 numbers[digits] = None
             else:
                 bad.append(str(part))

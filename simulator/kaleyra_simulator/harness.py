@@ -16,6 +16,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 RECEIVER_SECRET_ENV = "KALEYRA_HARNESS_SECRET"
@@ -91,8 +92,6 @@ def simulator_process(**config: Any) -> closing[SimulatorProcess]:
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
     """Returns once the server of ``proc`` answers ``/kaleyra/health`` and its ``workers`` run."""
-    import psutil
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

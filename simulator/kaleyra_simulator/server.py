@@ -85,11 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 512  # the default 5 drops SYNs when a client pool opens many connections at once
-
-    def __init__(self, address: tuple[str, int], sim: KaleyraSimulator) -> None:
-        self.sim = sim
-        self.open: set[socket.socket] = set()  # to wake the handler threads of idle keep-alive connections
-        super().__init__(address, _Handler)
+    sim: KaleyraSimulator
+    open: set[socket.socket]  # to wake the handler threads of idle keep-alive connections at stop()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.open.add(request)
@@ -121,11 +118,10 @@ class KaleyraSimulator:
     def start(self) -> KaleyraSimulator:
         """Bind (port 0 = a free port) and serve from a background thread."""
         if self._server is None:
-            self._server = _HTTPServer((self.config.host, self.config.port), self)
+            self._server = _HTTPServer((self.config.host, self.config.port), _Handler)
+            self._server.sim, self._server.open = self, set()
             self._callbacks = CallbackDispatcher(self._count)
-            serve = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="kaleyra-simulator")
-            serve.daemon = True
-            serve.start()
+            threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True).start()
             log.info("Kaleyra simulator listening on %s", self.url)
         return self
 
