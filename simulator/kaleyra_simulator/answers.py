@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-# Cheap shape check only: full validation is the client's job, and parsing would cap the simulator's throughput.
+# Cheap shape check only: full validation is the client's job, and parsing would cap the throughput.
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 
 CARRIERS = ("AT&T", "T-Mobile", "Verizon", "Google")

@@ -45,9 +45,7 @@ class CallbackAuth:
         """Parse ``basic:USER:PASSWORD``, ``header:NAME:VALUE`` or ``advanced[-form|-basic]:ID:SECRET``."""
         kind, name, value = spec.split(":", 2) if spec.count(":") >= 2 else ("", "", "")
         if not name:
-            raise ValueError(
-                "callback auth must be basic:USER:PASSWORD, header:NAME:VALUE or advanced:ID:SECRET"
-            )
+            raise ValueError("callback auth must be KIND:NAME:SECRET (basic, header, advanced[-form|-basic])")
         kind, _, style = kind.lower().partition("-")
         return cls(kind, name, value, style or "json")
 

@@ -1,9 +1,9 @@
-"""The API's behaviour: one request in, one answer (status, body, headers) out. Decisions Kaleyra's documents
-(``shared/kaleyra-api``) leave open: an unknown SID answers 401, like a wrong key (retrying cannot fix it); a bulk
-lookup with entries not E.164-shaped is rejected with a 400 naming them (``bulk_invalid="drop"`` omits them),
-and the 100..500 rule counts after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``); RCS error
-bodies carry a numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra uses both);
-``truncated`` answers 200 with a correct ``Content-Length`` but half the JSON, so the connection stays usable.
+"""The API's behaviour: one request in, one answer (status, body, headers) out. Decisions Kaleyra's docs
+(``shared/kaleyra-api``) leave open: an unknown SID answers 401, like a wrong key (retrying cannot fix it); a
+bulk lookup with entries not E.164-shaped is rejected with a 400 naming them (``bulk_invalid="drop"`` omits
+them), and the 100..500 rule counts after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``);
+RCS error bodies carry a numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra has
+both); ``truncated`` answers 200 with a correct ``Content-Length`` but half the JSON: the connection stays usable.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class TokenBucket:
-    """Requests per second with burst = rate, so an evenly paced client is never throttled; no rate, no limit."""
+    """Requests per second with burst = rate: an evenly paced client is never throttled. No rate, no limit."""
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate or 0.0

@@ -142,4 +142,5 @@ def start_receiver(
 def peak_rss_mib() -> float:
     """This process's peak RSS. ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
     the parent's memory across fork/exec, so a child of a big parent would report the parent's size."""
-    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024  # type: ignore[union-attr]
+    peak = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(peak.group(1)) / 1024  # type: ignore[union-attr]
