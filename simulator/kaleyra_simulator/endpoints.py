@@ -2,8 +2,8 @@
 (``shared/kaleyra-api``) leave open: an unknown SID answers 401, like a wrong key (retrying cannot fix it); a
 bulk lookup with entries not E.164-shaped is rejected with a 400 naming them (``bulk_invalid="drop"`` omits
 them), and the 100..500 rule counts after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``);
-RCS error bodies carry a numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra has
-both); ``truncated`` answers 200 with a correct ``Content-Length`` but half the JSON: the connection stays usable.
+RCS error bodies carry a numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra
+has both); ``truncated`` answers 200 with a right ``Content-Length`` but half the JSON (the connection lives).
 """
 
 from __future__ import annotations
