@@ -110,7 +110,9 @@ def test_a_refused_token_is_dropped_and_fetched_again(make_simulator, serve_app,
 def test_simulator_config_reads_the_new_knobs():
     from kaleyra_simulator import SimulatorConfig
 
-    config = SimulatorConfig(callback_auth="advanced-basic:id:pw", callback_method="put", callback_body="form")
+    config = SimulatorConfig(
+        callback_auth="advanced-basic:id:pw", callback_method="put", callback_body="form"
+    )
     assert (config.callback_auth.kind, config.callback_auth.token_request) == ("advanced", "basic")
     assert (config.callback_method, config.callback_body) == ("PUT", "form")
     assert "pw" not in repr(config) and "pw" not in str(config.public())
