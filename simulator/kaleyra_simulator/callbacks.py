@@ -80,13 +80,14 @@ class CallbackDispatcher:
         common = {"callback_profile_id": profile, "request_id": uuid.uuid4().hex, "timestamp": stamp}
         due = time.monotonic() + config.callback_delay
         copies = 2 if config.callback_duplicates else 1
+        step = config.callback_spread / (len(numbers) * copies)
         with self._idle:
             self.pending += len(numbers) * copies
-        for digits in numbers * copies:
+        for i, digits in enumerate(numbers * copies):
             capable = soip_answer(digits)
             status = "capable" if capable else "not_capable"
             payload = {"number": digits, "soip_capable": capable, "status": status, **common}
-            self._pool.submit(self._deliver, payload, config, due)
+            self._pool.submit(self._deliver, payload, config, due + i * step)
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:

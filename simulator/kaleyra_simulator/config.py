@@ -83,6 +83,7 @@ class SimulatorConfig:
     # SOIP callbacks
     callback_url: str | None = _knob(None, "where SOIP callbacks are POSTed (none: no callbacks)")
     callback_delay: float = _knob(0.0, "seconds between a SOIP check and its callbacks")
+    callback_spread: float = _knob(0.0, "seconds over which a check's callbacks are spread, after the delay")
     callback_auth: CallbackAuth | None = _knob(
         None, "basic:USER:PASSWORD, header:NAME:VALUE or advanced[-form|-basic]:CLIENT_ID:CLIENT_SECRET"
     )
