@@ -579,10 +579,20 @@ def test_callbacks_json_with_basic_auth_after_delay(make_simulator, receiver):
     assert sim.stats()["callbacks"] == {"sent": 3, "failed": 0, "retried": 0, "pending": 0}
 
 
+def test_callbacks_spread_after_the_delay(make_simulator, receiver):
+    sim = make_simulator(callback_url=receiver.url, callback_delay=0.2, callback_spread=0.6)
+    sent_at = time.monotonic()
+    requests.post(soip_url(sim), json={"number": NUMBERS}, headers=HEADERS, timeout=5)
+    assert sim.wait_callbacks(5)
+    arrived = sorted(r["at"] - sent_at for r in receiver.requests)
+    assert len(arrived) == 3 and arrived[0] >= 0.2
+    assert arrived[-1] >= 0.2 + 0.6 * 2 / 3  # the last of three is due two thirds into the spread
+
+
 def test_callbacks_form_encoded_duplicated_with_header_auth(make_simulator, receiver):
     sim = make_simulator(
         callback_url=receiver.url,
-        callback_form=True,
+        callback_body="form",
         callback_duplicates=True,
         callback_auth="header:X-Callback-Token:tok-123",
     )

@@ -78,11 +78,13 @@ def test_every_auth_body_and_method_is_received_and_read(
 
 
 def test_advanced_token_is_fetched_again_when_it_expires_mid_run(make_simulator, serve_app, store):
-    base = _receiver(serve_app, store, token_lifetime=timedelta(seconds=2))
-    sim = make_simulator(callback_url=f"{base}/callback", callback_auth=AUTHS["advanced"])
-    _check(sim, _numbers(0, 10))
-    time.sleep(2.2)  # the first token has expired
-    _check(sim, _numbers(10, 10))
+    base = _receiver(serve_app, store, token_lifetime=timedelta(seconds=2))  # expires_in: 1 s
+    sim = make_simulator(
+        callback_url=f"{base}/callback", callback_auth=AUTHS["advanced"], callback_spread=2.5
+    )
+    started = time.monotonic()
+    _check(sim, _numbers(0, 20))  # one check, its callbacks over 2.5 s: longer than a token lives
+    assert time.monotonic() - started >= 2.3
     assert sim.stats()["callbacks"]["sent"] == 20 and sim.stats()["callbacks"]["failed"] == 0
     assert sim.stats()["callback_tokens"] >= 2
     assert counts(store)["results"] == 20
@@ -110,7 +112,9 @@ def test_a_refused_token_is_dropped_and_fetched_again(make_simulator, serve_app,
 def test_simulator_config_reads_the_new_knobs():
     from kaleyra_simulator import SimulatorConfig
 
-    config = SimulatorConfig(callback_auth="advanced-basic:id:pw", callback_method="put", callback_form=True)
+    config = SimulatorConfig(
+        callback_auth="advanced-basic:id:pw", callback_method="put", callback_body="form"
+    )
     assert (config.callback_auth.kind, config.callback_auth.token_request) == ("advanced", "basic")
     assert (config.callback_method, config.callback_body) == ("PUT", "form")
     assert "pw" not in repr(config) and "pw" not in str(config.public())

@@ -1,16 +1,8 @@
-"""A local Kaleyra API simulator (RCS lookups and SOIP capability checks) for tests and benchmarks.
-
-Usage::
-
-    with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim:
-        os.environ["AIRFLOW_CONN_KALEYRA_DEFAULT"] = sim.connection_json(default_region="US")
-
+"""A local Kaleyra API simulator (RCS lookups and SOIP capability checks) for tests and benchmarks:
+``with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim: sim.connection_json(default_region="US")``.
 Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`;
-:func:`generate_audience_rows` yields a deterministic sample audience to look them up on.
-
-Modules: ``config`` (every knob, once; fault kinds and CLI flags derive from it), ``answers``
-(deterministic answers and bodies), ``endpoints`` (request in, answer out), ``faults`` (seeded
-dice, rate limit), ``callbacks`` (SOIP callback delivery), ``stats``, ``server`` (HTTP, lifecycle).
+:func:`generate_audience_rows` yields a deterministic sample audience to look them up on. Processes for
+tests and benchmarks (the simulator, the receiver, an ASGI app in a thread): :mod:`.harness`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""What the simulator answers: deterministic device records and SOIP capability, and the JSON bodies.
-
-Pure functions of the number (blake2b of its digits), stable across processes, so tests and
-benchmarks can compute the expected result of any lookup without asking the server.
+"""What the simulator answers: pure functions of the number (blake2b of its digits), stable across
+processes, so tests and benchmarks compute the expected result of any lookup without asking; and the bodies.
 """
 
 from __future__ import annotations
@@ -12,41 +10,25 @@ import re
 from functools import lru_cache
 from typing import Any
 
-# Cheap shape check only: full phonenumbers validation is the client's job, and
-# per-request parsing would cap the simulator far below the throughput it must sustain.
+# Cheap shape check only: full validation is the client's job, and parsing would cap the throughput.
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
-SOIP_DIGITS_RE = re.compile(r"^[1-9]\d{6,14}$")
 
 CARRIERS = ("AT&T", "T-Mobile", "Verizon", "Google")
 CARRIER_STATUSES = ("ACTIVE", "INACTIVE", "UNKNOWN")
-
-RCS_OK_CODE = "RCS702"
-RCS_OK_MESSAGE = "Device Lookup successful"
-SOIP_OK_CODE = "MSG402"
-SOIP_OK_MESSAGE = "Request Successfully Processed"
-SOIP_BAD_CODE = "RBC529"
-SOIP_BAD_MESSAGE = "Invalid input or validation error!"
 
 
 def _digest(digits: str, person: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(digits.encode(), digest_size=8, person=person).digest(), "big")
 
 
-@lru_cache(maxsize=1 << 18)
-def _rcs_fields(digits: str) -> tuple[str, str, bool]:
-    h = _digest(digits, b"kaleyra-rcs")
-    carrier = CARRIERS[h % len(CARRIERS)]
-    bucket = (h >> 8) % 100
-    status = "ACTIVE" if bucket < 80 else "INACTIVE" if bucket < 90 else "UNKNOWN"
-    # Only active lines can be RCS-enabled: 80% active x 75% = ~60% enabled overall.
-    enabled = status == "ACTIVE" and (h >> 16) % 100 < 75
-    return carrier, status, enabled
-
-
 def rcs_answer(e164: str) -> dict[str, Any]:
     """The device record of a number, as in a bulk answer (the single lookup drops the ``+``)."""
     digits = e164.strip().lstrip("+")
-    carrier, status, enabled = _rcs_fields(digits)
+    h = _digest(digits, b"kaleyra-rcs")
+    carrier, bucket = CARRIERS[h % len(CARRIERS)], (h >> 8) % 100
+    status = "ACTIVE" if bucket < 80 else "INACTIVE" if bucket < 90 else "UNKNOWN"
+    # Only active lines can be RCS-enabled: 80% active x 75% = ~60% enabled overall.
+    enabled = status == "ACTIVE" and (h >> 16) % 100 < 75
     return {
         "deviceAddress": "+" + digits,
         "carrierId": carrier,
@@ -60,25 +42,16 @@ def soip_answer(e164: str) -> bool:
     return _digest(e164.strip().lstrip("+"), b"kaleyra-soip") % 100 < 60
 
 
-def clear_caches() -> None:
-    """Forget cached answers (a benchmark computing expected answers must not leave them to the client)."""
-    _rcs_fields.cache_clear()
-    bulk_fragment.cache_clear()
-
-
 @lru_cache(maxsize=1 << 18)
 def bulk_fragment(address: str) -> str | None:
-    """Pre-serialised JSON of one bulk device, or None when ``address`` is not E.164-shaped.
-
-    Cached because a bulk answer is 500 of these and the same numbers come back in
-    benchmarks: one dict lookup per number keeps the server well above 1,000 bulk req/s.
-    """
+    """Pre-serialised JSON of one bulk device, or None when ``address`` is not E.164-shaped. Cached: a bulk
+    answer is 500 of these, the same numbers come back in benchmarks, and the server must do >1,000 req/s."""
     if not isinstance(address, str) or not E164_RE.match(address):
         return None
     return json.dumps(rcs_answer(address), separators=(",", ":"))
 
 
-# --------------------------------------------------------------------------- bodies
+clear_caches = bulk_fragment.cache_clear  # forget the cached answers (a test changing rcs_answer, say)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -87,24 +60,13 @@ def json_bytes(data: Any) -> bytes:
 
 def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -> tuple[int, bytes]:
     """An RCS error body: numeric ``code`` (the HTTP status)."""
-    return status, json_bytes(
-        {"code": status, "message": message, "data": {}, "error": detail or {"message": message}}
-    )
+    body = {"code": status, "message": message, "data": {}}
+    return status, json_bytes({**body, "error": detail or {"message": message}})
 
 
 def str_error(
     status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None
 ) -> tuple[int, bytes]:
     """A SOIP or simulator error body: string ``code``, since Kaleyra uses both forms."""
-    return status, json_bytes(
-        {
-            "code": code,
-            "message": message,
-            "data": [] if data is None else data,
-            "error": detail or {"error": message},
-        }
-    )
-
-
-def soip_bad(reason: str) -> tuple[int, bytes]:
-    return str_error(400, SOIP_BAD_CODE, SOIP_BAD_MESSAGE, {"error": reason})
+    body = {"code": code, "message": message, "data": [] if data is None else data}
+    return status, json_bytes({**body, "error": detail or {"error": message}})

@@ -1,55 +1,56 @@
-"""SOIP callbacks: what Kaleyra would POST to the receiver after a capability check, and their delivery.
-
-Delivery runs off the request path (a timer heap and a pool of threads, each on one keep-alive
-connection), after the configured delay, with a few retries, as a real callback would arrive:
-later, maybe twice, maybe never.
+"""SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request path,
+after the configured delay, with a few retries (later, maybe twice, maybe never). Every body type (JSON, XML,
+form, text), GET with the fields in the query, and every authentication: Basic, one header, or advanced (a
+token fetched with the client ID and secret, kept until it expires, fetched again when it does or is refused).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
+import urllib.parse
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import escape
 
 import requests
 
 from airflow_provider_kaleyra.numbers.masking import mask
-from kaleyra_simulator.answers import soip_answer
-from kaleyra_simulator.config import SimulatorConfig
-from kaleyra_simulator.profiles import TokenCache, render, token_url
-from kaleyra_simulator.stats import Stats
+from kaleyra_simulator.answers import json_bytes, soip_answer
+from kaleyra_simulator.config import CallbackAuth, SimulatorConfig
 
 log = logging.getLogger(__name__)
 
-
-def callback_payloads(numbers: list[str], profile: str | None) -> list[dict[str, Any]]:
-    """One callback body per number of a SOIP check (digits, as Kaleyra sends them), one request id."""
-    request_id = uuid.uuid4().hex
-    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    payloads = []
-    for digits in numbers:
-        capable = soip_answer(digits)
-        payloads.append(
-            {
-                "number": digits,
-                "soip_capable": capable,
-                "status": "capable" if capable else "not_capable",
-                "callback_profile_id": profile,
-                "request_id": request_id,
-                "timestamp": stamp,
-            }
-        )
-    return payloads
-
-
 DELIVERY_THREADS = 16  # callbacks in flight: enough for the receiver, not the sender, to set the pace
+TIMEOUT = 5.0  # seconds to wait for the receiver or its token URL
 _local = threading.local()
+
+
+def render(
+    payload: dict[str, Any], body_type: str, method: str
+) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """(query parameters, body, headers) of one callback."""
+    fields = {
+        k: "true" if v is True else "false" if v is False else "" if v is None else str(v)
+        for k, v in payload.items()
+    }
+    if method == "GET":
+        return fields, b"", {}
+    if body_type == "form":
+        form = urllib.parse.urlencode(fields).encode()
+        return {}, form, {"Content-Type": "application/x-www-form-urlencoded"}
+    if body_type == "xml":
+        inner = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields.items())
+        body = f'<?xml version="1.0" encoding="UTF-8"?><callback>{inner}</callback>'
+        return {}, body.encode(), {"Content-Type": "application/xml"}
+    if body_type == "text":
+        body = "\n".join(f"{k}={v}" for k, v in fields.items())
+        return {}, body.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+    return {}, json_bytes(payload), {"Content-Type": "application/json"}
 
 
 def _session() -> requests.Session:
@@ -62,111 +63,76 @@ def _session() -> requests.Session:
 
 
 class CallbackDispatcher:
-    """Delivers SOIP callbacks after a delay, off the request path, with a few retries."""
+    """Delivers SOIP callbacks from a pool of threads, each waiting for its callback's time first."""
 
-    def __init__(self, stats: Stats) -> None:
-        self._stats = stats
-        self._heap: list[tuple[float, int, dict[str, Any], SimulatorConfig]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._pending = 0
-        self._stopping = False
-        self._tokens = TokenCache()
+    def __init__(self, count: Callable[..., None]) -> None:
+        self._count = count
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="kaleyra-sim-callback")
-        self._thread = threading.Thread(target=self._run, name="kaleyra-sim-callbacks", daemon=True)
-        self._thread.start()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self.pending = 0
+        self._tokens_lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (URL, client ID): token, deadline
 
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return self._pending
-
-    def schedule(self, payloads: list[dict[str, Any]], config: SimulatorConfig) -> None:
+    def schedule(self, numbers: list[str], profile: str | None, config: SimulatorConfig) -> None:
+        """One callback per number of a SOIP check (digits, as Kaleyra sends them), one request id."""
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        common = {"callback_profile_id": profile, "request_id": uuid.uuid4().hex, "timestamp": stamp}
         due = time.monotonic() + config.callback_delay
         copies = 2 if config.callback_duplicates else 1
-        with self._cond:
-            for payload in payloads:
-                for _ in range(copies):
-                    heapq.heappush(self._heap, (due, next(self._seq), payload, config))
-                    self._pending += 1
-            self._cond.notify()
+        step = config.callback_spread / (len(numbers) * copies)
+        with self._idle:
+            self.pending += len(numbers) * copies
+        for i, digits in enumerate(numbers * copies):
+            capable = soip_answer(digits)
+            status = "capable" if capable else "not_capable"
+            payload = {"number": digits, "soip_capable": capable, "status": status, **common}
+            self._pool.submit(self._deliver, payload, config, due + i * step)
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        with self._idle:
+            return self._idle.wait_for(lambda: not self.pending, timeout)
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5)
+        """Drop the callbacks not sent yet."""
+        self._stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                if self._stopping:
-                    return
-                _, _, payload, config = heapq.heappop(self._heap)
-            try:
-                self._pool.submit(self._deliver, payload, config)
-            except RuntimeError:  # pool shut down under us
-                return
-
-    def _deliver(self, payload: dict[str, Any], config: SimulatorConfig) -> None:
+    def _deliver(self, payload: dict[str, Any], config: SimulatorConfig, due: float) -> None:
         try:
-            request = render(payload, config.callback_body, config.callback_method)
-            if config.callback_auth is not None:
-                request[2].update(config.callback_auth.headers())
+            if self._stopping.wait(max(0.0, due - time.monotonic())):
+                return
             for attempt in range(config.callback_retries + 1):
                 if attempt:
-                    self._stats.add("cb.retried")
+                    self._count("cb.retried")
                     time.sleep(min(0.05 * 2**attempt, 2.0))
-                outcome = self._send(config, *request)
-                if outcome == "sent":
-                    self._stats.add("cb.sent")
-                    return
-                if outcome == "failed":
+                outcome = self._send(payload, config)
+                if outcome != "retry":
                     break
-            self._stats.add("cb.failed")
-            log.warning(
-                "Callback for %s to %s failed after %s attempts",
-                mask(payload["number"]),
-                config.callback_url,
-                config.callback_retries + 1,
-            )
+            self._count("cb.sent" if outcome == "sent" else "cb.failed")
+            if outcome != "sent":
+                number, url = mask(payload["number"]), config.callback_url
+                log.warning("Callback for %s to %s failed after %s attempts", number, url, attempt + 1)
         finally:
-            with self._cond:
-                self._pending -= 1
-                self._cond.notify_all()
+            with self._idle:
+                self.pending -= 1
+                self._idle.notify_all()
 
-    def _send(
-        self, config: SimulatorConfig, params: dict[str, str], body: bytes, headers: dict[str, str]
-    ) -> str:
+    def _send(self, payload: dict[str, Any], config: SimulatorConfig) -> str:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
-        auth, url = config.callback_auth, config.callback_url or ""
-        advanced = auth is not None and auth.kind == "advanced"
-        tokens_at = config.callback_token_url or token_url(url)
+        params, body, headers = render(payload, config.callback_body, config.callback_method)
+        auth, session, url = config.callback_auth, _session(), config.callback_url or ""
+        kind = auth.kind if auth else None
+        tokens_at = config.callback_token_url or urllib.parse.urljoin(url, "token")  # beside .../callback
         try:
-            if advanced:
-                token, fetched = self._tokens.header(_session(), tokens_at, auth, config.callback_timeout)
-                headers = {**headers, **token}
-                self._stats.add("cb.tokens", int(fetched))
-            response = _session().request(
-                config.callback_method,
-                url,
-                params=params,
-                data=body,
-                headers=headers,
-                timeout=config.callback_timeout,
+            if kind == "advanced":
+                headers["Authorization"] = f"Bearer {self._token(session, tokens_at, auth)}"
+            elif kind == "header":
+                headers[auth.name] = auth.value
+            basic = (auth.name, auth.value) if kind == "basic" else None
+            method = config.callback_method
+            response = session.request(
+                method, url, params=params, data=body, headers=headers, auth=basic, timeout=TIMEOUT
             )
             response.close()
         except (requests.RequestException, ValueError, KeyError) as exc:
@@ -175,9 +141,28 @@ class CallbackDispatcher:
         if response.ok:
             return "sent"
         log.debug("Callback answered HTTP %s", response.status_code)
-        if advanced and response.status_code == 401:  # expired or refused: a new token, then again
-            self._tokens.forget(tokens_at, auth)
+        if kind == "advanced" and response.status_code == 401:  # expired or refused: a new token, then again
+            with self._tokens_lock:
+                self._tokens.pop((tokens_at, auth.name), None)
             return "retry"
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
             return "failed"
         return "retry"
+
+    def _token(self, session: requests.Session, url: str, auth: CallbackAuth) -> str:
+        """The client's token from ``url``, fetched (and counted) when there is none or it expired."""
+        with self._tokens_lock:
+            token, deadline = self._tokens.get((url, auth.name), ("", 0.0))
+            if time.monotonic() < deadline:
+                return token
+            creds, pair = {"client_id": auth.name, "client_secret": auth.value}, (auth.name, auth.value)
+            sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}[
+                auth.token_request
+            ]
+            response = session.post(url, timeout=TIMEOUT, **sent)
+            response.raise_for_status()
+            answer = response.json()
+            token = str(answer["access_token"])
+            self._tokens[(url, auth.name)] = (token, time.monotonic() + float(answer.get("expires_in") or 60))
+            self._count("tokens")
+            return token

@@ -4,19 +4,19 @@ receiver run: they do not share the caller's GIL), and a process's peak RSS."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import resource
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 RECEIVER_SECRET_ENV = "KALEYRA_HARNESS_SECRET"
@@ -35,9 +35,8 @@ def serve_app(app: Any, log_level: str = "warning") -> Iterator[int]:
     """``app`` (ASGI) served by uvicorn in a thread of this process on a free port; yields the port."""
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -66,13 +65,10 @@ class SimulatorProcess:
     """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
 
     def __init__(self, **config: Any) -> None:
-        args = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING"]
-        for key, value in config.items():
-            if value is not None:
-                args += [f"--{key.replace('_', '-')}", str(value)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items() if value is not None]
+        command = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING", *flags]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
         if not self.url.startswith("http"):
             raise RuntimeError("the simulator did not start")
 
@@ -89,13 +85,9 @@ class SimulatorProcess:
         stop(self.proc)
 
 
-@contextmanager
-def simulator_process(**config: Any) -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(**config)
-    try:
-        yield sim
-    finally:
-        sim.close()
+def simulator_process(**config: Any) -> closing[SimulatorProcess]:
+    """``with simulator_process(**config) as sim``: stopped at the end of the block."""
+    return closing(SimulatorProcess(**config))
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
@@ -105,22 +97,13 @@ def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout
         if proc.poll() is not None:
             raise RuntimeError("the server exited at start")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/kaleyra/health")
-            healthy = conn.getresponse().status == 200
-            conn.close()
-        except OSError:
+            healthy = requests.get(f"http://127.0.0.1:{port}/kaleyra/health", timeout=2).status_code == 200
+        except requests.RequestException:
             healthy = False
-        if healthy and (workers <= 1 or _children(proc.pid) >= workers):
+        if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
             return
         time.sleep(0.1)
     raise RuntimeError("the server did not start")
-
-
-def _children(pid: int) -> int:
-    import psutil
-
-    return len(psutil.Process(pid).children())
 
 
 def start_receiver(
@@ -159,7 +142,5 @@ def start_receiver(
 def peak_rss_mib() -> float:
     """This process's peak RSS. ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over from
     the parent's memory across fork/exec, so a child of a big parent would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(peak.group(1)) / 1024  # type: ignore[union-attr]
