@@ -1,7 +1,7 @@
 """Durable store of SOIP callbacks and of the numbers each check submitted.
 
 SQLAlchemy Core, one engine per URL per process (:func:`get_store`). Every callback is kept raw;
-the numbers read from it go to a second table (:mod:`.schema`). The check operator writes the
+the numbers read from it go to a second table (:mod:`.store_sql`). The check operator writes the
 numbers it submitted to a third, keyed by a submission id: the sensor and its trigger read them
 from there, never from XCom. Tables are created on first use and the schema is versioned.
 
@@ -18,26 +18,27 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import groupby, islice
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
-from airflow_provider_kaleyra.callbacks import store_sql as sql
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.schema import (
+from airflow_provider_kaleyra.callbacks.store_sql import (
     SCHEMA_VERSION,
     callbacks_table,
     results_table,
     schema_version_table,
     submissions_table,
+    transaction,
 )
 from airflow_provider_kaleyra.utils.database import Database, redact_url
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 log = logging.getLogger(__name__)
-
-_PG_LOCK_KEY = 0x4B414C4559524131  # pg_advisory_xact_lock key for schema creation ("KALEYRA1")
 
 CAPABLE = "capable"
 NOT_CAPABLE = "not_capable"
@@ -89,7 +90,7 @@ class CallbackStore(Database):
     metadata = callbacks_table.metadata
     setting = "callback store URL"
     error = CallbackStoreError
-    lock_key = _PG_LOCK_KEY
+    lock_key = 0x4B414C4559524131  # pg_advisory_xact_lock key for schema creation ("KALEYRA1")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -143,19 +144,14 @@ class CallbackStore(Database):
                 cursor = dbapi.cursor()
                 if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
                     cursor.execute("BEGIN IMMEDIATE")
-                plan = sql.transaction(dialect, batch)
-                returned = None
-                while True:
-                    try:
+                plan, returned = transaction(dialect, batch), None
+                try:
+                    while True:
                         statement, params, many = plan.send(returned)
-                    except StopIteration as done:
-                        flags = done.value
-                        break
-                    if many:
-                        cursor.executemany(statement, params)
-                    else:
-                        cursor.execute(statement, params)
-                    returned = cursor.fetchall() if cursor.description else None
+                        (cursor.executemany if many else cursor.execute)(statement, params)
+                        returned = cursor.fetchall() if cursor.description else None
+                except StopIteration as done:
+                    flags = done.value
                 cursor.close()
                 dbapi.commit()
             except BaseException:
@@ -188,18 +184,14 @@ class CallbackStore(Database):
         one. Should that fail, the batch fails (503) and its callbacks, stored, come back as duplicates.
         """
         async with conn.cursor() as cursor:
-            plan = sql.transaction("postgresql", batch)
-            returned = None
-            while True:
-                try:
+            plan, returned = transaction("postgresql", batch), None
+            try:
+                while True:
                     statement, params, many = plan.send(returned)
-                except StopIteration as done:
-                    return done.value
-                if many:
-                    await cursor.executemany(statement, params)
-                else:
-                    await cursor.execute(statement, params)
-                returned = await cursor.fetchall() if cursor.description else None
+                    await (cursor.executemany if many else cursor.execute)(statement, params)
+                    returned = await cursor.fetchall() if cursor.description else None
+            except StopIteration as done:
+                return done.value
 
     def purge(self, older_than: timedelta) -> int:
         """Delete callbacks (and submissions) older than ``now - older_than``; returns callbacks deleted."""
@@ -218,18 +210,15 @@ class CallbackStore(Database):
 
     def add_submission(self, submission_id: str, numbers: Iterable[str]) -> int:
         """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
-        now = datetime.now(UTC)
-        added = 0
+        now, added, numbers = datetime.now(UTC), 0, iter(numbers)
         with self.write() as conn:
-            rows: list[dict[str, Any]] = []
-            for number in numbers:
-                rows.append({"submission_id": submission_id, "number": number, "created_at": now})
-                if len(rows) >= 5000:
-                    conn.execute(_insert_ignore(conn, submissions_table, None), rows)
-                    added, rows = added + len(rows), []
-            if rows:
-                conn.execute(_insert_ignore(conn, submissions_table, None), rows)
-                added += len(rows)
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            insert = dialect.insert(submissions_table).on_conflict_do_nothing()
+            while chunk := list(islice(numbers, 5000)):
+                conn.execute(
+                    insert, [{"submission_id": submission_id, "number": n, "created_at": now} for n in chunk]
+                )
+                added += len(chunk)
         return added
 
     def submission_size(self, submission_id: str) -> int:
@@ -264,35 +253,17 @@ class CallbackStore(Database):
             .order_by(s.c.number, r.c.received_at, r.c.id)
         )
         with self.engine.connect() as conn:
-            current: str | None = None
-            best: CallbackResult | None = None
-            for row in conn.execution_options(yield_per=5000).execute(stmt):
-                if row.number != current:
-                    if current is not None:
-                        yield current, best
-                    current, best = row.number, None
-                if row.received_at is None or (
-                    best is not None and best.capable is not None and row.capable is None
-                ):
-                    continue
-                best = CallbackResult(row.number, row.capable, row.status, row.received_at, row.request_id)
-            if current is not None:
-                yield current, best
-
-
-def _dialect_insert(conn: Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif conn.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise CallbackStoreError(f"unsupported callback store backend {conn.dialect.name!r}")
-    return insert
-
-
-def _insert_ignore(conn: Connection, table: Table, conflict_columns: list[str] | None) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the dialect at hand."""
-    return _dialect_insert(conn)(table).on_conflict_do_nothing(index_elements=conflict_columns)
+            rows = conn.execution_options(yield_per=5000).execute(stmt)
+            for number, answers in groupby(rows, key=attrgetter("number")):
+                best: CallbackResult | None = None
+                for row in answers:
+                    if row.received_at is not None and (
+                        best is None or best.capable is None or row.capable is not None
+                    ):
+                        best = CallbackResult(
+                            number, row.capable, row.status, row.received_at, row.request_id
+                        )
+                yield number, best
 
 
 @functools.cache
