@@ -11,24 +11,24 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized
+from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized, presented_client
 from airflow_provider_kaleyra.callbacks.logs import redact_access_log, redact_query
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.settings import (
     CONN_ID_ENV,
     LazySettings,
     ReceiverNotConfigured,
-    ReceiverOptions,
     ReceiverSettings,
+    build_settings,
 )
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
-from airflow_provider_kaleyra.callbacks.tokens import presented_client
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,6 @@ def create_app(
     store: CallbackStore | None = None,
     secret: str | None = None,
     conn_id: str | None = None,
-    field_map: FieldMapping | Mapping[str, Any] | None = None,
-    region: str | None = None,
     client_id: str | None = None,
     client_secret: str | None = None,
     token_lifetime: timedelta | None = None,
@@ -225,38 +223,27 @@ def create_app(
 ) -> FastAPI:
     """Build the receiver app; what is not given is read from the ``kaleyra`` connection on first request.
 
-    :param store: where callbacks go; default: the connection's ``callback_store_url``.
-    :param secret: the shared secret (header, Basic password or static Bearer); default: ``callback_secret``.
+    ``secret``, ``client_id``, ``client_secret``, ``token_lifetime``, ``allowed_ips`` and
+    ``trusted_proxies`` stand for the connection's extras ``callback_<name>``, ``store`` for
+    ``callback_store_url``; the payload mapping and region always come from the connection.
+
     :param conn_id: connection to read; default: env ``KALEYRA_CALLBACK_CONN_ID`` or ``kaleyra_default``.
         Advanced-auth tokens are bound to it: another connection's token is refused.
-    :param field_map: payload keys and values to recognise; default: connection extra ``callback_field_map``.
-    :param region: region for numbers that arrive without a country code; default: the connection's.
-    :param client_id: advanced auth (the token route); default: ``callback_client_id``.
-    :param client_secret: advanced auth; default: ``callback_client_secret``.
-    :param token_lifetime: of advanced-auth tokens; default: ``callback_token_lifetime`` (one hour).
-    :param allowed_ips: CIDRs allowed to call; default: ``callback_allowed_ips`` (empty: any sender).
-    :param trusted_proxies: CIDRs whose ``X-Forwarded-For`` is believed; default: ``callback_trusted_proxies``.
     :param max_body_bytes: larger bodies are refused with 413.
     :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
     """
-    mapping = (
-        field_map
-        if field_map is None or isinstance(field_map, FieldMapping)
-        else FieldMapping.from_dict(field_map)
-    )
-    options = ReceiverOptions(
-        store=store,
+    build = partial(
+        build_settings,
+        conn_id,
+        store,
         secret=secret,
         client_id=client_id,
         client_secret=client_secret,
         token_lifetime=token_lifetime,
         allowed_ips=allowed_ips,
         trusted_proxies=trusted_proxies,
-        mapping=mapping,
-        region=region,
-        conn_id=conn_id,
     )
-    settings = LazySettings(options)
+    settings = LazySettings(build)
     app = FastAPI(title="Kaleyra SOIP callback receiver", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kaleyra_settings = settings
 
