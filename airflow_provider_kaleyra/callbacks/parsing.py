@@ -58,7 +58,6 @@ class FieldMapping:
     )
     capability_keys: tuple[str, ...] = (
         "soip_capable",
-        "soipCapable",
         "is_capable",
         "capable",
         "capability",
@@ -67,14 +66,7 @@ class FieldMapping:
         "code",
         "result",
     )
-    request_id_keys: tuple[str, ...] = (
-        "request_id",
-        "message_id",
-        "msg_id",
-        "bulk_id",
-        "reference_id",
-        "id",
-    )
+    request_id_keys: tuple[str, ...] = ("request_id", "message_id", "msg_id", "bulk_id", "reference_id", "id")
     capable_values: frozenset[str] = _values(
         ["true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active"]
     )
@@ -85,7 +77,6 @@ class FieldMapping:
             "no",
             "n",
             "not_capable",
-            "not capable",
             "incapable",
             "non_capable",
             "soip_not_capable",
@@ -147,11 +138,9 @@ def _loose(record: Mapping[str, Any]) -> dict[str, Any]:
     return {_key(k): v for k, v in record.items() if isinstance(k, str)}
 
 
-def _find_loose(loose: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-    for k in keys:
-        if (found := _key(k)) in loose:
-            return True, loose[found]
-    return False, None
+def _found(loose: dict[str, Any], keys: Iterable[str]) -> list[Any]:
+    """The values under ``keys`` (loosely), in the keys' order."""
+    return [loose[k] for k in map(_key, keys) if k in loose]
 
 
 @dataclass(frozen=True)
@@ -235,8 +224,7 @@ def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth
     if not isinstance(payload, dict):
         return []
     merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
-    has_number, value = _find_loose(_loose(payload), mapping.number_keys)
-    if has_number and (isinstance(value, (str, int, list))):
+    if isinstance(next(iter(_found(_loose(payload), mapping.number_keys)), None), (str, int, list)):
         return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
     found = []
     for child in payload.values():
@@ -289,22 +277,14 @@ def parse_callback(
     results: list[ParsedResult] = []
     for record in records:
         loose = _loose(record)  # once per record, not once per key looked up
-        _, number_value = _find_loose(loose, mapping.number_keys)
-        capable: bool | None = None
-        status: str | None = None
-        for key in mapping.capability_keys:
-            found, value = _find_loose(loose, (key,))
-            if not found:
-                continue
-            if status is None:
-                status = _text(value)
-            recognised = mapping.capability(value)
-            if recognised is not None:
+        statuses = _found(loose, mapping.capability_keys)
+        capable, status = None, _text(statuses[0]) if statuses else None
+        for value in statuses:
+            if (recognised := mapping.capability(value)) is not None:
                 capable, status = recognised, _text(value)
                 break
-        _, request_value = _find_loose(loose, mapping.request_id_keys)
-        request_id = _text(request_value) or None
-        for number_raw in _split_numbers(number_value):
+        request_id = _text(next(iter(_found(loose, mapping.request_id_keys)), None)) or None
+        for number_raw in _split_numbers(_found(loose, mapping.number_keys)[0]):
             number = _callback_e164(number_raw, region)
             error = None
             if number is None:
