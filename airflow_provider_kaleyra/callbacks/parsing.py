@@ -6,22 +6,15 @@ raw callback is still stored and can be re-read later with a better field mappin
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from airflow_provider_kaleyra.callbacks.bodies import (
-    NotJson,
+    RawCallback,
     RefusedBody,
     decode_payload,
     loose_key as _key,
-    media_type,
-    read_json,
     unescape,
 )
 from airflow_provider_kaleyra.client.api import e164_key
@@ -144,34 +137,6 @@ def _found(loose: dict[str, Any], keys: Iterable[str]) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class RawCallback:
-    """One HTTP delivery exactly as received; stored whatever its content."""
-
-    method: str
-    body: bytes
-    content_type: str | None = None
-    query: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @cached_property
-    def dedupe_key(self) -> str:
-        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
-        digest = hashlib.sha256()
-        digest.update(self.method.upper().encode())
-        digest.update(b"\n")
-        digest.update(urlencode(sorted(parse_qsl(self.query, keep_blank_values=True))).encode())
-        digest.update(b"\n")
-        digest.update(_canonical_body(self))
-        return digest.hexdigest()
-
-    @cached_property
-    def decoded_json(self) -> Any:
-        """The body read as JSON, once: the dedupe key and the parser both need it; a ``NotJson`` if not."""
-        return read_json(self.body)
-
-
-@dataclass(frozen=True)
 class ParsedResult:
     """One number's answer inside a callback."""
 
@@ -190,26 +155,6 @@ class ParsedCallback:
     results: tuple[ParsedResult, ...] = ()
     error: str | None = None
     refused: bool = False  # hostile (an XML DTD): answered 400 and not stored
-
-
-def _canonical_body(raw: RawCallback) -> bytes:
-    """JSON and form bodies hash the same whatever their key order or spacing; anything else as is."""
-    body = raw.body
-    stripped = body.strip()
-    if not stripped:
-        return b""
-    decoded = raw.decoded_json
-    if not isinstance(decoded, NotJson):
-        try:
-            return json.dumps(decoded, sort_keys=True, separators=(",", ":")).encode()
-        except (ValueError, RecursionError):
-            pass
-    if media_type(raw.content_type) == "application/x-www-form-urlencoded":
-        try:
-            return urlencode(sorted(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))).encode()
-        except UnicodeDecodeError:
-            pass
-    return body
 
 
 def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth: int = 0) -> list[dict]:
@@ -262,9 +207,7 @@ def parse_callback(
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
     try:
-        payload, context = decode_payload(
-            raw.body, raw.content_type, raw.query, raw.decoded_json, mapping.text_names
-        )
+        payload, context = decode_payload(raw, mapping.text_names)
     except RefusedBody as exc:
         return ParsedCallback(error=str(exc), refused=True)
     except ValueError as exc:
