@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import islice
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized, presented_client
-from airflow_provider_kaleyra.callbacks.logs import redact_access_log, redact_query
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.settings import (
     LazySettings,
@@ -42,6 +42,37 @@ TOKEN_PATH = "/soip/token"
 URL_PREFIX = "/kaleyra"
 _PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", SECRET_HEADER}
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+REDACTED = "***"
+
+
+def redact_query(query: str) -> str:
+    """``a=1&secret=x`` -> ``a=***&secret=***``; anything unreadable -> ``***``.
+
+    No query value reaches an access log: a profile's URL may carry a secret (``?token=...``), a GET
+    callback carries the number, and a GET token request the client secret.
+    """
+    if not query:
+        return query
+    try:
+        keys = [key for key, _ in parse_qsl(query, keep_blank_values=True)]
+    except ValueError:
+        return REDACTED
+    return "&".join(f"{quote(key, safe='')[:64]}={REDACTED}" for key in keys) or REDACTED
+
+
+class _AccessLogRedaction(logging.Filter):
+    """For uvicorn's access log (the standalone receiver), every request, refused ones and unknown paths
+    included; its records carry ``(client, method, target, version, status)``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_target(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def _redact_target(target: str) -> str:
+    path, sep, query = target.partition("?")
+    return f"{path}?{redact_query(query)}" if sep else target
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
@@ -84,7 +115,9 @@ class _Endpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("query_string"):  # redacted in the scope: Airflow's access log reads it after the answer
+        if scope.get(
+            "query_string"
+        ):  # redacted in the scope: the API server's access log reads it after the answer
             scope["kaleyra_query"] = scope["query_string"].decode("latin-1")  # the real one, for the callback
             scope["query_string"] = redact_query(scope["kaleyra_query"]).encode("latin-1")
         try:  # resolved once (reading the connection may block); then no thread hop per request
@@ -226,5 +259,7 @@ def create_standalone_app(**kwargs: Any) -> FastAPI:
     Routes carry the prefix rather than a mount: a mounted app runs a second middleware stack per request.
     Served by uvicorn, whose access log gets its query strings redacted.
     """
-    redact_access_log()
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _AccessLogRedaction) for f in access_log.filters):  # once: uvicorn keeps filters
+        access_log.addFilter(_AccessLogRedaction())
     return create_app(path_prefix=URL_PREFIX, **kwargs)
