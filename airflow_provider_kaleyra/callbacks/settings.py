@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_kaleyra.callbacks.auth import AllowList, TokenAuthority, parse_networks
-from airflow_provider_kaleyra.callbacks.intake import GroupCommit
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping
-from airflow_provider_kaleyra.callbacks.store import CallbackStore, get_store
+from airflow_provider_kaleyra.callbacks.store import CallbackStore, GroupCommit, get_store
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, DEFAULT_TOKEN_LIFETIME, KaleyraConfig
 from airflow_provider_kaleyra.utils.database import redact_url
 
