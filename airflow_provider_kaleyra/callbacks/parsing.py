@@ -37,50 +37,23 @@ class FieldMapping:
     name a profile's placeholders with the shorthands ``number``, ``status`` and ``request_id``.
     """
 
+    # fmt: off
     number_keys: tuple[str, ...] = (
-        "number",
-        "mobile",
-        "msisdn",
-        "to",
-        "phoneNumber",
-        "phone",
-        "mobileNumber",
-        "destination",
-        "recipient",
-        "deviceAddress",
+        "number", "mobile", "msisdn", "to", "phoneNumber", "phone", "mobileNumber", "destination",
+        "recipient", "deviceAddress",
     )
     capability_keys: tuple[str, ...] = (
-        "soip_capable",
-        "is_capable",
-        "capable",
-        "capability",
-        "soip_status",
-        "status",
-        "code",
-        "result",
+        "soip_capable", "is_capable", "capable", "capability", "soip_status", "status", "code", "result",
     )
     request_id_keys: tuple[str, ...] = ("request_id", "message_id", "msg_id", "bulk_id", "reference_id", "id")
-    capable_values: frozenset[str] = _values(
-        ["true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active"]
-    )
-    not_capable_values: frozenset[str] = _values(
-        [
-            "false",
-            "0",
-            "no",
-            "n",
-            "not_capable",
-            "incapable",
-            "non_capable",
-            "soip_not_capable",
-            "disabled",
-            "unavailable",
-            "not_available",
-            "unsupported",
-            "not_supported",
-            "inactive",
-        ]
-    )
+    capable_values: frozenset[str] = _values([
+        "true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active",
+    ])
+    not_capable_values: frozenset[str] = _values([
+        "false", "0", "no", "n", "not_capable", "incapable", "non_capable", "soip_not_capable", "disabled",
+        "unavailable", "not_available", "unsupported", "not_supported", "inactive",
+    ])
+    # fmt: on
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> FieldMapping:
@@ -111,9 +84,7 @@ class FieldMapping:
 
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
             return bool(value)
         if isinstance(value, str):
             text = _key(unescape(value))
@@ -162,20 +133,13 @@ def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth
     if depth > MAX_DEPTH:
         return []
     if isinstance(payload, list):
-        found: list[dict] = []
-        for item in payload:
-            found.extend(_records(item, context, mapping, depth + 1))
-        return found
+        return [record for item in payload for record in _records(item, context, mapping, depth + 1)]
     if not isinstance(payload, dict):
         return []
     merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
     if isinstance(next(iter(_found(_loose(payload), mapping.number_keys)), None), (str, int, list)):
         return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
-    found = []
-    for child in payload.values():
-        if isinstance(child, (dict, list)):
-            found.extend(_records(child, merged, mapping, depth + 1))
-    return found
+    return [record for child in payload.values() for record in _records(child, merged, mapping, depth + 1)]
 
 
 def _split_numbers(value: Any) -> list[str]:
@@ -214,9 +178,7 @@ def parse_callback(
         return ParsedCallback(error=str(exc))
     records = _records(payload, context, mapping)
     if not records:
-        return ParsedCallback(
-            error=f"no number found (looked for keys: {', '.join(mapping.number_keys)})",
-        )
+        return ParsedCallback(error=f"no number found (looked for keys: {', '.join(mapping.number_keys)})")
     results: list[ParsedResult] = []
     for record in records:
         loose = _loose(record)  # once per record, not once per key looked up
