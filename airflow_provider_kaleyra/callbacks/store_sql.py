@@ -16,23 +16,8 @@ from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-)
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.types import TypeDecorator
 
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback
 from airflow_provider_kaleyra.utils.timestamps import as_utc
@@ -40,10 +25,10 @@ from airflow_provider_kaleyra.utils.timestamps import as_utc
 SCHEMA_VERSION = 1
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(sa.TypeDecorator):
     """Aware UTC datetimes in and out, on SQLite (naive text) as on PostgreSQL (timestamptz)."""
 
-    impl = DateTime(timezone=True)
+    impl = sa.DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -55,54 +40,55 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else as_utc(value)
 
 
-_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
 
-metadata = MetaData()
+metadata = sa.MetaData()
 
-schema_version_table = Table(
-    "kaleyra_schema_version", metadata, Column("version", Integer, primary_key=True, autoincrement=False)
+schema_version_table = sa.Table(
+    "kaleyra_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
 )
 
-callbacks_table = Table(
+callbacks_table = sa.Table(
     "kaleyra_callbacks",
     metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(64), nullable=False, unique=True),
-    Column("received_at", UTCDateTime, nullable=False, index=True),
-    Column("method", String(8), nullable=False),
-    Column("content_type", String(255)),
-    Column("query", Text, nullable=False, default=""),
-    Column("headers", Text, nullable=False, default="{}"),
-    Column("body", LargeBinary, nullable=False),
-    Column("parse_error", Text),
-    Column("result_count", Integer, nullable=False, default=0),
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("content_type", sa.String(255)),
+    sa.Column("query", sa.Text, nullable=False, default=""),
+    sa.Column("headers", sa.Text, nullable=False, default="{}"),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("parse_error", sa.Text),
+    sa.Column("result_count", sa.Integer, nullable=False, default=0),
 )
 
-results_table = Table(
+results_table = sa.Table(
     "kaleyra_callback_results",
     metadata,
-    Column("id", _ID, primary_key=True, autoincrement=True),
-    Column(
-        "callback_id", _ID, ForeignKey("kaleyra_callbacks.id", ondelete="CASCADE"), nullable=False, index=True
-    ),
-    Column("number", String(20)),
-    Column("number_raw", String(64), nullable=False),
-    Column("capable", Boolean),
-    Column("status", String(256)),
-    Column("request_id", String(256)),
-    Column("received_at", UTCDateTime, nullable=False),
-    Column("parse_error", Text),
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("callback_id", _ID, sa.ForeignKey(callbacks_table.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("number", sa.String(20)),
+    sa.Column("number_raw", sa.String(64), nullable=False),
+    sa.Column("capable", sa.Boolean),
+    sa.Column("status", sa.String(256)),
+    sa.Column("request_id", sa.String(256)),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("parse_error", sa.Text),
     # NULL request ids are distinct on both backends, so this only bites when an id is present.
-    UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
-    Index("ix_kaleyra_result_number_received", "number", "received_at"),
+    sa.UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
+    sa.Index("ix_kaleyra_result_number_received", "number", "received_at"),
+    sa.Index("ix_kaleyra_callback_results_callback_id", "callback_id"),
 )
 
-submissions_table = Table(
+submissions_table = sa.Table(
     "kaleyra_submissions",
     metadata,
-    Column("submission_id", String(64), primary_key=True),
-    Column("number", String(20), primary_key=True),
-    Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("submission_id", sa.String(64), primary_key=True),
+    sa.Column("number", sa.String(20), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
 )
 
 # The columns a write fills (all but the ids), in the tables' order: the rows below follow it.
@@ -110,11 +96,11 @@ _CALLBACK_COLUMNS = [c for c in callbacks_table.c if c.name != "id"]
 _RESULT_COLUMNS = [c for c in results_table.c if c.name != "id"]
 
 
-def _names(columns: Sequence[Column]) -> str:
+def _names(columns: Sequence[sa.Column]) -> str:
     return ", ".join(f'"{c.name}"' for c in columns)
 
 
-def _arrays(columns: Sequence[Column]) -> str:
+def _arrays(columns: Sequence[sa.Column]) -> str:
     """PostgreSQL: one array parameter per column, of the column's type (lengths are not casts)."""
     return ", ".join(f"%b::{c.type.compile(dialect=postgresql.dialect()).split('(')[0]}[]" for c in columns)
 
@@ -154,18 +140,14 @@ def sqlite_time(at: datetime) -> str:
 
 
 def _sqlite_inserts(
-    columns: Sequence[Column], tail: str, rows: Sequence[tuple[Any, ...]]
+    columns: Sequence[sa.Column], tail: str, rows: Sequence[tuple[Any, ...]]
 ) -> Generator[tuple[str, list[Any]], None, None]:
     """SQLite binds ``?`` natively: ``VALUES`` rows, :data:`ROWS_PER_STATEMENT` a statement."""
-    group = "(" + ", ".join(["?"] * len(columns)) + ")"
+    insert = f"INSERT INTO {columns[0].table.name} ({_names(columns)}) VALUES"
+    group = f"({', '.join('?' * len(columns))})"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        values = ", ".join([group] * len(chunk))
-        table = columns[0].table.name
-        yield (
-            f"INSERT INTO {table} ({_names(columns)}) VALUES {values} {tail}",
-            [v for row in chunk for v in row],
-        )
+        yield f"{insert} {', '.join([group] * len(chunk))} {tail}", [v for row in chunk for v in row]
 
 
 def _by_column(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
