@@ -1,14 +1,10 @@
 """Who may deliver a callback: the sender's address, then a shared secret or an advanced-auth token.
 
-Airflow does not authenticate plugin routes, so the receiver checks everything itself from the
-request head, before reading a byte of the body. Secrets are compared in constant time.
-
-Advanced authentication: Kaleyra's console first calls the customer's authentication URL with a
-client ID and secret, expects ``{"token_type": "Bearer", "access_token": ..., "expires_in": "3599",
-...}``, then sends each callback with ``Authorization: Bearer <token>`` until it expires. Tokens here
-are stateless JWTs (HS256) whose key is derived from the client secret and the connection's id:
-every process and host reading the same connection verifies them, nothing is shared, and another
-connection's token fails.
+Airflow does not authenticate plugin routes: the receiver checks all this from the request head,
+before reading the body, comparing secrets in constant time. Advanced auth: Kaleyra fetches a token
+with a client ID and secret, then sends it as ``Authorization: Bearer`` until it expires. Tokens are
+stateless JWTs keyed by the client secret and the connection's id: every process and host with the
+connection verifies them, nothing is shared, and another connection's token fails.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from airflow_provider_kaleyra.callbacks.bodies import loose_key, media_type
 from airflow_provider_kaleyra.client.config import DEFAULT_TOKEN_LIFETIME
 
 SECRET_HEADER = "x-kaleyra-secret"
+_REQUIRED = {"require": ["exp", "iat", "aud"]}  # claims a token must carry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,7 +78,6 @@ class TokenAuthority:
     """
 
     CACHE_SIZE = 4096
-    ALGORITHM = "HS256"
 
     def __init__(
         self,
@@ -114,14 +110,10 @@ class TokenAuthority:
         """A new token in the shape Kaleyra expects (numbers as strings, as its documentation shows)."""
         now = int(time.time())
         expires = now + self.lifetime
-        claims = {
-            "aud": self.audience,
-            "sub": self._client_id.decode(),
-            "iat": now,
-            "nbf": now,
-            "exp": expires,
-        }
-        claims["jti"] = secrets.token_hex(8)
+        claims = {"aud": self.audience, "sub": self._client_id.decode(), "iat": now, "nbf": now}
+        token = jwt.encode(
+            {**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, algorithm="HS256"
+        )
         left = str(max(1, self.lifetime - 1))  # what Kaleyra's own example shows for an hour: "3599"
         return {
             "token_type": "Bearer",
@@ -130,7 +122,7 @@ class TokenAuthority:
             "expires_on": str(expires),
             "not_before": str(now),
             "resource": self.audience,
-            "access_token": jwt.encode(claims, self._key, algorithm=self.ALGORITHM),
+            "access_token": token,
         }
 
     def verify(self, token: str) -> bool:
@@ -144,11 +136,7 @@ class TokenAuthority:
             return False
         try:
             claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[self.ALGORITHM],
-                audience=self.audience,
-                options={"require": ["exp", "iat", "aud"]},
+                token, self._key, algorithms=["HS256"], audience=self.audience, options=_REQUIRED
             )
         except jwt.PyJWTError:
             return False

@@ -1,10 +1,8 @@
-"""A callback as received, and its body read into plain data, whatever type the profile chose.
+"""A callback as received, and its body (JSON, XML, HTML, text, form) read into dicts and lists.
 
-The customer writes the body in Kaleyra's console (JSON, XML, HTML or text) with placeholders, so
-names and nesting are theirs: every reader returns dicts and lists for the tolerant record search in
-``parsing``. XML is read with the standard library's expat with any DTD refused, so no entity is
-ever declared, let alone expanded (billion laughs) or fetched (XXE); such a body is refused (400),
-not stored.
+The customer writes the body in Kaleyra's console, so names and nesting are theirs. XML is read by
+expat with any DTD refused: no entity is ever declared, expanded (billion laughs) or fetched (XXE),
+and such a body is refused (400), not stored.
 """
 
 from __future__ import annotations

@@ -3,9 +3,6 @@
 Airflow does not authenticate plugin routes, so this app checks credentials itself, before it reads
 a single byte of the body. Every authenticated callback is stored raw, then parsed; one that cannot
 be parsed is kept and flagged, never dropped, so nothing Kaleyra sends is lost.
-
-The routes are plain ASGI objects (Starlette runs one given to a route as is, and still answers 405
-to other methods): its Request and Response cost ~25 us a callback, as much as the store.
 """
 
 from __future__ import annotations
@@ -108,17 +105,19 @@ def _peer(scope: Scope) -> str | None:
 
 
 class _Endpoint:
-    """What both routes do first: redact the query, resolve the settings, apply the allow-list."""
+    """What both routes do first: redact the query, resolve the settings, apply the allow-list.
+
+    The routes are plain ASGI objects (Starlette runs one given to a route as is, and still answers 405
+    to other methods): its Request and Response cost ~25 us a callback, as much as the store.
+    """
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
         self.settings = settings
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get(
-            "query_string"
-        ):  # redacted in the scope: the API server's access log reads it after the answer
-            scope["kaleyra_query"] = scope["query_string"].decode("latin-1")  # the real one, for the callback
+        if scope.get("query_string"):  # kept for the callback, redacted for the API server's access log
+            scope["kaleyra_query"] = scope["query_string"].decode("latin-1")
             scope["query_string"] = redact_query(scope["kaleyra_query"]).encode("latin-1")
         try:  # resolved once (reading the connection may block); then no thread hop per request
             current = self.settings.resolved or await run_in_threadpool(self.settings.get)
@@ -131,12 +130,7 @@ class _Endpoint:
         if current.allow is not None and not current.allow.admits(peer, headers.get("x-forwarded-for")):
             log.warning("Refused a Kaleyra callback request from %s: not in the allow-list", peer)
             return await _error(send, 403, "sender not allowed")
-        await self.handle(current, scope, headers, receive, send)
-
-    async def handle(
-        self, current: ReceiverSettings, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
-    ) -> None:
-        raise NotImplementedError
+        await self.handle(current, scope, headers, receive, send)  # (defined by each route)
 
 
 class _CallbackEndpoint(_Endpoint):
@@ -254,11 +248,8 @@ def create_app(
 
 
 def create_standalone_app(**kwargs: Any) -> FastAPI:
-    """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way.
-
-    Routes carry the prefix rather than a mount: a mounted app runs a second middleware stack per request.
-    Served by uvicorn, whose access log gets its query strings redacted.
-    """
+    """The receiver under ``/kaleyra`` as on the API server (routes carry the prefix: a mount would run a
+    second middleware stack per request), for uvicorn, whose access log gets its query values redacted."""
     access_log = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _AccessLogRedaction) for f in access_log.filters):  # once: uvicorn keeps filters
         access_log.addFilter(_AccessLogRedaction())

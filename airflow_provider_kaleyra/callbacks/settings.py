@@ -59,11 +59,8 @@ class ReceiverSettings:
 
 
 def build_settings(conn_id: str | None, store: CallbackStore | None, **given: Any) -> ReceiverSettings:
-    """``create_app``'s arguments first, then the connection's extras named ``callback_<argument>``.
-
-    The connection is not read when a store and a secret or client secret are given (tests, the
-    CLI with ``--store-url``). A missing or unusable piece is :class:`ReceiverNotConfigured`.
-    """
+    """``create_app``'s arguments, else the connection's extras ``callback_<argument>`` (not read when
+    a store and a secret are given); a missing or unusable piece is :class:`ReceiverNotConfigured`."""
     conn_id = conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
     complete = store is not None and bool(given["secret"] or given["client_secret"])
     config = None if complete else read_connection(conn_id)

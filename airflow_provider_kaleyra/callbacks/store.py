@@ -1,12 +1,8 @@
-"""Durable store of SOIP callbacks and of the numbers each check submitted.
+"""Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the
+numbers each check submitted, which the sensor and its trigger read from here, never from XCom.
 
-SQLAlchemy Core, one engine per URL per process (:func:`get_store`). Every callback is kept raw;
-the numbers read from it go to a second table (:mod:`.store_sql`). The check operator writes the
-numbers it submitted to a third, keyed by a submission id: the sensor and its trigger read them
-from there, never from XCom. Tables are created on first use and the schema is versioned.
-
-PostgreSQL is the store of a deployment whose components run on several hosts; SQLite is for one
-machine only, and only when named explicitly (``sqlite:///...``): there is no default file.
+One engine per URL per process (:func:`get_store`); tables created on first use, schema versioned.
+PostgreSQL across hosts; SQLite on one machine, only when named (there is no default file).
 """
 
 from __future__ import annotations
@@ -83,10 +79,8 @@ class CallbackResult:
 
 
 class CallbackStore(Database):
-    """Callbacks, their per-number results and the submitted numbers, in one database.
-
-    :param url: SQLAlchemy URL, ``sqlite:///path`` or ``postgresql+psycopg://...``.
-    """
+    """Callbacks, their per-number results and the submitted numbers, in one database at ``url``
+    (``sqlite:///path`` or ``postgresql+psycopg://...``)."""
 
     metadata = callbacks_table.metadata
     setting = "callback store URL"
@@ -122,19 +116,14 @@ class CallbackStore(Database):
                 self._writer = None
         super().dispose()
 
-    # -- writing -------------------------------------------------------------------------------
-
     def add_callback(self, raw: RawCallback, parsed: ParsedCallback | None = None) -> bool:
         """Store one delivery; ``False`` when it was stored before (its ``received_at`` is refreshed)."""
         return self.add_callbacks([(raw, parsed if parsed is not None else parse_callback(raw))])[0]
 
     def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
-        """Store many deliveries in ONE transaction (the receiver's group commit); per delivery, new or not.
-
-        Runs :func:`.store_sql.transaction` on the writer's own DBAPI connection, kept between
-        batches (a pool checkout, its ping and SQLAlchemy's transaction cost more than a small
-        batch's statements) and dropped on any error.
-        """
+        """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own
+        DBAPI connection, kept between batches (a pool checkout, its ping and SQLAlchemy's transaction
+        cost more than a small batch's statements) and dropped on any error."""
         if not batch:
             return []
         with self._writer_lock:
@@ -178,8 +167,6 @@ class CallbackStore(Database):
         log.info("Purged %s Kaleyra callbacks received before %s", count, cutoff.isoformat())
         return count
 
-    # -- submissions: the numbers a check submitted, read by the sensor and its trigger ---------
-
     def add_submission(self, submission_id: str, numbers: Iterable[str]) -> int:
         """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
         now, added, numbers = datetime.now(UTC), 0, iter(numbers)
@@ -198,8 +185,6 @@ class CallbackStore(Database):
         with self.engine.connect() as conn:
             stmt = select(func.count()).select_from(s).where(s.c.submission_id == submission_id)
             return int(conn.execute(stmt).scalar() or 0)
-
-    # -- reading -------------------------------------------------------------------------------
 
     def count_answered(self, submission_id: str, since: datetime) -> int:
         """How many submitted numbers have a callback received at or after ``since``; one query."""
@@ -248,18 +233,14 @@ MAX_BATCH = 1000  # callbacks per transaction: bounded so one commit never holds
 
 
 class GroupCommit:
-    """Group commit: the callbacks of concurrent requests are stored in one transaction.
-
-    One transaction per callback caps intake at the database's commit rate (a few hundred to a few
-    thousand per second); Kaleyra sends one callback per number, a million for a big check. Here the
-    first request starts a write at once, and every request arriving while it runs joins the next one.
-    A request is answered only after the transaction holding its callback has committed, so nothing
-    acknowledged is ever lost, and a failed transaction fails (503) every request in it.
+    """Group commit: one transaction per callback would cap intake at the database's commit rate, and
+    Kaleyra sends one callback per number. The first request starts a write at once; every request
+    arriving while it runs joins the next one. A request is answered only once the transaction holding
+    its callback committed (nothing acknowledged is lost); a failed one fails (503) all its requests.
     """
 
-    def __init__(self, store: CallbackStore, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: CallbackStore) -> None:
         self.store = store
-        self.max_batch = max_batch
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
         self._writing = False
         self._task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
@@ -279,7 +260,7 @@ class GroupCommit:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
                     new = await self._write([(r, p) for r, p, _ in batch])
                 except Exception as exc:
@@ -294,13 +275,9 @@ class GroupCommit:
             self._writing = False
 
     async def _write(self, items: list[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
-        """SQLite in a thread; PostgreSQL on the event loop, on this writer's own (autocommit) psycopg
-        connection, dropped on error: the loop serves requests while the server commits, with no thread
-        to hand over to (measured: ~20 us less CPU per callback, ~20% more callbacks/s).
-
-        The batch is one statement, so one transaction; re-deliveries refresh their times in a second
-        one. Should that fail, the batch fails (503) and its callbacks, stored, come back as duplicates.
-        """
+        """SQLite in a thread; PostgreSQL on the event loop (~20% more callbacks/s than a thread), on this
+        writer's own autocommit connection, dropped on error. The batch is one statement; re-deliveries
+        refresh their times in a second (should it fail, the batch's callbacks come back as duplicates)."""
         if self.store.dialect != "postgresql":
             return await asyncio.to_thread(self.store.add_callbacks, items)
         try:

@@ -1,12 +1,8 @@
 """The callback store's tables, and the SQL that writes a batch of callbacks into them.
 
 Results are indexed on ``(number, received_at)`` so the sensor counts 100k numbers in one query;
-``(number, request_id)`` is unique, so a re-delivered answer replaces the stored one.
-
-Writes are plain SQL run on the DBAPI cursor (see :func:`transaction`): SQLAlchemy Core cost more
-per batch (compiling, type processing, executemany) than the database did. A batch is one statement
-on PostgreSQL (callbacks, results and ids in one round trip, whose fixed cost was most of a small
-batch's) and multi-row statements on SQLite, 1,000 rows each.
+``(number, request_id)`` is unique, so a re-delivered answer replaces the stored one. Writes are
+plain SQL on the DBAPI cursor: SQLAlchemy Core cost more per batch than the database did.
 """
 
 from __future__ import annotations
@@ -161,13 +157,10 @@ Statement = tuple[str, Any, bool]
 def transaction(
     dialect: str, batch: Sequence[tuple[RawCallback, ParsedCallback]]
 ) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
-    """The statements storing ``batch``; returns, per delivery, whether it is new.
-
-    A driver runs each statement it is given and sends back the rows it returned: the receiver's
-    thread (SQLite) and its event loop (PostgreSQL) run the same plan.
-    A delivery seen before (same dedupe key) is not stored twice, but its time and its results'
-    times move to the new delivery's: Kaleyra re-delivering a callback after a new submission of
-    the same number answers that submission too.
+    """The statements storing ``batch``, each sent the rows the previous one returned (a thread and an
+    event loop drive the same plan); returns, per delivery, whether it is new. A delivery seen before
+    is not stored twice, but it and its results take the new time: Kaleyra re-delivering a callback
+    after a new submission of the same number answers that submission too.
     """
     when = sqlite_time if dialect == "sqlite" else as_utc
     keys = [raw.dedupe_key for raw, _ in batch]
