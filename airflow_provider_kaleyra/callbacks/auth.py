@@ -32,6 +32,7 @@ SECRET_HEADER = "x-kaleyra-secret"
 _REQUIRED = {"require": ["exp", "iat", "aud"]}  # claims a token must carry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _credentials(authorization: str | None) -> tuple[str, str]:
@@ -186,16 +187,14 @@ def parse_networks(items: Iterable[str], setting: str) -> tuple[Network, ...]:
 
 
 @lru_cache(maxsize=1024)
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _address(text: str) -> Address | None:
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
 
 
-def _within(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, networks: Iterable[Network]
-) -> bool:
+def _within(address: Address | None, networks: Iterable[Network]) -> bool:
     return address is not None and any(address in network for network in networks)
 
 
@@ -209,9 +208,8 @@ class AllowList:
     def admits(self, peer: str | None, forwarded_for: str | None) -> bool:
         """The sender is the peer, or, behind trusted proxies, the last hop that is not one of them."""
         sender = _address(peer or "")
-        if forwarded_for and _within(sender, self.proxies):
-            for hop in reversed(forwarded_for.split(",")):
-                sender = _address(hop)
-                if not _within(sender, self.proxies):
-                    break
+        for hop in reversed(forwarded_for.split(",") if forwarded_for else []):
+            if not _within(sender, self.proxies):
+                break
+            sender = _address(hop)
         return _within(sender, self.allowed)

@@ -77,11 +77,6 @@ class FieldMapping:
             kwargs[name] = _values(items) if name.endswith("_values") else tuple(items)
         return cls(**kwargs)
 
-    @property
-    def text_names(self) -> tuple[str, str, str]:
-        """Keys under which a positional text body's number, status and request id are read."""
-        return self.number_keys[0], self.capability_keys[0], self.request_id_keys[0]
-
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
         if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
@@ -171,7 +166,9 @@ def parse_callback(
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
     try:
-        payload, context = decode_payload(raw, mapping.text_names)
+        # a positional text body's number, status and request id go under the first keys of each
+        names = (mapping.number_keys[0], mapping.capability_keys[0], mapping.request_id_keys[0])
+        payload, context = decode_payload(raw, names)
     except RefusedBody as exc:
         return ParsedCallback(error=str(exc), refused=True)
     except ValueError as exc:

@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -22,12 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized, presented_client
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.settings import (
-    LazySettings,
-    ReceiverNotConfigured,
-    ReceiverSettings,
-    build_settings,
-)
+from airflow_provider_kaleyra.callbacks.settings import LazySettings, ReceiverNotConfigured, ReceiverSettings
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +33,8 @@ TOKEN_PATH = "/soip/token"
 URL_PREFIX = "/kaleyra"
 _PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", SECRET_HEADER}
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_BASIC = {"WWW-Authenticate": 'Basic realm="kaleyra"'}
+_BEARER = {"WWW-Authenticate": 'Bearer realm="kaleyra", error="invalid_token"'}
 REDACTED = "***"
 
 
@@ -140,12 +136,8 @@ class _CallbackEndpoint(_Endpoint):
         limit, query = self.max_body_bytes, scope.get("kaleyra_query", "")
         if not is_authorized(headers, current.secret, current.tokens):
             log.warning("Refused an unauthenticated Kaleyra callback from %s", _peer(scope))
-            scheme = (
-                'Bearer realm="kaleyra", error="invalid_token"' if current.tokens else 'Basic realm="kaleyra"'
-            )
-            return await _error(
-                send, 401, "missing or wrong callback credentials", {"WWW-Authenticate": scheme}
-            )
+            challenge = _BEARER if current.tokens else _BASIC
+            return await _error(send, 401, "missing or wrong callback credentials", challenge)
         declared = headers.get("content-length")
         if declared is not None and not declared.strip().isdigit():
             return await _error(send, 400, "invalid Content-Length")
@@ -190,7 +182,7 @@ class _TokenEndpoint(_Endpoint):
         if client is None or not current.tokens.client_matches(*client):
             log.warning("Refused an unauthenticated Kaleyra token request from %s", _peer(scope))
             body = b'{"error":"invalid_client"}'
-            return await _answer(send, 401, body, {"WWW-Authenticate": 'Basic realm="kaleyra"', **_NO_STORE})
+            return await _answer(send, 401, body, {**_BASIC, **_NO_STORE})
         await _answer(send, 200, json.dumps(current.tokens.issue()).encode(), _NO_STORE)
 
 
@@ -218,8 +210,7 @@ def create_app(
     :param max_body_bytes: larger bodies are refused with 413.
     :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
     """
-    build = partial(
-        build_settings,
+    settings = LazySettings(
         conn_id,
         store,
         secret=secret,
@@ -229,7 +220,6 @@ def create_app(
         allowed_ips=allowed_ips,
         trusted_proxies=trusted_proxies,
     )
-    settings = LazySettings(build)
     app = FastAPI(title="Kaleyra SOIP callback receiver", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kaleyra_settings = settings
 

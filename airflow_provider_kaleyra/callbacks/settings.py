@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,53 +57,13 @@ class ReceiverSettings:
     intake: GroupCommit
 
 
-def build_settings(conn_id: str | None, store: CallbackStore | None, **given: Any) -> ReceiverSettings:
-    """``create_app``'s arguments, else the connection's extras ``callback_<argument>`` (not read when
-    a store and a secret are given); a missing or unusable piece is :class:`ReceiverNotConfigured`."""
-    conn_id = conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
-    complete = store is not None and bool(given["secret"] or given["client_secret"])
-    config = None if complete else read_connection(conn_id)
-
-    def pick(name: str, default: Any = None) -> Any:
-        if given[name] is not None:
-            return given[name]
-        return getattr(config, f"callback_{name}") if config else default
-
-    secret, client_id, client_secret = pick("secret"), pick("client_id"), pick("client_secret")
-    if not secret and not client_secret:
-        raise ReceiverNotConfigured(
-            f"connection {conn_id!r} has neither a callback_secret nor a callback_client_secret extra"
-        )
-    try:
-        tokens = None
-        if client_id or client_secret:
-            lifetime = pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
-            tokens = TokenAuthority(client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime)
-        allowed = parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
-        proxies = parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
-        mapping = FieldMapping.from_dict(config.callback_field_map if config else None)
-        store = store or get_store(config.store_url)  # type: ignore[union-attr]
-    except (ValueError, TypeError) as exc:
-        raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
-    if proxies and not allowed:
-        raise ReceiverNotConfigured(f"connection {conn_id!r}: callback_trusted_proxies without an allow-list")
-    log.info("Kaleyra callbacks go to %s", redact_url(store.url))
-    return ReceiverSettings(
-        store=store,
-        secret=secret or None,
-        tokens=tokens,
-        allow=AllowList(allowed, proxies) if allowed else None,
-        mapping=mapping,
-        region=config.default_region if config else None,
-        intake=GroupCommit(store),
-    )
-
-
 class LazySettings:
-    """Settings built on the first request, then kept in ``resolved``; a failure is retried after a while."""
+    """The receiver's settings, built on the first request, then kept in ``resolved``; a failure is
+    retried after a while. From ``create_app``'s arguments, else the connection's extras
+    ``callback_<argument>`` (not read when a store and a secret are given)."""
 
-    def __init__(self, build: Callable[[], ReceiverSettings]) -> None:
-        self.build = build
+    def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
+        self.conn_id, self.store, self.given = conn_id, store, given
         self.resolved: ReceiverSettings | None = None
         self._failure, self._failed_at = "", 0.0
         self._lock = threading.Lock()
@@ -115,9 +74,57 @@ class LazySettings:
                 if self._failure and time.monotonic() - self._failed_at < _RETRY_CONFIG_AFTER:
                     raise ReceiverNotConfigured(self._failure)
                 try:
-                    self.resolved = self.build()
+                    self.resolved = self._build()
                 except ReceiverNotConfigured as exc:
                     self._failure, self._failed_at = str(exc), time.monotonic()
                     log.error("Kaleyra callback receiver is not configured: %s", exc)
                     raise
             return self.resolved
+
+    def _build(self) -> ReceiverSettings:
+        """A missing or unusable piece is :class:`ReceiverNotConfigured`."""
+        conn_id, store, given = (
+            self.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID,
+            self.store,
+            self.given,
+        )
+        complete = store is not None and bool(given["secret"] or given["client_secret"])
+        config = None if complete else read_connection(conn_id)
+
+        def pick(name: str, default: Any = None) -> Any:
+            if given[name] is not None:
+                return given[name]
+            return getattr(config, f"callback_{name}") if config else default
+
+        secret, client_id, client_secret = pick("secret"), pick("client_id"), pick("client_secret")
+        if not secret and not client_secret:
+            raise ReceiverNotConfigured(
+                f"connection {conn_id!r} has neither a callback_secret nor a callback_client_secret extra"
+            )
+        try:
+            tokens = None
+            if client_id or client_secret:
+                lifetime = pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
+                tokens = TokenAuthority(
+                    client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
+                )
+            allowed = parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
+            proxies = parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
+            mapping = FieldMapping.from_dict(config.callback_field_map if config else None)
+            store = store or get_store(config.store_url)  # type: ignore[union-attr]
+        except (ValueError, TypeError) as exc:
+            raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
+        if proxies and not allowed:
+            raise ReceiverNotConfigured(
+                f"connection {conn_id!r}: callback_trusted_proxies without an allow-list"
+            )
+        log.info("Kaleyra callbacks go to %s", redact_url(store.url))
+        return ReceiverSettings(
+            store=store,
+            secret=secret or None,
+            tokens=tokens,
+            allow=AllowList(allowed, proxies) if allowed else None,
+            mapping=mapping,
+            region=config.default_region if config else None,
+            intake=GroupCommit(store),
+        )

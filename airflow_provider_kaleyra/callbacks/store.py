@@ -146,11 +146,7 @@ class CallbackStore(Database):
                 dbapi.commit()
             except BaseException:
                 writer, self._writer = self._writer, None
-                try:
-                    dbapi.rollback()
-                    writer.close()
-                except Exception:
-                    writer.invalidate()
+                writer.invalidate()  # closed (its transaction with it), never reused
                 raise
         return flags
 
