@@ -158,10 +158,8 @@ def read_text(text: str, names: tuple[str, str, str]) -> dict[str, Any]:
 
 
 def decode_payload(raw: RawCallback, names: tuple[str, str, str]) -> tuple[Any, dict[str, Any]]:
-    """(payload, context from the query string); ``ValueError`` with a reason if unreadable.
-
-    :param names: where :func:`read_text` puts a positional text body's fields.
-    """
+    """(payload, context from the query string); ``ValueError`` with a reason if unreadable. ``names``:
+    where :func:`read_text` puts a positional text body's fields."""
     fields = form_fields(raw.query) if raw.query else {}
     stripped = raw.body.strip()
     if not stripped:

@@ -7,7 +7,7 @@ raw callback is still stored and can be re-read later with a better field mappin
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from airflow_provider_kaleyra.callbacks.bodies import (
@@ -60,12 +60,9 @@ class FieldMapping:
         """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
         if not data:
             return cls()
-        known = {"number_keys", "capability_keys", "request_id_keys", "capable_values", "not_capable_values"}
-        unknown = set(data) - known - set(_SHORTHANDS)
-        if unknown:
-            raise ValueError(
-                f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known | set(_SHORTHANDS))}"
-            )
+        known = {f.name for f in fields(cls)} | set(_SHORTHANDS)
+        if unknown := set(data) - known:
+            raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             items = [value] if isinstance(value, str) else list(value)

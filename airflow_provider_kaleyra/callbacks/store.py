@@ -194,29 +194,26 @@ class CallbackStore(Database):
             return int(conn.execute(select(func.count()).select_from(answered.subquery())).scalar() or 0)
 
     def results(self, submission_id: str, since: datetime) -> Iterator[tuple[str, CallbackResult | None]]:
-        """Every submitted number with its latest answer since ``since`` (``None``: no callback yet).
-
-        Streams, ordered by number; a readable answer beats a later unreadable one.
-        """
+        """Every submitted number, in order, with its latest answer since ``since`` (``None``: no callback
+        yet); a readable answer beats a later unreadable one (so it is ordered last). Streams."""
         s, r = submissions_table, results_table
         stmt = (
             select(s.c.number, r.c.capable, r.c.status, r.c.received_at, r.c.request_id)
             .select_from(s.outerjoin(r, (r.c.number == s.c.number) & (r.c.received_at >= as_utc(since))))
             .where(s.c.submission_id == submission_id)
-            .order_by(s.c.number, r.c.received_at, r.c.id)
+            .order_by(s.c.number, r.c.capable.is_not(None), r.c.received_at, r.c.id)
         )
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
             for number, answers in groupby(rows, key=attrgetter("number")):
-                best: CallbackResult | None = None
-                for row in answers:
-                    if row.received_at is not None and (
-                        best is None or best.capable is None or row.capable is not None
-                    ):
-                        best = CallbackResult(
-                            number, row.capable, row.status, row.received_at, row.request_id
-                        )
-                yield number, best
+                *_, row = answers
+                if row.received_at is None:
+                    yield number, None
+                else:
+                    yield (
+                        number,
+                        CallbackResult(number, row.capable, row.status, row.received_at, row.request_id),
+                    )
 
 
 @functools.cache
