@@ -235,37 +235,33 @@ class GroupCommit:
     def __init__(self, store: CallbackStore) -> None:
         self.store = store
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
-        self._writing = False
-        self._task: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
+        self._task: asyncio.Task[None] | None = (
+            None  # the writer (held: the loop keeps only a weak reference)
+        )
         self._conn: Any = None  # PostgreSQL: the writer's async connection
 
     async def add(self, raw: RawCallback, parsed: ParsedCallback) -> bool:
         """Store one callback; returns once committed: ``True`` if new, ``False`` if delivered before."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((raw, parsed, future))
-        if not self._writing:
-            self._writing = True
-            self._task = loop.create_task(self._drain())
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
         # (no shield needed: the writer takes the callback from the queue whether or not anyone still waits)
         return await future
 
     async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                try:
-                    new = await self._write([(r, p) for r, p, _ in batch])
-                except Exception as exc:
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for (*_, future), flag in zip(batch, new, strict=True):
-                        if not future.done():
-                            future.set_result(flag)
-        finally:
-            self._writing = False
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                new = await self._write([(r, p) for r, p, _ in batch])
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (*_, future), flag in zip(batch, new, strict=True):
+                    if not future.done():
+                        future.set_result(flag)
 
     async def _write(self, items: list[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
         """SQLite in a thread; PostgreSQL on the event loop (~20% more callbacks/s than a thread), on this
