@@ -42,9 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         help="kaleyra connection to read callback_secret (and the store URL) from "
         "(default: env KALEYRA_CALLBACK_CONN_ID or kaleyra_default)",
     )
-    parser.add_argument(
-        "--client-id", help="advanced auth: the client ID Kaleyra sends to /kaleyra/soip/token"
-    )
+    parser.add_argument("--client-id", help="advanced auth: client ID Kaleyra sends to /kaleyra/soip/token")
     parser.add_argument(
         "--client-secret-env", metavar="NAME", help="advanced auth: variable holding the client secret"
     )

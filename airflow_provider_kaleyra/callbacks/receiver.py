@@ -39,11 +39,8 @@ REDACTED = "***"
 
 
 def redact_query(query: str) -> str:
-    """``a=1&secret=x`` -> ``a=***&secret=***``; anything unreadable -> ``***``.
-
-    No query value reaches an access log: a profile's URL may carry a secret (``?token=...``), a GET
-    callback carries the number, and a GET token request the client secret.
-    """
+    """``a=1&secret=x`` -> ``a=***&secret=***``, for access logs (a profile's URL may carry a secret, a
+    GET callback the number, a GET token request the client secret); anything unreadable -> ``***``."""
     if not query:
         return query
     try:
@@ -199,17 +196,11 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     path_prefix: str = "",
 ) -> FastAPI:
-    """Build the receiver app; what is not given is read from the ``kaleyra`` connection on first request.
-
-    ``secret``, ``client_id``, ``client_secret``, ``token_lifetime``, ``allowed_ips`` and
-    ``trusted_proxies`` stand for the connection's extras ``callback_<name>``, ``store`` for
-    ``callback_store_url``; the payload mapping and region always come from the connection.
-
-    :param conn_id: connection to read; default: env ``KALEYRA_CALLBACK_CONN_ID`` or ``kaleyra_default``.
-        Advanced-auth tokens are bound to it: another connection's token is refused.
-    :param max_body_bytes: larger bodies are refused with 413.
-    :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
-    """
+    """The receiver app. The other arguments stand for the extras ``callback_<name>`` (``store``: its
+    ``callback_store_url``) of the connection ``conn_id`` (default: env ``KALEYRA_CALLBACK_CONN_ID``, else
+    ``kaleyra_default``; advanced-auth tokens are bound to it), read on the first request for what is not
+    given, and for the payload mapping and region. Bodies over ``max_body_bytes`` get 413; ``path_prefix``
+    goes before the routes' paths (the API server mounts the app under its own)."""
     settings = LazySettings(
         conn_id,
         store,
