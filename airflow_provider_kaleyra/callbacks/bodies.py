@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
+from itertools import count
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from xml.parsers import expat
@@ -114,12 +115,10 @@ def read_xml(text: str) -> dict[str, Any]:
     parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = parser.ExternalEntityRefHandler = _refuse
     root: dict[str, Any] = {}
     stack: list[tuple[str, dict[str, Any], list[str]]] = [("", root, [])]
-    seen = 0
+    seen = count(1)
 
     def start(tag: str, attributes: dict[str, str]) -> None:
-        nonlocal seen
-        seen += 1
-        if seen > _MAX_XML_ELEMENTS:
+        if next(seen) > _MAX_XML_ELEMENTS:
             raise ValueError(f"more than {_MAX_XML_ELEMENTS} XML elements")
         stack.append((tag.rpartition(":")[2], dict(attributes), []))
 

@@ -79,18 +79,16 @@ async def _error(send: Send, status: int, detail: str, headers: dict[str, str] |
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The body, or ``None`` as soon as it exceeds ``limit`` or the client hangs up (never buffered past it)."""
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None  # http.disconnect: nothing to store, nobody to answer
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > limit:
+        body += message.get("body", b"")
+        if len(body) > limit:
             return None
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return bytes(body)
 
 
 def _peer(scope: Scope) -> str | None:

@@ -19,7 +19,7 @@ from itertools import groupby, islice
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
@@ -64,9 +64,7 @@ class CallbackResult:
     @property
     def outcome(self) -> str:
         """``capable``, ``not_capable``, or ``unparseable`` when a callback came but said nothing we read."""
-        if self.capable is None:
-            return UNPARSEABLE
-        return CAPABLE if self.capable else NOT_CAPABLE
+        return UNPARSEABLE if self.capable is None else CAPABLE if self.capable else NOT_CAPABLE
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -177,21 +175,19 @@ class CallbackStore(Database):
         return added
 
     def submission_size(self, submission_id: str) -> int:
-        s = submissions_table
-        with self.engine.connect() as conn:
-            stmt = select(func.count()).select_from(s).where(s.c.submission_id == submission_id)
-            return int(conn.execute(stmt).scalar() or 0)
+        return self._count(
+            select(submissions_table).where(submissions_table.c.submission_id == submission_id)
+        )
 
     def count_answered(self, submission_id: str, since: datetime) -> int:
         """How many submitted numbers have a callback received at or after ``since``; one query."""
         s, r = submissions_table, results_table
-        answered = (
-            select(s.c.number)
-            .where(s.c.submission_id == submission_id)
-            .where(select(r.c.id).where(r.c.number == s.c.number, r.c.received_at >= as_utc(since)).exists())
-        )
+        answered = select(r.c.id).where(r.c.number == s.c.number, r.c.received_at >= as_utc(since)).exists()
+        return self._count(select(s.c.number).where(s.c.submission_id == submission_id, answered))
+
+    def _count(self, query: Select) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(answered.subquery())).scalar() or 0)
+            return int(conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0)
 
     def results(self, submission_id: str, since: datetime) -> Iterator[tuple[str, CallbackResult | None]]:
         """Every submitted number, in order, with its latest answer since ``since`` (``None``: no callback
