@@ -61,14 +61,10 @@ def is_authorized(
         offered.append(value)
     elif scheme == "basic" and (user_password := _basic(value)):
         offered.append(user_password[1])
-    ok = False
-    if secret:
-        expected = secret.encode()
-        for candidate in filter(None, offered):
-            ok |= hmac.compare_digest(candidate.encode(), expected)
-    if not ok and tokens is not None and scheme == "bearer" and value:
-        ok = tokens.verify(value)
-    return ok
+    expected = (secret or "").encode()
+    matches = [hmac.compare_digest(c.encode(), expected) for c in offered if c]  # every offer compared
+    ok = bool(expected) and any(matches)
+    return ok or (tokens is not None and scheme == "bearer" and bool(value) and tokens.verify(value))
 
 
 class TokenAuthority:
@@ -152,16 +148,14 @@ def _pick(fields: Mapping[str, object], names: tuple[str, ...]) -> str | None:
     return next((v for name in names if isinstance(v := loose.get(name), str) and v), None)
 
 
-def presented_client(
-    authorization: str | None, body: bytes, content_type: str | None, query: str
-) -> tuple[str, str] | None:
+def presented_client(headers: Mapping[str, str], body: bytes, query: str) -> tuple[str, str] | None:
     """The client ID and secret of a token request: Basic auth, a JSON object, a form, or the query."""
-    scheme, value = _credentials(authorization)
+    scheme, value = _credentials(headers.get("authorization"))
     if scheme == "basic" and value:
         return _basic(value)
     fields: dict[str, object] = dict(parse_qsl(query, keep_blank_values=True))
     text = body.strip().decode("utf-8-sig", "replace")
-    if text.startswith("{") or media_type(content_type).endswith("json"):
+    if text.startswith("{") or media_type(headers.get("content-type")).endswith("json"):
         try:
             decoded = json.loads(text)
         except ValueError:

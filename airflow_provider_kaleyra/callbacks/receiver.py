@@ -50,14 +50,12 @@ def redact_query(query: str) -> str:
     return "&".join(f"{quote(key, safe='')[:64]}={REDACTED}" for key in keys) or REDACTED
 
 
-class _AccessLogRedaction(logging.Filter):
-    """For uvicorn's access log (the standalone receiver), every request, refused ones and unknown paths
-    included; its records carry ``(client, method, target, version, status)``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_redact_target(a) if isinstance(a, str) else a for a in record.args)
-        return True
+def _redact_access_record(record: logging.LogRecord) -> bool:
+    """A filter for uvicorn's access log (the standalone receiver: every request, refused ones and
+    unknown paths included), whose records carry ``(client, method, target, version, status)``."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(_redact_target(a) if isinstance(a, str) else a for a in record.args)
+    return True
 
 
 def _redact_target(target: str) -> str:
@@ -172,8 +170,7 @@ class _TokenEndpoint(_Endpoint):
         body = await _read_body(receive, self.max_body_bytes)
         if body is None:
             return await _error(send, 413, f"body larger than {self.max_body_bytes} bytes")
-        query = scope.get("kaleyra_query", "")
-        client = presented_client(headers.get("authorization"), body, headers.get("content-type"), query)
+        client = presented_client(headers, body, scope.get("kaleyra_query", ""))
         if client is None or not current.tokens.client_matches(*client):
             log.warning("Refused an unauthenticated Kaleyra token request from %s", _peer(scope))
             body = b'{"error":"invalid_client"}'
@@ -230,6 +227,6 @@ def create_standalone_app(**kwargs: Any) -> FastAPI:
     """The receiver under ``/kaleyra`` as on the API server (routes carry the prefix: a mount would run a
     second middleware stack per request), for uvicorn, whose access log gets its query values redacted."""
     access_log = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, _AccessLogRedaction) for f in access_log.filters):  # once: uvicorn keeps filters
-        access_log.addFilter(_AccessLogRedaction())
+    if _redact_access_record not in access_log.filters:  # once: uvicorn keeps its loggers' filters
+        access_log.addFilter(_redact_access_record)
     return create_app(path_prefix=URL_PREFIX, **kwargs)

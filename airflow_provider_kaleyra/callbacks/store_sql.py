@@ -28,9 +28,8 @@ class UTCDateTime(sa.TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return as_utc(value).replace(tzinfo=None) if dialect.name == "sqlite" else as_utc(value)
+        value = None if value is None else as_utc(value)
+        return value.replace(tzinfo=None) if value and dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         return None if value is None else as_utc(value)
