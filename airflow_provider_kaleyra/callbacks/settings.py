@@ -83,11 +83,8 @@ class LazySettings:
 
     def _build(self) -> ReceiverSettings:
         """A missing or unusable piece is :class:`ReceiverNotConfigured`."""
-        conn_id, store, given = (
-            self.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID,
-            self.store,
-            self.given,
-        )
+        conn_id = self.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
+        store, given = self.store, self.given
         complete = store is not None and bool(given["secret"] or given["client_secret"])
         config = None if complete else read_connection(conn_id)
 
