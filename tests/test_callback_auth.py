@@ -17,9 +17,9 @@ import requests
 import uvicorn
 from fastapi.testclient import TestClient
 
+from airflow_provider_kaleyra.callbacks.auth import TokenAuthority
 from airflow_provider_kaleyra.callbacks.receiver import create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
-from airflow_provider_kaleyra.callbacks.tokens import TokenAuthority
 from tests.store_queries import counts, raw_callbacks
 
 CLIENT_ID = "kaleyra-console"

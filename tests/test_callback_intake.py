@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from airflow_provider_kaleyra.callbacks.intake import GroupCommit
 from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.store import GroupCommit
 
 
 class _Store:

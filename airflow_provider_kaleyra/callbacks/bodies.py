@@ -1,23 +1,29 @@
-"""The body types a Kaleyra callback profile can choose (JSON, XML, HTML, text), read into plain data.
+"""A callback as received, and its body (JSON, XML, HTML, text, form) read into dicts and lists.
 
-The customer writes the body in Kaleyra's console with placeholders, so names and nesting are theirs:
-every reader here returns dicts and lists for the tolerant record search in ``parsing``. XML is read
-with the standard library's expat with any DTD refused, so no entity is ever declared, let alone
-expanded (billion laughs) or fetched (XXE); such a body is refused outright (400), not stored.
+The customer writes the body in Kaleyra's console, so names and nesting are theirs. XML is read by
+expat with any DTD refused: no entity is ever declared, expanded (billion laughs) or fetched (XXE),
+and such a body is refused (400), not stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
-from functools import lru_cache
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property, lru_cache
+from itertools import count
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 from xml.parsers import expat
 
 _NOT_KEY = re.compile(r"[^a-z0-9]")
 _MAX_XML_ELEMENTS = 100_000
+_FORM = "application/x-www-form-urlencoded"
 
 
 class RefusedBody(ValueError):
@@ -39,31 +45,63 @@ def unescape(value: str) -> str:
     return html.unescape(value) if "&" in value else value
 
 
-class NotJson:
-    """Why a body is not JSON (kept rather than raised: the parser words its own error)."""
+@dataclass(frozen=True)
+class RawCallback:
+    """One HTTP delivery exactly as received; stored whatever its content."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    method: str
+    body: bytes
+    content_type: str | None = None
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @cached_property
+    def dedupe_key(self) -> str:
+        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
+        head = b"%s\n%s\n" % (self.method.upper().encode(), _sorted_query(self.query).encode())
+        return hashlib.sha256(head + self._canonical_body()).hexdigest()
+
+    def _canonical_body(self) -> bytes:
+        """JSON and form bodies hash the same whatever their key order or spacing; anything else as is."""
+        if not self.body.strip():
+            return b""
+        if not isinstance(self.decoded_json, Exception):
+            with suppress(ValueError, RecursionError):
+                return json.dumps(self.decoded_json, sort_keys=True, separators=(",", ":")).encode()
+        if media_type(self.content_type) == _FORM:
+            with suppress(UnicodeDecodeError):
+                return _sorted_query(self.body.strip().decode("utf-8")).encode()
+        return self.body
+
+    @cached_property
+    def decoded_json(self) -> Any:
+        """The body read as JSON, once (the dedupe key and the parser both need it); the error if not JSON."""
+        try:
+            return json.loads(self.body.strip().decode("utf-8-sig"))
+        except (ValueError, RecursionError) as exc:
+            return exc
 
 
-def read_json(body: bytes) -> Any:
-    """The body as JSON, or a :class:`NotJson` saying why not."""
-    try:
-        return json.loads(body.strip().decode("utf-8-sig"))
-    except (ValueError, RecursionError) as exc:
-        return NotJson(exc)
+def _sorted_query(text: str) -> str:
+    return urlencode(sorted(parse_qsl(text, keep_blank_values=True)))
+
+
+def _add(fields: dict[str, Any], key: str, value: Any) -> None:
+    """A repeated key becomes a list."""
+    if key in fields:
+        existing = fields[key]
+        fields[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+    else:
+        fields[key] = value
 
 
 def form_fields(text: str) -> dict[str, Any]:
     """``a=1&b=2``; a repeated key becomes a list."""
-    data: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
     for key, value in parse_qsl(text, keep_blank_values=True):
-        if key in data:
-            existing = data[key]
-            data[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
-        else:
-            data[key] = value
-    return data
+        _add(fields, key, value)
+    return fields
 
 
 def _refuse(*_: Any) -> None:
@@ -74,29 +112,19 @@ def read_xml(text: str) -> dict[str, Any]:
     """Elements as nested dicts (attributes as keys, repeated elements as lists, leaves as text)."""
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = _refuse
-    parser.EntityDeclHandler = _refuse
-    parser.ExternalEntityRefHandler = _refuse
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = parser.ExternalEntityRefHandler = _refuse
     root: dict[str, Any] = {}
     stack: list[tuple[str, dict[str, Any], list[str]]] = [("", root, [])]
-    seen = 0
+    seen = count(1)
 
     def start(tag: str, attributes: dict[str, str]) -> None:
-        nonlocal seen
-        seen += 1
-        if seen > _MAX_XML_ELEMENTS:
+        if next(seen) > _MAX_XML_ELEMENTS:
             raise ValueError(f"more than {_MAX_XML_ELEMENTS} XML elements")
         stack.append((tag.rpartition(":")[2], dict(attributes), []))
 
     def end(tag: str) -> None:
         name, node, texts = stack.pop()
-        value: Any = node if node else "".join(texts).strip()
-        parent = stack[-1][1]
-        if name in parent:
-            existing = parent[name]
-            parent[name] = [*existing, value] if isinstance(existing, list) else [existing, value]
-        else:
-            parent[name] = value
+        _add(stack[-1][1], name, node or "".join(texts).strip())
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -110,6 +138,7 @@ def read_xml(text: str) -> dict[str, Any]:
 
 _PAIR = re.compile(r"\s*([A-Za-z_][\w.\- ]{0,63}?)\s*[=:]\s*(.*?)\s*")
 _NUMBER = re.compile(r"\+?\d[\d\- ]{6,18}\d")
+_TAG = re.compile(r"<[^>]*>")
 
 
 def read_text(text: str, names: tuple[str, str, str]) -> dict[str, Any]:
@@ -127,54 +156,35 @@ def read_text(text: str, names: tuple[str, str, str]) -> dict[str, Any]:
     return dict(zip(names, [number, *rest[:2]], strict=False))
 
 
-_TAG = re.compile(r"<[^>]*>")
-
-
-def read_html(text: str, names: tuple[str, str, str]) -> dict[str, Any]:
-    """The text of an HTML body (tags dropped, entities decoded), read as text."""
-    return read_text(html.unescape(_TAG.sub("\n", text)), names)
-
-
-def _is_xml(media: str, text: str) -> bool:
-    if media.endswith("xml"):
-        return True
-    if media in ("text/html", "text/plain", "application/x-www-form-urlencoded") or not text.startswith("<"):
-        return False
-    return not text[:15].lower().startswith(("<!doctype html", "<html"))
-
-
-def decode_payload(
-    body: bytes, content_type: str | None, query: str, json_value: Any, names: tuple[str, str, str]
-) -> tuple[Any, dict[str, Any]]:
-    """(payload, context from the query string); ``ValueError`` with a reason if unreadable.
-
-    :param json_value: the body read by :func:`read_json` (its caller keeps it for the dedupe key).
-    """
-    fields = form_fields(query) if query else {}
-    stripped = body.strip()
+def decode_payload(raw: RawCallback, names: tuple[str, str, str]) -> tuple[Any, dict[str, Any]]:
+    """(payload, context from the query string); ``ValueError`` with a reason if unreadable. ``names``:
+    where :func:`read_text` puts a positional text body's fields."""
+    fields = form_fields(raw.query) if raw.query else {}
+    stripped = raw.body.strip()
     if not stripped:
         if not fields:
             raise ValueError("empty callback: no body and no query parameters")
         return fields, {}
-    media = media_type(content_type)
+    media = media_type(raw.content_type)
     if media == "multipart/form-data":
         raise ValueError("multipart/form-data is not supported; stored raw")
     try:
         text = stripped.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("body is not UTF-8 text") from None
-    if media.endswith("json") or (media != "application/x-www-form-urlencoded" and text[:1] in "{["):
-        if not isinstance(json_value, NotJson):
-            return json_value, fields
-        if isinstance(json_value.error, RecursionError):
+    if media.endswith("json") or (media != _FORM and text[:1] in "{["):
+        if not isinstance(raw.decoded_json, Exception):
+            return raw.decoded_json, fields
+        if isinstance(raw.decoded_json, RecursionError):
             raise ValueError("JSON body nested too deeply")
-        raise ValueError(f"body is not valid JSON: {json_value.error}")
-    if _is_xml(media, text):
-        return read_xml(text), fields
-    if media == "text/html" or text.startswith("<"):
-        return read_html(text, names), fields
-    if media == "application/x-www-form-urlencoded" or (
-        media != "text/plain" and "=" in text and "\n" not in text
+        raise ValueError(f"body is not valid JSON: {raw.decoded_json}")
+    html_page = media == "text/html" or text[:15].lower().startswith(("<!doctype html", "<html"))
+    if media.endswith("xml") or (
+        text.startswith("<") and not html_page and media not in ("text/plain", _FORM)
     ):
+        return read_xml(text), fields
+    if media == "text/html" or text.startswith("<"):  # its text, tags dropped and entities decoded
+        return read_text(html.unescape(_TAG.sub("\n", text)), names), fields
+    if media == _FORM or (media != "text/plain" and "=" in text and "\n" not in text):
         return form_fields(text), fields
     return read_text(text, names), fields

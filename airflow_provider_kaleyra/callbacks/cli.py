@@ -42,9 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         help="kaleyra connection to read callback_secret (and the store URL) from "
         "(default: env KALEYRA_CALLBACK_CONN_ID or kaleyra_default)",
     )
-    parser.add_argument(
-        "--client-id", help="advanced auth: the client ID Kaleyra sends to /kaleyra/soip/token"
-    )
+    parser.add_argument("--client-id", help="advanced auth: client ID Kaleyra sends to /kaleyra/soip/token")
     parser.add_argument(
         "--client-secret-env", metavar="NAME", help="advanced auth: variable holding the client secret"
     )
@@ -66,44 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store_url(args: argparse.Namespace) -> str:
-    if args.store_url:
-        return args.store_url
-    from airflow_provider_kaleyra.callbacks.settings import CONN_ID_ENV
-    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
-    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-
-    conn_id = args.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
-    return KaleyraHook(kaleyra_conn_id=conn_id).config.store_url
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until interrupted, or purge and exit."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=log_format)
+    from airflow_provider_kaleyra.callbacks.settings import ReceiverNotConfigured, read_connection
+
     if args.purge_older_than is not None:
-        store = get_store(_store_url(args))
+        store = get_store(args.store_url or read_connection(args.conn_id).store_url)
         deleted = store.purge(args.purge_older_than)
         print(f"purged {deleted} callbacks from {redact_url(store.url)}")
         return 0
-
     for name in (args.secret_env, args.client_secret_env):
         if name and not os.environ.get(name):
             print(f"error: environment variable {name} is empty or unset", file=sys.stderr)
             return 2
-    from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured
-
-    settings = {
-        "store_url": args.store_url,
-        "secret_env": args.secret_env,
-        "client_id": args.client_id,
-        "client_secret_env": args.client_secret_env,
-        "conn_id": args.conn_id,
-        "max_body_bytes": args.max_body_bytes,
-    }
-    app = _app(**settings)
+    names = ("store_url", "secret_env", "client_id", "client_secret_env", "conn_id", "max_body_bytes")
+    options = {name: getattr(args, name) for name in names}
+    app = worker_app(options)
     try:  # refuse to start rather than answer 503 to every callback
         checked = app.state.kaleyra_settings.get()
     except ReceiverNotConfigured as exc:
@@ -112,11 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # ... and the store must open (its tables are created on first use)
         checked.store.engine  # noqa: B018
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
         print(
-            f"error: callback store {redact_url(checked.store.url)} cannot be used: "
-            f"{type(exc).__name__}: {first_line}",
-            file=sys.stderr,
+            f"error: callback store {redact_url(checked.store.url)} cannot be used: {reason}", file=sys.stderr
         )
         return 2
     import uvicorn
@@ -127,33 +104,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvicorn.run(app, **common)
         return 0
     checked.store.dispose()  # each worker opens its own
-    # Worker processes import the app by name: they get the settings (no secret) through the environment.
-    os.environ[_WORKER_SETTINGS_ENV] = json.dumps(settings)
+    # Worker processes import the app by name: they get the options (no secret) through the environment.
+    os.environ[_WORKER_SETTINGS_ENV] = json.dumps(options)
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
     return 0
 
 
-def _app(
-    *,
-    store_url: str | None,
-    secret_env: str | None,
-    client_id: str | None,
-    client_secret_env: str | None,
-    conn_id: str | None,
-    max_body_bytes: int,
-) -> Any:
+def worker_app(options: dict[str, Any] | None = None) -> Any:
+    """The app from the command line's options; a ``--workers`` process reads them from the environment."""
     from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
 
+    given = options if options is not None else json.loads(os.environ[_WORKER_SETTINGS_ENV])
+    secret_env, client_secret_env = given["secret_env"], given["client_secret_env"]
     return create_standalone_app(
-        store=get_store(store_url) if store_url else None,
+        store=get_store(given["store_url"]) if given["store_url"] else None,
         secret=os.environ.get(secret_env) if secret_env else None,
-        client_id=client_id,
+        client_id=given["client_id"],
         client_secret=os.environ.get(client_secret_env) if client_secret_env else None,
-        conn_id=conn_id,
-        max_body_bytes=max_body_bytes,
+        conn_id=given["conn_id"],
+        max_body_bytes=given["max_body_bytes"],
     )
-
-
-def worker_app() -> Any:
-    """The app of one worker process (``--workers``), built from the settings ``main`` checked."""
-    return _app(**json.loads(os.environ[_WORKER_SETTINGS_ENV]))

@@ -6,22 +6,15 @@ raw callback is still stored and can be re-read later with a better field mappin
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import cached_property
+from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from airflow_provider_kaleyra.callbacks.bodies import (
-    NotJson,
+    RawCallback,
     RefusedBody,
     decode_payload,
     loose_key as _key,
-    media_type,
-    read_json,
     unescape,
 )
 from airflow_provider_kaleyra.client.api import e164_key
@@ -44,71 +37,32 @@ class FieldMapping:
     name a profile's placeholders with the shorthands ``number``, ``status`` and ``request_id``.
     """
 
+    # fmt: off
     number_keys: tuple[str, ...] = (
-        "number",
-        "mobile",
-        "msisdn",
-        "to",
-        "phoneNumber",
-        "phone",
-        "mobileNumber",
-        "destination",
-        "recipient",
-        "deviceAddress",
+        "number", "mobile", "msisdn", "to", "phoneNumber", "phone", "mobileNumber", "destination",
+        "recipient", "deviceAddress",
     )
     capability_keys: tuple[str, ...] = (
-        "soip_capable",
-        "soipCapable",
-        "is_capable",
-        "capable",
-        "capability",
-        "soip_status",
-        "status",
-        "code",
-        "result",
+        "soip_capable", "is_capable", "capable", "capability", "soip_status", "status", "code", "result",
     )
-    request_id_keys: tuple[str, ...] = (
-        "request_id",
-        "message_id",
-        "msg_id",
-        "bulk_id",
-        "reference_id",
-        "id",
-    )
-    capable_values: frozenset[str] = _values(
-        ["true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active"]
-    )
-    not_capable_values: frozenset[str] = _values(
-        [
-            "false",
-            "0",
-            "no",
-            "n",
-            "not_capable",
-            "not capable",
-            "incapable",
-            "non_capable",
-            "soip_not_capable",
-            "disabled",
-            "unavailable",
-            "not_available",
-            "unsupported",
-            "not_supported",
-            "inactive",
-        ]
-    )
+    request_id_keys: tuple[str, ...] = ("request_id", "message_id", "msg_id", "bulk_id", "reference_id", "id")
+    capable_values: frozenset[str] = _values([
+        "true", "1", "yes", "y", "capable", "soip_capable", "enabled", "available", "supported", "active",
+    ])
+    not_capable_values: frozenset[str] = _values([
+        "false", "0", "no", "n", "not_capable", "incapable", "non_capable", "soip_not_capable", "disabled",
+        "unavailable", "not_available", "unsupported", "not_supported", "inactive",
+    ])
+    # fmt: on
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> FieldMapping:
         """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
         if not data:
             return cls()
-        known = {"number_keys", "capability_keys", "request_id_keys", "capable_values", "not_capable_values"}
-        unknown = set(data) - known - set(_SHORTHANDS)
-        if unknown:
-            raise ValueError(
-                f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known | set(_SHORTHANDS))}"
-            )
+        known = {f.name for f in fields(cls)} | set(_SHORTHANDS)
+        if unknown := set(data) - known:
+            raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             items = [value] if isinstance(value, str) else list(value)
@@ -120,16 +74,9 @@ class FieldMapping:
             kwargs[name] = _values(items) if name.endswith("_values") else tuple(items)
         return cls(**kwargs)
 
-    @property
-    def text_names(self) -> tuple[str, str, str]:
-        """Keys under which a positional text body's number, status and request id are read."""
-        return self.number_keys[0], self.capability_keys[0], self.request_id_keys[0]
-
     def capability(self, value: Any) -> bool | None:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
             return bool(value)
         if isinstance(value, str):
             text = _key(unescape(value))
@@ -147,39 +94,9 @@ def _loose(record: Mapping[str, Any]) -> dict[str, Any]:
     return {_key(k): v for k, v in record.items() if isinstance(k, str)}
 
 
-def _find_loose(loose: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-    for k in keys:
-        if (found := _key(k)) in loose:
-            return True, loose[found]
-    return False, None
-
-
-@dataclass(frozen=True)
-class RawCallback:
-    """One HTTP delivery exactly as received; stored whatever its content."""
-
-    method: str
-    body: bytes
-    content_type: str | None = None
-    query: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @cached_property
-    def dedupe_key(self) -> str:
-        """Same method, query and body (canonically) means the same delivery, re-sent (computed once)."""
-        digest = hashlib.sha256()
-        digest.update(self.method.upper().encode())
-        digest.update(b"\n")
-        digest.update(urlencode(sorted(parse_qsl(self.query, keep_blank_values=True))).encode())
-        digest.update(b"\n")
-        digest.update(_canonical_body(self))
-        return digest.hexdigest()
-
-    @cached_property
-    def decoded_json(self) -> Any:
-        """The body read as JSON, once: the dedupe key and the parser both need it; a ``NotJson`` if not."""
-        return read_json(self.body)
+def _found(loose: dict[str, Any], keys: Iterable[str]) -> list[Any]:
+    """The values under ``keys`` (loosely), in the keys' order."""
+    return [loose[k] for k in map(_key, keys) if k in loose]
 
 
 @dataclass(frozen=True)
@@ -203,46 +120,18 @@ class ParsedCallback:
     refused: bool = False  # hostile (an XML DTD): answered 400 and not stored
 
 
-def _canonical_body(raw: RawCallback) -> bytes:
-    """JSON and form bodies hash the same whatever their key order or spacing; anything else as is."""
-    body = raw.body
-    stripped = body.strip()
-    if not stripped:
-        return b""
-    decoded = raw.decoded_json
-    if not isinstance(decoded, NotJson):
-        try:
-            return json.dumps(decoded, sort_keys=True, separators=(",", ":")).encode()
-        except (ValueError, RecursionError):
-            pass
-    if media_type(raw.content_type) == "application/x-www-form-urlencoded":
-        try:
-            return urlencode(sorted(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))).encode()
-        except UnicodeDecodeError:
-            pass
-    return body
-
-
 def _records(payload: Any, context: dict[str, Any], mapping: FieldMapping, depth: int = 0) -> list[dict]:
     """Find every object that names a number; scalar fields of parents are inherited (e.g. a bulk id)."""
     if depth > MAX_DEPTH:
         return []
     if isinstance(payload, list):
-        found: list[dict] = []
-        for item in payload:
-            found.extend(_records(item, context, mapping, depth + 1))
-        return found
+        return [record for item in payload for record in _records(item, context, mapping, depth + 1)]
     if not isinstance(payload, dict):
         return []
     merged = {**context, **{k: v for k, v in payload.items() if not isinstance(v, (dict, list))}}
-    has_number, value = _find_loose(_loose(payload), mapping.number_keys)
-    if has_number and (isinstance(value, (str, int, list))):
+    if isinstance(next(iter(_found(_loose(payload), mapping.number_keys)), None), (str, int, list)):
         return [{**merged, **{k: v for k, v in payload.items() if isinstance(v, list)}}]
-    found = []
-    for child in payload.values():
-        if isinstance(child, (dict, list)):
-            found.extend(_records(child, merged, mapping, depth + 1))
-    return found
+    return [record for child in payload.values() for record in _records(child, merged, mapping, depth + 1)]
 
 
 def _split_numbers(value: Any) -> list[str]:
@@ -274,37 +163,27 @@ def parse_callback(
     """Read the numbers and capabilities in a callback; never raises on bad input."""
     mapping = mapping or FieldMapping()
     try:
-        payload, context = decode_payload(
-            raw.body, raw.content_type, raw.query, raw.decoded_json, mapping.text_names
-        )
+        # a positional text body's number, status and request id go under the first keys of each
+        names = (mapping.number_keys[0], mapping.capability_keys[0], mapping.request_id_keys[0])
+        payload, context = decode_payload(raw, names)
     except RefusedBody as exc:
         return ParsedCallback(error=str(exc), refused=True)
     except ValueError as exc:
         return ParsedCallback(error=str(exc))
     records = _records(payload, context, mapping)
     if not records:
-        return ParsedCallback(
-            error=f"no number found (looked for keys: {', '.join(mapping.number_keys)})",
-        )
+        return ParsedCallback(error=f"no number found (looked for keys: {', '.join(mapping.number_keys)})")
     results: list[ParsedResult] = []
     for record in records:
         loose = _loose(record)  # once per record, not once per key looked up
-        _, number_value = _find_loose(loose, mapping.number_keys)
-        capable: bool | None = None
-        status: str | None = None
-        for key in mapping.capability_keys:
-            found, value = _find_loose(loose, (key,))
-            if not found:
-                continue
-            if status is None:
-                status = _text(value)
-            recognised = mapping.capability(value)
-            if recognised is not None:
+        statuses = _found(loose, mapping.capability_keys)
+        capable, status = None, _text(statuses[0]) if statuses else None
+        for value in statuses:
+            if (recognised := mapping.capability(value)) is not None:
                 capable, status = recognised, _text(value)
                 break
-        _, request_value = _find_loose(loose, mapping.request_id_keys)
-        request_id = _text(request_value) or None
-        for number_raw in _split_numbers(number_value):
+        request_id = _text(next(iter(_found(loose, mapping.request_id_keys)), None)) or None
+        for number_raw in _split_numbers(_found(loose, mapping.number_keys)[0]):
             number = _callback_e164(number_raw, region)
             error = None
             if number is None:

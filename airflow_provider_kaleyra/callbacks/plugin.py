@@ -1,8 +1,5 @@
-"""Airflow plugin that mounts the callback receiver on the API server under ``/kaleyra``.
-
-The app is built at import but reads nothing until the first callback arrives, so loading the
-plugin never touches the connection or the database.
-"""
+"""Airflow plugin that mounts the callback receiver on the API server under ``/kaleyra``; the app
+reads nothing (connection, database) until the first callback arrives."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """HTTP endpoint for Kaleyra's SOIP callbacks, mounted on the Airflow API server or run standalone.
 
-Airflow does not authenticate plugin routes, so this app checks a shared secret itself, before it
-reads a single byte of the body. Every authenticated callback is stored raw, then parsed; one that
-cannot be parsed is kept and flagged, never dropped, so nothing Kaleyra sends is lost.
+Airflow does not authenticate plugin routes, so this app checks credentials itself, before it reads
+a single byte of the body. Every authenticated callback is stored raw, then parsed; one that cannot
+be parsed is kept and flagged, never dropped, so nothing Kaleyra sends is lost.
 """
 
 from __future__ import annotations
@@ -11,28 +11,20 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized
-from airflow_provider_kaleyra.callbacks.logs import redact_access_log, redact_query
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.settings import (
-    CONN_ID_ENV,
-    LazySettings,
-    ReceiverNotConfigured,
-    ReceiverOptions,
-    ReceiverSettings,
-)
+from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized, presented_client
+from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.settings import LazySettings, ReceiverNotConfigured, ReceiverSettings
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
-from airflow_provider_kaleyra.callbacks.tokens import presented_client
 
 log = logging.getLogger(__name__)
-
-__all__ = ["CALLBACK_PATH", "CONN_ID_ENV", "TOKEN_PATH", "URL_PREFIX", "ReceiverNotConfigured", "create_app"]
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TOKEN_REQUEST_BYTES = 16 * 1024
@@ -41,25 +33,38 @@ TOKEN_PATH = "/soip/token"
 URL_PREFIX = "/kaleyra"
 _PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", SECRET_HEADER}
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_BASIC = {"WWW-Authenticate": 'Basic realm="kaleyra"'}
+_BEARER = {"WWW-Authenticate": 'Bearer realm="kaleyra", error="invalid_token"'}
+REDACTED = "***"
 
 
-def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], dict[str, str]]:
-    """One pass over the request's headers: (all of them, as stored with the callback).
+def redact_query(query: str) -> str:
+    """``a=1&secret=x`` -> ``a=***&secret=***``, for access logs (a profile's URL may carry a secret, a
+    GET callback the number, a GET token request the client secret); anything unreadable -> ``***``."""
+    if not query:
+        return query
+    try:
+        keys = [key for key, _ in parse_qsl(query, keep_blank_values=True)]
+    except ValueError:
+        return REDACTED
+    return "&".join(f"{quote(key, safe='')[:64]}={REDACTED}" for key in keys) or REDACTED
 
-    What is stored is 64 headers at most, values cut, and no credentials.
-    """
-    every: dict[str, str] = {}
-    kept: dict[str, str] = {}
-    for name, value in raw:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        every.setdefault(key, text)
-        if len(kept) < 64 and key not in _PRIVATE_HEADERS:
-            kept[key] = text[:512]
-    return every, kept
+
+def _redact_access_record(record: logging.LogRecord) -> bool:
+    """A filter for uvicorn's access log (the standalone receiver: every request, refused ones and
+    unknown paths included), whose records carry ``(client, method, target, version, status)``."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(_redact_target(a) if isinstance(a, str) else a for a in record.args)
+    return True
+
+
+def _redact_target(target: str) -> str:
+    path, sep, query = target.partition("?")
+    return f"{path}?{redact_query(query)}" if sep else target
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-    """A JSON answer, sent as the two ASGI messages (no Response object: it cost as much as the store)."""
+    """A JSON answer, sent as the two ASGI messages."""
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     start = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": start})
@@ -70,64 +75,29 @@ async def _error(send: Send, status: int, detail: str, headers: dict[str, str] |
     await _answer(send, status, json.dumps({"status": "error", "detail": detail}).encode(), headers)
 
 
-async def _accepted(send: Send, new: bool, results: int, parse_error: str | None) -> None:
-    body = b'{"status":"accepted","duplicate":%s,"results":%d,"parse_error":%s}' % (
-        b"false" if new else b"true",
-        results,
-        b"null" if parse_error is None else json.dumps(parse_error).encode(),
-    )
-    await _answer(send, 202, body)
-
-
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The body, or ``None`` as soon as it exceeds ``limit`` or the client hangs up (never buffered past it)."""
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None  # http.disconnect: nothing to store, nobody to answer
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        body += message.get("body", b"")
+        if len(body) > limit:
             return None
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return bytes(body)
 
 
-async def _settings_or_refusal(settings: LazySettings, scope: Scope, send: Send) -> ReceiverSettings | None:
-    """The settings, once the sender passed the allow-list; else ``None`` (and the request is answered).
-
-    The query string is redacted in the scope first: Airflow's access log reads it after the answer.
-    """
-    if scope.get("query_string"):  # (the receiver itself has kept the real one, see RawCallback)
-        scope["kaleyra_query"] = scope["query_string"].decode("latin-1")
-        scope["query_string"] = redact_query(scope["kaleyra_query"]).encode("latin-1")
-    try:  # resolved once (reading the connection may block); then no thread hop per request
-        current = settings.resolved or await run_in_threadpool(settings.get)
-    except ReceiverNotConfigured:
-        await _error(send, 503, "callback receiver is not configured; see the server log")
-        return None
-    if current.allow is not None:
-        peer = scope["client"][0] if scope.get("client") else None
-        forwarded = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"), None)
-        if not current.allow.admits(peer, forwarded):
-            log.warning("Refused a Kaleyra callback request from %s: not in the allow-list", peer)
-            await _error(send, 403, "sender not allowed")
-            return None
-    return current
+def _peer(scope: Scope) -> str | None:
+    return scope["client"][0] if scope.get("client") else None
 
 
-def _refused(scope: Scope, what: str) -> None:
-    client = scope["client"][0] if scope.get("client") else "?"
-    log.warning("Refused an unauthenticated Kaleyra %s from %s", what, client)
+class _Endpoint:
+    """What both routes do first: redact the query, resolve the settings, apply the allow-list.
 
-
-class _CallbackEndpoint:
-    """The callback route as a plain ASGI app: Starlette's Request and Response cost ~25 us a callback.
-
-    (Starlette runs an ASGI object given to a route as is; the route still answers 405 to other methods.)
+    The routes are plain ASGI objects (Starlette runs one given to a route as is, and still answers 405
+    to other methods): its Request and Response cost ~25 us a callback, as much as the store.
     """
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
@@ -135,38 +105,43 @@ class _CallbackEndpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.max_body_bytes
-        current = await _settings_or_refusal(self.settings, scope, send)
-        if current is None:
-            return None
-        headers, kept = _headers(scope["headers"])
+        if scope.get("query_string"):  # kept for the callback, redacted for the API server's access log
+            scope["kaleyra_query"] = scope["query_string"].decode("latin-1")
+            scope["query_string"] = redact_query(scope["kaleyra_query"]).encode("latin-1")
+        try:  # resolved once (reading the connection may block); then no thread hop per request
+            current = self.settings.resolved or await run_in_threadpool(self.settings.get)
+        except ReceiverNotConfigured:
+            return await _error(send, 503, "callback receiver is not configured; see the server log")
+        peer = _peer(scope)
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        if current.allow is not None and not current.allow.admits(peer, headers.get("x-forwarded-for")):
+            log.warning("Refused a Kaleyra callback request from %s: not in the allow-list", peer)
+            return await _error(send, 403, "sender not allowed")
+        await self.handle(current, scope, headers, receive, send)  # (defined by each route)
+
+
+class _CallbackEndpoint(_Endpoint):
+    async def handle(
+        self, current: ReceiverSettings, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        limit, query = self.max_body_bytes, scope.get("kaleyra_query", "")
         if not is_authorized(headers, current.secret, current.tokens):
-            _refused(scope, "callback")
-            scheme = (
-                'Bearer realm="kaleyra", error="invalid_token"' if current.tokens else 'Basic realm="kaleyra"'
-            )
-            return await _error(
-                send, 401, "missing or wrong callback credentials", {"WWW-Authenticate": scheme}
-            )
+            log.warning("Refused an unauthenticated Kaleyra callback from %s", _peer(scope))
+            challenge = _BEARER if current.tokens else _BASIC
+            return await _error(send, 401, "missing or wrong callback credentials", challenge)
         declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                return await _error(send, 400, "invalid Content-Length")
-            if int(declared) > limit:
-                return await _error(send, 413, f"body larger than {limit} bytes")
-        body = await _read_body(receive, limit)
+        if declared is not None and not declared.strip().isdigit():
+            return await _error(send, 400, "invalid Content-Length")
+        body = None if declared is not None and int(declared) > limit else await _read_body(receive, limit)
         if body is None:
             return await _error(send, 413, f"body larger than {limit} bytes")
-        raw = RawCallback(
-            method=scope["method"],
-            body=body,
-            content_type=headers.get("content-type"),
-            query=scope.get("kaleyra_query", ""),
-            headers=kept,
-            received_at=datetime.now(UTC),
-        )
-        if not body.strip() and not raw.query:
+        if not body.strip() and not query:
             return await _error(send, 400, "empty callback: no body and no query parameters")
+        # stored: 64 headers at most, values cut, no credentials
+        kept = dict(islice(((k, v[:512]) for k, v in headers.items() if k not in _PRIVATE_HEADERS), 64))
+        raw = RawCallback(scope["method"], body, headers.get("content-type"), query, kept, datetime.now(UTC))
         parsed = parse_callback(raw, current.mapping, current.region)
         if parsed.refused:
             log.warning("Refused a Kaleyra callback: %s", parsed.error)
@@ -179,32 +154,27 @@ class _CallbackEndpoint:
             return await _error(send, 503, "callback store unavailable; retry later", {"Retry-After": "30"})
         if parsed.error:
             log.warning("Stored a Kaleyra callback that could not be fully read: %s", parsed.error)
-        await _accepted(send, new, len(parsed.results), parsed.error)
+        error = b"null" if parsed.error is None else json.dumps(parsed.error).encode()
+        answer = b'{"status":"accepted","duplicate":%s,"results":%d,"parse_error":%s}'
+        await _answer(send, 202, answer % (b"false" if new else b"true", len(parsed.results), error))
 
 
-class _TokenEndpoint:
+class _TokenEndpoint(_Endpoint):
     """Advanced auth: client ID and secret (Basic, JSON, form or query) in, a Bearer token out."""
 
-    def __init__(self, settings: LazySettings) -> None:
-        self.settings = settings
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        current = await _settings_or_refusal(self.settings, scope, send)
-        if current is None:
-            return None
+    async def handle(
+        self, current: ReceiverSettings, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
         if current.tokens is None:
             return await _error(send, 404, "advanced callback auth is not configured on this connection")
-        headers, _ = _headers(scope["headers"])
-        body = await _read_body(receive, MAX_TOKEN_REQUEST_BYTES)
+        body = await _read_body(receive, self.max_body_bytes)
         if body is None:
-            return await _error(send, 413, f"body larger than {MAX_TOKEN_REQUEST_BYTES} bytes")
-        client = presented_client(
-            headers.get("authorization"), body, headers.get("content-type"), scope.get("kaleyra_query", "")
-        )
+            return await _error(send, 413, f"body larger than {self.max_body_bytes} bytes")
+        client = presented_client(headers, body, scope.get("kaleyra_query", ""))
         if client is None or not current.tokens.client_matches(*client):
-            _refused(scope, "token request")
+            log.warning("Refused an unauthenticated Kaleyra token request from %s", _peer(scope))
             body = b'{"error":"invalid_client"}'
-            return await _answer(send, 401, body, {"WWW-Authenticate": 'Basic realm="kaleyra"', **_NO_STORE})
+            return await _answer(send, 401, body, {**_BASIC, **_NO_STORE})
         await _answer(send, 200, json.dumps(current.tokens.issue()).encode(), _NO_STORE)
 
 
@@ -213,8 +183,6 @@ def create_app(
     store: CallbackStore | None = None,
     secret: str | None = None,
     conn_id: str | None = None,
-    field_map: FieldMapping | Mapping[str, Any] | None = None,
-    region: str | None = None,
     client_id: str | None = None,
     client_secret: str | None = None,
     token_lifetime: timedelta | None = None,
@@ -223,40 +191,21 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     path_prefix: str = "",
 ) -> FastAPI:
-    """Build the receiver app; what is not given is read from the ``kaleyra`` connection on first request.
-
-    :param store: where callbacks go; default: the connection's ``callback_store_url``.
-    :param secret: the shared secret (header, Basic password or static Bearer); default: ``callback_secret``.
-    :param conn_id: connection to read; default: env ``KALEYRA_CALLBACK_CONN_ID`` or ``kaleyra_default``.
-        Advanced-auth tokens are bound to it: another connection's token is refused.
-    :param field_map: payload keys and values to recognise; default: connection extra ``callback_field_map``.
-    :param region: region for numbers that arrive without a country code; default: the connection's.
-    :param client_id: advanced auth (the token route); default: ``callback_client_id``.
-    :param client_secret: advanced auth; default: ``callback_client_secret``.
-    :param token_lifetime: of advanced-auth tokens; default: ``callback_token_lifetime`` (one hour).
-    :param allowed_ips: CIDRs allowed to call; default: ``callback_allowed_ips`` (empty: any sender).
-    :param trusted_proxies: CIDRs whose ``X-Forwarded-For`` is believed; default: ``callback_trusted_proxies``.
-    :param max_body_bytes: larger bodies are refused with 413.
-    :param path_prefix: put before the routes' paths (the API server mounts the app under its own).
-    """
-    mapping = (
-        field_map
-        if field_map is None or isinstance(field_map, FieldMapping)
-        else FieldMapping.from_dict(field_map)
-    )
-    options = ReceiverOptions(
-        store=store,
+    """The receiver app. The other arguments stand for the extras ``callback_<name>`` (``store``: its
+    ``callback_store_url``) of the connection ``conn_id`` (default: env ``KALEYRA_CALLBACK_CONN_ID``, else
+    ``kaleyra_default``; advanced-auth tokens are bound to it), read on the first request for what is not
+    given, and for the payload mapping and region. Bodies over ``max_body_bytes`` get 413; ``path_prefix``
+    goes before the routes' paths (the API server mounts the app under its own)."""
+    settings = LazySettings(
+        conn_id,
+        store,
         secret=secret,
         client_id=client_id,
         client_secret=client_secret,
         token_lifetime=token_lifetime,
         allowed_ips=allowed_ips,
         trusted_proxies=trusted_proxies,
-        mapping=mapping,
-        region=region,
-        conn_id=conn_id,
     )
-    settings = LazySettings(options)
     app = FastAPI(title="Kaleyra SOIP callback receiver", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kaleyra_settings = settings
 
@@ -269,15 +218,15 @@ def create_app(
         _CallbackEndpoint(settings, max_body_bytes),
         methods=["GET", "POST", "PUT", "DELETE"],
     )
-    app.add_route(f"{path_prefix}{TOKEN_PATH}", _TokenEndpoint(settings), methods=["GET", "POST", "PUT"])
+    token = _TokenEndpoint(settings, MAX_TOKEN_REQUEST_BYTES)
+    app.add_route(f"{path_prefix}{TOKEN_PATH}", token, methods=["GET", "POST", "PUT"])
     return app
 
 
 def create_standalone_app(**kwargs: Any) -> FastAPI:
-    """The receiver under ``/kaleyra`` as on the API server, so callback URLs look the same either way.
-
-    Routes carry the prefix rather than a mount: a mounted app runs a second middleware stack per request.
-    Served by uvicorn, whose access log gets its query strings redacted.
-    """
-    redact_access_log()
+    """The receiver under ``/kaleyra`` as on the API server (routes carry the prefix: a mount would run a
+    second middleware stack per request), for uvicorn, whose access log gets its query values redacted."""
+    access_log = logging.getLogger("uvicorn.access")
+    if _redact_access_record not in access_log.filters:  # once: uvicorn keeps its loggers' filters
+        access_log.addFilter(_redact_access_record)
     return create_app(path_prefix=URL_PREFIX, **kwargs)

@@ -1,10 +1,8 @@
-"""The SQL of the group commit's writes, run through the DBAPI cursor (see :func:`transaction`).
+"""The callback store's tables, and the SQL that writes a batch of callbacks into them.
 
-A batch of callbacks is one statement on PostgreSQL (the callbacks, their results and the ids,
-in one round trip: the fixed cost of a round trip was most of a small batch's cost) and two
-multi-row statements on SQLite (one per 1,000 rows). SQLAlchemy Core cost more per batch
-(compiling, type processing, executemany) than the database did; the tables themselves are
-defined once, in :mod:`.schema`.
+Results are indexed on ``(number, received_at)`` so the sensor counts 100k numbers in one query;
+``(number, request_id)`` is unique, so a re-delivered answer replaces the stored one. Writes are
+plain SQL on the DBAPI cursor: SQLAlchemy Core cost more per batch than the database did.
 """
 
 from __future__ import annotations
@@ -14,99 +12,112 @@ from collections.abc import Generator, Sequence
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
 from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
-
-def callback_row(raw: RawCallback, parsed: ParsedCallback) -> tuple[Any, ...]:
-    """Values in the order of ``CALLBACK_COLUMNS``."""
-    return (
-        raw.dedupe_key,
-        as_utc(raw.received_at),
-        raw.method.upper()[:8],
-        (raw.content_type or None) and raw.content_type[:255],
-        raw.query,
-        json.dumps(dict(raw.headers), sort_keys=True),
-        raw.body,
-        parsed.error,
-        len(parsed.results),
-    )
+SCHEMA_VERSION = 1
 
 
-def result_rows(
-    batch: Sequence[tuple[RawCallback, ParsedCallback]], first: dict[str, int], inserted: dict[str, int]
-) -> list[tuple[Any, ...]]:
-    """SQLite: result rows of the newly stored deliveries; one per (number, request id) when an id is given.
+class UTCDateTime(sa.TypeDecorator):
+    """Aware UTC datetimes in and out, on SQLite (naive text) as on PostgreSQL (timestamptz)."""
 
-    (On PostgreSQL the statement itself joins the results to the callbacks it inserted.)
-    """
-    rows: dict[Any, tuple[Any, ...]] = {}
-    for key, index in first.items():
-        callback_id = inserted.get(key)
-        if callback_id is None:
-            continue
-        raw, parsed = batch[index]
-        at = as_utc(raw.received_at)
-        for r in parsed.results:
-            row = (callback_id, r.number, r.number_raw, r.capable, r.status, r.request_id, at, r.error)
-            # a statement may not update one row twice: the last answer for an id wins
-            unique = (r.number, r.request_id) if r.request_id is not None and r.number else len(rows)
-            rows.pop(unique, None)
-            rows[unique] = row
-    return list(rows.values())
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        value = None if value is None else as_utc(value)
+        return value.replace(tzinfo=None) if value and dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
-CALLBACK_COLUMNS = (  # (column, PostgreSQL type of its values)
-    ("dedupe_key", "text"),
-    ("received_at", "timestamptz"),
-    ("method", "text"),
-    ("content_type", "text"),
-    ('"query"', "text"),
-    ("headers", "text"),
-    ("body", "bytea"),
-    ("parse_error", "text"),
-    ("result_count", "int"),
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+metadata = sa.MetaData()
+
+schema_version_table = sa.Table(
+    "kaleyra_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
 )
-RESULT_COLUMNS = (
-    ("callback_id", "bigint"),
-    ("number", "text"),
-    ("number_raw", "text"),
-    ("capable", "boolean"),
-    ("status", "text"),
-    ("request_id", "text"),
-    ("received_at", "timestamptz"),
-    ("parse_error", "text"),
+
+callbacks_table = sa.Table(
+    "kaleyra_callbacks",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("content_type", sa.String(255)),
+    sa.Column("query", sa.Text, nullable=False, default=""),
+    sa.Column("headers", sa.Text, nullable=False, default="{}"),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("parse_error", sa.Text),
+    sa.Column("result_count", sa.Integer, nullable=False, default=0),
 )
+
+results_table = sa.Table(
+    "kaleyra_callback_results",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("callback_id", _ID, sa.ForeignKey(callbacks_table.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("number", sa.String(20)),
+    sa.Column("number_raw", sa.String(64), nullable=False),
+    sa.Column("capable", sa.Boolean),
+    sa.Column("status", sa.String(256)),
+    sa.Column("request_id", sa.String(256)),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("parse_error", sa.Text),
+    # NULL request ids are distinct on both backends, so this only bites when an id is present.
+    sa.UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
+    sa.Index("ix_kaleyra_result_number_received", "number", "received_at"),
+    sa.Index("ix_kaleyra_callback_results_callback_id", "callback_id"),
+)
+
+submissions_table = sa.Table(
+    "kaleyra_submissions",
+    metadata,
+    sa.Column("submission_id", sa.String(64), primary_key=True),
+    sa.Column("number", sa.String(20), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
+# The columns a write fills (all but the ids), in the tables' order: the rows below follow it.
+_CALLBACK_COLUMNS = [c for c in callbacks_table.c if c.name != "id"]
+_RESULT_COLUMNS = [c for c in results_table.c if c.name != "id"]
+
+
+def _names(columns: Sequence[sa.Column]) -> str:
+    return ", ".join(f'"{c.name}"' for c in columns)
+
+
+def _arrays(columns: Sequence[sa.Column]) -> str:
+    """PostgreSQL: one array parameter per column, of the column's type (lengths are not casts)."""
+    return ", ".join(f"%b::{c.type.compile(dialect=postgresql.dialect()).split('(')[0]}[]" for c in columns)
+
+
 _NEW_CALLBACKS = "ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key, id"
 # An answer for a (number, request id) already stored replaces it (a re-delivery).
-_NEWER_ANSWER = (
-    "ON CONFLICT (number, request_id) DO UPDATE SET callback_id = excluded.callback_id,"
-    " capable = excluded.capable, status = excluded.status, received_at = excluded.received_at,"
-    " parse_error = excluded.parse_error"
+_NEWER_ANSWER = "ON CONFLICT (number, request_id) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in ("callback_id", "capable", "status", "received_at", "parse_error")
 )
-
-
-def _names(columns: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(name for name, _ in columns)
-
-
-def _arrays(columns: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"%b::{kind}[]" for _, kind in columns)
-
-
-_RESULT_VALUES = RESULT_COLUMNS[1:]  # a result's own values; its callback is found by dedupe key
-# PostgreSQL: one array per column, so the text never changes (psycopg parses it once and the server
-# prepares it), and the results join the callbacks inserted by the same statement. Within a batch the
-# last answer for a (number, request id) wins: a statement may not update one row twice.
+_ANSWER_VALUES = _RESULT_COLUMNS[1:]  # a result's own values; its callback is found by dedupe key
+# PostgreSQL: the text never changes (psycopg parses it once and the server prepares it), and the
+# results join the callbacks inserted by the same statement. Within a batch the last answer for a
+# (number, request id) wins: a statement may not update one row twice.
 POSTGRES_BATCH = (
-    f"WITH new AS (INSERT INTO kaleyra_callbacks ({_names(CALLBACK_COLUMNS)})"
-    f" SELECT * FROM unnest({_arrays(CALLBACK_COLUMNS)}) {_NEW_CALLBACKS}),"
-    f" answers AS (SELECT new.id AS callback_id, r.*, row_number() OVER"
-    f" (PARTITION BY r.number, r.request_id ORDER BY r.position DESC) AS nth"
-    f" FROM unnest(%b::text[], {_arrays(_RESULT_VALUES)}) WITH ORDINALITY"
-    f" AS r(dedupe_key, {_names(_RESULT_VALUES)}, position) JOIN new ON new.dedupe_key = r.dedupe_key),"
-    f" stored AS (INSERT INTO kaleyra_callback_results ({_names(RESULT_COLUMNS)})"
-    f" SELECT {_names(RESULT_COLUMNS)} FROM answers"
+    f"WITH new AS (INSERT INTO kaleyra_callbacks ({_names(_CALLBACK_COLUMNS)})"
+    f" SELECT * FROM unnest({_arrays(_CALLBACK_COLUMNS)}) {_NEW_CALLBACKS}),"
+    " answers AS (SELECT new.id AS callback_id, r.*, row_number() OVER"
+    " (PARTITION BY r.number, r.request_id ORDER BY r.position DESC) AS nth"
+    f" FROM unnest(%b::text[], {_arrays(_ANSWER_VALUES)}) WITH ORDINALITY"
+    f" AS r(dedupe_key, {_names(_ANSWER_VALUES)}, position) JOIN new ON new.dedupe_key = r.dedupe_key),"
+    f" stored AS (INSERT INTO kaleyra_callback_results ({_names(_RESULT_COLUMNS)})"
+    f" SELECT {_names(_RESULT_COLUMNS)} FROM answers"
     f" WHERE nth = 1 OR request_id IS NULL OR number IS NULL {_NEWER_ANSWER})"
     " SELECT dedupe_key, id FROM new"
 )
@@ -116,33 +127,25 @@ REFRESH_RESULTS = (
     "UPDATE kaleyra_callback_results SET received_at = ?"
     " WHERE callback_id = (SELECT id FROM kaleyra_callbacks WHERE dedupe_key = ?)"
 )
-PLACEHOLDER = {"sqlite": "?", "postgresql": "%s"}
 
 
 def sqlite_time(at: datetime) -> str:
     """The text SQLAlchemy's ``DateTime`` stores on SQLite (UTC, naive), so its reads parse ours."""
-    return f"{at:%Y-%m-%d %H:%M:%S.%f}"
+    return f"{as_utc(at):%Y-%m-%d %H:%M:%S.%f}"
 
 
 def _sqlite_inserts(
-    table: str, columns: tuple[tuple[str, str], ...], tail: str, rows: Sequence[tuple[Any, ...]]
+    columns: Sequence[sa.Column], tail: str, rows: Sequence[tuple[Any, ...]]
 ) -> Generator[tuple[str, list[Any]], None, None]:
-    """SQLite binds ``?`` natively: ``VALUES`` rows, 1,000 a statement, the time in SQLite's text form."""
-    width, when = len(columns), [name for name, _ in columns].index("received_at")
-    group = "(" + ", ".join(["?"] * width) + ")"
+    """SQLite binds ``?`` natively: ``VALUES`` rows, :data:`ROWS_PER_STATEMENT` a statement."""
+    insert = f"INSERT INTO {columns[0].table.name} ({_names(columns)}) VALUES"
+    group = f"({', '.join('?' * len(columns))})"
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        params: list[Any] = []
-        for row in chunk:
-            params.extend(row)
-            params[when - width] = sqlite_time(params[when - width])
-        yield (
-            f"INSERT INTO {table} ({_names(columns)}) VALUES {', '.join([group] * len(chunk))} {tail}",
-            params,
-        )
+        yield f"{insert} {', '.join([group] * len(chunk))} {tail}", [v for row in chunk for v in row]
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+def _by_column(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
@@ -153,50 +156,42 @@ Statement = tuple[str, Any, bool]
 def transaction(
     dialect: str, batch: Sequence[tuple[RawCallback, ParsedCallback]]
 ) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
-    """The statements storing ``batch``; returns, per delivery, whether it is new.
-
-    A driver runs each statement it is given and sends back the rows it returned: the receiver's
-    thread (SQLite) and its event loop (PostgreSQL) run the same plan.
-    A delivery seen before (same dedupe key) is not stored twice, but its time and its results'
-    times move to the new delivery's: Kaleyra re-delivering a callback after a new submission of
-    the same number answers that submission too.
+    """The statements storing ``batch``, each sent the rows the previous one returned (a thread and an
+    event loop drive the same plan); returns, per delivery, whether it is new. A delivery seen before
+    is not stored twice, but it and its results take the new time: Kaleyra re-delivering a callback
+    after a new submission of the same number answers that submission too.
     """
+    when = sqlite_time if dialect == "sqlite" else as_utc
     keys = [raw.dedupe_key for raw, _ in batch]
     first: dict[str, int] = {}
     for index, key in enumerate(keys):
         first.setdefault(key, index)
-    rows = [callback_row(*batch[index]) for index in first.values()]
+    rows, answers = [], []
+    for key, index in first.items():
+        raw, parsed = batch[index]
+        at = when(raw.received_at)
+        content_type = (raw.content_type or None) and raw.content_type[:255]
+        headers = json.dumps(dict(raw.headers), sort_keys=True)
+        method, count = raw.method.upper()[:8], len(parsed.results)
+        rows.append((key, at, method, content_type, raw.query, headers, raw.body, parsed.error, count))
+        answers += [
+            (key, r.number, r.number_raw, r.capable, r.status, r.request_id, at, r.error)
+            for r in parsed.results
+        ]
     inserted: dict[str, int] = {}
     if dialect == "postgresql":
-        answers = [
-            (
-                key,
-                r.number,
-                r.number_raw,
-                r.capable,
-                r.status,
-                r.request_id,
-                as_utc(batch[i][0].received_at),
-                r.error,
-            )
-            for key, i in first.items()
-            for r in batch[i][1].results
-        ]
-        params = _columns(rows, len(CALLBACK_COLUMNS)) + _columns(answers, len(RESULT_COLUMNS))
+        params = _by_column(rows, len(_CALLBACK_COLUMNS)) + _by_column(answers, len(_RESULT_COLUMNS))
         inserted.update((yield POSTGRES_BATCH, params, False) or ())
     else:
-        for statement, params in _sqlite_inserts("kaleyra_callbacks", CALLBACK_COLUMNS, _NEW_CALLBACKS, rows):
+        for statement, params in _sqlite_inserts(_CALLBACK_COLUMNS, _NEW_CALLBACKS, rows):
             inserted.update((yield statement, params, False) or ())
-        answers = result_rows(batch, first, inserted)
-        for statement, params in _sqlite_inserts(
-            "kaleyra_callback_results", RESULT_COLUMNS, _NEWER_ANSWER, answers
-        ):
+        # SQLite applies a statement's rows in order: the last answer for a (number, request id) wins
+        results = [(inserted[key], *rest) for key, *rest in answers if key in inserted]
+        for statement, params in _sqlite_inserts(_RESULT_COLUMNS, _NEWER_ANSWER, results):
             yield statement, params, False
     again = [(row[1], row[0]) for row in rows if row[0] not in inserted]
     if again:  # re-deliveries: the stored callback and its results take the new time
-        mark = PLACEHOLDER[dialect]
-        if dialect == "sqlite":
-            again = [(sqlite_time(at), key) for at, key in again]
+        mark = "?" if dialect == "sqlite" else "%s"
         yield REFRESH_CALLBACK.replace("?", mark), again, True
         yield REFRESH_RESULTS.replace("?", mark), again, True
     return [keys[index] in inserted and first[keys[index]] == index for index in range(len(batch))]

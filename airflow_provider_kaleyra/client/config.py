@@ -27,7 +27,7 @@ DEFAULT_RETRY_BACKOFF = 0.5
 # for a week, a negative one (offline device, RCS switched off) is asked again after two days.
 DEFAULT_CACHE_MAX_AGE_POSITIVE = timedelta(days=7)
 DEFAULT_CACHE_MAX_AGE_NEGATIVE = timedelta(days=2)
-DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)  # advanced callback auth (``callbacks/tokens.py``)
+DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)  # advanced callback auth (``callbacks/auth.py``)
 
 # Every pod the code knows a host for; RCS hosts are published for NA and IN only.
 PODS = tuple(dict.fromkeys([*RCS_HOSTS, *SOIP_HOSTS]))
