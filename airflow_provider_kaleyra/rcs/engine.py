@@ -25,10 +25,10 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -54,21 +54,15 @@ _FROM_API = array("q", [-1])
 _STATUS = itemgetter(0)  # an answer's status  # the age of an answer that did not come from the cache
 
 
-class Chunk(NamedTuple):
-    """Checkpoint unit: planned calls of ``sizes`` over ``numbers``."""
+@dataclass
+class Chunk:
+    """Checkpoint unit: planned calls of ``sizes`` over ``numbers``, and their answers as they come."""
 
     index: int
     sizes: list[int]
     numbers: list[str]
-
-
-@dataclass
-class _Open:
-    """A chunk whose calls are not all answered yet."""
-
-    chunk: Chunk
-    outstanding: int
-    answers: dict[str, Answer]
+    answers: dict[str, Answer] = field(default_factory=dict)
+    outstanding: int = 0  # calls not answered yet
 
 
 class Engine:
@@ -223,7 +217,7 @@ class Engine:
         """Reuse saved chunks, ask for the others, keep answers as they come, give rows behind them."""
         checkpoint, stats = self.checkpoint, self.stats
         present = checkpoint.existing() if checkpoint is not None else set()
-        waiting: deque[_Open] = deque()
+        waiting: deque[Chunk] = deque()
         progress = Progress(self.log, total_batches)
 
         def to_ask() -> Iterator[list[str]]:
@@ -237,33 +231,30 @@ class Engine:
                     stats.chunks_resumed += 1
                     self._keep(saved.items(), chunk.index)
                     continue
-                waiting.append(_Open(chunk, len(chunk.sizes), {}))
+                chunk.outstanding = len(chunk.sizes)
+                waiting.append(chunk)
                 yield from split(chunk.numbers, chunk.sizes)
 
         with closing(self.hook.lookup_batches(to_ask())) as answered:
             for answers in answered:
-                entry = waiting[0]
-                entry.answers.update(answers)
-                entry.outstanding -= 1
-                self._keep(answers.items(), entry.chunk.index)
+                chunk = waiting[0]
+                chunk.answers.update(answers)
+                chunk.outstanding -= 1
+                self._keep(answers.items(), chunk.index)
                 progress.advance(len(answers))
-                if not entry.outstanding:
+                if not chunk.outstanding:
                     self._settle(waiting.popleft())
                 yield from self._ready(final=False)
         yield from self._ready(final=True)
         if self.cache is not None:
             self.cache.close()  # every new answer written before the summary counts them
         if stats.chunks_resumed and checkpoint is not None:
-            self.log.info(
-                "Resumed from %s: %s of %s chunks were already answered",
-                checkpoint.dir,
-                stats.chunks_resumed,
-                stats.chunks,
-            )
+            log_args = (checkpoint.dir, stats.chunks_resumed, stats.chunks)
+            self.log.info("Resumed from %s: %s of %s chunks were already answered", *log_args)
 
-    def _settle(self, entry: _Open) -> None:
+    def _settle(self, chunk: Chunk) -> None:
         """A chunk fully answered: save it, hand its answers to the cache."""
-        chunk, answers = entry.chunk, entry.answers
+        answers = chunk.answers
         missing = [(n, failed("no answer recorded")) for n in chunk.numbers if n not in answers]
         if missing:
             self._keep(missing, chunk.index)
