@@ -1,35 +1,26 @@
-"""A fast path for the common case of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
+"""The fast path of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
 Why: ``phonenumbers`` is pure Python and general (every ``parse`` looks for RFC 3966 parts,
-extensions, letters, several plus signs; every ``is_valid_number`` tries up to eleven metadata
-patterns one by one): ~50 microseconds a number, and the preflight normalizes every row.
-Measured (``python benchmarks/run.py --only normalize``, 1,000,000 mixed inputs, identical
-answers checked on each): 4.7x plain ``phonenumbers`` (75,800/s against 16,138/s, median of 3
-on a loaded 2-core machine). Delete this module (``parse`` returning ``None`` everywhere is the
-plain path) if a ``phonenumbers`` release makes the ratio small.
+extensions, letters; every ``is_valid_number`` tries up to eleven patterns one by one), and the
+preflight normalizes every row (``python benchmarks/run.py --only normalize`` gives the ratio;
+delete this module if a release makes it small: ``parse`` returning ``None`` is the plain path).
 
-What: once :func:`normalize` removed separators and turned ``00`` into ``+``, almost every input
-is ``+`` and ASCII digits, or ASCII digits read with a default region. For exactly those strings
-this module replays, step for step, what ``phonenumbers.parse`` (9.x) and ``is_valid_number``
-do, from ``phonenumbers``' own metadata, with patterns compiled once and a region's validity
-patterns merged into one expression per length (a full match of the alternation exists exactly
-when one of the individual full matches does). Anything else, anything ``parse`` would raise on,
-and any odd metadata return ``None``: the caller then asks ``phonenumbers``. The comments on each
-step name the ``phonenumbers`` function it replays.
-
-Fences (it replays private internals, so a release could change answers silently):
-
-* ``pyproject.toml`` pins ``phonenumbers`` to the minor series the property tests in
-  ``tests/test_phone.py`` cover (they compare this module with plain ``phonenumbers`` on
-  arbitrary strings and on generated numbers of many regions).
-* On first use, ``normalize.fast_path_enabled`` compares this module with plain ``phonenumbers``
-  on a fixed sample; on any difference or error it logs once and uses plain ``phonenumbers``.
+What: after separators went and ``00`` became ``+``, almost every input is ``+`` and ASCII digits,
+or ASCII digits with a default region. For exactly those strings this module replays, step for
+step, ``phonenumbers.parse`` (9.x) and ``is_valid_number``, from ``phonenumbers``' own metadata,
+with patterns compiled once and a region's validity patterns merged into one per length (the
+alternation fully matches exactly when one of them does). Anything else, anything ``parse`` would
+raise on, and odd metadata give ``None``: the caller asks ``phonenumbers``. Each step's comment
+names the function it replays. As it replays private internals, ``pyproject.toml`` pins the minor
+series the property tests (``tests/test_phone.py``) cover, and ``normalize.fast_path_enabled``
+compares it with plain ``phonenumbers`` on first use (any difference: plain ``phonenumbers``).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
-import threading
 
 from phonenumbers import PhoneMetadata, PhoneNumber
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
@@ -188,11 +179,6 @@ class _CallingCode:
         return (self.country_code, national, pattern is not None and pattern.fullmatch(national) is not None)
 
 
-_lock = threading.Lock()
-_regions: dict[str, _Region | None] = {}
-_calling_codes: dict[int, _CallingCode | None] = {}
-
-
 def _replayable(md: PhoneMetadata | None) -> bool:
     """Metadata this module replays; anything odd (none seen in 9.x) is left to phonenumbers."""
     if md is None or md.general_desc is None or not md.general_desc.possible_length:
@@ -203,46 +189,33 @@ def _replayable(md: PhoneMetadata | None) -> bool:
     return True
 
 
+@functools.cache
 def _region(code: str) -> _Region | None:
-    region = _regions.get(code, False)
-    if region is False:
-        with _lock:
-            md = PhoneMetadata.metadata_for_region(code, None) if code in SUPPORTED_REGIONS else None
-            _regions[code] = region = _Region(code, md) if _replayable(md) else None
-    return region  # type: ignore[return-value]
+    md = PhoneMetadata.metadata_for_region(code, None) if code in SUPPORTED_REGIONS else None
+    return _Region(code, md) if _replayable(md) else None
 
 
+@functools.cache
 def _calling_code(cc: int) -> _CallingCode | None:
-    info = _calling_codes.get(cc, False)
-    if info is not False:
-        return info  # type: ignore[return-value]
     codes = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
-    info = None
     if codes == (_NON_GEO,):
         md = PhoneMetadata.metadata_for_nongeo_region(cc, None)
-        if _replayable(md):
-            region = _Region(_NON_GEO, md)
-            info = _CallingCode(cc, region, [region])
-    elif codes and _NON_GEO not in codes:
-        candidates = [r for r in map(_region, codes) if r is not None]
-        # region_code_for_number skips a region without metadata, but parse would not use the
-        # same metadata without the main one: leave such a code (none in 9.x) to phonenumbers.
-        if len(candidates) == len(codes):
-            info = _CallingCode(cc, candidates[0], candidates)
-    _calling_codes[cc] = info
-    return info
+        if not _replayable(md):
+            return None
+        region = _Region(_NON_GEO, md)
+        return _CallingCode(cc, region, [region])
+    if not codes or _NON_GEO in codes:
+        return None
+    candidates = [r for r in map(_region, codes) if r is not None]
+    # region_code_for_number skips a region without metadata, but parse would not use the
+    # same metadata without the main one: leave such a code (none in 9.x) to phonenumbers.
+    return _CallingCode(cc, candidates[0], candidates) if len(candidates) == len(codes) else None
 
 
-def _prefix_free(codes: list[str]) -> bool:
-    """No calling code is the start of another (true of E.164; checked, not assumed)."""
-    codes = sorted(codes)
-    return not any(longer.startswith(shorter) for shorter, longer in zip(codes, codes[1:]))
-
-
-# Calling codes met so far, by their digits. With prefix-free codes, the one of these that
-# starts a number is the one _extract_country_code's shortest-prefix search finds.
+# Calling codes met so far, by their digits. With prefix-free codes (true of E.164; checked, not
+# assumed), the one of these that starts a number is the one _extract_country_code's search finds.
 _BY_DIGITS: dict[str, _CallingCode] = {}
-_REMEMBER = _prefix_free(list(_CC_OF_DIGITS))
+_REMEMBER = not any(b.startswith(a) for a, b in itertools.pairwise(sorted(_CC_OF_DIGITS)))
 
 
 def international(digits: str) -> Parsed | None:
