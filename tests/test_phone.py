@@ -98,12 +98,15 @@ def test_any_self_check_mismatch_falls_back_to_plain_phonenumbers_and_logs_once(
         return None if answer is None else (answer[0], answer[1], not answer[2])  # validity flipped
 
     monkeypatch.setattr(_fastphone, "parse", broken)
-    monkeypatch.setattr(phone, "_trusted", None)
-    with caplog.at_level("WARNING", logger=phone.__name__):
-        assert normalize("+1 650 253 0000") == Normalized("+16502530000")  # through plain phonenumbers
-        assert normalize("+1 650 253 0000 1") == reference("+1 650 253 0000 1", None)
-        assert normalize("020 7946 0000", "GB") == Normalized("+442079460000")
-    assert not fast_path_enabled()
+    fast_path_enabled.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=phone.__name__):
+            assert normalize("+1 650 253 0000") == Normalized("+16502530000")  # through plain phonenumbers
+            assert normalize("+1 650 253 0000 1") == reference("+1 650 253 0000 1", None)
+            assert normalize("020 7946 0000", "GB") == Normalized("+442079460000")
+        assert not fast_path_enabled()
+    finally:
+        fast_path_enabled.cache_clear()  # the next test checks the real fast path again
     assert len([r for r in caplog.records if "plain phonenumbers" in r.getMessage()]) == 1
 
 
@@ -435,7 +438,7 @@ def test_distinct_numbers_says_per_input_what_it_is_and_keeps_first_seen_order()
         ("+442079460000", None),
     ]
     assert list(seen.numbers()) == ["+14155552671", "+919876543210", "+442079460000"]
-    assert (seen.inputs, len(seen), seen.invalid) == (6, 3, 1)  # 2 repeats
+    assert (seen.inputs, seen.invalid) == (6, 1)  # and 2 repeats
     assert sum(seen.reasons.values()) == 1
 
 
@@ -444,7 +447,7 @@ def test_distinct_numbers_refuses_problem_rows_and_non_text_with_a_reason():
     assert seen.add("+14155552671", "not UTF-8 text") == (None, "not UTF-8 text")
     assert seen.add(14155552671) == (None, "not text: int")
     assert seen.add(None) == (None, "not text: NoneType")
-    assert (seen.inputs, seen.invalid, len(seen)) == (3, 3, 0)
+    assert (seen.inputs, seen.invalid, list(seen.numbers())) == (3, 3, [])
     assert seen.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
 
 

@@ -44,13 +44,9 @@ class AudienceRow(NamedTuple):
 
 @dataclass(slots=True)
 class RowBlock:
-    """Consecutive rows of an audience, as columns.
-
-    :param raws: the phone field of each row, in order.
-    :param problems: why each row cannot be a number (``None`` where it may); ``None`` for the
-        whole block when no row has a problem (the common case, at no per-row cost).
-    :param records: every column of each row, when the audience was opened with ``keep_columns``.
-    """
+    """Consecutive rows of an audience, as columns: the phone field of each row; why each cannot be
+    a number (``None`` where it may, and for the whole block when none has a problem, at no per-row
+    cost); every column of each row, when the audience was opened with ``keep_columns``."""
 
     raws: list[str]
     problems: list[str | None] | None = None
@@ -79,16 +75,9 @@ def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
     )
 
 
-# -- lines -------------------------------------------------------------------------------------
-
-
 def line_blocks(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Iterator[list[bytes | None]]:
-    """Lines of a binary stream, a block at a time, without their ``\\n`` / ``\\r\\n``; ``None``
-    for a line over ``limit`` bytes.
-
-    Reads ``READ_BLOCK`` bytes at a time, so memory stays at one block plus one line,
-    whatever the stream holds (even one gigabyte with no newline at all).
-    """
+    """Lines of a binary stream, a block at a time, without their ``\\n`` / ``\\r\\n``; ``None`` for
+    a line over ``limit`` bytes. Memory stays at one block plus one line, whatever the stream holds."""
     tail = b""
     skipping = False  # inside a line already known to be too long
     while block := read(READ_BLOCK):
@@ -153,9 +142,6 @@ def _fields(text: str) -> list[str] | None:
         return None
 
 
-# -- columns -------------------------------------------------------------------------------------
-
-
 def _csv_block(
     texts: list[str], problems: list[str | None] | None, index: int, column: str, keep: bool
 ) -> RowBlock:
@@ -211,9 +197,6 @@ def column_index(header: list[str], column: str, path: ObjectStoragePath) -> int
     raise ValueError(f"{message}; columns found: {shown or 'none'}")
 
 
-# -- audiences -----------------------------------------------------------------------------------
-
-
 @dataclass
 class Audience:
     """An audience file opened by :func:`open_audience`: its header, and its rows in blocks."""
@@ -265,9 +248,8 @@ def open_audience(
 ) -> Audience:
     """Open an audience file: a CSV with a header naming ``column``, or text with one number per line.
 
-    Each physical line is one record (quoted fields may hold commas, not newlines). A UTF-8 BOM
-    is dropped; blank lines, over-long lines and lines that are not UTF-8 become rows with a
-    reason, so the output can account for every line.
+    Each physical line is one record (quoted fields may hold commas, not newlines); a UTF-8 BOM
+    is dropped.
 
     :param fmt: ``"csv"`` or ``"text"``; by default read from the suffix (before a ``.gz``).
     :param keep_columns: also hand on every column of each row (:attr:`RowBlock.records`).

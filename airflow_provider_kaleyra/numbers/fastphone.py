@@ -1,19 +1,15 @@
 """The fast path of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
-Why: ``phonenumbers`` is pure Python and general (every ``parse`` looks for RFC 3966 parts,
-extensions, letters; every ``is_valid_number`` tries up to eleven patterns one by one), and the
-preflight normalizes every row (``python benchmarks/run.py --only normalize`` gives the ratio;
-delete this module if a release makes it small: ``parse`` returning ``None`` is the plain path).
-
-What: after separators went and ``00`` became ``+``, almost every input is ``+`` and ASCII digits,
-or ASCII digits with a default region. For exactly those strings this module replays, step for
-step, ``phonenumbers.parse`` (9.x) and ``is_valid_number``, from ``phonenumbers``' own metadata,
-with patterns compiled once and a region's validity patterns merged into one per length (the
-alternation fully matches exactly when one of them does). Anything else, anything ``parse`` would
-raise on, and odd metadata give ``None``: the caller asks ``phonenumbers``. Each step's comment
-names the function it replays. As it replays private internals, ``pyproject.toml`` pins the minor
-series the property tests (``tests/test_phone.py``) cover, and ``normalize.fast_path_enabled``
-compares it with plain ``phonenumbers`` on first use (any difference: plain ``phonenumbers``).
+``phonenumbers`` is pure Python and general (``parse`` looks for RFC 3966 parts, extensions,
+letters; ``is_valid_number`` tries up to eleven patterns one by one), and the preflight normalizes
+every row. Nearly every input, once cleaned, is ``+`` and ASCII digits, or ASCII digits with a
+default region: for exactly those, this module replays ``phonenumbers.parse`` (9.x) and
+``is_valid_number`` step for step from its own metadata, with patterns compiled once and a
+region's validity patterns merged into one per length. Anything else, or anything ``parse`` would
+raise on, gives ``None``: the caller asks ``phonenumbers``. It replays private internals, so
+``pyproject.toml`` pins the series ``tests/test_phone.py`` covers and
+``normalize.fast_path_enabled`` checks it on first use. ``benchmarks/run.py --only normalize``
+gives the gain: delete this module if a release makes it small.
 """
 
 from __future__ import annotations
@@ -117,11 +113,8 @@ class _Region:
         """General description (look-ahead) and any admitted type description, as one pattern."""
         if self.general is None or length not in self.lengths:
             return None
-        admitted = [p for lengths, p in self._types if lengths is None or length in lengths]
-        if not admitted:
-            return None
-        alternatives = "|".join(f"(?:{p})" for p in admitted)
-        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{alternatives})")
+        admitted = "|".join(f"(?:{p})" for lengths, p in self._types if lengths is None or length in lengths)
+        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{admitted})") if admitted else None
 
 
 class _CallingCode:
@@ -157,11 +150,8 @@ class _CallingCode:
         return False
 
     def finish(self, national: str, metadata: _Region) -> Parsed | None:
-        """The tail of ``parse`` once the calling code is known (``metadata`` is the one it uses).
-
-        The national prefix is stripped when what remains has a possible length (or is too
-        long), but not a local-only one; ``None`` where ``parse`` raises on the length.
-        """
+        """The tail of ``parse`` once the calling code is known (``metadata``: the one it uses);
+        ``None`` where ``parse`` raises on the length."""
         if len(national) < _MIN_NSN:
             return None
         if metadata.prefix is not None and metadata.prefix.match(national) is not None:
@@ -234,11 +224,8 @@ def international(digits: str) -> Parsed | None:
 
 
 def parse(compact: str, region: str | None) -> Parsed | None:
-    """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result.
-
-    Handles ``+`` and ASCII digits (``region`` unused), or ASCII digits read in ``region``.
-    ``None`` for anything else, and wherever ``parse`` would raise: ask ``phonenumbers``.
-    """
+    """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result, for ``+`` and
+    ASCII digits or ASCII digits read in ``region``; ``None`` for anything else."""
     if compact[:1] == "+":
         digits = compact[1:]
         if (

@@ -9,9 +9,9 @@ checked at first use and by ``tests/test_phone.py``); the rest go through ``phon
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
@@ -55,7 +55,7 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         return cleaned
     compact, parse_region = cleaned
     # what phonenumbers would compute, or None (then, or when the self-check failed, ask it)
-    parsed = _fastphone.parse(compact, parse_region) if _trusted or fast_path_enabled() else None
+    parsed = _fastphone.parse(compact, parse_region) if fast_path_enabled() else None
     if parsed is None:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
@@ -77,7 +77,7 @@ def normalize_block(
     :param problems: why each input was refused unread (``None`` where it was not), as
         :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them; ``None``: none was.
     """
-    international = _fastphone.international if _trusted or fast_path_enabled() else None
+    international = _fastphone.international if fast_path_enabled() else None
     e164s: list[str | None] = []
     reasons: list[str | None] = []
     slow: dict[str, Normalized] = {}  # this block's answers for inputs off the cheap path
@@ -112,9 +112,8 @@ def normalize_block(
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Text longer than ``MAX_INPUT_LENGTH`` and Excel's scientific notation (its digits are lost)
-    are refused, separators go, ``00`` before a country code becomes ``+``, and a number with
-    ``+`` is read without a default region.
+    Over-long text and Excel's scientific notation are refused, separators go, ``00`` before a
+    country code becomes ``+``, and a number with ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
@@ -191,9 +190,6 @@ class DistinctNumbers:
                 self.reasons[answer.reason] += 1  # type: ignore[index]
         return answer
 
-    def __len__(self) -> int:
-        return len(self.seen)
-
     def numbers(self) -> Iterator[str]:
         """The distinct numbers, E.164, first-seen order."""
         return (f"+{digits}" for digits in self.seen)
@@ -217,8 +213,6 @@ def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
 
 # --------------------------------------------------------------------------- fast path self-check
 
-_trusted: bool | None = None  # None until the self-check ran
-_check_lock = threading.Lock()
 # Regions with national prefixes, shared calling codes, leading zeros, AR/MX transforms, ...
 _SAMPLE_REGIONS = (
     "US CA AG GB IE IN DE FR IT SM VA ES NL BR AR MX RU KZ CN JP KR AU NZ SG AE SA ZA NG KE EG TR ID"
@@ -245,18 +239,11 @@ def _sample() -> list[tuple[str, str | None]]:
     return inputs
 
 
+@functools.cache
 def fast_path_enabled() -> bool:
     """Whether :mod:`.fastphone` is used: once per process, a self-check against plain
     ``phonenumbers`` on :func:`_sample` (~0.2 s) found no difference. The property tests cover the
     pinned version; this catches a release that slipped past the pin, or a forced install."""
-    global _trusted
-    with _check_lock:
-        if _trusted is None:
-            _trusted = _self_check()
-    return _trusted
-
-
-def _self_check() -> bool:
     try:
         for compact, region in _sample():
             ours = _fastphone.parse(compact, region)

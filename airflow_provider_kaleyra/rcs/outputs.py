@@ -1,9 +1,8 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
 
-Rows are written a block at a time. Each distinct answer is encoded once (the tail of its
-lines: status, carrier, error, source, age) and each row adds its number, input and the
-row index; an input is quoted or escaped only when the block holds a character that needs
-it. The bytes are those of ``csv.writer`` and ``json.dumps`` (tests compare them).
+Rows are written a block at a time. Each distinct answer is encoded once (the tail of its lines:
+status, carrier, error, source, age), each row adds its number, input and index, and inputs are
+quoted or escaped only when the block needs it: the bytes of ``csv.writer`` and ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -64,13 +63,9 @@ class ResultWriter:
         """One row (merging shard outputs); the engine writes blocks."""
         valid = result.e164 is not None
         age = result.age_seconds if valid and result.source == SOURCE_CACHE else None
-        answer = Answer(*result[2:6]) if valid else None
-        reasons = None if valid else [result.error]
-        self.write_block(
-            AnsweredRows(
-                [row], [result.input], [result.e164], [answer], reasons, None if age is None else [age]
-            )
-        )
+        ages = None if age is None else [age]
+        answer, reasons = (Answer(*result[2:6]), None) if valid else (None, [result.error])
+        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], reasons, ages))
 
     def write_block(self, block: AnsweredRows) -> None:
         """The rows of one block, in one write."""
