@@ -21,7 +21,7 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete
 
 from airflow_provider_kaleyra.client.api import RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
@@ -159,10 +159,6 @@ class CapabilityCache(Database):
             deleted = conn.execute(delete(cache_table).where(cache_table.c.obtained_at < cutoff)).rowcount
         log.info("Purged %s cached Kaleyra answers older than %s", deleted, older_than)
         return int(deleted or 0)
-
-    def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
 
 
 @functools.cache
