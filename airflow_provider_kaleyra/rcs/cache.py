@@ -128,10 +128,8 @@ class CapabilityCache(Database):
 
     def remember(self, sid: str, answers: Iterable[tuple[str, Answer]], now: int | None = None) -> int:
         """Upsert the positive and negative answers, ``CHUNK`` per statement; returns rows written.
-
         A row is only replaced by a younger one, so two writers racing never roll an answer back.
-        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)
-        """
+        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)"""
         now = int(time.time()) if now is None else now
         rows = (
             (sid, int(e164[1:]), a.status, _text(a.carrier_id), _text(a.carrier_status), now)

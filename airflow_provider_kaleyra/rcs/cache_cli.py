@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from airflow_provider_kaleyra.callbacks.cli import parse_age as parse_age_argument
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
 from airflow_provider_kaleyra.rcs.cache import get_cache
 from airflow_provider_kaleyra.utils.database import redact_url
 
 
 def _cache_url(conn_id: str | None) -> str:
-    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
-    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook  # (Airflow: not for --url)
 
     conn_id = conn_id or DEFAULT_CONN_ID
     url = KaleyraHook(conn_id).config.cache_url
@@ -26,8 +26,6 @@ def _cache_url(conn_id: str | None) -> str:
 def purge_cache(older_than: str | timedelta = "30d", kaleyra_conn_id: str | None = None) -> int:
     """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a
     ``@task``. A bad age is a ``ValueError`` naming it (a task error, not the CLI's usage error)."""
-    from airflow_provider_kaleyra.client.config import parse_age
-
     age = parse_age(older_than, "older_than")
     return get_cache(_cache_url(kaleyra_conn_id)).purge(age)
 
