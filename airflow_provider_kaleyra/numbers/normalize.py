@@ -101,7 +101,9 @@ def normalize_block(
         if problem is not None:
             answer = Normalized(None, problem)
         elif type(raw) is str:
-            answer = slow.get(raw) or slow.setdefault(raw, normalize(raw, region))
+            answer = slow.get(raw)
+            if answer is None:
+                answer = slow[raw] = normalize(raw, region)
         else:
             answer = normalize(raw)  # refused: not text (and perhaps not hashable)
         e164s.append(answer.e164)

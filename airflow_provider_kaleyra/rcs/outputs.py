@@ -87,7 +87,8 @@ class ResultWriter:
         joined = "".join(raws) if text else ""
         if self._csv:
             plain = text and not any(c in joined for c in _CSV_SPECIAL)
-            inputs = raws if plain else [self._csv_field(raw) for raw in raws]
+            # (csv.writer quotes an empty field only when it is alone on its line)
+            inputs = raws if plain else ["" if r is None or r == "" else self._csv_line((r,)) for r in raws]
             lines = [
                 f"{row},{raw},{e164 or ''},{end}\n"
                 for row, raw, e164, end in zip(block.rows, inputs, block.e164s, ends)
@@ -119,10 +120,6 @@ class ResultWriter:
         if len(self._tails) < 100_000:  # (ages and odd errors could make it grow without end)
             self._tails[key] = encoded
         return encoded
-
-    def _csv_field(self, value: Any) -> str:
-        # (csv.writer quotes an empty field only when it is alone on its line)
-        return "" if value is None or value == "" else self._csv_line((value,))
 
     def _csv_line(self, values: Iterable[Any]) -> str:
         self._line.seek(0)
