@@ -17,7 +17,7 @@ from airflow_provider_kaleyra.numbers.audience import (
     NOT_UTF8,
     AudienceRow,
     line_blocks,
-    read_audience,
+    open_audience,
 )
 from airflow_provider_kaleyra.rcs import outputs
 from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult
@@ -35,7 +35,7 @@ def lines_of(data: bytes, block: int | None = None, limit: int = MAX_LINE_BYTES)
 def rows_of(tmp_path, name: str, data: bytes, **kwargs) -> list[AudienceRow]:
     path = tmp_path / name
     path.write_bytes(data)
-    return list(read_audience(as_path(str(path)), **kwargs))
+    return list(open_audience(as_path(str(path)), **kwargs).rows())
 
 
 # -- lines -----------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_csv_with_bom_quotes_blank_lines_and_short_rows(tmp_path):
 def test_csv_line_the_csv_module_refuses_is_a_row_with_a_reason(tmp_path):
     path = tmp_path / "a.csv"
     path.write_bytes(b'phone,name\n\r"x,y\n+14155552671,b\n')
-    assert list(read_audience(as_path(str(path)))) == [
+    assert list(open_audience(as_path(str(path))).rows()) == [
         AudienceRow('\r"x,y', NOT_CSV),
         AudienceRow("+14155552671"),
     ]
@@ -286,7 +286,7 @@ def test_the_same_messy_audience_gives_the_same_rows_reasons_and_answers_everywh
     path = tmp_path / name
     path.write_bytes(gzip.compress(MESSY_AUDIENCE) if name.endswith(".gz") else MESSY_AUDIENCE)
     lines = MESSY_AUDIENCE.split(b"\n")[1:]
-    read = list(read_audience(as_path(str(path))))
+    read = list(open_audience(as_path(str(path))).rows())
     assert len(read) == len(lines) == 14  # every line after the header is a row, blank ones too
     assert read[2] == AudienceRow("", "no 'phone' field") and read[3].problem == NOT_UTF8
 

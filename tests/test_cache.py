@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
@@ -43,6 +43,12 @@ def _age(cache: CapabilityCache, seconds: int) -> None:
         conn.execute(update(cache_table).values(obtained_at=cache_table.c.obtained_at - seconds))
 
 
+def _count(cache: CapabilityCache) -> int:
+    """Answers in the cache (the provider itself never needs to count them)."""
+    with cache.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 
@@ -72,7 +78,7 @@ def test_carrier_fields_read_back_equal_whatever_their_type(cache):
 def test_failed_and_unknown_statuses_are_never_written(cache):
     answers = [("+14155550001", Answer(FAILED, error="HTTP 503")), ("+14155550002", Answer("unknown"))]
     assert cache.remember(SID, answers, now=NOW) == 0
-    assert cache.count() == 0
+    assert _count(cache) == 0
 
 
 def test_keyed_by_account_and_a_younger_answer_wins(cache):
@@ -84,21 +90,21 @@ def test_keyed_by_account_and_a_younger_answer_wins(cache):
     cache.remember(SID, [("+14155550001", Answer(RCS_DISABLED, "X"))], now=NOW + 5)
     got = cache.fresh(SID, ["+14155550001"], HOUR, HOUR, now=NOW + 5)
     assert got == {"+14155550001": (Answer(RCS_DISABLED, "X"), 0)}
-    assert cache.count() == 2
+    assert _count(cache) == 2
 
 
 def test_batched_writes_and_reads_beyond_one_chunk(cache):
     numbers = _numbers(2500)
     assert cache.remember(SID, ((n, Answer(RCS_ENABLED)) for n in numbers), now=NOW) == 2500
     assert len(cache.fresh(SID, numbers[:1000], HOUR, HOUR, now=NOW)) == 1000
-    assert cache.count() == 2500
+    assert _count(cache) == 2500
 
 
 def test_purge_by_age(cache):
     cache.remember(SID, [("+14155550001", Answer(RCS_ENABLED))], now=NOW - 40 * 86400)
     cache.remember(SID, [("+14155550002", Answer(RCS_ENABLED))], now=NOW - 10 * 86400)
     assert cache.purge(timedelta(days=30), now=NOW) == 1
-    assert cache.count() == 1
+    assert _count(cache) == 1
     with pytest.raises(ValueError, match="negative"):
         cache.purge(timedelta(days=-1))
 
@@ -110,7 +116,7 @@ def test_purge_cli(cache_url, capsys):
     c.remember(SID, [("+14155550001", Answer(RCS_ENABLED))], now=int(time.time()) - 31 * 86400)
     c.remember(SID, [("+14155550002", Answer(RCS_ENABLED))])
     assert main(["purge", "--url", cache_url, "--older-than", "30d"]) == 0
-    assert c.count() == 1
+    assert _count(c) == 1
     assert "purged 1 cached answers" in capsys.readouterr().out
     c.dispose()
 
@@ -127,10 +133,10 @@ def test_purge_cache_in_a_task_raises_a_task_error_not_a_usage_error(cache_url, 
         with pytest.raises(ValueError, match="older_than: not an age") as raised:
             purge_cache(older_than=bad, kaleyra_conn_id="kaleyra_purge")
         assert type(raised.value) is ValueError  # not argparse's ArgumentTypeError, nor SystemExit
-    assert c.count() == 2
+    assert _count(c) == 2
     assert purge_cache(older_than="30d", kaleyra_conn_id="kaleyra_purge") == 1
     assert purge_cache(older_than=timedelta(days=1), kaleyra_conn_id="kaleyra_purge") == 0
-    assert c.count() == 1
+    assert _count(c) == 1
     conn["extra"] = {}
     monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_PURGE", json.dumps(conn))
     with pytest.raises(ValueError, match="has no cache_url"):
@@ -250,7 +256,7 @@ def test_failed_is_never_served_from_the_cache(monkeypatch, make_simulator, cach
     hook = _connect(monkeypatch, sim, cache_url)
     numbers = _numbers(300)
     assert {r.status for r in hook.lookup_rcs_many(numbers)} == {FAILED}
-    assert CapabilityCache(cache_url).count() == 0
+    assert _count(CapabilityCache(cache_url)) == 0
     sim.configure(error_5xx=0.0)
     sim.reset_stats()
     results = list(KaleyraHook().lookup_rcs_many(numbers))
@@ -263,7 +269,7 @@ def test_cache_false_bypasses_and_refresh_asks_again_and_rewrites(monkeypatch, s
     hook = _connect(monkeypatch, simulator, cache_url)
     list(hook.lookup_rcs_many(numbers, cache=False))
     cache = CapabilityCache(cache_url)
-    assert cache.count() == 0  # bypassed: nothing read, nothing written
+    assert _count(cache) == 0  # bypassed: nothing read, nothing written
     list(hook.lookup_rcs_many(numbers))
     _age(cache, 100)
     simulator.reset_stats()

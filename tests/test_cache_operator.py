@@ -12,7 +12,7 @@ from airflow_provider_kaleyra.rcs.cache import CapabilityCache
 from airflow_provider_kaleyra.rcs.outputs import read_results
 from airflow_provider_kaleyra.utils.storage import as_path
 from tests.databases import throwaway_database
-from tests.test_cache import _age, _asked, _connect, _expected, _numbers
+from tests.test_cache import _age, _asked, _connect, _count, _expected, _numbers
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -98,7 +98,7 @@ def test_two_shards_of_one_run_on_one_cache_do_not_ask_twice(monkeypatch, simula
         asked = _asked(simulator)
         assert asked == (2000 if day == "day1" else 0)  # each number asked once, by one shard
         assert sum(s["rows"] for s in summaries.values()) == 4000
-    assert CapabilityCache(cache_url).count() == 2000
+    assert _count(CapabilityCache(cache_url)) == 2000
 
 
 def test_expired_answers_are_asked_again_and_refresh_asks_all(monkeypatch, simulator, cache_url, tmp_path):

@@ -1,14 +1,10 @@
 """Audience files in: one row per line, on any object store Airflow knows (``file://``, ``s3://``, ...).
 
-The one reader of audiences (the operators, the preflight's ``prepare``, the examples), so the
-same line gets the same row and the same reason everywhere. Every byte goes through
-:class:`~airflow.sdk.ObjectStoragePath`. Reading streams in blocks of :data:`READ_BLOCK` bytes
-and hands rows on in blocks (:class:`RowBlock`, columns of a few thousand rows), because per-row
-Python is most of a reader's cost; memory stays at one block plus one line (capped at
-:data:`MAX_LINE_BYTES`). Every line becomes exactly one row, with a reason when it cannot be a
-number: a blank line is a row (read as "empty"), bytes that are not UTF-8 are a row with
-:data:`NOT_UTF8`. A ``.gz`` suffix (``audience.csv.gz``, ``audience.txt.gz``) is decompressed on
-the way, still streaming. Error messages quote header names with phone numbers masked.
+The one reader of audiences, so the same line gets the same row and reason everywhere. It streams
+:data:`READ_BLOCK` bytes at a time and hands rows on in blocks (:class:`RowBlock`, columns),
+because per-row Python is most of a reader's cost; memory stays at one block plus one line
+(capped at :data:`MAX_LINE_BYTES`). Every line is one row, with a reason when it cannot be a
+number (a blank line reads as "empty"). ``.gz`` files are decompressed on the way.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter, methodcaller
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
@@ -34,9 +30,7 @@ NOT_UTF8 = "not UTF-8 text"
 NOT_CSV = "not a CSV line (a carriage return or stray quote inside it)"
 LINE_TOO_LONG = f"line too long: over {MAX_LINE_BYTES} bytes"
 _BOM = b"\xef\xbb\xbf"
-_CSV_SUFFIXES = {".csv"}
 _TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
-_GZIP_SUFFIX = ".gz"
 _OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 _SPLIT = methodcaller("split", ",")
 
@@ -50,13 +44,9 @@ class AudienceRow(NamedTuple):
 
 @dataclass(slots=True)
 class RowBlock:
-    """Consecutive rows of an audience, as columns.
-
-    :param raws: the phone field of each row, in order.
-    :param problems: why each row cannot be a number (``None`` where it may); ``None`` for the
-        whole block when no row has a problem (the common case, at no per-row cost).
-    :param records: every column of each row, when the audience was opened with ``keep_columns``.
-    """
+    """Consecutive rows of an audience, as columns: the phone field of each row; why each cannot be
+    a number (``None`` where it may, and for the whole block when none has a problem, at no per-row
+    cost); every column of each row, when the audience was opened with ``keep_columns``."""
 
     raws: list[str]
     problems: list[str | None] | None = None
@@ -66,22 +56,16 @@ class RowBlock:
         return map(AudienceRow, self.raws, self.problems or repeat(None))
 
 
-def _suffix(path: ObjectStoragePath) -> tuple[str, bool]:
-    """The suffix that names the format (``.csv`` of ``a.csv.gz``), and whether the file is gzipped."""
-    suffix = path.suffix.lower()
-    if suffix == _GZIP_SUFFIX:
-        return os.path.splitext(path.stem)[1].lower(), True
-    return suffix, False
-
-
 def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
     """``"csv"`` or ``"text"``: given, or read from the suffix (before a ``.gz``)."""
     if fmt is not None:
         if fmt not in ("csv", "text"):
             raise ValueError(f"audience_format must be 'csv' or 'text', got {fmt!r}")
         return fmt
-    suffix, _ = _suffix(path)
-    if suffix in _CSV_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = os.path.splitext(path.stem)[1].lower()
+    if suffix == ".csv":
         return "csv"
     if suffix in _TEXT_SUFFIXES:
         return "text"
@@ -91,16 +75,9 @@ def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
     )
 
 
-# -- lines -------------------------------------------------------------------------------------
-
-
 def line_blocks(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Iterator[list[bytes | None]]:
-    """Lines of a binary stream, a block at a time, without their ``\\n`` / ``\\r\\n``; ``None``
-    for a line over ``limit`` bytes.
-
-    Reads ``READ_BLOCK`` bytes at a time, so memory stays at one block plus one line,
-    whatever the stream holds (even one gigabyte with no newline at all).
-    """
+    """Lines of a binary stream, a block at a time, without their ``\\n`` / ``\\r\\n``; ``None`` for
+    a line over ``limit`` bytes. Memory stays at one block plus one line, whatever the stream holds."""
     tail = b""
     skipping = False  # inside a line already known to be too long
     while block := read(READ_BLOCK):
@@ -151,13 +128,8 @@ def _texts(lines: list[bytes | None]) -> tuple[list[str], list[str | None] | Non
             return b"\n".join(lines).decode("utf-8").split("\n"), None  # type: ignore[arg-type]
         except UnicodeDecodeError:
             pass
-    texts: list[str] = []
-    problems: list[str | None] = []
-    for line in lines:
-        text, problem = ("", LINE_TOO_LONG) if line is None else _decode(line)
-        texts.append(text)
-        problems.append(problem)
-    return texts, problems
+    read = [("", LINE_TOO_LONG) if line is None else _decode(line) for line in lines]
+    return [text for text, _ in read], [problem for _, problem in read]
 
 
 def _fields(text: str) -> list[str] | None:
@@ -168,9 +140,6 @@ def _fields(text: str) -> list[str] | None:
         return next(csv.reader([text]), [])
     except csv.Error:
         return None
-
-
-# -- columns -------------------------------------------------------------------------------------
 
 
 def _csv_block(
@@ -228,22 +197,6 @@ def column_index(header: list[str], column: str, path: ObjectStoragePath) -> int
     raise ValueError(f"{message}; columns found: {shown or 'none'}")
 
 
-# -- audiences -----------------------------------------------------------------------------------
-
-
-def _gunzip(stream: IO[bytes], path: ObjectStoragePath) -> Callable[[int], bytes]:
-    """``read`` of the decompressed stream; a corrupt or cut file is a ``ValueError`` naming the path."""
-    unzipped = gzip.GzipFile(fileobj=stream, mode="rb")
-
-    def read(size: int) -> bytes:
-        try:
-            return unzipped.read(size)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise ValueError(f"audience {path} is not a whole gzip file: {exc}") from None
-
-    return read
-
-
 @dataclass
 class Audience:
     """An audience file opened by :func:`open_audience`: its header, and its rows in blocks."""
@@ -256,9 +209,14 @@ class Audience:
     index: int  # of ``column`` in the header
 
     def _line_blocks(self) -> Iterator[list[bytes | None]]:
-        _, gzipped = _suffix(self.path)
         with self.path.open("rb") as stream:
-            yield from line_blocks(_gunzip(stream, self.path) if gzipped else stream.read)
+            if self.path.suffix.lower() != ".gz":
+                yield from line_blocks(stream.read)
+                return
+            try:
+                yield from line_blocks(gzip.GzipFile(fileobj=stream, mode="rb").read)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise ValueError(f"audience {self.path} is not a whole gzip file: {exc}") from None
 
     def blocks(self) -> Iterator[RowBlock]:
         """Every row after the header, in order, a block at a time (the file is read again each call)."""
@@ -290,9 +248,8 @@ def open_audience(
 ) -> Audience:
     """Open an audience file: a CSV with a header naming ``column``, or text with one number per line.
 
-    Each physical line is one record (quoted fields may hold commas, not newlines). A UTF-8 BOM
-    is dropped; blank lines, over-long lines and lines that are not UTF-8 become rows with a
-    reason, so the output can account for every line.
+    Each physical line is one record (quoted fields may hold commas, not newlines); a UTF-8 BOM
+    is dropped.
 
     :param fmt: ``"csv"`` or ``"text"``; by default read from the suffix (before a ``.gz``).
     :param keep_columns: also hand on every column of each row (:attr:`RowBlock.records`).
@@ -315,10 +272,3 @@ def open_audience(
         header = _fields(header_text) or [header_text]
         index = column_index(header, column, path)
     return Audience(path, kind, column, keep_columns, header, index)
-
-
-def read_audience(
-    path: ObjectStoragePath, *, column: str = "phone", fmt: str | None = None
-) -> Iterator[AudienceRow]:
-    """:func:`open_audience`, row by row (raises on a bad header when iterated)."""
-    yield from open_audience(path, column=column, fmt=fmt).rows()

@@ -1,35 +1,22 @@
-"""A fast path for the common case of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
+"""The fast path of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
-Why: ``phonenumbers`` is pure Python and general (every ``parse`` looks for RFC 3966 parts,
-extensions, letters, several plus signs; every ``is_valid_number`` tries up to eleven metadata
-patterns one by one): ~50 microseconds a number, and the preflight normalizes every row.
-Measured (``python benchmarks/run.py --only normalize``, 1,000,000 mixed inputs, identical
-answers checked on each): 4.7x plain ``phonenumbers`` (75,800/s against 16,138/s, median of 3
-on a loaded 2-core machine). Delete this module (``parse`` returning ``None`` everywhere is the
-plain path) if a ``phonenumbers`` release makes the ratio small.
-
-What: once :func:`normalize` removed separators and turned ``00`` into ``+``, almost every input
-is ``+`` and ASCII digits, or ASCII digits read with a default region. For exactly those strings
-this module replays, step for step, what ``phonenumbers.parse`` (9.x) and ``is_valid_number``
-do, from ``phonenumbers``' own metadata, with patterns compiled once and a region's validity
-patterns merged into one expression per length (a full match of the alternation exists exactly
-when one of the individual full matches does). Anything else, anything ``parse`` would raise on,
-and any odd metadata return ``None``: the caller then asks ``phonenumbers``. The comments on each
-step name the ``phonenumbers`` function it replays.
-
-Fences (it replays private internals, so a release could change answers silently):
-
-* ``pyproject.toml`` pins ``phonenumbers`` to the minor series the property tests in
-  ``tests/test_phone.py`` cover (they compare this module with plain ``phonenumbers`` on
-  arbitrary strings and on generated numbers of many regions).
-* On first use, ``normalize.fast_path_enabled`` compares this module with plain ``phonenumbers``
-  on a fixed sample; on any difference or error it logs once and uses plain ``phonenumbers``.
+``phonenumbers`` is pure Python and general (``parse`` looks for RFC 3966 parts, extensions,
+letters; ``is_valid_number`` tries up to eleven patterns one by one), and the preflight normalizes
+every row. Nearly every input, once cleaned, is ``+`` and ASCII digits, or ASCII digits with a
+default region: for exactly those, this module replays ``phonenumbers.parse`` (9.x) and
+``is_valid_number`` step for step from its own metadata, with patterns compiled once and a
+region's validity patterns merged into one per length. Anything else, or anything ``parse`` would
+raise on, gives ``None``: the caller asks ``phonenumbers``. It replays private internals, so
+``pyproject.toml`` pins the series ``tests/test_phone.py`` covers and
+``normalize.fast_path_enabled`` checks it on first use. ``benchmarks/run.py --only normalize``
+gives the gain: delete this module if a release makes it small.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
-import threading
 
 from phonenumbers import PhoneMetadata, PhoneNumber
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
@@ -126,11 +113,8 @@ class _Region:
         """General description (look-ahead) and any admitted type description, as one pattern."""
         if self.general is None or length not in self.lengths:
             return None
-        admitted = [p for lengths, p in self._types if lengths is None or length in lengths]
-        if not admitted:
-            return None
-        alternatives = "|".join(f"(?:{p})" for p in admitted)
-        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{alternatives})")
+        admitted = "|".join(f"(?:{p})" for lengths, p in self._types if lengths is None or length in lengths)
+        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{admitted})") if admitted else None
 
 
 class _CallingCode:
@@ -166,11 +150,8 @@ class _CallingCode:
         return False
 
     def finish(self, national: str, metadata: _Region) -> Parsed | None:
-        """The tail of ``parse`` once the calling code is known (``metadata`` is the one it uses).
-
-        The national prefix is stripped when what remains has a possible length (or is too
-        long), but not a local-only one; ``None`` where ``parse`` raises on the length.
-        """
+        """The tail of ``parse`` once the calling code is known (``metadata``: the one it uses);
+        ``None`` where ``parse`` raises on the length."""
         if len(national) < _MIN_NSN:
             return None
         if metadata.prefix is not None and metadata.prefix.match(national) is not None:
@@ -188,11 +169,6 @@ class _CallingCode:
         return (self.country_code, national, pattern is not None and pattern.fullmatch(national) is not None)
 
 
-_lock = threading.Lock()
-_regions: dict[str, _Region | None] = {}
-_calling_codes: dict[int, _CallingCode | None] = {}
-
-
 def _replayable(md: PhoneMetadata | None) -> bool:
     """Metadata this module replays; anything odd (none seen in 9.x) is left to phonenumbers."""
     if md is None or md.general_desc is None or not md.general_desc.possible_length:
@@ -203,46 +179,33 @@ def _replayable(md: PhoneMetadata | None) -> bool:
     return True
 
 
+@functools.cache
 def _region(code: str) -> _Region | None:
-    region = _regions.get(code, False)
-    if region is False:
-        with _lock:
-            md = PhoneMetadata.metadata_for_region(code, None) if code in SUPPORTED_REGIONS else None
-            _regions[code] = region = _Region(code, md) if _replayable(md) else None
-    return region  # type: ignore[return-value]
+    md = PhoneMetadata.metadata_for_region(code, None) if code in SUPPORTED_REGIONS else None
+    return _Region(code, md) if _replayable(md) else None
 
 
+@functools.cache
 def _calling_code(cc: int) -> _CallingCode | None:
-    info = _calling_codes.get(cc, False)
-    if info is not False:
-        return info  # type: ignore[return-value]
     codes = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
-    info = None
     if codes == (_NON_GEO,):
         md = PhoneMetadata.metadata_for_nongeo_region(cc, None)
-        if _replayable(md):
-            region = _Region(_NON_GEO, md)
-            info = _CallingCode(cc, region, [region])
-    elif codes and _NON_GEO not in codes:
-        candidates = [r for r in map(_region, codes) if r is not None]
-        # region_code_for_number skips a region without metadata, but parse would not use the
-        # same metadata without the main one: leave such a code (none in 9.x) to phonenumbers.
-        if len(candidates) == len(codes):
-            info = _CallingCode(cc, candidates[0], candidates)
-    _calling_codes[cc] = info
-    return info
+        if not _replayable(md):
+            return None
+        region = _Region(_NON_GEO, md)
+        return _CallingCode(cc, region, [region])
+    if not codes or _NON_GEO in codes:
+        return None
+    candidates = [r for r in map(_region, codes) if r is not None]
+    # region_code_for_number skips a region without metadata, but parse would not use the
+    # same metadata without the main one: leave such a code (none in 9.x) to phonenumbers.
+    return _CallingCode(cc, candidates[0], candidates) if len(candidates) == len(codes) else None
 
 
-def _prefix_free(codes: list[str]) -> bool:
-    """No calling code is the start of another (true of E.164; checked, not assumed)."""
-    codes = sorted(codes)
-    return not any(longer.startswith(shorter) for shorter, longer in zip(codes, codes[1:]))
-
-
-# Calling codes met so far, by their digits. With prefix-free codes, the one of these that
-# starts a number is the one _extract_country_code's shortest-prefix search finds.
+# Calling codes met so far, by their digits. With prefix-free codes (true of E.164; checked, not
+# assumed), the one of these that starts a number is the one _extract_country_code's search finds.
 _BY_DIGITS: dict[str, _CallingCode] = {}
-_REMEMBER = _prefix_free(list(_CC_OF_DIGITS))
+_REMEMBER = not any(b.startswith(a) for a, b in itertools.pairwise(sorted(_CC_OF_DIGITS)))
 
 
 def international(digits: str) -> Parsed | None:
@@ -261,11 +224,8 @@ def international(digits: str) -> Parsed | None:
 
 
 def parse(compact: str, region: str | None) -> Parsed | None:
-    """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result.
-
-    Handles ``+`` and ASCII digits (``region`` unused), or ASCII digits read in ``region``.
-    ``None`` for anything else, and wherever ``parse`` would raise: ask ``phonenumbers``.
-    """
+    """``phonenumbers.parse(compact, region)`` and ``is_valid_number`` of the result, for ``+`` and
+    ASCII digits or ASCII digits read in ``region``; ``None`` for anything else."""
     if compact[:1] == "+":
         digits = compact[1:]
         if (

@@ -1,21 +1,17 @@
 """Phone numbers in, E.164 out: the one place that decides what a valid number is.
 
-``phonenumbers`` does the real work. Prepending ``+`` to a national number is a trap
-(Indian ``9876543210`` becomes a possible Iranian number), so numbers without a country
-code are read with an explicit default region and always gated on ``is_valid_number``.
-
-Speed: inputs that are ``+`` and digits, or digits read with a default region (nearly all
-of them), are answered by :mod:`airflow_provider_kaleyra.numbers.fastphone`, which replays
-``phonenumbers``' parse and validation for exactly those strings from its own metadata,
-with precompiled patterns; everything else goes through ``phonenumbers`` itself. The
-answer is the same either way (``tests/test_phone.py`` checks it).
+``phonenumbers`` does the work. Prepending ``+`` to a national number is a trap (Indian
+``9876543210`` becomes a possible Iranian number), so numbers without a country code are read
+with an explicit default region, and every answer is gated on ``is_valid_number``. Inputs that
+are ``+`` and digits, or digits with a default region, take :mod:`.fastphone` (same answers,
+checked at first use and by ``tests/test_phone.py``); the rest go through ``phonenumbers``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
@@ -59,7 +55,7 @@ def normalize(raw: object, region: str | None = None) -> Normalized:
         return cleaned
     compact, parse_region = cleaned
     # what phonenumbers would compute, or None (then, or when the self-check failed, ask it)
-    parsed = _fastphone.parse(compact, parse_region) if _trusted or fast_path_enabled() else None
+    parsed = _fastphone.parse(compact, parse_region) if fast_path_enabled() else None
     if parsed is None:
         return normalize_with_phonenumbers(compact, parse_region)
     country_code, nsn, valid = parsed
@@ -75,28 +71,21 @@ def normalize_block(
 ) -> tuple[list[str | None], list[str | None]]:
     """:func:`normalize` of each input of a block: ``(e164s, reasons)``, aligned with ``raws``.
 
-    The same answers as :func:`normalize`, for less CPU per row: inputs already ``+`` and ASCII
-    digits (most of a clean audience) go straight to the fast path's calling-code step, with no
-    per-row cleaning or record; a repeated input the fast path does not take is read once per block.
+    Less CPU per row: inputs already ``+`` and ASCII digits (most of a clean audience) go straight
+    to the fast path's calling-code step; any other input is read once per block.
 
     :param problems: why each input was refused unread (``None`` where it was not), as
         :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them; ``None``: none was.
     """
-    international = _fastphone.international if _trusted or fast_path_enabled() else None
+    international = _fastphone.international if fast_path_enabled() else None
     e164s: list[str | None] = []
     reasons: list[str | None] = []
     slow: dict[str, Normalized] = {}  # this block's answers for inputs off the cheap path
     for raw, problem in zip(raws, problems or repeat(None)):
-        if problem is not None:
-            e164s.append(None)
-            reasons.append(problem)
-            continue
-        if type(raw) is not str:
-            e164s.append(None)
-            reasons.append(normalize(raw).reason)  # refused: not text
-            continue
         if (
-            international is not None
+            problem is None
+            and international is not None
+            and type(raw) is str
             and raw[:1] == "+"
             and 3 < len(raw) <= E164_MAX_DIGITS + 1
             and raw.isascii()
@@ -109,9 +98,14 @@ def normalize_block(
                     e164s.append(e164)
                     reasons.append(None)
                     continue
-        answer = slow.get(raw)
-        if answer is None:
-            answer = slow[raw] = normalize(raw, region)
+        if problem is not None:
+            answer = Normalized(None, problem)
+        elif type(raw) is str:
+            answer = slow.get(raw)
+            if answer is None:
+                answer = slow[raw] = normalize(raw, region)
+        else:
+            answer = normalize(raw)  # refused: not text (and perhaps not hashable)
         e164s.append(answer.e164)
         reasons.append(answer.reason)
     return e164s, reasons
@@ -120,9 +114,8 @@ def normalize_block(
 def preclean(raw: object, region: str | None) -> Normalized | tuple[str, str | None]:
     """The rules applied before ``phonenumbers``: a refusal, or ``(compact text, region to parse with)``.
 
-    Text longer than ``MAX_INPUT_LENGTH`` and Excel's scientific notation (its digits are lost)
-    are refused, separators go, ``00`` before a country code becomes ``+``, and a number with
-    ``+`` is read without a default region.
+    Over-long text and Excel's scientific notation are refused, separators go, ``00`` before a
+    country code becomes ``+``, and a number with ``+`` is read without a default region.
     """
     if not isinstance(raw, str):
         return Normalized(None, f"not text: {type(raw).__name__}")
@@ -166,91 +159,42 @@ def already_e164(raw: object, region: str | None = None) -> Normalized:
     return Normalized(None, "not E.164 (the input was declared normalized)")
 
 
-_NORMALIZE = normalize  # (the function itself, whatever a test rebinds the name to)
 MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong; ``invalid`` counts all
 
 
 class DistinctNumbers:
-    """The one normalize-and-deduplicate pass: every input read once, every valid number kept once.
-
-    :meth:`add` says what one input is; the tallies and the distinct numbers (first-seen order)
-    build up as it goes. A number is kept as the integer of its E.164 digits: half the memory
-    of its string. ``inputs`` is derived, so a new number costs no count.
+    """Normalize and de-duplicate, one input at a time (the SOIP check and sensor): the valid
+    numbers kept once, first-seen order, as the integers of their E.164 digits (half the memory).
 
     :param region: ISO country for numbers written without a country code.
     :param read: reads one input: :func:`normalize` (default), or :func:`already_e164` for inputs
         an earlier step normalized.
-    :param positions: remember each number's position, so that a repeat's is known too (the bulk
-        spool needs it); otherwise a repeat's position is ``None`` and the map holds no int per number.
-    :param as_text: key numbers by their E.164 text instead, for a caller that keeps those strings
-        anyway (the hook): the map then shares them rather than adding an int per number.
     """
 
     def __init__(
-        self,
-        region: str | None,
-        read: Callable[[object, str | None], Normalized] | None = None,
-        *,
-        positions: bool = False,
-        as_text: bool = False,
+        self, region: str | None, read: Callable[[object, str | None], Normalized] | None = None
     ) -> None:
         self.region = region
         self.read = read or normalize  # (looked up now, not at import: a test counts its calls)
-        self.positions = positions
-        self.as_text = as_text
-        self.seen: dict[int | str, int | None] = {}
-        self.invalid = self.duplicates = 0
+        self.seen: dict[int, None] = {}
+        self.inputs = self.invalid = 0
         self.reasons: Counter[str] = Counter()
 
-    def add(self, raw: object, problem: str | None = None) -> tuple[str | None, str | None, int | None, bool]:
-        """``(e164, reason, position, first_seen)`` of one input; ``problem``: why it was refused unread."""
-        e164, reason = self.read(raw, self.region) if problem is None else (None, problem)
-        return self._keep(e164, reason)
-
-    def add_block(
-        self, raws: Sequence[object], problems: Sequence[str | None] | None = None
-    ) -> tuple[list[str | None], list[str | None]]:
-        """:meth:`add` for a block: ``(e164s, reasons)``, aligned with ``raws``.
-
-        Plain :func:`normalize` reads the block with :func:`normalize_block`; any other reader
-        (:func:`already_e164`, a test's counter) is called once per input.
-        """
-        if self.read is _NORMALIZE:
-            e164s, reasons = normalize_block(raws, problems, self.region)
+    def add(self, raw: object, problem: str | None = None) -> Normalized:
+        """What one input is; ``problem``: why it was refused unread."""
+        answer = self.read(raw, self.region) if problem is None else Normalized(None, problem)
+        self.inputs += 1
+        if answer.e164 is not None:
+            self.seen[int(answer.e164[1:])] = None
         else:
-            pairs = [
-                self.read(r, self.region) if p is None else (None, p)
-                for r, p in zip(raws, problems or repeat(None))
-            ]
-            e164s, reasons = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
-        for e164, reason in zip(e164s, reasons):
-            self._keep(e164, reason)
-        return e164s, reasons
-
-    def _keep(self, e164: str | None, reason: str | None) -> tuple[str | None, str | None, int | None, bool]:
-        if e164 is None:
             self.invalid += 1
-            if reason in self.reasons or len(self.reasons) < MAX_REASONS:
-                self.reasons[reason] += 1  # type: ignore[index]
-            return None, reason, None, False
-        seen = self.seen
-        count = len(seen)
-        position = seen.setdefault(e164 if self.as_text else int(e164[1:]), count if self.positions else None)
-        if len(seen) == count:
-            self.duplicates += 1
-            return e164, None, position, False
-        return e164, None, count, True
-
-    @property
-    def inputs(self) -> int:
-        return len(self.seen) + self.duplicates + self.invalid
-
-    def __len__(self) -> int:
-        return len(self.seen)
+            if answer.reason in self.reasons or len(self.reasons) < MAX_REASONS:
+                self.reasons[answer.reason] += 1  # type: ignore[index]
+        return answer
 
     def numbers(self) -> Iterator[str]:
         """The distinct numbers, E.164, first-seen order."""
-        return iter(self.seen) if self.as_text else (f"+{digits}" for digits in self.seen)  # type: ignore[return-value]
+        return (f"+{digits}" for digits in self.seen)
 
 
 _POSSIBILITY = {
@@ -271,21 +215,14 @@ def _invalid_reason(number: phonenumbers.PhoneNumber) -> str:
 
 # --------------------------------------------------------------------------- fast path self-check
 
-_trusted: bool | None = None  # None until the self-check ran
-_check_lock = threading.Lock()
 # Regions with national prefixes, shared calling codes, leading zeros, AR/MX transforms, ...
 _SAMPLE_REGIONS = (
     "US CA AG GB IE IN DE FR IT SM VA ES NL BR AR MX RU KZ CN JP KR AU NZ SG AE SA ZA NG KE EG TR ID"
 )
 # ... and inputs that exercise one replayed rule each: (input, default region)
 _TRICKY = [("+5491123456789", None), ("01115234567890", "AR"), ("0445512345678", "MX"), ("0212345678", "IT")]
-_TRICKY += [
-    ("8800555353", "RU"),
-    ("011442079460000", "US"),
-    ("4641234", "AG"),
-    ("+0", None),
-    ("+80012345678", None),
-]
+_TRICKY += [("8800555353", "RU"), ("011442079460000", "US"), ("4641234", "AG"), ("+0", None)]
+_TRICKY += [("+80012345678", None)]
 
 
 def _sample() -> list[tuple[str, str | None]]:
@@ -304,40 +241,25 @@ def _sample() -> list[tuple[str, str | None]]:
     return inputs
 
 
+@functools.cache
 def fast_path_enabled() -> bool:
-    """Whether :mod:`~airflow_provider_kaleyra.numbers.fastphone` is used: its first-use self-check,
-    once per process, found no difference from plain ``phonenumbers`` (the property tests cover the
-    pinned version; this catches a release that slipped past the pin, or a forced install)."""
-    global _trusted
-    if _trusted is None:
-        with _check_lock:
-            if _trusted is None:
-                _trusted = _self_check()
-    return _trusted
-
-
-def _self_check() -> bool:
-    """The fast path against plain ``phonenumbers`` on :func:`_sample` (~0.2 s, once per process)."""
+    """Whether :mod:`.fastphone` is used: once per process, a self-check against plain
+    ``phonenumbers`` on :func:`_sample` (~0.2 s) found no difference. The property tests cover the
+    pinned version; this catches a release that slipped past the pin, or a forced install."""
     try:
         for compact, region in _sample():
             ours = _fastphone.parse(compact, region)
-            if ours is None:
-                continue
-            try:
+            if ours is not None:  # (phonenumbers raising where the fast path answered: a difference too)
                 number = phonenumbers.parse(compact, region)
-                plain = (number.country_code, phonenumbers.national_significant_number(number))
-                same = ours == (*plain, phonenumbers.is_valid_number(number))
-            except phonenumbers.NumberParseException:
-                same = False
-            if not same:
-                log.warning(
-                    "phonenumbers %s disagrees with the fast path on a sample number (region %s): "
-                    "normalizing with plain phonenumbers (slower, same answers)",
-                    phonenumbers.__version__,
-                    region,
-                )
-                return False
-    except Exception:  # a private internal moved: the same fallback
-        log.warning("Fast path self-check failed: normalizing with plain phonenumbers", exc_info=True)
+                nsn = phonenumbers.national_significant_number(number)
+                if ours != (number.country_code, nsn, phonenumbers.is_valid_number(number)):
+                    raise ValueError(f"another answer for a sample number of region {region}")
+    except Exception:  # a difference, or a private internal moved: the same fallback
+        log.warning(
+            "phonenumbers %s fails the fast path's self-check: normalizing with plain phonenumbers "
+            "(slower, same answers)",
+            phonenumbers.__version__,
+            exc_info=True,
+        )
         return False
     return True

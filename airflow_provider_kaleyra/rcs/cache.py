@@ -1,13 +1,10 @@
 """Capability cache: RCS answers remembered across runs, so a daily preflight asks only for what it does not know.
 
-One table, keyed by account SID and E.164 number, in a database every worker of a deployment
-reaches (the connection extra ``cache_url``; PostgreSQL across hosts). There is no default
-database: a per-host SQLite file would silently give each worker its own cache. Reads and
-writes go ``CHUNK`` numbers per statement, so memory does not follow the audience.
-
-Freshness is by age, with separate ages for positive (``rcs_enabled``) and negative
-(``rcs_disabled``) answers; anything else (``failed``, or a status this module does not know)
-is never written, so it is never served.
+One table, keyed by account SID and E.164 number, in a database every worker reaches (the
+connection extra ``cache_url``; PostgreSQL across hosts): no default, since a per-host SQLite file
+would silently give each worker its own cache. Reads and writes go ``CHUNK`` numbers per
+statement, so memory does not follow the audience. Freshness is by age, separate for positive
+(``rcs_enabled``) and negative (``rcs_disabled``) answers; nothing else is ever written or served.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete
 
 from airflow_provider_kaleyra.client.api import RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
@@ -38,10 +35,9 @@ WRITE_ROWS = 20 * CHUNK  # answers per write transaction: a big B-tree costs hal
 _WRITES_IN_FLIGHT = 2  # write transactions queued at most: memory stays bounded
 _READS_AHEAD = 3  # chunks read ahead of the one handed out
 T = TypeVar("T")
+Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
 REFRESH = "refresh"
 CacheMode = bool | Literal["refresh"] | None
-_PG_LOCK_KEY = 0x4B414C4559524143  # pg_advisory_xact_lock key for creating the table ("KALEYRAC")
-_POSITIVE, _NEGATIVE = RCS_ENABLED, RCS_DISABLED  # the only statuses ever cached
 
 _COLUMNS = "sid, number, status, carrier_id, carrier_status, obtained_at"
 _SELECT = "SELECT number, status, carrier_id, carrier_status, obtained_at FROM kaleyra_rcs_cache WHERE sid = "
@@ -75,16 +71,6 @@ class CapabilityCacheError(Exception):
     """The capability cache cannot be used as configured."""
 
 
-def _now() -> int:
-    return int(time.time())
-
-
-def _chunks(items: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
 _JSON = "\x1e"  # marks a carrier field stored as JSON: it was not text (a number, say)
 
 
@@ -105,7 +91,7 @@ class CapabilityCache(Database):
     metadata = cache_table.metadata
     setting = "cache_url"
     error = CapabilityCacheError
-    lock_key = _PG_LOCK_KEY
+    lock_key = 0x4B414C4559524143  # pg_advisory_xact_lock key for creating the table ("KALEYRAC")
     pool_size = max_overflow = 2
 
     def fresh(
@@ -115,15 +101,15 @@ class CapabilityCache(Database):
         max_age_positive: timedelta,
         max_age_negative: timedelta,
         now: int | None = None,
-    ) -> dict[str, tuple[Answer, int]]:
+    ) -> dict[str, Hit]:
         """``{e164: (answer, age in seconds)}`` for the numbers with an answer young enough; one query."""
-        now = _now() if now is None else now
+        now = int(time.time()) if now is None else now
         oldest = {
-            _POSITIVE: now - max_age_positive.total_seconds(),
-            _NEGATIVE: now - max_age_negative.total_seconds(),
+            RCS_ENABLED: now - max_age_positive.total_seconds(),
+            RCS_DISABLED: now - max_age_negative.total_seconds(),
         }
         keys = [int(n[1:]) for n in numbers]
-        found: dict[str, tuple[Answer, int]] = {}
+        found: dict[str, Hit] = {}
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 rows = conn.exec_driver_sql(_SELECT + "%s AND number = ANY(%s::bigint[])", (sid, keys))
@@ -142,15 +128,13 @@ class CapabilityCache(Database):
 
     def remember(self, sid: str, answers: Iterable[tuple[str, Answer]], now: int | None = None) -> int:
         """Upsert the positive and negative answers, ``CHUNK`` per statement; returns rows written.
-
         A row is only replaced by a younger one, so two writers racing never roll an answer back.
-        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)
-        """
-        now = _now() if now is None else now
+        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)"""
+        now = int(time.time()) if now is None else now
         rows = (
             (sid, int(e164[1:]), a.status, _text(a.carrier_id), _text(a.carrier_status), now)
             for e164, a in answers
-            if a.status in (_POSITIVE, _NEGATIVE)
+            if a.status in (RCS_ENABLED, RCS_DISABLED)
         )
         written = 0
         engine = self.engine
@@ -168,15 +152,11 @@ class CapabilityCache(Database):
         """Delete answers obtained before ``now - older_than``; returns rows deleted."""
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
-        cutoff = (_now() if now is None else now) - older_than.total_seconds()
+        cutoff = (int(time.time()) if now is None else now) - older_than.total_seconds()
         with self.write() as conn:
             deleted = conn.execute(delete(cache_table).where(cache_table.c.obtained_at < cutoff)).rowcount
         log.info("Purged %s cached Kaleyra answers older than %s", deleted, older_than)
         return int(deleted or 0)
-
-    def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(cache_table)).scalar() or 0)
 
 
 @functools.cache
@@ -185,16 +165,11 @@ def get_cache(url: str) -> CapabilityCache:
     return CapabilityCache(url)
 
 
-Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
-
-
 @dataclass
 class CacheRun:
-    """One run's use of the cache: between the distinct numbers and batch planning.
-
-    :meth:`lookup` gives the fresh cached answers of the numbers, a chunk at a time (the other
-    numbers must be asked; all of them with ``refresh``); :meth:`add` writes new answers back, ``CHUNK`` at
-    a time; :meth:`close` writes the rest and waits for it. The counts feed the run's summary.
+    """One run's use of the cache, between the distinct numbers and batch planning: :meth:`lookup`
+    gives the fresh answers a chunk at a time, :meth:`add` writes new ones back, :meth:`close`
+    writes the rest and waits. The counts feed the run's summary.
 
     The database work runs on two threads of its own, one reading chunks ahead, one writing
     behind (the drivers release the GIL while the database works), so the thread that feeds
@@ -216,33 +191,27 @@ class CacheRun:
     def _submit(self, role: str, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Reads and writes on a thread each: a read never queues behind a big write."""
         if role not in self._threads:
-            self._threads[role] = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"kaleyra-cache-{role}"
-            )
+            self._threads[role] = ThreadPoolExecutor(1, f"kaleyra-cache-{role}")
         return self._threads[role].submit(fn, *args)
-
-    def _read(self, chunk: list[str]) -> Future[dict[str, Hit]]:
-        if self.refresh:
-            done: Future[dict[str, Hit]] = Future()
-            done.set_result({})
-            return done
-        return self._submit(
-            "read", self.cache.fresh, self.sid, chunk, self.max_age_positive, self.max_age_negative
-        )
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
         """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
         missing from the dict must be asked (all of them with ``refresh``)."""
-        reads: deque[tuple[list[str], Future[dict[str, Hit]]]] = deque()
-        for chunk in _chunks(numbers):
-            reads.append((chunk, self._read(chunk)))
+        reads: deque[tuple[list[str], Future[dict[str, Hit]] | None]] = deque()
+        ages = (self.max_age_positive, self.max_age_negative)
+        numbers = iter(numbers)
+        while chunk := list(islice(numbers, CHUNK)):
+            reading = None if self.refresh else self._submit("read", self.cache.fresh, self.sid, chunk, *ages)
+            reads.append((chunk, reading))
             if len(reads) > _READS_AHEAD:
                 yield self._found(*reads.popleft())
         while reads:
             yield self._found(*reads.popleft())
 
-    def _found(self, chunk: list[str], reading: Future[dict[str, Hit]]) -> tuple[list[str], dict[str, Hit]]:
-        found = reading.result()
+    def _found(
+        self, chunk: list[str], reading: Future[dict[str, Hit]] | None
+    ) -> tuple[list[str], dict[str, Hit]]:
+        found = reading.result() if reading else {}
         self.served += len(found)
         self.asked += len(chunk) - len(found)
         return chunk, found
@@ -272,10 +241,8 @@ class CacheRun:
             self._threads.clear()
 
     def summary(self) -> dict[str, int | bool]:
-        """Counts for a run's XCom summary: served from the cache, and API calls saved.
-
-        Calls saved = the calls planned for every distinct number minus those for the ones asked.
-        """
+        """Counts for a run's XCom summary; calls saved = those planned for every distinct number
+        less those for the numbers asked."""
         planned = len(plan_batch_sizes(self.served + self.asked))
         return {
             "from_cache": self.served,

@@ -8,22 +8,26 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from airflow_provider_kaleyra.callbacks.cli import parse_age as parse_age_argument
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
 from airflow_provider_kaleyra.rcs.cache import get_cache
 from airflow_provider_kaleyra.utils.database import redact_url
+
+
+def _cache_url(conn_id: str | None) -> str:
+    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook  # (Airflow: not for --url)
+
+    conn_id = conn_id or DEFAULT_CONN_ID
+    url = KaleyraHook(conn_id).config.cache_url
+    if not url:
+        raise ValueError(f"Kaleyra connection {conn_id!r} has no cache_url")
+    return url
 
 
 def purge_cache(older_than: str | timedelta = "30d", kaleyra_conn_id: str | None = None) -> int:
     """Delete cached answers older than ``older_than`` from the connection's ``cache_url``; for a
     ``@task``. A bad age is a ``ValueError`` naming it (a task error, not the CLI's usage error)."""
-    from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, parse_age
-    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-
     age = parse_age(older_than, "older_than")
-
-    config = KaleyraHook(kaleyra_conn_id or DEFAULT_CONN_ID).config
-    if not config.cache_url:
-        raise ValueError(f"Kaleyra connection {kaleyra_conn_id or DEFAULT_CONN_ID!r} has no cache_url")
-    return get_cache(config.cache_url).purge(age)
+    return get_cache(_cache_url(kaleyra_conn_id)).purge(age)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,17 +52,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    url = args.url
-    if not url:
-        from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
-        from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-
-        url = KaleyraHook(args.conn_id or DEFAULT_CONN_ID).config.cache_url
-        if not url:
-            raise SystemExit(
-                f"kaleyra-cache: connection {args.conn_id or DEFAULT_CONN_ID!r} has no cache_url; "
-                "set it, or pass --url"
-            )
+    try:
+        url = args.url or _cache_url(args.conn_id)
+    except ValueError as exc:
+        raise SystemExit(f"kaleyra-cache: {exc} (or pass --url)") from None
     deleted = get_cache(url).purge(args.older_than)
     print(f"purged {deleted} cached answers from {redact_url(url)}")
     return 0

@@ -1,9 +1,8 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
 
-Rows are written a block at a time. Each distinct answer is encoded once (the tail of its
-lines: status, carrier, error, source, age) and each row adds its number, input and the
-row index; an input is quoted or escaped only when the block holds a character that needs
-it. The bytes are those of ``csv.writer`` and ``json.dumps`` (tests compare them).
+Rows are written a block at a time. Each distinct answer is encoded once (the tail of its lines:
+status, carrier, error, source, age), each row adds its number, input and index, and inputs are
+quoted or escaped only when the block needs it: the bytes of ``csv.writer`` and ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
@@ -27,13 +27,11 @@ from airflow_provider_kaleyra.rcs.answers import (
     Answer,
     AnsweredRows,
     RcsResult,
-    shared,
 )
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 OUTPUT_FIELDS = ("row", *FIELDS)
 _INT_FIELDS = {"row", "age_seconds"}  # read back from CSV as numbers, as JSON Lines keeps them
-_CSV_SUFFIXES = {".csv"}
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 _CSV_SPECIAL = (",", '"', "\n", "\r")
 
@@ -41,7 +39,7 @@ _CSV_SPECIAL = (",", '"', "\n", "\r")
 def result_format(path: ObjectStoragePath) -> str:
     """``"csv"`` or ``"jsonl"``, from the output's suffix."""
     suffix = path.suffix.lower()
-    if suffix in _CSV_SUFFIXES:
+    if suffix == ".csv":
         return "csv"
     if suffix in _JSONL_SUFFIXES:
         return "jsonl"
@@ -65,30 +63,19 @@ class ResultWriter:
         """One row (merging shard outputs); the engine writes blocks."""
         valid = result.e164 is not None
         age = result.age_seconds if valid and result.source == SOURCE_CACHE else None
-        answer = Answer(*result[2:6]) if valid else None
-        reasons = None if valid else [result.error]
-        self.write_block(
-            AnsweredRows(
-                [row], [result.input], [result.e164], [answer], reasons, None if age is None else [age]
-            )
-        )
+        ages = None if age is None else [age]
+        answer, reasons = (Answer(*result[2:6]), None) if valid else (None, [result.error])
+        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], reasons, ages))
 
     def write_block(self, block: AnsweredRows) -> None:
         """The rows of one block, in one write."""
-        rows, raws, e164s, answers, reasons, ages = (
-            block.rows,
-            block.raws,
-            block.e164s,
-            block.answers,
-            block.reasons,
-            block.ages,
-        )
+        raws, answers, reasons, ages = block.raws, block.answers, block.reasons, block.ages
         tails, tail = self._tails, self._tail
         if ages is not None:
             ends = [
-                tail(a, age) if a is not None else tail(reasons[i], -1)
-                for i, (a, age) in enumerate(zip(answers, ages))
-            ]  # type: ignore[index]
+                tail(a, age) if a is not None else tail(r, -1)
+                for a, age, r in zip(answers, ages, reasons or repeat(None))
+            ]
         elif reasons is None:  # every row valid, every answer from the API: the common block
             ends = [tails.get(a) or tail(a, -1) for a in answers]
         else:
@@ -100,23 +87,19 @@ class ResultWriter:
         joined = "".join(raws) if text else ""
         if self._csv:
             plain = text and not any(c in joined for c in _CSV_SPECIAL)
-            inputs = raws if plain else [self._csv_field(raw) for raw in raws]
+            # (csv.writer quotes an empty field only when it is alone on its line)
+            inputs = raws if plain else ["" if r is None or r == "" else self._csv_line((r,)) for r in raws]
             lines = [
-                f"{row},{raw},{e164 or ''},{end}\n" for row, raw, e164, end in zip(rows, inputs, e164s, ends)
+                f"{row},{raw},{e164 or ''},{end}\n"
+                for row, raw, e164, end in zip(block.rows, inputs, block.e164s, ends)
             ]
         else:
-            plain = (
-                text
-                and joined.isascii()
-                and joined.isprintable()
-                and '"' not in joined
-                and "\\" not in joined
-            )
+            plain = text and joined.isascii() and joined.isprintable() and not any(c in joined for c in '"\\')
             inputs = [f'"{raw}"' for raw in raws] if plain else [json.dumps(raw) for raw in raws]
-            numbers = [f'"{e164}"' if e164 else "null" for e164 in e164s]
+            numbers = [f'"{e164}"' if e164 else "null" for e164 in block.e164s]
             lines = [
                 f'{{"row": {row}, "input": {raw}, "e164": {e164}, {end}}}\n'
-                for row, raw, e164, end in zip(rows, inputs, numbers, ends)
+                for row, raw, e164, end in zip(block.rows, inputs, numbers, ends)
             ]
         self._handle.write("".join(lines))
         self.rows += len(lines)
@@ -131,22 +114,17 @@ class ResultWriter:
         else:
             fields = (*answer, SOURCE_API, 0) if age < 0 else (*answer, SOURCE_CACHE, age)
         if self._csv:
-            self._line.seek(0)
-            self._line.truncate()
-            self._writer.writerow("" if value is None else value for value in fields)
-            encoded = self._line.getvalue()
+            encoded = self._csv_line("" if value is None else value for value in fields)
         else:
             encoded = json.dumps(dict(zip(FIELDS[2:], fields)))[1:-1]
         if len(self._tails) < 100_000:  # (ages and odd errors could make it grow without end)
             self._tails[key] = encoded
         return encoded
 
-    def _csv_field(self, value: Any) -> str:
-        if value is None or value == "":
-            return ""  # (csv.writer quotes an empty field only when it is alone on its line)
+    def _csv_line(self, values: Iterable[Any]) -> str:
         self._line.seek(0)
         self._line.truncate()
-        self._writer.writerow((value,))
+        self._writer.writerow(values)
         return self._line.getvalue()
 
 
@@ -174,17 +152,6 @@ def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
             for line in handle:
                 if line.strip():
                     yield json.loads(line)
-
-
-def read_answers(paths: Iterable[ObjectStoragePath]) -> dict[str, Answer]:
-    """``{e164: answer}`` from result files (e.g. the preflight's RCS shards); equal answers shared."""
-    answers: dict[str, Answer] = {}
-    for path in paths:
-        for record in read_results(path):
-            if record.get("e164"):
-                fields = (record.get(name) for name in Answer._fields)
-                answers[record["e164"]] = shared(Answer(*fields))
-    return answers
 
 
 def merge_results(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from airflow_provider_kaleyra.client.api import BULK_MAX, BULK_MIN
-from airflow_provider_kaleyra.numbers.audience import MAX_LINE_BYTES, read_audience
+from airflow_provider_kaleyra.numbers.audience import MAX_LINE_BYTES, open_audience
 from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.rcs.batching import plan_batch_sizes, plan_batches, shard_bounds
@@ -140,7 +140,7 @@ def test_every_audience_line_becomes_one_row_with_a_reason_when_unreadable(
     data = (b"\xef\xbb\xbf" if bom else b"") + header + body
     path = tmp_path / f"audience.{'csv' if fmt == 'csv' else 'txt'}"
     path.write_bytes(data)
-    rows = list(read_audience(as_path(str(path)), column="phone"))
+    rows = list(open_audience(as_path(str(path)), column="phone").rows())
     # A BOM opens the first line of a text file (which it belongs to), or the CSV header.
     counted = (b"\xef\xbb\xbf" if bom and fmt == "text" else b"") + body
     assert len(rows) == _lines(counted), (data[:200], rows[:5])
@@ -168,7 +168,7 @@ def test_unreadable_csv_headers_fail_with_a_clear_error(tmp_path, content, messa
     path = tmp_path / "audience.csv"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(message)):
-        list(read_audience(as_path(str(path)), column="phone"))
+        list(open_audience(as_path(str(path)), column="phone").rows())
 
 
 NASTY_LINES = [

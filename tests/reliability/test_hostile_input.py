@@ -19,7 +19,7 @@ from hostile_server import HostileServer, bulk_answer
 
 from airflow_provider_kaleyra.client.api import INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from airflow_provider_kaleyra.numbers.audience import read_audience
+from airflow_provider_kaleyra.numbers.audience import open_audience
 from airflow_provider_kaleyra.numbers.normalize import SCIENTIFIC_NOTATION, normalize
 from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOperator
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -108,7 +108,7 @@ def test_a_damaged_gzip_audience_fails_with_its_name(tmp_path, damage):
     path = tmp_path / "audience.csv.gz"
     path.write_bytes(damage(gzip.compress(body.encode())))
     with pytest.raises(ValueError, match=r"audience\.csv\.gz is not a whole gzip file"):
-        list(read_audience(as_path(str(path))))
+        list(open_audience(as_path(str(path))).rows())
 
 
 def test_a_gzipped_audience_streams_in_bounded_memory(tmp_path):
@@ -120,7 +120,7 @@ def test_a_gzipped_audience_streams_in_bounded_memory(tmp_path):
             handle.write(line * 5_000)  # 20 MB in all
     tracemalloc.start()
     try:
-        count = sum(1 for _ in read_audience(as_path(str(path))))
+        count = sum(1 for _ in open_audience(as_path(str(path))).rows())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
