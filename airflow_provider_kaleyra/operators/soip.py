@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow_provider_kaleyra.callbacks.store import get_store
@@ -70,7 +71,8 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         shard = self._shard()
         found = DistinctNumbers(config.default_region, already_e164 if self.e164_input else None)
         for block in self._blocks():
-            found.add_block(block.raws, block.problems)
+            for raw, problem in zip(block.raws, block.problems or repeat(None)):
+                found.add(raw, problem)
         numbers = list(found.numbers())
         start, stop = shard_slice(len(numbers), shard)
         numbers = numbers[start:stop]

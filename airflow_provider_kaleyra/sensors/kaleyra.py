@@ -155,7 +155,8 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
         """Numbers given directly become a submission of this task instance (the same id on every poke)."""
         numbers = DistinctNumbers(self.hook.config.default_region)
-        numbers.add_block(_as_numbers(self.numbers))
+        for raw in _as_numbers(self.numbers):
+            numbers.add(raw)
         dag_run = context.get("dag_run")
         start = getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None)
         if start is None:
