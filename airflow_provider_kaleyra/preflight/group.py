@@ -26,7 +26,7 @@ from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOpera
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.preflight import channels as ch, files
 from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun, Shard, SoipLeg
-from airflow_provider_kaleyra.preflight.report_task import KaleyraPreflightReportOperator
+from airflow_provider_kaleyra.preflight.report import KaleyraPreflightReportOperator
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
