@@ -1,14 +1,10 @@
 """The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
 
-::
-
-    prepare -> rcs_lookup (mapped, one per shard) -> soip_candidates -> soip_check -> soip_wait
-                                                  \\----------------------------------------> channels -> build_report
-
-Tasks hand each other typed records (:mod:`.records`) as XComArgs: locations and counts, never a
-number; the numbers stay in files under the run folder ``<output>/<run id>/``. ``channels`` has the
-four channel lists as ``outlets`` (Airflow Assets), so a DAG that sends the campaign can be
-scheduled on them; each asset event carries the list's location.
+``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
+(``channels`` also straight after the lookups when the SOIP leg is skipped). Tasks hand each other
+typed records (:mod:`.records`) as XComArgs: locations and counts, never a number; the numbers stay
+in files under the run folder ``<output>/<run id>/``. The four channel lists are ``channels``'
+outlets (Airflow Assets), each event carrying the list's location.
 """
 
 from __future__ import annotations
@@ -49,11 +45,6 @@ def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
 def _regions(value: Iterable[str] | str) -> list[str]:
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
     return sorted({str(item).strip().upper() for item in items if str(item).strip()})
-
-
-def channel_assets(prefix: str) -> dict[str, Asset]:
-    """The assets ``channels`` updates: ``<prefix>.rcs``, ``.soip``, ``.sms``, ``.invalid``."""
-    return {c: Asset(name=f"{prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
 
 
 def kaleyra_preflight(
@@ -98,7 +89,7 @@ def kaleyra_preflight(
     :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...); give each
         preflight DAG its own.
     """
-    assets = channel_assets(asset_prefix)
+    assets = {c: Asset(name=f"{asset_prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
     with TaskGroup(group_id=group_id) as group:
 
         @task(retries=0)
@@ -117,17 +108,15 @@ def kaleyra_preflight(
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
-            text, optional = str, (str, type(None))
+            context, optional = get_current_context(), (str, type(None))
             storage = _expect("storage_conn_id", storage, optional)
-            run_dir = files.run_folder(
-                _expect("output", output, optional), get_current_context()["run_id"], storage
-            )
+            run_dir = files.run_folder(_expect("output", output, optional), context["run_id"], storage)
             region = KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.default_region
             try:
                 prepared = prepare_audience(
-                    _expect("audience", audience, text),
+                    _expect("audience", audience, str),
                     run_dir,
-                    column=_expect("column", column, text),
+                    column=_expect("column", column, str),
                     region=region,
                     shard_count=_expect("shard_count", shards, int),
                     storage_conn_id=storage,
@@ -142,7 +131,7 @@ def kaleyra_preflight(
             )
             if warning := default_region_warning(prepared):
                 log.warning(warning)
-            get_current_context()["ti"].xcom_push(key=PREPARED, value=prepared)
+            context["ti"].xcom_push(key=PREPARED, value=prepared)
             return prepared["shards"]
 
         @task(retries=0, multiple_outputs=True)
@@ -173,8 +162,7 @@ def kaleyra_preflight(
             result = ch.write_channel_lists(
                 as_path(prepared["run_dir"], storage),
                 [as_path(s["output"], storage) for s in prepared["shards"]],
-                as_path(leg["audience"], storage) if leg else None,
-                as_path(leg["results"], storage) if leg else None,
+                *(as_path(leg[key], storage) if leg else None for key in ("audience", "results")),
             )
             outlet_events = get_current_context()["outlet_events"]
             for channel, asset in assets.items():

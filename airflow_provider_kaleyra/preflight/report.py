@@ -47,14 +47,9 @@ def run_summary(
         "dag_id": dag_id,
         "run_id": run_id,
         "finished_at": finished_at,
-        "audience": prepared["audience"],
-        "counts": prepared["counts"],
-        "invalid_reasons": prepared["invalid_reasons"],
-        "national": prepared["national"],
+        **{key: prepared[key] for key in ("audience", "counts", "invalid_reasons", "national")},
         "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
-        "reasons": decided["reasons"],
-        "carriers": decided["carriers"],
-        "countries": decided["countries"],
+        **{key: decided[key] for key in ("reasons", "carriers", "countries")},
         "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
         "api": api,
     }
@@ -113,12 +108,8 @@ def file_url(dag_id: str, run_id: str, task_id: str, name: str) -> str:
 class PreflightFileLink(BaseOperatorLink):
     """A button on the report task opening one file of its run through the API server."""
 
-    label: str
+    name: str
     file: str
-
-    @property
-    def name(self) -> str:
-        return self.label
 
     @property
     def xcom_key(self) -> str:

@@ -1,19 +1,16 @@
-"""The preflight's pages on the Airflow API server: a run's report and lists, and a DAG's runs.
+"""The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report
+and lists, and a DAG's runs.
 
-Mounted by the provider's plugin under ``/kaleyra-preflight``. Airflow does not authenticate plugin
-routes, so every route here resolves the user from the Airflow UI session (the ``_token`` cookie)
-or an ``Authorization: Bearer`` JWT through Airflow's auth manager, and asks it whether that user
-may read the DAG's runs (the runs page) or task instances (the files): 401 without a valid token,
-403 without the permission. The files are read from wherever the run wrote them (``file://``,
-``s3://`` ...), with the connection the run used, so users need neither a shell nor the store's keys.
+Airflow does not authenticate plugin routes, so each route resolves the user (UI session cookie or
+bearer JWT) and asks Airflow's auth manager whether they may read the DAG's runs or task instances:
+401 without a valid token, 403 without the permission. Files are read from wherever the run wrote
+them, with the run's connection: users need neither a shell nor the store's keys.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request, status
@@ -24,7 +21,8 @@ from sqlalchemy import select
 
 from airflow_provider_kaleyra.preflight import rendering, report
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
-from airflow_provider_kaleyra.preflight.report import SERVED_FILES, URL_PREFIX, XCOM_KEY
+from airflow_provider_kaleyra.preflight.files import safe_name
+from airflow_provider_kaleyra.preflight.report import SERVED_FILES, URL_PREFIX, XCOM_KEY, file_url
 from airflow_provider_kaleyra.utils.storage import as_path
 
 RUNS_SHOWN = 100
@@ -105,7 +103,7 @@ def run_file(dag_id: str, run_id: str, task_id: str, name: str, user: User) -> A
     media = MEDIA_TYPES[name[name.rindex(".") :]]
     headers = dict(HEADERS)
     if media == "text/csv":
-        download = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}_{run_id}_{name}")
+        download = safe_name(f"{dag_id}_{run_id}_{name}")
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
     return StreamingResponse(_chunks(handle), media_type=f"{media}; charset=utf-8", headers=headers)
 
@@ -125,20 +123,18 @@ def _mix_bar(rows: dict[str, int]) -> str:
 
 
 @app.get("/runs/{dag_id}", response_class=HTMLResponse)
-def dag_runs(request: Request, dag_id: str, user: User) -> HTMLResponse:
+def dag_runs(dag_id: str, user: User) -> HTMLResponse:
     """A preflight DAG's runs: channel mix, RCS-capable share, links to each report; the trend."""
     authorize(user, dag_id, "RUN")
     runs = _records(dag_id)
     if not runs:
         body = ["<p>No preflight report has been recorded for this DAG yet.</p>"]
         return HTMLResponse(rendering.html_page(f"Preflight runs of {dag_id}", body), headers=HEADERS)
-    base = f"{request.scope.get('root_path', '')}/runs/{quote(dag_id, safe='')}"
     labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
     table = []
     for label, (run_id, task_id, record) in zip(labels, runs):
-        folder = f"{base}/{quote(run_id, safe='')}/{quote(task_id, safe='')}"
         links = " · ".join(
-            f'<a href="{escape(folder)}/{name}" target="_blank">{escape(text)}</a>'
+            f'<a href="{escape(file_url(dag_id, run_id, task_id, name))}" target="_blank">{escape(text)}</a>'
             for name, text in RUN_FILES
         )
         rows, share = record["rows"], f"{100 * record['rcs_share']:.1f}%"
