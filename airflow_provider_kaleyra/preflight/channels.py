@@ -14,7 +14,6 @@ import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
 from itertools import islice
 from typing import Any
 
@@ -150,8 +149,7 @@ def write_channel_lists(
     :param outcomes: the callback sensor's per-number answers.
     """
     rows_path = files.require(run_dir / files.ROWS, "prepare")
-    with ExitStack() as stack:
-        parts = files.Partitions(stack, "kaleyra-channels-")
+    with files.Partitions("kaleyra-channels-") as parts:
         writers = [csv.writer(handle) for handle in parts.handles]
 
         def spread(kind: str, e164: str, *rest: Any) -> None:
@@ -189,13 +187,13 @@ def write_channel_lists(
                 channel, reason = decide(e164, invalid_reason, None, False, None)
             out.write(channel, [*columns, e164, channel, reason])
             reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
-    return {
-        "rows": out.rows,
-        "numbers": {channel: decisions.numbers[channel] for channel in CHANNELS if channel != NONE},
-        "reasons": dict(reasons.most_common()),
-        "carriers": _rate_table(*decisions.rates["carriers"]),
-        "countries": _rate_table(*decisions.rates["countries"]),
-        "soip_asked": soip_asked,
-        "soip_answered": decisions.answered,
-        "lists": {channel: str(run_dir / LIST_NAMES[channel]) for channel in CHANNELS},
-    }
+    return ChannelResult(
+        rows=out.rows,
+        numbers={channel: decisions.numbers[channel] for channel in CHANNELS if channel != NONE},
+        reasons=dict(reasons.most_common()),
+        carriers=_rate_table(*decisions.rates["carriers"]),
+        countries=_rate_table(*decisions.rates["countries"]),
+        soip_asked=soip_asked,
+        soip_answered=decisions.answered,
+        lists={channel: str(run_dir / LIST_NAMES[channel]) for channel in CHANNELS},
+    )

@@ -58,28 +58,23 @@ def read_csv(path: ObjectStoragePath) -> Iterator[list[str]]:
         yield from csv.reader(handle)
 
 
-class CsvWriter:
-    """Several CSV files open at once, each published atomically on a clean exit; counts their rows."""
+class CsvWriter(ExitStack):
+    """Several CSV files open at once, each published atomically on a clean exit (an error unwinds
+    every file unpublished); counts their rows."""
 
     def __init__(self) -> None:
-        self._stack = ExitStack()
+        super().__init__()
         self._writers: dict[str, Any] = {}
         self.rows: dict[str, int] = {}
 
     def open(self, name: str, path: ObjectStoragePath, header: Iterable[str]) -> None:
-        self._writers[name] = csv.writer(self._stack.enter_context(open_atomic(path)))
+        self._writers[name] = csv.writer(self.enter_context(open_atomic(path)))
         self._writers[name].writerow(list(header))
         self.rows[name] = 0
 
     def write(self, name: str, row: Iterable[Any]) -> None:
         self._writers[name].writerow(row)
         self.rows[name] += 1
-
-    def __enter__(self) -> CsvWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> bool:
-        return self._stack.__exit__(*exc)  # an error unwinds every file unpublished
 
 
 def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> int:
@@ -90,15 +85,16 @@ def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Ite
     return out.rows["file"]
 
 
-class Partitions:
+class Partitions(ExitStack):
     """Temporary files that numbers are spread over by value: the same number always lands in the
     same part, so joining or de-duplicating by number one part at a time holds about
     ``1 / PARTITIONS`` of the numbers, whatever the audience's size."""
 
-    def __init__(self, stack: ExitStack, prefix: str) -> None:
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        folder = self.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
         self.paths = [os.path.join(folder, f"{i:03d}") for i in range(PARTITIONS)]
-        self.handles = [stack.enter_context(open(p, "w", encoding="utf-8", newline="")) for p in self.paths]  # noqa: SIM115
+        self.handles = [self.enter_context(open(p, "w", encoding="utf-8", newline="")) for p in self.paths]  # noqa: SIM115
 
     def index(self, e164: str) -> int:
         """The part ``e164`` goes to (its last digits: spread evenly, the same on every host)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 from itertools import islice
 
 from airflow.sdk import ObjectStoragePath
@@ -19,7 +18,7 @@ from airflow_provider_kaleyra.numbers.audience import column_index, open_audienc
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
-from airflow_provider_kaleyra.preflight.records import NationalRows, PreparedRun, Shard
+from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
 from airflow_provider_kaleyra.preflight.regions import region_for
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -43,12 +42,7 @@ class _Reader:
         self.region = region
         self.rows = self.invalid = 0
         self.reasons: Counter[str] = Counter()
-        self.national: NationalRows = {
-            "default_region": region,
-            "default_rows": 0,
-            "by_region": {},
-            "examples": [],
-        }
+        self.national = NationalRows(default_region=region, default_rows=0, by_region={}, examples=[])
 
     def read(self, raw: str, country: str, problem: str | None = None) -> tuple[str | None, str | None]:
         """``problem``: why the reader refused the line unread (it is then invalid with that reason)."""
@@ -126,8 +120,7 @@ def prepare_audience(
         raise ValueError(f"{exc} (the preflight's `region_column`)") from None
     width = len(header)
     reader = _Reader(region)
-    with ExitStack() as stack:
-        parts = files.Partitions(stack, "kaleyra-prepare-")
+    with files.Partitions("kaleyra-prepare-") as parts:
         valid = 0
         with files.CsvWriter() as out:
             out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
@@ -146,27 +139,19 @@ def prepare_audience(
         for i, (start, stop) in enumerate(shard_bounds(distinct, shard_count) if distinct else []):
             path = folder / files.SHARD_NUMBERS.format(i)
             files.write_csv(path, (files.E164,), ([n] for n in islice(numbers, stop - start)))
-            shards.append(
-                {
-                    "audience": str(path),
-                    "output": str(folder / files.SHARD_OUTPUT.format(i)),
-                    "storage_conn_id": storage_conn_id,
-                }
-            )
-    return {
-        "run_dir": str(folder),
-        "storage_conn_id": storage_conn_id,
-        "audience": str(source),
-        "counts": {
-            "rows": reader.rows,
-            "invalid": reader.invalid,
-            "duplicates": valid - distinct,
-            "distinct": distinct,
-        },
-        "invalid_reasons": dict(reader.reasons.most_common()),
-        "national": reader.national,
-        "shards": shards,
-    }
+            output = str(folder / files.SHARD_OUTPUT.format(i))
+            shards.append(Shard(audience=str(path), output=output, storage_conn_id=storage_conn_id))
+    return PreparedRun(
+        run_dir=str(folder),
+        storage_conn_id=storage_conn_id,
+        audience=str(source),
+        counts=Counts(
+            rows=reader.rows, invalid=reader.invalid, duplicates=valid - distinct, distinct=distinct
+        ),
+        invalid_reasons=dict(reader.reasons.most_common()),
+        national=reader.national,
+        shards=shards,
+    )
 
 
 def default_region_warning(prepared: PreparedRun) -> str | None:
