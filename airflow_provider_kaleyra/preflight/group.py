@@ -1,10 +1,8 @@
 """The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
 
 ``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
-(``channels`` also straight after the lookups when the SOIP leg is skipped). Tasks hand each other
-typed records (:mod:`.records`) as XComArgs: locations and counts, never a number; the numbers stay
-in files under the run folder ``<output>/<run id>/``. The four channel lists are ``channels``'
-outlets (Airflow Assets), each event carrying the list's location.
+(the SOIP leg may be skipped). Tasks hand each other typed records (:mod:`.records`): locations and
+counts, never a number. The four channel lists are ``channels``' outlets (Airflow Assets).
 """
 
 from __future__ import annotations
@@ -71,23 +69,20 @@ def kaleyra_preflight(
     """Add a campaign preflight to the current DAG; returns its task group.
 
     ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count``
-    and ``soip`` take plain values, XComArgs, or templates (``"{{ params.audience }}"``); templates
-    of non-text settings need the DAG's ``render_template_as_native_obj=True``.
+    and ``soip`` take plain values, XComArgs, or templates; templates of non-text settings need the
+    DAG's ``render_template_as_native_obj=True``.
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
-    :param output: folder of the runs; each run writes to ``<output>/<run id>/``. Default:
-        ``file://<AIRFLOW_HOME>/kaleyra/preflight``, fine on one machine only: on a deployment
-        whose workers do not share a disk, set it to shared storage (``s3://...``).
-    :param region_column: a column naming each row's country (ISO code, English name or calling
-        code) for numbers written without a country code; rows without one use the connection's
-        ``default_region``, and the report counts them.
+    :param output: folder of the runs (``<output>/<run id>/``); the default, ``file://<AIRFLOW_HOME>/
+        kaleyra/preflight``, suits one machine only: else give storage every worker shares.
+    :param region_column: a column naming each row's country, for numbers without a country code
+        (rows without one use the connection's ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
-    :param soip: run the SMS-over-IP leg for numbers that are not RCS-capable and in ``soip_regions``.
-    :param soip_timeout: seconds to wait for the SOIP callbacks; numbers still unanswered then
-        go to SMS with reason ``soip_no_callback`` (the run does not fail).
-    :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...); give each
-        preflight DAG its own.
+    :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
+    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS
+        (``soip_no_callback``), the run does not fail.
+    :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...): one per DAG.
     """
     assets = {c: Asset(name=f"{asset_prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
     with TaskGroup(group_id=group_id) as group:

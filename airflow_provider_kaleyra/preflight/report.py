@@ -66,13 +66,8 @@ def load_history(base: ObjectStoragePath, run_id: str, limit: int = HISTORY_RUNS
         try:
             earlier = json.loads(path.read_text())
             if earlier.get("run_id") != run_id:
-                found.append(
-                    {
-                        "run_id": earlier["run_id"],
-                        "finished_at": earlier["finished_at"],
-                        "rcs_share": rcs_share(earlier),
-                    }
-                )
+                run = {key: earlier[key] for key in ("run_id", "finished_at")}
+                found.append({**run, "rcs_share": rcs_share(earlier)})
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("Skipped an unreadable earlier summary: %s", path)
     return sorted(found, key=lambda item: item["finished_at"])[-limit:]
