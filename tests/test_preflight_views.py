@@ -34,7 +34,7 @@ APT_LINE = "apt-get install -y chromium (scripts/setup.sh installs it)"
 
 DAG_FILE = """
 from airflow.sdk import DAG
-from airflow_provider_kaleyra.preflight.report_task import KaleyraPreflightReportOperator
+from airflow_provider_kaleyra.preflight.report import KaleyraPreflightReportOperator
 
 counts = {{"rows": 10, "invalid": 1, "duplicates": 1, "distinct": 8}}
 decided = {{

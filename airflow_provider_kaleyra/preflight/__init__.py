@@ -1,9 +1,7 @@
 """The campaign preflight: which channel (RCS, SMS over IP, SMS, none) each audience row should use.
 
-Building blocks, one module per step: :mod:`.prepare` (read and normalize the audience once, plan
-the shards), :mod:`.channels` (the channel decision and the per-channel lists), :mod:`.report`
-(HTML, Markdown, ``summary.json``), and :func:`kaleyra_preflight`, the task group that runs them
-with the provider's operators in a DAG.
+One module per step (:mod:`.prepare`, :mod:`.channels`, :mod:`.report`), and :func:`kaleyra_preflight`,
+the task group that runs them with the provider's operators in a DAG.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
-"""Step 3 of a preflight: one channel per audience row, and the per-channel lists.
+"""Step 3 of a preflight: one channel per audience row (:func:`decide`), and the per-channel lists.
 
-``channel`` is ``rcs``, ``soip``, ``sms`` or ``none``, with the ``reason``:
-
-======================  =======  ====================================================================
-reason                  channel  when
-======================  =======  ====================================================================
-``rcs_enabled``         rcs      Kaleyra says the number takes RCS
-``soip_capable``        soip     not RCS-capable, in a SOIP country, and its callback said capable
-``soip_not_capable``    sms      not RCS-capable, in a SOIP country, its callback said not capable
-``soip_no_callback``    sms      asked over SOIP, but no readable callback came in time
-``not_rcs_capable``     sms      not RCS-capable; outside the SOIP countries, or the SOIP leg is off
-``lookup_failed: why``  sms      the RCS lookup failed: the number is valid, SMS still works
-``invalid: why``        none     not a phone number (the reason from ``phone.normalize``)
-======================  =======  ====================================================================
-
+``channel`` is ``rcs``, ``soip``, ``sms`` or ``none``, with a ``reason`` (the README tables them).
 Every list keeps every column of the audience row, then ``e164``, ``channel`` and ``reason``, in the
 audience's order. Memory stays bounded: the answers and the rows' numbers are spread over
 temporary files by number (about 60 bytes of local disk per row, under ``TMPDIR``), and each
@@ -27,7 +14,7 @@ import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from itertools import islice
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -38,8 +25,6 @@ from airflow_provider_kaleyra.preflight.records import ChannelResult
 from airflow_provider_kaleyra.preflight.regions import region_of
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
 from airflow_provider_kaleyra.rcs.outputs import read_results
-
-__all__ = ["region_of"]  # (the tests and the examples read it here)
 
 DEFAULT_SOIP_REGIONS = frozenset({"IN"})  # where Kaleyra offers SMS over IP; the one place it is set
 RCS, SOIP, SMS, NONE = "rcs", "soip", "sms", "none"
@@ -101,11 +86,6 @@ def decide(
     return SMS, "soip_no_callback"
 
 
-def _our_names(header: list[str]) -> list[str]:
-    """``e164``, ``channel``, ``reason``; suffixed when the audience already has such a column."""
-    return [name if name not in header else f"{name}_kaleyra" for name in (files.E164, "channel", "reason")]
-
-
 def _rate_table(numbers: Counter[str], capable: Counter[str]) -> dict[str, dict[str, Any]]:
     return {
         name: {"numbers": count, "rcs_capable": capable[name], "rcs_rate": capable[name] / count}
@@ -118,11 +98,12 @@ class _Decisions:
 
     def __init__(self, rows: int) -> None:
         self.codes = array("I", [0]) * rows  # per row (4 bytes): an index into ``self.table``
-        self.table: list[tuple[str, str]] = []
-        self._index: dict[tuple[str, str], int] = {}
-        self.numbers: Counter[str] = Counter()
-        self.carriers, self.carriers_capable = Counter[str](), Counter[str]()
-        self.countries, self.countries_capable = Counter[str](), Counter[str]()
+        self.table: dict[tuple[str, str], int] = {}  # each distinct decision -> its code
+        self.numbers: Counter[str] = Counter()  # distinct numbers by channel
+        self.rates = {
+            "carriers": (Counter[str](), Counter[str]()),
+            "countries": (Counter[str](), Counter[str]()),
+        }
         self.answered = 0
 
     def decide_partition(self, lines: Iterable[list[str]]) -> None:
@@ -138,30 +119,21 @@ class _Decisions:
             elif kind == _OUTCOME:
                 outcomes[e164] = rest[0]
             else:
-                code = decided.get(e164)
-                if code is None:
-                    code = decided[e164] = self._decide(
-                        e164, answers.get(e164), e164 in asked, outcomes.get(e164)
-                    )
-                self.codes[int(rest[0])] = code
+                if e164 not in decided:
+                    decided[e164] = self._decide(e164, answers.get(e164), e164 in asked, outcomes.get(e164))
+                self.codes[int(rest[0])] = decided[e164]
         self.answered += sum(1 for n in asked if outcomes.get(n) in (SOIP_CAPABLE, SOIP_NOT_CAPABLE))
 
     def _decide(self, e164: str, rcs: Answer | None, asked: bool, outcome: str | None) -> int:
         decision = decide(e164, "", rcs, asked, outcome)
-        channel = decision[0]
+        self.numbers[decision[0]] += 1
         carrier = (rcs.carrier_id if rcs else "") or "unknown"
-        country = region_of(e164)
-        self.numbers[channel] += 1
-        self.carriers[carrier] += 1
-        self.countries[country] += 1
-        if channel == RCS:
-            self.carriers_capable[carrier] += 1
-            self.countries_capable[country] += 1
-        code = self._index.get(decision)
-        if code is None:
-            code = self._index[decision] = len(self.table)
-            self.table.append(decision)
-        return code
+        for key, name in (("carriers", carrier), ("countries", region_of(e164))):
+            numbers, capable = self.rates[key]
+            numbers[name] += 1
+            if decision[0] == RCS:
+                capable[name] += 1
+        return self.table.setdefault(decision, len(self.table))
 
 
 def write_channel_lists(
@@ -177,8 +149,7 @@ def write_channel_lists(
     :param outcomes: the callback sensor's per-number answers.
     """
     rows_path = files.require(run_dir / files.ROWS, "prepare")
-    with ExitStack() as stack:
-        parts = files.Partitions(stack, "kaleyra-channels-")
+    with files.Partitions("kaleyra-channels-") as parts:
         writers = [csv.writer(handle) for handle in parts.handles]
 
         def spread(kind: str, e164: str, *rest: Any) -> None:
@@ -187,8 +158,8 @@ def write_channel_lists(
         for e164, answer in rcs_answers(outputs):
             spread(_ANSWER, e164, answer.status, answer.carrier_id or "", answer.error or "")
         soip_asked = 0
-        for record in files.read_records(asked) if asked is not None else ():
-            spread(_ASKED, record[files.E164])
+        for e164, *_ in islice(files.read_csv(asked), 1, None) if asked is not None else ():
+            spread(_ASKED, e164)
             soip_asked += 1
         for e164, outcome in soip_outcomes(outcomes):
             spread(_OUTCOME, e164, outcome)
@@ -200,36 +171,29 @@ def write_channel_lists(
         for path in parts.written():
             with open(path, encoding="utf-8", newline="") as fh:
                 decisions.decide_partition(csv.reader(fh))
-    return _write_lists(run_dir, rows_path, decisions, soip_asked)
-
-
-def _write_lists(
-    run_dir: ObjectStoragePath, rows_path: ObjectStoragePath, decisions: _Decisions, soip_asked: int
-) -> ChannelResult:
+    table = list(decisions.table)
     rows_in = files.read_csv(rows_path)
     header = next(rows_in)[:-2]  # the audience's columns; prepare appended e164 and the invalid reason
-    names = _our_names(header)
-    by_rows: Counter[str] = Counter()
+    # e164, channel, reason: suffixed when the audience already has such a column
+    ours = [name if name not in header else f"{name}_kaleyra" for name in (files.E164, "channel", "reason")]
     reasons: Counter[str] = Counter()
     with files.CsvWriter() as out:
         for channel in CHANNELS:
-            out.open(channel, run_dir / LIST_NAMES[channel], [*header, *names])
-        for index, record in enumerate(rows_in):
-            *columns, e164, invalid_reason = record
+            out.open(channel, run_dir / LIST_NAMES[channel], [*header, *ours])
+        for index, (*columns, e164, invalid_reason) in enumerate(rows_in):
             if e164:
-                channel, reason = decisions.table[decisions.codes[index]]
+                channel, reason = table[decisions.codes[index]]
             else:
                 channel, reason = decide(e164, invalid_reason, None, False, None)
             out.write(channel, [*columns, e164, channel, reason])
-            by_rows[channel] += 1
             reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
-    return {
-        "rows": {channel: by_rows[channel] for channel in CHANNELS},
-        "numbers": {channel: decisions.numbers[channel] for channel in CHANNELS if channel != NONE},
-        "reasons": dict(reasons.most_common()),
-        "carriers": _rate_table(decisions.carriers, decisions.carriers_capable),
-        "countries": _rate_table(decisions.countries, decisions.countries_capable),
-        "soip_asked": soip_asked,
-        "soip_answered": decisions.answered,
-        "lists": {channel: str(run_dir / LIST_NAMES[channel]) for channel in CHANNELS},
-    }
+    return ChannelResult(
+        rows=out.rows,
+        numbers={channel: decisions.numbers[channel] for channel in CHANNELS if channel != NONE},
+        reasons=dict(reasons.most_common()),
+        carriers=_rate_table(*decisions.rates["carriers"]),
+        countries=_rate_table(*decisions.rates["countries"]),
+        soip_asked=soip_asked,
+        soip_answered=decisions.answered,
+        lists={channel: str(run_dir / LIST_NAMES[channel]) for channel in CHANNELS},
+    )

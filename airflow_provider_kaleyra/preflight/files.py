@@ -1,8 +1,5 @@
-"""Where a preflight run keeps its files, and the CSV reading and writing they all share.
-
-Every file goes through :func:`airflow_provider_kaleyra.utils.storage.as_path`, so a run folder on
-``s3://`` works like one on ``file://``. Tasks hand each other locations, never data.
-"""
+"""Where a preflight run keeps its files (any object store, through ``as_path``), and the CSV
+reading and writing they all share. Tasks hand each other locations, never data."""
 
 from __future__ import annotations
 
@@ -23,6 +20,8 @@ WORK = "work"  # files only the preflight's own tasks read
 ROWS = f"{WORK}/rows.csv"  # every audience row: its columns, then e164 and the invalid reason
 SOIP_NUMBERS = f"{WORK}/soip_numbers.csv"  # the numbers the SOIP leg asks about
 SOIP_RESULTS = f"{WORK}/soip.jsonl"  # the callback sensor's output
+SHARD_NUMBERS = WORK + "/numbers_{:03d}.csv"  # a shard's input: its part of the distinct valid numbers
+SHARD_OUTPUT = WORK + "/rcs_shard_{:03d}.csv"  # a shard's output
 PARTITIONS = 64  # a step that must see each number's facts together holds about 1/64 of them at a time
 E164 = "e164"
 INVALID_REASON = "invalid_reason"
@@ -32,27 +31,14 @@ def airflow_home() -> str:
     return os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
 
 
-def default_output_location() -> str:
-    """Local by default, for a demo on one machine; a deployment sets ``output`` to shared storage."""
-    return f"file://{airflow_home()}/kaleyra/preflight"
-
-
 def safe_name(run_id: str) -> str:
     """A run id as a folder name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
 
 
 def run_folder(output: str | None, run_id: str, conn_id: str | None) -> ObjectStoragePath:
-    return as_path(output or default_output_location(), conn_id) / safe_name(run_id)
-
-
-def shard_numbers(index: int) -> str:
-    """A shard's input, under the run folder: its part of the distinct valid numbers (header ``e164``)."""
-    return f"{WORK}/numbers_{index:03d}.csv"
-
-
-def shard_output(run_dir: ObjectStoragePath | str, index: int) -> str:
-    return f"{run_dir}/{WORK}/rcs_shard_{index:03d}.csv"
+    """Local by default, for a demo on one machine; a deployment sets ``output`` to shared storage."""
+    return as_path(output or f"file://{airflow_home()}/kaleyra/preflight", conn_id) / safe_name(run_id)
 
 
 def require(path: ObjectStoragePath, written_by: str) -> ObjectStoragePath:
@@ -72,33 +58,23 @@ def read_csv(path: ObjectStoragePath) -> Iterator[list[str]]:
         yield from csv.reader(handle)
 
 
-def read_records(path: ObjectStoragePath) -> Iterator[dict[str, str]]:
-    with path.open("r", encoding="utf-8-sig", newline="", errors="replace") as handle:
-        yield from csv.DictReader(handle)
-
-
-class CsvWriter:
-    """Several CSV files open at once, each published atomically on a clean exit; counts their rows."""
+class CsvWriter(ExitStack):
+    """Several CSV files open at once, each published atomically on a clean exit (an error unwinds
+    every file unpublished); counts their rows."""
 
     def __init__(self) -> None:
-        self._stack = ExitStack()
+        super().__init__()
         self._writers: dict[str, Any] = {}
         self.rows: dict[str, int] = {}
 
     def open(self, name: str, path: ObjectStoragePath, header: Iterable[str]) -> None:
-        self._writers[name] = csv.writer(self._stack.enter_context(open_atomic(path)))
+        self._writers[name] = csv.writer(self.enter_context(open_atomic(path)))
         self._writers[name].writerow(list(header))
         self.rows[name] = 0
 
     def write(self, name: str, row: Iterable[Any]) -> None:
         self._writers[name].writerow(row)
         self.rows[name] += 1
-
-    def __enter__(self) -> CsvWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> bool:
-        return self._stack.__exit__(*exc)  # an error unwinds every file unpublished
 
 
 def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> int:
@@ -109,17 +85,16 @@ def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Ite
     return out.rows["file"]
 
 
-class Partitions:
-    """Temporary files that numbers are spread over by value, so each part can be handled alone.
+class Partitions(ExitStack):
+    """Temporary files that numbers are spread over by value: the same number always lands in the
+    same part, so joining or de-duplicating by number one part at a time holds about
+    ``1 / PARTITIONS`` of the numbers, whatever the audience's size."""
 
-    The same number always lands in the same part: joining or de-duplicating by number one part
-    at a time holds about ``1 / PARTITIONS`` of the numbers, whatever the audience's size.
-    """
-
-    def __init__(self, stack: ExitStack, prefix: str) -> None:
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        folder = self.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
         self.paths = [os.path.join(folder, f"{i:03d}") for i in range(PARTITIONS)]
-        self.handles = [stack.enter_context(open(p, "w", encoding="utf-8", newline="")) for p in self.paths]  # noqa: SIM115
+        self.handles = [self.enter_context(open(p, "w", encoding="utf-8", newline="")) for p in self.paths]  # noqa: SIM115
 
     def index(self, e164: str) -> int:
         """The part ``e164`` goes to (its last digits: spread evenly, the same on every host)."""

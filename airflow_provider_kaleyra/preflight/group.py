@@ -1,14 +1,8 @@
 """The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
 
-::
-
-    prepare -> rcs_lookup (mapped, one per shard) -> soip_candidates -> soip_check -> soip_wait
-                                                  \\----------------------------------------> channels -> build_report
-
-Tasks hand each other typed records (:mod:`.records`) as XComArgs: locations and counts, never a
-number; the numbers stay in files under the run folder ``<output>/<run id>/``. ``channels`` has the
-four channel lists as ``outlets`` (Airflow Assets), so a DAG that sends the campaign can be
-scheduled on them; each asset event carries the list's location.
+``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
+(the SOIP leg may be skipped). Tasks hand each other typed records (:mod:`.records`): locations and
+counts, never a number. The four channel lists are ``channels``' outlets (Airflow Assets).
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ from airflow_provider_kaleyra.operators.kaleyra import KaleyraRcsBulkLookupOpera
 from airflow_provider_kaleyra.operators.soip import KaleyraSoipCapabilityCheckOperator
 from airflow_provider_kaleyra.preflight import channels as ch, files
 from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun, Shard, SoipLeg
-from airflow_provider_kaleyra.preflight.report_task import KaleyraPreflightReportOperator
+from airflow_provider_kaleyra.preflight.report import KaleyraPreflightReportOperator
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES
 from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -49,11 +43,6 @@ def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
 def _regions(value: Iterable[str] | str) -> list[str]:
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
     return sorted({str(item).strip().upper() for item in items if str(item).strip()})
-
-
-def channel_assets(prefix: str) -> dict[str, Asset]:
-    """The assets ``channels`` updates: ``<prefix>.rcs``, ``.soip``, ``.sms``, ``.invalid``."""
-    return {c: Asset(name=f"{prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
 
 
 def kaleyra_preflight(
@@ -80,25 +69,22 @@ def kaleyra_preflight(
     """Add a campaign preflight to the current DAG; returns its task group.
 
     ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count``
-    and ``soip`` take plain values, XComArgs, or templates (``"{{ params.audience }}"``); templates
-    of non-text settings need the DAG's ``render_template_as_native_obj=True``.
+    and ``soip`` take plain values, XComArgs, or templates; templates of non-text settings need the
+    DAG's ``render_template_as_native_obj=True``.
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
-    :param output: folder of the runs; each run writes to ``<output>/<run id>/``. Default:
-        ``file://<AIRFLOW_HOME>/kaleyra/preflight``, fine on one machine only: on a deployment
-        whose workers do not share a disk, set it to shared storage (``s3://...``).
-    :param region_column: a column naming each row's country (ISO code, English name or calling
-        code) for numbers written without a country code; rows without one use the connection's
-        ``default_region``, and the report counts them.
+    :param output: folder of the runs (``<output>/<run id>/``); the default, ``file://<AIRFLOW_HOME>/
+        kaleyra/preflight``, suits one machine only: else give storage every worker shares.
+    :param region_column: a column naming each row's country, for numbers without a country code
+        (rows without one use the connection's ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
-    :param soip: run the SMS-over-IP leg for numbers that are not RCS-capable and in ``soip_regions``.
-    :param soip_timeout: seconds to wait for the SOIP callbacks; numbers still unanswered then
-        go to SMS with reason ``soip_no_callback`` (the run does not fail).
-    :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...); give each
-        preflight DAG its own.
+    :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
+    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS
+        (``soip_no_callback``), the run does not fail.
+    :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...): one per DAG.
     """
-    assets = channel_assets(asset_prefix)
+    assets = {c: Asset(name=f"{asset_prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
     with TaskGroup(group_id=group_id) as group:
 
         @task(retries=0)
@@ -117,17 +103,15 @@ def kaleyra_preflight(
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
-            text, optional = str, (str, type(None))
+            context, optional = get_current_context(), (str, type(None))
             storage = _expect("storage_conn_id", storage, optional)
-            run_dir = files.run_folder(
-                _expect("output", output, optional), get_current_context()["run_id"], storage
-            )
+            run_dir = files.run_folder(_expect("output", output, optional), context["run_id"], storage)
             region = KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.default_region
             try:
                 prepared = prepare_audience(
-                    _expect("audience", audience, text),
+                    _expect("audience", audience, str),
                     run_dir,
-                    column=_expect("column", column, text),
+                    column=_expect("column", column, str),
                     region=region,
                     shard_count=_expect("shard_count", shards, int),
                     storage_conn_id=storage,
@@ -142,7 +126,7 @@ def kaleyra_preflight(
             )
             if warning := default_region_warning(prepared):
                 log.warning(warning)
-            get_current_context()["ti"].xcom_push(key=PREPARED, value=prepared)
+            context["ti"].xcom_push(key=PREPARED, value=prepared)
             return prepared["shards"]
 
         @task(retries=0, multiple_outputs=True)
@@ -173,8 +157,7 @@ def kaleyra_preflight(
             result = ch.write_channel_lists(
                 as_path(prepared["run_dir"], storage),
                 [as_path(s["output"], storage) for s in prepared["shards"]],
-                as_path(leg["audience"], storage) if leg else None,
-                as_path(leg["results"], storage) if leg else None,
+                *(as_path(leg[key], storage) if leg else None for key in ("audience", "results")),
             )
             outlet_events = get_current_context()["outlet_events"]
             for channel, asset in assets.items():

@@ -1,21 +1,15 @@
 """Step 1 of a preflight: read the audience once, normalize every row once, write each shard's numbers.
 
-Writes, under the run folder:
-
-- ``work/rows.csv``: every audience row, all its columns, then its E.164 number (empty when invalid)
-  and the reason it is invalid. The channel step reads this file instead of normalizing again.
-- ``work/numbers_000.csv`` ...: one file per RCS shard, the distinct valid numbers (E.164, header
-  ``e164``); each shard reads only its own, told the input is E.164 already.
-
-Memory stays bounded whatever the audience: the valid numbers go to temporary files by value
-(:class:`~.files.Partitions`), and each is de-duplicated alone (the same number always lands in the same one).
+Writes, under the run folder, ``work/rows.csv`` (every audience row, all its columns, then its E.164
+number, empty when invalid, and the reason it is invalid: the channel step reads it instead of
+normalizing again) and one ``work/numbers_NNN.csv`` per RCS shard (its distinct valid numbers).
+Memory stays bounded: the valid numbers are de-duplicated one :class:`~.files.Partitions` part at a time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
 from itertools import islice
 
 from airflow.sdk import ObjectStoragePath
@@ -24,7 +18,7 @@ from airflow_provider_kaleyra.numbers.audience import column_index, open_audienc
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
-from airflow_provider_kaleyra.preflight.records import NationalRows, PreparedRun, Shard
+from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
 from airflow_provider_kaleyra.preflight.regions import region_for
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
@@ -48,12 +42,7 @@ class _Reader:
         self.region = region
         self.rows = self.invalid = 0
         self.reasons: Counter[str] = Counter()
-        self.national: NationalRows = {
-            "default_region": region,
-            "default_rows": 0,
-            "by_region": {},
-            "examples": [],
-        }
+        self.national = NationalRows(default_region=region, default_rows=0, by_region={}, examples=[])
 
     def read(self, raw: str, country: str, problem: str | None = None) -> tuple[str | None, str | None]:
         """``problem``: why the reader refused the line unread (it is then invalid with that reason)."""
@@ -94,13 +83,6 @@ def _numbers(parts: files.Partitions) -> Iterator[str]:
             yield from (line[:-1] for line in fh)
 
 
-def _column(header: list[str], name: str, source: ObjectStoragePath, setting: str) -> int:
-    try:
-        return column_index(header, name, source)
-    except ValueError as exc:
-        raise ValueError(f"{exc} (the preflight's {setting})") from None
-
-
 def prepare_audience(
     audience: str | ObjectStoragePath,
     run_dir: str | ObjectStoragePath,
@@ -132,11 +114,13 @@ def prepare_audience(
     except ValueError as exc:
         raise ValueError(f"{exc} (the preflight's `column`, DAG param phone_column)") from None
     header = audience.header or []
-    country = _column(header, region_column, source, "`region_column`") if region_column else None
+    try:
+        country = column_index(header, region_column, source) if region_column else None
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the preflight's `region_column`)") from None
     width = len(header)
     reader = _Reader(region)
-    with ExitStack() as stack:
-        parts = files.Partitions(stack, "kaleyra-prepare-")
+    with files.Partitions("kaleyra-prepare-") as parts:
         valid = 0
         with files.CsvWriter() as out:
             out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
@@ -153,30 +137,21 @@ def prepare_audience(
         numbers = _numbers(parts)
         shards: list[Shard] = []
         for i, (start, stop) in enumerate(shard_bounds(distinct, shard_count) if distinct else []):
-            path = folder / files.shard_numbers(i)
+            path = folder / files.SHARD_NUMBERS.format(i)
             files.write_csv(path, (files.E164,), ([n] for n in islice(numbers, stop - start)))
-            shards.append(
-                {
-                    "audience": str(path),
-                    "output": files.shard_output(folder, i),
-                    "storage_conn_id": storage_conn_id,
-                }
-            )
-    return {
-        "run_dir": str(folder),
-        "storage_conn_id": storage_conn_id,
-        "audience": str(source),
-        "columns": header,
-        "counts": {
-            "rows": reader.rows,
-            "invalid": reader.invalid,
-            "duplicates": valid - distinct,
-            "distinct": distinct,
-        },
-        "invalid_reasons": dict(reader.reasons.most_common()),
-        "national": reader.national,
-        "shards": shards,
-    }
+            output = str(folder / files.SHARD_OUTPUT.format(i))
+            shards.append(Shard(audience=str(path), output=output, storage_conn_id=storage_conn_id))
+    return PreparedRun(
+        run_dir=str(folder),
+        storage_conn_id=storage_conn_id,
+        audience=str(source),
+        counts=Counts(
+            rows=reader.rows, invalid=reader.invalid, duplicates=valid - distinct, distinct=distinct
+        ),
+        invalid_reasons=dict(reader.reasons.most_common()),
+        national=reader.national,
+        shards=shards,
+    )
 
 
 def default_region_warning(prepared: PreparedRun) -> str | None:

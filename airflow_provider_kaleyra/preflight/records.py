@@ -1,8 +1,5 @@
 """What the preflight's tasks hand each other through XCom: one record per hand-off, no phone number.
-
-TypedDicts, so they travel as plain JSON and need no ``allowed_deserialization_classes``; the keys
-are named here once.
-"""
+TypedDicts, so they travel as plain JSON (no ``allowed_deserialization_classes``)."""
 
 from __future__ import annotations
 
@@ -39,19 +36,10 @@ class PreparedRun(TypedDict):
     run_dir: str
     storage_conn_id: str | None
     audience: str
-    columns: list[str]
     counts: Counts
     invalid_reasons: dict[str, int]
     national: NationalRows
     shards: list[Shard]
-
-
-class LookupSummary(TypedDict, total=False):
-    """The part of the RCS bulk operator's XCom summary the preflight reads."""
-
-    requests: int
-    distinct: int
-    failed_numbers: int
 
 
 class SoipLeg(TypedDict):

@@ -1,17 +1,19 @@
 """The preflight report as HTML and Markdown: what a campaign manager reads before sending.
 
 Charts compare like with like: audience *rows* by channel in one chart, *distinct numbers* in
-rates by carrier and country in others, and the RCS-capable share of distinct numbers across runs.
-Hand-written SVG: a few bar charts do not earn a chart library. Links are relative, so the run
-folder can be copied or served as it is (the Airflow plugin serves it so, see ``views``).
+rates by carrier, country and run in the others. Hand-written SVG: a few bar charts do not earn a
+chart library. Links are relative, so the run folder can be copied or served as it is.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
-from html import escape
 from typing import Any
+
+from markupsafe import escape  # (Jinja's; leaves the Markup cells of the runs page as they are)
 
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, NONE
 
@@ -33,7 +35,6 @@ REASONS = {
     "soip_no_callback": ("sms", "not RCS-capable; no SMS-over-IP answer came in time"),
     "not_rcs_capable": ("sms", "not RCS-capable (outside the SMS-over-IP countries, or that check off)"),
     "lookup_failed": ("sms", "the RCS lookup failed: the number is valid, SMS still works"),
-    "invalid": ("none", "not a phone number"),
 }
 # phonenumbers' parse errors, as a campaign manager would say them
 INVALID_WORDS = {
@@ -44,6 +45,14 @@ INVALID_WORDS = {
     "unparseable: The string supplied is too short to be a phone number.": "too short to be a phone number",
     "no country code and no default region": "no country code, and the connection sets no default region",
 }
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:62em;padding:0 1em;color:#222}"
+    "h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}.lead{font-size:1.15em}"
+    "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 9px}"
+    "th{background:#f4f4f4;text-align:left}td.n,td:first-child{white-space:nowrap}td.n{text-align:right}"
+    "td.ch{font-weight:bold;vertical-align:top;border-left:6px solid var(--c)}svg{max-width:100%;height:auto}"
+)
+_NUMBER = re.compile(r"[\d,.]+%?( / [\d,]+)?|-")  # cells shown right-aligned
 
 
 def svg_bar_chart(
@@ -72,21 +81,20 @@ def svg_bar_chart(
     return "\n".join([*parts, "</svg>"])
 
 
+def share_chart(by: str, shares: Iterable[tuple[str, float]]) -> str:
+    """RCS-capable shares (0..1) as a chart in percent, on a 0-100 scale."""
+    bars = [(label, round(100 * share, 1), COLOURS["rcs"]) for label, share in shares]
+    return svg_bar_chart(f"RCS-capable share of distinct numbers, by {by}", bars, "%", 100.0)
+
+
 def when(finished_at: str, seconds: bool = False) -> str:
     """``2026-01-02T14:05:09+00:00`` as ``2 Jan 2026 14:05 UTC``; text that is no timestamp as it is."""
     try:
         moment = datetime.fromisoformat(str(finished_at))
     except ValueError:
         return str(finished_at)
-    zone = moment.tzname() or ""
     shown = moment.strftime("%H:%M:%S" if seconds else "%H:%M")
-    return f"{moment.day} {moment:%b %Y} {shown} {'UTC' if zone in ('UTC', 'UTC+00:00') else zone}".strip()
-
-
-def title(summary: dict[str, Any]) -> str:
-    """The report's title: the DAG and when the run finished, not the run id."""
-    name = summary.get("dag_id") or "Kaleyra campaign"
-    return f"{name}: preflight of {when(summary['finished_at'])}"
+    return f"{moment.day} {moment:%b %Y} {shown} {moment.tzname() or ''}".strip()
 
 
 def distinct_labels(runs: list[dict[str, Any]]) -> list[str]:
@@ -94,13 +102,18 @@ def distinct_labels(runs: list[dict[str, Any]]) -> list[str]:
     labels = [when(r["finished_at"]) for r in runs]
     if len(set(labels)) < len(labels):
         labels = [when(r["finished_at"], seconds=True) for r in runs]
-    repeated = {label for label in labels if labels.count(label) > 1}  # the same second: number them
-    seen: dict[str, int] = {}
+    repeated, seen = Counter(labels), Counter[str]()
     for index, label in enumerate(labels):
-        if label in repeated:
-            seen[label] = seen.get(label, 0) + 1
+        if repeated[label] > 1:  # the same second: number them
+            seen[label] += 1
             labels[index] = f"{label} ({seen[label]})"
     return labels
+
+
+def rcs_share(summary: dict[str, Any]) -> float:
+    """RCS-capable distinct numbers over distinct valid numbers."""
+    distinct = summary["counts"]["distinct"]
+    return summary["channels"]["numbers"].get("rcs", 0) / distinct if distinct else 0.0
 
 
 def _pct(part: float, whole: float) -> str:
@@ -109,122 +122,87 @@ def _pct(part: float, whole: float) -> str:
 
 def reason_rows(summary: dict[str, Any]) -> list[list[str]]:
     """[channel, why, rows, share of the channel's rows]: every reason under the channel it leads to."""
-    rows_by_channel = summary["channels"]["rows"]
     grouped: dict[str, list[tuple[str, int]]] = {c: [] for c in CHANNELS}
     for code, count in summary["reasons"].items():
-        channel, words = REASONS.get(code, ("sms", code))
         if code != "invalid":
+            channel, words = REASONS.get(code, ("sms", code))
             grouped[channel].append((words, count))
     invalid = summary["invalid_reasons"]
     grouped[NONE] = [(INVALID_WORDS.get(r, r), n) for r, n in invalid.items()]
-    rest = summary["counts"]["invalid"] - sum(invalid.values())
-    if rest > 0:
+    if (rest := summary["counts"]["invalid"] - sum(invalid.values())) > 0:
         grouped[NONE].append(("other reasons (see the invalid rows list)", rest))
-    table = []
-    for channel in CHANNELS:
-        total = rows_by_channel.get(channel, 0)
-        for words, count in sorted(grouped[channel], key=lambda item: -item[1]):
-            table.append([LABELS[channel], words, f"{count:,}", _pct(count, total)])
-    return table
+    rows = summary["channels"]["rows"]
+    return [
+        [LABELS[c], words, f"{count:,}", _pct(count, rows.get(c, 0))]
+        for c in CHANNELS
+        for words, count in sorted(grouped[c], key=lambda item: -item[1])
+    ]
 
 
 def _sections(
     summary: dict[str, Any], history: list[dict[str, Any]]
-) -> list[tuple[str, list[str], list[list[str]], str]]:
+) -> Iterable[tuple[str, list[str], list[list[str]], str]]:
     """(title, table header, table rows, svg chart or "") for both renderings."""
-    counts, channels = summary["counts"], summary["channels"]
-    rows_total, distinct = counts["rows"], counts["distinct"]
+    counts, channels, api, soip = summary["counts"], summary["channels"], summary["api"], summary["soip"]
 
     def of_rows(label: str, count: int) -> list[str]:
-        return [label, f"{count:,}", _pct(count, rows_total) + " of rows"]
+        return [label, f"{count:,}", _pct(count, counts["rows"]) + " of rows"]
 
     mix = [
-        [
-            LABELS[c],
-            f"{channels['rows'][c]:,}",
-            _pct(channels["rows"][c], rows_total),
-            f"{channels['numbers'][c]:,}" if c in channels["numbers"] else "-",
-        ]
+        [LABELS[c], f"{channels['rows'][c]:,}", _pct(channels["rows"][c], counts["rows"])]
+        + [f"{channels['numbers'][c]:,}" if c in channels["numbers"] else "-"]
         for c in CHANNELS
     ]
-    mix_chart = svg_bar_chart(
-        "Channel of each audience row", [(LABELS[c], channels["rows"][c], COLOURS[c]) for c in CHANNELS]
+    bars = [(LABELS[c], channels["rows"][c], COLOURS[c]) for c in CHANNELS]
+    yield (
+        "Channel mix",
+        ["channel", "rows", "share of rows", "distinct numbers"],
+        mix,
+        svg_bar_chart("Channel of each audience row", bars),
     )
     audience = [
-        ["audience rows", f"{rows_total:,}", ""],
+        ["audience rows", f"{counts['rows']:,}", ""],
         of_rows("duplicate rows (a number seen earlier)", counts["duplicates"]),
         of_rows("invalid rows", counts["invalid"]),
-        ["distinct valid numbers", f"{distinct:,}", ""],
+        ["distinct valid numbers", f"{counts['distinct']:,}", ""],
     ]
-
-    def rates(table: dict[str, dict[str, Any]]) -> list[list[str]]:
-        return [
-            [name, f"{r['numbers']:,}", f"{r['rcs_capable']:,}", f"{100 * r['rcs_rate']:.1f}%"]
-            for name, r in table.items()
-        ]
-
-    def rate_chart(by: str, shares: list[tuple[str, float]]) -> str:
-        bars = [(label, round(100 * share, 1), COLOURS["rcs"]) for label, share in shares]
-        return svg_bar_chart(f"RCS-capable share of distinct numbers, by {by}", bars, "%", 100.0)
-
-    national = summary.get("national")  # (summaries of runs before it was counted have none)
+    yield "Audience", ["", "count", "share"], audience, ""
     read_as = []
-    if national:
+    if national := summary.get("national"):  # (summaries of runs before it was counted have none)
         read_as = [
             of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
             *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
             *(["example (masked)", example, ""] for example in national["examples"]),
         ]
-    api = summary["api"]
+    yield "Numbers without a country code", ["", "rows", "share"], read_as, ""
+    yield (
+        "Why each row got its channel",
+        ["channel", "why", "rows", "share of the channel"],
+        reason_rows(summary),
+        "",
+    )
+    for by, key in (("carrier", "carriers"), ("country", "countries")):
+        rates = [
+            [name, f"{r['numbers']:,}", f"{r['rcs_capable']:,}", f"{100 * r['rcs_rate']:.1f}%"]
+            for name, r in summary[key].items()
+        ]
+        chart = share_chart(by, [(n, r["rcs_rate"]) for n, r in list(summary[key].items())[:15]])
+        yield f"RCS reachability by {by}", ["", "distinct numbers", "RCS-capable", "share"], rates, chart
+    calls = [
+        ["RCS lookups (bulk and single)", f"{api['rcs_requests']:,}"],
+        ["SMS-over-IP capability checks", f"{api['soip_requests']:,}"],
+        ["SMS-over-IP numbers asked / answered by callback", f"{soip['asked']:,} / {soip['answered']:,}"],
+    ]
+    yield "API calls", ["", "requests"], calls, ""
     this_run = {"run_id": f"{summary['run_id']} (this run)", "finished_at": summary["finished_at"]}
     trend = [*history, {**this_run, "rcs_share": rcs_share(summary)}]
     labels = distinct_labels(trend)
-    rate_header = ["", "distinct numbers", "RCS-capable", "share"]
-    return [
-        ("Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, mix_chart),
-        ("Audience", ["", "count", "share"], audience, ""),
-        ("Numbers without a country code", ["", "rows", "share"], read_as, ""),
-        (
-            "Why each row got its channel",
-            ["channel", "why", "rows", "share of the channel"],
-            reason_rows(summary),
-            "",
-        ),
-        *(
-            (
-                f"RCS reachability by {by}",
-                rate_header,
-                rates(summary[key]),
-                rate_chart(by, [(n, r["rcs_rate"]) for n, r in list(summary[key].items())[:15]]),
-            )
-            for by, key in (("carrier", "carriers"), ("country", "countries"))
-        ),
-        (
-            "API calls",
-            ["", "requests"],
-            [
-                ["RCS lookups (bulk and single)", f"{api['rcs_requests']:,}"],
-                ["SMS-over-IP capability checks", f"{api['soip_requests']:,}"],
-                [
-                    "SMS-over-IP numbers asked / answered by callback",
-                    f"{summary['soip']['asked']:,} / {summary['soip']['answered']:,}",
-                ],
-            ],
-            "",
-        ),
-        (
-            "Trend: RCS-capable share across runs",
-            ["finished", "run", "RCS-capable share of distinct numbers"],
-            [[label, t["run_id"], f"{100 * t['rcs_share']:.1f}%"] for label, t in zip(labels, trend)],
-            rate_chart("run", [(label, t["rcs_share"]) for label, t in zip(labels, trend)]),
-        ),
-    ]
-
-
-def rcs_share(summary: dict[str, Any]) -> float:
-    """RCS-capable distinct numbers over distinct valid numbers."""
-    distinct = summary["counts"]["distinct"]
-    return summary["channels"]["numbers"].get("rcs", 0) / distinct if distinct else 0.0
+    yield (
+        "Trend: RCS-capable share across runs",
+        ["finished", "run", "RCS-capable share of distinct numbers"],
+        [[label, t["run_id"], f"{100 * t['rcs_share']:.1f}%"] for label, t in zip(labels, trend)],
+        share_chart("run", [(label, t["rcs_share"]) for label, t in zip(labels, trend)]),
+    )
 
 
 def headline(summary: dict[str, Any]) -> str:
@@ -235,63 +213,54 @@ def headline(summary: dict[str, Any]) -> str:
     return f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
 
 
-STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:62em;padding:0 1em;color:#222}"
-    "h1{font-size:1.6em;margin-bottom:.2em}.sub{color:#555;margin-top:0}.lead{font-size:1.15em}"
-    "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 9px}"
-    "th{background:#f4f4f4;text-align:left}td.n,td:first-child{white-space:nowrap}td.n{text-align:right}"
-    "td.ch{font-weight:bold;vertical-align:top;border-left:6px solid var(--c)}svg{max-width:100%;height:auto}"
-)
-_NUMBER = re.compile(r"[\d,.]+%?( / [\d,]+)?|-")
+def html_page(heading: str, body: Iterable[str]) -> str:
+    """A whole page in the report's style (also the runs page's)."""
+    head = f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title>"
+    style = f"<meta name=viewport content='width=device-width'><style>{STYLE}</style></head><body>"
+    return f"{head}\n{style}\n<h1>{escape(heading)}</h1>" + "\n".join(body) + "</body></html>\n"
 
 
-def _cell(text: str) -> str:
-    return f"<td class=n>{escape(text)}</td>" if _NUMBER.fullmatch(text) else f"<td>{escape(text)}</td>"
-
-
-def _html_rows(rows: list[list[str]], grouped: bool) -> list[str]:
-    """Table rows; ``grouped``: the first column (a channel) spans the rows of its group."""
-    if not grouped:
-        return ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows]
-    out = []
+def html_table(header: list[str], rows: list[list[str]], grouped: bool = False) -> str:
+    """A table; ``grouped``: the first column (a channel) spans the rows of its group, in its colour."""
+    colour = {LABELS[c]: COLOURS[c] for c in CHANNELS}
+    lines = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)]
     for index, row in enumerate(rows):
-        cells = "".join(_cell(c) for c in row[1:])
-        if index and rows[index - 1][0] == row[0]:
-            out.append(f"<tr>{cells}</tr>")
-            continue
-        span = sum(1 for other in rows[index:] if other[0] == row[0])
-        colour = next((COLOURS[c] for c, label in LABELS.items() if label == row[0]), "#999")
-        out.append(f'<tr><td class=ch rowspan={span} style="--c:{colour}">{escape(row[0])}</td>{cells}</tr>')
-    return out
+        cells = "".join(
+            f"<td class=n>{escape(c)}</td>" if _NUMBER.fullmatch(c) else f"<td>{escape(c)}</td>"
+            for c in (row[1:] if grouped else row)
+        )
+        if grouped and not (index and rows[index - 1][0] == row[0]):
+            span = sum(1 for other in rows[index:] if other[0] == row[0])
+            cells = f'<td class=ch rowspan={span} style="--c:{colour.get(row[0], "#999")}">{escape(row[0])}</td>{cells}'
+        lines.append(f"<tr>{cells}</tr>")
+    return "\n".join([*lines, "</table>"])
 
 
 def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str, str]:
     """(HTML, Markdown) of a run's summary; ``history`` from ``report.load_history``."""
-    heading = title(summary)
+    # the title names the DAG and when the run finished, not the run id
+    heading = f"{summary.get('dag_id') or 'Kaleyra campaign'}: preflight of {when(summary['finished_at'])}"
+    lead = headline(summary)
     sub = f"Run {summary['run_id']}, finished {when(summary['finished_at'])}; audience {summary['audience']}."
-    html = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title>",
-        f"<meta name=viewport content='width=device-width'><style>{STYLE}</style></head><body>",
-        f"<h1>{escape(heading)}</h1><p class=sub>{escape(sub)}</p>",
-        f"<p class=lead>{escape(headline(summary))}</p>",
-    ]
-    md = [f"# {heading}", "", sub, "", headline(summary), ""]
+    html = [f"<p class=sub>{escape(sub)}</p>", f"<p class=lead>{escape(lead)}</p>"]
+    md = [f"# {heading}", "", sub, "", lead, ""]
     for name, header, rows, chart in _sections(summary, history):
-        html += [
-            "<h2>" + escape(name) + "</h2><table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)
-        ]
-        html += _html_rows(rows, grouped=header[:2] == ["channel", "why"])
-        html += ["</table>", chart]
+        html += [f"<h2>{escape(name)}</h2>" + html_table(header, rows, grouped=header[1] == "why"), chart]
         md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    html.append("<h2>Files</h2><ul>")
-    md += ["## Files", ""]
     rows_by_channel = summary["channels"]["rows"]
-    for key, href in summary["files"].items():
-        label = FILE_LABELS.get(key, key)
-        if key in rows_by_channel:
-            label += f", {rows_by_channel[key]:,} rows"
-        html.append(f'<li><a href="{escape(href)}">{escape(label)}</a> <code>{escape(href)}</code></li>')
-        md.append(f"- [{label}]({href})")
-    html.append("</ul></body></html>")
-    return "\n".join(html) + "\n", "\n".join(md) + "\n"
+    links = [
+        (
+            FILE_LABELS.get(key, key)
+            + (f", {rows_by_channel[key]:,} rows" if key in rows_by_channel else ""),
+            href,
+        )
+        for key, href in summary["files"].items()
+    ]
+    html.append("<h2>Files</h2><ul>")
+    html += [
+        f'<li><a href="{escape(href)}">{escape(label)}</a> <code>{escape(href)}</code></li>'
+        for label, href in links
+    ]
+    md += ["## Files", "", *(f"- [{label}]({href})" for label, href in links)]
+    return html_page(heading, [*html, "</ul>"]), "\n".join(md) + "\n"

@@ -1,27 +1,37 @@
-"""Step 4 of a preflight: the report (HTML, Markdown, ``summary.json``) of one run.
+"""Step 4 of a preflight: the report (HTML, Markdown, ``summary.json``) and the task that writes it.
 
 ``summary.json`` holds the run's figures; :mod:`.rendering` turns them into the report, and the
-earlier runs' summaries under the same output folder give the trend.
+earlier runs' summaries under the same output folder give the trend. The task is an operator so
+that it carries links to its report and lists: they open through the API server (:mod:`.views`),
+which reads the files from wherever the run wrote them and checks the user's access to the DAG.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from airflow.sdk import ObjectStoragePath
+import attrs
+from airflow.sdk import BaseOperator, BaseOperatorLink, ObjectStoragePath, XComArg, conf
 
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
-from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun
-from airflow_provider_kaleyra.preflight.rendering import rcs_share, render
-from airflow_provider_kaleyra.utils.storage import open_atomic
+from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun, ReportResult
+from airflow_provider_kaleyra.preflight.rendering import FILE_LABELS, rcs_share, render
+from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
+
+if TYPE_CHECKING:
+    from airflow_provider_kaleyra.operators.soip import SoipSubmission
 
 log = logging.getLogger(__name__)
-
 SUMMARY, HTML, MARKDOWN = "summary.json", "report.html", "report.md"
+SERVED_FILES = (HTML, MARKDOWN, SUMMARY, *LIST_NAMES.values())
 HISTORY_RUNS = 30
-__all__ = ["HTML", "MARKDOWN", "SUMMARY", "load_history", "rcs_share", "run_summary", "write_report"]
+URL_PREFIX = "/kaleyra-preflight"  # where the plugin mounts the views on the API server
+XCOM_KEY = "kaleyra_preflight_report"  # the task's record of its run folder, read by the views
 
 
 def run_summary(
@@ -37,14 +47,9 @@ def run_summary(
         "dag_id": dag_id,
         "run_id": run_id,
         "finished_at": finished_at,
-        "audience": prepared["audience"],
-        "counts": prepared["counts"],
-        "invalid_reasons": prepared["invalid_reasons"],
-        "national": prepared["national"],
+        **{key: prepared[key] for key in ("audience", "counts", "invalid_reasons", "national")},
         "channels": {"rows": decided["rows"], "numbers": decided["numbers"]},
-        "reasons": decided["reasons"],
-        "carriers": decided["carriers"],
-        "countries": decided["countries"],
+        **{key: decided[key] for key in ("reasons", "carriers", "countries")},
         "soip": {"asked": decided["soip_asked"], "answered": decided["soip_answered"]},
         "api": api,
     }
@@ -61,13 +66,8 @@ def load_history(base: ObjectStoragePath, run_id: str, limit: int = HISTORY_RUNS
         try:
             earlier = json.loads(path.read_text())
             if earlier.get("run_id") != run_id:
-                found.append(
-                    {
-                        "run_id": earlier["run_id"],
-                        "finished_at": earlier["finished_at"],
-                        "rcs_share": rcs_share(earlier),
-                    }
-                )
+                run = {key: earlier[key] for key in ("run_id", "finished_at")}
+                found.append({**run, "rcs_share": rcs_share(earlier)})
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("Skipped an unreadable earlier summary: %s", path)
     return sorted(found, key=lambda item: item["finished_at"])[-limit:]
@@ -77,10 +77,8 @@ def write_report(
     run_dir: ObjectStoragePath, summary: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, str]:
     """Write ``report.html``, ``report.md`` and ``summary.json`` into ``run_dir``; returns their locations."""
-    summary = {
-        **summary,
-        "files": {**{c: LIST_NAMES[c] for c in CHANNELS}, "report_md": MARKDOWN, "summary": SUMMARY},
-    }
+    files = {**{c: LIST_NAMES[c] for c in CHANNELS}, "report_md": MARKDOWN, "summary": SUMMARY}
+    summary = {**summary, "files": files}
     html, markdown = render(summary, history)
     written = {}
     for name, text in (
@@ -92,3 +90,74 @@ def write_report(
             handle.write(text)
         written[name] = str(run_dir / name)
     return written
+
+
+def file_url(dag_id: str, run_id: str, task_id: str, name: str) -> str:
+    """Where the API server serves a file of a preflight run (relative when ``[api] base_url`` is unset)."""
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    parts = "/".join(quote(part, safe="") for part in (dag_id, run_id, task_id))
+    return f"{base}{URL_PREFIX}/runs/{parts}/{name}"
+
+
+@attrs.define
+class PreflightFileLink(BaseOperatorLink):
+    """A button on the report task opening one file of its run through the API server."""
+
+    name: str
+    file: str
+
+    @property
+    def xcom_key(self) -> str:
+        return f"_link_kaleyra_preflight_{self.file}"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        return file_url(ti_key.dag_id, ti_key.run_id, ti_key.task_id, self.file)
+
+
+class KaleyraPreflightReportOperator(BaseOperator):
+    """Writes ``report.html``, ``report.md`` and ``summary.json``, with the trend of earlier runs.
+
+    :param prepared: ``prepare``'s record (:class:`~.records.PreparedRun`).
+    :param decided: ``channels``' record (:class:`~.records.ChannelResult`).
+    :param lookups: the RCS shards' XCom summaries (for the request counts), or ``None``.
+    :param submission: the SOIP check's record, or ``None`` when the leg was skipped.
+    """
+
+    template_fields = ("prepared", "decided", "lookups", "submission")
+    operator_extra_links = (
+        PreflightFileLink("Preflight report", HTML),
+        *(PreflightFileLink(FILE_LABELS[c], LIST_NAMES[c]) for c in CHANNELS),
+    )
+
+    def __init__(
+        self,
+        *,
+        prepared: PreparedRun | XComArg,
+        decided: ChannelResult | XComArg,
+        lookups: Iterable[Mapping[str, Any]] | XComArg | None = None,
+        submission: SoipSubmission | XComArg | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prepared = prepared
+        self.decided = decided
+        self.lookups = lookups
+        self.submission = submission
+
+    def execute(self, context: Any) -> ReportResult:
+        storage = self.prepared["storage_conn_id"]
+        run_dir = as_path(self.prepared["run_dir"], storage)
+        api = {
+            "rcs_requests": sum(int(s.get("requests") or 0) for s in self.lookups or []),
+            "soip_requests": int((self.submission or {}).get("requests") or 0),
+        }
+        finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        summary = run_summary(run_id, finished_at, self.prepared, self.decided, api, dag_id=dag_id)
+        written = write_report(run_dir, summary, load_history(run_dir.parent, run_id))
+        self.log.info("Report: %s", written[HTML])
+        self.log.info("Open it from the API server: %s", file_url(dag_id, run_id, self.task_id, HTML))
+        rows, share = self.decided["rows"], rcs_share(summary)
+        record = {"run_dir": str(run_dir), "storage_conn_id": storage, "finished_at": finished_at}
+        context["ti"].xcom_push(key=XCOM_KEY, value={**record, "rows": rows, "rcs_share": share})
+        return {"report": written[HTML], "channels": rows, "rcs_share": share}

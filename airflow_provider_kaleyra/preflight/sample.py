@@ -1,16 +1,11 @@
-"""A deterministic sample audience: customer rows with messy, invalid and repeated phone numbers.
-
-The example DAGs, the demo, the tests and the benchmarks use it to exercise the provider without
-a Kaleyra account. The output depends only on ``size`` and ``seed``: the same arguments give the
-same rows, byte for byte.
-"""
+"""A deterministic sample audience (customer rows with messy, invalid and repeated phone numbers) for
+the example DAGs, the demo, the tests and the benchmarks: the same ``size`` and ``seed`` give the
+same rows, byte for byte."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-
-__all__ = ["generate_audience_rows"]
 
 _US_AREA_CODES = (201, 202, 212, 213, 305, 312, 404, 415, 512, 617, 646, 702, 713, 718, 805, 917, 949)
 _GARBAGE = (
@@ -75,8 +70,7 @@ def _messy_format(rng: random.Random, country: str, e164: str) -> str:
             f"{area}{exchange}{line}",
             f"+1-{area}-{exchange}-{line}",
         )[style]
-    code_length = {"IN": 2, "GB": 2, "DE": 2, "BR": 2}[country]
-    code, national = digits[:code_length], digits[code_length:]
+    code, national = digits[:2], digits[2:]  # (IN, GB, DE, BR: two-digit calling codes)
     if style < 4:
         return e164
     if style < 7:

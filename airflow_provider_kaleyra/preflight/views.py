@@ -1,30 +1,28 @@
-"""The preflight's pages on the Airflow API server: a run's report and lists, and a DAG's runs.
+"""The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report
+and lists, and a DAG's runs.
 
-Mounted by the provider's plugin under ``/kaleyra-preflight``. Airflow does not authenticate plugin
-routes, so every route here resolves the user from the Airflow UI session (the ``_token`` cookie)
-or an ``Authorization: Bearer`` JWT through Airflow's auth manager, and asks it whether that user
-may read the DAG's runs (the runs page) or task instances (the files): 401 without a valid token,
-403 without the permission. The files are read from wherever the run wrote them (``file://``,
-``s3://`` ...), with the connection the run used, so users need neither a shell nor the store's keys.
+Airflow does not authenticate plugin routes, so each route resolves the user (UI session cookie or
+bearer JWT) and asks Airflow's auth manager whether they may read the DAG's runs or task instances:
+401 without a valid token, 403 without the permission. Files are read from wherever the run wrote
+them, with the run's connection: users need neither a shell nor the store's keys.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from html import escape
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from airflow_provider_kaleyra.preflight import rendering, report
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
-from airflow_provider_kaleyra.preflight.report_task import SERVED_FILES, URL_PREFIX, XCOM_KEY
+from airflow_provider_kaleyra.preflight.files import safe_name
+from airflow_provider_kaleyra.preflight.report import SERVED_FILES, URL_PREFIX, XCOM_KEY, file_url
 from airflow_provider_kaleyra.utils.storage import as_path
 
 RUNS_SHOWN = 100
@@ -105,7 +103,7 @@ def run_file(dag_id: str, run_id: str, task_id: str, name: str, user: User) -> A
     media = MEDIA_TYPES[name[name.rindex(".") :]]
     headers = dict(HEADERS)
     if media == "text/csv":
-        download = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dag_id}_{run_id}_{name}")
+        download = safe_name(f"{dag_id}_{run_id}_{name}")
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
     return StreamingResponse(_chunks(handle), media_type=f"{media}; charset=utf-8", headers=headers)
 
@@ -125,42 +123,34 @@ def _mix_bar(rows: dict[str, int]) -> str:
 
 
 @app.get("/runs/{dag_id}", response_class=HTMLResponse)
-def dag_runs(request: Request, dag_id: str, user: User) -> HTMLResponse:
+def dag_runs(dag_id: str, user: User) -> HTMLResponse:
     """A preflight DAG's runs: channel mix, RCS-capable share, links to each report; the trend."""
     authorize(user, dag_id, "RUN")
     runs = _records(dag_id)
-    base = f"{request.scope.get('root_path', '')}/runs/{quote(dag_id, safe='')}"
+    if not runs:
+        body = ["<p>No preflight report has been recorded for this DAG yet.</p>"]
+        return HTMLResponse(rendering.html_page(f"Preflight runs of {dag_id}", body), headers=HEADERS)
+    labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
+    table = []
+    for label, (run_id, task_id, record) in zip(labels, runs):
+        links = " · ".join(
+            f'<a href="{escape(file_url(dag_id, run_id, task_id, name))}" target="_blank">{escape(text)}</a>'
+            for name, text in RUN_FILES
+        )
+        rows, share = record["rows"], f"{100 * record['rcs_share']:.1f}%"
+        table.append([label, run_id, f"{sum(rows.values()):,}", Markup(_mix_bar(rows)), share, Markup(links)])
     legend = " ".join(
         f'<span style="color:{rendering.COLOURS[c]}">&#9632;</span> {escape(rendering.LABELS[c])}'
         for c in CHANNELS
     )
-    lines = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Preflight runs of {escape(dag_id)}</title>",
-        f"<style>{rendering.STYLE}</style></head><body><h1>Preflight runs of {escape(dag_id)}</h1>",
+    header = ["finished", "run", "rows", "channel mix", "RCS-capable share", "files"]
+    trend = [(label, record["rcs_share"]) for label, (_, _, record) in zip(labels, runs)]
+    body = [
+        f"<p>Newest first (the last {RUNS_SHOWN} at most). {legend}</p>",
+        rendering.html_table(header, table),
+        rendering.share_chart("run", trend[::-1]),
     ]
-    if not runs:
-        lines.append("<p>No preflight report has been recorded for this DAG yet.</p></body></html>")
-        return HTMLResponse("\n".join(lines), headers=HEADERS)
-    labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
-    lines += [
-        f"<p>Newest first (the last {RUNS_SHOWN} at most). {legend}</p><table><tr><th>finished</th><th>run</th>"
-        "<th>rows</th><th>channel mix</th><th>RCS-capable share</th><th>files</th></tr>"
-    ]
-    for label, (run_id, task_id, record) in zip(labels, runs):
-        folder = f"{base}/{quote(run_id, safe='')}/{quote(task_id, safe='')}"
-        files = " · ".join(
-            f'<a href="{escape(folder)}/{name}" target="_blank">{escape(text)}</a>'
-            for name, text in RUN_FILES
-        )
-        lines.append(
-            f"<tr><td>{escape(label)}</td><td>{escape(run_id)}</td>"
-            f"<td class=n>{sum(record['rows'].values()):,}</td><td>{_mix_bar(record['rows'])}</td>"
-            f"<td class=n>{100 * record['rcs_share']:.1f}%</td><td>{files}</td></tr>"
-        )
-    trend = [(label, round(100 * r["rcs_share"], 1), "#2e7d32") for label, (_, _, r) in zip(labels, runs)]
-    chart = rendering.svg_bar_chart("RCS-capable share of distinct numbers, by run", trend[::-1], "%", 100.0)
-    lines += ["</table>", chart, "</body></html>"]
-    return HTMLResponse("\n".join(lines), headers=HEADERS)
+    return HTMLResponse(rendering.html_page(f"Preflight runs of {dag_id}", body), headers=HEADERS)
 
 
 class KaleyraPreflightPlugin(AirflowPlugin):
