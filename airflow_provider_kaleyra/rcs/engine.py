@@ -1,18 +1,10 @@
 """The one RCS lookup pipeline, for ``lookup_rcs_many``, the bulk operator and the preflight's shards.
 
 read -> normalize once -> de-duplicate -> capability cache -> plan 100-500 batches -> call ->
-restore input order -> write; every stage takes a block of rows (:mod:`.blocks`), and the
-stages overlap: the first calls go out after ~10,000 distinct numbers, and rows come out as
-soon as their numbers are answered. Rows wait for their answers in a :class:`~.spool.Spool`
-(memory while short, disk beyond); memory holds the distinct numbers seen (the price of
-de-duplication), one pointer per number to a shared answer, and the calls in flight.
-
-Two ways in, one way through (:meth:`Engine._lookup`):
-
-- :meth:`Engine.stream`: the whole audience, read while it is looked up.
-- :meth:`Engine.read` then :meth:`Engine.lookup`: when the whole audience must be known first
-  (a shard's slice of the distinct numbers depends on how many there are, and the bulk
-  operator's ``max_invalid_ratio`` is checked before any call).
+restore input order -> write, a block of rows (:mod:`.blocks`) at a time and overlapped: calls go
+out while the audience is read, rows come out as soon as their numbers are answered, waiting in a
+:class:`~.spool.Spool` (memory while short, disk beyond). Memory holds the distinct numbers seen,
+one pointer per number to a shared answer, and the calls in flight.
 
 With ``checkpoint_at``, answers are saved in parts beside that output as calls complete, under
 a key holding the run's identity, so a retry of the same task resumes and no other run trusts them.
@@ -25,10 +17,10 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -50,25 +42,19 @@ from airflow_provider_kaleyra.rcs.spool import Spool
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
-_FROM_API = array("q", [-1])
-_STATUS = itemgetter(0)  # an answer's status  # the age of an answer that did not come from the cache
+_FROM_API = array("q", [-1])  # the age of an answer that did not come from the cache
+_STATUS = itemgetter(0)  # an answer's status
 
 
-class Chunk(NamedTuple):
-    """Checkpoint unit: planned calls of ``sizes`` over ``numbers``."""
+@dataclass(slots=True)
+class Chunk:
+    """Checkpoint unit: planned calls of ``sizes`` over ``numbers``, and their answers as they come."""
 
     index: int
     sizes: list[int]
     numbers: list[str]
-
-
-@dataclass
-class _Open:
-    """A chunk whose calls are not all answered yet."""
-
-    chunk: Chunk
-    outstanding: int
-    answers: dict[str, Answer]
+    calls_answered: int = 0
+    answers: dict[str, Answer] = field(default_factory=dict)
 
 
 class Engine:
@@ -126,8 +112,6 @@ class Engine:
         if self.cache is not None:
             self.cache.close()  # (idempotent) answers still queued are written
 
-    # -- ways in ---------------------------------------------------------------------------
-
     def stream(self, blocks: Iterable[RowBlock]) -> Iterator[AnsweredRows]:
         """Read, look up and answer the whole audience at once (no shard)."""
         if self.shard is not None:
@@ -138,7 +122,8 @@ class Engine:
         self.stats.distinct = len(self._distinct)
 
     def read(self, blocks: Iterable[RowBlock]) -> Stats:
-        """Read the whole audience first; this shard's distinct numbers are known after."""
+        """Read the whole audience first (a shard's slice depends on the count of distinct numbers; the
+        bulk operator checks ``max_invalid_ratio`` before any call); :meth:`lookup` follows."""
         for _ in self._read(blocks):
             pass
         self._first, self._stop = shard_slice(len(self._distinct), self.shard)
@@ -160,8 +145,6 @@ class Engine:
             key = fingerprint(asked, sizes, self.checkpoint_batches, run=self.run)  # type: ignore[arg-type]
             self.checkpoint = Checkpoint(self.checkpoint_at, key)
 
-    # -- read, normalize, de-duplicate ------------------------------------------------------
-
     def _read(self, blocks: Iterable[RowBlock]) -> Iterator[list[str]]:
         """Normalize each block into the spool; yields the numbers each block saw first."""
         region = self.hook.config.default_region
@@ -174,12 +157,9 @@ class Engine:
             self._spool.put((block.raws, e164s, positions, reasons if invalid else None, top), len(e164s))
             if new:
                 yield new
-        stats = self.stats
-        stats.inputs, stats.invalid_inputs, stats.invalid_reasons = (
-            distinct.inputs,
-            distinct.invalid,
-            distinct.reasons,
-        )
+        self.stats.inputs = distinct.inputs
+        self.stats.invalid_inputs = distinct.invalid
+        self.stats.invalid_reasons = distinct.reasons
 
     def _unknown(self, blocks: Iterator[list[str]]) -> Iterator[list[str]]:
         """The distinct numbers, in order, less those the cache answers (stored at their position)."""
@@ -203,8 +183,6 @@ class Engine:
             yield [e164 for e164 in chunk if e164 not in found]
             self._advance()
 
-    # -- plan, call, keep ------------------------------------------------------------------
-
     def _chunks(self, batches: Iterable[list[str]]) -> Iterator[Chunk]:
         """Group planned batches into checkpoint chunks, in order."""
         sizes: list[int] = []
@@ -223,7 +201,7 @@ class Engine:
         """Reuse saved chunks, ask for the others, keep answers as they come, give rows behind them."""
         checkpoint, stats = self.checkpoint, self.stats
         present = checkpoint.existing() if checkpoint is not None else set()
-        waiting: deque[_Open] = deque()
+        waiting: deque[Chunk] = deque()
         progress = Progress(self.log, total_batches)
 
         def to_ask() -> Iterator[list[str]]:
@@ -237,17 +215,17 @@ class Engine:
                     stats.chunks_resumed += 1
                     self._keep(saved.items(), chunk.index)
                     continue
-                waiting.append(_Open(chunk, len(chunk.sizes), {}))
+                waiting.append(chunk)
                 yield from split(chunk.numbers, chunk.sizes)
 
         with closing(self.hook.lookup_batches(to_ask())) as answered:
             for answers in answered:
-                entry = waiting[0]
-                entry.answers.update(answers)
-                entry.outstanding -= 1
-                self._keep(answers.items(), entry.chunk.index)
+                chunk = waiting[0]
+                chunk.answers.update(answers)
+                chunk.calls_answered += 1
+                self._keep(answers.items(), chunk.index)
                 progress.advance(len(answers))
-                if not entry.outstanding:
+                if chunk.calls_answered == len(chunk.sizes):
                     self._settle(waiting.popleft())
                 yield from self._ready(final=False)
         yield from self._ready(final=True)
@@ -261,9 +239,9 @@ class Engine:
                 stats.chunks,
             )
 
-    def _settle(self, entry: _Open) -> None:
+    def _settle(self, chunk: Chunk) -> None:
         """A chunk fully answered: save it, hand its answers to the cache."""
-        chunk, answers = entry.chunk, entry.answers
+        answers = chunk.answers
         missing = [(n, failed("no answer recorded")) for n in chunk.numbers if n not in answers]
         if missing:
             self._keep(missing, chunk.index)
@@ -293,8 +271,6 @@ class Engine:
             self._answered = self._answers.index(None, self._answered)
         except ValueError:
             self._answered = len(self._answers)
-
-    # -- restore order ---------------------------------------------------------------------
 
     def _ready(self, *, final: bool) -> Iterator[AnsweredRows]:
         """Every block, in input order, up to the first one holding a number not answered yet."""
