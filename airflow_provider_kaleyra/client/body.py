@@ -85,25 +85,24 @@ def read_body(response: requests.Response, deadline: float, timeout: float, watc
     pieces: list[bytes] = []
     size = 0
     with watchdog.watching(raw, deadline):
-        while True:
-            if time.monotonic() >= deadline:
-                raise Unreadable(f"the answer took longer than the {timeout:g} s timeout")
+        while time.monotonic() < deadline:
             try:
                 piece = raw.read1(READ_PIECE, decode_content=True)
             except NO_ANSWER:
-                if time.monotonic() >= deadline:
-                    raise Unreadable(f"the answer took longer than the {timeout:g} s timeout") from None
-                raise
+                if time.monotonic() < deadline:
+                    raise
+                break
             if not piece:
-                if time.monotonic() >= deadline:  # (the end the watchdog made)
-                    raise Unreadable(f"the answer took longer than the {timeout:g} s timeout")
-                return b"".join(pieces)
+                if time.monotonic() < deadline:
+                    return b"".join(pieces)
+                break  # (the end the watchdog made)
             size += len(piece)
             if size > MAX_BODY_BYTES:
                 raise Unreadable(f"an answer over the {MAX_BODY_BYTES}-byte cap")
             pieces.append(piece)
             if plain and raw.length_remaining == 0:  # all the declared bytes are in: no more reads
                 return b"".join(pieces)
+    raise Unreadable(f"the answer took longer than the {timeout:g} s timeout")
 
 
 def _cut(raw: Any) -> None:

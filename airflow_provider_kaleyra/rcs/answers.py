@@ -12,8 +12,6 @@ from typing import Any, NamedTuple
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED, e164_key
 
-FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error", "source", "age_seconds")
-
 # Where an answer came from (``source``): this run's API calls, or the capability cache.
 SOURCE_API = "api"
 SOURCE_CACHE = "cache"
@@ -40,6 +38,8 @@ class RcsResult(NamedTuple):
     source: str | None = None  # ``api`` or ``cache``; ``None`` for invalid inputs, never asked
     age_seconds: int | None = None  # how old the answer is: 0 from the API, its age from the cache
 
+
+FIELDS = RcsResult._fields
 
 # Spellings of ``rcsEnabled`` that cannot be misread. Anything else (missing, ``null``, "maybe",
 # 2) is not an answer: unknown is not "no", so such a number is ``failed`` with the reason.

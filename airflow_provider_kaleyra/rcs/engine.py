@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, count, islice
 from operator import itemgetter
 from typing import Any
 
@@ -185,17 +185,12 @@ class Engine:
 
     def _chunks(self, batches: Iterable[list[str]]) -> Iterator[Chunk]:
         """Group planned batches into checkpoint chunks, in order."""
-        sizes: list[int] = []
-        numbers: list[str] = []
-        index = 0
-        for batch in batches:
-            sizes.append(len(batch))
-            numbers += batch
-            if len(sizes) == self.checkpoint_batches:
-                yield Chunk(index, sizes, numbers)
-                index, sizes, numbers = index + 1, [], []
-        if sizes:
-            yield Chunk(index, sizes, numbers)
+        batches = iter(batches)
+        for index in count():
+            group = list(islice(batches, self.checkpoint_batches))
+            if not group:
+                return
+            yield Chunk(index, [len(batch) for batch in group], list(chain.from_iterable(group)))
 
     def _lookup(self, chunks: Iterator[Chunk], total_batches: int | None) -> Iterator[AnsweredRows]:
         """Reuse saved chunks, ask for the others, keep answers as they come, give rows behind them."""
