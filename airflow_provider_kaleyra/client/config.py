@@ -176,12 +176,8 @@ class KaleyraConfig:
 
     @property
     def store_url(self) -> str:
-        """The callback store every component shares; there is no default, so a missing one is loud.
-
-        The receiver (API server), the check operator and the sensor (workers) and its trigger
-        (triggerer) usually run on different hosts: a default SQLite file would be a different
-        file on each, and the sensor would wait until its timeout with no error.
-        """
+        """The callback store every component shares; no default (a default SQLite file would be
+        another file on each host, and the sensor would wait until its timeout with no error)."""
         if not self.callback_store_url:
             raise StoreNotConfigured(
                 f"the Kaleyra connection has no {STORE_SETTING!r} extra: set it to a database that the "

@@ -29,11 +29,9 @@ OUTLIER = 4.0  # a sample counts for at most this many times the estimate: one s
 class Pacer:
     """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
 
-    A thread that reaches its slot late (busy with a response, waiting for the GIL) does not
-    push the schedule back: up to ``PACER_SLACK`` seconds of lateness are made up by sending
-    the next requests sooner. Without that, each late slot is lost for good: at 100 requests
-    a second, a 2.5 ms average lateness costs a quarter of the throughput. In any window of
-    ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` requests go out.
+    Up to ``PACER_SLACK`` seconds of a late thread's lateness are made up by sending the next
+    requests sooner, else each late slot is lost (at 100/s, 2.5 ms of average lateness costs a
+    quarter of the throughput). In any ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` go out.
     """
 
     def __init__(self, rate: float) -> None:
