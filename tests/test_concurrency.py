@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from airflow_provider_kaleyra.client.concurrency import EXTRA, HEADROOM, INITIAL_LATENCY, InFlight
+from airflow_provider_kaleyra.client.pacing import EXTRA, HEADROOM, INITIAL_LATENCY, InFlight
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.rcs.answers import Answer
 

@@ -35,8 +35,8 @@ PODS = tuple(dict.fromkeys([*RCS_HOSTS, *SOIP_HOSTS]))
 _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
-def parse_age(text: str | float | timedelta, name: str | None = None) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s`` (a bare number means days), or a ``timedelta`` as it is.
+def parse_age(text: str | float | timedelta, name: str | None = None, bare: str = "d") -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s`` (a bare number in ``bare`` units: days), or a ``timedelta`` as it is.
 
     :param name: the setting read, named first in the error.
     """
@@ -45,7 +45,7 @@ def parse_age(text: str | float | timedelta, name: str | None = None) -> timedel
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", str(text))
     if not match:
         raise ValueError(f"{name + ': ' if name else ''}not an age: {text!r} (use e.g. 30d, 12h, 90m)")
-    return timedelta(**{_AGE_UNITS[match.group(2) or "d"]: float(match.group(1))})
+    return timedelta(**{_AGE_UNITS[match.group(2) or bare]: float(match.group(1))})
 
 
 STORE_SETTING = "callback_store_url"
@@ -56,9 +56,7 @@ class StoreNotConfigured(ValueError):
 
 
 def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
-    value = extra.get(key)
-    if value in (None, ""):
-        return default
+    value = extra.get(key, default)
     try:
         result = cast(value)
     except (TypeError, ValueError):
@@ -68,26 +66,14 @@ def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
     return result
 
 
-def _age(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
-    value = extra.get(key)
-    return default if value in (None, "") else parse_age(value, f"Kaleyra connection extra {key!r}")
-
-
-def _seconds(extra: dict[str, Any], key: str, default: timedelta) -> timedelta:
-    """An age (``1h``, ``30m``), where a bare number means seconds (as Kaleyra's ``expires_in``)."""
-    value = extra.get(key)
-    if value in (None, ""):
-        return default
-    if isinstance(value, (int, float)) or str(value).strip().isdigit():
-        return timedelta(seconds=float(value))
-    return parse_age(value, f"Kaleyra connection extra {key!r}")
+def _age(extra: dict[str, Any], key: str, default: timedelta, bare: str = "d") -> timedelta:
+    """An age extra; ``bare="s"`` where a bare number means seconds (as Kaleyra's ``expires_in``)."""
+    return parse_age(extra.get(key, default), f"Kaleyra connection extra {key!r}", bare)
 
 
 def _cidrs(extra: dict[str, Any], key: str) -> tuple[str, ...]:
     """A list of CIDRs, given as a list or comma-separated (checked by the receiver, which uses them)."""
-    value = extra.get(key)
-    if value in (None, ""):
-        return ()
+    value = extra.get(key, ())
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(str(i).strip() for i in items if str(i).strip())
 
@@ -103,7 +89,7 @@ def missing_rcs_host(pod: str) -> str:
 def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
     """An extra holding a JSON object, given as an object or as JSON text (the UI form sends text)."""
     value = extra.get(key)
-    if value in (None, ""):
+    if value is None:
         return None
     if isinstance(value, str):
         try:
@@ -150,7 +136,7 @@ class KaleyraConfig:
     @classmethod
     def from_connection(cls, conn: Any) -> KaleyraConfig:
         """Build from an Airflow ``Connection`` (login = SID, password = API key, the rest in extra)."""
-        extra = conn.extra_dejson or {}
+        extra = {key: value for key, value in (conn.extra_dejson or {}).items() if value not in (None, "")}
         if not conn.login:
             raise ValueError(f"Kaleyra connection {conn.conn_id!r} has no login: set it to the account SID")
         if not conn.password:
@@ -180,7 +166,7 @@ class KaleyraConfig:
             callback_field_map=_json_object(extra, "callback_field_map"),
             callback_client_id=extra.get("callback_client_id") or None,
             callback_client_secret=extra.get("callback_client_secret") or None,
-            callback_token_lifetime=_seconds(extra, "callback_token_lifetime", DEFAULT_TOKEN_LIFETIME),
+            callback_token_lifetime=_age(extra, "callback_token_lifetime", DEFAULT_TOKEN_LIFETIME, "s"),
             callback_allowed_ips=_cidrs(extra, "callback_allowed_ips"),
             callback_trusted_proxies=_cidrs(extra, "callback_trusted_proxies"),
             cache_url=extra.get("cache_url") or None,
@@ -190,12 +176,8 @@ class KaleyraConfig:
 
     @property
     def store_url(self) -> str:
-        """The callback store every component shares; there is no default, so a missing one is loud.
-
-        The receiver (API server), the check operator and the sensor (workers) and its trigger
-        (triggerer) usually run on different hosts: a default SQLite file would be a different
-        file on each, and the sensor would wait until its timeout with no error.
-        """
+        """The callback store every component shares; no default (a default SQLite file would be
+        another file on each host, and the sensor would wait until its timeout with no error)."""
         if not self.callback_store_url:
             raise StoreNotConfigured(
                 f"the Kaleyra connection has no {STORE_SETTING!r} extra: set it to a database that the "

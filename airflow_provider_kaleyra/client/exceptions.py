@@ -1,12 +1,11 @@
-"""Errors raised by the provider, and which one an error answer is. None ever carries the API key.
-
-Their messages may quote Kaleyra (an error body's ``message``): the transport has replaced the
-connection's secrets in every answer before any error is built from it.
-"""
+"""Errors raised by the provider, and which one an error answer is. None ever carries the API key:
+a message quoting Kaleyra is built from an answer the transport has already redacted."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from airflow_provider_kaleyra.client import api
 
 
 class KaleyraApiError(Exception):
@@ -69,3 +68,26 @@ def error_for_answer(status: int, reason: str, body: Any) -> KaleyraApiError:
         return error
     retryable = status == 429 or status >= 500
     return KaleyraApiError(f"Kaleyra answered {message}", status=status, code=code, retryable=retryable)
+
+
+def connection_problem(exc: KaleyraApiError, base: str) -> str:
+    """What a failed connection test (one lookup) says about the connection, in the user's terms."""
+    said = str(exc.detail).lower()
+    if exc.status is None:
+        return f"No answer from {base} ({exc.message}): check the pod or rcs_base_url, and the network"
+    if exc.status == 403 or (exc.status == 401 and ("channel" in said or "rcs" in said)):
+        return (
+            f"The RCS channel is not enabled on this Kaleyra account (ask Kaleyra to enable it): {exc.detail}"
+        )
+    if exc.status == 401 and "sid" in said:
+        return f"Kaleyra does not know the account SID (the connection's login): {exc.detail}"
+    if exc.status == 401:
+        return f"Kaleyra refused the API key (the connection's password): {exc.detail}"
+    if exc.status == 404 or exc.status < 300:
+        return (
+            f"{base} is not Kaleyra's RCS API ({exc}): check the connection's pod or rcs_base_url "
+            f"(e.g. {api.RCS_HOSTS[api.DEFAULT_POD]})"
+        )
+    if exc.status == 429 or exc.status >= 500:
+        return f"Kaleyra is not answering properly right now ({exc}): try again later"
+    return f"Kaleyra answered the probe lookup with an error ({exc})"

@@ -1,5 +1,11 @@
-"""Client-side pacing: Kaleyra publishes no rate limit, so the client spaces its requests and
-obeys 429 and ``Retry-After``."""
+"""How fast and how many: Kaleyra publishes no rate limit, so the client spaces its requests,
+obeys 429 and ``Retry-After``, and keeps as many calls in flight as the rate needs.
+
+Little's law: to send ``rate`` requests a second when each takes ``latency`` seconds,
+``rate x latency`` requests must be in flight. The latency is measured, so ``max_concurrency``
+is only an upper bound. Too few in flight and the rate limit is never reached (8 at 150 ms
+carry 53/s, not 100/s); too many only park threads in the pacer.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +19,19 @@ MAX_RETRY_AFTER = 60.0  # never sleep longer than this on one Retry-After
 BACKOFF_CAP = 30.0
 PACER_SLACK = 0.1  # seconds of lateness the pacer makes up (a burst of at most rate x 0.1 + 1)
 
-__all__ = ["BACKOFF_CAP", "MAX_RETRY_AFTER", "PACER_SLACK", "Pacer", "retry_after_seconds"]
+HEADROOM = 1.5  # service time on the client, jitter, a slow call now and then
+EXTRA = 2  # calls beyond the estimate, so a burst of quick answers never starves the pacer
+INITIAL_LATENCY = 0.25  # seconds assumed before the first answer
+SMOOTHING = 0.2  # weight of each new latency sample in the moving average
+OUTLIER = 4.0  # a sample counts for at most this many times the estimate: one stuck call is not a trend
 
 
 class Pacer:
     """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
 
-    A thread that reaches its slot late (busy with a response, waiting for the GIL) does not
-    push the schedule back: up to ``PACER_SLACK`` seconds of lateness are made up by sending
-    the next requests sooner. Without that, each late slot is lost for good: at 100 requests
-    a second, a 2.5 ms average lateness costs a quarter of the throughput. In any window of
-    ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` requests go out.
+    Up to ``PACER_SLACK`` seconds of a late thread's lateness are made up by sending the next
+    requests sooner, else each late slot is lost (at 100/s, 2.5 ms of average lateness costs a
+    quarter of the throughput). In any ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` go out.
     """
 
     def __init__(self, rate: float) -> None:
@@ -67,3 +75,39 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER)
+
+
+class InFlight:
+    """The number of calls to keep in flight: ``ceil(rate x latency x HEADROOM) + EXTRA``, capped.
+
+    :param rate: the connection's ``rate_limit`` (requests per second); 0 for no limit, when
+        only ``cap`` bounds the calls in flight.
+    :param cap: the connection's ``max_concurrency``.
+    """
+
+    def __init__(self, rate: float, cap: int, latency: float = INITIAL_LATENCY) -> None:
+        self.rate = rate
+        self.cap = max(1, cap)
+        self.latency = latency
+        self.samples = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"InFlight(rate={self.rate}, cap={self.cap}, latency={self.latency:.3f}, limit={self.limit})"
+
+    def observe(self, seconds: float) -> None:
+        """One call's latency (request sent to answer received; the pacer's wait excluded)."""
+        if seconds < 0 or math.isnan(seconds):
+            return
+        with self._lock:
+            if self.samples:
+                self.latency += SMOOTHING * (min(seconds, OUTLIER * self.latency) - self.latency)
+            else:
+                self.latency = seconds
+            self.samples += 1
+
+    @property
+    def limit(self) -> int:
+        if not self.rate or self.rate <= 0:
+            return self.cap
+        return max(1, min(self.cap, math.ceil(self.rate * self.latency * HEADROOM) + EXTRA))

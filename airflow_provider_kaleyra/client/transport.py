@@ -1,17 +1,9 @@
 """HTTP plumbing for the hook: one pooled session, client-side pacing, bounded retries.
 
-Kaleyra publishes no numeric rate limit, so the client paces itself and obeys 429 and
-``Retry-After``. Every failure to obtain a readable answer (429, 5xx, a dropped connection,
-a timeout, a body that is cut, corrupt, too deep, too big or too slow) is retried within the
-budget; other 4xx are final, and 401/403 stop every call of the transport at once, because a
-revoked key or a disabled RCS channel will not heal by waiting.
-
-**Time budget.** One attempt lasts at most ``timeout`` seconds, connection and whole body
-included (the body is read in pieces against that deadline, so a server dripping a byte at
-a time cannot hold a worker). One call makes at most ``max_retries + 1`` attempts and sleeps
-between them at most ``BACKOFF_CAP`` (or a ``Retry-After`` of at most ``MAX_RETRY_AFTER``)
-seconds each: see :func:`call_budget`. **Memory budget.** A body over ``MAX_BODY_BYTES``
-(decoded) is refused as a retryable error without being read further.
+Every failure to obtain a readable answer (429, 5xx, a dropped connection, a timeout, a body that
+is cut, corrupt, too deep, too big or too slow) is retried within the budget (:func:`call_budget`,
+docs/guarantees.md); other 4xx are final, and 401/403 stop every call of the transport at once,
+because a revoked key or a disabled RCS channel will not heal by waiting.
 """
 
 from __future__ import annotations
@@ -30,15 +22,17 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from airflow_provider_kaleyra.client.api import API_KEY_HEADER
+from airflow_provider_kaleyra.client import api
 from airflow_provider_kaleyra.client.body import NO_ANSWER as _NO_ANSWER, Unreadable, Watchdog, read_body
-from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, error_for_answer
-from airflow_provider_kaleyra.client.pacing import (  # (re-exported: the transport's public names)
-    BACKOFF_CAP,
-    MAX_RETRY_AFTER,
-    Pacer,
-    retry_after_seconds,
+from airflow_provider_kaleyra.client.config import KaleyraConfig
+from airflow_provider_kaleyra.client.exceptions import (
+    KaleyraApiError,
+    KaleyraAuthError,
+    connection_problem,
+    error_for_answer,
 )
+from airflow_provider_kaleyra.client.pacing import BACKOFF_CAP, MAX_RETRY_AFTER, Pacer, retry_after_seconds
+from airflow_provider_kaleyra.rcs.answers import answer_from_device
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +42,7 @@ MIN_SECRET_LENGTH = 4  # shorter "secrets" would redact ordinary words of every 
 _ENCODE = msgspec.json.Encoder().encode  # (a bulk body: 3x faster than ``json``)
 _JSON_TYPE = {"Content-Type": "application/json"}
 
-# ... except a base URL that cannot work: waiting will not fix it.
+# A base URL that cannot work: waiting will not fix it.
 _BAD_URL = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
@@ -59,9 +53,8 @@ _BAD_URL = (
 def call_budget(timeout: float, max_retries: int) -> float:
     """The longest one call can take, in seconds: every attempt to its deadline, every sleep capped.
 
-    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s, not counting the wait for a
-    turn under the rate limit (the pacer, which a 429 pauses for everyone). A run's calls go
-    ``max_concurrency`` at a time.
+    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s, plus the wait for a turn under
+    the rate limit (the pacer, which a 429 pauses for everyone).
     """
     return (max_retries + 1) * timeout + max_retries * max(MAX_RETRY_AFTER, BACKOFF_CAP)
 
@@ -92,7 +85,7 @@ class Transport:
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 1), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.headers.update({API_KEY_HEADER: api_key, "Accept": "application/json"})
+        self.session.headers.update({api.API_KEY_HEADER: api_key, "Accept": "application/json"})
         # requests reads the environment (proxies, CA bundle, .netrc) again on every request:
         # 0.6 ms of the 2 ms a bulk call costs the client. Read it once instead, with the
         # same rules (``no_proxy`` per host); never use .netrc.
@@ -123,8 +116,6 @@ class Transport:
         if proxies is None:
             proxies = self._proxies[origin] = requests.utils.get_environ_proxies(url)
         return proxies
-
-    # -- a refused key stops everyone ------------------------------------------------------
 
     def _raise_if_refused(self, origin: str) -> None:
         refusal = self._dead.get(origin)
@@ -168,8 +159,6 @@ class Transport:
             return
         delay = min(BACKOFF_CAP, self.backoff * (2**attempt))
         self._sleep(origin, delay * random.uniform(0.5, 1.0))
-
-    # -- one call --------------------------------------------------------------------------
 
     def call(
         self,
@@ -290,16 +279,13 @@ class Transport:
         try:
             return _decode(body)
         except msgspec.DecodeError:
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
+            replaced = body.decode("utf-8", "replace").encode()
+            if replaced == body:
                 raise  # readable text that is not JSON
             if not self._bad_text_logged:
                 self._bad_text_logged = True
                 log.warning("Kaleyra answered with text that is not UTF-8; the bad bytes read as U+FFFD")
-            return _decode(body.decode("utf-8", "replace").encode())
+            return _decode(replaced)
 
     def _redact(self, data: bytes) -> bytes:
         for secret in self._redactions:
@@ -308,12 +294,28 @@ class Transport:
         return data
 
 
-def _decode(body: bytes) -> Any:
-    """The JSON document of a body, ``None`` when empty; ``ValueError``/``RecursionError`` when unreadable.
+def probe(cfg: KaleyraConfig, url: str) -> tuple[bool, str]:
+    """The connection test: ``(ok, message)`` of one unretried single lookup at ``url``, ok only for a readable answer."""
+    transport = Transport(
+        api_key=cfg.api_key,
+        timeout=min(cfg.timeout, 15.0),
+        max_retries=0,
+        rate_limit=0,
+        pool_size=1,
+        secrets=(cfg.callback_secret,),
+    )
+    try:
+        device = transport.call("GET", url, shape=api.data_object)
+    except KaleyraApiError as exc:
+        return False, connection_problem(exc, cfg.rcs_base_url)
+    if answer_from_device(device).status == api.FAILED:
+        return False, f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?"
+    return True, "Connection to Kaleyra works"
 
-    msgspec, which Airflow brings: twice as fast as ``json`` on a 500-device answer (0.22 against
-    0.43 us a number, measured), with the same documents for what Kaleyra sends.
-    """
+
+def _decode(body: bytes) -> Any:
+    """The JSON document of a body, ``None`` when empty; ``ValueError``/``RecursionError`` when unreadable
+    (msgspec, which Airflow brings: twice as fast as ``json`` on a 500-device answer)."""
     return msgspec.json.decode(body) if body.strip() else None
 
 

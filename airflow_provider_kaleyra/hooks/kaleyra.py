@@ -13,11 +13,10 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
-from airflow_provider_kaleyra.client.concurrency import InFlight
 from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
-from airflow_provider_kaleyra.client.probe import probe
-from airflow_provider_kaleyra.client.transport import Transport
+from airflow_provider_kaleyra.client.pacing import InFlight
+from airflow_provider_kaleyra.client.transport import Transport, probe
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.rcs.answers import (

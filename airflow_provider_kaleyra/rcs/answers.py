@@ -12,8 +12,6 @@ from typing import Any, NamedTuple
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED, e164_key
 
-FIELDS = ("input", "e164", "status", "carrier_id", "carrier_status", "error", "source", "age_seconds")
-
 # Where an answer came from (``source``): this run's API calls, or the capability cache.
 SOURCE_API = "api"
 SOURCE_CACHE = "cache"
@@ -40,6 +38,8 @@ class RcsResult(NamedTuple):
     source: str | None = None  # ``api`` or ``cache``; ``None`` for invalid inputs, never asked
     age_seconds: int | None = None  # how old the answer is: 0 from the API, its age from the cache
 
+
+FIELDS = RcsResult._fields
 
 # Spellings of ``rcsEnabled`` that cannot be misread. Anything else (missing, ``null``, "maybe",
 # 2) is not an answer: unknown is not "no", so such a number is ``failed`` with the reason.
@@ -127,22 +127,6 @@ def failed(reason: str) -> Answer:
     return shared(Answer(FAILED, error=reason))
 
 
-def result_for(
-    raw: str, e164: str | None, reason: str | None, answer: Answer | None, cached_age: int | None = None
-) -> RcsResult:
-    """Join an input, its normalization and the answer for its E.164 number into one record.
-
-    ``cached_age``: the answer came from the capability cache and is that many seconds old.
-    """
-    if e164 is None:
-        return RcsResult(raw, None, INVALID, error=reason or "invalid")
-    if answer is None:
-        return RcsResult(raw, e164, FAILED, error="no answer recorded", source=SOURCE_API, age_seconds=0)
-    if cached_age is None:
-        return RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
-    return RcsResult(raw, e164, *answer, source=SOURCE_CACHE, age_seconds=cached_age)
-
-
 @dataclass(slots=True)
 class AnsweredRows:
     """Rows of one block, in input order, with what the engine knows of each.
@@ -164,4 +148,13 @@ class AnsweredRows:
         reasons = self.reasons or repeat(None)
         ages = self.ages or repeat(-1)
         for raw, e164, answer, reason, age in zip(self.raws, self.e164s, self.answers, reasons, ages):
-            yield result_for(raw, e164, reason, answer, None if age < 0 else age)
+            if e164 is None:
+                yield RcsResult(raw, None, INVALID, error=reason or "invalid")
+            elif answer is None:
+                yield RcsResult(
+                    raw, e164, FAILED, error="no answer recorded", source=SOURCE_API, age_seconds=0
+                )
+            elif age < 0:
+                yield RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
+            else:
+                yield RcsResult(raw, e164, *answer, source=SOURCE_CACHE, age_seconds=age)

@@ -57,16 +57,13 @@ class Distinct:
         self.inputs += len(e164s)
         if None in e164s:
             positions = [-1 if e is None else add(e, len(seen)) for e in e164s]
-            self._count_invalid([r for e, r in zip(e164s, reasons) if e is None])
+            invalid = [r for e, r in zip(e164s, reasons) if e is None]
+            self.invalid += len(invalid)
+            for reason, count in Counter(r or "invalid" for r in invalid).items():
+                if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+                    self.reasons[reason] += count
         else:
             positions = [add(e, len(seen)) for e in e164s]  # type: ignore[arg-type]
         added = len(seen) - before
         new = list(islice(reversed(seen), added))[::-1] if added else []
         return positions, new
-
-    def _count_invalid(self, reasons: list[str | None]) -> None:
-        self.invalid += len(reasons)
-        tally = self.reasons
-        for reason, count in Counter(reasons).items():
-            if reason in tally or len(tally) < MAX_REASONS:
-                tally[reason or "invalid"] += count

@@ -1,11 +1,11 @@
 """Answers already paid for, kept next to the output so a retried task does not ask again.
 
 Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches,
-one JSON array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer
-(a chunk of 10,000 numbers holds a handful of answers). The fingerprint hashes the run's identity (dag, run, task, map index), the ordered
-numbers and the batch plan: a retry of the same task instance resumes, while another run, a
-changed audience (or shard, or plan) never reads these parts. Parts are written atomically and
-checked against the numbers they must hold before they are trusted.
+one JSON array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer.
+The fingerprint hashes the run's identity (dag, run, task, map index), the ordered numbers and the
+batch plan: a retry of the same task instance resumes, while another run or a changed audience (or
+shard, or plan) never reads these parts. Parts are written atomically and checked against the
+numbers they must hold before they are trusted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from airflow.sdk import ObjectStoragePath
@@ -24,6 +26,7 @@ from airflow_provider_kaleyra.utils.storage import open_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = b"kaleyra-rcs-checkpoint-v2"
+_PART = re.compile(r"part-(\d+)\.jsonl")  # (not the temporary files of interrupted writes)
 
 
 def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batches: int, run: str = "") -> str:
@@ -53,16 +56,12 @@ class Checkpoint:
         return self.dir / f"part-{index:05d}.jsonl"
 
     def existing(self) -> set[int]:
-        """Indexes of the parts present (temporary files of interrupted writes are ignored)."""
+        """Indexes of the parts present."""
         try:
             names = [path.name for path in self.dir.iterdir()]
         except (FileNotFoundError, NotADirectoryError):
             return set()
-        found = set()
-        for name in names:
-            if name.startswith("part-") and name.endswith(".jsonl") and name[5:-6].isdigit():
-                found.add(int(name[5:-6]))
-        return found
+        return {int(match.group(1)) for name in names if (match := _PART.fullmatch(name))}
 
     def load(self, index: int, numbers: Sequence[str]) -> dict[str, Answer] | None:
         """The answers of part ``index`` if it holds exactly ``numbers``; ``None`` when it must be redone."""
@@ -82,12 +81,9 @@ class Checkpoint:
 
     def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
         """Write part ``index`` atomically."""
-        groups: dict[Answer, list[str]] = {}
+        groups: defaultdict[Answer, list[str]] = defaultdict(list)
         for e164, answer in answers:
-            group = groups.get(answer)
-            if group is None:
-                group = groups[answer] = []
-            group.append(e164)
+            groups[answer].append(e164)
         lines = [json.dumps([*answer, group], separators=(",", ":")) for answer, group in groups.items()]
         with open_atomic(self.part(index)) as handle:
             handle.write("\n".join(lines) + "\n")

@@ -1,18 +1,10 @@
 """The one RCS lookup pipeline, for ``lookup_rcs_many``, the bulk operator and the preflight's shards.
 
 read -> normalize once -> de-duplicate -> capability cache -> plan 100-500 batches -> call ->
-restore input order -> write; every stage takes a block of rows (:mod:`.blocks`), and the
-stages overlap: the first calls go out after ~10,000 distinct numbers, and rows come out as
-soon as their numbers are answered. Rows wait for their answers in a :class:`~.spool.Spool`
-(memory while short, disk beyond); memory holds the distinct numbers seen (the price of
-de-duplication), one pointer per number to a shared answer, and the calls in flight.
-
-Two ways in, one way through (:meth:`Engine._lookup`):
-
-- :meth:`Engine.stream`: the whole audience, read while it is looked up.
-- :meth:`Engine.read` then :meth:`Engine.lookup`: when the whole audience must be known first
-  (a shard's slice of the distinct numbers depends on how many there are, and the bulk
-  operator's ``max_invalid_ratio`` is checked before any call).
+restore input order -> write, a block of rows (:mod:`.blocks`) at a time and overlapped: calls go
+out while the audience is read, rows come out as soon as their numbers are answered, waiting in a
+:class:`~.spool.Spool` (memory while short, disk beyond). Memory holds the distinct numbers seen,
+one pointer per number to a shared answer, and the calls in flight.
 
 With ``checkpoint_at``, answers are saved in parts beside that output as calls complete, under
 a key holding the run's identity, so a retry of the same task resumes and no other run trusts them.
@@ -26,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, count, islice
 from operator import itemgetter
 from typing import Any
 
@@ -50,19 +42,19 @@ from airflow_provider_kaleyra.rcs.spool import Spool
 
 CHECKPOINT_BATCHES = 20  # batches per part file: ~10,000 numbers at 500 per call
 _NO_END = 1 << 62  # the stop of a slice whose end is not known yet
-_FROM_API = array("q", [-1])
-_STATUS = itemgetter(0)  # an answer's status  # the age of an answer that did not come from the cache
+_FROM_API = array("q", [-1])  # the age of an answer that did not come from the cache
+_STATUS = itemgetter(0)  # an answer's status
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """Checkpoint unit: planned calls of ``sizes`` over ``numbers``, and their answers as they come."""
 
     index: int
     sizes: list[int]
     numbers: list[str]
+    calls_answered: int = 0
     answers: dict[str, Answer] = field(default_factory=dict)
-    outstanding: int = 0  # calls not answered yet
 
 
 class Engine:
@@ -120,8 +112,6 @@ class Engine:
         if self.cache is not None:
             self.cache.close()  # (idempotent) answers still queued are written
 
-    # -- ways in ---------------------------------------------------------------------------
-
     def stream(self, blocks: Iterable[RowBlock]) -> Iterator[AnsweredRows]:
         """Read, look up and answer the whole audience at once (no shard)."""
         if self.shard is not None:
@@ -132,7 +122,8 @@ class Engine:
         self.stats.distinct = len(self._distinct)
 
     def read(self, blocks: Iterable[RowBlock]) -> Stats:
-        """Read the whole audience first; this shard's distinct numbers are known after."""
+        """Read the whole audience first (a shard's slice depends on the count of distinct numbers; the
+        bulk operator checks ``max_invalid_ratio`` before any call); :meth:`lookup` follows."""
         for _ in self._read(blocks):
             pass
         self._first, self._stop = shard_slice(len(self._distinct), self.shard)
@@ -154,8 +145,6 @@ class Engine:
             key = fingerprint(asked, sizes, self.checkpoint_batches, run=self.run)  # type: ignore[arg-type]
             self.checkpoint = Checkpoint(self.checkpoint_at, key)
 
-    # -- read, normalize, de-duplicate ------------------------------------------------------
-
     def _read(self, blocks: Iterable[RowBlock]) -> Iterator[list[str]]:
         """Normalize each block into the spool; yields the numbers each block saw first."""
         region = self.hook.config.default_region
@@ -168,12 +157,9 @@ class Engine:
             self._spool.put((block.raws, e164s, positions, reasons if invalid else None, top), len(e164s))
             if new:
                 yield new
-        stats = self.stats
-        stats.inputs, stats.invalid_inputs, stats.invalid_reasons = (
-            distinct.inputs,
-            distinct.invalid,
-            distinct.reasons,
-        )
+        self.stats.inputs = distinct.inputs
+        self.stats.invalid_inputs = distinct.invalid
+        self.stats.invalid_reasons = distinct.reasons
 
     def _unknown(self, blocks: Iterator[list[str]]) -> Iterator[list[str]]:
         """The distinct numbers, in order, less those the cache answers (stored at their position)."""
@@ -197,21 +183,14 @@ class Engine:
             yield [e164 for e164 in chunk if e164 not in found]
             self._advance()
 
-    # -- plan, call, keep ------------------------------------------------------------------
-
     def _chunks(self, batches: Iterable[list[str]]) -> Iterator[Chunk]:
         """Group planned batches into checkpoint chunks, in order."""
-        sizes: list[int] = []
-        numbers: list[str] = []
-        index = 0
-        for batch in batches:
-            sizes.append(len(batch))
-            numbers += batch
-            if len(sizes) == self.checkpoint_batches:
-                yield Chunk(index, sizes, numbers)
-                index, sizes, numbers = index + 1, [], []
-        if sizes:
-            yield Chunk(index, sizes, numbers)
+        batches = iter(batches)
+        for index in count():
+            group = list(islice(batches, self.checkpoint_batches))
+            if not group:
+                return
+            yield Chunk(index, [len(batch) for batch in group], list(chain.from_iterable(group)))
 
     def _lookup(self, chunks: Iterator[Chunk], total_batches: int | None) -> Iterator[AnsweredRows]:
         """Reuse saved chunks, ask for the others, keep answers as they come, give rows behind them."""
@@ -231,7 +210,6 @@ class Engine:
                     stats.chunks_resumed += 1
                     self._keep(saved.items(), chunk.index)
                     continue
-                chunk.outstanding = len(chunk.sizes)
                 waiting.append(chunk)
                 yield from split(chunk.numbers, chunk.sizes)
 
@@ -239,18 +217,22 @@ class Engine:
             for answers in answered:
                 chunk = waiting[0]
                 chunk.answers.update(answers)
-                chunk.outstanding -= 1
+                chunk.calls_answered += 1
                 self._keep(answers.items(), chunk.index)
                 progress.advance(len(answers))
-                if not chunk.outstanding:
+                if chunk.calls_answered == len(chunk.sizes):
                     self._settle(waiting.popleft())
                 yield from self._ready(final=False)
         yield from self._ready(final=True)
         if self.cache is not None:
             self.cache.close()  # every new answer written before the summary counts them
         if stats.chunks_resumed and checkpoint is not None:
-            log_args = (checkpoint.dir, stats.chunks_resumed, stats.chunks)
-            self.log.info("Resumed from %s: %s of %s chunks were already answered", *log_args)
+            self.log.info(
+                "Resumed from %s: %s of %s chunks were already answered",
+                checkpoint.dir,
+                stats.chunks_resumed,
+                stats.chunks,
+            )
 
     def _settle(self, chunk: Chunk) -> None:
         """A chunk fully answered: save it, hand its answers to the cache."""
@@ -284,8 +266,6 @@ class Engine:
             self._answered = self._answers.index(None, self._answered)
         except ValueError:
             self._answered = len(self._answers)
-
-    # -- restore order ---------------------------------------------------------------------
 
     def _ready(self, *, final: bool) -> Iterator[AnsweredRows]:
         """Every block, in input order, up to the first one holding a number not answered yet."""

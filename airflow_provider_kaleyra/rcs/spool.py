@@ -1,11 +1,9 @@
 """A first-in first-out queue of row blocks: in memory while short, on a local temp file beyond.
 
-The engine puts the blocks it has read and normalized here and its writer takes them back
-once their numbers are answered. While calls keep up, the writer follows the reader closely
-and the blocks never leave memory; when the writer falls behind (a read-first shard, a slow
-API, an audience of garbage that makes no call) blocks go to disk, so memory stays bounded
-whatever the audience. Blocks are pickled: the file is this process's own, and pickle keeps
-any input as it came (``lookup_rcs_many`` takes any object) at a fraction of JSON's cost.
+Blocks wait here until their numbers are answered: while calls keep up they never leave memory;
+when the writer falls behind (a read-first shard, a slow API, an audience that makes no call)
+they go to disk, so memory stays bounded. Pickled: the file is this process's own, and pickle
+keeps any input as it came (``lookup_rcs_many`` takes any object) at a fraction of JSON's cost.
 """
 
 from __future__ import annotations
