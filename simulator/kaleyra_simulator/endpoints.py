@@ -111,7 +111,8 @@ def answer(
     elif endpoint == "rcs_single":
         status, payload = _rcs_single(sim, match.group("number"))
     elif endpoint == "rcs_bulk":
-        status, payload = _rcs_bulk(sim, config, body)
+        # (bulk faults only on answers that arrive whole: counted faults are faults the client saw)
+        status, payload = _rcs_bulk(sim, config, body, bulk_faults=not faults & {"slow", "truncated"})
     else:
         status, payload = _soip(sim, config, (headers.get("Content-Type") or "").lower(), body)
     if status == 200 and "truncated" in faults:
@@ -147,7 +148,9 @@ def _rcs_single(sim: KaleyraSimulator, raw: str) -> tuple[int, bytes]:
     return 200, json_bytes(found)
 
 
-def _rcs_bulk(sim: KaleyraSimulator, config: SimulatorConfig, body: bytes) -> tuple[int, bytes]:
+def _rcs_bulk(
+    sim: KaleyraSimulator, config: SimulatorConfig, body: bytes, bulk_faults: bool = True
+) -> tuple[int, bytes]:
     try:
         request = json.loads(body)
     except ValueError:
@@ -176,11 +179,11 @@ def _rcs_bulk(sim: KaleyraSimulator, config: SimulatorConfig, body: bytes) -> tu
     fragments = list(unique.values())
     sim._count("numbers.rcs", len(fragments))
     rng = sim._rng
-    if config.bulk_missing and rng.random() < config.bulk_missing:
+    if bulk_faults and config.bulk_missing and rng.random() < config.bulk_missing:
         sim._count("fault.bulk_missing")
         for index in sorted(rng.sample(range(len(fragments)), max(1, len(fragments) // 20)), reverse=True):
             del fragments[index]
-    if config.bulk_extra and rng.random() < config.bulk_extra:
+    if bulk_faults and config.bulk_extra and rng.random() < config.bulk_extra:
         sim._count("fault.bulk_extra")
         extras = ("+1999" + str(rng.randint(1000000, 9999999)) for _ in range(3))
         fragments += [bulk_fragment(extra) or "" for extra in extras if extra not in unique]
