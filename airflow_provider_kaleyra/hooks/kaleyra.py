@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -196,6 +197,14 @@ class KaleyraHook(BaseHook):
         stops everything at once.
         """
         control = self.in_flight
+        ended = threading.Condition()  # notified as each call ends: no polling of every future
+        counts = [0, 0]  # calls started, calls ended
+
+        def end(_: Future[Any]) -> None:
+            with ended:
+                counts[1] += 1
+                ended.notify()
+
         with ThreadPoolExecutor(max_workers=control.cap, thread_name_prefix="kaleyra") as pool:
             pending: deque[Future[dict[str, Answer]]] = deque()
             try:
@@ -203,14 +212,16 @@ class KaleyraHook(BaseHook):
                     while True:
                         while pending and pending[0].done():
                             yield pending.popleft().result()
-                        running = [future for future in pending if not future.done()]
                         if len(pending) >= 2 * control.limit:
                             yield pending.popleft().result()
-                        elif len(running) >= control.limit:
-                            wait(running, timeout=0.05, return_when=FIRST_COMPLETED)  # the limit moves too
-                        else:
-                            break
+                            continue
+                        with ended:
+                            if counts[0] - counts[1] < control.limit:
+                                break
+                            ended.wait(0.05)  # the limit moves too
                     pending.append(pool.submit(self._answer_batch, batch))
+                    counts[0] += 1
+                    pending[-1].add_done_callback(end)
                 while pending:
                     yield pending.popleft().result()
             finally:

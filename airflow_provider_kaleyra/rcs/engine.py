@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain, count, islice
-from operator import itemgetter
+from operator import countOf, itemgetter
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -208,7 +208,7 @@ class Engine:
                     saved = checkpoint.load(chunk.index, chunk.numbers)
                 if saved is not None:
                     stats.chunks_resumed += 1
-                    self._keep(saved.items(), chunk.index)
+                    self._keep(saved, chunk.index)
                     continue
                 waiting.append(chunk)
                 yield from split(chunk.numbers, chunk.sizes)
@@ -218,7 +218,7 @@ class Engine:
                 chunk = waiting[0]
                 chunk.answers.update(answers)
                 chunk.calls_answered += 1
-                self._keep(answers.items(), chunk.index)
+                self._keep(answers, chunk.index)
                 progress.advance(len(answers))
                 if chunk.calls_answered == len(chunk.sizes):
                     self._settle(waiting.popleft())
@@ -237,7 +237,7 @@ class Engine:
     def _settle(self, chunk: Chunk) -> None:
         """A chunk fully answered: save it, hand its answers to the cache."""
         answers = chunk.answers
-        missing = [(n, failed("no answer recorded")) for n in chunk.numbers if n not in answers]
+        missing = dict.fromkeys((n for n in chunk.numbers if n not in answers), failed("no answer recorded"))
         if missing:
             self._keep(missing, chunk.index)
             answers.update(missing)
@@ -247,14 +247,18 @@ class Engine:
         if self.cache is not None:
             self.cache.add(zip(chunk.numbers, map(answers.__getitem__, chunk.numbers)))
 
-    def _keep(self, answers: Iterable[tuple[str, Answer]], chunk_index: int) -> None:
+    def _keep(self, answers: dict[str, Answer], chunk_index: int) -> None:
         """Store answers at their numbers' positions; count failures."""
-        store, seen, first = self._answers, self._distinct.seen, self._first
-        failures = 0
-        for e164, answer in answers:  # (answers are shared records: no copy per number)
-            store[seen[e164] - first] = answer
-            if answer.status == FAILED:
-                failures += 1
+        positions = list(map(self._distinct.seen.__getitem__, answers))
+        found = list(answers.values())  # (shared records: no copy per number)
+        first = positions[0] if positions else 0
+        if positions == list(range(first, first + len(positions))):  # the usual batch: one slice
+            self._answers[first - self._first : first - self._first + len(found)] = found
+        else:
+            store, first = self._answers, self._first
+            for position, answer in zip(positions, found):
+                store[position - first] = answer
+        failures = countOf(map(_STATUS, found), FAILED)
         if failures:
             self.stats.failed_numbers += failures
             self.failed_chunks.add(chunk_index)
