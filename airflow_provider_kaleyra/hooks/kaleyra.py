@@ -15,9 +15,9 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
 from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
-from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError
+from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, connection_problem
 from airflow_provider_kaleyra.client.pacing import InFlight
-from airflow_provider_kaleyra.client.transport import Transport, probe
+from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import normalize
 from airflow_provider_kaleyra.rcs.answers import (
@@ -67,18 +67,22 @@ class KaleyraHook(BaseHook):
             self.__dict__["config"] = _masked(KaleyraConfig.from_connection(conn))
         return self.config
 
-    @cached_property
-    def transport(self) -> Transport:
+    def _new_transport(self, probe: bool = False) -> Transport:
+        """The connection's transport; ``probe``: the connection test's, one unretried call."""
         cfg = self.config
-        transport = Transport(
+        return Transport(
             api_key=cfg.api_key,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-            rate_limit=cfg.rate_limit,
-            pool_size=cfg.max_concurrency,
+            timeout=min(cfg.timeout, 15.0) if probe else cfg.timeout,
+            max_retries=0 if probe else cfg.max_retries,
+            rate_limit=0 if probe else cfg.rate_limit,
+            pool_size=1 if probe else cfg.max_concurrency,
             backoff=cfg.retry_backoff,
             secrets=(cfg.callback_secret,),
         )
+
+    @cached_property
+    def transport(self) -> Transport:
+        transport = self._new_transport()
         # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
         transport.session.hooks["response"].append(self._observe_latency)
         return transport
@@ -271,10 +275,19 @@ class KaleyraHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """One single lookup, not retried; success only when a well-formed Kaleyra answer came. Never raises."""
         try:
+            cfg = self.config
             url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(_PROBE_NUMBER, safe=""))
-            return probe(self.config, url)
+            device = self._new_transport(probe=True).call("GET", url, shape=api.data_object)
+        except KaleyraApiError as exc:
+            return False, connection_problem(exc, cfg.rcs_base_url)
         except Exception as exc:  # (a connection that cannot even be read) the UI shows the message
             return False, f"{type(exc).__name__}: {exc}"
+        if answer_from_device(device).status == api.FAILED:
+            return (
+                False,
+                f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?",
+            )
+        return True, "Connection to Kaleyra works"
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
