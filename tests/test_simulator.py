@@ -28,15 +28,8 @@ from airflow_provider_kaleyra.client.api import (
     SOIP_CHECK_PATH,
     e164_key,
 )
-from kaleyra_simulator import (
-    CARRIER_STATUSES,
-    CARRIERS,
-    CallbackAuth,
-    KaleyraSimulator,
-    SimulatorConfig,
-    rcs_answer,
-    soip_answer,
-)
+from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, rcs_answer, soip_answer
+from kaleyra_simulator.answers import CARRIER_STATUSES, CARRIERS
 
 SID = "AC-TEST-SID"
 KEY = "test-api-key-0123456789"

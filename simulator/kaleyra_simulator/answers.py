@@ -1,12 +1,8 @@
-"""What the simulator answers. Per number: pure functions of its digits (blake2b), stable across processes,
-so tests and benchmarks compute the expected result of any lookup without asking. Per request:
-:func:`answer`, one request in, one answer out. Decisions Kaleyra's docs (``shared/kaleyra-api``) leave
-open: an unknown SID answers 401, like a wrong key (retrying cannot fix it); a bulk lookup with entries not
-E.164-shaped is rejected with a 400 naming them (``bulk_invalid="drop"`` omits them), and the 100..500 rule
-counts after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``); RCS error bodies carry a
-numeric ``code`` (the HTTP status), SOIP and simulator ones a string (Kaleyra has both); ``truncated``
-answers 200 with a right ``Content-Length`` but half the JSON (the connection lives).
-"""
+"""What the simulator answers: per number, pure functions of its digits (blake2b, stable across processes:
+tests and benchmarks compute the expected result of any lookup without asking); per request, :func:`answer`.
+Where Kaleyra's docs (``shared/kaleyra-api``) leave it open: an unknown SID is a 401 like a wrong key; a bulk
+lookup with entries not E.164-shaped is a 400 naming them (``bulk_invalid="drop"`` omits them), the 100..500
+rule counting after that and de-dup; a single lookup needs the ``+`` (raw or ``%2B``)."""
 
 from __future__ import annotations
 
@@ -69,9 +65,7 @@ def soip_answer(e164: str) -> bool:
 def bulk_fragment(address: str) -> str | None:
     """Pre-serialised JSON of one bulk device, or None when ``address`` is not E.164-shaped. Cached: a bulk
     answer is 500 of these, the same numbers come back in benchmarks, and the server must do >1,000 req/s."""
-    if not isinstance(address, str) or not E164_RE.match(address):
-        return None
-    return json.dumps(rcs_answer(address), separators=(",", ":"))
+    return json.dumps(rcs_answer(address), separators=(",", ":")) if E164_RE.match(address) else None
 
 
 clear_caches = bulk_fragment.cache_clear  # forget the cached answers (a test changing rcs_answer, say)
@@ -90,7 +84,7 @@ def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -
 def str_error(
     status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None
 ) -> tuple[int, bytes]:
-    """A SOIP or simulator error body: string ``code``."""
+    """A SOIP or simulator error body: string ``code``, since Kaleyra uses both forms."""
     body = {"code": code, "message": message, "data": [] if data is None else data}
     return status, json_bytes({**body, "error": detail or {"error": message}})
 

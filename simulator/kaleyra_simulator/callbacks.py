@@ -156,10 +156,8 @@ class CallbackDispatcher:
             if time.monotonic() < deadline:
                 return token
             creds, pair = {"client_id": auth.name, "client_secret": auth.value}, (auth.name, auth.value)
-            sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}[
-                auth.token_request
-            ]
-            response = session.post(url, timeout=TIMEOUT, **sent)
+            sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}
+            response = session.post(url, timeout=TIMEOUT, **sent[auth.token_request])
             response.raise_for_status()
             answer = response.json()
             token = str(answer["access_token"])
