@@ -164,8 +164,7 @@ class KaleyraSimulator(ThreadingHTTPServer):
             self._counts[key] += n
 
     def stats(self) -> dict[str, Any]:
-        """Counters: TCP connections, requests per endpoint, responses per status, 429s, faults, numbers,
-        callbacks, and the advanced-auth tokens fetched."""
+        """Counters, zeros included: connections, requests, responses, 429s, faults, callbacks, tokens..."""
         with self._lock:
             c = dict(self._counts)
 
