@@ -22,7 +22,7 @@ from common import (
 )
 from inputs import valid_e164_numbers
 
-from kaleyra_simulator import DEFAULT_API_KEY, DEFAULT_SID
+from kaleyra_simulator.config import DEFAULT_API_KEY, DEFAULT_SID
 from kaleyra_simulator.harness import simulator_process
 
 

@@ -179,7 +179,7 @@ def main() -> int:
         return 0
     from airflow_provider_kaleyra.preflight.prepare import write_sample_audience
     from airflow_provider_kaleyra.utils.storage import as_path
-    from kaleyra_simulator import DEFAULT_API_KEY, DEFAULT_SID
+    from kaleyra_simulator.config import DEFAULT_API_KEY, DEFAULT_SID
 
     print(machine())
     with tempfile.TemporaryDirectory(prefix="kaleyra-preflight-bench-") as tmp:

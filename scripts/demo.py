@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig
 
     callback_auth = {
-        "header": CallbackAuth.header("X-Kaleyra-Secret", SECRET),
-        "basic": CallbackAuth.basic("kaleyra", SECRET),
-        "advanced": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET),
+        "header": CallbackAuth("header", "X-Kaleyra-Secret", SECRET),
+        "basic": CallbackAuth("basic", "kaleyra", SECRET),
+        "advanced": CallbackAuth("advanced", CLIENT_ID, CLIENT_SECRET),
     }[args.callback_auth]
 
     store_url = f"sqlite:///{home / 'kaleyra-callbacks.db'}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kaleyra_simulator import generate_audience_rows
+from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 CAMPAIGN = "example_kaleyra_campaign_preflight"

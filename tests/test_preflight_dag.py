@@ -7,7 +7,7 @@ import json
 import re
 import textwrap
 
-from kaleyra_simulator import generate_audience_rows
+from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
 
 pytest_plugins = ["conftest_airflow"]
 

@@ -28,15 +28,8 @@ from airflow_provider_kaleyra.client.api import (
     SOIP_CHECK_PATH,
     e164_key,
 )
-from kaleyra_simulator import (
-    CARRIER_STATUSES,
-    CARRIERS,
-    CallbackAuth,
-    KaleyraSimulator,
-    SimulatorConfig,
-    rcs_answer,
-    soip_answer,
-)
+from kaleyra_simulator import CallbackAuth, KaleyraSimulator, SimulatorConfig, rcs_answer, soip_answer
+from kaleyra_simulator.answers import CARRIER_STATUSES, CARRIERS
 
 SID = "AC-TEST-SID"
 KEY = "test-api-key-0123456789"
@@ -482,8 +475,8 @@ def test_config_validation():
         SimulatorConfig(reset=1.5)
     with pytest.raises(ValueError):
         SimulatorConfig(bulk_invalid="ignore")
-    assert SimulatorConfig(callback_auth="header:X-Token:abc").callback_auth == CallbackAuth.header(
-        "X-Token", "abc"
+    assert SimulatorConfig(callback_auth="header:X-Token:abc").callback_auth == CallbackAuth(
+        "header", "X-Token", "abc"
     )
     assert "test-api-key" not in repr(SimulatorConfig())
 
@@ -552,7 +545,7 @@ NUMBERS = ["919876543210", "919876543211", "919876543212"]
 
 def test_callbacks_json_with_basic_auth_after_delay(make_simulator, receiver):
     sim = make_simulator(
-        callback_url=receiver.url, callback_delay=0.3, callback_auth=CallbackAuth.basic("kal", "s3cret")
+        callback_url=receiver.url, callback_delay=0.3, callback_auth=CallbackAuth("basic", "kal", "s3cret")
     )
     sent_at = time.monotonic()
     response = requests.post(
@@ -686,16 +679,16 @@ def test_cli_flags_are_derived_from_every_config_field():
     import argparse
     import dataclasses
 
-    from kaleyra_simulator.config import FAULT_KINDS, add_arguments, config_from_args
+    from kaleyra_simulator.config import FAULT_KINDS, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert config_from_args(parser.parse_args([])) == SimulatorConfig()
+    assert SimulatorConfig(**vars(parser.parse_args([]))) == SimulatorConfig()
     args = ["--error-5xx", "0.25", "--no-retry-after", "--rcs-disabled", "--seed", "7"]
     args += ["--callback-auth", "header:X-Secret:s3", "--bulk-invalid", "drop", "--rate-limit", "20"]
-    config = config_from_args(parser.parse_args(args))
+    config = SimulatorConfig(**vars(parser.parse_args(args)))
     assert (config.error_5xx, config.retry_after, config.rcs_disabled, config.seed) == (0.25, False, True, 7)
-    assert config.callback_auth == CallbackAuth.header("X-Secret", "s3")
+    assert config.callback_auth == CallbackAuth("header", "X-Secret", "s3")
     assert (config.bulk_invalid, config.rate_limit) == ("drop", 20.0)
     assert {f.name for f in dataclasses.fields(SimulatorConfig)} == set(vars(parser.parse_args([])))
     assert FAULT_KINDS == (

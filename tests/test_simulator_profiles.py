@@ -43,11 +43,11 @@ def _numbers(start: int, n: int) -> list[str]:
 
 
 AUTHS = {
-    "header": CallbackAuth.header("X-Kaleyra-Secret", SECRET),
-    "basic": CallbackAuth.basic("kaleyra", SECRET),
-    "advanced": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET),
+    "header": CallbackAuth("header", "X-Kaleyra-Secret", SECRET),
+    "basic": CallbackAuth("basic", "kaleyra", SECRET),
+    "advanced": CallbackAuth("advanced", CLIENT_ID, CLIENT_SECRET),
     "advanced-form": CallbackAuth.parse(f"advanced-form:{CLIENT_ID}:{CLIENT_SECRET}"),
-    "advanced-basic": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET, "basic"),
+    "advanced-basic": CallbackAuth("advanced", CLIENT_ID, CLIENT_SECRET, "basic"),
 }
 MODES = [
     ("header", "json", "POST"),

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from kaleyra_simulator.config import add_arguments, config_from_args
+from kaleyra_simulator.config import SimulatorConfig, add_arguments
 from kaleyra_simulator.server import KaleyraSimulator
 
 
@@ -16,10 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser("kaleyra-simulator", description="A local Kaleyra RCS and SOIP API.")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    options = vars(parser.parse_args(argv))
+    level = options.pop("log_level").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        config = config_from_args(args)
+        config = SimulatorConfig(**options)
     except ValueError as exc:
         parser.error(str(exc))
     stop = {signal.SIGINT, signal.SIGTERM}

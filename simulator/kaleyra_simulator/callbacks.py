@@ -1,8 +1,7 @@
 """SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request path,
 after the configured delay, with a few retries (later, maybe twice, maybe never). Every body type (JSON, XML,
 form, text), GET with the fields in the query, and every authentication: Basic, one header, or advanced (a
-token fetched with the client ID and secret, kept until it expires, fetched again when it does or is refused).
-"""
+token fetched with the client ID and secret, kept until it expires, fetched anew if it does or is refused)."""
 
 from __future__ import annotations
 
@@ -156,10 +155,8 @@ class CallbackDispatcher:
             if time.monotonic() < deadline:
                 return token
             creds, pair = {"client_id": auth.name, "client_secret": auth.value}, (auth.name, auth.value)
-            sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}[
-                auth.token_request
-            ]
-            response = session.post(url, timeout=TIMEOUT, **sent)
+            sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}
+            response = session.post(url, timeout=TIMEOUT, **sent[auth.token_request])
             response.raise_for_status()
             answer = response.json()
             token = str(answer["access_token"])

@@ -29,18 +29,6 @@ class CallbackAuth:
             raise ValueError(f"token_request must be json, form or basic, got {self.token_request!r}")
 
     @classmethod
-    def basic(cls, user: str, password: str) -> CallbackAuth:
-        return cls("basic", user, password)
-
-    @classmethod
-    def header(cls, name: str, value: str) -> CallbackAuth:
-        return cls("header", name, value)
-
-    @classmethod
-    def advanced(cls, client_id: str, client_secret: str, token_request: str = "json") -> CallbackAuth:
-        return cls("advanced", client_id, client_secret, token_request)
-
-    @classmethod
     def parse(cls, spec: str) -> CallbackAuth:
         """Parse ``basic:USER:PASSWORD``, ``header:NAME:VALUE`` or ``advanced[-form|-basic]:ID:SECRET``."""
         kind, name, value = spec.split(":", 2) if spec.count(":") >= 2 else ("", "", "")
@@ -58,8 +46,7 @@ def _knob(default: Any, help: str, **metadata: Any) -> Any:
 class SimulatorConfig:
     """Every knob of the simulator. Probabilities are per request, in [0, 1]; no number is negative."""
 
-    host: str = _knob("127.0.0.1", "address to bind")
-    port: int = _knob(0, "0 picks a free port (default)")
+    port: int = _knob(0, "port on 127.0.0.1; 0 picks a free one (default)")
     sid: str = _knob(DEFAULT_SID, "account SID expected in the paths")
     api_key: str = field(default=DEFAULT_API_KEY, repr=False, metadata={"help": "expected api-key header"})
     latency: float = _knob(0.0, "seconds added to every API request")
@@ -129,9 +116,8 @@ def simulator_connection(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`SimulatorConfig` field (``--error-5xx``; booleans ``--rcs-disabled``
-    or, when on by default, ``--no-retry-after``), so a new knob is a flag with no more code.
-    """
+    """One flag per :class:`SimulatorConfig` field (``--error-5xx``; booleans ``--rcs-disabled``, or
+    ``--no-retry-after`` when on by default): ``SimulatorConfig(**vars(args))`` reads them back."""
     faults = parser.add_argument_group("fault injection (probabilities per request, 0..1)")
     for f in dataclasses.fields(SimulatorConfig):
         group = faults if f.metadata.get("fault") or f.name in ("slow_seconds", "seed") else parser
@@ -144,8 +130,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(f.type.split(" | ")[0], str)  # anything else is text
             choices = f.metadata.get("choices")
             group.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices, help=help)
-
-
-def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
-    """The :class:`SimulatorConfig` that flags added by :func:`add_arguments` describe."""
-    return SimulatorConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SimulatorConfig)})

@@ -19,9 +19,6 @@ from typing import Any
 import psutil
 import requests
 
-RECEIVER_SECRET_ENV = "KALEYRA_HARNESS_SECRET"
-RECEIVER_CLIENT_SECRET_ENV = "KALEYRA_HARNESS_CLIENT_SECRET"
-
 
 def free_port() -> int:
     """A port nothing listens on now (127.0.0.1)."""
@@ -119,12 +116,12 @@ def start_receiver(
     once it is healthy. ``capture``: its output goes to ``proc.stdout``, else nowhere."""
     port = free_port()
     command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--store-url", store_url, "--secret-env", RECEIVER_SECRET_ENV]
+    command += ["--store-url", store_url, "--secret-env", "KALEYRA_HARNESS_SECRET"]
     command += ["--log-level", "warning", "--workers", str(workers)]
-    env = {**os.environ, RECEIVER_SECRET_ENV: secret}
+    env = {**os.environ, "KALEYRA_HARNESS_SECRET": secret}
     if client is not None:
-        command += ["--client-id", client[0], "--client-secret-env", RECEIVER_CLIENT_SECRET_ENV]
-        env[RECEIVER_CLIENT_SECRET_ENV] = client[1]
+        command += ["--client-id", client[0], "--client-secret-env", "KALEYRA_HARNESS_CLIENT_SECRET"]
+        env["KALEYRA_HARNESS_CLIENT_SECRET"] = client[1]
     proc = subprocess.Popen(
         [sys.executable, *command],
         env=env,

@@ -1,5 +1,5 @@
 """A local, deterministic stand-in for the Kaleyra RCS and SOIP APIs: the HTTP plumbing, the counters and
-:class:`KaleyraSimulator` (what each request is answered is :mod:`.endpoints`). Why: the provider must be
+:class:`KaleyraSimulator` (what each request is answered is :mod:`.answers`). Why: the provider must be
 tested and benchmarked over real HTTP (pooling, throttling, failures) without touching Kaleyra."""
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kaleyra_simulator.answers import str_error
+from kaleyra_simulator.answers import TokenBucket, answer, str_error
 from kaleyra_simulator.callbacks import CallbackDispatcher
 from kaleyra_simulator.config import FAULT_KINDS, SimulatorConfig, simulator_connection
-from kaleyra_simulator.endpoints import TokenBucket, answer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     timeout = 120  # idle keep-alive connections are closed after this
-    server: _HTTPServer
+    server: KaleyraSimulator
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -60,7 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
         head += [f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
         head += ["Connection: close"] if self.close_connection else []
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        self.server.sim._count(f"status.{status}")
+        self.server._count(f"status.{status}")
 
     def _dispatch(self) -> None:
         method, path = self.command, urllib.parse.urlsplit(self.path).path
@@ -70,10 +69,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._send(*str_error(413, "413", "Request body too large or malformed"))
         try:
-            reply = answer(self.server.sim, method, path, self.headers, body)
+            reply = answer(self.server, method, path, self.headers, body)
         except Exception:  # the simulator must never hang a client on its own bug
             log.exception("Simulator error on %s %s", method, path)
-            reply = (*str_error(500, "SIM500", "Simulator internal error"), None)
+            reply = str_error(500, "SIM500", "Simulator internal error")
         if reply is None:  # the reset fault: close with RST (SO_LINGER 0), as a flaky load balancer would
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -83,28 +82,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class KaleyraSimulator(ThreadingHTTPServer):
+    """A simulator on 127.0.0.1 (bound at creation): ``with KaleyraSimulator(SimulatorConfig()) as sim:
+    requests.get(sim.url + ...)``. :meth:`configure` changes its ``config`` (and renews the rate limit and
+    the fault seed)."""
+
     request_queue_size = 512  # the default 5 drops SYNs when a client pool opens many connections at once
-    sim: KaleyraSimulator
-    open: set[socket.socket]  # to wake the handler threads of idle keep-alive connections at stop()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self.open.add(request)
-        self.sim._count("connections")
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        self.open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up (timeouts, resets) are normal here: no traceback on stderr."""
-        log.debug("Connection from %s ended", client_address, exc_info=True)
-
-
-class KaleyraSimulator:
-    """A running simulator: ``with KaleyraSimulator(SimulatorConfig()) as sim: requests.get(sim.url + ...)``.
-    Change its ``config`` with :meth:`configure` (which also renews the rate limit and the fault seed)."""
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
@@ -112,29 +95,28 @@ class KaleyraSimulator:
         self._lock = threading.Lock()  # of the counters and the config
         self._rng = random.Random(self.config.seed)  # one for all threads: a seed replays the faults
         self._bucket = TokenBucket(self.config.rate_limit)
-        self._server: _HTTPServer | None = None
         self._callbacks = CallbackDispatcher(self._count)
+        self._open: set[socket.socket] = set()  # to wake the threads of idle keep-alive connections at stop()
+        self._serving = False
+        super().__init__(("127.0.0.1", self.config.port), _Handler)
 
     def start(self) -> KaleyraSimulator:
-        """Bind (port 0 = a free port) and serve from a background thread."""
-        if self._server is None:
-            self._server = _HTTPServer((self.config.host, self.config.port), _Handler)
-            self._server.sim, self._server.open = self, set()
-            self._callbacks = CallbackDispatcher(self._count)
-            threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True).start()
+        """Serve from a background thread."""
+        if not self._serving:
+            self._serving = True
+            threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
             log.info("Kaleyra simulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop serving, drop open connections and pending callbacks."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            for sock in list(server.open):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            self._callbacks.stop()
+        if self._serving:
+            self.shutdown()
+        self.server_close()
+        for sock in list(self._open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._callbacks.stop()
 
     def __enter__(self) -> KaleyraSimulator:
         return self.start()
@@ -142,12 +124,23 @@ class KaleyraSimulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._open.add(request)
+        self._count("connections")
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, resets) are normal here: no traceback on stderr."""
+        log.debug("Connection from %s ended", client_address, exc_info=True)
+
     @property
     def url(self) -> str:
         """Base URL for both ``rcs_base_url`` and ``soip_base_url``."""
-        if self._server is None:
-            raise RuntimeError("simulator is not running")
-        return f"http://{self.config.host}:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.server_port}"
 
     def connection_json(self, **extra: Any) -> str:
         """An ``AIRFLOW_CONN_<ID>`` to this simulator (its SID and key): see :func:`simulator_connection`."""
@@ -155,9 +148,9 @@ class KaleyraSimulator:
         return json.dumps(simulator_connection(self.url, sid=sid, api_key=key, **extra))
 
     def configure(self, **changes: Any) -> SimulatorConfig:
-        """Change knobs at runtime (host/port excluded); new requests see the new config."""
-        if {"host", "port"} & changes.keys():
-            raise ValueError("host and port cannot change while running")
+        """Change knobs at runtime (the port excluded); new requests see the new config."""
+        if "port" in changes:
+            raise ValueError("the port cannot change while running")
         with self._lock:
             self.config = dataclasses.replace(self.config, **changes)
             if "rate_limit" in changes:
@@ -171,8 +164,7 @@ class KaleyraSimulator:
             self._counts[key] += n
 
     def stats(self) -> dict[str, Any]:
-        """Counters: TCP connections, requests per endpoint, responses per status, 429s, faults, numbers,
-        callbacks, and the advanced-auth tokens fetched."""
+        """Counters, zeros included: connections, requests, responses, 429s, faults, callbacks, tokens..."""
         with self._lock:
             c = dict(self._counts)
 

@@ -88,7 +88,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         SimulatorConfig(
             latency=0.01,
             callback_url=f"{deployment.url}/kaleyra/soip/callback",
-            callback_auth=CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+            callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", CALLBACK_SECRET),
             callback_delay=10.0,  # later than the sensor's first look: it has to defer
         )
     ).start()
@@ -255,10 +255,10 @@ def test_soip_check_with_each_callback_profile_mode(
 ) -> None:
     simulator = deployment.simulator  # type: ignore[attr-defined]
     credentials = {
-        "header": CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
-        "basic": CallbackAuth.basic("kaleyra", CALLBACK_SECRET),
-        "advanced": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET),
-        "advanced-basic": CallbackAuth.advanced(CLIENT_ID, CLIENT_SECRET, "basic"),
+        "header": CallbackAuth("header", "X-Kaleyra-Secret", CALLBACK_SECRET),
+        "basic": CallbackAuth("basic", "kaleyra", CALLBACK_SECRET),
+        "advanced": CallbackAuth("advanced", CLIENT_ID, CLIENT_SECRET),
+        "advanced-basic": CallbackAuth("advanced", CLIENT_ID, CLIENT_SECRET, "basic"),
     }[auth]
     spread = CALLBACK_SPREAD if auth.startswith("advanced") else 0.0
     simulator.configure(
@@ -281,7 +281,7 @@ def test_soip_check_with_each_callback_profile_mode(
             assert simulator.stats()["callback_tokens"] - tokens_before >= 2
     finally:
         simulator.configure(
-            callback_auth=CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+            callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", CALLBACK_SECRET),
             callback_body="json",
             callback_method="POST",
             callback_spread=0.0,

@@ -25,12 +25,8 @@ from airflow_deployment import PostgresDatabase
 from celery_deployment import BUCKET, S3_CONN_ID, CeleryDeployment, Redis, S3Server, wait_for_workers
 
 from airflow_provider_kaleyra.numbers.normalize import normalize
-from kaleyra_simulator import (
-    KaleyraSimulator,
-    SimulatorConfig,
-    generate_audience_rows,
-    rcs_answer,
-)
+from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
+from kaleyra_simulator import KaleyraSimulator, SimulatorConfig, rcs_answer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

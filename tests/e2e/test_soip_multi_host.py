@@ -90,7 +90,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDepl
         SimulatorConfig(
             latency=0.005,
             callback_url=f"{deployment.url}/kaleyra/soip/callback",
-            callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET),
+            callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", SECRET),
             callback_delay=5.0,  # later than the sensor's first look: it has to defer
         )
     ).start()

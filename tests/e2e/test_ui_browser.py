@@ -90,7 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SignedInDe
             SimulatorConfig(
                 latency=0.01,
                 callback_url=f"{deployment.url}/kaleyra/soip/callback",
-                callback_auth=CallbackAuth.header("X-Kaleyra-Secret", CALLBACK_SECRET),
+                callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", CALLBACK_SECRET),
                 callback_delay=2.0,
             )
         ).start()

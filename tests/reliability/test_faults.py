@@ -18,7 +18,8 @@ import pytest
 from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-from kaleyra_simulator import FAULT_KINDS, rcs_answer
+from kaleyra_simulator import rcs_answer
+from kaleyra_simulator.config import FAULT_KINDS
 from kaleyra_simulator.harness import free_port
 
 AREAS = (212, 310, 415, 646, 702, 213, 305, 512, 617, 720)

@@ -69,7 +69,7 @@ def test_no_secret_in_logs_xcom_templates_errors_or_reprs(
     callback_url, store_url = receiver
     sim = secret_simulator(
         callback_url=callback_url,
-        callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET_CALLBACK),
+        callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", SECRET_CALLBACK),
         error_5xx=0.15,
         reset=0.05,
         rate_429=0.05,
@@ -256,7 +256,7 @@ def test_no_secret_in_airflow_task_logs_xcom_table_or_rendered_fields(
     callback_url, store_url = receiver
     sim = secret_simulator(
         callback_url=callback_url,
-        callback_auth=CallbackAuth.header("X-Kaleyra-Secret", SECRET_CALLBACK),
+        callback_auth=CallbackAuth("header", "X-Kaleyra-Secret", SECRET_CALLBACK),
         error_5xx=0.1,
         seed=11,
     )
