@@ -1,10 +1,7 @@
-"""Step 3 of a preflight: one channel per audience row (:func:`decide`), and the per-channel lists.
-
-``channel`` is ``rcs``, ``soip``, ``sms`` or ``none``, with a ``reason`` (the README tables them).
-Every list keeps every column of the audience row, then ``e164``, ``channel`` and ``reason``, in the
-audience's order. Memory stays bounded: the answers and the rows' numbers are spread over
-temporary files by number (about 60 bytes of local disk per row, under ``TMPDIR``), and each
-part is decided alone (4 bytes per row remember each decision).
+"""Step 3 of a preflight: one channel per audience row (:func:`decide`; the README tables the reasons),
+and the four lists: every audience column, then ``e164``, ``channel``, ``reason``, in the audience's order.
+Memory stays bounded: the answers and the rows' numbers are spread over temporary files by number
+(about 60 bytes of local disk per row, under ``TMPDIR``), each part decided alone (4 bytes per row).
 """
 
 from __future__ import annotations
@@ -39,10 +36,8 @@ def rcs_answers(outputs: Iterable[ObjectStoragePath]) -> Iterator[tuple[str, Ans
     for path in outputs:
         for record in read_results(files.require(path, "rcs_lookup")):
             if record.get("e164"):
-                answer = Answer(
-                    record["status"] or FAILED, record.get("carrier_id"), None, record.get("error")
-                )
-                yield record["e164"], answer
+                status = record["status"] or FAILED
+                yield record["e164"], Answer(status, record.get("carrier_id"), None, record.get("error"))
 
 
 def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]) -> Iterator[str]:
@@ -100,10 +95,7 @@ class _Decisions:
         self.codes = array("I", [0]) * rows  # per row (4 bytes): an index into ``self.table``
         self.table: dict[tuple[str, str], int] = {}  # each distinct decision -> its code
         self.numbers: Counter[str] = Counter()  # distinct numbers by channel
-        self.rates = {
-            "carriers": (Counter[str](), Counter[str]()),
-            "countries": (Counter[str](), Counter[str]()),
-        }
+        self.rates = {key: (Counter[str](), Counter[str]()) for key in ("carriers", "countries")}
         self.answered = 0
 
     def decide_partition(self, lines: Iterable[list[str]]) -> None:
@@ -142,12 +134,8 @@ def write_channel_lists(
     asked: ObjectStoragePath | None = None,
     outcomes: ObjectStoragePath | None = None,
 ) -> ChannelResult:
-    """Decide every row of ``work/rows.csv`` and write the four lists; returns the counts for the report.
-
-    :param outputs: the RCS shards' outputs.
-    :param asked: the numbers the SOIP leg asked about (``None``: the leg did not run).
-    :param outcomes: the callback sensor's per-number answers.
-    """
+    """Decide every row of ``work/rows.csv`` from the RCS shards' ``outputs``, the numbers the SOIP leg
+    ``asked`` about (``None``: it did not run) and their ``outcomes``; write the lists, count for the report."""
     rows_path = files.require(run_dir / files.ROWS, "prepare")
     with files.Partitions("kaleyra-channels-") as parts:
         writers = [csv.writer(handle) for handle in parts.handles]

@@ -1,8 +1,7 @@
 """The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
 
 ``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
-(the SOIP leg may be skipped). Tasks hand each other typed records (:mod:`.records`): locations and
-counts, never a number. The four channel lists are ``channels``' outlets (Airflow Assets).
+(the SOIP leg may be skipped); the tasks hand each other typed records (:mod:`.records`), never a number.
 """
 
 from __future__ import annotations
@@ -68,9 +67,8 @@ def kaleyra_preflight(
 ) -> TaskGroup:
     """Add a campaign preflight to the current DAG; returns its task group.
 
-    ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count``
-    and ``soip`` take plain values, XComArgs, or templates; templates of non-text settings need the
-    DAG's ``render_template_as_native_obj=True``.
+    ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count`` and
+    ``soip`` take values, XComArgs or templates (non-text: with ``render_template_as_native_obj=True``).
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
     :param output: folder of the runs (``<output>/<run id>/``); the default, ``file://<AIRFLOW_HOME>/
@@ -96,10 +94,7 @@ def kaleyra_preflight(
             storage: str | None,
             shards: int,
         ) -> list[Shard]:
-            """Read the audience once, normalize each row once, write each shard's numbers file.
-
-            Returns the shards (mapped over); the :class:`PreparedRun` goes to XCom key ``prepared``.
-            """
+            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``."""
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
@@ -148,23 +143,17 @@ def kaleyra_preflight(
 
         @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0, multiple_outputs=False)
         def channels(prepared: PreparedRun, leg: SoipLeg | None) -> ChannelResult:
-            """One channel per row; the four lists, keeping every audience column.
-
-            The SOIP wait writes what arrived even when it timed out (and was skipped), so the
-            numbers asked and their answers are read from files only.
-            """
+            """The four lists. The SOIP wait writes what arrived even when it timed out (skipped), so
+            the numbers asked and their answers are read from files only."""
             storage = prepared["storage_conn_id"]
             result = ch.write_channel_lists(
                 as_path(prepared["run_dir"], storage),
                 [as_path(s["output"], storage) for s in prepared["shards"]],
                 *(as_path(leg[key], storage) if leg else None for key in ("audience", "results")),
             )
-            outlet_events = get_current_context()["outlet_events"]
-            for channel, asset in assets.items():
-                outlet_events[asset].extra = {
-                    "location": result["lists"][channel],
-                    "rows": result["rows"][channel],
-                }
+            events = get_current_context()["outlet_events"]
+            for c, asset in assets.items():
+                events[asset].extra = {"location": result["lists"][c], "rows": result["rows"][c]}
             print(f"channels by row: {result['rows']}")
             return result
 
