@@ -134,8 +134,8 @@ def write_channel_lists(
     asked: ObjectStoragePath | None = None,
     outcomes: ObjectStoragePath | None = None,
 ) -> ChannelResult:
-    """Decide every row of ``work/rows.csv`` from the RCS shards' ``outputs``, the numbers the SOIP leg
-    ``asked`` about (``None``: it did not run) and their ``outcomes``; write the lists, count for the report."""
+    """Decide every row of ``work/rows.csv`` from the RCS shards' ``outputs``, the numbers the SOIP
+    leg ``asked`` (``None``: it did not run) and their ``outcomes``; write the lists, count for the report."""
     rows_path = files.require(run_dir / files.ROWS, "prepare")
     with files.Partitions("kaleyra-channels-") as parts:
         writers = [csv.writer(handle) for handle in parts.handles]

@@ -1,8 +1,6 @@
-"""Countries: of an E.164 number (cheap, no parse), and of a CRM export's country field.
-
-CRM exports carry a country beside national numbers as an ISO code (``US``, ``in``), an English
-name (``India``, ``United States``, ``USA``) or a calling code (``+91``, ``44``);
-:func:`region_for` reads all three, so a mixed audience is read right row by row.
+"""Countries: of an E.164 number (cheap, no parse), and of a CRM export's country field, which
+:func:`region_for` reads as an ISO code (``US``, ``in``), an English name (``India``, ``USA``) or a
+calling code (``+91``, ``44``), so a mixed audience is read right row by row.
 """
 
 from __future__ import annotations
@@ -16,20 +14,12 @@ UNKNOWN = "??"
 _ALIASES = {"usa": "US", "united states of america": "US", "uk": "GB", "great britain": "GB", "uae": "AE"}
 
 
-@cache
-def _region_by_calling_code() -> dict[str, str]:
-    return {
-        str(code): regions[0] for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items() if regions
-    }
-
-
 def region_of(e164: str) -> str:
     """ISO region of an E.164 number from its calling code. +1 reads as ``US``."""
-    codes = _region_by_calling_code()
     for length in (1, 2, 3):
-        region = codes.get(e164[1 : 1 + length])
-        if region:
-            return region
+        code = e164[1 : 1 + length]
+        if code.isdigit() and (regions := phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(code))):
+            return regions[0]
     return UNKNOWN
 
 
