@@ -14,12 +14,12 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import phonenumbers
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import ChannelResult
-from airflow_provider_kaleyra.preflight.regions import region_of
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
 from airflow_provider_kaleyra.rcs.outputs import read_results
 
@@ -29,6 +29,15 @@ CHANNELS = (RCS, SOIP, SMS, NONE)
 LIST_NAMES = {RCS: "rcs.csv", SOIP: "soip.csv", SMS: "sms.csv", NONE: "invalid.csv"}
 SOIP_CAPABLE, SOIP_NOT_CAPABLE = "capable", "not_capable"
 _ANSWER, _ASKED, _OUTCOME, _ROW = "a", "q", "o", "r"  # the kinds of line in a partition file
+
+
+def region_of(e164: str) -> str:
+    """ISO region of an E.164 number from its calling code (cheap, no parse); +1 reads as ``US``."""
+    for length in (1, 2, 3):
+        code = e164[1 : 1 + length]
+        if code.isdigit() and (regions := phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(code))):
+            return regions[0]
+    return "??"
 
 
 def rcs_answers(outputs: Iterable[ObjectStoragePath]) -> Iterator[tuple[str, Answer]]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import cache, lru_cache
 from itertools import islice
 
+import phonenumbers
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.numbers.audience import column_index, open_audience  # the one reader
@@ -19,13 +21,34 @@ from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
-from airflow_provider_kaleyra.preflight.regions import region_for
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
 
 EXAMPLES = 3
 WARN_RATIO = 0.05  # more rows than this read with the default region: say so in the task log
 UNKNOWN_COUNTRY = "unknown country in the region column"
+# Names CRM exports use that are not the CLDR English names
+_ALIASES = {"usa": "US", "united states of america": "US", "uk": "GB", "great britain": "GB", "uae": "AE"}
+
+
+@cache
+def _region_by_name() -> dict[str, str]:
+    from babel import Locale  # a dependency of the Airflow task SDK; CLDR's English country names
+
+    names = {name.casefold(): code for code, name in Locale("en").territories.items() if len(code) == 2}
+    return {**names, **_ALIASES}
+
+
+@lru_cache(maxsize=1024)  # a country column holds few values; a wrong column, many
+def region_for(field: str) -> str | None:
+    """The ISO region a CRM export's country field names (an ISO code, an English name or a calling
+    code), or ``None`` when it names none phonenumbers knows."""
+    text = field.strip()
+    if text.lstrip("+").isdigit():
+        region = phonenumbers.region_code_for_country_code(int(text.lstrip("+")))
+        return None if region == phonenumbers.UNKNOWN_REGION else region
+    region = text.upper() if len(text) == 2 else _region_by_name().get(" ".join(text.casefold().split()))
+    return region if region in phonenumbers.SUPPORTED_REGIONS else None
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
