@@ -7,7 +7,6 @@ Memory stays bounded: the answers and the rows' numbers are spread over temporar
 from __future__ import annotations
 
 import csv
-import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -60,13 +59,9 @@ def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]
 
 def soip_outcomes(path: ObjectStoragePath | None) -> Iterator[tuple[str, str]]:
     """``(e164, outcome)`` from the callback sensor's JSON Lines (written on success and on timeout)."""
-    if path is None or not path.exists():
-        return
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                entry = json.loads(line)
-                yield str(entry.get("number", "")), str(entry.get("outcome", "missing"))
+    if path is not None and path.exists():
+        for entry in read_results(path):
+            yield str(entry.get("number", "")), str(entry.get("outcome", "missing"))
 
 
 def decide(

@@ -1,9 +1,6 @@
-"""Step 1 of a preflight: read the audience once, normalize every row once, write each shard's numbers.
-
-Writes, under the run folder, ``work/rows.csv`` (every audience row, all its columns, then its E.164
-number, empty when invalid, and the reason it is invalid: the channel step reads it instead of
-normalizing again) and one ``work/numbers_NNN.csv`` per RCS shard (its distinct valid numbers).
-Memory stays bounded: the valid numbers are de-duplicated one :class:`~.files.Partitions` part at a time.
+"""Step 1 of a preflight: read the audience once, normalize every row once (``work/rows.csv``: every
+audience row, then its E.164 number and why it is invalid, so the channel step does not normalize again),
+write each RCS shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time.
 """
 
 from __future__ import annotations
@@ -118,10 +115,8 @@ def prepare_audience(
 ) -> PreparedRun:
     """Normalize and de-duplicate ``audience``; returns the counts (no number) and the shard plan.
 
-    :param region: ISO country for numbers written without a country code (the connection's
-        ``default_region``); ``None``: such numbers are invalid.
-    :param region_column: a column naming each row's country (ISO code, English name or calling
-        code), used instead of ``region`` for that row's national number.
+    :param region: ISO country of numbers without a country code (``None``: they are invalid).
+    :param region_column: a column naming each row's country (:func:`region_for`), used instead of ``region``.
     :raises ValueError: the audience is empty or has no ``column`` (or ``region_column``).
     :raises FileNotFoundError: the audience is not there.
     """
