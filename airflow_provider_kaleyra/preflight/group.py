@@ -139,7 +139,7 @@ def kaleyra_preflight(
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
             print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")
-            return {"audience": str(target), "numbers": numbers, "results": str(run_dir / files.SOIP_RESULTS)}
+            return {"audience": str(target), "results": str(run_dir / files.SOIP_RESULTS)}
 
         @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0, multiple_outputs=False)
         def channels(prepared: PreparedRun, leg: SoipLeg | None) -> ChannelResult:
@@ -159,27 +159,25 @@ def kaleyra_preflight(
 
         shards = prepare(audience, output, column, region_column, storage_conn_id, shard_count)
         prepared = XComArg(shards.operator, key=PREPARED)  # (a list is mapped over; this record is not)
+        # the RCS shards and the SOIP check call Kaleyra with prepare's E.164 numbers
+        e164_api = {"kaleyra_conn_id": kaleyra_conn_id, "column": files.E164, "e164_input": True}
         lookups = KaleyraRcsBulkLookupOperator.partial(
             task_id="rcs_lookup",
-            kaleyra_conn_id=kaleyra_conn_id,
-            column=files.E164,
-            e164_input=True,
             max_failed_ratio=max_failed_ratio,
             checkpoint_batches=checkpoint_batches,
             retries=retries,
+            **e164_api,
             **({"pool": pool} if pool else {}),
         ).expand_kwargs(shards)
         leg = soip_candidates(prepared, soip, soip_regions)
         lookups >> leg
         check = KaleyraSoipCapabilityCheckOperator(
             task_id="soip_check",
-            kaleyra_conn_id=kaleyra_conn_id,
             audience=leg["audience"],
-            column=files.E164,
-            e164_input=True,
             storage_conn_id=storage_conn_id,
             callback_profile_id=callback_profile_id,
             retries=retries,
+            **e164_api,
         )
         wait = KaleyraSoipCallbackSensor(
             task_id="soip_wait",

@@ -163,13 +163,12 @@ def _sections(
         ["distinct valid numbers", f"{counts['distinct']:,}", ""],
     ]
     yield "Audience", ["", "count", "share"], audience, ""
-    read_as = []
-    if national := summary.get("national"):  # (summaries of runs before it was counted have none)
-        read_as = [
-            of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
-            *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
-            *(["example (masked)", example, ""] for example in national["examples"]),
-        ]
+    national = summary["national"]
+    read_as = [
+        of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
+        *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
+        *(["example (masked)", example, ""] for example in national["examples"]),
+    ]
     yield "Numbers without a country code", ["", "rows", "share"], read_as, ""
     why = ["channel", "why", "rows", "share of the channel"]  # (grouped by channel: see render)
     yield "Why each row got its channel", why, reason_rows(summary), ""

@@ -90,16 +90,14 @@ def generate_audience_rows(size: int, seed: int = 42) -> Iterator[tuple[str, str
     seen: list[tuple[str, str]] = []
     segments = ("loyal", "new", "lapsed", "vip")
     for index in range(size):
-        customer = f"C{index + 1:07d}"
-        segment = segments[index % len(segments)]
         roll = rng.random()
         if roll < 0.05:
             phone = rng.choice(_GARBAGE)
-        elif roll < 0.08 and seen:
-            country, e164 = rng.choice(seen)
-            phone = _messy_format(rng, country, e164)
         else:
-            country, e164 = _random_valid_number(rng)
-            seen.append((country, e164))
+            if roll < 0.08 and seen:
+                country, e164 = rng.choice(seen)
+            else:
+                country, e164 = _random_valid_number(rng)
+                seen.append((country, e164))
             phone = _messy_format(rng, country, e164)
-        yield customer, phone, segment
+        yield f"C{index + 1:07d}", phone, segments[index % len(segments)]
