@@ -49,8 +49,7 @@ def rcs_answers(outputs: Iterable[ObjectStoragePath]) -> Iterator[tuple[str, Ans
 
 
 def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]) -> Iterator[str]:
-    """The numbers the SOIP leg asks about, streamed from the RCS shards' outputs: not RCS-capable
-    (a real answer, not a failed lookup) and in a SOIP country."""
+    """The numbers the SOIP leg asks about: RCS-disabled (an answer, not a failed lookup) in ``regions``."""
     wanted = {region.upper() for region in regions}
     for e164, answer in rcs_answers(outputs):
         if answer.status == RCS_DISABLED and region_of(e164) in wanted:

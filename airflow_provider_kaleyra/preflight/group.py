@@ -39,11 +39,6 @@ def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _regions(value: Iterable[str] | str) -> list[str]:
-    items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
-    return sorted({str(item).strip().upper() for item in items if str(item).strip()})
-
-
 def kaleyra_preflight(
     group_id: str = "preflight",
     *,
@@ -87,14 +82,10 @@ def kaleyra_preflight(
 
         @task(retries=0)
         def prepare(
-            audience: str,
-            output: str | None,
-            column: str,
-            region_column: str | None,
-            storage: str | None,
-            shards: int,
+            audience: Any, output: Any, column: Any, region_column: Any, storage: Any, shards: Any
         ) -> list[Shard]:
-            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``."""
+            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``. The
+            settings arrive as given or rendered: :func:`_expect` checks each."""
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
@@ -129,7 +120,9 @@ def kaleyra_preflight(
             """The numbers for the SOIP leg, written to ``work/soip_numbers.csv``; skips the leg when there are none."""
             if not _expect("soip", leg, bool):
                 raise AirflowSkipException("SOIP leg off")
-            storage, wanted = prepared["storage_conn_id"], _regions(regions)
+            items = regions.replace(",", " ").split() if isinstance(regions, str) else list(regions or [])
+            wanted = sorted({str(item).strip().upper() for item in items if str(item).strip()})
+            storage = prepared["storage_conn_id"]
             run_dir = as_path(prepared["run_dir"], storage)
             outputs = [as_path(s["output"], storage) for s in prepared["shards"]]
             target = run_dir / files.SOIP_NUMBERS
