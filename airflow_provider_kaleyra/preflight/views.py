@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from markupsafe import Markup, escape
@@ -37,23 +38,18 @@ _bearer = HTTPBearer(auto_error=False)
 app = FastAPI(title="Kaleyra campaign preflight reports", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-async def _user(
-    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Any:
-    from airflow.api_fastapi.core_api.security import get_user
-
-    return await get_user(request, None, bearer)
-
-
 def may_read(entity: str) -> Any:
     """A route's guard, Airflow's own check: the user (UI session cookie or bearer JWT; else 401, or
     403 for a bad token) may read ``entity`` (``RUN``, ``TASK_INSTANCE``) of the path's DAG, else 403."""
 
-    def check(request: Request, user: Annotated[Any, Depends(_user)]) -> None:
+    async def check(
+        request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
         from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-        from airflow.api_fastapi.core_api.security import requires_access_dag
+        from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 
-        requires_access_dag("GET", DagAccessEntity[entity])(request, user)
+        user = await get_user(request, None, bearer)  # then the permission (a database query) in a thread
+        await run_in_threadpool(requires_access_dag("GET", DagAccessEntity[entity]), request, user)
 
     return Depends(check)
 
