@@ -66,15 +66,14 @@ def kaleyra_preflight(
     ``soip`` take values, XComArgs or templates (non-text: with ``render_template_as_native_obj=True``).
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
-    :param output: folder of the runs (``<output>/<run id>/``); the default, ``file://<AIRFLOW_HOME>/
-        kaleyra/preflight``, suits one machine only: else give storage every worker shares.
-    :param region_column: a column naming each row's country, for numbers without a country code
-        (rows without one use the connection's ``default_region``).
+    :param output: folder of the runs (``<output>/<run id>/``); the default, ``<AIRFLOW_HOME>/kaleyra/
+        preflight``, suits one machine only: else give storage every worker shares.
+    :param region_column: a column naming each row's country, for numbers without a country code (else
+        the connection's ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
     :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
-    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS
-        (``soip_no_callback``), the run does not fail.
+    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS, the run goes on.
     :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...): one per DAG.
     """
     assets = {c: Asset(name=f"{asset_prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
