@@ -227,7 +227,7 @@ def test_csv_writer_publishes_nothing_when_interrupted(tmp_path: Path) -> None:
 def test_a_region_column_reads_a_mixed_audience_right_and_default_region_rows_are_counted(
     tmp_path: Path,
 ) -> None:
-    from airflow_provider_kaleyra.preflight.regions import region_for
+    from airflow_provider_kaleyra.preflight.prepare import region_for
 
     assert [region_for(v) for v in ("US", " in ", "India", "united  kingdom", "USA", "+91", "44", "1")] == [
         "US",

@@ -1,8 +1,5 @@
 """The campaign preflight: which channel (RCS, SMS over IP, SMS, none) each audience row should use.
-
-One module per step (:mod:`.prepare`, :mod:`.channels`, :mod:`.report`), and :func:`kaleyra_preflight`,
-the task group that runs them with the provider's operators in a DAG.
-"""
+One module per step (prepare, channels, report); :func:`kaleyra_preflight` runs them in a DAG."""
 
 from __future__ import annotations
 

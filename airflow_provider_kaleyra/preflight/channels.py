@@ -1,28 +1,24 @@
-"""Step 3 of a preflight: one channel per audience row (:func:`decide`), and the per-channel lists.
-
-``channel`` is ``rcs``, ``soip``, ``sms`` or ``none``, with a ``reason`` (the README tables them).
-Every list keeps every column of the audience row, then ``e164``, ``channel`` and ``reason``, in the
-audience's order. Memory stays bounded: the answers and the rows' numbers are spread over
-temporary files by number (about 60 bytes of local disk per row, under ``TMPDIR``), and each
-part is decided alone (4 bytes per row remember each decision).
+"""Step 3 of a preflight: one channel per audience row (:func:`decide`; the README tables the reasons),
+and the four lists: every audience column, then ``e164``, ``channel``, ``reason``, in the audience's order.
+Memory stays bounded: the answers and the rows' numbers are spread over temporary files by number
+(about 60 bytes of local disk per row, under ``TMPDIR``), each part decided alone (4 bytes per row).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import phonenumbers
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, RCS_DISABLED, RCS_ENABLED
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import ChannelResult
-from airflow_provider_kaleyra.preflight.regions import region_of
 from airflow_provider_kaleyra.rcs.answers import Answer, shared
 from airflow_provider_kaleyra.rcs.outputs import read_results
 
@@ -34,20 +30,26 @@ SOIP_CAPABLE, SOIP_NOT_CAPABLE = "capable", "not_capable"
 _ANSWER, _ASKED, _OUTCOME, _ROW = "a", "q", "o", "r"  # the kinds of line in a partition file
 
 
+def region_of(e164: str) -> str:
+    """ISO region of an E.164 number from its calling code (cheap, no parse); +1 reads as ``US``."""
+    for length in (1, 2, 3):
+        code = e164[1 : 1 + length]
+        if code.isdigit() and (regions := phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(code))):
+            return regions[0]
+    return "??"
+
+
 def rcs_answers(outputs: Iterable[ObjectStoragePath]) -> Iterator[tuple[str, Answer]]:
     """``(e164, answer)`` of every number the RCS shards wrote; a missing output fails at once."""
     for path in outputs:
         for record in read_results(files.require(path, "rcs_lookup")):
             if record.get("e164"):
-                answer = Answer(
-                    record["status"] or FAILED, record.get("carrier_id"), None, record.get("error")
-                )
-                yield record["e164"], answer
+                status = record["status"] or FAILED
+                yield record["e164"], Answer(status, record.get("carrier_id"), None, record.get("error"))
 
 
 def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]) -> Iterator[str]:
-    """The numbers the SOIP leg asks about, streamed from the RCS shards' outputs: not RCS-capable
-    (a real answer, not a failed lookup) and in a SOIP country."""
+    """The numbers the SOIP leg asks about: RCS-disabled (an answer, not a failed lookup) in ``regions``."""
     wanted = {region.upper() for region in regions}
     for e164, answer in rcs_answers(outputs):
         if answer.status == RCS_DISABLED and region_of(e164) in wanted:
@@ -56,13 +58,9 @@ def soip_candidates(outputs: Iterable[ObjectStoragePath], regions: Iterable[str]
 
 def soip_outcomes(path: ObjectStoragePath | None) -> Iterator[tuple[str, str]]:
     """``(e164, outcome)`` from the callback sensor's JSON Lines (written on success and on timeout)."""
-    if path is None or not path.exists():
-        return
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                entry = json.loads(line)
-                yield str(entry.get("number", "")), str(entry.get("outcome", "missing"))
+    if path is not None and path.exists():
+        for entry in read_results(path):
+            yield str(entry.get("number", "")), str(entry.get("outcome", "missing"))
 
 
 def decide(
@@ -100,10 +98,7 @@ class _Decisions:
         self.codes = array("I", [0]) * rows  # per row (4 bytes): an index into ``self.table``
         self.table: dict[tuple[str, str], int] = {}  # each distinct decision -> its code
         self.numbers: Counter[str] = Counter()  # distinct numbers by channel
-        self.rates = {
-            "carriers": (Counter[str](), Counter[str]()),
-            "countries": (Counter[str](), Counter[str]()),
-        }
+        self.rates = {key: (Counter[str](), Counter[str]()) for key in ("carriers", "countries")}
         self.answered = 0
 
     def decide_partition(self, lines: Iterable[list[str]]) -> None:
@@ -142,12 +137,8 @@ def write_channel_lists(
     asked: ObjectStoragePath | None = None,
     outcomes: ObjectStoragePath | None = None,
 ) -> ChannelResult:
-    """Decide every row of ``work/rows.csv`` and write the four lists; returns the counts for the report.
-
-    :param outputs: the RCS shards' outputs.
-    :param asked: the numbers the SOIP leg asked about (``None``: the leg did not run).
-    :param outcomes: the callback sensor's per-number answers.
-    """
+    """Decide every row of ``work/rows.csv`` from the RCS shards' ``outputs``, the numbers the SOIP
+    leg ``asked`` (``None``: it did not run) and their ``outcomes``; write the lists, count for the report."""
     rows_path = files.require(run_dir / files.ROWS, "prepare")
     with files.Partitions("kaleyra-channels-") as parts:
         writers = [csv.writer(handle) for handle in parts.handles]

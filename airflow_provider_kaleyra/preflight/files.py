@@ -86,9 +86,8 @@ def write_csv(path: ObjectStoragePath, header: Iterable[str], rows: Iterable[Ite
 
 
 class Partitions(ExitStack):
-    """Temporary files that numbers are spread over by value: the same number always lands in the
-    same part, so joining or de-duplicating by number one part at a time holds about
-    ``1 / PARTITIONS`` of the numbers, whatever the audience's size."""
+    """Temporary files that numbers are spread over by value: joining or de-duplicating by number one
+    part at a time holds about ``1 / PARTITIONS`` of the numbers, whatever the audience's size."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__()

@@ -1,8 +1,7 @@
 """The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
 
 ``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
-(the SOIP leg may be skipped). Tasks hand each other typed records (:mod:`.records`): locations and
-counts, never a number. The four channel lists are ``channels``' outlets (Airflow Assets).
+(the SOIP leg may be skipped); the tasks hand each other typed records (:mod:`.records`), never a number.
 """
 
 from __future__ import annotations
@@ -40,11 +39,6 @@ def _expect(name: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _regions(value: Iterable[str] | str) -> list[str]:
-    items = value.replace(",", " ").split() if isinstance(value, str) else list(value or [])
-    return sorted({str(item).strip().upper() for item in items if str(item).strip()})
-
-
 def kaleyra_preflight(
     group_id: str = "preflight",
     *,
@@ -68,20 +62,18 @@ def kaleyra_preflight(
 ) -> TaskGroup:
     """Add a campaign preflight to the current DAG; returns its task group.
 
-    ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count``
-    and ``soip`` take plain values, XComArgs, or templates; templates of non-text settings need the
-    DAG's ``render_template_as_native_obj=True``.
+    ``audience``, ``output``, ``column``, ``region_column``, ``storage_conn_id``, ``shard_count`` and
+    ``soip`` take values, XComArgs or templates (non-text: with ``render_template_as_native_obj=True``).
 
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
-    :param output: folder of the runs (``<output>/<run id>/``); the default, ``file://<AIRFLOW_HOME>/
-        kaleyra/preflight``, suits one machine only: else give storage every worker shares.
-    :param region_column: a column naming each row's country, for numbers without a country code
-        (rows without one use the connection's ``default_region``).
+    :param output: folder of the runs (``<output>/<run id>/``); the default, ``<AIRFLOW_HOME>/kaleyra/
+        preflight``, suits one machine only: else give storage every worker shares.
+    :param region_column: a column naming each row's country, for numbers without a country code (else
+        the connection's ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
     :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
-    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS
-        (``soip_no_callback``), the run does not fail.
+    :param soip_timeout: seconds to wait for the SOIP callbacks; the unanswered go to SMS, the run goes on.
     :param asset_prefix: names of the channel-list assets (``<prefix>.rcs`` ...): one per DAG.
     """
     assets = {c: Asset(name=f"{asset_prefix}.{'invalid' if c == ch.NONE else c}") for c in ch.CHANNELS}
@@ -89,17 +81,10 @@ def kaleyra_preflight(
 
         @task(retries=0)
         def prepare(
-            audience: str,
-            output: str | None,
-            column: str,
-            region_column: str | None,
-            storage: str | None,
-            shards: int,
+            audience: Any, output: Any, column: Any, region_column: Any, storage: Any, shards: Any
         ) -> list[Shard]:
-            """Read the audience once, normalize each row once, write each shard's numbers file.
-
-            Returns the shards (mapped over); the :class:`PreparedRun` goes to XCom key ``prepared``.
-            """
+            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``. The
+            settings arrive as given or rendered: :func:`_expect` checks each."""
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
@@ -134,7 +119,9 @@ def kaleyra_preflight(
             """The numbers for the SOIP leg, written to ``work/soip_numbers.csv``; skips the leg when there are none."""
             if not _expect("soip", leg, bool):
                 raise AirflowSkipException("SOIP leg off")
-            storage, wanted = prepared["storage_conn_id"], _regions(regions)
+            items = regions.replace(",", " ").split() if isinstance(regions, str) else list(regions or [])
+            wanted = sorted({str(item).strip().upper() for item in items if str(item).strip()})
+            storage = prepared["storage_conn_id"]
             run_dir = as_path(prepared["run_dir"], storage)
             outputs = [as_path(s["output"], storage) for s in prepared["shards"]]
             target = run_dir / files.SOIP_NUMBERS
@@ -144,53 +131,45 @@ def kaleyra_preflight(
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
             print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")
-            return {"audience": str(target), "numbers": numbers, "results": str(run_dir / files.SOIP_RESULTS)}
+            return {"audience": str(target), "results": str(run_dir / files.SOIP_RESULTS)}
 
         @task(trigger_rule="none_failed", outlets=list(assets.values()), retries=0, multiple_outputs=False)
         def channels(prepared: PreparedRun, leg: SoipLeg | None) -> ChannelResult:
-            """One channel per row; the four lists, keeping every audience column.
-
-            The SOIP wait writes what arrived even when it timed out (and was skipped), so the
-            numbers asked and their answers are read from files only.
-            """
+            """The four lists. The SOIP wait writes what arrived even when it timed out (skipped), so
+            the numbers asked and their answers are read from files only."""
             storage = prepared["storage_conn_id"]
             result = ch.write_channel_lists(
                 as_path(prepared["run_dir"], storage),
                 [as_path(s["output"], storage) for s in prepared["shards"]],
                 *(as_path(leg[key], storage) if leg else None for key in ("audience", "results")),
             )
-            outlet_events = get_current_context()["outlet_events"]
-            for channel, asset in assets.items():
-                outlet_events[asset].extra = {
-                    "location": result["lists"][channel],
-                    "rows": result["rows"][channel],
-                }
+            events = get_current_context()["outlet_events"]
+            for c, asset in assets.items():
+                events[asset].extra = {"location": result["lists"][c], "rows": result["rows"][c]}
             print(f"channels by row: {result['rows']}")
             return result
 
         shards = prepare(audience, output, column, region_column, storage_conn_id, shard_count)
         prepared = XComArg(shards.operator, key=PREPARED)  # (a list is mapped over; this record is not)
+        # the RCS shards and the SOIP check call Kaleyra with prepare's E.164 numbers
+        e164_api = {"kaleyra_conn_id": kaleyra_conn_id, "column": files.E164, "e164_input": True}
         lookups = KaleyraRcsBulkLookupOperator.partial(
             task_id="rcs_lookup",
-            kaleyra_conn_id=kaleyra_conn_id,
-            column=files.E164,
-            e164_input=True,
             max_failed_ratio=max_failed_ratio,
             checkpoint_batches=checkpoint_batches,
             retries=retries,
+            **e164_api,
             **({"pool": pool} if pool else {}),
         ).expand_kwargs(shards)
         leg = soip_candidates(prepared, soip, soip_regions)
         lookups >> leg
         check = KaleyraSoipCapabilityCheckOperator(
             task_id="soip_check",
-            kaleyra_conn_id=kaleyra_conn_id,
             audience=leg["audience"],
-            column=files.E164,
-            e164_input=True,
             storage_conn_id=storage_conn_id,
             callback_profile_id=callback_profile_id,
             retries=retries,
+            **e164_api,
         )
         wait = KaleyraSoipCallbackSensor(
             task_id="soip_wait",

@@ -1,17 +1,16 @@
-"""Step 1 of a preflight: read the audience once, normalize every row once, write each shard's numbers.
-
-Writes, under the run folder, ``work/rows.csv`` (every audience row, all its columns, then its E.164
-number, empty when invalid, and the reason it is invalid: the channel step reads it instead of
-normalizing again) and one ``work/numbers_NNN.csv`` per RCS shard (its distinct valid numbers).
-Memory stays bounded: the valid numbers are de-duplicated one :class:`~.files.Partitions` part at a time.
+"""Step 1 of a preflight: read the audience once, normalize every row once (``work/rows.csv``: every
+audience row, then its E.164 number and why it is invalid, so the channel step does not normalize again),
+write each RCS shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import cache, lru_cache
 from itertools import islice
 
+import phonenumbers
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.numbers.audience import column_index, open_audience  # the one reader
@@ -19,13 +18,34 @@ from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
-from airflow_provider_kaleyra.preflight.regions import region_for
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
 
 EXAMPLES = 3
 WARN_RATIO = 0.05  # more rows than this read with the default region: say so in the task log
 UNKNOWN_COUNTRY = "unknown country in the region column"
+# Names CRM exports use that are not the CLDR English names
+_ALIASES = {"usa": "US", "united states of america": "US", "uk": "GB", "great britain": "GB", "uae": "AE"}
+
+
+@cache
+def _region_by_name() -> dict[str, str]:
+    from babel import Locale  # a dependency of the Airflow task SDK; CLDR's English country names
+
+    names = {name.casefold(): code for code, name in Locale("en").territories.items() if len(code) == 2}
+    return {**names, **_ALIASES}
+
+
+@lru_cache(maxsize=1024)  # a country column holds few values; a wrong column, many
+def region_for(field: str) -> str | None:
+    """The ISO region a CRM export's country field names (an ISO code, an English name or a calling
+    code), or ``None`` when it names none phonenumbers knows."""
+    text = field.strip()
+    if text.lstrip("+").isdigit():
+        region = phonenumbers.region_code_for_country_code(int(text.lstrip("+")))
+        return None if region == phonenumbers.UNKNOWN_REGION else region
+    region = text.upper() if len(text) == 2 else _region_by_name().get(" ".join(text.casefold().split()))
+    return region if region in phonenumbers.SUPPORTED_REGIONS else None
 
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
@@ -95,10 +115,8 @@ def prepare_audience(
 ) -> PreparedRun:
     """Normalize and de-duplicate ``audience``; returns the counts (no number) and the shard plan.
 
-    :param region: ISO country for numbers written without a country code (the connection's
-        ``default_region``); ``None``: such numbers are invalid.
-    :param region_column: a column naming each row's country (ISO code, English name or calling
-        code), used instead of ``region`` for that row's national number.
+    :param region: ISO country of numbers without a country code (``None``: they are invalid).
+    :param region_column: a column naming each row's country (:func:`region_for`), used instead of ``region``.
     :raises ValueError: the audience is empty or has no ``column`` (or ``region_column``).
     :raises FileNotFoundError: the audience is not there.
     """

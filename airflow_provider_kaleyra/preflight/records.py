@@ -46,7 +46,6 @@ class SoipLeg(TypedDict):
     """``soip_candidates``' result: the numbers file the SOIP check reads and where the wait writes."""
 
     audience: str
-    numbers: int
     results: str
 
 

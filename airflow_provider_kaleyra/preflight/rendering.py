@@ -1,8 +1,7 @@
 """The preflight report as HTML and Markdown: what a campaign manager reads before sending.
 
-Charts compare like with like: audience *rows* by channel in one chart, *distinct numbers* in
-rates by carrier, country and run in the others. Hand-written SVG: a few bar charts do not earn a
-chart library. Links are relative, so the run folder can be copied or served as it is.
+Charts compare like with like: audience *rows* by channel, *distinct numbers* in the rates. A few
+bar charts in hand-written SVG do not earn a chart library. Relative links: the folder can move.
 """
 
 from __future__ import annotations
@@ -143,23 +142,20 @@ def _sections(
     summary: dict[str, Any], history: list[dict[str, Any]]
 ) -> Iterable[tuple[str, list[str], list[list[str]], str]]:
     """(title, table header, table rows, svg chart or "") for both renderings."""
-    counts, channels, api, soip = summary["counts"], summary["channels"], summary["api"], summary["soip"]
+    counts, api, soip = summary["counts"], summary["api"], summary["soip"]
+    rows, numbers = summary["channels"]["rows"], summary["channels"]["numbers"]
 
     def of_rows(label: str, count: int) -> list[str]:
         return [label, f"{count:,}", _pct(count, counts["rows"]) + " of rows"]
 
     mix = [
-        [LABELS[c], f"{channels['rows'][c]:,}", _pct(channels["rows"][c], counts["rows"])]
-        + [f"{channels['numbers'][c]:,}" if c in channels["numbers"] else "-"]
+        [LABELS[c], f"{rows[c]:,}", _pct(rows[c], counts["rows"]), f"{numbers[c]:,}" if c in numbers else "-"]
         for c in CHANNELS
     ]
-    bars = [(LABELS[c], channels["rows"][c], COLOURS[c]) for c in CHANNELS]
-    yield (
-        "Channel mix",
-        ["channel", "rows", "share of rows", "distinct numbers"],
-        mix,
-        svg_bar_chart("Channel of each audience row", bars),
+    chart = svg_bar_chart(
+        "Channel of each audience row", [(LABELS[c], rows[c], COLOURS[c]) for c in CHANNELS]
     )
+    yield "Channel mix", ["channel", "rows", "share of rows", "distinct numbers"], mix, chart
     audience = [
         ["audience rows", f"{counts['rows']:,}", ""],
         of_rows("duplicate rows (a number seen earlier)", counts["duplicates"]),
@@ -167,20 +163,15 @@ def _sections(
         ["distinct valid numbers", f"{counts['distinct']:,}", ""],
     ]
     yield "Audience", ["", "count", "share"], audience, ""
-    read_as = []
-    if national := summary.get("national"):  # (summaries of runs before it was counted have none)
-        read_as = [
-            of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
-            *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
-            *(["example (masked)", example, ""] for example in national["examples"]),
-        ]
+    national = summary["national"]
+    read_as = [
+        of_rows(f"read with the default region ({national['default_region']})", national["default_rows"]),
+        *(of_rows(f"read as {region}", n) for region, n in national["by_region"].items()),
+        *(["example (masked)", example, ""] for example in national["examples"]),
+    ]
     yield "Numbers without a country code", ["", "rows", "share"], read_as, ""
-    yield (
-        "Why each row got its channel",
-        ["channel", "why", "rows", "share of the channel"],
-        reason_rows(summary),
-        "",
-    )
+    why = ["channel", "why", "rows", "share of the channel"]  # (grouped by channel: see render)
+    yield "Why each row got its channel", why, reason_rows(summary), ""
     for by, key in (("carrier", "carriers"), ("country", "countries")):
         rates = [
             [name, f"{r['numbers']:,}", f"{r['rcs_capable']:,}", f"{100 * r['rcs_rate']:.1f}%"]
@@ -226,8 +217,7 @@ def html_table(header: list[str], rows: list[list[str]], grouped: bool = False) 
     lines = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)]
     for index, row in enumerate(rows):
         cells = "".join(
-            f"<td class=n>{escape(c)}</td>" if _NUMBER.fullmatch(c) else f"<td>{escape(c)}</td>"
-            for c in (row[1:] if grouped else row)
+            f"<td{' class=n' if _NUMBER.fullmatch(c) else ''}>{escape(c)}</td>" for c in row[grouped:]
         )
         if grouped and not (index and rows[index - 1][0] == row[0]):
             span = sum(1 for other in rows[index:] if other[0] == row[0])
@@ -248,13 +238,9 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
         html += [f"<h2>{escape(name)}</h2>" + html_table(header, rows, grouped=header[1] == "why"), chart]
         md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    rows_by_channel = summary["channels"]["rows"]
+    counted = summary["channels"]["rows"]
     links = [
-        (
-            FILE_LABELS.get(key, key)
-            + (f", {rows_by_channel[key]:,} rows" if key in rows_by_channel else ""),
-            href,
-        )
+        (FILE_LABELS.get(key, key) + (f", {counted[key]:,} rows" if key in counted else ""), href)
         for key, href in summary["files"].items()
     ]
     html.append("<h2>Files</h2><ul>")

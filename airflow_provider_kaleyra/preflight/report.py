@@ -1,10 +1,6 @@
-"""Step 4 of a preflight: the report (HTML, Markdown, ``summary.json``) and the task that writes it.
-
-``summary.json`` holds the run's figures; :mod:`.rendering` turns them into the report, and the
-earlier runs' summaries under the same output folder give the trend. The task is an operator so
-that it carries links to its report and lists: they open through the API server (:mod:`.views`),
-which reads the files from wherever the run wrote them and checks the user's access to the DAG.
-"""
+"""Step 4 of a preflight: the report (HTML, Markdown, ``summary.json``; the trend from the earlier
+runs' summaries under the same output) and its operator, whose links open the files through the API
+server (:mod:`.views`)."""
 
 from __future__ import annotations
 
@@ -77,19 +73,13 @@ def write_report(
     run_dir: ObjectStoragePath, summary: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, str]:
     """Write ``report.html``, ``report.md`` and ``summary.json`` into ``run_dir``; returns their locations."""
-    files = {**{c: LIST_NAMES[c] for c in CHANNELS}, "report_md": MARKDOWN, "summary": SUMMARY}
-    summary = {**summary, "files": files}
+    summary = {**summary, "files": {**LIST_NAMES, "report_md": MARKDOWN, "summary": SUMMARY}}
     html, markdown = render(summary, history)
-    written = {}
-    for name, text in (
-        (HTML, html),
-        (MARKDOWN, markdown),
-        (SUMMARY, json.dumps(summary, indent=2, default=str)),
-    ):
+    texts = {HTML: html, MARKDOWN: markdown, SUMMARY: json.dumps(summary, indent=2, default=str)}
+    for name, text in texts.items():
         with open_atomic(run_dir / name) as handle:
             handle.write(text)
-        written[name] = str(run_dir / name)
-    return written
+    return {name: str(run_dir / name) for name in texts}
 
 
 def file_url(dag_id: str, run_id: str, task_id: str, name: str) -> str:
@@ -115,13 +105,8 @@ class PreflightFileLink(BaseOperatorLink):
 
 
 class KaleyraPreflightReportOperator(BaseOperator):
-    """Writes ``report.html``, ``report.md`` and ``summary.json``, with the trend of earlier runs.
-
-    :param prepared: ``prepare``'s record (:class:`~.records.PreparedRun`).
-    :param decided: ``channels``' record (:class:`~.records.ChannelResult`).
-    :param lookups: the RCS shards' XCom summaries (for the request counts), or ``None``.
-    :param submission: the SOIP check's record, or ``None`` when the leg was skipped.
-    """
+    """Writes the report from ``prepare``'s and ``channels``' records; the RCS shards' XCom summaries
+    and the SOIP check's record (``None`` when skipped) give the request counts."""
 
     template_fields = ("prepared", "decided", "lookups", "submission")
     operator_extra_links = (

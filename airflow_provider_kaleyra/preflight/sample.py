@@ -1,6 +1,5 @@
-"""A deterministic sample audience (customer rows with messy, invalid and repeated phone numbers) for
-the example DAGs, the demo, the tests and the benchmarks: the same ``size`` and ``seed`` give the
-same rows, byte for byte."""
+"""A sample audience with messy, invalid and repeated phone numbers, for the example DAGs, the demo,
+the tests and the benchmarks: the same ``size`` and ``seed`` give the same rows, byte for byte."""
 
 from __future__ import annotations
 
@@ -81,25 +80,20 @@ def _messy_format(rng: random.Random, country: str, e164: str) -> str:
 
 
 def generate_audience_rows(size: int, seed: int = 42) -> Iterator[tuple[str, str, str]]:
-    """``size`` rows of (customer_id, phone, segment): deterministic for a given seed.
-
-    About 5% of the rows are garbage (empty, words, wrong lengths, unknown country codes), and
-    about 3% repeat an earlier number, usually written in another format.
-    """
+    """``size`` rows of (customer_id, phone, segment): about 5% garbage (empty, words, wrong lengths,
+    unknown country codes), about 3% an earlier number again, usually written in another format."""
     rng = random.Random(seed)
     seen: list[tuple[str, str]] = []
     segments = ("loyal", "new", "lapsed", "vip")
     for index in range(size):
-        customer = f"C{index + 1:07d}"
-        segment = segments[index % len(segments)]
         roll = rng.random()
         if roll < 0.05:
             phone = rng.choice(_GARBAGE)
-        elif roll < 0.08 and seen:
-            country, e164 = rng.choice(seen)
-            phone = _messy_format(rng, country, e164)
         else:
-            country, e164 = _random_valid_number(rng)
-            seen.append((country, e164))
+            if roll < 0.08 and seen:
+                country, e164 = rng.choice(seen)
+            else:
+                country, e164 = _random_valid_number(rng)
+                seen.append((country, e164))
             phone = _messy_format(rng, country, e164)
-        yield customer, phone, segment
+        yield f"C{index + 1:07d}", phone, segments[index % len(segments)]

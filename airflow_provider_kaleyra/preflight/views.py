@@ -1,10 +1,6 @@
-"""The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report
-and lists, and a DAG's runs.
-
-Airflow does not authenticate plugin routes, so each route resolves the user (UI session cookie or
-bearer JWT) and asks Airflow's auth manager whether they may read the DAG's runs or task instances:
-401 without a valid token, 403 without the permission. Files are read from wherever the run wrote
-them, with the run's connection: users need neither a shell nor the store's keys.
+"""The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report and
+lists, and a DAG's runs. Airflow does not authenticate plugin routes: each checks the user's access to
+the DAG itself. Files are read with the run's connection: users need neither a shell nor the store's keys.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from markupsafe import Markup, escape
@@ -40,30 +37,20 @@ _bearer = HTTPBearer(auto_error=False)
 app = FastAPI(title="Kaleyra campaign preflight reports", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-async def airflow_user(
-    request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Any:
-    """The Airflow user of the request (UI session cookie or bearer JWT), validated by Airflow; else 401/403."""
-    from airflow.api_fastapi.core_api.security import get_user
+def may_read(entity: str) -> Any:
+    """A route's guard, Airflow's own check: the user (UI session cookie or bearer JWT; else 401, or
+    403 for a bad token) may read ``entity`` (``RUN``, ``TASK_INSTANCE``) of the path's DAG, else 403."""
 
-    return await get_user(request, None, bearer)
+    async def check(
+        request: Request, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 
+        user = await get_user(request, None, bearer)  # then the permission (a database query) in a thread
+        await run_in_threadpool(requires_access_dag("GET", DagAccessEntity[entity]), request, user)
 
-def authorize(user: Any, dag_id: str, entity_name: str) -> None:
-    """403 unless Airflow's auth manager lets ``user`` read ``entity_name`` (``RUN``, ``TASK_INSTANCE``) of the DAG."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
-    from airflow.models.dag import DagModel
-
-    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
-    allowed = get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity[entity_name], details=details, user=user
-    )
-    if not allowed:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "Forbidden: no read access to this DAG's runs")
-
-
-User = Annotated[Any, Depends(airflow_user)]
+    return Depends(check)
 
 
 def _records(dag_id: str, run_id: str | None = None, task_id: str | None = None) -> list[Any]:
@@ -85,14 +72,12 @@ def _chunks(handle: Any) -> Iterator[bytes]:
             yield block
 
 
-@app.get("/runs/{dag_id}/{run_id}/{task_id}/{name}")
-def run_file(dag_id: str, run_id: str, task_id: str, name: str, user: User) -> Any:
+@app.get("/runs/{dag_id}/{run_id}/{task_id}/{name}", dependencies=[may_read("TASK_INSTANCE")])
+def run_file(dag_id: str, run_id: str, task_id: str, name: str) -> Any:
     """One file of a run's folder: the report, its Markdown and JSON, or a channel list."""
-    authorize(user, dag_id, "TASK_INSTANCE")
     if name not in SERVED_FILES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No such preflight file: {name}")
-    found = _records(dag_id, run_id, task_id)
-    if not found:
+    if not (found := _records(dag_id, run_id, task_id)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No preflight report was recorded for this task")
     record = found[0][2]
     path = as_path(record["run_dir"], record.get("storage_conn_id")) / name
@@ -100,34 +85,27 @@ def run_file(dag_id: str, run_id: str, task_id: str, name: str, user: User) -> A
         handle = path.open("rb")
     except FileNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{name} is gone from the run folder") from None
-    media = MEDIA_TYPES[name[name.rindex(".") :]]
-    headers = dict(HEADERS)
+    media, headers = MEDIA_TYPES[name[name.rindex(".") :]], dict(HEADERS)
     if media == "text/csv":
-        download = safe_name(f"{dag_id}_{run_id}_{name}")
-        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+        headers["Content-Disposition"] = f'attachment; filename="{safe_name(f"{dag_id}_{run_id}_{name}")}"'
     return StreamingResponse(_chunks(handle), media_type=f"{media}; charset=utf-8", headers=headers)
 
 
 def _mix_bar(rows: dict[str, int]) -> str:
     """The channel mix of one run as a stacked bar."""
-    total, x, parts = sum(rows.values()) or 1, 0.0, []
+    total, x, bar = sum(rows.values()) or 1, 0.0, ""
     for channel in CHANNELS:
         width = 240 * rows.get(channel, 0) / total
-        parts.append(
-            f'<rect x="{x:.1f}" width="{width:.1f}" height="16" fill="{rendering.COLOURS[channel]}">'
-            f"<title>{rendering.LABELS[channel]}: {rows.get(channel, 0):,}</title></rect>"
-        )
+        bar += f'<rect x="{x:.1f}" width="{width:.1f}" height="16" fill="{rendering.COLOURS[channel]}">'
+        bar += f"<title>{rendering.LABELS[channel]}: {rows.get(channel, 0):,}</title></rect>"
         x += width
-    bar = "".join(parts)
     return f'<svg width="240" height="16" viewBox="0 0 240 16" style="min-width:240px" role="img" aria-label="channel mix">{bar}</svg>'
 
 
-@app.get("/runs/{dag_id}", response_class=HTMLResponse)
-def dag_runs(dag_id: str, user: User) -> HTMLResponse:
+@app.get("/runs/{dag_id}", response_class=HTMLResponse, dependencies=[may_read("RUN")])
+def dag_runs(dag_id: str) -> HTMLResponse:
     """A preflight DAG's runs: channel mix, RCS-capable share, links to each report; the trend."""
-    authorize(user, dag_id, "RUN")
-    runs = _records(dag_id)
-    if not runs:
+    if not (runs := _records(dag_id)):
         body = ["<p>No preflight report has been recorded for this DAG yet.</p>"]
         return HTMLResponse(rendering.html_page(f"Preflight runs of {dag_id}", body), headers=HEADERS)
     labels = rendering.distinct_labels([record for _, _, record in reversed(runs)])[::-1]
@@ -143,11 +121,10 @@ def dag_runs(dag_id: str, user: User) -> HTMLResponse:
         f'<span style="color:{rendering.COLOURS[c]}">&#9632;</span> {escape(rendering.LABELS[c])}'
         for c in CHANNELS
     )
-    header = ["finished", "run", "rows", "channel mix", "RCS-capable share", "files"]
     trend = [(label, record["rcs_share"]) for label, (_, _, record) in zip(labels, runs)]
     body = [
         f"<p>Newest first (the last {RUNS_SHOWN} at most). {legend}</p>",
-        rendering.html_table(header, table),
+        rendering.html_table(["finished", "run", "rows", "channel mix", "RCS-capable share", "files"], table),
         rendering.share_chart("run", trend[::-1]),
     ]
     return HTMLResponse(rendering.html_page(f"Preflight runs of {dag_id}", body), headers=HEADERS)
