@@ -166,12 +166,14 @@ class Transport:
         json: Any = None,
         accept: tuple[int, ...] = (200,),
         shape: Callable[[Any], Any] | None = None,
+        typed: msgspec.json.Decoder | None = None,
     ) -> Any:
         """One API call; raises ``KaleyraApiError`` once retries are spent or the error is final.
 
         :param shape: reads the decoded body (``None`` when empty) into what the caller wants;
             a ``ValueError`` or ``TypeError`` from it means "not an answer" and is retried like
             an unreadable body. Without it an empty body is ``{}``.
+        :param typed: decodes a usual 2xx body into records (a body it refuses is read as plain JSON).
         """
         origin = _origin(url)
         last: KaleyraApiError | None = None
@@ -181,7 +183,7 @@ class Transport:
             self.pacer.wait(lambda seconds: self._sleep(origin, seconds))
             probe = self._admit(origin)
             try:
-                return self._attempt(origin, method, url, json, accept, shape)
+                return self._attempt(origin, method, url, json, accept, shape, typed)
             except KaleyraApiError as exc:
                 if not exc.retryable:
                     raise
@@ -207,12 +209,13 @@ class Transport:
         json: Any,
         accept: tuple[int, ...],
         shape: Callable[[Any], Any] | None,
+        typed: msgspec.json.Decoder | None = None,
     ) -> Any:
         """One request and its answer, or the ``KaleyraApiError`` saying why there is none."""
         status, reason, headers, body = self._send(origin, method, url, json)
         if status in accept:
             try:
-                document = self._decode(body)
+                document = self._decode(body, typed)
                 return shape(document) if shape else ({} if document is None else document)
             except (ValueError, TypeError, RecursionError) as exc:
                 raise KaleyraApiError(_unreadable(exc), status=status, retryable=True) from None
@@ -279,11 +282,11 @@ class Transport:
         request.body, request.headers["Content-Length"] = body, str(len(body))  # type: ignore[arg-type]
         return request
 
-    def _decode(self, body: bytes) -> Any:
+    def _decode(self, body: bytes, typed: msgspec.json.Decoder | None = None) -> Any:
         """:func:`_decode`, but a byte that is not UTF-8 (seen in ``carrierId``) does not cost the
         answer: it becomes U+FFFD, and the first time it happens is logged."""
         try:
-            return _decode(body)
+            return _decode(body, typed)
         except msgspec.DecodeError:
             replaced = body.decode("utf-8", "replace").encode()
             if replaced == body:
@@ -291,7 +294,7 @@ class Transport:
             if not self._bad_text_logged:
                 self._bad_text_logged = True
                 log.warning("Kaleyra answered with text that is not UTF-8; the bad bytes read as U+FFFD")
-            return _decode(replaced)
+            return _decode(replaced, typed)
 
     def _redact(self, data: bytes) -> bytes:
         for secret in self._redactions:
@@ -300,10 +303,17 @@ class Transport:
         return data
 
 
-def _decode(body: bytes) -> Any:
+def _decode(body: bytes, typed: msgspec.json.Decoder | None = None) -> Any:
     """The JSON document of a body, ``None`` when empty; ``ValueError``/``RecursionError`` when unreadable
     (msgspec, which Airflow brings: twice as fast as ``json`` on a 500-device answer)."""
-    return msgspec.json.decode(body) if body.strip() else None
+    if not body.strip():
+        return None
+    if typed is not None:
+        try:
+            return typed.decode(body)
+        except msgspec.ValidationError:
+            pass  # JSON, but not of the usual types: read as it is
+    return msgspec.json.decode(body)
 
 
 def _unreadable(exc: BaseException) -> str:

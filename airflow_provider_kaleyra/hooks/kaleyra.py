@@ -131,6 +131,7 @@ class KaleyraHook(BaseHook):
             self._rcs_url(api.RCS_BULK_PATH),
             json={"deviceAddresses": distinct},
             shape=api.devices_list,
+            typed=api.BULK_ANSWER,
         )
 
     def check_soip_capability(

@@ -10,7 +10,7 @@ from functools import lru_cache
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED, e164_key
+from airflow_provider_kaleyra.client.api import FAILED, INVALID, RCS_DISABLED, RCS_ENABLED, Device, e164_key
 
 # Where an answer came from (``source``): this run's API calls, or the capability cache.
 SOURCE_API = "api"
@@ -70,17 +70,24 @@ def answers_by_number(asked: list[str], devices: list[Any]) -> tuple[dict[str, A
     wanted = set(asked)
     answers: dict[str, Answer] = {}
     unasked = 0
+    typed = bool(devices) and type(devices[0]) is Device  # (a typed decoding gives only records)
     for device in devices:
-        if type(device) is not dict:
+        if typed:
+            key = device.deviceAddress
+        elif type(device) is dict:
+            key = device.get("deviceAddress")
+        else:
             unasked += 1
             continue
-        key = device.get("deviceAddress")
         if type(key) is not str or key not in wanted:
             key = e164_key(key)
             if key not in wanted:
                 unasked += 1
                 continue
-        answers[key] = answer_from_device(device)
+        if typed:
+            answers[key] = _read_fields(device.rcsEnabled, device.carrierId, device.carrierStatus)
+        else:
+            answers[key] = answer_from_device(device)
     return answers, unasked
 
 
