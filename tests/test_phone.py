@@ -418,44 +418,43 @@ def test_mask_never_shows_the_middle(number):
 
 
 def test_distinct_numbers_gives_each_row_its_position_and_keeps_first_seen_order():
-    seen = DistinctNumbers()
+    distinct = DistinctNumbers()
     raws = ["+14155552671", "9876543210", "garbage", "+1 415-555-2671", "+919876543210", "+442079460000"]
-    positions, new = seen.add(*normalize_block(raws[:3], None, "IN"))
+    positions, new = distinct.add(*normalize_block(raws[:3], None, "IN"))
     assert (positions, new) == ([0, 1, -1], ["+14155552671", "+919876543210"])
-    positions, new = seen.add(*normalize_block(raws[3:], None, "IN"))
+    positions, new = distinct.add(*normalize_block(raws[3:], None, "IN"))
     assert (positions, new) == ([0, 1, 2], ["+442079460000"])  # two repeats
-    assert seen.numbers() == ["+14155552671", "+919876543210", "+442079460000"] and len(seen) == 3
-    assert (seen.inputs, seen.invalid) == (6, 1)
-    assert seen.reasons == {"unparseable: The string supplied did not seem to be a phone number.": 1}
+    assert list(distinct.seen) == ["+14155552671", "+919876543210", "+442079460000"] and len(distinct) == 3
+    assert (distinct.inputs, distinct.invalid) == (6, 1)
+    assert distinct.reasons == {"unparseable: The string supplied did not seem to be a phone number.": 1}
 
 
 def test_distinct_numbers_counts_problem_rows_and_non_text_with_their_reason():
-    seen = DistinctNumbers()
+    distinct = DistinctNumbers()
     block = normalize_block(["+14155552671", 14155552671, None], ["not UTF-8 text", None, None], "US")
-    assert seen.add(*block) == ([-1, -1, -1], [])
-    assert (seen.inputs, seen.invalid, seen.numbers()) == (3, 3, [])
-    assert seen.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
+    assert distinct.add(*block) == ([-1, -1, -1], [])
+    assert (distinct.inputs, distinct.invalid, list(distinct.seen)) == (3, 3, [])
+    assert distinct.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
 
 
 def test_distinct_numbers_caps_the_distinct_reasons_but_counts_every_invalid_input():
-    seen = DistinctNumbers()
-    for length in range(MAX_INPUT_LENGTH + 1, MAX_INPUT_LENGTH + 1 + 3 * MAX_REASONS):
-        seen.add(
-            *normalize_block(["1" * length], None, None)
-        )  # "too long: N characters", one reason per length
-    seen.add(
-        *normalize_block(["1" * (MAX_INPUT_LENGTH + 1)], None, None)
-    )  # a reason already kept still counts
-    assert seen.invalid == 3 * MAX_REASONS + 1
-    assert len(seen.reasons) == MAX_REASONS
-    assert seen.reasons[f"too long: {MAX_INPUT_LENGTH + 1} characters"] == 2
+    distinct = DistinctNumbers()
+    # "too long: N characters", one reason per length, in blocks of one; then a reason already kept
+    for length in [
+        *range(MAX_INPUT_LENGTH + 1, MAX_INPUT_LENGTH + 1 + 3 * MAX_REASONS),
+        MAX_INPUT_LENGTH + 1,
+    ]:
+        distinct.add(*normalize_block(["1" * length], None, None))
+    assert distinct.invalid == 3 * MAX_REASONS + 1
+    assert len(distinct.reasons) == MAX_REASONS
+    assert distinct.reasons[f"too long: {MAX_INPUT_LENGTH + 1} characters"] == 2
 
 
 def test_distinct_numbers_count_tallies_without_keeping_numbers():
-    seen = DistinctNumbers()  # the preflight's prepare: the numbers are de-duplicated on disk
-    assert seen.count(["+14155552671", None], [None, "empty"]) is True
-    assert seen.count(["+14155552671"], [None]) is False
-    assert (seen.inputs, seen.invalid, seen.reasons, len(seen)) == (3, 1, {"empty": 1}, 0)
+    distinct = DistinctNumbers()  # the preflight's prepare: the numbers are de-duplicated on disk
+    assert distinct.count(["+14155552671", None], [None, "empty"]) is True
+    assert distinct.count(["+14155552671"], [None]) is False
+    assert (distinct.inputs, distinct.invalid, distinct.reasons, len(distinct)) == (3, 1, {"empty": 1}, 0)
 
 
 def test_read_block_checks_only_the_shape_of_inputs_an_earlier_step_normalized():

@@ -70,13 +70,9 @@ def normalize_block(
     raws: Sequence[object], problems: Sequence[str | None] | None = None, region: str | None = None
 ) -> tuple[list[str | None], list[str | None]]:
     """:func:`normalize` of each input of a block: ``(e164s, reasons)``, aligned with ``raws``.
-
-    Less CPU per row: inputs already ``+`` and ASCII digits (most of a clean audience) go straight
-    to the fast path's calling-code step; any other input is read once per block.
-
-    :param problems: why each input was refused unread (``None`` where it was not), as
-        :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them; ``None``: none was.
-    """
+    Inputs already ``+`` and ASCII digits go straight to the fast path's calling-code step; any other
+    input is read once per block. ``problems``: why each input was refused unread, as
+    :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them."""
     international = _fastphone.international if fast_path_enabled() else None
     e164s: list[str | None] = []
     reasons: list[str | None] = []
@@ -164,7 +160,7 @@ MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong;
 
 class DistinctNumbers:
     """The one de-duplication tally, a block of rows at a time: inputs, invalid inputs and their
-    reasons counted, each valid number kept once with its position (first-seen order)."""
+    reasons counted, each valid number kept once (``seen``: its position, first-seen order)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
@@ -199,10 +195,6 @@ class DistinctNumbers:
         added = len(seen) - before
         new = list(islice(reversed(seen), added))[::-1] if added else []
         return positions, new
-
-    def numbers(self) -> list[str]:
-        """The distinct numbers, E.164, first-seen order."""
-        return list(self.seen)
 
 
 _POSSIBILITY = {

@@ -72,7 +72,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         found = DistinctNumbers()
         for block in self._blocks():
             found.add(*read_block(block, config.default_region, self.e164_input))
-        numbers = found.numbers()
+        numbers = list(found.seen)
         start, stop = shard_slice(len(numbers), shard)
         numbers = numbers[start:stop]
         if found.invalid:

@@ -161,7 +161,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if start is None:
             raise ValueError("no submission time: pass the SOIP check's XCom as submission=")
         submission_id = "sensor-" + hashlib.sha256(run_identity(self, context).encode()).hexdigest()[:40]
-        self.store.add_submission(submission_id, numbers.numbers())
+        self.store.add_submission(submission_id, list(numbers.seen))
         return submission_id, as_utc(start)
 
     def _required(self, total: int) -> int:
