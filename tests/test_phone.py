@@ -18,19 +18,20 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS
 
 from airflow_provider_kaleyra.numbers import fastphone as _fastphone, normalize as phone
+from airflow_provider_kaleyra.numbers.audience import RowBlock
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import (
     MAX_INPUT_LENGTH,
     MAX_REASONS,
     DistinctNumbers,
     Normalized,
-    already_e164,
     fast_path_enabled,
     normalize,
     normalize_block,
     normalize_with_phonenumbers,
     preclean,
 )
+from airflow_provider_kaleyra.rcs.blocks import read_block
 
 ALL_REGIONS = sorted(SUPPORTED_REGIONS)
 # Regions with rules worth aiming at: national prefixes, Italian leading zeros, AR/MX mobile
@@ -413,59 +414,56 @@ def test_mask_never_shows_the_middle(number):
     assert set(masked[5:-2]) <= {"*"}
 
 
-# -- DistinctNumbers: the one normalize-and-deduplicate pass ------------------------------------
+# -- DistinctNumbers: the one de-duplication tally ---------------------------------------------
 
 
-def test_distinct_numbers_says_per_input_what_it_is_and_keeps_first_seen_order():
-    seen = DistinctNumbers("IN")
-    got = [
-        seen.add(raw)
-        for raw in [
-            "+14155552671",
-            "9876543210",
-            "garbage",
-            "+1 415-555-2671",
-            "+919876543210",
-            "+442079460000",
-        ]
-    ]
-    assert got == [
-        ("+14155552671", None),
-        ("+919876543210", None),
-        (None, "unparseable: The string supplied did not seem to be a phone number."),
-        ("+14155552671", None),  # a repeat
-        ("+919876543210", None),
-        ("+442079460000", None),
-    ]
-    assert list(seen.numbers()) == ["+14155552671", "+919876543210", "+442079460000"]
-    assert (seen.inputs, seen.invalid) == (6, 1)  # and 2 repeats
-    assert sum(seen.reasons.values()) == 1
+def test_distinct_numbers_gives_each_row_its_position_and_keeps_first_seen_order():
+    distinct = DistinctNumbers()
+    raws = ["+14155552671", "9876543210", "garbage", "+1 415-555-2671", "+919876543210", "+442079460000"]
+    positions, new = distinct.add(*normalize_block(raws[:3], None, "IN"))
+    assert (positions, new) == ([0, 1, -1], ["+14155552671", "+919876543210"])
+    positions, new = distinct.add(*normalize_block(raws[3:], None, "IN"))
+    assert (positions, new) == ([0, 1, 2], ["+442079460000"])  # two repeats
+    assert list(distinct.seen) == ["+14155552671", "+919876543210", "+442079460000"] and len(distinct) == 3
+    assert (distinct.inputs, distinct.invalid) == (6, 1)
+    assert distinct.reasons == {"unparseable: The string supplied did not seem to be a phone number.": 1}
 
 
-def test_distinct_numbers_refuses_problem_rows_and_non_text_with_a_reason():
-    seen = DistinctNumbers("US")
-    assert seen.add("+14155552671", "not UTF-8 text") == (None, "not UTF-8 text")
-    assert seen.add(14155552671) == (None, "not text: int")
-    assert seen.add(None) == (None, "not text: NoneType")
-    assert (seen.inputs, seen.invalid, list(seen.numbers())) == (3, 3, [])
-    assert seen.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
+def test_distinct_numbers_counts_problem_rows_and_non_text_with_their_reason():
+    distinct = DistinctNumbers()
+    block = normalize_block(["+14155552671", 14155552671, None], ["not UTF-8 text", None, None], "US")
+    assert distinct.add(*block) == ([-1, -1, -1], [])
+    assert (distinct.inputs, distinct.invalid, list(distinct.seen)) == (3, 3, [])
+    assert distinct.reasons == {"not UTF-8 text": 1, "not text: int": 1, "not text: NoneType": 1}
 
 
 def test_distinct_numbers_caps_the_distinct_reasons_but_counts_every_invalid_input():
-    seen = DistinctNumbers(None)
-    for length in range(MAX_INPUT_LENGTH + 1, MAX_INPUT_LENGTH + 1 + 3 * MAX_REASONS):
-        seen.add("1" * length)  # "too long: N characters", one reason per length
-    seen.add("1" * (MAX_INPUT_LENGTH + 1))  # a reason already kept is still counted
-    assert seen.invalid == 3 * MAX_REASONS + 1
-    assert len(seen.reasons) == MAX_REASONS
-    assert seen.reasons[f"too long: {MAX_INPUT_LENGTH + 1} characters"] == 2
+    distinct = DistinctNumbers()
+    # "too long: N characters", one reason per length, in blocks of one; then a reason already kept
+    for length in [
+        *range(MAX_INPUT_LENGTH + 1, MAX_INPUT_LENGTH + 1 + 3 * MAX_REASONS),
+        MAX_INPUT_LENGTH + 1,
+    ]:
+        distinct.add(*normalize_block(["1" * length], None, None))
+    assert distinct.invalid == 3 * MAX_REASONS + 1
+    assert len(distinct.reasons) == MAX_REASONS
+    assert distinct.reasons[f"too long: {MAX_INPUT_LENGTH + 1} characters"] == 2
 
 
-def test_distinct_numbers_reads_with_the_reader_it_is_given():
-    seen = DistinctNumbers("IN", already_e164)  # inputs an earlier step normalized: no second parse
-    assert seen.add("+919876543210")[0] == "+919876543210"
-    assert seen.add("9876543210") == (None, "not E.164 (the input was declared normalized)")
-    assert seen.add(919876543210)[1] == "not E.164 (the input was declared normalized)"
+def test_distinct_numbers_count_tallies_without_keeping_numbers():
+    distinct = DistinctNumbers()  # the preflight's prepare: the numbers are de-duplicated on disk
+    assert distinct.count(["+14155552671", None], [None, "empty"]) is True
+    assert distinct.count(["+14155552671"], [None]) is False
+    assert (distinct.inputs, distinct.invalid, distinct.reasons, len(distinct)) == (3, 1, {"empty": 1}, 0)
+
+
+def test_read_block_checks_only_the_shape_of_inputs_an_earlier_step_normalized():
+    block = RowBlock(
+        ["+919876543210", "9876543210", 919876543210, "+14155552671"], [None, None, None, "empty"]
+    )
+    e164s, reasons = read_block(block, "IN", e164_input=True)  # no second parse
+    declared = "not E.164 (the input was declared normalized)"
+    assert (e164s, reasons) == (["+919876543210", None, None, None], [None, declared, declared, "empty"])
 
 
 def test_normalize_block_keeps_order_and_the_problems_it_is_given():

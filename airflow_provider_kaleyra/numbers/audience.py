@@ -30,7 +30,7 @@ NOT_UTF8 = "not UTF-8 text"
 NOT_CSV = "not a CSV line (a carriage return or stray quote inside it)"
 LINE_TOO_LONG = f"line too long: over {MAX_LINE_BYTES} bytes"
 _BOM = b"\xef\xbb\xbf"
-_TEXT_SUFFIXES = {"", ".txt", ".text", ".lst"}
+_FORMATS = {".csv": "csv", "": "text", ".txt": "text", ".text": "text", ".lst": "text"}
 _OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 _SPLIT = methodcaller("split", ",")
 
@@ -65,14 +65,12 @@ def audience_format(path: ObjectStoragePath, fmt: str | None = None) -> str:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         suffix = os.path.splitext(path.stem)[1].lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in _TEXT_SUFFIXES:
-        return "text"
-    raise ValueError(
-        f"cannot tell the format of audience {path} from its suffix {suffix!r}: "
-        "use .csv or .txt (optionally .gz), or pass audience_format='csv' or 'text'"
-    )
+    if suffix not in _FORMATS:
+        raise ValueError(
+            f"cannot tell the format of audience {path} from its suffix {suffix!r}: "
+            "use .csv or .txt (optionally .gz), or pass audience_format='csv' or 'text'"
+        )
+    return _FORMATS[suffix]
 
 
 def line_blocks(read: Callable[[int], bytes], limit: int = MAX_LINE_BYTES) -> Iterator[list[bytes | None]]:
@@ -220,10 +218,8 @@ class Audience:
 
     def blocks(self) -> Iterator[RowBlock]:
         """Every row after the header, in order, a block at a time (the file is read again each call)."""
-        first = True
-        for lines in self._line_blocks():
-            if first:
-                first = False
+        for n, lines in enumerate(self._line_blocks()):
+            if n == 0:
                 if self.kind == "csv":
                     lines = lines[1:]  # the header, read by open_audience
                 elif lines[0] is not None:

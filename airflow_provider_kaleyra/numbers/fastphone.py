@@ -1,13 +1,11 @@
 """The fast path of :func:`airflow_provider_kaleyra.numbers.normalize.normalize`.
 
-``phonenumbers`` is pure Python and general (``parse`` looks for RFC 3966 parts, extensions,
-letters; ``is_valid_number`` tries up to eleven patterns one by one), and the preflight normalizes
-every row. Nearly every input, once cleaned, is ``+`` and ASCII digits, or ASCII digits with a
-default region: for exactly those, this module replays ``phonenumbers.parse`` (9.x) and
-``is_valid_number`` step for step from its own metadata, with patterns compiled once and a
-region's validity patterns merged into one per length. Anything else, or anything ``parse`` would
-raise on, gives ``None``: the caller asks ``phonenumbers``. It replays private internals, so
-``pyproject.toml`` pins the series ``tests/test_phone.py`` covers and
+``phonenumbers`` is pure Python and general, and the preflight normalizes every row. For inputs
+that are ``+`` and ASCII digits, or ASCII digits with a default region, this module replays
+``phonenumbers.parse`` (9.x) and ``is_valid_number`` step for step from its own metadata, with
+patterns compiled once and a region's validity patterns merged into one per length. Anything else,
+or anything ``parse`` would raise on, gives ``None``: the caller asks ``phonenumbers``. It replays
+private internals, so ``pyproject.toml`` pins the series ``tests/test_phone.py`` covers and
 ``normalize.fast_path_enabled`` checks it on first use. ``benchmarks/run.py --only normalize``
 gives the gain: delete this module if a release makes it small.
 """
@@ -60,10 +58,8 @@ class _Region:
         # ... and ignores the national-prefix fields and description patterns when empty.
         self.prefix = re.compile(md.national_prefix_for_parsing) if md.national_prefix_for_parsing else None
         self.transform = md.national_prefix_transform_rule or None
-        general = md.general_desc
-        self.general = (
-            re.compile(general.national_number_pattern) if general.national_number_pattern else None
-        )
+        general, pattern = md.general_desc, md.general_desc.national_number_pattern
+        self.general = re.compile(pattern) if pattern else None
         self.lengths = frozenset(general.possible_length)
         self.max_length = max(general.possible_length)
         self.local_lengths = frozenset(general.possible_length_local_only)
@@ -99,11 +95,6 @@ class _Region:
             return number  # the number was viable as it stood and would not be without the prefix
         return rest
 
-    def too_long(self, number: str) -> bool:
-        """``_test_number_length(number, metadata) == TOO_LONG``."""
-        length = len(number)
-        return length > self.max_length and length not in self.local_lengths
-
     def is_valid(self, nsn: str) -> bool:
         """``_number_type_helper(nsn, metadata) != UNKNOWN``."""
         pattern = self._valid.get(len(nsn))
@@ -137,10 +128,7 @@ class _CallingCode:
             )
 
     def is_valid(self, nsn: str) -> bool:
-        """``is_valid_number`` of a number with this calling code and national number ``nsn``."""
-        if self.single_valid is not None:
-            pattern = self.single_valid.get(len(nsn))
-            return pattern is not None and pattern.fullmatch(nsn) is not None
+        """``is_valid_number`` of a number with this calling code (shared by regions) and ``nsn``."""
         for region in self.candidates:  # region_code_for_number, then is_valid_number_for_region
             if region.leading_digits is not None:
                 if region.leading_digits.match(nsn):
@@ -165,7 +153,7 @@ class _CallingCode:
             return None
         if self.single_valid is None:
             return (self.country_code, national, self.is_valid(national))
-        pattern = self.single_valid.get(len(national))  # is_valid, inlined for the common case
+        pattern = self.single_valid.get(len(national))
         return (self.country_code, national, pattern is not None and pattern.fullmatch(national) is not None)
 
 
@@ -228,14 +216,10 @@ def parse(compact: str, region: str | None) -> Parsed | None:
     ASCII digits or ASCII digits read in ``region``; ``None`` for anything else."""
     if compact[:1] == "+":
         digits = compact[1:]
-        if (
-            len(digits) <= _MIN_NSN
-            or len(digits) >= _MAX_INPUT
-            or not (digits.isascii() and digits.isdigit())
-        ):
+        if not (_MIN_NSN < len(digits) < _MAX_INPUT and digits.isascii() and digits.isdigit()):
             return None  # not viable, too short after the "+", or not digits only
         return international(digits)
-    if len(compact) < _MIN_NSN or len(compact) > _MAX_INPUT or not (compact.isascii() and compact.isdigit()):
+    if not (_MIN_NSN <= len(compact) <= _MAX_INPUT and compact.isascii() and compact.isdigit()):
         return None
     default = _region(region) if region else None
     if default is None:
@@ -253,9 +237,8 @@ def parse(compact: str, region: str | None) -> Parsed | None:
         # "starts with the region's own calling code": kept as one when that makes the
         # number match the general pattern, or when the whole is too long for the region.
         candidate = default.strip_national_prefix(compact[len(default.cc_digits) :])
-        if (not default.general_matches(compact) and default.general_matches(candidate)) or default.too_long(
-            compact
-        ):
+        too_long = len(compact) > default.max_length and len(compact) not in default.local_lengths
+        if (not default.general_matches(compact) and default.general_matches(candidate)) or too_long:
             # parse now uses the main region of the code (the same metadata when it is the default)
             return info.finish(candidate, info.main)
     return info.finish(compact, default)

@@ -13,8 +13,8 @@ import functools
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
+from collections.abc import Sequence
+from itertools import islice, repeat
 from typing import NamedTuple
 
 import phonenumbers
@@ -70,13 +70,9 @@ def normalize_block(
     raws: Sequence[object], problems: Sequence[str | None] | None = None, region: str | None = None
 ) -> tuple[list[str | None], list[str | None]]:
     """:func:`normalize` of each input of a block: ``(e164s, reasons)``, aligned with ``raws``.
-
-    Less CPU per row: inputs already ``+`` and ASCII digits (most of a clean audience) go straight
-    to the fast path's calling-code step; any other input is read once per block.
-
-    :param problems: why each input was refused unread (``None`` where it was not), as
-        :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them; ``None``: none was.
-    """
+    Inputs already ``+`` and ASCII digits go straight to the fast path's calling-code step; any other
+    input is read once per block. ``problems``: why each input was refused unread, as
+    :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them."""
     international = _fastphone.international if fast_path_enabled() else None
     e164s: list[str | None] = []
     reasons: list[str | None] = []
@@ -163,38 +159,42 @@ MAX_REASONS = 20  # distinct invalid reasons tallied: a few say what went wrong;
 
 
 class DistinctNumbers:
-    """Normalize and de-duplicate, one input at a time (the SOIP check and sensor): the valid
-    numbers kept once, first-seen order, as the integers of their E.164 digits (half the memory).
+    """The one de-duplication tally, a block of rows at a time: inputs, invalid inputs and their
+    reasons counted, each valid number kept once (``seen``: its position, first-seen order)."""
 
-    :param region: ISO country for numbers written without a country code.
-    :param read: reads one input: :func:`normalize` (default), or :func:`already_e164` for inputs
-        an earlier step normalized.
-    """
-
-    def __init__(
-        self, region: str | None, read: Callable[[object, str | None], Normalized] | None = None
-    ) -> None:
-        self.region = region
-        self.read = read or normalize  # (looked up now, not at import: a test counts its calls)
-        self.seen: dict[int, None] = {}
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
         self.inputs = self.invalid = 0
         self.reasons: Counter[str] = Counter()
 
-    def add(self, raw: object, problem: str | None = None) -> Normalized:
-        """What one input is; ``problem``: why it was refused unread."""
-        answer = self.read(raw, self.region) if problem is None else Normalized(None, problem)
-        self.inputs += 1
-        if answer.e164 is not None:
-            self.seen[int(answer.e164[1:])] = None
-        else:
-            self.invalid += 1
-            if answer.reason in self.reasons or len(self.reasons) < MAX_REASONS:
-                self.reasons[answer.reason] += 1  # type: ignore[index]
-        return answer
+    def __len__(self) -> int:
+        return len(self.seen)
 
-    def numbers(self) -> Iterator[str]:
-        """The distinct numbers, E.164, first-seen order."""
-        return (f"+{digits}" for digits in self.seen)
+    def count(self, e164s: list[str | None], reasons: list[str | None]) -> bool:
+        """Tally a block's rows without keeping their numbers; whether one of them was invalid."""
+        self.inputs += len(e164s)
+        if None not in e164s:
+            return False
+        invalid = [r for e, r in zip(e164s, reasons) if e is None]
+        self.invalid += len(invalid)
+        for reason, n in Counter(r or "invalid" for r in invalid).items():
+            if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+                self.reasons[reason] += n
+        return True
+
+    def add(self, e164s: list[str | None], reasons: list[str | None]) -> tuple[list[int], list[str]]:
+        """Tally and keep a block: ``(positions, new numbers)``, -1 for an invalid row; the numbers
+        seen first in this block."""
+        seen = self.seen
+        before = len(seen)
+        add = seen.setdefault
+        if self.count(e164s, reasons):
+            positions = [-1 if e is None else add(e, len(seen)) for e in e164s]
+        else:
+            positions = [add(e, len(seen)) for e in e164s]  # type: ignore[arg-type]
+        added = len(seen) - before
+        new = list(islice(reversed(seen), added))[::-1] if added else []
+        return positions, new
 
 
 _POSSIBILITY = {

@@ -6,14 +6,14 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, already_e164
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
+from airflow_provider_kaleyra.rcs.blocks import read_block
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -69,11 +69,10 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         profile = self.hook.soip_profile(self.callback_profile_id)
         store = get_store(config.store_url)  # no store configured: fails without retries, naming the setting
         shard = self._shard()
-        found = DistinctNumbers(config.default_region, already_e164 if self.e164_input else None)
+        found = DistinctNumbers()
         for block in self._blocks():
-            for raw, problem in zip(block.raws, block.problems or repeat(None)):
-                found.add(raw, problem)
-        numbers = list(found.numbers())
+            found.add(*read_block(block, config.default_region, self.e164_input))
+        numbers = list(found.seen)
         start, stop = shard_slice(len(numbers), shard)
         numbers = numbers[start:stop]
         if found.invalid:

@@ -5,7 +5,6 @@ write each RCS shard's distinct valid numbers, de-duplicated one :class:`~.files
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from functools import cache, lru_cache
 from itertools import islice
@@ -15,7 +14,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.numbers.audience import column_index, open_audience  # the one reader
 from airflow_provider_kaleyra.numbers.masking import mask
-from airflow_provider_kaleyra.numbers.normalize import MAX_REASONS, normalize, preclean
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
@@ -56,26 +55,19 @@ def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column:
 
 
 class _Reader:
-    """Reads each row's number with its own region (the region column) or the default; tallies."""
+    """Reads each row's number with its own region (the region column) or the default."""
 
     def __init__(self, region: str | None) -> None:
         self.region = region
-        self.rows = self.invalid = 0
-        self.reasons: Counter[str] = Counter()
         self.national = NationalRows(default_region=region, default_rows=0, by_region={}, examples=[])
 
     def read(self, raw: str, country: str, problem: str | None = None) -> tuple[str | None, str | None]:
         """``problem``: why the reader refused the line unread (it is then invalid with that reason)."""
-        self.rows += 1
         region = region_for(country) if country.strip() else self.region
         e164, reason = (None, problem) if problem else normalize(raw, region)
-        if e164 is None:
-            if region is None and country.strip() and not problem:
-                reason = UNKNOWN_COUNTRY
-            self.invalid += 1
-            if reason in self.reasons or len(self.reasons) < MAX_REASONS:
-                self.reasons[reason] += 1  # type: ignore[index]
-        elif region and isinstance(cleaned := preclean(raw, region), tuple) and cleaned[1]:
+        if e164 is None and region is None and country.strip() and not problem:
+            reason = UNKNOWN_COUNTRY
+        elif e164 and region and isinstance(cleaned := preclean(raw, region), tuple) and cleaned[1]:
             by_region = self.national["by_region"]
             by_region[region] = by_region.get(region, 0) + 1
             if not country.strip():
@@ -137,20 +129,23 @@ def prepare_audience(
     except ValueError as exc:
         raise ValueError(f"{exc} (the preflight's `region_column`)") from None
     width = len(header)
-    reader = _Reader(region)
+    reader, tally = _Reader(region), DistinctNumbers()  # (the tally keeps no number: they go to parts)
     with files.Partitions("kaleyra-prepare-") as parts:
-        valid = 0
         with files.CsvWriter() as out:
             out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
             for block in audience.blocks():
+                e164s: list[str | None] = []
+                reasons: list[str | None] = []
                 problems = block.problems or [None] * len(block.raws)
                 for record, raw, problem in zip(block.records or (), block.raws, problems):
                     record = (record + [""] * width)[:width] if len(record) != width else record
                     e164, reason = reader.read(raw, record[country] if country is not None else "", problem)
                     if e164:
                         parts.handles[parts.index(e164)].write(e164 + "\n")
-                        valid += 1
                     out.write("rows", [*record, e164 or "", reason or ""])
+                    e164s.append(e164)
+                    reasons.append(reason)
+                tally.count(e164s, reasons)
         distinct = _deduplicate(parts)
         numbers = _numbers(parts)
         shards: list[Shard] = []
@@ -164,9 +159,12 @@ def prepare_audience(
         storage_conn_id=storage_conn_id,
         audience=str(source),
         counts=Counts(
-            rows=reader.rows, invalid=reader.invalid, duplicates=valid - distinct, distinct=distinct
+            rows=tally.inputs,
+            invalid=tally.invalid,
+            duplicates=tally.inputs - tally.invalid - distinct,
+            distinct=distinct,
         ),
-        invalid_reasons=dict(reader.reasons.most_common()),
+        invalid_reasons=dict(tally.reasons.most_common()),
         national=reader.national,
         shards=shards,
     )

@@ -26,6 +26,7 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_kaleyra.client.api import FAILED, INVALID
 from airflow_provider_kaleyra.numbers.audience import RowBlock
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
 from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed
 from airflow_provider_kaleyra.rcs.batching import (
     Shard,
@@ -34,7 +35,7 @@ from airflow_provider_kaleyra.rcs.batching import (
     split,
     stream_block_batches,
 )
-from airflow_provider_kaleyra.rcs.blocks import Distinct, read_block
+from airflow_provider_kaleyra.rcs.blocks import read_block
 from airflow_provider_kaleyra.rcs.cache import CacheRun
 from airflow_provider_kaleyra.rcs.checkpoint import Checkpoint, fingerprint
 from airflow_provider_kaleyra.rcs.progress import Progress, Stats
@@ -92,7 +93,7 @@ class Engine:
         self.stats = Stats()
         self.failed_chunks: set[int] = set()
         self.checkpoint: Checkpoint | None = None
-        self._distinct = Distinct()
+        self._distinct = DistinctNumbers()
         self._spool = Spool()
         self._head: tuple[Any, int] | None = None  # the oldest block not written yet, and its last position
         self._next_row = 0

@@ -30,7 +30,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
 from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
-from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
+from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize_block
 from airflow_provider_kaleyra.operators.base import run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
@@ -154,15 +154,14 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
 
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
         """Numbers given directly become a submission of this task instance (the same id on every poke)."""
-        numbers = DistinctNumbers(self.hook.config.default_region)
-        for raw in _as_numbers(self.numbers):
-            numbers.add(raw)
+        numbers = DistinctNumbers()
+        numbers.add(*normalize_block(_as_numbers(self.numbers), None, self.hook.config.default_region))
         dag_run = context.get("dag_run")
         start = getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None)
         if start is None:
             raise ValueError("no submission time: pass the SOIP check's XCom as submission=")
         submission_id = "sensor-" + hashlib.sha256(run_identity(self, context).encode()).hexdigest()[:40]
-        self.store.add_submission(submission_id, list(numbers.numbers()))
+        self.store.add_submission(submission_id, list(numbers.seen))
         return submission_id, as_utc(start)
 
     def _required(self, total: int) -> int:

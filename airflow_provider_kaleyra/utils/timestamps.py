@@ -7,7 +7,5 @@ from datetime import UTC, datetime
 
 def as_utc(value: datetime | str) -> datetime:
     """An aware UTC datetime from a datetime or ISO 8601 text; naive values are taken as UTC."""
-    parsed = (
-        value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    )
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
