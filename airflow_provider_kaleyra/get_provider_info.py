@@ -25,18 +25,15 @@ def _field(label: str, description: str, kind: str = "string", secret: bool = Fa
     return {"label": label, "description": description, "schema": schema}
 
 
-def _pods() -> str:
-    """Each pod with the hosts the code knows, and what must be set by hand."""
-    known = [
-        f"{pod}: RCS {RCS_HOSTS.get(pod, 'none published, set RCS base URL')}, SOIP {SOIP_HOSTS.get(pod, '-')}"
-        for pod in PODS
-    ]
-    return "Kaleyra pod; picks the default hosts. " + "; ".join(known)
-
+# Each pod with the hosts the code knows, and what must be set by hand.
+_PODS = "Kaleyra pod; picks the default hosts. " + "; ".join(
+    f"{pod}: RCS {RCS_HOSTS.get(pod, 'none published, set RCS base URL')}, SOIP {SOIP_HOSTS.get(pod, '-')}"
+    for pod in PODS
+)
 
 # The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
 CONN_FIELDS: dict[str, Any] = {
-    "pod": _field("Pod", _pods(), enum=[*PODS, None], default=DEFAULT_POD),
+    "pod": _field("Pod", _PODS, enum=[*PODS, None], default=DEFAULT_POD),
     "rcs_base_url": _field(
         "RCS base URL", "Overrides the pod's RCS host (required for pods eu and sg; e.g. a simulator)"
     ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -71,10 +71,7 @@ def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], 
 
 
 class KaleyraOperator(BaseOperator):
-    """Holds the connection id and the hook, which reads the connection on first use only.
-
-    Each operator's ``execute`` is decorated with :func:`fail_fast`.
-    """
+    """The connection id and the hook, which reads the connection on first use only."""
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -94,17 +91,6 @@ def run_identity(task: BaseOperator, context: Context) -> str:
     return json.dumps([dag_id, run_id, task.task_id, map_index if isinstance(map_index, int) else -1])
 
 
-AUDIENCE_FIELDS = (
-    "kaleyra_conn_id",
-    "numbers",
-    "audience",
-    "column",
-    "shard_index",
-    "shard_count",
-    "storage_conn_id",
-)
-
-
 class AudienceOperator(KaleyraOperator):
     """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
 
@@ -120,8 +106,18 @@ class AudienceOperator(KaleyraOperator):
     :param shard_count: how many shards the audience is cut into. (templated)
     :param storage_conn_id: the object store's Airflow connection, for locations given as strings. (templated)
     :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
+    template_fields: Sequence[str] = (
+        "kaleyra_conn_id",
+        "numbers",
+        "audience",
+        "column",
+        "shard_index",
+        "shard_count",
+        "storage_conn_id",
+    )
     template_fields_renderers = {"numbers": "json"}
 
     def __init__(
@@ -134,6 +130,7 @@ class AudienceOperator(KaleyraOperator):
         shard_index: int | str | None = None,
         shard_count: int | str | None = None,
         storage_conn_id: str | None = None,
+        e164_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,6 +143,7 @@ class AudienceOperator(KaleyraOperator):
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.storage_conn_id = storage_conn_id
+        self.e164_input = e164_input
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)

@@ -12,13 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_kaleyra.client.api import STATUSES
 from airflow_provider_kaleyra.client.config import parse_age
 from airflow_provider_kaleyra.numbers.masking import mask
-from airflow_provider_kaleyra.operators.base import (
-    AUDIENCE_FIELDS,
-    AudienceOperator,
-    KaleyraOperator,
-    fail_fast,
-    run_identity,
-)
+from airflow_provider_kaleyra.operators.base import AudienceOperator, KaleyraOperator, fail_fast, run_identity
 from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, Engine
 from airflow_provider_kaleyra.rcs.outputs import result_format, write_results
@@ -93,7 +87,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     :param max_invalid_ratio: the task fails, before any API call and without retries, when more
         than this share of the rows are not valid numbers; ``None``: no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
-    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     :param cache: the capability cache (README, "Remembering answers"): ``None`` (on when the
         connection sets ``cache_url``), ``True``, ``False`` or ``"refresh"``.
     :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``,
@@ -102,7 +95,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     """
 
     template_fields: Sequence[str] = (
-        *AUDIENCE_FIELDS,
+        *AudienceOperator.template_fields,
         "output_path",
         "max_failed_ratio",
         "max_invalid_ratio",
@@ -115,7 +108,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
         max_failed_ratio: float | str = 0.01,
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
-        e164_input: bool = False,
         cache: CacheMode = None,
         cache_max_age_positive: timedelta | str | None = None,
         cache_max_age_negative: timedelta | str | None = None,
@@ -133,7 +125,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
         self.max_failed_ratio = max_failed_ratio
         self.max_invalid_ratio = max_invalid_ratio
         self.checkpoint_batches = checkpoint_batches
-        self.e164_input = e164_input
         self.cache = cache
         self.cache_max_age_positive = _age(cache_max_age_positive, "cache_max_age_positive")
         self.cache_max_age_negative = _age(cache_max_age_negative, "cache_max_age_negative")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, already_e164
-from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
+from airflow_provider_kaleyra.operators.base import AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
 
 if TYPE_CHECKING:
@@ -43,17 +43,15 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
 
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
     :param chunk_size: numbers per API request.
-    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
-    template_fields: Sequence[str] = (*AUDIENCE_FIELDS, "callback_profile_id")
+    template_fields: Sequence[str] = (*AudienceOperator.template_fields, "callback_profile_id")
 
     def __init__(
         self,
         *,
         callback_profile_id: str | None = None,
         chunk_size: int = SOIP_CHUNK_SIZE,
-        e164_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,7 +59,6 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
-        self.e164_input = e164_input
 
     @fail_fast
     def execute(self, context: Context) -> SoipSubmission:

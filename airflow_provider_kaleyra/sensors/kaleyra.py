@@ -27,11 +27,10 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     get_store,
 )
-from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
-from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+from airflow_provider_kaleyra.client.config import StoreNotConfigured
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.operators.base import run_identity
+from airflow_provider_kaleyra.operators.base import KaleyraOperator, run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -41,20 +40,17 @@ from airflow_provider_kaleyra.utils.timestamps import as_utc
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-_MISSING_SAMPLE = 5
-
 
 def _as_numbers(value: Any) -> list[str]:
+    """A rendered ``numbers``: a list, or text (comma-separated, or a JSON list)."""
     if isinstance(value, str):
         value = value.split(",") if not value.lstrip().startswith("[") else json.loads(value)
-    if isinstance(value, MaskedNumbers):
-        value = value.values
-    if not isinstance(value, (list, tuple, set)):
+    if not isinstance(value, (list, tuple, set, MaskedNumbers)):
         raise ValueError(f"numbers must be a list of phone numbers, got {type(value).__name__}")
     return [n for n in (str(v).strip() for v in value) if n]
 
 
-class KaleyraSoipCallbackSensor(BaseSensorOperator):
+class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
     """Wait until enough numbers of a SOIP check have their callback, then write every number's answer.
 
     Succeeds when ``answered / total >= min_answered_ratio``, counting only callbacks received
@@ -91,7 +87,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         submission: SoipSubmission | None = None,
         numbers: list[str] | None = None,
         storage_conn_id: str | None = None,
-        kaleyra_conn_id: str = DEFAULT_CONN_ID,
         min_answered_ratio: float = 1.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | None = None,
@@ -106,7 +101,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self.submission = submission
         self.output_path = output
         self.storage_conn_id = storage_conn_id
-        self.kaleyra_conn_id = kaleyra_conn_id
         self.min_answered_ratio = min_answered_ratio
         self.deferrable = deferrable
         self.poll_interval = poll_interval
@@ -117,10 +111,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         super().render_template_fields(context, jinja_env)
         if self.numbers is not None:  # Airflow records rendered fields: a masked sample only
             self.numbers = MaskedNumbers(_as_numbers(self.numbers))
-
-    @cached_property
-    def hook(self) -> KaleyraHook:
-        return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 
     @cached_property
     def store(self) -> CallbackStore:
@@ -134,12 +124,8 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         if self._target is not None:
             return self._target
         if self.submission is not None:
-            submission = self.submission
-            if (
-                not isinstance(submission, Mapping)
-                or not submission.get("submission_id")
-                or not submission.get("submitted_at")
-            ):
+            submission = self.submission if isinstance(self.submission, Mapping) else {}
+            if not submission.get("submission_id") or not submission.get("submitted_at"):
                 raise AirflowFailException(
                     "submission has no submission_id/submitted_at: pass the XCom of "
                     "KaleyraSoipCapabilityCheckOperator as a dict (submission=check.output, or a template "
@@ -193,10 +179,10 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             except (AirflowSensorTimeout, AirflowSkipException) as exc:
                 if exc.__cause__ is not None:  # a failure soft_fail turned into a skip: not a timeout
                     raise
-                self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
+                timeout = self._timed_out(str(exc), submission_id, since, total)
                 if isinstance(exc, AirflowSkipException):
                     raise
-                raise AirflowSensorTimeout(f"{exc} {self._missing_message(total)}") from exc
+                raise timeout from exc
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
@@ -227,31 +213,34 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         status = event.get("status")
         self._last_answered = event.get("answered")
         if status == "timeout":
-            self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
-            raise AirflowSensorTimeout(
-                f"Sensor has timed out after {self.timeout} seconds. {self._missing_message(total)}"
+            raise self._timed_out(
+                f"Sensor has timed out after {self.timeout} seconds.", submission_id, since, total
             )
         if status != "success":
             raise AirflowException(f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}")
         return self._build_result(submission_id, since)
 
-    def _missing_message(self, total: int) -> str:
+    def _timed_out(
+        self, message: str, submission_id: str, since: datetime, total: int
+    ) -> AirflowSensorTimeout:
+        """Writes what did arrive (a soft fail's downstream reads it); the error names the missing count."""
+        self._build_result(submission_id, since)
         answered = self._last_answered or 0
-        return (
-            f"{total - answered} of {total} numbers still have no SOIP callback "
+        return AirflowSensorTimeout(
+            f"{message} {total - answered} of {total} numbers still have no SOIP callback "
             f"({answered} answered, {self._required(total)} needed)."
         )
 
     def _build_result(self, submission_id: str, since: datetime) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""
-        counts: Counter[str] = Counter({CAPABLE: 0, NOT_CAPABLE: 0, UNPARSEABLE: 0, MISSING: 0})
+        counts = Counter(dict.fromkeys((CAPABLE, NOT_CAPABLE, UNPARSEABLE, MISSING), 0))
         missing: list[str] = []
         target = as_path(self.output_path, self.storage_conn_id)
         with open_atomic(target) as handle:
             for number, result in self.store.results(submission_id, since):
                 entry = result.as_dict() if result else {"outcome": MISSING}
                 counts[entry["outcome"]] += 1
-                if result is None and len(missing) < _MISSING_SAMPLE:
+                if result is None and len(missing) < 5:  # a sample for the log
                     missing.append(number)
                 handle.write(json.dumps({"number": number, **entry}) + "\n")
         total = sum(counts.values())

@@ -58,16 +58,8 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
         return f"{type(self).__module__}.{type(self).__qualname__}", {n: getattr(self, n) for n in _FIELDS}
 
     def _event(self, status: str, answered: int, message: str | None = None) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "answered": answered,
-                "total": self.total,
-                "required": self.required,
-                "submission_id": self.submission_id,
-                "message": message,
-            }
-        )
+        fields = {"total": self.total, "required": self.required, "submission_id": self.submission_id}
+        return TriggerEvent({"status": status, "answered": answered, **fields, "message": message})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Count in a thread (the store is synchronous SQLAlchemy) so the triggerer's loop stays free."""
@@ -80,7 +72,7 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
             yield self._event("error", 0, f"cannot open the callback store: {type(exc).__name__}: {exc}")
             return
         since = as_utc(self.since)
-        deadline = as_utc(self.deadline) if self.deadline else None
+        deadline = as_utc(self.deadline) if self.deadline else datetime.max.replace(tzinfo=UTC)
         answered, failures = 0, 0
         while True:
             try:
@@ -102,11 +94,8 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
                 if answered >= self.required:
                     yield self._event("success", answered)
                     return
-            now = datetime.now(UTC)
-            if deadline is not None and now >= deadline:
+            left = (deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
                 yield self._event("timeout", answered)
                 return
-            wait = self.poll_interval
-            if deadline is not None:
-                wait = min(wait, max((deadline - now).total_seconds(), 0.0))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(min(self.poll_interval, left))
