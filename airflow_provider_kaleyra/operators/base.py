@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _as_list(value: Any, name: str) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     """A rendered ``numbers`` argument as a list: any iterable but a string (a string is a mistake)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(
-            f"{name} must be a list of phone numbers, got {type(value).__name__}; to pass a templated "
+            f"numbers must be a list of phone numbers, got {type(value).__name__}; to pass a templated "
             "list, use an XComArg or render_template_as_native_obj=True on the DAG"
         )
     return list(value)
@@ -71,7 +71,10 @@ def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], 
 
 
 class KaleyraOperator(BaseOperator):
-    """The connection id and the hook, which reads the connection on first use only."""
+    """The connection id and the hook, which reads the connection on first use only.
+
+    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    """
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -94,9 +97,6 @@ def run_identity(task: BaseOperator, context: Context) -> str:
 class AudienceOperator(KaleyraOperator):
     """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
 
-    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.masking.MaskedNumbers`,
-    since Airflow records rendered fields.
-
     :param numbers: the audience as a list, for small audiences. (templated)
     :param audience: the audience as a file (path, URL or ``ObjectStoragePath``): a CSV with a
         header naming ``column``, or plain text with one number per line. (templated)
@@ -105,7 +105,6 @@ class AudienceOperator(KaleyraOperator):
     :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
     :param shard_count: how many shards the audience is cut into. (templated)
     :param storage_conn_id: the object store's Airflow connection, for locations given as strings. (templated)
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
     :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
@@ -147,8 +146,8 @@ class AudienceOperator(KaleyraOperator):
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
-        if self.numbers is not None:
-            self.numbers = MaskedNumbers(_as_list(self.numbers, "numbers"))
+        if self.numbers is not None:  # Airflow records rendered fields: a masked sample only
+            self.numbers = MaskedNumbers(as_list(self.numbers))
 
     def _shard(self) -> Shard | None:
         if self.shard_index in (None, "") and self.shard_count in (None, ""):
@@ -163,6 +162,6 @@ class AudienceOperator(KaleyraOperator):
     def _blocks(self) -> Iterator[RowBlock]:
         """The audience in blocks of rows (:func:`~airflow_provider_kaleyra.numbers.audience.open_audience`)."""
         if self.audience is None:
-            return input_blocks(_as_list(self.numbers, "numbers"))
+            return input_blocks(as_list(self.numbers))
         path = as_path(self.audience, self.storage_conn_id)
         return open_audience(path, column=self.column, fmt=self.audience_format).blocks()

@@ -39,12 +39,10 @@ def _ratio(value: float | str | None, name: str) -> float | None:
 class KaleyraRcsLookupOperator(KaleyraOperator):
     """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
 
-    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it
-    in XCom, and a phone number is personal data.
+    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it.
 
     :param number: the number, in any common format; national numbers need the connection's
         ``default_region``. (templated)
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
     """
 
     template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
@@ -68,16 +66,11 @@ class KaleyraRcsLookupOperator(KaleyraOperator):
 
 
 class KaleyraRcsBulkLookupOperator(AudienceOperator):
-    """Look up RCS capability for a whole audience; results go to a file, a summary to XCom.
+    """Look up RCS capability for a whole audience: one output row per input row, a summary to XCom.
 
-    Each input row gets exactly one output row (``row``, ``input``, ``e164``, ``status``,
-    ``carrier_id``, ``carrier_status``, ``error``), through the one engine
-    (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`). Answers are checkpointed beside the
-    output (``<output>.checkpoint/``), owned by the task instance: a retry resumes, another run
-    never reuses them. To spread an audience over workers, map over ``shard_index`` (README,
-    "Many workers") and join the outputs with :func:`~airflow_provider_kaleyra.rcs.outputs.merge_results`.
-
-    The audience arguments are :class:`~.base.AudienceOperator`'s.
+    Answers are checkpointed beside the output, owned by the task instance: a retry resumes, another
+    run never reuses them. Shards: README, "Many workers". The audience arguments are
+    :class:`~.base.AudienceOperator`'s.
 
     :param output: ``.csv``, or ``.jsonl`` / ``.json`` for JSON Lines (path, URL or
         ``ObjectStoragePath``); kept as ``output_path``, since ``output`` is the XComArg. (templated)

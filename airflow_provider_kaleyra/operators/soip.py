@@ -33,12 +33,9 @@ class SoipSubmission(TypedDict):
 class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
 
-    Numbers are normalized, de-duplicated, recorded in the callback store under a new submission
-    id, and submitted in concurrent, paced requests of ``chunk_size``. The XCom value
-    (:class:`SoipSubmission`, no phone number) is what
-    :class:`~airflow_provider_kaleyra.sensors.kaleyra.KaleyraSoipCallbackSensor` takes as
-    ``submission``. A retry is a new submission; callbacks Kaleyra delivers again count for it.
-
+    Numbers are normalized, de-duplicated, recorded in the callback store under a new submission id
+    and submitted in paced requests; the XCom (:class:`SoipSubmission`, no number) is the callback
+    sensor's ``submission``. A retry is a new submission; callbacks delivered again count for it.
     The audience arguments are :class:`~.base.AudienceOperator`'s.
 
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)

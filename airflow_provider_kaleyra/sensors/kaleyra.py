@@ -30,7 +30,7 @@ from airflow_provider_kaleyra.callbacks.store import (
 from airflow_provider_kaleyra.client.config import StoreNotConfigured
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.operators.base import KaleyraOperator, run_identity
+from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -45,9 +45,7 @@ def _as_numbers(value: Any) -> list[str]:
     """A rendered ``numbers``: a list, or text (comma-separated, or a JSON list)."""
     if isinstance(value, str):
         value = value.split(",") if not value.lstrip().startswith("[") else json.loads(value)
-    if not isinstance(value, (list, tuple, set, MaskedNumbers)):
-        raise ValueError(f"numbers must be a list of phone numbers, got {type(value).__name__}")
-    return [n for n in (str(v).strip() for v in value) if n]
+    return [n for n in (str(v).strip() for v in as_list(value)) if n]
 
 
 class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
@@ -169,7 +167,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         )
         if answered < required:
             return PokeReturnValue(False)
-        return PokeReturnValue(True, self._build_result(submission_id, since))
+        return PokeReturnValue(True, self._build_result())
 
     def execute(self, context: Context) -> Any:
         submission_id, since, total = self._resolve(context)
@@ -179,7 +177,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
             except (AirflowSensorTimeout, AirflowSkipException) as exc:
                 if exc.__cause__ is not None:  # a failure soft_fail turned into a skip: not a timeout
                     raise
-                timeout = self._timed_out(str(exc), submission_id, since, total)
+                timeout = self._timed_out(str(exc))
                 if isinstance(exc, AirflowSkipException):
                     raise
                 raise timeout from exc
@@ -208,31 +206,28 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Build the result once the trigger fires; a timeout event becomes ``AirflowSensorTimeout``."""
-        submission_id, since, total = self._resolve(context)
+        self._resolve(context)
         event = event or {}
         status = event.get("status")
         self._last_answered = event.get("answered")
         if status == "timeout":
-            raise self._timed_out(
-                f"Sensor has timed out after {self.timeout} seconds.", submission_id, since, total
-            )
+            raise self._timed_out(f"Sensor has timed out after {self.timeout} seconds.")
         if status != "success":
             raise AirflowException(f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}")
-        return self._build_result(submission_id, since)
+        return self._build_result()
 
-    def _timed_out(
-        self, message: str, submission_id: str, since: datetime, total: int
-    ) -> AirflowSensorTimeout:
+    def _timed_out(self, message: str) -> AirflowSensorTimeout:
         """Writes what did arrive (a soft fail's downstream reads it); the error names the missing count."""
-        self._build_result(submission_id, since)
-        answered = self._last_answered or 0
+        self._build_result()
+        total, answered = self._target[2], self._last_answered or 0  # _target: set by _resolve
         return AirflowSensorTimeout(
             f"{message} {total - answered} of {total} numbers still have no SOIP callback "
             f"({answered} answered, {self._required(total)} needed)."
         )
 
-    def _build_result(self, submission_id: str, since: datetime) -> dict[str, Any]:
+    def _build_result(self) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""
+        submission_id, since, _ = self._target  # set by _resolve
         counts = Counter(dict.fromkeys((CAPABLE, NOT_CAPABLE, UNPARSEABLE, MISSING), 0))
         missing: list[str] = []
         target = as_path(self.output_path, self.storage_conn_id)
