@@ -40,23 +40,22 @@ class NotRetried(AirflowFailException):
     """What waiting cannot fix: fails the task at once, without its retries."""
 
 
-# What waiting cannot fix (bad credentials or channel off, a wrong argument, column or setting, an
-# audience that is not there or not readable), each raised as a class that is also that kind, so
-# that ``except ValueError`` (say) still catches it.
+# Bad credentials or channel off, a wrong argument, column or setting, a missing or unreadable
+# audience: each raised as a class that is also that kind (``except ValueError`` still catches it).
 NOT_RETRIED: dict[type[Exception], type[NotRetried]] = {
     kind: type(f"NotRetried{kind.__name__}", (NotRetried, kind), {"__module__": __name__})
     for kind in (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
 }
 
 
-def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], T]:
-    """For an operator's ``execute``: an error of :data:`NOT_RETRIED` fails the task without retries
-    (same message and attributes, still its kind); any other error keeps the task's ``retries``."""
+def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
+    """For an operator's ``execute`` (or the sensor's ``store``): an error of :data:`NOT_RETRIED` fails the
+    task without retries (same message and attributes, still its kind); others keep its ``retries``."""
 
-    @functools.wraps(execute)
-    def run(self: Any, context: Context) -> T:
+    @functools.wraps(method)
+    def run(self: Any, *args: Any) -> T:
         try:
-            return execute(self, context)
+            return method(self, *args)
         except AirflowException:
             raise
         except tuple(NOT_RETRIED) as exc:

@@ -27,10 +27,9 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     get_store,
 )
-from airflow_provider_kaleyra.client.config import StoreNotConfigured
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, run_identity
+from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, fail_fast, run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -51,11 +50,9 @@ def _as_numbers(value: Any) -> list[str]:
 class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
     """Wait until enough numbers of a SOIP check have their callback, then write every number's answer.
 
-    Succeeds when ``answered / total >= min_answered_ratio``, counting only callbacks received
-    after the submission; writes one JSON line per submitted number to ``output`` and returns
-    ``{"summary": {counts...}, "output": location}`` (README, "SOIP checks and their callbacks").
-    On a timeout the output is written all the same (unanswered numbers ``missing``) before the
-    task fails or, with ``soft_fail``, is skipped.
+    Succeeds when ``answered / total >= min_answered_ratio``, counting callbacks received after the
+    submission; writes one JSON line per submitted number to ``output`` (on a timeout too, unanswered
+    ones ``missing``) and returns ``{"summary": {counts...}, "output": location}`` (README).
 
     :param submission: the SOIP check operator's XCom; the numbers are read from the callback store.
     :param numbers: instead of ``submission``, numbers to wait for (read with the connection's
@@ -102,7 +99,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         self.min_answered_ratio = min_answered_ratio
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self._target: tuple[str, datetime, int] | None = None
+        self._target: tuple[str, datetime, int, int] | None = None  # set by _resolve
         self._last_answered: int | None = None
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
@@ -111,14 +108,12 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
             self.numbers = MaskedNumbers(_as_numbers(self.numbers))
 
     @cached_property
+    @fail_fast  # no store configured: fails without retries, naming the setting
     def store(self) -> CallbackStore:
-        try:
-            return get_store(self.hook.config.store_url)
-        except StoreNotConfigured as exc:
-            raise AirflowFailException(str(exc)) from None
+        return get_store(self.hook.config.store_url)
 
-    def _resolve(self, context: Context) -> tuple[str, datetime, int]:
-        """``(submission id, time after which callbacks count, how many numbers)``."""
+    def _resolve(self, context: Context) -> tuple[str, datetime, int, int]:
+        """``(submission id, time after which callbacks count, how many numbers, how many needed)``."""
         if self._target is not None:
             return self._target
         if self.submission is not None:
@@ -133,7 +128,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         else:
             submission_id, since = self._register_numbers(context)
         total = self.store.submission_size(submission_id)
-        self._target = (submission_id, since, total)
+        self._target = (submission_id, since, total, math.ceil(total * self.min_answered_ratio - 1e-9))
         return self._target
 
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
@@ -149,14 +144,10 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         self.store.add_submission(submission_id, list(numbers.numbers()))
         return submission_id, as_utc(start)
 
-    def _required(self, total: int) -> int:
-        return math.ceil(total * self.min_answered_ratio - 1e-9)
-
     def poke(self, context: Context) -> PokeReturnValue:
-        submission_id, since, total = self._resolve(context)
+        submission_id, since, total, required = self._resolve(context)
         answered = self.store.count_answered(submission_id, since) if total else 0
         self._last_answered = answered
-        required = self._required(total)
         self.log.info(
             "%s of %s numbers answered since %s (%s needed) in %s",
             answered,
@@ -170,7 +161,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         return PokeReturnValue(True, self._build_result())
 
     def execute(self, context: Context) -> Any:
-        submission_id, since, total = self._resolve(context)
+        submission_id, since, total, required = self._resolve(context)
         if not self.deferrable:
             try:
                 return super().execute(context)
@@ -186,7 +177,6 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
             return first.xcom_value
         deadline = datetime.now(UTC) + timedelta(seconds=self.timeout)
         poll = self.poll_interval if self.poll_interval is not None else self.poke_interval
-        required = self._required(total)
         self.log.info("Deferring until %s numbers are answered or %s", required, deadline)
         self.defer(
             trigger=KaleyraSoipCallbackTrigger(
@@ -208,26 +198,26 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         """Build the result once the trigger fires; a timeout event becomes ``AirflowSensorTimeout``."""
         self._resolve(context)
         event = event or {}
-        status = event.get("status")
         self._last_answered = event.get("answered")
-        if status == "timeout":
+        if event.get("status") == "timeout":
             raise self._timed_out(f"Sensor has timed out after {self.timeout} seconds.")
-        if status != "success":
+        if event.get("status") != "success":
             raise AirflowException(f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}")
         return self._build_result()
 
     def _timed_out(self, message: str) -> AirflowSensorTimeout:
         """Writes what did arrive (a soft fail's downstream reads it); the error names the missing count."""
         self._build_result()
-        total, answered = self._target[2], self._last_answered or 0  # _target: set by _resolve
+        _, _, total, required = self._target
+        answered = self._last_answered or 0
         return AirflowSensorTimeout(
             f"{message} {total - answered} of {total} numbers still have no SOIP callback "
-            f"({answered} answered, {self._required(total)} needed)."
+            f"({answered} answered, {required} needed)."
         )
 
     def _build_result(self) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""
-        submission_id, since, _ = self._target  # set by _resolve
+        submission_id, since, _, _ = self._target
         counts = Counter(dict.fromkeys((CAPABLE, NOT_CAPABLE, UNPARSEABLE, MISSING), 0))
         missing: list[str] = []
         target = as_path(self.output_path, self.storage_conn_id)

@@ -1,8 +1,7 @@
 """Trigger that waits, in the triggerer, for SOIP callbacks to reach the store.
 
-The numbers are not in the trigger's kwargs (100k numbers would bloat the trigger table), and
-neither is any secret: the check operator recorded them in the store under a submission id, and
-the store's URL is read from the connection, through the hook, when the trigger runs.
+Its kwargs hold no number (100k would bloat the trigger table: the store has them under the
+submission id) and no secret (the store's URL is read from the connection when it runs).
 """
 
 from __future__ import annotations
