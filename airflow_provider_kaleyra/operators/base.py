@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -53,9 +52,9 @@ def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
     task without retries (same message and attributes, still its kind); others keep its ``retries``."""
 
     @functools.wraps(method)
-    def run(self: Any, *args: Any) -> T:
+    def run(self: Any, *args: Any, **kwargs: Any) -> T:  # Airflow passes ``context=``
         try:
-            return method(self, *args)
+            return method(self, *args, **kwargs)
         except AirflowException:
             raise
         except tuple(NOT_RETRIED) as exc:
@@ -79,7 +78,7 @@ class KaleyraOperator(BaseOperator):
         super().__init__(**kwargs)
         self.kaleyra_conn_id = kaleyra_conn_id
 
-    @cached_property
+    @functools.cached_property
     def hook(self) -> KaleyraHook:
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.client.api import STATUSES
@@ -20,7 +19,7 @@ from airflow_provider_kaleyra.rcs.progress import Stats
 from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
 
 
 def _ratio(value: float | str | None, name: str) -> float | None:
@@ -41,8 +40,7 @@ class KaleyraRcsLookupOperator(KaleyraOperator):
 
     The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it.
 
-    :param number: the number, in any common format; national numbers need the connection's
-        ``default_region``. (templated)
+    :param number: the number, in any common format (national: the connection's default_region). (templated)
     """
 
     template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
@@ -198,13 +196,12 @@ def _age(value: timedelta | str | None, name: str) -> timedelta | None:
 def _check_invalid(stats: Stats, limit: float | None) -> None:
     """``max_invalid_ratio``: too many rows that are not numbers stop the task before any call."""
     inputs, invalid = stats.inputs, stats.invalid_inputs
-    if limit is None or not inputs or invalid / inputs <= limit:
-        return
-    reasons = "; ".join(f"{reason} ({n})" for reason, n in stats.invalid_reasons.most_common(3))
-    raise AirflowFailException(
-        f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
-        f"so nothing was looked up. Most common reasons: {reasons}"
-    )
+    if limit is not None and inputs and invalid / inputs > limit:
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in stats.invalid_reasons.most_common(3))
+        raise AirflowFailException(
+            f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
+            f"so nothing was looked up. Most common reasons: {reasons}"
+        )
 
 
 def _summary(engine: Engine, output: ObjectStoragePath, requests: int) -> dict[str, Any]:

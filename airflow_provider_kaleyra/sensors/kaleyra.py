@@ -65,7 +65,6 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
     :param poll_interval: seconds between store counts when deferred; default: ``poke_interval``.
     """
 
-    # ``output`` is stored as ``output_path``: ``BaseOperator.output`` is the task's XComArg.
     template_fields: Sequence[str] = (
         "numbers",
         "submission",
@@ -94,7 +93,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
             raise ValueError(f"min_answered_ratio must be in (0, 1], got {min_answered_ratio}")
         self.numbers = numbers
         self.submission = submission
-        self.output_path = output
+        self.output_path = output  # ``self.output`` is BaseOperator's XComArg
         self.storage_conn_id = storage_conn_id
         self.min_answered_ratio = min_answered_ratio
         self.deferrable = deferrable
@@ -146,8 +145,7 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         submission_id, since, total, required = self._resolve(context)
-        answered = self.store.count_answered(submission_id, since) if total else 0
-        self._last_answered = answered
+        self._last_answered = answered = self.store.count_answered(submission_id, since) if total else 0
         self.log.info(
             "%s of %s numbers answered since %s (%s needed) in %s",
             answered,

@@ -25,8 +25,7 @@ MAX_CONSECUTIVE_FAILURES = 5
 class KaleyraSoipCallbackTrigger(BaseTrigger):
     """Fire once enough submitted numbers have a callback received since ``since``, or at ``deadline``.
 
-    Its fields are its keyword arguments and what it serializes; times are kept as ISO 8601 text.
-    """
+    Its fields are its keyword arguments and what it serializes; times are kept as ISO 8601 text."""
 
     submission_id: str  # the check's submission, whose numbers the store holds
     since: datetime | str  # only callbacks received at or after it count
