@@ -25,25 +25,18 @@ def _field(label: str, description: str, kind: str = "string", secret: bool = Fa
     return {"label": label, "description": description, "schema": schema}
 
 
-def _pods() -> str:
-    """Each pod with the hosts the code knows, and what must be set by hand."""
-    known = [
-        f"{pod}: RCS {RCS_HOSTS.get(pod, 'none published, set RCS base URL')}, SOIP {SOIP_HOSTS.get(pod, '-')}"
-        for pod in PODS
-    ]
-    return "Kaleyra pod; picks the default hosts. " + "; ".join(known)
+# Each pod with the hosts the code knows, and what must be set by hand.
+_PODS = "Kaleyra pod; picks the default hosts. " + "; ".join(
+    f"{pod}: RCS {RCS_HOSTS.get(pod, 'none published, set RCS base URL')}, SOIP {SOIP_HOSTS.get(pod, '-')}"
+    for pod in PODS
+)
 
-
-# The connection form: every extra of ``config.KaleyraConfig``, labelled, with placeholders.
+# The connection form: every extra of ``config.KaleyraConfig``, labelled.
 CONN_FIELDS: dict[str, Any] = {
-    "pod": _field("Pod", _pods(), enum=[*PODS, None], default=DEFAULT_POD),
-    "rcs_base_url": _field(
-        "RCS base URL", "Overrides the pod's RCS host (required for pods eu and sg; e.g. a simulator)"
-    ),
+    "pod": _field("Pod", _PODS, enum=[*PODS, None], default=DEFAULT_POD),
+    "rcs_base_url": _field("RCS base URL", "Overrides the pod's RCS host (e.g. a simulator)"),
     "soip_base_url": _field("SOIP base URL", "Overrides the messaging host used for SOIP checks"),
-    "default_region": _field(
-        "Default region", "ISO country for numbers written without a country code (US, IN)"
-    ),
+    "default_region": _field("Default region", "ISO country for numbers without a country code (US, IN)"),
     "callback_profile_id": _field("Callback profile ID", "Default callback profile of SOIP checks"),
     "callback_secret": _field(
         "Callback secret",
@@ -67,8 +60,7 @@ CONN_FIELDS: dict[str, Any] = {
         "Callback trusted proxies", "Comma-separated CIDRs of proxies whose X-Forwarded-For is believed"
     ),
     "callback_store_url": _field(
-        "Callback store URL",
-        "SQLAlchemy URL of the callback store that every component reaches (required for SOIP)",
+        "Callback store URL", "SQLAlchemy URL of the callback store all components reach (required for SOIP)"
     ),
     "callback_field_map": _field(
         "Callback field map",
@@ -105,23 +97,12 @@ CONN_FIELDS: dict[str, Any] = {
     ),
 }
 
+# Airflow 3's UI shows placeholders for the standard fields only (login, password); the extras'
+# hints are in their descriptions and defaults.
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["host", "port", "schema", "extra"],
     "relabeling": {"login": "Account SID", "password": "API key"},
-    "placeholders": {
-        "login": "HXAP16XXXXXXXXXX",
-        "password": "Axxxxxxxxxxxxxxxxxxxxxxxxxxxxx3",
-        "pod": DEFAULT_POD,
-        "rcs_base_url": RCS_HOSTS[DEFAULT_POD],
-        "soip_base_url": "https://api.in.kaleyra.io",
-        "default_region": "IN",
-        "callback_profile_id": "my-soip-profile",
-        "callback_token_lifetime": "1h",
-        "callback_allowed_ips": "203.0.113.0/24, 198.51.100.7",
-        "cache_url": "postgresql+psycopg://user:pw@db-host/kaleyra",
-        "cache_max_age_positive": "7d",
-        "cache_max_age_negative": "2d",
-    },
+    "placeholders": {"login": "HXAP16XXXXXXXXXX", "password": "Axxxxxxxxxxxxxxxxxxxxxxxxxxxxx3"},
 }
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator
-from functools import cached_property
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
@@ -26,11 +25,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _as_list(value: Any, name: str) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     """A rendered ``numbers`` argument as a list: any iterable but a string (a string is a mistake)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(
-            f"{name} must be a list of phone numbers, got {type(value).__name__}; to pass a templated "
+            f"numbers must be a list of phone numbers, got {type(value).__name__}; to pass a templated "
             "list, use an XComArg or render_template_as_native_obj=True on the DAG"
         )
     return list(value)
@@ -40,23 +39,22 @@ class NotRetried(AirflowFailException):
     """What waiting cannot fix: fails the task at once, without its retries."""
 
 
-# What waiting cannot fix (bad credentials or channel off, a wrong argument, column or setting, an
-# audience that is not there or not readable), each raised as a class that is also that kind, so
-# that ``except ValueError`` (say) still catches it.
+# Bad credentials or channel off, a wrong argument, column or setting, a missing or unreadable
+# audience: each raised as a class that is also that kind (``except ValueError`` still catches it).
 NOT_RETRIED: dict[type[Exception], type[NotRetried]] = {
     kind: type(f"NotRetried{kind.__name__}", (NotRetried, kind), {"__module__": __name__})
     for kind in (KaleyraAuthError, ValueError, TypeError, FileNotFoundError, PermissionError)
 }
 
 
-def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], T]:
-    """For an operator's ``execute``: an error of :data:`NOT_RETRIED` fails the task without retries
-    (same message and attributes, still its kind); any other error keeps the task's ``retries``."""
+def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
+    """For an operator's ``execute`` (or the sensor's ``store``): an error of :data:`NOT_RETRIED` fails the
+    task without retries (same message and attributes, still its kind); others keep its ``retries``."""
 
-    @functools.wraps(execute)
-    def run(self: Any, context: Context) -> T:
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> T:  # Airflow passes ``context=``
         try:
-            return execute(self, context)
+            return method(self, *args, **kwargs)
         except AirflowException:
             raise
         except tuple(NOT_RETRIED) as exc:
@@ -71,16 +69,16 @@ def fail_fast(execute: Callable[[Any, Context], T]) -> Callable[[Any, Context], 
 
 
 class KaleyraOperator(BaseOperator):
-    """Holds the connection id and the hook, which reads the connection on first use only.
+    """The connection id and the hook, which reads the connection on first use only.
 
-    Each operator's ``execute`` is decorated with :func:`fail_fast`.
+    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
     """
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kaleyra_conn_id = kaleyra_conn_id
 
-    @cached_property
+    @functools.cached_property
     def hook(self) -> KaleyraHook:
         return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
 
@@ -94,22 +92,8 @@ def run_identity(task: BaseOperator, context: Context) -> str:
     return json.dumps([dag_id, run_id, task.task_id, map_index if isinstance(map_index, int) else -1])
 
 
-AUDIENCE_FIELDS = (
-    "kaleyra_conn_id",
-    "numbers",
-    "audience",
-    "column",
-    "shard_index",
-    "shard_count",
-    "storage_conn_id",
-)
-
-
 class AudienceOperator(KaleyraOperator):
     """The audience arguments of the RCS bulk lookup and the SOIP check, read one way by both.
-
-    A rendered ``numbers`` list is kept as :class:`~airflow_provider_kaleyra.numbers.masking.MaskedNumbers`,
-    since Airflow records rendered fields.
 
     :param numbers: the audience as a list, for small audiences. (templated)
     :param audience: the audience as a file (path, URL or ``ObjectStoragePath``): a CSV with a
@@ -119,9 +103,18 @@ class AudienceOperator(KaleyraOperator):
     :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
     :param shard_count: how many shards the audience is cut into. (templated)
     :param storage_conn_id: the object store's Airflow connection, for locations given as strings. (templated)
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
+    template_fields: Sequence[str] = (
+        "kaleyra_conn_id",
+        "numbers",
+        "audience",
+        "column",
+        "shard_index",
+        "shard_count",
+        "storage_conn_id",
+    )
     template_fields_renderers = {"numbers": "json"}
 
     def __init__(
@@ -134,6 +127,7 @@ class AudienceOperator(KaleyraOperator):
         shard_index: int | str | None = None,
         shard_count: int | str | None = None,
         storage_conn_id: str | None = None,
+        e164_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,11 +140,12 @@ class AudienceOperator(KaleyraOperator):
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.storage_conn_id = storage_conn_id
+        self.e164_input = e164_input
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         super().render_template_fields(context, jinja_env)
-        if self.numbers is not None:
-            self.numbers = MaskedNumbers(_as_list(self.numbers, "numbers"))
+        if self.numbers is not None:  # Airflow records rendered fields: a masked sample only
+            self.numbers = MaskedNumbers(as_list(self.numbers))
 
     def _shard(self) -> Shard | None:
         if self.shard_index in (None, "") and self.shard_count in (None, ""):
@@ -165,6 +160,6 @@ class AudienceOperator(KaleyraOperator):
     def _blocks(self) -> Iterator[RowBlock]:
         """The audience in blocks of rows (:func:`~airflow_provider_kaleyra.numbers.audience.open_audience`)."""
         if self.audience is None:
-            return input_blocks(_as_list(self.numbers, "numbers"))
+            return input_blocks(as_list(self.numbers))
         path = as_path(self.audience, self.storage_conn_id)
         return open_audience(path, column=self.column, fmt=self.audience_format).blocks()

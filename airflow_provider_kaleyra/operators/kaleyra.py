@@ -6,19 +6,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_kaleyra.client.api import STATUSES
 from airflow_provider_kaleyra.client.config import parse_age
 from airflow_provider_kaleyra.numbers.masking import mask
-from airflow_provider_kaleyra.operators.base import (
-    AUDIENCE_FIELDS,
-    AudienceOperator,
-    KaleyraOperator,
-    fail_fast,
-    run_identity,
-)
+from airflow_provider_kaleyra.operators.base import AudienceOperator, KaleyraOperator, fail_fast, run_identity
 from airflow_provider_kaleyra.rcs.cache import REFRESH, CacheMode, CapabilityCacheError
 from airflow_provider_kaleyra.rcs.engine import CHECKPOINT_BATCHES, Engine
 from airflow_provider_kaleyra.rcs.outputs import result_format, write_results
@@ -26,7 +19,7 @@ from airflow_provider_kaleyra.rcs.progress import Stats
 from airflow_provider_kaleyra.utils.storage import as_path
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
 
 
 def _ratio(value: float | str | None, name: str) -> float | None:
@@ -45,12 +38,9 @@ def _ratio(value: float | str | None, name: str) -> float | None:
 class KaleyraRcsLookupOperator(KaleyraOperator):
     """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
 
-    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it
-    in XCom, and a phone number is personal data.
+    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it.
 
-    :param number: the number, in any common format; national numbers need the connection's
-        ``default_region``. (templated)
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
+    :param number: the number, in any common format (national: the connection's default_region). (templated)
     """
 
     template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
@@ -74,16 +64,11 @@ class KaleyraRcsLookupOperator(KaleyraOperator):
 
 
 class KaleyraRcsBulkLookupOperator(AudienceOperator):
-    """Look up RCS capability for a whole audience; results go to a file, a summary to XCom.
+    """Look up RCS capability for a whole audience: one output row per input row, a summary to XCom.
 
-    Each input row gets exactly one output row (``row``, ``input``, ``e164``, ``status``,
-    ``carrier_id``, ``carrier_status``, ``error``), through the one engine
-    (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`). Answers are checkpointed beside the
-    output (``<output>.checkpoint/``), owned by the task instance: a retry resumes, another run
-    never reuses them. To spread an audience over workers, map over ``shard_index`` (README,
-    "Many workers") and join the outputs with :func:`~airflow_provider_kaleyra.rcs.outputs.merge_results`.
-
-    The audience arguments are :class:`~.base.AudienceOperator`'s.
+    Answers are checkpointed beside the output, owned by the task instance: a retry resumes, another
+    run never reuses them. Shards: README, "Many workers". The audience arguments are
+    :class:`~.base.AudienceOperator`'s.
 
     :param output: ``.csv``, or ``.jsonl`` / ``.json`` for JSON Lines (path, URL or
         ``ObjectStoragePath``); kept as ``output_path``, since ``output`` is the XComArg. (templated)
@@ -93,7 +78,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     :param max_invalid_ratio: the task fails, before any API call and without retries, when more
         than this share of the rows are not valid numbers; ``None``: no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
-    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     :param cache: the capability cache (README, "Remembering answers"): ``None`` (on when the
         connection sets ``cache_url``), ``True``, ``False`` or ``"refresh"``.
     :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``,
@@ -102,7 +86,7 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     """
 
     template_fields: Sequence[str] = (
-        *AUDIENCE_FIELDS,
+        *AudienceOperator.template_fields,
         "output_path",
         "max_failed_ratio",
         "max_invalid_ratio",
@@ -115,7 +99,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
         max_failed_ratio: float | str = 0.01,
         max_invalid_ratio: float | str | None = None,
         checkpoint_batches: int = CHECKPOINT_BATCHES,
-        e164_input: bool = False,
         cache: CacheMode = None,
         cache_max_age_positive: timedelta | str | None = None,
         cache_max_age_negative: timedelta | str | None = None,
@@ -133,7 +116,6 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
         self.max_failed_ratio = max_failed_ratio
         self.max_invalid_ratio = max_invalid_ratio
         self.checkpoint_batches = checkpoint_batches
-        self.e164_input = e164_input
         self.cache = cache
         self.cache_max_age_positive = _age(cache_max_age_positive, "cache_max_age_positive")
         self.cache_max_age_negative = _age(cache_max_age_negative, "cache_max_age_negative")
@@ -214,13 +196,12 @@ def _age(value: timedelta | str | None, name: str) -> timedelta | None:
 def _check_invalid(stats: Stats, limit: float | None) -> None:
     """``max_invalid_ratio``: too many rows that are not numbers stop the task before any call."""
     inputs, invalid = stats.inputs, stats.invalid_inputs
-    if limit is None or not inputs or invalid / inputs <= limit:
-        return
-    reasons = "; ".join(f"{reason} ({n})" for reason, n in stats.invalid_reasons.most_common(3))
-    raise AirflowFailException(
-        f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
-        f"so nothing was looked up. Most common reasons: {reasons}"
-    )
+    if limit is not None and inputs and invalid / inputs > limit:
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in stats.invalid_reasons.most_common(3))
+        raise AirflowFailException(
+            f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
+            f"so nothing was looked up. Most common reasons: {reasons}"
+        )
 
 
 def _summary(engine: Engine, output: ObjectStoragePath, requests: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from airflow_provider_kaleyra.callbacks.store import get_store
 from airflow_provider_kaleyra.client.api import SOIP_CHUNK_SIZE
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.operators.base import AUDIENCE_FIELDS, AudienceOperator, fail_fast
+from airflow_provider_kaleyra.operators.base import AudienceOperator, fail_fast
 from airflow_provider_kaleyra.rcs.batching import shard_slice
 from airflow_provider_kaleyra.rcs.blocks import read_block
 
@@ -33,27 +33,22 @@ class SoipSubmission(TypedDict):
 class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     """Submit an audience for an SMS-over-IP capability check; the answers arrive later by callback.
 
-    Numbers are normalized, de-duplicated, recorded in the callback store under a new submission
-    id, and submitted in concurrent, paced requests of ``chunk_size``. The XCom value
-    (:class:`SoipSubmission`, no phone number) is what
-    :class:`~airflow_provider_kaleyra.sensors.kaleyra.KaleyraSoipCallbackSensor` takes as
-    ``submission``. A retry is a new submission; callbacks Kaleyra delivers again count for it.
-
+    Numbers are normalized, de-duplicated, recorded in the callback store under a new submission id
+    and submitted in paced requests; the XCom (:class:`SoipSubmission`, no number) is the callback
+    sensor's ``submission``. A retry is a new submission; callbacks delivered again count for it.
     The audience arguments are :class:`~.base.AudienceOperator`'s.
 
     :param callback_profile_id: the callback profile; defaults to the connection's. (templated)
     :param chunk_size: numbers per API request.
-    :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """
 
-    template_fields: Sequence[str] = (*AUDIENCE_FIELDS, "callback_profile_id")
+    template_fields: Sequence[str] = (*AudienceOperator.template_fields, "callback_profile_id")
 
     def __init__(
         self,
         *,
         callback_profile_id: str | None = None,
         chunk_size: int = SOIP_CHUNK_SIZE,
-        e164_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,7 +56,6 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.callback_profile_id = callback_profile_id
         self.chunk_size = chunk_size
-        self.e164_input = e164_input
 
     @fail_fast
     def execute(self, context: Context) -> SoipSubmission:

@@ -27,11 +27,9 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     get_store,
 )
-from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, StoreNotConfigured
-from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize_block
-from airflow_provider_kaleyra.operators.base import run_identity
+from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, fail_fast, run_identity
 from airflow_provider_kaleyra.operators.soip import SoipSubmission
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -41,27 +39,20 @@ from airflow_provider_kaleyra.utils.timestamps import as_utc
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-_MISSING_SAMPLE = 5
-
 
 def _as_numbers(value: Any) -> list[str]:
+    """A rendered ``numbers``: a list, or text (comma-separated, or a JSON list)."""
     if isinstance(value, str):
         value = value.split(",") if not value.lstrip().startswith("[") else json.loads(value)
-    if isinstance(value, MaskedNumbers):
-        value = value.values
-    if not isinstance(value, (list, tuple, set)):
-        raise ValueError(f"numbers must be a list of phone numbers, got {type(value).__name__}")
-    return [n for n in (str(v).strip() for v in value) if n]
+    return [n for n in (str(v).strip() for v in as_list(value)) if n]
 
 
-class KaleyraSoipCallbackSensor(BaseSensorOperator):
+class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
     """Wait until enough numbers of a SOIP check have their callback, then write every number's answer.
 
-    Succeeds when ``answered / total >= min_answered_ratio``, counting only callbacks received
-    after the submission; writes one JSON line per submitted number to ``output`` and returns
-    ``{"summary": {counts...}, "output": location}`` (README, "SOIP checks and their callbacks").
-    On a timeout the output is written all the same (unanswered numbers ``missing``) before the
-    task fails or, with ``soft_fail``, is skipped.
+    Succeeds when ``answered / total >= min_answered_ratio``, counting callbacks received after the
+    submission; writes one JSON line per submitted number to ``output`` (on a timeout too, unanswered
+    ones ``missing``) and returns ``{"summary": {counts...}, "output": location}`` (README).
 
     :param submission: the SOIP check operator's XCom; the numbers are read from the callback store.
     :param numbers: instead of ``submission``, numbers to wait for (read with the connection's
@@ -74,7 +65,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
     :param poll_interval: seconds between store counts when deferred; default: ``poke_interval``.
     """
 
-    # ``output`` is stored as ``output_path``: ``BaseOperator.output`` is the task's XComArg.
     template_fields: Sequence[str] = (
         "numbers",
         "submission",
@@ -91,7 +81,6 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         submission: SoipSubmission | None = None,
         numbers: list[str] | None = None,
         storage_conn_id: str | None = None,
-        kaleyra_conn_id: str = DEFAULT_CONN_ID,
         min_answered_ratio: float = 1.0,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | None = None,
@@ -104,13 +93,12 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             raise ValueError(f"min_answered_ratio must be in (0, 1], got {min_answered_ratio}")
         self.numbers = numbers
         self.submission = submission
-        self.output_path = output
+        self.output_path = output  # ``self.output`` is BaseOperator's XComArg
         self.storage_conn_id = storage_conn_id
-        self.kaleyra_conn_id = kaleyra_conn_id
         self.min_answered_ratio = min_answered_ratio
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        self._target: tuple[str, datetime, int] | None = None
+        self._target: tuple[str, datetime, int, int] | None = None  # set by _resolve
         self._last_answered: int | None = None
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
@@ -119,27 +107,17 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
             self.numbers = MaskedNumbers(_as_numbers(self.numbers))
 
     @cached_property
-    def hook(self) -> KaleyraHook:
-        return KaleyraHook(kaleyra_conn_id=self.kaleyra_conn_id)
-
-    @cached_property
+    @fail_fast  # no store configured: fails without retries, naming the setting
     def store(self) -> CallbackStore:
-        try:
-            return get_store(self.hook.config.store_url)
-        except StoreNotConfigured as exc:
-            raise AirflowFailException(str(exc)) from None
+        return get_store(self.hook.config.store_url)
 
-    def _resolve(self, context: Context) -> tuple[str, datetime, int]:
-        """``(submission id, time after which callbacks count, how many numbers)``."""
+    def _resolve(self, context: Context) -> tuple[str, datetime, int, int]:
+        """``(submission id, time after which callbacks count, how many numbers, how many needed)``."""
         if self._target is not None:
             return self._target
         if self.submission is not None:
-            submission = self.submission
-            if (
-                not isinstance(submission, Mapping)
-                or not submission.get("submission_id")
-                or not submission.get("submitted_at")
-            ):
+            submission = self.submission if isinstance(self.submission, Mapping) else {}
+            if not submission.get("submission_id") or not submission.get("submitted_at"):
                 raise AirflowFailException(
                     "submission has no submission_id/submitted_at: pass the XCom of "
                     "KaleyraSoipCapabilityCheckOperator as a dict (submission=check.output, or a template "
@@ -149,7 +127,7 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         else:
             submission_id, since = self._register_numbers(context)
         total = self.store.submission_size(submission_id)
-        self._target = (submission_id, since, total)
+        self._target = (submission_id, since, total, math.ceil(total * self.min_answered_ratio - 1e-9))
         return self._target
 
     def _register_numbers(self, context: Context) -> tuple[str, datetime]:
@@ -164,14 +142,9 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         self.store.add_submission(submission_id, list(numbers.seen))
         return submission_id, as_utc(start)
 
-    def _required(self, total: int) -> int:
-        return math.ceil(total * self.min_answered_ratio - 1e-9)
-
     def poke(self, context: Context) -> PokeReturnValue:
-        submission_id, since, total = self._resolve(context)
-        answered = self.store.count_answered(submission_id, since) if total else 0
-        self._last_answered = answered
-        required = self._required(total)
+        submission_id, since, total, required = self._resolve(context)
+        self._last_answered = answered = self.store.count_answered(submission_id, since) if total else 0
         self.log.info(
             "%s of %s numbers answered since %s (%s needed) in %s",
             answered,
@@ -182,26 +155,25 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
         )
         if answered < required:
             return PokeReturnValue(False)
-        return PokeReturnValue(True, self._build_result(submission_id, since))
+        return PokeReturnValue(True, self._build_result())
 
     def execute(self, context: Context) -> Any:
-        submission_id, since, total = self._resolve(context)
+        submission_id, since, total, required = self._resolve(context)
         if not self.deferrable:
             try:
                 return super().execute(context)
             except (AirflowSensorTimeout, AirflowSkipException) as exc:
                 if exc.__cause__ is not None:  # a failure soft_fail turned into a skip: not a timeout
                     raise
-                self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
+                timeout = self._timed_out(str(exc))
                 if isinstance(exc, AirflowSkipException):
                     raise
-                raise AirflowSensorTimeout(f"{exc} {self._missing_message(total)}") from exc
+                raise timeout from exc
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
         deadline = datetime.now(UTC) + timedelta(seconds=self.timeout)
         poll = self.poll_interval if self.poll_interval is not None else self.poke_interval
-        required = self._required(total)
         self.log.info("Deferring until %s numbers are answered or %s", required, deadline)
         self.defer(
             trigger=KaleyraSoipCallbackTrigger(
@@ -221,36 +193,36 @@ class KaleyraSoipCallbackSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Build the result once the trigger fires; a timeout event becomes ``AirflowSensorTimeout``."""
-        submission_id, since, total = self._resolve(context)
+        self._resolve(context)
         event = event or {}
-        status = event.get("status")
         self._last_answered = event.get("answered")
-        if status == "timeout":
-            self._build_result(submission_id, since)  # what did arrive, for a soft fail's downstream
-            raise AirflowSensorTimeout(
-                f"Sensor has timed out after {self.timeout} seconds. {self._missing_message(total)}"
-            )
-        if status != "success":
+        if event.get("status") == "timeout":
+            raise self._timed_out(f"Sensor has timed out after {self.timeout} seconds.")
+        if event.get("status") != "success":
             raise AirflowException(f"Waiting for Kaleyra callbacks failed: {event.get('message') or event}")
-        return self._build_result(submission_id, since)
+        return self._build_result()
 
-    def _missing_message(self, total: int) -> str:
+    def _timed_out(self, message: str) -> AirflowSensorTimeout:
+        """Writes what did arrive (a soft fail's downstream reads it); the error names the missing count."""
+        self._build_result()
+        _, _, total, required = self._target
         answered = self._last_answered or 0
-        return (
-            f"{total - answered} of {total} numbers still have no SOIP callback "
-            f"({answered} answered, {self._required(total)} needed)."
+        return AirflowSensorTimeout(
+            f"{message} {total - answered} of {total} numbers still have no SOIP callback "
+            f"({answered} answered, {required} needed)."
         )
 
-    def _build_result(self, submission_id: str, since: datetime) -> dict[str, Any]:
+    def _build_result(self) -> dict[str, Any]:
         """Stream every submitted number's answer to ``output``; the summary holds counts only."""
-        counts: Counter[str] = Counter({CAPABLE: 0, NOT_CAPABLE: 0, UNPARSEABLE: 0, MISSING: 0})
+        submission_id, since, _, _ = self._target
+        counts = Counter(dict.fromkeys((CAPABLE, NOT_CAPABLE, UNPARSEABLE, MISSING), 0))
         missing: list[str] = []
         target = as_path(self.output_path, self.storage_conn_id)
         with open_atomic(target) as handle:
             for number, result in self.store.results(submission_id, since):
                 entry = result.as_dict() if result else {"outcome": MISSING}
                 counts[entry["outcome"]] += 1
-                if result is None and len(missing) < _MISSING_SAMPLE:
+                if result is None and len(missing) < 5:  # a sample for the log
                     missing.append(number)
                 handle.write(json.dumps({"number": number, **entry}) + "\n")
         total = sum(counts.values())

@@ -1,14 +1,14 @@
 """Trigger that waits, in the triggerer, for SOIP callbacks to reach the store.
 
-The numbers are not in the trigger's kwargs (100k numbers would bloat the trigger table), and
-neither is any secret: the check operator recorded them in the store under a submission id, and
-the store's URL is read from the connection, through the hook, when the trigger runs.
+Its kwargs hold no number (100k would bloat the trigger table: the store has them under the
+submission id) and no secret (the store's URL is read from the connection when it runs).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,55 +19,34 @@ from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 MAX_CONSECUTIVE_FAILURES = 5
-_FIELDS = ("submission_id", "since", "total", "required", "kaleyra_conn_id", "poll_interval", "deadline")
 
 
+@dataclass(eq=False, repr=False, kw_only=True)  # BaseTrigger's repr and identity
 class KaleyraSoipCallbackTrigger(BaseTrigger):
     """Fire once enough submitted numbers have a callback received since ``since``, or at ``deadline``.
 
-    :param submission_id: the check's submission, whose numbers the store holds.
-    :param since: only callbacks received at or after this time count (ISO 8601 or datetime).
-    :param total: how many numbers were submitted.
-    :param required: how many must be answered to succeed.
-    :param kaleyra_conn_id: the connection whose ``callback_store_url`` names the store.
-    :param poll_interval: seconds between counts.
-    :param deadline: when to give up and report a timeout (ISO 8601 or datetime); ``None``: never.
-    """
+    Its fields are its keyword arguments and what it serializes; times are kept as ISO 8601 text."""
 
-    def __init__(
-        self,
-        *,
-        submission_id: str,
-        since: datetime | str,
-        total: int,
-        required: int,
-        kaleyra_conn_id: str = DEFAULT_CONN_ID,
-        poll_interval: float = 30.0,
-        deadline: datetime | str | None = None,
-    ) -> None:
+    submission_id: str  # the check's submission, whose numbers the store holds
+    since: datetime | str  # only callbacks received at or after it count
+    total: int  # how many numbers were submitted
+    required: int  # how many must be answered to succeed
+    kaleyra_conn_id: str = DEFAULT_CONN_ID  # its callback_store_url names the store
+    poll_interval: float = 30.0  # seconds between counts
+    deadline: datetime | str | None = None  # when to give up and report a timeout; None: never
+
+    def __post_init__(self) -> None:
         super().__init__()
-        self.submission_id = submission_id
-        self.since = as_utc(since).isoformat()
-        self.total = total
-        self.required = required
-        self.kaleyra_conn_id = kaleyra_conn_id
-        self.poll_interval = poll_interval
-        self.deadline = as_utc(deadline).isoformat() if deadline is not None else None
+        self.since = as_utc(self.since).isoformat()
+        self.deadline = as_utc(self.deadline).isoformat() if self.deadline is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {n: getattr(self, n) for n in _FIELDS}
+        kwargs = {field.name: getattr(self, field.name) for field in fields(self)}
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _event(self, status: str, answered: int, message: str | None = None) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "answered": answered,
-                "total": self.total,
-                "required": self.required,
-                "submission_id": self.submission_id,
-                "message": message,
-            }
-        )
+        target = {"total": self.total, "required": self.required, "submission_id": self.submission_id}
+        return TriggerEvent({"status": status, "answered": answered, **target, "message": message})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Count in a thread (the store is synchronous SQLAlchemy) so the triggerer's loop stays free."""
@@ -80,7 +59,7 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
             yield self._event("error", 0, f"cannot open the callback store: {type(exc).__name__}: {exc}")
             return
         since = as_utc(self.since)
-        deadline = as_utc(self.deadline) if self.deadline else None
+        deadline = as_utc(self.deadline) if self.deadline else datetime.max.replace(tzinfo=UTC)
         answered, failures = 0, 0
         while True:
             try:
@@ -102,11 +81,8 @@ class KaleyraSoipCallbackTrigger(BaseTrigger):
                 if answered >= self.required:
                     yield self._event("success", answered)
                     return
-            now = datetime.now(UTC)
-            if deadline is not None and now >= deadline:
+            left = (deadline - datetime.now(UTC)).total_seconds()
+            if left <= 0:
                 yield self._event("timeout", answered)
                 return
-            wait = self.poll_interval
-            if deadline is not None:
-                wait = min(wait, max((deadline - now).total_seconds(), 0.0))
-            await asyncio.sleep(wait)
+            await asyncio.sleep(min(self.poll_interval, left))
