@@ -1,10 +1,7 @@
-"""Who may deliver a callback: the sender's address, then a shared secret or an advanced-auth token.
-
-Airflow does not authenticate plugin routes: the receiver checks all this from the request head,
-before reading the body, comparing secrets in constant time. Advanced auth: Kaleyra fetches a token
-with a client ID and secret, then sends it as ``Authorization: Bearer`` until it expires. Tokens are
-stateless JWTs keyed by the client secret and the connection's id: every process and host with the
-connection verifies them, nothing is shared, and another connection's token fails.
+"""Who may deliver a callback: the sender's address, then a shared secret or an advanced-auth token,
+checked from the request head, secrets compared in constant time. Advanced-auth tokens are stateless
+JWTs keyed by the client secret and the connection's id: every process and host with the connection
+verifies them with nothing shared, and another connection's token fails.
 """
 
 from __future__ import annotations
@@ -68,11 +65,8 @@ def is_authorized(
 
 
 class TokenAuthority:
-    """Issues and verifies the callback tokens of one connection (never shows a secret or a token).
-
-    A verified token is remembered by its digest until it expires: a callback costs a hash, not a
-    JWT decode (Kaleyra reuses one token for its whole lifetime).
-    """
+    """Issues and verifies the callback tokens of one connection (never shows a secret or a token). A
+    verified token is remembered by its digest until it expires: a hash, not a JWT decode, a callback."""
 
     CACHE_SIZE = 4096
 
@@ -108,9 +102,7 @@ class TokenAuthority:
         now = int(time.time())
         expires = now + self.lifetime
         claims = {"aud": self.audience, "sub": self._client_id.decode(), "iat": now, "nbf": now}
-        token = jwt.encode(
-            {**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, algorithm="HS256"
-        )
+        token = jwt.encode({**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, "HS256")
         left = str(max(1, self.lifetime - 1))  # what Kaleyra's own example shows for an hour: "3599"
         return {
             "token_type": "Bearer",

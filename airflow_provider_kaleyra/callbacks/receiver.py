@@ -1,8 +1,7 @@
-"""HTTP endpoint for Kaleyra's SOIP callbacks, mounted on the Airflow API server or run standalone.
+"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone.
 
-Airflow does not authenticate plugin routes, so this app checks credentials itself, before it reads
-a single byte of the body. Every authenticated callback is stored raw, then parsed; one that cannot
-be parsed is kept and flagged, never dropped, so nothing Kaleyra sends is lost.
+Airflow does not authenticate plugin routes: credentials are checked from the head, before the body
+is read. An authenticated callback is stored raw, then parsed; an unreadable one is kept and flagged.
 """
 
 from __future__ import annotations
@@ -51,20 +50,15 @@ def redact_query(query: str) -> str:
 
 
 def _redact_access_record(record: logging.LogRecord) -> bool:
-    """A filter for uvicorn's access log (the standalone receiver: every request, refused ones and
-    unknown paths included), whose records carry ``(client, method, target, version, status)``."""
+    """uvicorn's access-log filter (every request, refused ones and unknown paths included); its
+    records carry ``(client, method, target, version, status)``."""
     if isinstance(record.args, tuple):
-        record.args = tuple(_redact_target(a) if isinstance(a, str) else a for a in record.args)
+        split = [a.partition("?") if isinstance(a, str) else (a, "", "") for a in record.args]
+        record.args = tuple(f"{a}?{redact_query(query)}" if sep else a for a, sep, query in split)
     return True
 
 
-def _redact_target(target: str) -> str:
-    path, sep, query = target.partition("?")
-    return f"{path}?{redact_query(query)}" if sep else target
-
-
 async def _answer(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-    """A JSON answer, sent as the two ASGI messages."""
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     start = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": start})
@@ -94,11 +88,8 @@ def _peer(scope: Scope) -> str | None:
 
 
 class _Endpoint:
-    """What both routes do first: redact the query, resolve the settings, apply the allow-list.
-
-    The routes are plain ASGI objects (Starlette runs one given to a route as is, and still answers 405
-    to other methods): its Request and Response cost ~25 us a callback, as much as the store.
-    """
+    """What both routes do first: redact the query, resolve the settings, apply the allow-list. Plain
+    ASGI (Starlette's Request and Response cost ~25 us a callback, as much as the store)."""
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
         self.settings = settings
@@ -173,8 +164,7 @@ class _TokenEndpoint(_Endpoint):
         client = presented_client(headers, body, scope.get("kaleyra_query", ""))
         if client is None or not current.tokens.client_matches(*client):
             log.warning("Refused an unauthenticated Kaleyra token request from %s", _peer(scope))
-            body = b'{"error":"invalid_client"}'
-            return await _answer(send, 401, body, {**_BASIC, **_NO_STORE})
+            return await _answer(send, 401, b'{"error":"invalid_client"}', {**_BASIC, **_NO_STORE})
         await _answer(send, 200, json.dumps(current.tokens.issue()).encode(), _NO_STORE)
 
 
@@ -191,11 +181,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     path_prefix: str = "",
 ) -> FastAPI:
-    """The receiver app. The other arguments stand for the extras ``callback_<name>`` (``store``: its
-    ``callback_store_url``) of the connection ``conn_id`` (default: env ``KALEYRA_CALLBACK_CONN_ID``, else
-    ``kaleyra_default``; advanced-auth tokens are bound to it), read on the first request for what is not
-    given, and for the payload mapping and region. Bodies over ``max_body_bytes`` get 413; ``path_prefix``
-    goes before the routes' paths (the API server mounts the app under its own)."""
+    """The receiver app. Arguments not given come from the extras ``callback_<name>`` (``store``:
+    ``callback_store_url``) of the connection ``conn_id`` (see :class:`LazySettings`), read on the first
+    request. Bodies over ``max_body_bytes`` get 413; ``path_prefix`` goes before the routes' paths."""
     settings = LazySettings(
         conn_id,
         store,
@@ -224,8 +212,8 @@ def create_app(
 
 
 def create_standalone_app(**kwargs: Any) -> FastAPI:
-    """The receiver under ``/kaleyra`` as on the API server (routes carry the prefix: a mount would run a
-    second middleware stack per request), for uvicorn, whose access log gets its query values redacted."""
+    """The receiver under ``/kaleyra`` as on the API server (a prefix, not a mount: no second middleware
+    stack), for uvicorn, whose access log gets its query values redacted."""
     access_log = logging.getLogger("uvicorn.access")
     if _redact_access_record not in access_log.filters:  # once: uvicorn keeps its loggers' filters
         access_log.addFilter(_redact_access_record)

@@ -1,8 +1,6 @@
-"""What the receiver needs, from its arguments or the ``kaleyra`` connection, read on the first request.
-
-Not at import: the API server imports plugins early, and a connection or a database may not be
-there yet. A receiver without a secret, client credentials or a store refuses everything (503)
-rather than accept unauthenticated data, and looks again after a while.
+"""What the receiver needs, from its arguments or the ``kaleyra`` connection, read on the first
+request (the API server imports plugins before a connection or a database may exist). Without a
+secret, client credentials or a store it refuses everything (503), and looks again after a while.
 """
 
 from __future__ import annotations
@@ -30,10 +28,14 @@ class ReceiverNotConfigured(Exception):
     """No secret or no store: the receiver refuses everything rather than accept unauthenticated data."""
 
 
+def connection_id(conn_id: str | None) -> str:
+    """The connection named, else env ``KALEYRA_CALLBACK_CONN_ID``, else ``kaleyra_default``."""
+    return conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
+
+
 def read_connection(conn_id: str | None) -> KaleyraConfig:
-    """The connection (default: env ``KALEYRA_CALLBACK_CONN_ID``, else ``kaleyra_default``) through
-    the hook, like every other component: one reading, secrets masked."""
-    conn_id = conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
+    """Through the hook, like every other component: one reading, secrets masked."""
+    conn_id = connection_id(conn_id)
     try:
         from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
 
@@ -58,9 +60,9 @@ class ReceiverSettings:
 
 
 class LazySettings:
-    """The receiver's settings, built on the first request, then kept in ``resolved``; a failure is
-    retried after a while. From ``create_app``'s arguments, else the connection's extras
-    ``callback_<argument>`` (not read when a store and a secret are given)."""
+    """Built on the first request, then kept in ``resolved``; a failure is retried after a while. From
+    ``create_app``'s arguments, else the connection's extras ``callback_<argument>`` (the connection is
+    not read when a store and a secret are given; tokens are bound to its id)."""
 
     def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
         self.conn_id, self.store, self.given = conn_id, store, given
@@ -83,15 +85,13 @@ class LazySettings:
 
     def _build(self) -> ReceiverSettings:
         """A missing or unusable piece is :class:`ReceiverNotConfigured`."""
-        conn_id = self.conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
-        store, given = self.store, self.given
+        conn_id, store, given = connection_id(self.conn_id), self.store, self.given
         complete = store is not None and bool(given["secret"] or given["client_secret"])
         config = None if complete else read_connection(conn_id)
 
         def pick(name: str, default: Any = None) -> Any:
-            if given[name] is not None:
-                return given[name]
-            return getattr(config, f"callback_{name}") if config else default
+            value = given.get(name)
+            return getattr(config, f"callback_{name}", default) if value is None else value
 
         secret, client_id, client_secret = pick("secret"), pick("client_id"), pick("client_secret")
         if not secret and not client_secret:
@@ -99,22 +99,19 @@ class LazySettings:
                 f"connection {conn_id!r} has neither a callback_secret nor a callback_client_secret extra"
             )
         try:
-            tokens = None
+            tokens, lifetime = None, pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
             if client_id or client_secret:
-                lifetime = pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
                 tokens = TokenAuthority(
                     client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
                 )
             allowed = parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
             proxies = parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
-            mapping = FieldMapping.from_dict(config.callback_field_map if config else None)
+            if proxies and not allowed:
+                raise ValueError("callback_trusted_proxies without an allow-list")
+            mapping = FieldMapping.from_dict(pick("field_map"))
             store = store or get_store(config.store_url)  # type: ignore[union-attr]
         except (ValueError, TypeError) as exc:
             raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
-        if proxies and not allowed:
-            raise ReceiverNotConfigured(
-                f"connection {conn_id!r}: callback_trusted_proxies without an allow-list"
-            )
         log.info("Kaleyra callbacks go to %s", redact_url(store.url))
         return ReceiverSettings(
             store=store,
@@ -122,6 +119,6 @@ class LazySettings:
             tokens=tokens,
             allow=AllowList(allowed, proxies) if allowed else None,
             mapping=mapping,
-            region=config.default_region if config else None,
+            region=getattr(config, "default_region", None),
             intake=GroupCommit(store),
         )

@@ -202,14 +202,8 @@ class CallbackStore(Database):
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
             for number, answers in groupby(rows, key=attrgetter("number")):
-                *_, row = answers
-                if row.received_at is None:
-                    yield number, None
-                else:
-                    yield (
-                        number,
-                        CallbackResult(number, row.capable, row.status, row.received_at, row.request_id),
-                    )
+                *_, row = answers  # the columns of a CallbackResult, in order
+                yield number, None if row.received_at is None else CallbackResult(*row)
 
 
 @functools.cache
@@ -222,18 +216,15 @@ MAX_BATCH = 1000  # callbacks per transaction: bounded so one commit never holds
 
 
 class GroupCommit:
-    """Group commit: one transaction per callback would cap intake at the database's commit rate, and
-    Kaleyra sends one callback per number. The first request starts a write at once; every request
-    arriving while it runs joins the next one. A request is answered only once the transaction holding
-    its callback committed (nothing acknowledged is lost); a failed one fails (503) all its requests.
+    """Kaleyra sends one callback per number, and a transaction each would cap intake at the database's
+    commit rate: the first request starts a write at once, requests arriving while it runs join the next.
+    Each is answered once the transaction holding it committed; a failed one fails (503) all its requests.
     """
 
     def __init__(self, store: CallbackStore) -> None:
         self.store = store
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = (
-            None  # the writer (held: the loop keeps only a weak reference)
-        )
+        self._task: asyncio.Task[None] | None = None  # the writer (the loop keeps only a weak reference)
         self._conn: Any = None  # PostgreSQL: the writer's async connection
 
     async def add(self, raw: RawCallback, parsed: ParsedCallback) -> bool:
@@ -269,9 +260,7 @@ class GroupCommit:
             if self._conn is None:
                 import psycopg
 
-                engine = await asyncio.to_thread(
-                    lambda: self.store.engine
-                )  # the first use creates the tables
+                engine = await asyncio.to_thread(lambda: self.store.engine)  # first use: creates the tables
                 url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=30)
             async with self._conn.cursor() as cursor:
