@@ -1,14 +1,20 @@
-"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone.
+"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone, and its settings.
 
 Airflow does not authenticate plugin routes: credentials are checked from the head, before the body
 is read. An authenticated callback is stored raw, then parsed; an unreadable one is kept and flagged.
+Settings are read on the first request (the API server imports plugins before a connection or a
+database may exist); without a secret, client credentials or a store every request gets 503.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -18,10 +24,18 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from airflow_provider_kaleyra.callbacks.auth import SECRET_HEADER, is_authorized, presented_client
-from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.settings import LazySettings, ReceiverNotConfigured, ReceiverSettings
-from airflow_provider_kaleyra.callbacks.store import CallbackStore
+from airflow_provider_kaleyra.callbacks.auth import (
+    SECRET_HEADER,
+    AllowList,
+    TokenAuthority,
+    is_authorized,
+    parse_networks,
+    presented_client,
+)
+from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.store import CallbackStore, GroupCommit, get_store
+from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, DEFAULT_TOKEN_LIFETIME, KaleyraConfig
+from airflow_provider_kaleyra.utils.database import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +49,101 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _BASIC = {"WWW-Authenticate": 'Basic realm="kaleyra"'}
 _BEARER = {"WWW-Authenticate": 'Bearer realm="kaleyra", error="invalid_token"'}
 REDACTED = "***"
+CONN_ID_ENV = "KALEYRA_CALLBACK_CONN_ID"
+_RETRY_CONFIG_AFTER = 15.0  # seconds between connection look-ups while misconfigured
+
+
+class ReceiverNotConfigured(Exception):
+    """No secret or no store: the receiver refuses everything rather than accept unauthenticated data."""
+
+
+def connection_id(conn_id: str | None) -> str:
+    """The connection named, else env ``KALEYRA_CALLBACK_CONN_ID``, else ``kaleyra_default``."""
+    return conn_id or os.environ.get(CONN_ID_ENV) or DEFAULT_CONN_ID
+
+
+def read_connection(conn_id: str | None) -> KaleyraConfig:
+    """Through the hook, like every other component: one reading, secrets masked."""
+    conn_id = connection_id(conn_id)
+    try:
+        from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
+
+        return KaleyraHook(kaleyra_conn_id=conn_id).config
+    except Exception as exc:
+        raise ReceiverNotConfigured(
+            f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """What a request needs: where to store, who may send, how to read payloads."""
+
+    store: CallbackStore
+    secret: str | None = field(repr=False)
+    tokens: TokenAuthority | None
+    allow: AllowList | None
+    mapping: FieldMapping
+    region: str | None
+    intake: GroupCommit
+
+
+class LazySettings:
+    """Built on the first request, then kept in ``resolved``; a failure is retried after a while. From
+    ``create_app``'s arguments, else the connection's extras ``callback_<argument>``."""
+
+    def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
+        self.conn_id, self.store, self.given = conn_id, store, given
+        self.resolved: ReceiverSettings | None = None
+        self._failure, self._failed_at = "", 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> ReceiverSettings:
+        with self._lock:
+            if self.resolved is None:
+                if self._failure and time.monotonic() - self._failed_at < _RETRY_CONFIG_AFTER:
+                    raise ReceiverNotConfigured(self._failure)
+                try:
+                    self.resolved = self._build()
+                except ReceiverNotConfigured as exc:
+                    self._failure, self._failed_at = str(exc), time.monotonic()
+                    log.error("Kaleyra callback receiver is not configured: %s", exc)
+                    raise
+            return self.resolved
+
+    def _build(self) -> ReceiverSettings:
+        """A missing or unusable piece is :class:`ReceiverNotConfigured`."""
+        conn_id, store, given = connection_id(self.conn_id), self.store, self.given
+        complete = store is not None and bool(given["secret"] or given["client_secret"])
+        config = None if complete else read_connection(conn_id)
+
+        def pick(name: str, default: Any = None) -> Any:
+            value = given.get(name)
+            return getattr(config, f"callback_{name}", default) if value is None else value
+
+        secret, client_id, client_secret = pick("secret"), pick("client_id"), pick("client_secret")
+        if not secret and not client_secret:
+            raise ReceiverNotConfigured(
+                f"connection {conn_id!r} has neither a callback_secret nor a callback_client_secret extra"
+            )
+        try:
+            tokens, lifetime = None, pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
+            if client_id or client_secret:
+                tokens = TokenAuthority(
+                    client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
+                )
+            allowed = parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
+            proxies = parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
+            if proxies and not allowed:
+                raise ValueError("callback_trusted_proxies without an allow-list")
+            mapping = FieldMapping.from_dict(pick("field_map"))
+            store = store or get_store(config.store_url)  # type: ignore[union-attr]
+        except (ValueError, TypeError) as exc:
+            raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
+        log.info("Kaleyra callbacks go to %s", redact_url(store.url))
+        allow = AllowList(allowed, proxies) if allowed else None
+        region = getattr(config, "default_region", None)
+        return ReceiverSettings(store, secret or None, tokens, allow, mapping, region, GroupCommit(store))
 
 
 def redact_query(query: str) -> str:
@@ -182,8 +291,8 @@ def create_app(
     path_prefix: str = "",
 ) -> FastAPI:
     """The receiver app. Arguments not given come from the extras ``callback_<name>`` (``store``:
-    ``callback_store_url``) of the connection ``conn_id`` (see :class:`LazySettings`), read on the first
-    request. Bodies over ``max_body_bytes`` get 413; ``path_prefix`` goes before the routes' paths."""
+    ``callback_store_url``) of the connection ``conn_id`` (tokens are bound to it), read on the first
+    request unless a store and a secret are given. Bodies over ``max_body_bytes`` get 413."""
     settings = LazySettings(
         conn_id,
         store,
@@ -201,12 +310,9 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_route(
-        f"{path_prefix}{CALLBACK_PATH}",
-        _CallbackEndpoint(settings, max_body_bytes),
-        methods=["GET", "POST", "PUT", "DELETE"],
-    )
+    callback = _CallbackEndpoint(settings, max_body_bytes)
     token = _TokenEndpoint(settings, MAX_TOKEN_REQUEST_BYTES)
+    app.add_route(f"{path_prefix}{CALLBACK_PATH}", callback, methods=["GET", "POST", "PUT", "DELETE"])
     app.add_route(f"{path_prefix}{TOKEN_PATH}", token, methods=["GET", "POST", "PUT"])
     return app
 
