@@ -11,18 +11,16 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from urllib.parse import parse_qsl
 
 import jwt
 
-from airflow_provider_kaleyra.callbacks.bodies import loose_key, media_type
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback, decode_payload, loose_key
 from airflow_provider_kaleyra.client.config import DEFAULT_TOKEN_LIFETIME
 
 SECRET_HEADER = "x-kaleyra-secret"
@@ -124,9 +122,7 @@ class TokenAuthority:
             del self._verified[digest]
             return False
         try:
-            claims = jwt.decode(
-                token, self._key, algorithms=["HS256"], audience=self.audience, options=_REQUIRED
-            )
+            claims = jwt.decode(token, self._key, ["HS256"], _REQUIRED, audience=self.audience)
         except jwt.PyJWTError:
             return False
         if len(self._verified) >= self.CACHE_SIZE:
@@ -145,17 +141,13 @@ def presented_client(headers: Mapping[str, str], body: bytes, query: str) -> tup
     scheme, value = _credentials(headers.get("authorization"))
     if scheme == "basic" and value:
         return _basic(value)
-    fields: dict[str, object] = dict(parse_qsl(query, keep_blank_values=True))
-    text = body.strip().decode("utf-8-sig", "replace")
-    if text.startswith("{") or media_type(headers.get("content-type")).endswith("json"):
-        try:
-            decoded = json.loads(text)
-        except ValueError:
-            return None
-        if isinstance(decoded, dict):
-            fields.update(decoded)
-    elif text:
-        fields.update(parse_qsl(text, keep_blank_values=True))
+    raw = RawCallback("POST", body, headers.get("content-type"), query)
+    try:  # read as a callback's body is
+        payload, fields = decode_payload(raw, ("",) * 3)
+    except ValueError:
+        return None
+    if isinstance(payload, dict):
+        fields = {**fields, **payload}
     client_id = _pick(fields, ("clientid", "client", "username", "user"))
     client_secret = _pick(fields, ("clientsecret", "secret", "password"))
     return (client_id, client_secret) if client_id and client_secret else None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from itertools import count
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 from xml.parsers import expat
 
 _NOT_KEY = re.compile(r"[^a-z0-9]")
@@ -98,10 +98,7 @@ def _add(fields: dict[str, Any], key: str, value: Any) -> None:
 
 def form_fields(text: str) -> dict[str, Any]:
     """``a=1&b=2``; a repeated key becomes a list."""
-    fields: dict[str, Any] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
-        _add(fields, key, value)
-    return fields
+    return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
 def _refuse(*_: Any) -> None:
