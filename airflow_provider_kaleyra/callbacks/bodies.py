@@ -1,8 +1,6 @@
-"""A callback as received, and its body (JSON, XML, HTML, text, form) read into dicts and lists.
-
-The customer writes the body in Kaleyra's console, so names and nesting are theirs. XML is read by
-expat with any DTD refused: no entity is ever declared, expanded (billion laughs) or fetched (XXE),
-and such a body is refused (400), not stored.
+"""A callback as received, and its body (JSON, XML, HTML, text, form; names and nesting are the
+customer's) read into dicts and lists. XML is read by expat with any DTD refused (400, not stored):
+no entity is ever declared, expanded (billion laughs) or fetched (XXE).
 """
 
 from __future__ import annotations
@@ -90,10 +88,9 @@ def _sorted_query(text: str) -> str:
 def _add(fields: dict[str, Any], key: str, value: Any) -> None:
     """A repeated key becomes a list."""
     if key in fields:
-        existing = fields[key]
-        fields[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
-    else:
-        fields[key] = value
+        old = fields[key]
+        value = [*old, value] if isinstance(old, list) else [old, value]
+    fields[key] = value
 
 
 def form_fields(text: str) -> dict[str, Any]:
@@ -176,9 +173,7 @@ def decode_payload(raw: RawCallback, names: tuple[str, str, str]) -> tuple[Any, 
             raise ValueError("JSON body nested too deeply")
         raise ValueError(f"body is not valid JSON: {raw.decoded_json}")
     html_page = media == "text/html" or text[:15].lower().startswith(("<!doctype html", "<html"))
-    if media.endswith("xml") or (
-        text.startswith("<") and not html_page and media not in ("text/plain", _FORM)
-    ):
+    if media.endswith("xml") or (text[:1] == "<" and not html_page and media not in ("text/plain", _FORM)):
         return read_xml(text), fields
     if media == "text/html" or text.startswith("<"):  # its text, tags dropped and entities decoded
         return read_text(html.unescape(_TAG.sub("\n", text)), names), fields

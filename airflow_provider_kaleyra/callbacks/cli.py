@@ -73,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.purge_older_than is not None:
         store = get_store(args.store_url or read_connection(args.conn_id).store_url)
-        deleted = store.purge(args.purge_older_than)
-        print(f"purged {deleted} callbacks from {redact_url(store.url)}")
+        print(f"purged {store.purge(args.purge_older_than)} callbacks from {redact_url(store.url)}")
         return 0
     for name in (args.secret_env, args.client_secret_env):
         if name and not os.environ.get(name):
