@@ -1,9 +1,6 @@
-"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone, and its settings.
-
-Airflow does not authenticate plugin routes: credentials are checked from the head, before the body
-is read. An authenticated callback is stored raw, then parsed; an unreadable one is kept and flagged.
-Settings are read on the first request (the API server imports plugins before a connection or a
-database may exist); without a secret, client credentials or a store every request gets 503.
+"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone. Airflow does
+not authenticate plugin routes: credentials are checked from the head, before the body is read. An
+authenticated callback is stored raw, then parsed; an unreadable one is kept and flagged.
 """
 
 from __future__ import annotations
@@ -24,14 +21,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from airflow_provider_kaleyra.callbacks.auth import (
-    SECRET_HEADER,
-    AllowList,
-    TokenAuthority,
-    is_authorized,
-    parse_networks,
-    presented_client,
-)
+from airflow_provider_kaleyra.callbacks import auth
 from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, GroupCommit, get_store
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, DEFAULT_TOKEN_LIFETIME, KaleyraConfig
@@ -44,7 +34,7 @@ MAX_TOKEN_REQUEST_BYTES = 16 * 1024
 CALLBACK_PATH = "/soip/callback"
 TOKEN_PATH = "/soip/token"
 URL_PREFIX = "/kaleyra"
-_PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", SECRET_HEADER}
+_PRIVATE_HEADERS = {"authorization", "proxy-authorization", "cookie", auth.SECRET_HEADER}
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _BASIC = {"WWW-Authenticate": 'Basic realm="kaleyra"'}
 _BEARER = {"WWW-Authenticate": 'Bearer realm="kaleyra", error="invalid_token"'}
@@ -81,16 +71,17 @@ class ReceiverSettings:
 
     store: CallbackStore
     secret: str | None = field(repr=False)
-    tokens: TokenAuthority | None
-    allow: AllowList | None
+    tokens: auth.TokenAuthority | None
+    allow: auth.AllowList | None
     mapping: FieldMapping
     region: str | None
     intake: GroupCommit
 
 
 class LazySettings:
-    """Built on the first request, then kept in ``resolved``; a failure is retried after a while. From
-    ``create_app``'s arguments, else the connection's extras ``callback_<argument>``."""
+    """From ``create_app``'s arguments, else the connection's extras ``callback_<argument>``: built on the
+    first request (the API server imports plugins before a connection or a database may exist), then
+    kept in ``resolved``. Without a secret or a store every request gets 503 until a retry succeeds."""
 
     def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
         self.conn_id, self.store, self.given = conn_id, store, given
@@ -129,11 +120,11 @@ class LazySettings:
         try:
             tokens, lifetime = None, pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
             if client_id or client_secret:
-                tokens = TokenAuthority(
+                tokens = auth.TokenAuthority(
                     client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
                 )
-            allowed = parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
-            proxies = parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
+            allowed = auth.parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
+            proxies = auth.parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
             if proxies and not allowed:
                 raise ValueError("callback_trusted_proxies without an allow-list")
             mapping = FieldMapping.from_dict(pick("field_map"))
@@ -141,7 +132,7 @@ class LazySettings:
         except (ValueError, TypeError) as exc:
             raise ReceiverNotConfigured(f"connection {conn_id!r}: {exc}") from None
         log.info("Kaleyra callbacks go to %s", redact_url(store.url))
-        allow = AllowList(allowed, proxies) if allowed else None
+        allow = auth.AllowList(allowed, proxies) if allowed else None
         region = getattr(config, "default_region", None)
         return ReceiverSettings(store, secret or None, tokens, allow, mapping, region, GroupCommit(store))
 
@@ -212,22 +203,19 @@ class _Endpoint:
             current = self.settings.resolved or await run_in_threadpool(self.settings.get)
         except ReceiverNotConfigured:
             return await _error(send, 503, "callback receiver is not configured; see the server log")
-        peer = _peer(scope)
-        headers: dict[str, str] = {}
+        peer, headers = _peer(scope), scope.setdefault("kaleyra_headers", {})  # the first of each name
         for name, value in scope["headers"]:
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         if current.allow is not None and not current.allow.admits(peer, headers.get("x-forwarded-for")):
             log.warning("Refused a Kaleyra callback request from %s: not in the allow-list", peer)
             return await _error(send, 403, "sender not allowed")
-        await self.handle(current, scope, headers, receive, send)  # (defined by each route)
+        await self.handle(current, scope, receive, send)  # (defined by each route)
 
 
 class _CallbackEndpoint(_Endpoint):
-    async def handle(
-        self, current: ReceiverSettings, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
-    ) -> None:
-        limit, query = self.max_body_bytes, scope.get("kaleyra_query", "")
-        if not is_authorized(headers, current.secret, current.tokens):
+    async def handle(self, current: ReceiverSettings, scope: Scope, receive: Receive, send: Send) -> None:
+        limit, query, headers = self.max_body_bytes, scope.get("kaleyra_query", ""), scope["kaleyra_headers"]
+        if not auth.is_authorized(headers, current.secret, current.tokens):
             log.warning("Refused an unauthenticated Kaleyra callback from %s", _peer(scope))
             challenge = _BEARER if current.tokens else _BASIC
             return await _error(send, 401, "missing or wrong callback credentials", challenge)
@@ -262,15 +250,13 @@ class _CallbackEndpoint(_Endpoint):
 class _TokenEndpoint(_Endpoint):
     """Advanced auth: client ID and secret (Basic, JSON, form or query) in, a Bearer token out."""
 
-    async def handle(
-        self, current: ReceiverSettings, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
-    ) -> None:
+    async def handle(self, current: ReceiverSettings, scope: Scope, receive: Receive, send: Send) -> None:
         if current.tokens is None:
             return await _error(send, 404, "advanced callback auth is not configured on this connection")
         body = await _read_body(receive, self.max_body_bytes)
         if body is None:
             return await _error(send, 413, f"body larger than {self.max_body_bytes} bytes")
-        client = presented_client(headers, body, scope.get("kaleyra_query", ""))
+        client = auth.presented_client(scope["kaleyra_headers"], body, scope.get("kaleyra_query", ""))
         if client is None or not current.tokens.client_matches(*client):
             log.warning("Refused an unauthenticated Kaleyra token request from %s", _peer(scope))
             return await _answer(send, 401, b'{"error":"invalid_client"}', {**_BASIC, **_NO_STORE})

@@ -1,8 +1,6 @@
 """Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the
-numbers each check submitted, which the sensor and its trigger read from here, never from XCom.
-
-One engine per URL per process (:func:`get_store`); tables created on first use, schema versioned.
-PostgreSQL across hosts; SQLite on one machine, only when named (there is no default file).
+numbers each check submitted, which the sensor and its trigger read from here, never from XCom. One
+engine per URL per process (:func:`get_store`); tables created on first use, schema versioned.
 """
 
 from __future__ import annotations
@@ -119,9 +117,8 @@ class CallbackStore(Database):
         return self.add_callbacks([(raw, parsed if parsed is not None else parse_callback(raw))])[0]
 
     def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
-        """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own
-        DBAPI connection, kept between batches (a pool checkout, its ping and SQLAlchemy's transaction
-        cost more than a small batch's statements) and dropped on any error."""
+        """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own DBAPI
+        connection, kept between batches (cheaper than a pool checkout) and dropped on any error."""
         if not batch:
             return []
         with self._writer_lock:
@@ -163,21 +160,19 @@ class CallbackStore(Database):
 
     def add_submission(self, submission_id: str, numbers: Iterable[str]) -> int:
         """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
-        now, added, numbers = datetime.now(UTC), 0, iter(numbers)
+        now, added = datetime.now(UTC), 0
+        rows = ({"submission_id": submission_id, "number": n, "created_at": now} for n in numbers)
         with self.write() as conn:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             insert = dialect.insert(submissions_table).on_conflict_do_nothing()
-            while chunk := list(islice(numbers, 5000)):
-                conn.execute(
-                    insert, [{"submission_id": submission_id, "number": n, "created_at": now} for n in chunk]
-                )
+            while chunk := list(islice(rows, 5000)):
+                conn.execute(insert, chunk)
                 added += len(chunk)
         return added
 
     def submission_size(self, submission_id: str) -> int:
-        return self._count(
-            select(submissions_table).where(submissions_table.c.submission_id == submission_id)
-        )
+        s = submissions_table
+        return self._count(select(s).where(s.c.submission_id == submission_id))
 
     def count_answered(self, submission_id: str, since: datetime) -> int:
         """How many submitted numbers have a callback received at or after ``since``; one query."""
