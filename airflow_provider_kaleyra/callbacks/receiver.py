@@ -174,11 +174,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     body = bytearray()
     while True:
         message = await receive()
-        if message["type"] != "http.request":
-            return None  # http.disconnect: nothing to store, nobody to answer
         body += message.get("body", b"")
-        if len(body) > limit:
-            return None
+        if message["type"] != "http.request" or len(body) > limit:
+            return None  # too large, or http.disconnect: nothing to store, nobody to answer
         if not message.get("more_body", False):
             return bytes(body)
 

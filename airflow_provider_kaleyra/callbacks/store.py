@@ -65,13 +65,8 @@ class CallbackResult:
         return UNPARSEABLE if self.capable is None else CAPABLE if self.capable else NOT_CAPABLE
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "capable": self.capable,
-            "status": self.status,
-            "received_at": self.received_at.isoformat(),
-            "request_id": self.request_id,
-        }
+        answer = {"capable": self.capable, "status": self.status, "received_at": self.received_at.isoformat()}
+        return {"outcome": self.outcome, **answer, "request_id": self.request_id}
 
 
 class CallbackStore(Database):
@@ -100,9 +95,8 @@ class CallbackStore(Database):
             conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"callback store {redact_url(self.url)} has schema version {found}, newer than "
-                f"{SCHEMA_VERSION} which this airflow-provider-kaleyra understands: upgrade the "
-                "provider everywhere that uses this store"
+                f"callback store {redact_url(self.url)} has schema version {found}, newer than this"
+                f" provider's {SCHEMA_VERSION}: upgrade airflow-provider-kaleyra everywhere that uses this store"
             )
 
     def dispose(self) -> None:
@@ -235,15 +229,12 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
-                new = await self._write([(r, p) for r, p, _ in batch])
+                outcomes: list[Any] = await self._write([(r, p) for r, p, _ in batch])
             except Exception as exc:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (*_, future), flag in zip(batch, new, strict=True):
-                    if not future.done():
-                        future.set_result(flag)
+                outcomes = [exc] * len(batch)
+            for (*_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():  # (its request may have gone)
+                    (future.set_exception if isinstance(outcome, Exception) else future.set_result)(outcome)
 
     async def _write(self, items: list[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
         """SQLite in a thread; PostgreSQL on the event loop (~20% more callbacks/s than a thread), on this
