@@ -95,8 +95,8 @@ class CallbackStore(Database):
             conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"callback store {redact_url(self.url)} has schema version {found}, newer than this provider's"
-                f" {SCHEMA_VERSION}: upgrade airflow-provider-kaleyra everywhere that uses this store"
+                f"callback store {redact_url(self.url)} has schema version {found}, newer than"
+                f" {SCHEMA_VERSION} (this provider's): upgrade it everywhere that uses this store"
             )
 
     def dispose(self) -> None:
