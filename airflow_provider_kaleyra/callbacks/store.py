@@ -96,7 +96,7 @@ class CallbackStore(Database):
         elif found > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"callback store {redact_url(self.url)} has schema version {found}, newer than"
-                f" {SCHEMA_VERSION} (this provider's): upgrade it everywhere that uses this store"
+                f" {SCHEMA_VERSION} (this provider's): upgrade the provider everywhere that uses this store"
             )
 
     def dispose(self) -> None:
