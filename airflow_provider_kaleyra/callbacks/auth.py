@@ -1,8 +1,6 @@
-"""Who may deliver a callback: the sender's address, then a shared secret or an advanced-auth token,
-checked from the request head, secrets compared in constant time. Advanced-auth tokens are stateless
-JWTs keyed by the client secret and the connection's id: every process and host with the connection
-verifies them with nothing shared, and another connection's token fails.
-"""
+"""Who may deliver a callback: the sender's address, then a shared secret (compared in constant time)
+or an advanced-auth token, a stateless JWT keyed by the client secret and the connection's id: every
+process and host with the connection verifies it with nothing shared; another connection's fails."""
 
 from __future__ import annotations
 
@@ -176,7 +174,7 @@ def _within(address: Address | None, networks: Iterable[Network]) -> bool:
 
 @dataclass(frozen=True)
 class AllowList:
-    """Senders allowed (Kaleyra's addresses, given on request) and proxies whose ``X-Forwarded-For`` counts."""
+    """Senders allowed (Kaleyra's addresses, on request) and proxies whose ``X-Forwarded-For`` counts."""
 
     allowed: tuple[Network, ...]
     proxies: tuple[Network, ...] = ()

@@ -1,7 +1,5 @@
-"""A callback as received, and its body (JSON, XML, HTML, text, form; names and nesting are the
-customer's) read into dicts and lists. XML is read by expat with any DTD refused (400, not stored):
-no entity is ever declared, expanded (billion laughs) or fetched (XXE).
-"""
+"""A callback as received, and its body (JSON, XML, HTML, text, form) read into dicts and lists. XML is
+read by expat with any DTD refused (400, not stored): no entity is declared, expanded or fetched."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Tolerant reading of SOIP callbacks, whose payload format Kaleyra does not publish. Nothing here
-raises on a bad payload: what cannot be read becomes a ``parse_error``, and the raw callback is kept.
-"""
+"""Tolerant reading of SOIP callbacks, whose payload format Kaleyra does not publish: what cannot be
+read becomes a ``parse_error`` (never an exception), and the raw callback is kept to re-read later."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ def _values(items: Iterable[str]) -> frozenset[str]:
 class FieldMapping:
     """Which payload keys hold the number, the capability and the request id (matched loosely, earlier
     keys first), and what values mean. Overridden by the connection extra ``callback_field_map`` (same
-    names), or the shorthands ``number``, ``status`` and ``request_id`` naming a profile's placeholders.
-    """
+    names), or the shorthands ``number``, ``status`` and ``request_id`` naming a profile's placeholders."""
 
     # fmt: off
     number_keys: tuple[str, ...] = (

@@ -1,7 +1,5 @@
-"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone. Airflow does
-not authenticate plugin routes: credentials are checked from the head, before the body is read. An
-authenticated callback is stored raw, then parsed; an unreadable one is kept and flagged.
-"""
+"""HTTP endpoint for Kaleyra's SOIP callbacks, on the Airflow API server or standalone. Airflow does not
+authenticate plugin routes: credentials are checked from the head, before the body is read."""
 
 from __future__ import annotations
 
@@ -170,7 +168,7 @@ async def _error(send: Send, status: int, detail: str, headers: dict[str, str] |
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The body, or ``None`` as soon as it exceeds ``limit`` or the client hangs up (never buffered past it)."""
+    """The body, or ``None`` once it exceeds ``limit`` or the client hangs up (never buffered past it)."""
     body = bytearray()
     while True:
         message = await receive()

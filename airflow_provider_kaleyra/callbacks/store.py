@@ -1,7 +1,5 @@
-"""Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the
-numbers each check submitted, which the sensor and its trigger read from here, never from XCom. One
-engine per URL per process (:func:`get_store`); tables created on first use, schema versioned.
-"""
+"""Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the numbers
+each check submitted, which the sensor and its trigger read from here, never from XCom."""
 
 from __future__ import annotations
 
@@ -207,8 +205,7 @@ MAX_BATCH = 1000  # callbacks per transaction: bounded so one commit never holds
 class GroupCommit:
     """Kaleyra sends one callback per number, and a transaction each would cap intake at the database's
     commit rate: the first request starts a write at once, requests arriving while it runs join the next.
-    Each is answered once the transaction holding it committed; a failed one fails (503) all its requests.
-    """
+    Each is answered once the transaction holding it committed; a failed one fails (503) all of them."""
 
     def __init__(self, store: CallbackStore) -> None:
         self.store = store

@@ -1,8 +1,6 @@
-"""The callback store's tables, and the SQL that writes a batch of callbacks into them: plain SQL on
-the DBAPI cursor (SQLAlchemy Core cost more per batch than the database did). Results are indexed on
-``(number, received_at)`` for the sensor's counts; ``(number, request_id)`` is unique, so a
-re-delivered answer replaces the stored one.
-"""
+"""The callback store's tables, and the SQL writing a batch of callbacks: plain SQL on the DBAPI cursor
+(SQLAlchemy Core cost more per batch than the database did). A re-delivered answer replaces the stored
+one: ``(number, request_id)`` is unique."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The provider's own databases (callback store, capability cache), which every component reaches:
-PostgreSQL across hosts, or a SQLite file on one machine when a user names one. Nothing else, since
-both need ``INSERT ... ON CONFLICT`` in one of those two dialects.
-"""
+"""The provider's own databases (callback store, capability cache), reached by every component:
+PostgreSQL across hosts, or a SQLite file on one machine when named (both need ``ON CONFLICT``)."""
 
 from __future__ import annotations
 
@@ -25,10 +23,9 @@ def redact_url(url: str) -> str:
 
 
 class Database:
-    """Its engine is made, and its tables created, on first use. A subclass names its ``metadata``, the
-    ``setting`` and ``error`` a bad URL is reported with, its pool, and the PostgreSQL advisory lock held
-    while creating tables (two processes creating them at once would collide); :meth:`_prepare` adds to
-    that transaction."""
+    """Engine and tables made on first use. A subclass names its ``metadata``, the ``setting`` and ``error``
+    a bad URL is reported with, its pool, and the PostgreSQL advisory lock held while creating tables
+    (two processes creating them at once would collide); :meth:`_prepare` adds to that transaction."""
 
     metadata: ClassVar[MetaData]
     setting: ClassVar[str]
