@@ -118,8 +118,7 @@ def read_xml(text: str) -> dict[str, Any]:
         name, node, texts = stack.pop()
         _add(stack[-1][1], name, node or "".join(texts).strip())
 
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
+    parser.StartElementHandler, parser.EndElementHandler = start, end
     parser.CharacterDataHandler = lambda data: stack[-1][2].append(data)
     try:
         parser.Parse(text, True)

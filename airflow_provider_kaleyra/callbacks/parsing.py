@@ -52,9 +52,7 @@ class FieldMapping:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> FieldMapping:
         """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
-        if not data:
-            return cls()
-        known = {f.name for f in fields(cls)} | set(_SHORTHANDS)
+        data, known = data or {}, {f.name for f in fields(cls)} | set(_SHORTHANDS)
         if unknown := set(data) - known:
             raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {}

@@ -84,20 +84,19 @@ class LazySettings:
     def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
         self.conn_id, self.store, self.given = conn_id, store, given
         self.resolved: ReceiverSettings | None = None
-        self._failure, self._failed_at = "", 0.0
+        self._failure, self._retry_at = "", 0.0
         self._lock = threading.Lock()
 
     def get(self) -> ReceiverSettings:
         with self._lock:
-            if self.resolved is None:
-                if self._failure and time.monotonic() - self._failed_at < _RETRY_CONFIG_AFTER:
-                    raise ReceiverNotConfigured(self._failure)
-                try:
-                    self.resolved = self._build()
-                except ReceiverNotConfigured as exc:
-                    self._failure, self._failed_at = str(exc), time.monotonic()
-                    log.error("Kaleyra callback receiver is not configured: %s", exc)
-                    raise
+            if self.resolved is None and time.monotonic() < self._retry_at:
+                raise ReceiverNotConfigured(self._failure)
+            try:
+                self.resolved = self.resolved or self._build()
+            except ReceiverNotConfigured as exc:
+                self._failure, self._retry_at = str(exc), time.monotonic() + _RETRY_CONFIG_AFTER
+                log.error("Kaleyra callback receiver is not configured: %s", exc)
+                raise
             return self.resolved
 
     def _build(self) -> ReceiverSettings:
