@@ -100,13 +100,15 @@ class TokenAuthority:
         claims = {"aud": self.audience, "sub": self._client_id.decode(), "iat": now, "nbf": now}
         token = jwt.encode({**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, "HS256")
         left = str(max(1, self.lifetime - 1))  # what Kaleyra's own example shows for an hour: "3599"
-        times = {
+        return {
+            "token_type": "Bearer",
             "expires_in": left,
             "ext_expires_in": left,
             "expires_on": str(expires),
             "not_before": str(now),
+            "resource": self.audience,
+            "access_token": token,
         }
-        return {"token_type": "Bearer", **times, "resource": self.audience, "access_token": token}
 
     def verify(self, token: str) -> bool:
         """Signed by this connection and not expired; cached by digest (never by the token itself)."""
@@ -118,7 +120,7 @@ class TokenAuthority:
             del self._verified[digest]
             return False
         try:
-            claims = jwt.decode(token, self._key, ["HS256"], _REQUIRED, audience=self.audience)
+            claims = jwt.decode(token, self._key, ["HS256"], options=_REQUIRED, audience=self.audience)
         except jwt.PyJWTError:
             return False
         if len(self._verified) >= self.CACHE_SIZE:

@@ -150,8 +150,8 @@ def _redact_access_record(record: logging.LogRecord) -> bool:
     """uvicorn's access-log filter (every request, refused ones and unknown paths included); its
     records carry ``(client, method, target, version, status)``."""
     if isinstance(record.args, tuple):
-        split = [a.partition("?") if isinstance(a, str) else (a, "", "") for a in record.args]
-        record.args = tuple(f"{a}?{redact_query(query)}" if sep else a for a, sep, query in split)
+        parts = [a.partition("?") if isinstance(a, str) else (a, "", "") for a in record.args]
+        record.args = tuple(f"{path}?{redact_query(query)}" if sep else path for path, sep, query in parts)
     return True
 
 
@@ -183,8 +183,9 @@ def _peer(scope: Scope) -> str | None:
 
 
 class _Endpoint:
-    """What both routes do first: redact the query, resolve the settings, apply the allow-list. Plain
-    ASGI (Starlette's Request and Response cost ~25 us a callback, as much as the store)."""
+    """What both routes do first: redact the query, resolve the settings, apply the allow-list. Plain ASGI
+    (Starlette's Request and Response cost ~25 us a callback, as much as the store; a route given an
+    ASGI app still answers 405 to other methods)."""
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
         self.settings = settings
