@@ -87,6 +87,24 @@ def test_unconfigured_receiver_refuses_everything(store, monkeypatch):
     assert counts(store)["callbacks"] == 0
 
 
+def test_misconfigured_receiver_looks_again_after_a_while(store, monkeypatch):
+    from airflow_provider_kaleyra.callbacks import receiver
+
+    broken = json.dumps({"conn_type": "kaleyra", "login": "a", "password": "b"})
+    fixed = json.dumps(
+        {"conn_type": "kaleyra", "login": "a", "password": "b", "extra": {"callback_secret": SECRET}}
+    )
+    payload = {"number": "919876543210", "capable": True}
+    for interval, after_the_fix in ((15.0, 503), (0.0, 202)):  # not read again before the interval ends
+        monkeypatch.setattr(receiver, "_RETRY_CONFIG_AFTER", interval)
+        monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_LATE", broken)
+        with TestClient(create_app(store=store, conn_id="kaleyra_late")) as client:
+            assert client.post(URL, json=payload, headers=_basic(SECRET)).status_code == 503
+            monkeypatch.setenv("AIRFLOW_CONN_KALEYRA_LATE", fixed)
+            assert client.post(URL, json=payload, headers=_basic(SECRET)).status_code == after_the_fix
+    assert counts(store)["callbacks"] == 1
+
+
 def test_secret_and_store_come_from_the_connection(tmp_path, monkeypatch):
     db = tmp_path / "from-conn.db"
     conn = {

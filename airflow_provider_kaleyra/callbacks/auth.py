@@ -1,11 +1,6 @@
-"""Who may deliver a callback: the sender's address, then a shared secret or an advanced-auth token.
-
-Airflow does not authenticate plugin routes: the receiver checks all this from the request head,
-before reading the body, comparing secrets in constant time. Advanced auth: Kaleyra fetches a token
-with a client ID and secret, then sends it as ``Authorization: Bearer`` until it expires. Tokens are
-stateless JWTs keyed by the client secret and the connection's id: every process and host with the
-connection verifies them, nothing is shared, and another connection's token fails.
-"""
+"""Who may deliver a callback: the sender's address, then a shared secret (compared in constant time)
+or an advanced-auth token, a stateless JWT keyed by the client secret and the connection's id: every
+process and host with the connection verifies it with nothing shared; another connection's fails."""
 
 from __future__ import annotations
 
@@ -14,18 +9,16 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from urllib.parse import parse_qsl
 
 import jwt
 
-from airflow_provider_kaleyra.callbacks.bodies import loose_key, media_type
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback, decode_payload, loose_key
 from airflow_provider_kaleyra.client.config import DEFAULT_TOKEN_LIFETIME
 
 SECRET_HEADER = "x-kaleyra-secret"
@@ -68,11 +61,8 @@ def is_authorized(
 
 
 class TokenAuthority:
-    """Issues and verifies the callback tokens of one connection (never shows a secret or a token).
-
-    A verified token is remembered by its digest until it expires: a callback costs a hash, not a
-    JWT decode (Kaleyra reuses one token for its whole lifetime).
-    """
+    """Issues and verifies the callback tokens of one connection (never shows a secret or a token). A
+    verified token is remembered by its digest until it expires: a hash, not a JWT decode, a callback."""
 
     CACHE_SIZE = 4096
 
@@ -108,9 +98,7 @@ class TokenAuthority:
         now = int(time.time())
         expires = now + self.lifetime
         claims = {"aud": self.audience, "sub": self._client_id.decode(), "iat": now, "nbf": now}
-        token = jwt.encode(
-            {**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, algorithm="HS256"
-        )
+        token = jwt.encode({**claims, "exp": expires, "jti": secrets.token_hex(8)}, self._key, "HS256")
         left = str(max(1, self.lifetime - 1))  # what Kaleyra's own example shows for an hour: "3599"
         return {
             "token_type": "Bearer",
@@ -132,9 +120,7 @@ class TokenAuthority:
             del self._verified[digest]
             return False
         try:
-            claims = jwt.decode(
-                token, self._key, algorithms=["HS256"], audience=self.audience, options=_REQUIRED
-            )
+            claims = jwt.decode(token, self._key, ["HS256"], options=_REQUIRED, audience=self.audience)
         except jwt.PyJWTError:
             return False
         if len(self._verified) >= self.CACHE_SIZE:
@@ -153,17 +139,13 @@ def presented_client(headers: Mapping[str, str], body: bytes, query: str) -> tup
     scheme, value = _credentials(headers.get("authorization"))
     if scheme == "basic" and value:
         return _basic(value)
-    fields: dict[str, object] = dict(parse_qsl(query, keep_blank_values=True))
-    text = body.strip().decode("utf-8-sig", "replace")
-    if text.startswith("{") or media_type(headers.get("content-type")).endswith("json"):
-        try:
-            decoded = json.loads(text)
-        except ValueError:
-            return None
-        if isinstance(decoded, dict):
-            fields.update(decoded)
-    elif text:
-        fields.update(parse_qsl(text, keep_blank_values=True))
+    raw = RawCallback("POST", body, headers.get("content-type"), query)
+    try:  # read as a callback's body is
+        payload, fields = decode_payload(raw, ("",) * 3)
+    except ValueError:
+        return None
+    if isinstance(payload, dict):
+        fields = {**fields, **payload}
     client_id = _pick(fields, ("clientid", "client", "username", "user"))
     client_secret = _pick(fields, ("clientsecret", "secret", "password"))
     return (client_id, client_secret) if client_id and client_secret else None
@@ -194,7 +176,7 @@ def _within(address: Address | None, networks: Iterable[Network]) -> bool:
 
 @dataclass(frozen=True)
 class AllowList:
-    """Senders allowed (Kaleyra's addresses, given on request) and proxies whose ``X-Forwarded-For`` counts."""
+    """Senders allowed (Kaleyra's addresses, on request) and proxies whose ``X-Forwarded-For`` counts."""
 
     allowed: tuple[Network, ...]
     proxies: tuple[Network, ...] = ()

@@ -69,12 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
-    from airflow_provider_kaleyra.callbacks.settings import ReceiverNotConfigured, read_connection
+    from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured, read_connection
 
     if args.purge_older_than is not None:
         store = get_store(args.store_url or read_connection(args.conn_id).store_url)
-        deleted = store.purge(args.purge_older_than)
-        print(f"purged {deleted} callbacks from {redact_url(store.url)}")
+        print(f"purged {store.purge(args.purge_older_than)} callbacks from {redact_url(store.url)}")
         return 0
     for name in (args.secret_env, args.client_secret_env):
         if name and not os.environ.get(name):

@@ -1,8 +1,5 @@
-"""Tolerant reading of SOIP callbacks, whose payload format Kaleyra does not publish.
-
-Nothing here raises on a bad payload: what cannot be read becomes a ``parse_error`` so the
-raw callback is still stored and can be re-read later with a better field mapping.
-"""
+"""Tolerant reading of SOIP callbacks, whose payload format Kaleyra does not publish: what cannot be
+read becomes a ``parse_error`` (never an exception), and the raw callback is kept to re-read later."""
 
 from __future__ import annotations
 
@@ -30,12 +27,9 @@ def _values(items: Iterable[str]) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class FieldMapping:
-    """Which payload keys hold the number, the capability and the request id, and what values mean.
-
-    Keys are matched case-insensitively, ignoring ``_`` and ``-``; earlier keys win.
-    Override from the connection extra ``callback_field_map`` (same names, lists of strings), or
-    name a profile's placeholders with the shorthands ``number``, ``status`` and ``request_id``.
-    """
+    """Which payload keys hold the number, the capability and the request id (matched loosely, earlier
+    keys first), and what values mean. Overridden by the connection extra ``callback_field_map`` (same
+    names), or the shorthands ``number``, ``status`` and ``request_id`` naming a profile's placeholders."""
 
     # fmt: off
     number_keys: tuple[str, ...] = (
@@ -58,9 +52,7 @@ class FieldMapping:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> FieldMapping:
         """Build from a JSON mapping (the connection extra); unknown names are an error, not a surprise."""
-        if not data:
-            return cls()
-        known = {f.name for f in fields(cls)} | set(_SHORTHANDS)
+        data, known = data or {}, {f.name for f in fields(cls)} | set(_SHORTHANDS)
         if unknown := set(data) - known:
             raise ValueError(f"callback_field_map: unknown entries {sorted(unknown)}; known: {sorted(known)}")
         kwargs: dict[str, Any] = {}
@@ -78,13 +70,8 @@ class FieldMapping:
         """``True``/``False`` when the value is recognised, ``None`` when it is not."""
         if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
             return bool(value)
-        if isinstance(value, str):
-            text = _key(unescape(value))
-            if text in self.capable_values:
-                return True
-            if text in self.not_capable_values:
-                return False
-        return None
+        text = _key(unescape(value)) if isinstance(value, str) else None
+        return True if text in self.capable_values else False if text in self.not_capable_values else None
 
 
 _SHORTHANDS = {"number": "number_keys", "status": "capability_keys", "request_id": "request_id_keys"}
@@ -141,8 +128,7 @@ def _split_numbers(value: Any) -> list[str]:
 
 
 def _callback_e164(raw: str, region: str | None) -> str | None:
-    """E.164 of a number Kaleyra sends back: read by :func:`phone.normalize` with the connection's
-    region, else as Kaleyra's own SOIP form (country code and number, without ``+``)."""
+    """E.164 of a number sent back: read with the connection's region, else as Kaleyra's SOIP form."""
     found = normalize(raw, region).e164
     if found is None and raw.strip().isdigit():
         found = normalize(e164_key(raw)).e164
@@ -177,18 +163,14 @@ def parse_callback(
     for record in records:
         loose = _loose(record)  # once per record, not once per key looked up
         statuses = _found(loose, mapping.capability_keys)
-        capable, status = None, _text(statuses[0]) if statuses else None
-        for value in statuses:
-            if (recognised := mapping.capability(value)) is not None:
-                capable, status = recognised, _text(value)
-                break
+        recognised = [(c, value) for value in statuses if (c := mapping.capability(value)) is not None]
+        capable, status = recognised[0] if recognised else (None, next(iter(statuses), None))
+        status = _text(status)
         request_id = _text(next(iter(_found(loose, mapping.request_id_keys)), None)) or None
         for number_raw in _split_numbers(_found(loose, mapping.number_keys)[0]):
             number = _callback_e164(number_raw, region)
-            error = None
-            if number is None:
-                error = "not a valid phone number"
-            elif capable is None:
+            error = "not a valid phone number" if number is None else None
+            if number and capable is None:
                 error = "capability not recognised" if status is not None else "no capability field"
             results.append(ParsedResult(number_raw[:64], number, capable, status, request_id, error))
             if len(results) >= MAX_RESULTS:

@@ -1,9 +1,5 @@
-"""Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the
-numbers each check submitted, which the sensor and its trigger read from here, never from XCom.
-
-One engine per URL per process (:func:`get_store`); tables created on first use, schema versioned.
-PostgreSQL across hosts; SQLite on one machine, only when named (there is no default file).
-"""
+"""Durable store of SOIP callbacks (raw, and the per-number results read from them) and of the numbers
+each check submitted, which the sensor and its trigger read from here, never from XCom."""
 
 from __future__ import annotations
 
@@ -67,13 +63,8 @@ class CallbackResult:
         return UNPARSEABLE if self.capable is None else CAPABLE if self.capable else NOT_CAPABLE
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "capable": self.capable,
-            "status": self.status,
-            "received_at": self.received_at.isoformat(),
-            "request_id": self.request_id,
-        }
+        answer = {"capable": self.capable, "status": self.status, "received_at": self.received_at.isoformat()}
+        return {"outcome": self.outcome, **answer, "request_id": self.request_id}
 
 
 class CallbackStore(Database):
@@ -102,9 +93,8 @@ class CallbackStore(Database):
             conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"callback store {redact_url(self.url)} has schema version {found}, newer than "
-                f"{SCHEMA_VERSION} which this airflow-provider-kaleyra understands: upgrade the "
-                "provider everywhere that uses this store"
+                f"callback store {redact_url(self.url)} has schema version {found}, newer than"
+                f" {SCHEMA_VERSION} (this provider's): upgrade the provider everywhere that uses this store"
             )
 
     def dispose(self) -> None:
@@ -119,9 +109,8 @@ class CallbackStore(Database):
         return self.add_callbacks([(raw, parsed if parsed is not None else parse_callback(raw))])[0]
 
     def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
-        """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own
-        DBAPI connection, kept between batches (a pool checkout, its ping and SQLAlchemy's transaction
-        cost more than a small batch's statements) and dropped on any error."""
+        """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own DBAPI
+        connection, kept between batches (cheaper than a pool checkout) and dropped on any error."""
         if not batch:
             return []
         with self._writer_lock:
@@ -163,21 +152,19 @@ class CallbackStore(Database):
 
     def add_submission(self, submission_id: str, numbers: Iterable[str]) -> int:
         """Record submitted numbers (E.164) under ``submission_id``; adding twice is harmless."""
-        now, added, numbers = datetime.now(UTC), 0, iter(numbers)
+        now, added = datetime.now(UTC), 0
+        rows = ({"submission_id": submission_id, "number": n, "created_at": now} for n in numbers)
         with self.write() as conn:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             insert = dialect.insert(submissions_table).on_conflict_do_nothing()
-            while chunk := list(islice(numbers, 5000)):
-                conn.execute(
-                    insert, [{"submission_id": submission_id, "number": n, "created_at": now} for n in chunk]
-                )
+            while chunk := list(islice(rows, 5000)):
+                conn.execute(insert, chunk)
                 added += len(chunk)
         return added
 
     def submission_size(self, submission_id: str) -> int:
-        return self._count(
-            select(submissions_table).where(submissions_table.c.submission_id == submission_id)
-        )
+        s = submissions_table
+        return self._count(select(s).where(s.c.submission_id == submission_id))
 
     def count_answered(self, submission_id: str, since: datetime) -> int:
         """How many submitted numbers have a callback received at or after ``since``; one query."""
@@ -202,14 +189,8 @@ class CallbackStore(Database):
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
             for number, answers in groupby(rows, key=attrgetter("number")):
-                *_, row = answers
-                if row.received_at is None:
-                    yield number, None
-                else:
-                    yield (
-                        number,
-                        CallbackResult(number, row.capable, row.status, row.received_at, row.request_id),
-                    )
+                *_, row = answers  # the columns of a CallbackResult, in order
+                yield number, None if row.received_at is None else CallbackResult(*row)
 
 
 @functools.cache
@@ -222,18 +203,14 @@ MAX_BATCH = 1000  # callbacks per transaction: bounded so one commit never holds
 
 
 class GroupCommit:
-    """Group commit: one transaction per callback would cap intake at the database's commit rate, and
-    Kaleyra sends one callback per number. The first request starts a write at once; every request
-    arriving while it runs joins the next one. A request is answered only once the transaction holding
-    its callback committed (nothing acknowledged is lost); a failed one fails (503) all its requests.
-    """
+    """Kaleyra sends one callback per number, and a transaction each would cap intake at the database's
+    commit rate: the first request starts a write at once, requests arriving while it runs join the next.
+    Each is answered once the transaction holding it committed; a failed one fails (503) all of them."""
 
     def __init__(self, store: CallbackStore) -> None:
         self.store = store
         self._pending: list[tuple[RawCallback, ParsedCallback, asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = (
-            None  # the writer (held: the loop keeps only a weak reference)
-        )
+        self._task: asyncio.Task[None] | None = None  # the writer (the loop keeps only a weak reference)
         self._conn: Any = None  # PostgreSQL: the writer's async connection
 
     async def add(self, raw: RawCallback, parsed: ParsedCallback) -> bool:
@@ -249,15 +226,12 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
-                new = await self._write([(r, p) for r, p, _ in batch])
+                outcomes: list[Any] = await self._write([(r, p) for r, p, _ in batch])
             except Exception as exc:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for (*_, future), flag in zip(batch, new, strict=True):
-                    if not future.done():
-                        future.set_result(flag)
+                outcomes = [exc] * len(batch)
+            for (*_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():  # (its request may have gone)
+                    (future.set_exception if isinstance(outcome, Exception) else future.set_result)(outcome)
 
     async def _write(self, items: list[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
         """SQLite in a thread; PostgreSQL on the event loop (~20% more callbacks/s than a thread), on this
@@ -269,9 +243,7 @@ class GroupCommit:
             if self._conn is None:
                 import psycopg
 
-                engine = await asyncio.to_thread(
-                    lambda: self.store.engine
-                )  # the first use creates the tables
+                engine = await asyncio.to_thread(lambda: self.store.engine)  # first use: creates the tables
                 url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=30)
             async with self._conn.cursor() as cursor:

@@ -1,9 +1,6 @@
-"""The callback store's tables, and the SQL that writes a batch of callbacks into them.
-
-Results are indexed on ``(number, received_at)`` so the sensor counts 100k numbers in one query;
-``(number, request_id)`` is unique, so a re-delivered answer replaces the stored one. Writes are
-plain SQL on the DBAPI cursor: SQLAlchemy Core cost more per batch than the database did.
-"""
+"""The callback store's tables, and the SQL writing a batch of callbacks: plain SQL on the DBAPI cursor
+(SQLAlchemy Core cost more per batch than the database did). A re-delivered answer replaces the stored
+one: ``(number, request_id)`` is unique."""
 
 from __future__ import annotations
 
@@ -158,9 +155,7 @@ def transaction(
 ) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
     """The statements storing ``batch``, each sent the rows the previous one returned (a thread and an
     event loop drive the same plan); returns, per delivery, whether it is new. A delivery seen before
-    is not stored twice, but it and its results take the new time: Kaleyra re-delivering a callback
-    after a new submission of the same number answers that submission too.
-    """
+    takes the new time, with its results: re-delivered after a new submission, it answers that too."""
     when = sqlite_time if dialect == "sqlite" else as_utc
     keys = [raw.dedupe_key for raw, _ in batch]
     first: dict[str, int] = {}

@@ -1,9 +1,5 @@
-"""The one way the provider opens a database of its own (callback store, capability cache).
-
-Both live in a database every component of a deployment reaches: PostgreSQL across hosts, or a
-SQLite file on one machine when a user names one. Nothing else is supported, since both need
-``INSERT ... ON CONFLICT`` in one of those two dialects.
-"""
+"""The provider's own databases (callback store, capability cache), reached by every component:
+PostgreSQL across hosts, or a SQLite file on one machine when named (both need ``ON CONFLICT``)."""
 
 from __future__ import annotations
 
@@ -13,6 +9,9 @@ from typing import Any, ClassVar
 
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+
+# WAL lets readers run beside a writer; busy_timeout (with BEGIN IMMEDIATE) makes writers queue.
+_SQLITE_PRAGMAS = ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON")
 
 
 def redact_url(url: str) -> str:
@@ -24,13 +23,9 @@ def redact_url(url: str) -> str:
 
 
 class Database:
-    """A database of the provider's own (the capability cache, the callback store): its engine made
-    on first use, its tables created then; no connection is made before that.
-
-    A subclass names its ``metadata``, the ``setting`` and ``error`` that a bad URL is reported
-    with, its pool, and the PostgreSQL advisory lock taken while creating tables (two processes
-    creating them at once would otherwise collide); :meth:`_prepare` adds to that transaction.
-    """
+    """Engine and tables made on first use. A subclass names its ``metadata``, the ``setting`` and ``error``
+    a bad URL is reported with, its pool, and the PostgreSQL advisory lock held while creating tables
+    (two processes creating them at once would collide); :meth:`_prepare` adds to that transaction."""
 
     metadata: ClassVar[MetaData]
     setting: ClassVar[str]
@@ -65,18 +60,18 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
             engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
-            _sqlite_setup(engine)
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", _sqlite_begin)
         elif backend == "postgresql":
-            engine = create_engine(
-                parsed, pool_pre_ping=True, pool_size=self.pool_size, max_overflow=self.max_overflow
-            )
+            pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
+            engine = create_engine(parsed, pool_pre_ping=True, **pool)
         else:
             raise self.error(
                 f"{self.setting} {redact_url(self.url)}: only sqlite and postgresql are supported"
             )
         try:
             with engine.execution_options(kaleyra_write=True).begin() as conn:
-                if engine.dialect.name == "postgresql":
+                if backend == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.lock_key})
                 self.metadata.create_all(conn, checkfirst=True)
                 self._prepare(conn)
@@ -97,21 +92,11 @@ class Database:
             self._engine.dispose()
 
 
-def _sqlite_setup(engine: Engine) -> None:
-    """WAL lets readers run beside a writer; busy_timeout and BEGIN IMMEDIATE (for connections with
-    the execution option ``kaleyra_write``) make writers queue instead of failing."""
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # BEGIN is ours (see _sqlite_begin)
+    for pragma in _SQLITE_PRAGMAS:
+        dbapi_conn.execute(f"PRAGMA {pragma}")
 
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("kaleyra_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("kaleyra_write") else "BEGIN")
