@@ -70,24 +70,25 @@ def normalize_block(
     raws: Sequence[object], problems: Sequence[str | None] | None = None, region: str | None = None
 ) -> tuple[list[str | None], list[str | None]]:
     """:func:`normalize` of each input of a block: ``(e164s, reasons)``, aligned with ``raws``.
-    Inputs already ``+`` and ASCII digits go straight to the fast path's calling-code step; any other
-    input is read once per block. ``problems``: why each input was refused unread, as
+    Inputs that are ``+`` and ASCII digits, or national digits, once separators are gone go straight
+    to the fast path; any other input is read once per block. ``problems``: why each input was refused unread, as
     :class:`~airflow_provider_kaleyra.numbers.audience.RowBlock` gives them."""
-    international = _fastphone.international if fast_path_enabled() else None
+    fast = fast_path_enabled()
     e164s: list[str | None] = []
     reasons: list[str | None] = []
     slow: dict[str, Normalized] = {}  # this block's answers for inputs off the cheap path
     for raw, problem in zip(raws, problems or repeat(None)):
-        if (
-            problem is None
-            and international is not None
-            and type(raw) is str
-            and raw[:1] == "+"
-            and 3 < len(raw) <= E164_MAX_DIGITS + 1
-            and raw.isascii()
-            and raw[1:].isdigit()
-        ):
-            parsed = international(raw[1:])
+        if problem is None and fast and type(raw) is str and len(raw) <= MAX_INPUT_LENGTH:
+            # ``preclean``'s outcome for most inputs: separators gone, ``+`` and digits or national digits
+            compact = raw if raw[1:].isdigit() else raw.translate(_SEPARATORS)
+            plus = compact[:1] == "+"
+            digits = compact[1:] if plus else compact
+            parsed = None
+            if 2 < len(digits) <= E164_MAX_DIGITS and digits.isascii() and digits.isdigit():
+                if plus:
+                    parsed = _fastphone.international(digits)
+                elif region and compact[:2] != "00":
+                    parsed = _fastphone.parse(compact, region)
             if parsed is not None and parsed[2]:
                 e164 = f"+{parsed[0]}{parsed[1]}"
                 if len(e164) <= E164_MAX_DIGITS + 1:  # (a transform rule can lengthen a number)
