@@ -14,7 +14,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
-from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
+from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, connection_problem
 from airflow_provider_kaleyra.client.pacing import InFlight
 from airflow_provider_kaleyra.client.transport import Transport
@@ -102,7 +102,11 @@ class KaleyraHook(BaseHook):
 
     def _rcs_url(self, path: str, **values: str) -> str:
         if not self.config.rcs_base_url:  # a pod with no published RCS host (eu, sg): set by hand
-            raise ValueError(missing_rcs_host(self.config.pod))
+            raise ValueError(
+                f"Kaleyra publishes no RCS host for pod {self.config.pod!r} (known: "
+                f"{', '.join(api.RCS_HOSTS)}): set the connection's rcs_base_url to the RCS host Kaleyra "
+                "gave your account"
+            )
         return self.config.rcs_base_url + path.format(sid=quote(self.config.sid, safe=""), **values)
 
     def lookup_rcs(self, number: str) -> dict[str, Any]:
