@@ -61,11 +61,9 @@ class Chunk:
 class Engine:
     """One lookup run; use as a context manager (it owns a temporary file and the cache run).
 
-    :param hook: the Kaleyra hook: its connection's ``default_region`` reads national numbers,
-        its ``lookup_batches`` makes the calls.
-    :param cache: the run's capability cache, or ``None``.
+    :param hook: the Kaleyra hook: its ``default_region`` reads national numbers, ``lookup_batches`` calls.
     :param shard: this task's slice of the distinct numbers, or ``None`` for all.
-    :param checkpoint_at: the output whose checkpoint parts this run saves and resumes; ``None``: none.
+    :param checkpoint_at: the output whose checkpoint parts this run saves and resumes, if any.
     :param run: the run's identity (dag, run, task, map index): part of the checkpoint key.
     :param e164_input: inputs were normalized by an earlier step: only their shape is checked.
     """

@@ -137,7 +137,7 @@ def write_results(path: ObjectStoragePath) -> Iterator[ResultWriter]:
 
 
 def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
-    """Rows of a result file as dicts, ``row`` and ``age_seconds`` as int; empty CSV cells other than ``input`` read as ``None``."""
+    """Rows of a result file as dicts: ``row``, ``age_seconds`` as int, empty CSV cells but ``input`` None."""
     fmt = result_format(path)
     with path.open("r", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
@@ -157,13 +157,9 @@ def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
 def merge_results(
     sources: Iterable[str | ObjectStoragePath], destination: str | ObjectStoragePath
 ) -> dict[str, Any]:
-    """Merge shard outputs (each sorted by ``row``) into one file sorted by ``row``, streaming.
-
-    :param sources: the ``output`` of each shard (e.g. the ``output`` key of their XCom summaries).
-    :raises ValueError: an output listed twice, or a row in two outputs (nothing is written then).
-    :param destination: where the merged file goes; its suffix picks the format.
-    :return: ``{"output": ..., "rows": ..., "statuses": {...}}``.
-    """
+    """Merge shard outputs (the ``output`` of each XCom summary, each sorted by ``row``) into one file
+    sorted by ``row``, streaming, in the format of ``destination``'s suffix; returns ``{"output", "rows",
+    "statuses"}``. ``ValueError`` (nothing written) for an output listed twice or a row in two outputs."""
     target = as_path(destination)
     paths = [as_path(source) for source in sources]
     repeated = sorted(name for name, count in Counter(map(str, paths)).items() if count > 1)
