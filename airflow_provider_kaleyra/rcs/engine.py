@@ -5,9 +5,7 @@ restore input order -> write, a block of rows (:mod:`.blocks`) at a time and ove
 out while the audience is read, rows come out as soon as their numbers are answered, waiting in a
 :class:`~.spool.Spool` (memory while short, disk beyond). Memory holds the distinct numbers seen,
 one pointer per number to a shared answer, and the calls in flight.
-
-With ``checkpoint_at``, answers are saved in parts beside that output as calls complete, under
-a key holding the run's identity, so a retry of the same task resumes and no other run trusts them.
+With ``checkpoint_at``, answers are saved beside that output under the run's identity (:mod:`.checkpoint`).
 """
 
 from __future__ import annotations

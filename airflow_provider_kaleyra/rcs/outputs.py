@@ -1,8 +1,7 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
 
-Rows are written a block at a time. Each distinct answer is encoded once (the tail of its lines:
-status, carrier, error, source, age), each row adds its number, input and index, and inputs are
-quoted or escaped only when the block needs it: the bytes of ``csv.writer`` and ``json.dumps``.
+A block at a time: each distinct answer is encoded once (the tail of its lines), and inputs are quoted
+or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``.
 """
 
 from __future__ import annotations
