@@ -28,9 +28,7 @@ SOIP_CHECK_PATH = "/v1/{sid}/messages/soip/capability-check"
 
 API_KEY_HEADER = "api-key"
 
-# Numbers per SOIP capability-check request. Kaleyra documents a single number, a comma-separated
-# string or an array, and publishes no maximum; the provider sends arrays of this many.
-SOIP_CHUNK_SIZE = 100
+SOIP_CHUNK_SIZE = 100  # numbers per SOIP check (an array; Kaleyra publishes no maximum)
 
 # The bulk lookup takes between 100 and 500 distinct valid E.164 numbers.
 BULK_MIN = 100
@@ -55,11 +53,8 @@ _URI_ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\+?(\d+)")
 
 
 def e164_key(device_address: object) -> str:
-    """Key to match a returned ``deviceAddress`` to what we asked: ``+`` and digits.
-
-    Kaleyra sends it with or without ``+``, or as ``<scheme>:<digits>`` (``chat:14155552671``);
-    anything else gives a key no asked number has (``""`` for what is not even text).
-    """
+    """Key to match a returned ``deviceAddress`` (with or without ``+``, or ``<scheme>:<digits>``) to what
+    we asked: ``+`` and digits; anything else gives a key no asked number has (``""`` for non-text)."""
     if type(device_address) is str and device_address[1:].isdigit() and device_address[:1] == "+":
         return device_address  # the usual form, as asked
     if isinstance(device_address, int) and not isinstance(device_address, bool):

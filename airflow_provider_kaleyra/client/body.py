@@ -16,9 +16,8 @@ import urllib3
 # A bulk answer for 500 numbers is a few tens of KB: a body beyond this is not an answer.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 READ_PIECE = 64 * 1024
-# Everything that means "no (whole) answer came back": requests' and urllib3's errors (refused,
-# reset, cut or corrupt bodies, timeouts), http.client's and the socket's. JSON that cannot be
-# read or is nested too deep is the same, caught where the body is decoded.
+# Everything that means "no (whole) answer came back" (refused, reset, cut or corrupt, timed out);
+# unreadable JSON is the same, caught where the body is decoded.
 NO_ANSWER = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
@@ -27,11 +26,9 @@ class Unreadable(Exception):
 
 
 class Watchdog:
-    """Cuts reads still waiting at their deadline: one thread for all of a transport's calls.
-
-    urllib3's ``HTTPResponse.shutdown`` interrupts a read from another thread. One thread sleeping
-    until the earliest deadline, not a timer per call (a quarter of the transport's CPU, measured).
-    """
+    """Cuts reads still waiting at their deadline (urllib3's ``HTTPResponse.shutdown``): one thread for
+    all of a transport's calls, sleeping until the earliest deadline (a timer per call cost a quarter of
+    the transport's CPU)."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
@@ -71,11 +68,8 @@ class Watchdog:
 
 
 def read_body(response: requests.Response, deadline: float, timeout: float, watchdog: Watchdog) -> bytes:
-    """The decoded body, read piece by piece: refused past ``deadline`` or ``MAX_BODY_BYTES``.
-
-    The deadline is checked between reads; a read still waiting at the deadline (a body that
-    dripped until then and stalled) is cut by ``watchdog``.
-    """
+    """The decoded body, read piece by piece: refused past ``deadline`` (checked between reads; a read
+    still waiting then is cut by ``watchdog``) or ``MAX_BODY_BYTES``."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise Unreadable(f"an answer of {int(declared)} bytes, over the {MAX_BODY_BYTES}-byte cap")

@@ -1,8 +1,5 @@
-"""Settings of a ``kaleyra`` connection, read once and typed.
-
-This is the contract between the Airflow connection (UI form, JSON env var) and the code:
-every extra the provider understands is named here, with its default.
-"""
+"""Settings of a ``kaleyra`` connection, read once and typed: the contract between the Airflow
+connection (UI form, JSON env var) and the code, every extra named here with its default."""
 
 from __future__ import annotations
 
@@ -36,23 +33,14 @@ _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
 def parse_age(text: str | float | timedelta, name: str | None = None, bare: str = "d") -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s`` (a bare number in ``bare`` units: days), or a ``timedelta`` as it is.
-
-    :param name: the setting read, named first in the error.
-    """
+    """``30d``, ``12h``, ``90m``, ``45s`` (a bare number in ``bare`` units), or a ``timedelta`` as it is;
+    the error names the setting ``name``."""
     if isinstance(text, timedelta):
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", str(text))
     if not match:
         raise ValueError(f"{name + ': ' if name else ''}not an age: {text!r} (use e.g. 30d, 12h, 90m)")
     return timedelta(**{_AGE_UNITS[match.group(2) or bare]: float(match.group(1))})
-
-
-STORE_SETTING = "callback_store_url"
-
-
-class StoreNotConfigured(ValueError):
-    """No callback store named: a per-host default file would leave the sensor waiting in silence."""
 
 
 def _number(extra: dict[str, Any], key: str, default: float, cast: type) -> Any:
@@ -78,19 +66,9 @@ def _cidrs(extra: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(str(i).strip() for i in items if str(i).strip())
 
 
-def missing_rcs_host(pod: str) -> str:
-    """What to set by hand when a pod has no published RCS host."""
-    return (
-        f"Kaleyra publishes no RCS host for pod {pod!r} (known: {', '.join(RCS_HOSTS)}): "
-        "set the connection's rcs_base_url to the RCS host Kaleyra gave your account"
-    )
-
-
 def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
     """An extra holding a JSON object, given as an object or as JSON text (the UI form sends text)."""
     value = extra.get(key)
-    if value is None:
-        return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -98,7 +76,7 @@ def _json_object(extra: dict[str, Any], key: str) -> dict[str, Any] | None:
             raise ValueError(
                 f"Kaleyra connection extra {key!r} must be a JSON object, got unreadable JSON"
             ) from None
-    if not isinstance(value, dict):
+    if value is not None and not isinstance(value, dict):
         raise ValueError(
             f"Kaleyra connection extra {key!r} must be a JSON object, got {type(value).__name__}"
         )
@@ -179,8 +157,8 @@ class KaleyraConfig:
         """The callback store every component shares; no default (a default SQLite file would be
         another file on each host, and the sensor would wait until its timeout with no error)."""
         if not self.callback_store_url:
-            raise StoreNotConfigured(
-                f"the Kaleyra connection has no {STORE_SETTING!r} extra: set it to a database that the "
+            raise ValueError(
+                "the Kaleyra connection has no 'callback_store_url' extra: set it to a database that the "
                 "API server (callback receiver), the workers and the triggerer all reach, e.g. "
                 "postgresql+psycopg://user:password@db-host/kaleyra; sqlite:////path/to/file.db only "
                 "when every Airflow component runs on one machine"

@@ -9,13 +9,8 @@ from airflow_provider_kaleyra.client import api
 
 
 class KaleyraApiError(Exception):
-    """An error answered by (or on the way to) the Kaleyra API.
-
-    :param message: what went wrong, in words.
-    :param status: the HTTP status, or ``None`` when no answer came back.
-    :param code: Kaleyra's own error ``code`` (a string or a number) when the body had one.
-    :param retryable: whether trying again later may succeed.
-    """
+    """An error answered by (or on the way to) the Kaleyra API: ``status`` is ``None`` when no answer
+    came back, ``code`` is Kaleyra's own (a string or a number), ``retryable`` says a retry may succeed."""
 
     def __init__(
         self,

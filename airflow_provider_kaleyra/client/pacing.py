@@ -1,11 +1,6 @@
-"""How fast and how many: Kaleyra publishes no rate limit, so the client spaces its requests,
-obeys 429 and ``Retry-After``, and keeps as many calls in flight as the rate needs.
-
-Little's law: to send ``rate`` requests a second when each takes ``latency`` seconds,
-``rate x latency`` requests must be in flight. The latency is measured, so ``max_concurrency``
-is only an upper bound. Too few in flight and the rate limit is never reached (8 at 150 ms
-carry 53/s, not 100/s); too many only park threads in the pacer.
-"""
+"""How fast and how many: Kaleyra publishes no rate limit, so the client spaces its requests, obeys
+429 and ``Retry-After``, and keeps ``rate x latency`` calls in flight (Little's law; the latency is
+measured, ``max_concurrency`` only caps it): 8 in flight at 150 ms carry 53/s, not 100/s."""
 
 from __future__ import annotations
 
@@ -29,9 +24,8 @@ OUTLIER = 4.0  # a sample counts for at most this many times the estimate: one s
 class Pacer:
     """Spaces requests at ``rate`` per second across all threads; ``hold`` pauses everyone.
 
-    Up to ``PACER_SLACK`` seconds of a late thread's lateness are made up by sending the next
-    requests sooner, else each late slot is lost (at 100/s, 2.5 ms of average lateness costs a
-    quarter of the throughput). In any ``t`` seconds at most ``rate * (t + PACER_SLACK) + 1`` go out.
+    Up to ``PACER_SLACK`` s of lateness is made up, else each late slot is lost (at 100/s, 2.5 ms of
+    average lateness costs a quarter of the throughput): at most ``rate * (t + PACER_SLACK) + 1`` in ``t`` s.
     """
 
     def __init__(self, rate: float) -> None:
@@ -57,11 +51,8 @@ class Pacer:
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or nonsense.
-
-    Nonsense (``nan``, ``inf``, a negative delay, garbage) is treated like no header at all,
-    so the caller backs off exponentially instead of hammering or sleeping forever.
-    """
+    """``Retry-After`` as seconds (delta or HTTP date), capped; ``None`` when absent or nonsense (``nan``,
+    ``inf``, negative, garbage), so the caller backs off instead of hammering or sleeping forever."""
     if not value:
         return None
     try:
@@ -78,12 +69,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class InFlight:
-    """The number of calls to keep in flight: ``ceil(rate x latency x HEADROOM) + EXTRA``, capped.
-
-    :param rate: the connection's ``rate_limit`` (requests per second); 0 for no limit, when
-        only ``cap`` bounds the calls in flight.
-    :param cap: the connection's ``max_concurrency``.
-    """
+    """The calls to keep in flight: ``ceil(rate x latency x HEADROOM) + EXTRA``, at most ``cap``
+    (``max_concurrency``); ``rate`` is ``rate_limit``, 0 for none (then ``cap`` alone bounds them)."""
 
     def __init__(self, rate: float, cap: int, latency: float = INITIAL_LATENCY) -> None:
         self.rate = rate

@@ -48,20 +48,14 @@ _BAD_URL = (
 
 
 def call_budget(timeout: float, max_retries: int) -> float:
-    """The longest one call can take, in seconds: every attempt to its deadline, every sleep capped.
-
-    With the defaults (30 s, 5 retries): 6 x 30 + 5 x 60 = 480 s, plus the wait for a turn under
-    the rate limit (the pacer, which a 429 pauses for everyone).
-    """
+    """The longest one call can take, in seconds, besides its wait for a turn under the rate limit:
+    every attempt to its deadline, every sleep capped (6 x 30 + 5 x 60 = 480 s with the defaults)."""
     return (max_retries + 1) * timeout + max_retries * max(MAX_RETRY_AFTER, BACKOFF_CAP)
 
 
 class Transport:
     """Sends one logical call, retrying what can be retried, and returns the decoded JSON body.
-
-    :param secrets: besides the API key, texts that must never come out of an answer (the
-        callback secret): the one place server text enters, :meth:`_send`, replaces them.
-    """
+    ``secrets`` (the callback secret), like the API key, are replaced in every answer by :meth:`_send`."""
 
     def __init__(
         self,
@@ -83,9 +77,8 @@ class Transport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({api.API_KEY_HEADER: api_key, "Accept": "application/json"})
-        # requests reads the environment (proxies, CA bundle, .netrc) again on every request:
-        # 0.6 ms of the 2 ms a bulk call costs the client. Read it once instead, with the
-        # same rules (``no_proxy`` per host); never use .netrc.
+        # requests reads the environment (proxies, CA bundle, .netrc) on every request: 0.6 ms of a
+        # bulk call's 2 ms. Read once instead, same rules (``no_proxy`` per host); never .netrc.
         self.session.trust_env = False
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._proxies: dict[str, dict[str, str]] = {}
@@ -95,10 +88,9 @@ class Transport:
         self.requests_sent = 0
         self._bad_text_logged = False
         self._count_lock = threading.Lock()
-        # Per origin (RCS and SOIP hosts may differ): the refusal that stopped every call, and
-        # whether the first answer is in. Until it is, one request probes the key while the
-        # others wait (at most one attempt's time), so a dead key costs one request, not
-        # ``max_concurrency``. Sleepers wait on ``_state`` and wake at once on a refusal.
+        # Per origin: the refusal that stopped every call, and whether the first answer is in; until
+        # it is, one request probes the key while the others wait (a dead key costs one request).
+        # Sleepers wait on ``_state`` and wake at once on a refusal.
         self._state = threading.Condition()
         self._dead: dict[str, KaleyraAuthError] = {}
         self._probing: set[str] = set()
@@ -170,9 +162,8 @@ class Transport:
     ) -> Any:
         """One API call; raises ``KaleyraApiError`` once retries are spent or the error is final.
 
-        :param shape: reads the decoded body (``None`` when empty) into what the caller wants;
-            a ``ValueError`` or ``TypeError`` from it means "not an answer" and is retried like
-            an unreadable body. Without it an empty body is ``{}``.
+        :param shape: reads the decoded body (``None`` when empty; without it, ``{}``); a ``ValueError``
+            or ``TypeError`` from it means "not an answer", retried like an unreadable body.
         :param typed: decodes a usual 2xx body into records (a body it refuses is read as plain JSON).
         """
         origin = _origin(url)

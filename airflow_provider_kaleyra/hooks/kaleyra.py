@@ -14,7 +14,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseHook
 
 from airflow_provider_kaleyra.client import api
-from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig, missing_rcs_host
+from airflow_provider_kaleyra.client.config import CONN_TYPE, DEFAULT_CONN_ID, KaleyraConfig
 from airflow_provider_kaleyra.client.exceptions import KaleyraApiError, KaleyraAuthError, connection_problem
 from airflow_provider_kaleyra.client.pacing import InFlight
 from airflow_provider_kaleyra.client.transport import Transport
@@ -102,7 +102,11 @@ class KaleyraHook(BaseHook):
 
     def _rcs_url(self, path: str, **values: str) -> str:
         if not self.config.rcs_base_url:  # a pod with no published RCS host (eu, sg): set by hand
-            raise ValueError(missing_rcs_host(self.config.pod))
+            raise ValueError(
+                f"Kaleyra publishes no RCS host for pod {self.config.pod!r} (known: "
+                f"{', '.join(api.RCS_HOSTS)}): set the connection's rcs_base_url to the RCS host Kaleyra "
+                "gave your account"
+            )
         return self.config.rcs_base_url + path.format(sid=quote(self.config.sid, safe=""), **values)
 
     def lookup_rcs(self, number: str) -> dict[str, Any]:
@@ -137,12 +141,8 @@ class KaleyraHook(BaseHook):
     def check_soip_capability(
         self, numbers: Iterable[str], callback_profile_id: str | None = None
     ) -> dict[str, Any]:
-        """Ask Kaleyra to check SMS-over-IP capability; results arrive later through callbacks.
-
-        :param numbers: E.164 numbers (sent without ``+``, as Kaleyra's samples do).
-        :param callback_profile_id: the profile whose URL receives the callbacks; defaults to the
-            connection's ``callback_profile_id``.
-        """
+        """Ask Kaleyra to check SMS-over-IP capability of ``numbers``; results arrive later through
+        callbacks, to the URL of ``callback_profile_id`` (default: the connection's)."""
         return self.submit_soip(
             [self._require_e164(n) for n in numbers], self.soip_profile(callback_profile_id)
         )
@@ -165,13 +165,11 @@ class KaleyraHook(BaseHook):
     # -- many numbers ----------------------------------------------------------------------
 
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
-        """Look up any number of inputs; yields exactly one record per input, in input order.
+        """Look up any number of inputs; yields exactly one record per input, in input order, through
+        the bulk operator's :class:`~airflow_provider_kaleyra.rcs.engine.Engine`.
 
-        The bulk operator's pipeline (:class:`~airflow_provider_kaleyra.rcs.engine.Engine`): memory
-        follows the distinct numbers, not the inputs.
-
-        :param cache: the capability cache: ``None`` (on when the connection sets ``cache_url``),
-            ``True``, ``False`` or ``"refresh"``; ``self.last_cache`` holds the run's cache counts.
+        :param cache: ``None`` (on when the connection sets ``cache_url``), ``True``, ``False`` or
+            ``"refresh"``; ``self.last_cache`` holds the run's cache counts.
         """
         run = self.last_cache = self.cache_run(cache)
         with Engine(self, cache=run) as engine:
@@ -316,8 +314,7 @@ class KaleyraHook(BaseHook):
 
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
-    """Hand the connection's secrets, and only them (with the passwords inside its store URLs), to
-    Airflow's log masker."""
+    """Hand the connection's secrets (and the passwords in its store URLs), only them, to Airflow's masker."""
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # pragma: no cover - older SDK layouts

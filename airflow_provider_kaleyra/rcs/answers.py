@@ -50,10 +50,8 @@ UNREADABLE_RCS_ENABLED = "Kaleyra's answer has an rcsEnabled that is neither tru
 
 
 def answer_from_device(device: dict[str, Any]) -> Answer:
-    """Read one device object of a lookup answer: ``rcsEnabled`` as a bool, 1/0 or an unambiguous word.
-
-    A bulk answer repeats a handful of (rcsEnabled, carrier) combinations: each is read once.
-    """
+    """Read one device object: ``rcsEnabled`` as a bool, 1/0 or an unambiguous word. A bulk answer
+    repeats a handful of (rcsEnabled, carrier) combinations: each is read once."""
     fields = device.get("rcsEnabled"), device.get("carrierId"), device.get("carrierStatus")
     try:
         return _read_fields(*fields)
@@ -63,10 +61,7 @@ def answer_from_device(device: dict[str, Any]) -> Answer:
 
 def answers_by_number(asked: list[str], devices: list[Any]) -> tuple[dict[str, Answer], int]:
     """``({number: answer}, devices not asked for)`` of a bulk answer; numbers it left out are absent.
-
-    The usual ``deviceAddress`` is the number as asked, found with one set lookup; other forms
-    go through :func:`~airflow_provider_kaleyra.client.api.e164_key`.
-    """
+    The usual ``deviceAddress`` is the number as asked (one set lookup); other forms go by ``e164_key``."""
     wanted = set(asked)
     answers: dict[str, Answer] = {}
     unasked = 0
@@ -114,11 +109,8 @@ def _carrier(value: Any) -> str | int | float | None:
 
 
 def shared(answer: Answer) -> Answer:
-    """One record per distinct answer: a million answers held are a handful of objects.
-
-    (A ``NamedTuple`` is never untracked by the garbage collector, so a million distinct
-    ones held make every full collection walk them all.)
-    """
+    """One record per distinct answer: a million answers held are a handful of objects (the garbage
+    collector never untracks a ``NamedTuple``: a million distinct ones would slow every full collection)."""
     try:
         return _first_equal(answer)
     except TypeError:  # an unhashable field (a checkpoint written by an older version): still an answer

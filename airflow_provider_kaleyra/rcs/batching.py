@@ -13,12 +13,8 @@ T = TypeVar("T")
 
 
 def plan_batch_sizes(n: int) -> list[int]:
-    """Sizes of the calls for ``n`` distinct valid numbers.
-
-    ``n >= 100``: ``ceil(n / 500)`` bulk calls whose sizes differ by at most one, so every
-    call holds 100-500 numbers. ``n < 100``: the bulk API refuses them, so ``n`` single
-    lookups. Never pads with made-up numbers.
-    """
+    """Sizes of the calls for ``n`` distinct valid numbers: ``ceil(n / 500)`` bulk calls whose sizes
+    differ by at most one (so each holds 100-500), or ``n`` single lookups below 100 (never padded)."""
     if n < 0:
         raise ValueError(f"number count must not be negative, got {n}")
     if n < BULK_MIN:
@@ -79,18 +75,10 @@ def shard_slice(n: int, shard: Shard | None) -> tuple[int, int]:
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges cutting ``n`` distinct numbers into at most ``shards`` parts.
-
-    Shards hold at least ``BULK_MIN`` numbers each where ``n`` allows it, so sharding never
-    turns bulk calls into single lookups.
-    """
+    """``[start, stop)`` ranges cutting ``n`` distinct numbers into at most ``shards`` balanced parts of
+    at least ``BULK_MIN`` where ``n`` allows it, so sharding never turns bulk calls into single lookups."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     shards = max(1, min(shards, n // BULK_MIN or 1))
-    size, bigger = divmod(n, shards)
-    bounds, start = [], 0
-    for index in range(shards):
-        stop = start + size + (1 if index < bigger else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+    size, bigger = divmod(n, shards)  # the first ``bigger`` shards hold one more
+    return [(i * size + min(i, bigger), (i + 1) * size + min(i + 1, bigger)) for i in range(shards)]

@@ -1,9 +1,5 @@
-"""The engine's first stages, a block of rows at a time: rows in, normalized (then
-:class:`~airflow_provider_kaleyra.numbers.normalize.DistinctNumbers` de-duplicates them).
-
-Per-row Python is what a bulk run pays for (issue 21), so every stage takes and gives lists
-aligned with the rows of a block (:class:`~airflow_provider_kaleyra.numbers.audience.RowBlock`).
-"""
+"""The engine's first stages, a block of rows at a time (per-row Python is what a bulk run pays for):
+rows in, normalized into lists aligned with the rows of the block, then de-duplicated by the engine."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""Capability cache: RCS answers remembered across runs, so a daily preflight asks only for what it does not know.
+"""Capability cache: RCS answers remembered across runs, so a daily preflight asks only for new numbers.
 
-One table, keyed by account SID and E.164 number, in a database every worker reaches (the
-connection extra ``cache_url``; PostgreSQL across hosts): no default, since a per-host SQLite file
-would silently give each worker its own cache. Reads and writes go ``CHUNK`` numbers per
-statement, so memory does not follow the audience. Freshness is by age, separate for positive
-(``rcs_enabled``) and negative (``rcs_disabled``) answers; nothing else is ever written or served.
+One table keyed by (SID, number) in the database of ``cache_url`` (no default: a per-host SQLite file
+would give each worker its own cache), ``CHUNK`` numbers per statement; freshness by age, separate for
+``rcs_enabled`` and ``rcs_disabled`` answers, the only ones ever written or served (README).
 """
 
 from __future__ import annotations
@@ -14,12 +12,12 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete
 
@@ -34,7 +32,6 @@ CHUNK = 1000  # numbers per read or write statement
 WRITE_ROWS = 20 * CHUNK  # answers per write transaction: a big B-tree costs half the CPU per row
 _WRITES_IN_FLIGHT = 2  # write transactions queued at most: memory stays bounded
 _READS_AHEAD = 3  # chunks read ahead of the one handed out
-T = TypeVar("T")
 Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
 REFRESH = "refresh"
 CacheMode = bool | Literal["refresh"] | None
@@ -127,9 +124,9 @@ class CapabilityCache(Database):
         return found
 
     def remember(self, sid: str, answers: Iterable[tuple[str, Answer]], now: int | None = None) -> int:
-        """Upsert the positive and negative answers, ``CHUNK`` per statement; returns rows written.
-        A row is only replaced by a younger one, so two writers racing never roll an answer back.
-        (Plain driver SQL: SQLAlchemy's per-row parameter handling cost 10x the database's work.)"""
+        """Upsert the positive and negative answers; returns rows written. Only a younger row replaces
+        one, so racing writers never roll an answer back. (Driver SQL: SQLAlchemy's per-row handling
+        cost 10x the database's work.)"""
         now = int(time.time()) if now is None else now
         rows = (
             (sid, int(e164[1:]), a.status, _text(a.carrier_id), _text(a.carrier_status), now)
@@ -165,15 +162,17 @@ def get_cache(url: str) -> CapabilityCache:
     return CapabilityCache(url)
 
 
+def _thread(role: str) -> Any:
+    return field(default_factory=lambda: ThreadPoolExecutor(1, f"kaleyra-cache-{role}"), repr=False)
+
+
 @dataclass
 class CacheRun:
-    """One run's use of the cache, between the distinct numbers and batch planning: :meth:`lookup`
-    gives the fresh answers a chunk at a time, :meth:`add` writes new ones back, :meth:`close`
-    writes the rest and waits. The counts feed the run's summary.
+    """One run's use of the cache: :meth:`lookup` gives fresh answers a chunk at a time, :meth:`add`
+    writes new ones back, :meth:`close` writes the rest and waits; the counts feed the summary.
 
-    The database work runs on two threads of its own, one reading chunks ahead, one writing
-    behind (the drivers release the GIL while the database works), so the thread that feeds
-    API calls never waits for the cache: an empty-cache run keeps its pace.
+    One thread reads chunks ahead, one writes behind (a read never queues behind a big write; the
+    drivers release the GIL), so the thread feeding API calls never waits for the cache.
     """
 
     cache: CapabilityCache
@@ -186,13 +185,8 @@ class CacheRun:
     written: int = 0
     _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
     _writes: deque[Future[int]] = field(default_factory=deque, repr=False)
-    _threads: dict[str, ThreadPoolExecutor] = field(default_factory=dict, repr=False)
-
-    def _submit(self, role: str, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Reads and writes on a thread each: a read never queues behind a big write."""
-        if role not in self._threads:
-            self._threads[role] = ThreadPoolExecutor(1, f"kaleyra-cache-{role}")
-        return self._threads[role].submit(fn, *args)
+    _reader: ThreadPoolExecutor = _thread("read")  # (no thread starts before the first submit)
+    _writer: ThreadPoolExecutor = _thread("write")
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
         """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
@@ -201,7 +195,7 @@ class CacheRun:
         ages = (self.max_age_positive, self.max_age_negative)
         numbers = iter(numbers)
         while chunk := list(islice(numbers, CHUNK)):
-            reading = None if self.refresh else self._submit("read", self.cache.fresh, self.sid, chunk, *ages)
+            reading = None if self.refresh else self._reader.submit(self.cache.fresh, self.sid, chunk, *ages)
             reads.append((chunk, reading))
             if len(reads) > _READS_AHEAD:
                 yield self._found(*reads.popleft())
@@ -224,7 +218,7 @@ class CacheRun:
 
     def flush(self) -> None:
         if self._pending:
-            self._writes.append(self._submit("write", self.cache.remember, self.sid, self._pending))
+            self._writes.append(self._writer.submit(self.cache.remember, self.sid, self._pending))
             self._pending = []
         while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
             self.written += self._writes.popleft().result()
@@ -236,13 +230,11 @@ class CacheRun:
             while self._writes:
                 self.written += self._writes.popleft().result()
         finally:
-            for thread in self._threads.values():
-                thread.shutdown(wait=True, cancel_futures=True)
-            self._threads.clear()
+            self._reader.shutdown(cancel_futures=True)
+            self._writer.shutdown(cancel_futures=True)
 
     def summary(self) -> dict[str, int | bool]:
-        """Counts for a run's XCom summary; calls saved = those planned for every distinct number
-        less those for the numbers asked."""
+        """Counts for the XCom summary; calls saved: those planned for all the numbers less those asked."""
         planned = len(plan_batch_sizes(self.served + self.asked))
         return {
             "from_cache": self.served,

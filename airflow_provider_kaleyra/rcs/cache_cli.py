@@ -34,18 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaleyra-cache", description="Manage the Kaleyra capability cache.")
     commands = parser.add_subparsers(dest="command", required=True)
     purge = commands.add_parser("purge", help="delete answers obtained more than AGE ago")
-    purge.add_argument(
-        "--older-than",
-        type=parse_age_argument,
-        required=True,
-        metavar="AGE",
-        help="e.g. 30d, 12h (bare number: days)",
-    )
+    age = "e.g. 30d, 12h (bare number: days)"
+    purge.add_argument("--older-than", type=parse_age_argument, required=True, metavar="AGE", help=age)
     where = purge.add_mutually_exclusive_group()
     where.add_argument("--url", help="SQLAlchemy URL of the cache (default: the connection's cache_url)")
-    where.add_argument(
-        "--conn-id", help="kaleyra connection to read cache_url from (default: kaleyra_default)"
-    )
+    where.add_argument("--conn-id", help=f"connection whose cache_url to use (default: {DEFAULT_CONN_ID})")
     return parser
 
 

@@ -39,24 +39,16 @@ def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batche
 
 
 class Checkpoint:
-    """The part files of one run of one output.
-
-    :param output: the run's output; parts live under ``<output>.checkpoint/``.
-    :param key: the run's :func:`fingerprint`.
-    """
+    """The part files of one run (``key``: its :func:`fingerprint`) of one output."""
 
     def __init__(self, output: ObjectStoragePath, key: str) -> None:
         self.root = output.with_name(output.name + ".checkpoint")
         self.dir = self.root / key
 
-    def __repr__(self) -> str:
-        return f"Checkpoint({str(self.dir)!r})"
-
     def part(self, index: int) -> ObjectStoragePath:
         return self.dir / f"part-{index:05d}.jsonl"
 
     def existing(self) -> set[int]:
-        """Indexes of the parts present."""
         try:
             names = [path.name for path in self.dir.iterdir()]
         except (FileNotFoundError, NotADirectoryError):
@@ -80,7 +72,6 @@ class Checkpoint:
         return answers
 
     def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
-        """Write part ``index`` atomically."""
         groups: defaultdict[Answer, list[str]] = defaultdict(list)
         for e164, answer in answers:
             groups[answer].append(e164)

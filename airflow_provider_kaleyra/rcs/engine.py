@@ -5,9 +5,7 @@ restore input order -> write, a block of rows (:mod:`.blocks`) at a time and ove
 out while the audience is read, rows come out as soon as their numbers are answered, waiting in a
 :class:`~.spool.Spool` (memory while short, disk beyond). Memory holds the distinct numbers seen,
 one pointer per number to a shared answer, and the calls in flight.
-
-With ``checkpoint_at``, answers are saved in parts beside that output as calls complete, under
-a key holding the run's identity, so a retry of the same task resumes and no other run trusts them.
+With ``checkpoint_at``, answers are saved beside that output under the run's identity (:mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -61,11 +59,9 @@ class Chunk:
 class Engine:
     """One lookup run; use as a context manager (it owns a temporary file and the cache run).
 
-    :param hook: the Kaleyra hook: its connection's ``default_region`` reads national numbers,
-        its ``lookup_batches`` makes the calls.
-    :param cache: the run's capability cache, or ``None``.
+    :param hook: the Kaleyra hook: its ``default_region`` reads national numbers, ``lookup_batches`` calls.
     :param shard: this task's slice of the distinct numbers, or ``None`` for all.
-    :param checkpoint_at: the output whose checkpoint parts this run saves and resumes; ``None``: none.
+    :param checkpoint_at: the output whose checkpoint parts this run saves and resumes, if any.
     :param run: the run's identity (dag, run, task, map index): part of the checkpoint key.
     :param e164_input: inputs were normalized by an earlier step: only their shape is checked.
     """

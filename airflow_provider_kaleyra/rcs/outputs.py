@@ -1,8 +1,7 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
 
-Rows are written a block at a time. Each distinct answer is encoded once (the tail of its lines:
-status, carrier, error, source, age), each row adds its number, input and index, and inputs are
-quoted or escaped only when the block needs it: the bytes of ``csv.writer`` and ``json.dumps``.
+A block at a time: each distinct answer is encoded once (the tail of its lines), and inputs are quoted
+or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -137,7 +136,7 @@ def write_results(path: ObjectStoragePath) -> Iterator[ResultWriter]:
 
 
 def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
-    """Rows of a result file as dicts, ``row`` and ``age_seconds`` as int; empty CSV cells other than ``input`` read as ``None``."""
+    """Rows of a result file as dicts: ``row``, ``age_seconds`` as int, empty CSV cells but ``input`` None."""
     fmt = result_format(path)
     with path.open("r", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
@@ -157,13 +156,9 @@ def read_results(path: ObjectStoragePath) -> Iterator[dict[str, Any]]:
 def merge_results(
     sources: Iterable[str | ObjectStoragePath], destination: str | ObjectStoragePath
 ) -> dict[str, Any]:
-    """Merge shard outputs (each sorted by ``row``) into one file sorted by ``row``, streaming.
-
-    :param sources: the ``output`` of each shard (e.g. the ``output`` key of their XCom summaries).
-    :raises ValueError: an output listed twice, or a row in two outputs (nothing is written then).
-    :param destination: where the merged file goes; its suffix picks the format.
-    :return: ``{"output": ..., "rows": ..., "statuses": {...}}``.
-    """
+    """Merge shard outputs (the ``output`` of each XCom summary, each sorted by ``row``) into one file
+    sorted by ``row``, streaming, in the format of ``destination``'s suffix; returns ``{"output", "rows",
+    "statuses"}``. ``ValueError`` (nothing written) for an output listed twice or a row in two outputs."""
     target = as_path(destination)
     paths = [as_path(source) for source in sources]
     repeated = sorted(name for name, count in Counter(map(str, paths)).items() if count > 1)

@@ -27,7 +27,7 @@ class Stats:
 
 
 class Progress:
-    """Logs batches done and numbers per second at every 10% of a known total, and every ``PROGRESS_SECONDS``."""
+    """Logs batches done and numbers a second at each 10% of a known total and every ``PROGRESS_SECONDS``."""
 
     def __init__(self, log: logging.Logger, total_batches: int | None) -> None:
         self.log, self.total = log, total_batches

@@ -1,10 +1,6 @@
-"""A first-in first-out queue of row blocks: in memory while short, on a local temp file beyond.
-
-Blocks wait here until their numbers are answered: while calls keep up they never leave memory;
-when the writer falls behind (a read-first shard, a slow API, an audience that makes no call)
-they go to disk, so memory stays bounded. Pickled: the file is this process's own, and pickle
-keeps any input as it came (``lookup_rcs_many`` takes any object) at a fraction of JSON's cost.
-"""
+"""A first-in first-out queue of row blocks waiting for their answers: in memory while short, on a
+local temp file beyond (a read-first shard, a slow API), so memory stays bounded. Pickled: the file is
+this process's own, and pickle keeps any input as it came at a fraction of JSON's cost."""
 
 from __future__ import annotations
 
