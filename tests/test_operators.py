@@ -377,11 +377,23 @@ def test_a_crashed_run_resumes_without_asking_again(kaleyra_conn, tmp_path, monk
     assert not (tmp_path / "out.csv").exists()
     assert len(list((tmp_path / "out.csv.checkpoint").glob("*/part-*.jsonl"))) == 2
 
+    # The crash was an hour ago: the retry must say so, not report those answers as fresh.
+    for part in (tmp_path / "out.csv.checkpoint").glob("*/part-*.jsonl"):
+        saved_at, rest = part.read_text().split("\n", 1)
+        part.write_text(f"{float(saved_at) - 3600}\n{rest}")
+
     kaleyra_conn.reset_stats()
     resumed = bulk(tmp_path, audience=audience, checkpoint_batches=5).execute({})
     assert resumed["requests"] == 20 == kaleyra_conn.stats()["requests"]["rcs_bulk"]
     assert resumed["chunks_resumed"] == 2
-    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
+    rows = list(read_results(as_path(resumed["output"])))
+    reference_rows = list(read_results(as_path(reference["output"])))
+    assert [
+        {**r, "age_seconds": r["age_seconds"] and 0} for r in rows
+    ] == reference_rows  # the same answers, in order
+    ages = [r["age_seconds"] for r in rows]
+    assert all(3600 <= age < 3700 for age in ages[:5_000]), "resumed answers reported fresher than they are"
+    assert ages[5_000:] == [0] * 10_000 and {r["source"] for r in rows} == {"api"}
     assert not (tmp_path / "out.csv.checkpoint").exists()
 
 

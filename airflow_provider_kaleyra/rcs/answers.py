@@ -131,8 +131,8 @@ class AnsweredRows:
     """Rows of one block, in input order, with what the engine knows of each.
 
     ``answers[i]`` is ``None`` for a row that is not a number (``reasons[i]`` says why);
-    ``ages[i]`` is the age of an answer from the cache, -1 for one from the API (``ages`` is
-    ``None`` when no answer of the block came from the cache).
+    ``ages[i]`` is -1 for an answer asked now, the age of one from the cache, or :func:`resumed_age`
+    for one an earlier try of the task asked (``ages`` is ``None`` when every answer was asked now).
     """
 
     rows: Sequence[int]
@@ -153,7 +153,20 @@ class AnsweredRows:
                 yield RcsResult(
                     raw, e164, FAILED, error="no answer recorded", source=SOURCE_API, age_seconds=0
                 )
-            elif age < 0:
+            elif age == -1:
                 yield RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
             else:
-                yield RcsResult(raw, e164, *answer, source=SOURCE_CACHE, age_seconds=age)
+                yield RcsResult(raw, e164, *answer, *source_and_age(age))
+
+
+def resumed_age(age: int) -> int:
+    """The ``ages`` entry of an API answer ``age`` seconds old, resumed from a checkpoint: ``-2 - age``
+    (below a fresh answer's -1); it also reads such an entry back."""
+    return -2 - age
+
+
+def source_and_age(age: int) -> tuple[str, int]:
+    """``(source, age_seconds)`` of an ``ages`` entry: never fresher than the answer is."""
+    if age >= 0:
+        return SOURCE_CACHE, age
+    return SOURCE_API, 0 if age == -1 else resumed_age(age)

@@ -1,7 +1,8 @@
 """Answers already paid for, kept next to the output so a retried task does not ask again.
 
-Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches,
-one JSON array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer.
+Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches: the
+time it was written (Unix seconds: a resumed answer is reported with its true age), then one JSON
+array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer.
 The fingerprint hashes the run's identity (dag, run, task, map index), the ordered numbers and the
 batch plan: a retry of the same task instance resumes, while another run or a changed audience (or
 shard, or plan) never reads these parts. Parts are written atomically and checked against the
@@ -14,7 +15,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -25,7 +28,7 @@ from airflow_provider_kaleyra.utils.storage import open_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = b"kaleyra-rcs-checkpoint-v2"
+FORMAT = b"kaleyra-rcs-checkpoint-v3"
 _PART = re.compile(r"part-(\d+)\.jsonl")  # (not the temporary files of interrupted writes)
 
 
@@ -55,11 +58,15 @@ class Checkpoint:
             return set()
         return {int(match.group(1)) for name in names if (match := _PART.fullmatch(name))}
 
-    def load(self, index: int, numbers: Sequence[str]) -> dict[str, Answer] | None:
-        """The answers of part ``index`` if it holds exactly ``numbers``; ``None`` when it must be redone."""
+    def load(self, index: int, numbers: Sequence[str]) -> tuple[dict[str, Answer], float] | None:
+        """``(answers, when they were saved)`` of part ``index`` if it holds exactly ``numbers``;
+        ``None`` when it must be redone."""
         answers: dict[str, Answer] = {}
         try:
             with self.part(index).open("r", encoding="utf-8") as handle:
+                saved_at = float(handle.readline())
+                if not math.isfinite(saved_at):
+                    raise ValueError("no time it was written")
                 for line in handle:
                     *fields, group = json.loads(line)
                     answers.update(dict.fromkeys(group, shared(Answer(*fields))))
@@ -69,7 +76,7 @@ class Checkpoint:
         if len(answers) != len(numbers) or any(number not in answers for number in numbers):
             log.warning("Checkpoint part %s does not match its numbers; asking again", index)
             return None
-        return answers
+        return answers, saved_at
 
     def save(self, index: int, answers: Iterable[tuple[str, Answer]]) -> None:
         groups: defaultdict[Answer, list[str]] = defaultdict(list)
@@ -77,7 +84,7 @@ class Checkpoint:
             groups[answer].append(e164)
         lines = [json.dumps([*answer, group], separators=(",", ":")) for answer, group in groups.items()]
         with open_atomic(self.part(index)) as handle:
-            handle.write("\n".join(lines) + "\n")
+            handle.write(f"{time.time():.3f}\n" + "\n".join(lines) + "\n")
 
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""

@@ -11,6 +11,7 @@ With ``checkpoint_at``, answers are saved beside that output under the run's ide
 from __future__ import annotations
 
 import logging
+import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,7 +26,7 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_kaleyra.client.api import FAILED, INVALID
 from airflow_provider_kaleyra.numbers.audience import RowBlock
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers
-from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed
+from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, failed, resumed_age
 from airflow_provider_kaleyra.rcs.batching import (
     Shard,
     plan_batch_sizes,
@@ -95,7 +96,7 @@ class Engine:
         self._next_row = 0
         self._first, self._stop = 0, _NO_END  # this shard's distinct numbers: positions [first, stop)
         self._answers: list[Answer | None] = []  # by position (distinct index - first)
-        self._ages: array[int] | None = None  # with a cache: the age of each cached answer, else -1
+        self._ages: array[int] | None = None  # with a cache or resumed parts: ages (AnsweredRows), else -1
         self._answered = 0  # positions answered, a prefix
 
     def __enter__(self) -> Engine:
@@ -164,6 +165,8 @@ class Engine:
         if self.cache is None:
             for block in blocks:
                 store.extend([None] * len(block))
+                if self._ages is not None:  # (answers resumed from a checkpoint have ages)
+                    self._ages.extend(_FROM_API * len(block))
                 yield block
             return
         ages = self._ages = array("q")
@@ -205,7 +208,8 @@ class Engine:
                     saved = checkpoint.load(chunk.index, chunk.numbers)
                 if saved is not None:
                     stats.chunks_resumed += 1
-                    self._keep(saved, chunk.index)
+                    self._keep(saved[0], chunk.index)
+                    self._resumed(saved[0], saved[1])
                     continue
                 waiting.append(chunk)
                 yield from split(chunk.numbers, chunk.sizes)
@@ -243,6 +247,15 @@ class Engine:
             self.checkpoint.save(chunk.index, zip(chunk.numbers, map(answers.__getitem__, chunk.numbers)))
         if self.cache is not None:
             self.cache.add(zip(chunk.numbers, map(answers.__getitem__, chunk.numbers)))
+
+    def _resumed(self, answers: dict[str, Answer], saved_at: float) -> None:
+        """Answers an earlier try of this task saved: reported with their age, not as fresh."""
+        if self._ages is None:
+            self._ages = _FROM_API * len(self._answers)
+        ages, seen, first = self._ages, self._distinct.seen, self._first
+        code = resumed_age(int(max(0.0, time.time() - saved_at)))
+        for e164 in answers:
+            ages[seen[e164] - first] = code
 
     def _keep(self, answers: dict[str, Answer], chunk_index: int) -> None:
         """Store answers at their numbers' positions; count failures."""
@@ -312,7 +325,7 @@ class Engine:
         if self._ages is not None:
             cached = self._ages
             ages = [cached[p] if p >= 0 else -1 for p in positions]
-            if max(ages, default=-1) < 0:
+            if ages.count(-1) == len(ages):
                 ages = None
         self._count(answers)
         return AnsweredRows(rows, raws, e164s, answers, reasons, ages)

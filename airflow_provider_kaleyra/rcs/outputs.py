@@ -21,11 +21,12 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_kaleyra.client.api import INVALID
 from airflow_provider_kaleyra.rcs.answers import (
     FIELDS,
-    SOURCE_API,
     SOURCE_CACHE,
     Answer,
     AnsweredRows,
     RcsResult,
+    resumed_age,
+    source_and_age,
 )
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
@@ -61,8 +62,11 @@ class ResultWriter:
     def write(self, row: int, result: RcsResult) -> None:
         """One row (merging shard outputs); the engine writes blocks."""
         valid = result.e164 is not None
-        age = result.age_seconds if valid and result.source == SOURCE_CACHE else None
-        ages = None if age is None else [age]
+        ages = None
+        if valid and result.source == SOURCE_CACHE:
+            ages = [result.age_seconds]
+        elif valid and result.age_seconds:  # an API answer an earlier try of its task asked
+            ages = [resumed_age(result.age_seconds)]
         answer, reasons = (Answer(*result[2:6]), None) if valid else (None, [result.error])
         self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], reasons, ages))
 
@@ -104,14 +108,14 @@ class ResultWriter:
         self.rows += len(lines)
 
     def _tail(self, answer: Answer | str | None, age: int) -> str:
-        """The end of a line for an answer (``age``: -1 from the API) or for an invalid row's reason."""
-        key = answer if age < 0 else (answer, age)
+        """The end of a line for an answer (``age``: an ``AnsweredRows.ages`` entry) or an invalid row's reason."""
+        key = answer if age == -1 else (answer, age)
         if key in self._tails:
             return self._tails[key]
         if answer is None or isinstance(answer, str):
             fields: tuple[Any, ...] = (INVALID, None, None, answer or "invalid", None, None)
         else:
-            fields = (*answer, SOURCE_API, 0) if age < 0 else (*answer, SOURCE_CACHE, age)
+            fields = (*answer, *source_and_age(age))
         if self._csv:
             encoded = self._csv_line("" if value is None else value for value in fields)
         else:
