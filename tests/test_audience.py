@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import time
 
 import pytest
 from airflow.sdk import ObjectStoragePath
@@ -229,14 +230,18 @@ def test_checkpoint_parts_round_trip_and_reject_mismatches(tmp_path):
         ("+14155550100", Answer("rcs_enabled", "Google", "ACTIVE")),
         ("+14155550101", Answer("failed", error="x")),
     ]
+    before = time.time()
     store.save(3, answers)
     assert store.existing() == {3}
-    assert store.load(3, ["+14155550100", "+14155550101"]) == dict(answers)
+    loaded, saved_at = store.load(3, ["+14155550100", "+14155550101"])
+    assert loaded == dict(answers) and before - 0.01 <= saved_at <= time.time()  # when it was written
     assert store.load(3, ["+14155550100"]) is None
     store.part(4).write_text("not json\n")
     assert store.load(4, ["+14155550100"]) is None
+    store.part(5).write_text('nan\n["rcs_enabled",null,null,null,["+14155550100"]]\n')
+    assert store.load(5, ["+14155550100"]) is None  # no usable time: asked again, never served as fresh
     store.discard([3])
-    assert store.existing() == {4}
+    assert store.existing() == {4, 5}
     store.clear()
     assert not store.root.exists()
 
