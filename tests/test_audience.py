@@ -246,6 +246,15 @@ def test_checkpoint_parts_round_trip_and_reject_mismatches(tmp_path):
     assert not store.root.exists()
 
 
+def test_a_checkpoint_part_never_claims_a_later_time_than_it_was_written(tmp_path, monkeypatch):
+    store = Checkpoint(as_path(str(tmp_path / "out.csv")), fingerprint([14155550100], [1], 20))
+    written = 1796319271.5267823  # would round up to .527 at three decimals
+    monkeypatch.setattr(time, "time", lambda: written)
+    store.save(0, [("+14155550100", Answer("rcs_enabled"))])
+    _, saved_at = store.load(0, ["+14155550100"])
+    assert written - 0.001 < saved_at <= written
+
+
 def test_fingerprint_changes_with_numbers_order_and_plan():
     base = fingerprint([1, 2, 3], [3], 20)
     assert base == fingerprint([1, 2, 3], [3], 20)

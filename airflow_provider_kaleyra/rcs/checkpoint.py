@@ -84,7 +84,8 @@ class Checkpoint:
             groups[answer].append(e164)
         lines = [json.dumps([*answer, group], separators=(",", ":")) for answer, group in groups.items()]
         with open_atomic(self.part(index)) as handle:
-            handle.write(f"{time.time():.3f}\n" + "\n".join(lines) + "\n")
+            # Rounded down: a resumed answer may look older than it is, never fresher.
+            handle.write(f"{math.floor(time.time() * 1000) / 1000:.3f}\n" + "\n".join(lines) + "\n")
 
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""
