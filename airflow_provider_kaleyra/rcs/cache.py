@@ -221,12 +221,7 @@ class CacheRun:
 
 
 def resolve(
-    mode: CacheMode,
-    *,
-    url: str | None,
-    sid: str,
-    max_age_positive: timedelta,
-    max_age_negative: timedelta,
+    mode: CacheMode, *, url: str | None, sid: str, max_age_positive: timedelta, max_age_negative: timedelta
 ) -> CacheRun | None:
     """The run's cache for ``cache=mode``: ``None`` (on when ``cache_url`` is set), ``True``,
     ``False`` or ``"refresh"``; ``None`` back when the cache is off."""

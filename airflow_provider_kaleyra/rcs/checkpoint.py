@@ -1,12 +1,10 @@
 """Answers already paid for, kept next to the output so a retried task does not ask again.
 
-Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches: the
-time it was written (Unix seconds: a resumed answer is reported with its true age), then one JSON
-array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer.
-The fingerprint hashes the run's identity (dag, run, task, map index), the ordered numbers and the
-batch plan: a retry of the same task instance resumes, while another run or a changed audience (or
-shard, or plan) never reads these parts. Parts are written atomically and checked against the
-numbers they must hold before they are trusted.
+``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches, written atomically:
+the time it was written (Unix seconds, so a resumed answer keeps its true age), then ``[status, carrier_id,
+carrier_status, error, [e164, ...]]`` per distinct answer. The fingerprint hashes the run (dag, run, task,
+map index), the ordered numbers and the batch plan: a retry of the same task instance resumes; another run,
+audience, shard or plan never reads these parts. A part is trusted only if it holds exactly its numbers.
 """
 
 from __future__ import annotations
@@ -59,8 +57,7 @@ class Checkpoint:
         return {int(match.group(1)) for name in names if (match := _PART.fullmatch(name))}
 
     def load(self, index: int, numbers: Sequence[str]) -> tuple[dict[str, Answer], float] | None:
-        """``(answers, when they were saved)`` of part ``index`` if it holds exactly ``numbers``;
-        ``None`` when it must be redone."""
+        """``(answers, when they were saved)`` of part ``index``; ``None`` when it must be asked again."""
         answers: dict[str, Answer] = {}
         try:
             with self.part(index).open("r", encoding="utf-8") as handle:

@@ -32,18 +32,16 @@ from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 OUTPUT_FIELDS = ("row", *FIELDS)
 _INT_FIELDS = {"row", "age_seconds"}  # read back from CSV as numbers, as JSON Lines keeps them
-_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 _CSV_SPECIAL = (",", '"', "\n", "\r")
 
 
 def result_format(path: ObjectStoragePath) -> str:
     """``"csv"`` or ``"jsonl"``, from the output's suffix."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in _JSONL_SUFFIXES:
-        return "jsonl"
-    raise ValueError(f"output {path} must end in .csv, .jsonl or .json (JSON Lines), not {suffix!r}")
+    if suffix not in _FORMATS:
+        raise ValueError(f"output {path} must end in .csv, .jsonl or .json (JSON Lines), not {suffix!r}")
+    return _FORMATS[suffix]
 
 
 class ResultWriter:
