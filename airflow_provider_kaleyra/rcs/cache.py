@@ -128,10 +128,9 @@ class CapabilityCache(Database):
             if a.status in (RCS_ENABLED, RCS_DISABLED)
         )
         written = 0
-        engine = self.engine
         with self.write() as conn:
             while batch := list(islice(rows, CHUNK)):
-                if engine.dialect.name == "postgresql":
+                if conn.dialect.name == "postgresql":
                     batch = list({row[1]: row for row in batch}.values())  # one row per key per statement
                     conn.exec_driver_sql(_PG_UPSERT, tuple(map(list, zip(*batch))))
                 else:

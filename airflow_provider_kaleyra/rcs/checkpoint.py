@@ -87,8 +87,7 @@ class Checkpoint:
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""
         for index in indexes:
-            with contextlib.suppress(FileNotFoundError):
-                self.part(index).unlink()
+            self.part(index).unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove every checkpoint of this output, this run's and any stale one."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import heapq
-import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import repeat
+from types import SimpleNamespace
 from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
@@ -51,8 +51,8 @@ class ResultWriter:
         self._handle = handle
         self._csv = fmt == "csv"
         self._tails: dict[Any, str] = {}  # (answer or reason, age) -> the encoded end of a line
-        self._line = io.StringIO()
-        self._writer = csv.writer(self._line, lineterminator="")
+        # csv's writerow returns what its file's write returns: here, the line itself
+        self._csv_line = csv.writer(SimpleNamespace(write=str), lineterminator="").writerow
         self.rows = 0
         if self._csv:
             handle.write(",".join(OUTPUT_FIELDS) + "\n")
@@ -121,12 +121,6 @@ class ResultWriter:
         if len(self._tails) < 100_000:  # (ages and odd errors could make it grow without end)
             self._tails[key] = encoded
         return encoded
-
-    def _csv_line(self, values: Iterable[Any]) -> str:
-        self._line.seek(0)
-        self._line.truncate()
-        self._writer.writerow(values)
-        return self._line.getvalue()
 
 
 @contextlib.contextmanager
