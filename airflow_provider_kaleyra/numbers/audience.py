@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter, methodcaller
 from typing import NamedTuple
 
@@ -233,8 +233,7 @@ class Audience:
 
     def rows(self) -> Iterator[AudienceRow]:
         """Row by row, for callers that need no speed."""
-        for block in self.blocks():
-            yield from block.rows()
+        return chain.from_iterable(map(RowBlock.rows, self.blocks()))
 
 
 def open_audience(

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from itertools import islice
@@ -186,9 +186,9 @@ class CacheRun:
                 self.asked += len(chunk) - len(found)
                 yield chunk, found
 
-    def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
-        """Queue new answers for writing; only positive and negative ones are kept."""
-        self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
+    def add(self, answers: Iterable[tuple[str, Answer]]) -> None:
+        """Queue new ``(number, answer)`` pairs for writing; only positive and negative ones are kept."""
+        self._pending.extend(answers)
         if len(self._pending) >= WRITE_ROWS:
             self.flush()
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -27,7 +26,6 @@ from airflow_provider_kaleyra.utils.storage import open_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = b"kaleyra-rcs-checkpoint-v3"
-_PART = re.compile(r"part-(\d+)\.jsonl")  # (not the temporary files of interrupted writes)
 
 
 def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batches: int, run: str = "") -> str:
@@ -50,11 +48,8 @@ class Checkpoint:
         return self.dir / f"part-{index:05d}.jsonl"
 
     def existing(self) -> set[int]:
-        try:
-            names = [path.name for path in self.dir.iterdir()]
-        except (FileNotFoundError, NotADirectoryError):
-            return set()
-        return {int(match.group(1)) for name in names if (match := _PART.fullmatch(name))}
+        """Indexes of the parts written (a write in progress is a temporary ``.part-...`` file)."""
+        return {int(path.stem[5:]) for path in self.dir.glob("part-*.jsonl") if path.stem[5:].isdigit()}
 
     def load(self, index: int, numbers: Sequence[str]) -> tuple[dict[str, Answer], float] | None:
         """``(answers, when they were saved)`` of part ``index``; ``None`` when it must be asked again."""

@@ -1,8 +1,6 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
-
 A block at a time: each distinct answer is encoded once (the tail of its lines), and inputs are quoted
-or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``.
-"""
+or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``."""
 
 from __future__ import annotations
 
