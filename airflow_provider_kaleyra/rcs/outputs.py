@@ -57,14 +57,13 @@ class ResultWriter:
 
     def write(self, row: int, result: RcsResult) -> None:
         """One row (merging shard outputs); the engine writes blocks."""
-        valid = result.e164 is not None
-        ages = None
-        if valid and result.source == SOURCE_CACHE:
-            ages = [result.age_seconds]
-        elif valid and result.age_seconds:  # an API answer an earlier try of its task asked
-            ages = [resumed_age(result.age_seconds)]
-        answer, reasons = (Answer(*result[2:6]), None) if valid else (None, [result.error])
-        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], reasons, ages))
+        if result.e164 is None:
+            self.write_block(AnsweredRows([row], [result.input], [None], [None], [result.error]))
+            return
+        age = result.age_seconds  # from the cache, or since an earlier try of its task asked (0: now)
+        ages = [age if result.source == SOURCE_CACHE else resumed_age(age) if age else -1]
+        answer = Answer(*result[2:6])
+        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], None, ages))
 
     def write_block(self, block: AnsweredRows) -> None:
         """The rows of one block, in one write."""
