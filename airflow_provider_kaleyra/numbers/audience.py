@@ -1,10 +1,8 @@
-"""Audience files in: one row per line, on any object store Airflow knows (``file://``, ``s3://``, ...).
+"""The one audience reader, so the same line gets the same row and reason everywhere (any object store).
 
-The one reader of audiences, so the same line gets the same row and reason everywhere. It streams
-:data:`READ_BLOCK` bytes at a time and hands rows on in blocks (:class:`RowBlock`, columns),
-because per-row Python is most of a reader's cost; memory stays at one block plus one line
-(capped at :data:`MAX_LINE_BYTES`). Every line is one row, with a reason when it cannot be a
-number (a blank line reads as "empty"). ``.gz`` files are decompressed on the way.
+Every line is one row, with a reason when it cannot be a number; ``.gz`` is decompressed on the way.
+Rows go on in blocks (:class:`RowBlock`, columns), since per-row Python is most of a reader's cost;
+memory stays at one :data:`READ_BLOCK` plus one line (capped at :data:`MAX_LINE_BYTES`).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter, methodcaller
 from typing import NamedTuple
 
@@ -235,22 +233,16 @@ class Audience:
 
     def rows(self) -> Iterator[AudienceRow]:
         """Row by row, for callers that need no speed."""
-        for block in self.blocks():
-            yield from block.rows()
+        return chain.from_iterable(map(RowBlock.rows, self.blocks()))
 
 
 def open_audience(
     path: ObjectStoragePath, *, column: str = "phone", fmt: str | None = None, keep_columns: bool = False
 ) -> Audience:
-    """Open an audience file: a CSV with a header naming ``column``, or text with one number per line.
-
-    Each physical line is one record (quoted fields may hold commas, not newlines); a UTF-8 BOM
-    is dropped.
-
-    :param fmt: ``"csv"`` or ``"text"``; by default read from the suffix (before a ``.gz``).
-    :param keep_columns: also hand on every column of each row (:attr:`RowBlock.records`).
-    :raises ValueError: the CSV header is missing, unreadable, or does not name ``column``.
-    """
+    """Open a CSV with a header naming ``column``, or text with one number per line (``fmt``: "csv" or
+    "text", else from the suffix); each physical line is one record (quoted fields may hold commas, not
+    newlines), a UTF-8 BOM is dropped. ``keep_columns``: every column of each row, in ``RowBlock.records``.
+    ``ValueError`` when the CSV header is missing, unreadable, or does not name ``column``."""
     kind = audience_format(path, fmt)
     header, index = None, 0
     if kind == "csv":

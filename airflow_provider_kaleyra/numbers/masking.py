@@ -24,11 +24,8 @@ def mask_numbers(text: str) -> str:
 
 
 class MaskedNumbers:
-    """A rendered ``numbers`` list that iterates as the numbers but serializes as a masked sample.
-
-    Airflow stores every templated field after rendering (Rendered Templates): without this,
-    the audience would be kept there in clear.
-    """
+    """A ``numbers`` list that iterates as the numbers but serializes as a masked sample: Airflow keeps
+    every templated field after rendering (Rendered Templates), where the audience would be in clear."""
 
     def __init__(self, values: object) -> None:
         self.values = list(values)  # type: ignore[call-overload]

@@ -128,12 +128,9 @@ def failed(reason: str) -> Answer:
 
 @dataclass(slots=True)
 class AnsweredRows:
-    """Rows of one block, in input order, with what the engine knows of each.
-
-    ``answers[i]`` is ``None`` for a row that is not a number (``reasons[i]`` says why);
-    ``ages[i]`` is -1 for an answer asked now, the age of one from the cache, or :func:`resumed_age`
-    for one an earlier try of the task asked (``ages`` is ``None`` when every answer was asked now).
-    """
+    """Rows of one block, in input order: ``answers[i]`` is ``None`` for a row that is not a number
+    (``reasons[i]`` says why); ``ages[i]`` is -1 for an answer asked now, the age of one from the cache,
+    or :func:`resumed_age` for one an earlier try asked (``ages`` is ``None`` when all were asked now)."""
 
     rows: Sequence[int]
     raws: Sequence[Any]
@@ -143,16 +140,13 @@ class AnsweredRows:
     ages: Sequence[int] | None = None
 
     def records(self) -> Iterator[RcsResult]:
-        """One :class:`RcsResult` per row (for callers that want objects, not a file)."""
+        """One :class:`RcsResult` per row (for callers that want objects, not a file); the engine hands
+        out a block only when every number in it is answered."""
         reasons = self.reasons or repeat(None)
         ages = self.ages or repeat(-1)
         for raw, e164, answer, reason, age in zip(self.raws, self.e164s, self.answers, reasons, ages):
             if e164 is None:
                 yield RcsResult(raw, None, INVALID, error=reason or "invalid")
-            elif answer is None:
-                yield RcsResult(
-                    raw, e164, FAILED, error="no answer recorded", source=SOURCE_API, age_seconds=0
-                )
             elif age == -1:
                 yield RcsResult(raw, e164, *answer, source=SOURCE_API, age_seconds=0)
             else:

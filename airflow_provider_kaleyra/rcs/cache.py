@@ -1,8 +1,7 @@
 """Capability cache: RCS answers remembered across runs, so a daily preflight asks only for new numbers.
 
-One table keyed by (SID, number) in the database of ``cache_url`` (no default: a per-host SQLite file
-would give each worker its own cache), ``CHUNK`` numbers per statement; freshness by age, separate for
-``rcs_enabled`` and ``rcs_disabled`` answers, the only ones ever written or served (README).
+One table keyed by (SID, number) in ``cache_url``'s database (no default: a per-host SQLite file would
+give each worker its own cache); only ``rcs_enabled`` and ``rcs_disabled`` answers, each with its max age.
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import islice
 from typing import Any, Literal
@@ -35,6 +33,7 @@ _READS_AHEAD = 3  # chunks read ahead of the one handed out
 Hit = tuple[Answer, int]  # a fresh answer from the cache and its age in seconds
 REFRESH = "refresh"
 CacheMode = bool | Literal["refresh"] | None
+_JSON = "\x1e"  # marks a carrier field stored as JSON: it was not text (a number, say)
 
 _COLUMNS = "sid, number, status, carrier_id, carrier_status, obtained_at"
 _SELECT = "SELECT number, status, carrier_id, carrier_status, obtained_at FROM kaleyra_rcs_cache WHERE sid = "
@@ -49,11 +48,9 @@ _PG_UPSERT = (
     "%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[])" + _ON_CONFLICT
 )
 
-metadata = MetaData()
-
 cache_table = Table(
     "kaleyra_rcs_cache",
-    metadata,
+    MetaData(),
     Column("sid", String(64), primary_key=True),
     Column("number", BigInteger, primary_key=True, autoincrement=False),  # E.164 digits, no "+"
     Column("status", String(32), nullable=False),
@@ -66,9 +63,6 @@ cache_table = Table(
 
 class CapabilityCacheError(Exception):
     """The capability cache cannot be used as configured."""
-
-
-_JSON = "\x1e"  # marks a carrier field stored as JSON: it was not text (a number, say)
 
 
 def _text(value: Any) -> str | None:
@@ -134,10 +128,9 @@ class CapabilityCache(Database):
             if a.status in (RCS_ENABLED, RCS_DISABLED)
         )
         written = 0
-        engine = self.engine
         with self.write() as conn:
             while batch := list(islice(rows, CHUNK)):
-                if engine.dialect.name == "postgresql":
+                if conn.dialect.name == "postgresql":
                     batch = list({row[1]: row for row in batch}.values())  # one row per key per statement
                     conn.exec_driver_sql(_PG_UPSERT, tuple(map(list, zip(*batch))))
                 else:
@@ -162,73 +155,54 @@ def get_cache(url: str) -> CapabilityCache:
     return CapabilityCache(url)
 
 
-def _thread(role: str) -> Any:
-    return field(default_factory=lambda: ThreadPoolExecutor(1, f"kaleyra-cache-{role}"), repr=False)
-
-
-@dataclass
 class CacheRun:
-    """One run's use of the cache: :meth:`lookup` gives fresh answers a chunk at a time, :meth:`add`
-    writes new ones back, :meth:`close` writes the rest and waits; the counts feed the summary.
+    """One run's use of the cache: :meth:`lookup` reads fresh answers ahead on one thread, :meth:`add`
+    writes new ones behind on another (a read never queues behind a big write; the drivers release the
+    GIL), so the thread feeding API calls never waits for the cache; the counts feed the summary."""
 
-    One thread reads chunks ahead, one writes behind (a read never queues behind a big write; the
-    drivers release the GIL), so the thread feeding API calls never waits for the cache.
-    """
-
-    cache: CapabilityCache
-    sid: str
-    max_age_positive: timedelta
-    max_age_negative: timedelta
-    refresh: bool = False
-    served: int = 0  # numbers answered from the cache
-    asked: int = 0  # numbers left for the API
-    written: int = 0
-    _pending: list[tuple[str, Answer]] = field(default_factory=list, repr=False)
-    _writes: deque[Future[int]] = field(default_factory=deque, repr=False)
-    _reader: ThreadPoolExecutor = _thread("read")  # (no thread starts before the first submit)
-    _writer: ThreadPoolExecutor = _thread("write")
+    def __init__(
+        self, cache: CapabilityCache, sid: str, ages: tuple[timedelta, timedelta], refresh: bool = False
+    ) -> None:
+        self.cache, self.sid, self.ages, self.refresh = cache, sid, ages, refresh  # ages: positive, negative
+        self.served = self.asked = self.written = 0  # numbers from the cache, left for the API; rows written
+        self._pending: list[tuple[str, Answer]] = []
+        self._writes: deque[Future[int]] = deque()
+        self._reader = ThreadPoolExecutor(1, "kaleyra-cache-read")  # (no thread starts before a submit)
+        self._writer = ThreadPoolExecutor(1, "kaleyra-cache-write")
 
     def lookup(self, numbers: Iterable[str]) -> Iterator[tuple[list[str], dict[str, Hit]]]:
         """``(chunk, {number: hit})`` for every ``CHUNK`` numbers, in order: the numbers of the chunk
         missing from the dict must be asked (all of them with ``refresh``)."""
         reads: deque[tuple[list[str], Future[dict[str, Hit]] | None]] = deque()
-        ages = (self.max_age_positive, self.max_age_negative)
+        read = functools.partial(self._reader.submit, self.cache.fresh, self.sid)
         numbers = iter(numbers)
-        while chunk := list(islice(numbers, CHUNK)):
-            reading = None if self.refresh else self._reader.submit(self.cache.fresh, self.sid, chunk, *ages)
-            reads.append((chunk, reading))
-            if len(reads) > _READS_AHEAD:
-                yield self._found(*reads.popleft())
-        while reads:
-            yield self._found(*reads.popleft())
+        while (chunk := list(islice(numbers, CHUNK))) or reads:
+            if chunk:
+                reads.append((chunk, None if self.refresh else read(chunk, *self.ages)))
+            if len(reads) > _READS_AHEAD or not chunk:
+                chunk, reading = reads.popleft()
+                found = reading.result() if reading else {}
+                self.served += len(found)
+                self.asked += len(chunk) - len(found)
+                yield chunk, found
 
-    def _found(
-        self, chunk: list[str], reading: Future[dict[str, Hit]] | None
-    ) -> tuple[list[str], dict[str, Hit]]:
-        found = reading.result() if reading else {}
-        self.served += len(found)
-        self.asked += len(chunk) - len(found)
-        return chunk, found
-
-    def add(self, answers: Mapping[str, Answer] | Iterable[tuple[str, Answer]]) -> None:
-        """Queue new answers for writing; only positive and negative ones are kept."""
-        self._pending.extend(answers.items() if isinstance(answers, Mapping) else answers)
+    def add(self, answers: Iterable[tuple[str, Answer]]) -> None:
+        """Queue new ``(number, answer)`` pairs for writing; only positive and negative ones are kept."""
+        self._pending.extend(answers)
         if len(self._pending) >= WRITE_ROWS:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
         if self._pending:
             self._writes.append(self._writer.submit(self.cache.remember, self.sid, self._pending))
             self._pending = []
-        while self._writes and (self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
+        while self._writes and (wait or self._writes[0].done() or len(self._writes) > _WRITES_IN_FLIGHT):
             self.written += self._writes.popleft().result()
 
     def close(self) -> None:
         """Write what is queued and wait for it; a database error surfaces here at the latest."""
         try:
-            self.flush()
-            while self._writes:
-                self.written += self._writes.popleft().result()
+            self.flush(wait=True)
         finally:
             self._reader.shutdown(cancel_futures=True)
             self._writer.shutdown(cancel_futures=True)
@@ -246,12 +220,7 @@ class CacheRun:
 
 
 def resolve(
-    mode: CacheMode,
-    *,
-    url: str | None,
-    sid: str,
-    max_age_positive: timedelta,
-    max_age_negative: timedelta,
+    mode: CacheMode, *, url: str | None, sid: str, max_age_positive: timedelta, max_age_negative: timedelta
 ) -> CacheRun | None:
     """The run's cache for ``cache=mode``: ``None`` (on when ``cache_url`` is set), ``True``,
     ``False`` or ``"refresh"``; ``None`` back when the cache is off."""
@@ -270,4 +239,4 @@ def resolve(
     for name, age in (("positive", max_age_positive), ("negative", max_age_negative)):
         if age.total_seconds() < 0:
             raise ValueError(f"cache max age for {name} answers must not be negative, got {age}")
-    return CacheRun(get_cache(url), sid, max_age_positive, max_age_negative, refresh=mode == REFRESH)
+    return CacheRun(get_cache(url), sid, (max_age_positive, max_age_negative), refresh=mode == REFRESH)

@@ -30,7 +30,7 @@ def purge_cache(older_than: str | timedelta = "30d", kaleyra_conn_id: str | None
     return get_cache(_cache_url(kaleyra_conn_id)).purge(age)
 
 
-def _parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kaleyra-cache", description="Manage the Kaleyra capability cache.")
     commands = parser.add_subparsers(dest="command", required=True)
     purge = commands.add_parser("purge", help="delete answers obtained more than AGE ago")
@@ -39,11 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     where = purge.add_mutually_exclusive_group()
     where.add_argument("--url", help="SQLAlchemy URL of the cache (default: the connection's cache_url)")
     where.add_argument("--conn-id", help=f"connection whose cache_url to use (default: {DEFAULT_CONN_ID})")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         url = args.url or _cache_url(args.conn_id)

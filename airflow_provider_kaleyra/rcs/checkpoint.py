@@ -1,12 +1,10 @@
 """Answers already paid for, kept next to the output so a retried task does not ask again.
 
-Layout: ``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches: the
-time it was written (Unix seconds: a resumed answer is reported with its true age), then one JSON
-array ``[status, carrier_id, carrier_status, error, [e164, ...]]`` per distinct answer.
-The fingerprint hashes the run's identity (dag, run, task, map index), the ordered numbers and the
-batch plan: a retry of the same task instance resumes, while another run or a changed audience (or
-shard, or plan) never reads these parts. Parts are written atomically and checked against the
-numbers they must hold before they are trusted.
+``<output>.checkpoint/<fingerprint>/part-00012.jsonl``, one part per chunk of batches, written atomically:
+the time it was written (Unix seconds, so a resumed answer keeps its true age), then ``[status, carrier_id,
+carrier_status, error, [e164, ...]]`` per distinct answer. The fingerprint hashes the run (dag, run, task,
+map index), the ordered numbers and the batch plan: a retry of the same task instance resumes; another run,
+audience, shard or plan never reads these parts. A part is trusted only if it holds exactly its numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -29,7 +26,6 @@ from airflow_provider_kaleyra.utils.storage import open_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = b"kaleyra-rcs-checkpoint-v3"
-_PART = re.compile(r"part-(\d+)\.jsonl")  # (not the temporary files of interrupted writes)
 
 
 def fingerprint(numbers: Sequence[int | str], sizes: Sequence[int], chunk_batches: int, run: str = "") -> str:
@@ -52,15 +48,11 @@ class Checkpoint:
         return self.dir / f"part-{index:05d}.jsonl"
 
     def existing(self) -> set[int]:
-        try:
-            names = [path.name for path in self.dir.iterdir()]
-        except (FileNotFoundError, NotADirectoryError):
-            return set()
-        return {int(match.group(1)) for name in names if (match := _PART.fullmatch(name))}
+        """Indexes of the parts written (a write in progress is a temporary ``.part-...`` file)."""
+        return {int(path.stem[5:]) for path in self.dir.glob("part-*.jsonl") if path.stem[5:].isdigit()}
 
     def load(self, index: int, numbers: Sequence[str]) -> tuple[dict[str, Answer], float] | None:
-        """``(answers, when they were saved)`` of part ``index`` if it holds exactly ``numbers``;
-        ``None`` when it must be redone."""
+        """``(answers, when they were saved)`` of part ``index``; ``None`` when it must be asked again."""
         answers: dict[str, Answer] = {}
         try:
             with self.part(index).open("r", encoding="utf-8") as handle:
@@ -90,8 +82,7 @@ class Checkpoint:
     def discard(self, indexes: Iterable[int]) -> None:
         """Forget some parts (e.g. those holding failures) so the next try asks for them again."""
         for index in indexes:
-            with contextlib.suppress(FileNotFoundError):
-                self.part(index).unlink()
+            self.part(index).unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove every checkpoint of this output, this run's and any stale one."""

@@ -1,19 +1,17 @@
 """Result files out: one row per input row, as CSV or JSON Lines, and shard outputs merged back into one.
-
 A block at a time: each distinct answer is encoded once (the tail of its lines), and inputs are quoted
-or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``.
-"""
+or escaped only when the block needs it, giving the bytes of ``csv.writer`` and ``json.dumps``."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import heapq
-import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import repeat
+from types import SimpleNamespace
 from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
@@ -32,18 +30,16 @@ from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
 OUTPUT_FIELDS = ("row", *FIELDS)
 _INT_FIELDS = {"row", "age_seconds"}  # read back from CSV as numbers, as JSON Lines keeps them
-_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 _CSV_SPECIAL = (",", '"', "\n", "\r")
 
 
 def result_format(path: ObjectStoragePath) -> str:
     """``"csv"`` or ``"jsonl"``, from the output's suffix."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in _JSONL_SUFFIXES:
-        return "jsonl"
-    raise ValueError(f"output {path} must end in .csv, .jsonl or .json (JSON Lines), not {suffix!r}")
+    if suffix not in _FORMATS:
+        raise ValueError(f"output {path} must end in .csv, .jsonl or .json (JSON Lines), not {suffix!r}")
+    return _FORMATS[suffix]
 
 
 class ResultWriter:
@@ -53,22 +49,21 @@ class ResultWriter:
         self._handle = handle
         self._csv = fmt == "csv"
         self._tails: dict[Any, str] = {}  # (answer or reason, age) -> the encoded end of a line
-        self._line = io.StringIO()
-        self._writer = csv.writer(self._line, lineterminator="")
+        # csv's writerow returns what its file's write returns: here, the line itself
+        self._csv_line = csv.writer(SimpleNamespace(write=str), lineterminator="").writerow
         self.rows = 0
         if self._csv:
             handle.write(",".join(OUTPUT_FIELDS) + "\n")
 
     def write(self, row: int, result: RcsResult) -> None:
         """One row (merging shard outputs); the engine writes blocks."""
-        valid = result.e164 is not None
-        ages = None
-        if valid and result.source == SOURCE_CACHE:
-            ages = [result.age_seconds]
-        elif valid and result.age_seconds:  # an API answer an earlier try of its task asked
-            ages = [resumed_age(result.age_seconds)]
-        answer, reasons = (Answer(*result[2:6]), None) if valid else (None, [result.error])
-        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], reasons, ages))
+        if result.e164 is None:
+            self.write_block(AnsweredRows([row], [result.input], [None], [None], [result.error]))
+            return
+        age = result.age_seconds  # from the cache, or since an earlier try of its task asked (0: now)
+        ages = [age if result.source == SOURCE_CACHE else resumed_age(age) if age else -1]
+        answer = Answer(*result[2:6])
+        self.write_block(AnsweredRows([row], [result.input], [result.e164], [answer], None, ages))
 
     def write_block(self, block: AnsweredRows) -> None:
         """The rows of one block, in one write."""
@@ -123,12 +118,6 @@ class ResultWriter:
         if len(self._tails) < 100_000:  # (ages and odd errors could make it grow without end)
             self._tails[key] = encoded
         return encoded
-
-    def _csv_line(self, values: Iterable[Any]) -> str:
-        self._line.seek(0)
-        self._line.truncate()
-        self._writer.writerow(values)
-        return self._line.getvalue()
 
 
 @contextlib.contextmanager

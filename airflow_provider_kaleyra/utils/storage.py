@@ -1,9 +1,5 @@
-"""The one way files are read and written: Airflow's ``ObjectStoragePath``, locally or on any object store.
-
-Every location the provider takes (audiences, outputs, checkpoints, reports) is a path or URL
-turned into an ``ObjectStoragePath`` here, so ``file://``, ``s3://``, ``gs://`` and ``memory://``
-behave the same, and a worker on another host reads what an earlier task wrote.
-"""
+"""The one way files are read and written: Airflow's ``ObjectStoragePath``, so ``file://``, ``s3://``,
+``gs://`` and ``memory://`` behave the same, and a worker on another host reads what an earlier task wrote."""
 
 from __future__ import annotations
 
@@ -22,10 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 def as_path(
     value: str | os.PathLike[str] | ObjectStoragePath, conn_id: str | None = None
 ) -> ObjectStoragePath:
-    """A path or URL as an ``ObjectStoragePath``; plain local paths are made absolute (``~`` expanded).
-
-    :param conn_id: the Airflow connection of the store, for strings (paths keep their own).
-    """
+    """A path or URL (of the store of Airflow connection ``conn_id``) as an ``ObjectStoragePath``;
+    plain local paths are made absolute (``~`` expanded)."""
     if isinstance(value, ObjectStoragePath):
         return value
     text = os.fspath(value)
@@ -37,20 +31,15 @@ def as_path(
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
+    except OSError as exc:  # (PermissionError: another user's process, running)
+        return not isinstance(exc, ProcessLookupError)
     return True
 
 
 @contextlib.contextmanager
 def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
-    """Open ``path`` for writing UTF-8 text so that readers never see a partial file.
-
-    Local files are written under a temporary name and renamed into place; object stores
-    publish an object only when its upload completes, so they are written directly.
-    """
+    """Open ``path`` for writing UTF-8 text so that readers never see a partial file: local files are
+    written under a temporary name and renamed; an object store publishes an object when its upload ends."""
     if not isinstance(path.fs, LocalFileSystem):
         try:
             with path.open("w", encoding="utf-8", newline="") as handle:
@@ -68,7 +57,7 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
     for left in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         writer_host, _, pid = left.name[len(prefix) : -len(".tmp")].rpartition("-")[0].rpartition("-")
         if writer_host == host and pid.isdigit() and not _running(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):  # (another writer may remove it first)
                 left.unlink()
     temp = path.with_name(f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
@@ -76,5 +65,4 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
             yield handle
         temp.rename(path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        temp.unlink(missing_ok=True)
