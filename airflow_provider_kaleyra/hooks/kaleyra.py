@@ -32,8 +32,6 @@ from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.rcs.engine import Engine
 
-_PROBE_NUMBER = "+14155552671"  # test_connection's valid number: the answer does not matter, the auth does
-
 
 class KaleyraHook(BaseHook):
     """Talks to Kaleyra's RCS lookup and SOIP capability-check APIs.
@@ -98,8 +96,6 @@ class KaleyraHook(BaseHook):
     def get_conn(self) -> Transport:
         return self.transport
 
-    # -- the three API calls -------------------------------------------------------------
-
     def _rcs_url(self, path: str, **values: str) -> str:
         if not self.config.rcs_base_url:  # a pod with no published RCS host (eu, sg): set by hand
             raise ValueError(
@@ -116,10 +112,8 @@ class KaleyraHook(BaseHook):
         return self.transport.call("GET", url, shape=api.data_object)
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
-        """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
-
-        :raises ValueError: before any request, when the distinct valid numbers are outside 100-500.
-        """
+        """One bulk call for 100-500 distinct valid numbers (else ``ValueError``, before any request);
+        returns Kaleyra's ``devices`` list."""
         distinct = list(dict.fromkeys(self._require_e164(n) for n in numbers))
         if not api.BULK_MIN <= len(distinct) <= api.BULK_MAX:
             raise ValueError(
@@ -162,14 +156,10 @@ class KaleyraHook(BaseHook):
         url = self.config.soip_base_url + api.SOIP_CHECK_PATH.format(sid=quote(self.config.sid, safe=""))
         return self.transport.call("POST", url, json=payload, accept=(200, 202))
 
-    # -- many numbers ----------------------------------------------------------------------
-
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
-        """Look up any number of inputs; yields exactly one record per input, in input order, through
-        the bulk operator's :class:`~airflow_provider_kaleyra.rcs.engine.Engine`.
+        """Exactly one record per input, in input order, through the bulk operator's engine.
 
-        :param cache: ``None`` (on when the connection sets ``cache_url``), ``True``, ``False`` or
-            ``"refresh"``; ``self.last_cache`` holds the run's cache counts.
+        :param cache: as the bulk operator's ``cache``; ``self.last_cache`` holds the run's cache counts.
         """
         run = self.last_cache = self.cache_run(cache)
         with Engine(self, cache=run) as engine:
@@ -193,12 +183,9 @@ class KaleyraHook(BaseHook):
         )
 
     def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
-        """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
-
-        Yields one ``{e164: Answer}`` per batch, in batch order. The calls in flight follow
-        :attr:`in_flight`, and at most twice that many answers wait to be taken. An auth failure
-        stops everything at once.
-        """
+        """Run planned batches (100-500, or one number) concurrently; one ``{e164: Answer}`` per batch, in
+        order. Calls in flight follow :attr:`in_flight`, at most twice that many answers wait to be taken;
+        an auth failure stops everything at once."""
         control = self.in_flight
         ended = threading.Condition()  # notified as each call ends: no polling of every future
         counts = [0, 0]  # calls started, calls ended
@@ -275,7 +262,8 @@ class KaleyraHook(BaseHook):
         """One single lookup, not retried; success only when a well-formed Kaleyra answer came. Never raises."""
         try:
             cfg = self.config
-            url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(_PROBE_NUMBER, safe=""))
+            # a valid number (+14155552671): the answer does not matter, the auth does
+            url = self._rcs_url(api.RCS_SINGLE_PATH, number="%2B14155552671")
             device = self._new_transport(probe=True).call("GET", url, shape=api.data_object)
         except KaleyraApiError as exc:
             return False, connection_problem(exc, cfg.rcs_base_url)
@@ -296,12 +284,10 @@ class KaleyraHook(BaseHook):
 
         from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS
 
+        kinds = {False: (StringField, BS3TextFieldWidget), True: (PasswordField, BS3PasswordFieldWidget)}
         widgets: dict[str, Any] = {}
         for name, spec in CONN_FIELDS.items():
-            secret = spec["schema"].get("format") == "password"
-            field, widget = (
-                (PasswordField, BS3PasswordFieldWidget) if secret else (StringField, BS3TextFieldWidget)
-            )
+            field, widget = kinds[spec["schema"].get("format") == "password"]  # secrets: password widgets
             widgets[name] = field(spec["label"], widget=widget(), description=spec["description"])
         return widgets
 
