@@ -59,20 +59,16 @@ def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
             raise
         except tuple(NOT_RETRIED) as exc:
             kind = next(kind for kind in NOT_RETRIED if isinstance(exc, kind))
-            error = NOT_RETRIED[kind](*exc.args)
+            # args as pickling sees them: an OSError's filename too, which its message shows
+            error = NOT_RETRIED[kind](*exc.__reduce__()[1])
             error.__dict__.update(exc.__dict__)
-            if isinstance(exc, OSError) and exc.filename is not None:  # its message shows the name
-                error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
             raise error.with_traceback(exc.__traceback__) from exc
 
     return run
 
 
 class KaleyraOperator(BaseOperator):
-    """The connection id and the hook, which reads the connection on first use only.
-
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
-    """
+    """``kaleyra_conn_id`` (templated) and the hook, which reads the connection on first use only."""
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
