@@ -34,11 +34,8 @@ from airflow_provider_kaleyra.rcs.engine import Engine
 
 
 class KaleyraHook(BaseHook):
-    """Talks to Kaleyra's RCS lookup and SOIP capability-check APIs.
-
-    :param kaleyra_conn_id: the ``kaleyra`` connection: login = account SID, password = API key,
-        extras for pod, base URLs, default region, callback profile and transport knobs.
-    """
+    """Kaleyra's RCS lookup and SOIP capability-check APIs, through the ``kaleyra`` connection
+    ``kaleyra_conn_id`` (login: account SID, password: API key, extras: README, "The connection")."""
 
     conn_name_attr = "kaleyra_conn_id"
     default_conn_name = DEFAULT_CONN_ID
@@ -82,16 +79,15 @@ class KaleyraHook(BaseHook):
     def transport(self) -> Transport:
         transport = self._new_transport()
         # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
-        transport.session.hooks["response"].append(self._observe_latency)
+        transport.session.hooks["response"].append(
+            lambda response, **_: self.in_flight.observe(response.elapsed.total_seconds())
+        )
         return transport
 
     @cached_property
     def in_flight(self) -> InFlight:
         """How many calls ``lookup_batches`` keeps in flight (Little's law, capped by ``max_concurrency``)."""
         return InFlight(self.config.rate_limit, self.config.max_concurrency)
-
-    def _observe_latency(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        self.in_flight.observe(response.elapsed.total_seconds())
 
     def get_conn(self) -> Transport:
         return self.transport
@@ -157,10 +153,8 @@ class KaleyraHook(BaseHook):
         return self.transport.call("POST", url, json=payload, accept=(200, 202))
 
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
-        """Exactly one record per input, in input order, through the bulk operator's engine.
-
-        :param cache: as the bulk operator's ``cache``; ``self.last_cache`` holds the run's cache counts.
-        """
+        """Exactly one record per input, in input order, through the bulk operator's engine; ``cache`` as
+        the bulk operator's (``self.last_cache``: the run's cache counts)."""
         run = self.last_cache = self.cache_run(cache)
         with Engine(self, cache=run) as engine:
             for block in engine.stream(input_blocks(numbers)):
@@ -233,8 +227,8 @@ class KaleyraHook(BaseHook):
             self.log.warning(
                 "Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked
             )
-        missing = [number for number in batch if number not in answers] if len(answers) < len(batch) else []
-        if missing:
+        if len(answers) < len(batch):  # (answers hold asked numbers only)
+            missing = [number for number in batch if number not in answers]
             self.log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
             if retry_missing:
                 for sub in plan_batches(missing):
@@ -301,10 +295,7 @@ class KaleyraHook(BaseHook):
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
     """Hand the connection's secrets (and the passwords in its store URLs), only them, to Airflow's masker."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - older SDK layouts
-        return config
+    from airflow.sdk.log import mask_secret  # (Airflow 3.1+, as airflow.sdk.BaseHook)
     from sqlalchemy.engine import make_url
 
     secrets = [config.api_key, config.callback_secret, config.callback_client_secret]

@@ -36,11 +36,10 @@ def _ratio(value: float | str | None, name: str) -> float | None:
 
 
 class KaleyraRcsLookupOperator(KaleyraOperator):
-    """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
+    """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom, its
+    ``deviceAddress`` masked (Airflow logs a task's return value and keeps it).
 
-    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it.
-
-    :param number: the number, in any common format (national: the connection's default_region). (templated)
+    :param number: in any common format (national: the connection's default_region). (templated)
     """
 
     template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
