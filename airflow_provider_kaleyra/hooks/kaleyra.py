@@ -263,12 +263,9 @@ class KaleyraHook(BaseHook):
             return False, connection_problem(exc, cfg.rcs_base_url)
         except Exception as exc:  # (a connection that cannot even be read) the UI shows the message
             return False, f"{type(exc).__name__}: {exc}"
-        if answer_from_device(device).status == api.FAILED:
-            return (
-                False,
-                f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?",
-            )
-        return True, "Connection to Kaleyra works"
+        if answer_from_device(device).status != api.FAILED:
+            return True, "Connection to Kaleyra works"
+        return False, f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?"
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
