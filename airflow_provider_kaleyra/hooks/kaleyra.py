@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
@@ -20,17 +20,14 @@ from airflow_provider_kaleyra.client.pacing import InFlight
 from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import normalize
-from airflow_provider_kaleyra.rcs.answers import (
-    Answer,
-    RcsResult,
-    answer_from_device,
-    answers_by_number,
-    failed,
-)
+from airflow_provider_kaleyra.rcs.answers import answer_from_device, answers_by_number, failed
 from airflow_provider_kaleyra.rcs.batching import plan_batches
 from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.rcs.engine import Engine
+
+if TYPE_CHECKING:
+    from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult
 
 
 class KaleyraHook(BaseHook):

@@ -19,14 +19,7 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_provider_kaleyra.callbacks.store import (
-    CAPABLE,
-    MISSING,
-    NOT_CAPABLE,
-    UNPARSEABLE,
-    CallbackStore,
-    get_store,
-)
+from airflow_provider_kaleyra.callbacks.store import CAPABLE, MISSING, NOT_CAPABLE, UNPARSEABLE, get_store
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize_block
 from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, fail_fast, run_identity
@@ -38,6 +31,8 @@ from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
 
 
 def _as_numbers(value: Any) -> list[str]:
