@@ -59,9 +59,10 @@ def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
             raise
         except tuple(NOT_RETRIED) as exc:
             kind = next(kind for kind in NOT_RETRIED if isinstance(exc, kind))
-            # args as pickling sees them: an OSError's filename too, which its message shows
-            error = NOT_RETRIED[kind](*exc.__reduce__()[1])
+            error = NOT_RETRIED[kind](*exc.args)
             error.__dict__.update(exc.__dict__)
+            if isinstance(exc, OSError) and exc.filename is not None:  # its message shows the name
+                error.errno, error.strerror, error.filename = exc.errno, exc.strerror, exc.filename
             raise error.with_traceback(exc.__traceback__) from exc
 
     return run

@@ -45,11 +45,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     template_fields: Sequence[str] = (*AudienceOperator.template_fields, "callback_profile_id")
 
     def __init__(
-        self,
-        *,
-        callback_profile_id: str | None = None,
-        chunk_size: int = SOIP_CHUNK_SIZE,
-        **kwargs: Any,
+        self, *, callback_profile_id: str | None = None, chunk_size: int = SOIP_CHUNK_SIZE, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         if chunk_size < 1:
