@@ -16,8 +16,6 @@ from airflow_provider_kaleyra.client.config import (
     PODS,
 )
 
-_PACKAGE = "airflow_provider_kaleyra"
-
 
 def _field(label: str, description: str, kind: str = "string", secret: bool = False, **schema: Any) -> dict:
     """One extra of the form; ``secret`` fields are masked in the UI and the API."""
@@ -114,11 +112,11 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-kaleyra",
         "name": "Kaleyra",
         "description": "Kaleyra RCS and SMS-over-IP number capability checks.",
-        "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{_PACKAGE}.triggers.kaleyra"]}],
+        "triggers": [{"integration-name": "Kaleyra", "python-modules": [f"{__package__}.triggers.kaleyra"]}],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,
-                "hook-class-name": f"{_PACKAGE}.hooks.kaleyra.KaleyraHook",
+                "hook-class-name": f"{__package__}.hooks.kaleyra.KaleyraHook",
                 "hook-name": "Kaleyra",
                 "conn-fields": CONN_FIELDS,
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,

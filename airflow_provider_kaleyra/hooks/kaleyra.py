@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
@@ -20,27 +20,19 @@ from airflow_provider_kaleyra.client.pacing import InFlight
 from airflow_provider_kaleyra.client.transport import Transport
 from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import normalize
-from airflow_provider_kaleyra.rcs.answers import (
-    Answer,
-    RcsResult,
-    answer_from_device,
-    answers_by_number,
-    failed,
-)
+from airflow_provider_kaleyra.rcs.answers import answer_from_device, answers_by_number, failed
 from airflow_provider_kaleyra.rcs.batching import plan_batches
 from airflow_provider_kaleyra.rcs.blocks import input_blocks
 from airflow_provider_kaleyra.rcs.cache import CacheMode, CacheRun, resolve
 from airflow_provider_kaleyra.rcs.engine import Engine
 
-_PROBE_NUMBER = "+14155552671"  # test_connection's valid number: the answer does not matter, the auth does
+if TYPE_CHECKING:
+    from airflow_provider_kaleyra.rcs.answers import Answer, RcsResult
 
 
 class KaleyraHook(BaseHook):
-    """Talks to Kaleyra's RCS lookup and SOIP capability-check APIs.
-
-    :param kaleyra_conn_id: the ``kaleyra`` connection: login = account SID, password = API key,
-        extras for pod, base URLs, default region, callback profile and transport knobs.
-    """
+    """Kaleyra's RCS lookup and SOIP capability-check APIs, through the ``kaleyra`` connection
+    ``kaleyra_conn_id`` (login: account SID, password: API key, extras: README, "The connection")."""
 
     conn_name_attr = "kaleyra_conn_id"
     default_conn_name = DEFAULT_CONN_ID
@@ -84,7 +76,9 @@ class KaleyraHook(BaseHook):
     def transport(self) -> Transport:
         transport = self._new_transport()
         # ``elapsed``: from sending the request to reading the answer's headers, the pacer's wait excluded
-        transport.session.hooks["response"].append(self._observe_latency)
+        transport.session.hooks["response"].append(
+            lambda response, **_: self.in_flight.observe(response.elapsed.total_seconds())
+        )
         return transport
 
     @cached_property
@@ -92,13 +86,8 @@ class KaleyraHook(BaseHook):
         """How many calls ``lookup_batches`` keeps in flight (Little's law, capped by ``max_concurrency``)."""
         return InFlight(self.config.rate_limit, self.config.max_concurrency)
 
-    def _observe_latency(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        self.in_flight.observe(response.elapsed.total_seconds())
-
     def get_conn(self) -> Transport:
         return self.transport
-
-    # -- the three API calls -------------------------------------------------------------
 
     def _rcs_url(self, path: str, **values: str) -> str:
         if not self.config.rcs_base_url:  # a pod with no published RCS host (eu, sg): set by hand
@@ -116,10 +105,8 @@ class KaleyraHook(BaseHook):
         return self.transport.call("GET", url, shape=api.data_object)
 
     def lookup_rcs_bulk(self, numbers: Iterable[str]) -> list[dict[str, Any]]:
-        """One bulk call for 100-500 distinct valid numbers; returns Kaleyra's ``devices`` list.
-
-        :raises ValueError: before any request, when the distinct valid numbers are outside 100-500.
-        """
+        """One bulk call for 100-500 distinct valid numbers (else ``ValueError``, before any request);
+        returns Kaleyra's ``devices`` list."""
         distinct = list(dict.fromkeys(self._require_e164(n) for n in numbers))
         if not api.BULK_MIN <= len(distinct) <= api.BULK_MAX:
             raise ValueError(
@@ -162,15 +149,9 @@ class KaleyraHook(BaseHook):
         url = self.config.soip_base_url + api.SOIP_CHECK_PATH.format(sid=quote(self.config.sid, safe=""))
         return self.transport.call("POST", url, json=payload, accept=(200, 202))
 
-    # -- many numbers ----------------------------------------------------------------------
-
     def lookup_rcs_many(self, numbers: Iterable[str], cache: CacheMode = None) -> Iterator[RcsResult]:
-        """Look up any number of inputs; yields exactly one record per input, in input order, through
-        the bulk operator's :class:`~airflow_provider_kaleyra.rcs.engine.Engine`.
-
-        :param cache: ``None`` (on when the connection sets ``cache_url``), ``True``, ``False`` or
-            ``"refresh"``; ``self.last_cache`` holds the run's cache counts.
-        """
+        """Exactly one record per input, in input order, through the bulk operator's engine; ``cache`` as
+        the bulk operator's (``self.last_cache``: the run's cache counts)."""
         run = self.last_cache = self.cache_run(cache)
         with Engine(self, cache=run) as engine:
             for block in engine.stream(input_blocks(numbers)):
@@ -193,12 +174,9 @@ class KaleyraHook(BaseHook):
         )
 
     def lookup_batches(self, batches: Iterable[list[str]]) -> Iterator[dict[str, Answer]]:
-        """Run planned calls (bulk lists of 100-500, or one-number lists) concurrently.
-
-        Yields one ``{e164: Answer}`` per batch, in batch order. The calls in flight follow
-        :attr:`in_flight`, and at most twice that many answers wait to be taken. An auth failure
-        stops everything at once.
-        """
+        """Run planned batches (100-500, or one number) concurrently; one ``{e164: Answer}`` per batch, in
+        order. Calls in flight follow :attr:`in_flight`, at most twice that many answers wait to be taken;
+        an auth failure stops everything at once."""
         control = self.in_flight
         ended = threading.Condition()  # notified as each call ends: no polling of every future
         counts = [0, 0]  # calls started, calls ended
@@ -246,8 +224,8 @@ class KaleyraHook(BaseHook):
             self.log.warning(
                 "Kaleyra's bulk answer held %s numbers that were not asked for; ignored", unasked
             )
-        missing = [number for number in batch if number not in answers] if len(answers) < len(batch) else []
-        if missing:
+        if len(answers) < len(batch):  # (answers hold asked numbers only)
+            missing = [number for number in batch if number not in answers]
             self.log.warning("Kaleyra's bulk answer left out %s of %s numbers", len(missing), len(batch))
             if retry_missing:
                 for sub in plan_batches(missing):
@@ -275,18 +253,16 @@ class KaleyraHook(BaseHook):
         """One single lookup, not retried; success only when a well-formed Kaleyra answer came. Never raises."""
         try:
             cfg = self.config
-            url = self._rcs_url(api.RCS_SINGLE_PATH, number=quote(_PROBE_NUMBER, safe=""))
+            # a valid number (+14155552671): the answer does not matter, the auth does
+            url = self._rcs_url(api.RCS_SINGLE_PATH, number="%2B14155552671")
             device = self._new_transport(probe=True).call("GET", url, shape=api.data_object)
         except KaleyraApiError as exc:
             return False, connection_problem(exc, cfg.rcs_base_url)
         except Exception as exc:  # (a connection that cannot even be read) the UI shows the message
             return False, f"{type(exc).__name__}: {exc}"
-        if answer_from_device(device).status == api.FAILED:
-            return (
-                False,
-                f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?",
-            )
-        return True, "Connection to Kaleyra works"
+        if answer_from_device(device).status != api.FAILED:
+            return True, "Connection to Kaleyra works"
+        return False, f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?"
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
@@ -296,12 +272,10 @@ class KaleyraHook(BaseHook):
 
         from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS
 
+        kinds = {False: (StringField, BS3TextFieldWidget), True: (PasswordField, BS3PasswordFieldWidget)}
         widgets: dict[str, Any] = {}
         for name, spec in CONN_FIELDS.items():
-            secret = spec["schema"].get("format") == "password"
-            field, widget = (
-                (PasswordField, BS3PasswordFieldWidget) if secret else (StringField, BS3TextFieldWidget)
-            )
+            field, widget = kinds[spec["schema"].get("format") == "password"]  # secrets: password widgets
             widgets[name] = field(spec["label"], widget=widget(), description=spec["description"])
         return widgets
 
@@ -315,10 +289,7 @@ class KaleyraHook(BaseHook):
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
     """Hand the connection's secrets (and the passwords in its store URLs), only them, to Airflow's masker."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - older SDK layouts
-        return config
+    from airflow.sdk.log import mask_secret  # (Airflow 3.1+, as airflow.sdk.BaseHook)
     from sqlalchemy.engine import make_url
 
     secrets = [config.api_key, config.callback_secret, config.callback_client_secret]

@@ -69,10 +69,7 @@ def fail_fast(method: Callable[..., T]) -> Callable[..., T]:
 
 
 class KaleyraOperator(BaseOperator):
-    """The connection id and the hook, which reads the connection on first use only.
-
-    :param kaleyra_conn_id: the ``kaleyra`` connection. (templated)
-    """
+    """``kaleyra_conn_id`` (templated) and the hook, which reads the connection on first use only."""
 
     def __init__(self, *, kaleyra_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -100,8 +97,7 @@ class AudienceOperator(KaleyraOperator):
         header naming ``column``, or plain text with one number per line. (templated)
     :param column: the CSV column holding the numbers. (templated)
     :param audience_format: ``"csv"`` or ``"text"``; by default read from the suffix.
-    :param shard_index: this task's shard, from 0; set with ``shard_count``. (templated)
-    :param shard_count: how many shards the audience is cut into. (templated)
+    :param shard_index: this task's shard, from 0, of ``shard_count`` cut from the audience. (templated)
     :param storage_conn_id: the object store's Airflow connection, for locations given as strings. (templated)
     :param e164_input: an earlier step normalized the audience: only the E.164 shape is checked.
     """

@@ -36,11 +36,10 @@ def _ratio(value: float | str | None, name: str) -> float | None:
 
 
 class KaleyraRcsLookupOperator(KaleyraOperator):
-    """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom.
+    """Look up whether one phone number is RCS-enabled; returns Kaleyra's device record to XCom, its
+    ``deviceAddress`` masked (Airflow logs a task's return value and keeps it).
 
-    The record's ``deviceAddress`` is masked: Airflow logs a task's return value and keeps it.
-
-    :param number: the number, in any common format (national: the connection's default_region). (templated)
+    :param number: in any common format (national: the connection's default_region). (templated)
     """
 
     template_fields: Sequence[str] = ("kaleyra_conn_id", "number")
@@ -67,22 +66,19 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
     """Look up RCS capability for a whole audience: one output row per input row, a summary to XCom.
 
     Answers are checkpointed beside the output, owned by the task instance: a retry resumes, another
-    run never reuses them. Shards: README, "Many workers". The audience arguments are
-    :class:`~.base.AudienceOperator`'s.
+    run never reuses them. The audience arguments are :class:`~.base.AudienceOperator`'s; shards and
+    the cache: README.
 
-    :param output: ``.csv``, or ``.jsonl`` / ``.json`` for JSON Lines (path, URL or
-        ``ObjectStoragePath``); kept as ``output_path``, since ``output`` is the XComArg. (templated)
-    :param max_failed_ratio: the task fails (after writing the output) when more than this share
-        of the distinct numbers could not be looked up, and its retry asks again only for the
-        chunks that held failures; 0 or ``None``: any failure fails it. (templated)
-    :param max_invalid_ratio: the task fails, before any API call and without retries, when more
-        than this share of the rows are not valid numbers; ``None``: no limit. (templated)
+    :param output: ``.csv``, or ``.jsonl`` / ``.json`` for JSON Lines; kept as ``output_path``, since
+        ``output`` is the XComArg. (templated)
+    :param max_failed_ratio: above this share of failed distinct numbers (0 or ``None``: any) the task
+        fails after writing the output; its retry asks again only for chunks with failures. (templated)
+    :param max_invalid_ratio: above this share of invalid rows the task fails before any API call,
+        without retries; ``None``: no limit. (templated)
     :param checkpoint_batches: API calls per checkpoint part.
-    :param cache: the capability cache (README, "Remembering answers"): ``None`` (on when the
-        connection sets ``cache_url``), ``True``, ``False`` or ``"refresh"``.
-    :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``,
-        a ``timedelta``); the connection's by default.
-    :param cache_max_age_negative: the same for ``rcs_disabled`` answers.
+    :param cache: ``None`` (on when the connection sets ``cache_url``), ``True``, ``False`` or ``"refresh"``.
+    :param cache_max_age_positive: how long a cached ``rcs_enabled`` answer is served (``"7d"``, a
+        ``timedelta``); ``cache_max_age_negative``: ``rcs_disabled``. The connection's by default.
     """
 
     template_fields: Sequence[str] = (
@@ -159,7 +155,20 @@ class KaleyraRcsBulkLookupOperator(AudienceOperator):
                 stats.distinct,
                 f" (shard {shard.index} of {shard.count})" if shard else "",
             )
-            summary = _summary(engine, output, self.hook.transport.requests_sent - requests_before)
+            summary = {  # counts only, never numbers
+                "output": str(output),
+                "inputs": stats.inputs,
+                "rows": stats.rows,
+                "distinct": stats.distinct,
+                "statuses": {status: stats.statuses.get(status, 0) for status in STATUSES},
+                "failed_numbers": stats.failed_numbers,
+                "requests": self.hook.transport.requests_sent - requests_before,
+                "batches": stats.batches,
+                "chunks": stats.chunks,
+                "chunks_resumed": stats.chunks_resumed,
+                "shard": list(shard) if shard else None,
+                "cache": cache.summary() if cache else None,
+            }
             assert engine.checkpoint is not None
             failed, distinct = stats.failed_numbers, stats.distinct
             if failed and failed / distinct > max_failed:
@@ -202,22 +211,3 @@ def _check_invalid(stats: Stats, limit: float | None) -> None:
             f"{invalid} of {inputs} input rows are not valid numbers (max_invalid_ratio={limit}), "
             f"so nothing was looked up. Most common reasons: {reasons}"
         )
-
-
-def _summary(engine: Engine, output: ObjectStoragePath, requests: int) -> dict[str, Any]:
-    """The small XCom dict: counts only, never numbers."""
-    stats = engine.stats
-    return {
-        "output": str(output),
-        "inputs": stats.inputs,
-        "rows": stats.rows,
-        "distinct": stats.distinct,
-        "statuses": {status: stats.statuses.get(status, 0) for status in STATUSES},
-        "failed_numbers": stats.failed_numbers,
-        "requests": requests,
-        "batches": stats.batches,
-        "chunks": stats.chunks,
-        "chunks_resumed": stats.chunks_resumed,
-        "shard": list(engine.shard) if engine.shard else None,
-        "cache": engine.cache.summary() if engine.cache else None,
-    }

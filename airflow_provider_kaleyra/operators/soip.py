@@ -45,11 +45,7 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
     template_fields: Sequence[str] = (*AudienceOperator.template_fields, "callback_profile_id")
 
     def __init__(
-        self,
-        *,
-        callback_profile_id: str | None = None,
-        chunk_size: int = SOIP_CHUNK_SIZE,
-        **kwargs: Any,
+        self, *, callback_profile_id: str | None = None, chunk_size: int = SOIP_CHUNK_SIZE, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         if chunk_size < 1:
@@ -66,9 +62,8 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         found = DistinctNumbers()
         for block in self._blocks():
             found.add(*read_block(block, config.default_region, self.e164_input))
-        numbers = list(found.seen)
-        start, stop = shard_slice(len(numbers), shard)
-        numbers = numbers[start:stop]
+        start, stop = shard_slice(len(found.seen), shard)
+        numbers = list(found.seen)[start:stop]
         if found.invalid:
             reasons = "; ".join(f"{reason} ({n})" for reason, n in found.reasons.most_common(3))
             self.log.warning(
@@ -77,11 +72,19 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
         submission_id = uuid.uuid4().hex
         store.add_submission(submission_id, numbers)  # before the first request: callbacks can be fast
         submitted_at = datetime.now(UTC)
-        requests = self._submit(numbers, profile)
+        # chunks go out ``max_concurrency`` at a time; the transport paces and retries them
+        chunks = [numbers[i : i + self.chunk_size] for i in range(0, len(numbers), self.chunk_size)]
+        if not chunks:
+            self.log.warning("No valid number to submit")
+        else:
+            workers = min(config.max_concurrency, len(chunks))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
+                # the first error ends the map, which cancels the chunks not yet sent
+                list(pool.map(lambda chunk: self.hook.submit_soip(chunk, profile), chunks))
         self.log.info(
             "Submitted %s numbers in %s requests for SOIP capability (submission %s, callback profile %s)",
             len(numbers),
-            requests,
+            len(chunks),
             submission_id,
             profile,
         )
@@ -90,18 +93,6 @@ class KaleyraSoipCapabilityCheckOperator(AudienceOperator):
             "submitted_at": submitted_at.isoformat(),
             "numbers": len(numbers),
             "invalid": found.invalid,
-            "requests": requests,
+            "requests": len(chunks),
             "callback_profile_id": profile,
         }
-
-    def _submit(self, numbers: list[str], profile: str) -> int:
-        """Chunks go out ``max_concurrency`` at a time; the transport paces and retries them."""
-        chunks = [numbers[i : i + self.chunk_size] for i in range(0, len(numbers), self.chunk_size)]
-        if not chunks:
-            self.log.warning("No valid number to submit")
-            return 0
-        workers = min(self.hook.config.max_concurrency, len(chunks))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kaleyra-soip") as pool:
-            # the first error ends the map, which cancels the chunks not yet sent
-            list(pool.map(lambda chunk: self.hook.submit_soip(chunk, profile), chunks))
-        return len(chunks)

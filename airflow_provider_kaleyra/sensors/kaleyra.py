@@ -19,14 +19,7 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from airflow_provider_kaleyra.callbacks.store import (
-    CAPABLE,
-    MISSING,
-    NOT_CAPABLE,
-    UNPARSEABLE,
-    CallbackStore,
-    get_store,
-)
+from airflow_provider_kaleyra.callbacks.store import CAPABLE, MISSING, NOT_CAPABLE, UNPARSEABLE, get_store
 from airflow_provider_kaleyra.numbers.masking import MaskedNumbers, mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize_block
 from airflow_provider_kaleyra.operators.base import KaleyraOperator, as_list, fail_fast, run_identity
@@ -39,6 +32,8 @@ from airflow_provider_kaleyra.utils.timestamps import as_utc
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+    from airflow_provider_kaleyra.callbacks.store import CallbackStore
+
 
 def _as_numbers(value: Any) -> list[str]:
     """A rendered ``numbers``: a list, or text (comma-separated, or a JSON list)."""
@@ -48,18 +43,14 @@ def _as_numbers(value: Any) -> list[str]:
 
 
 class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
-    """Wait until enough numbers of a SOIP check have their callback, then write every number's answer.
-
-    Succeeds when ``answered / total >= min_answered_ratio``, counting callbacks received after the
-    submission; writes one JSON line per submitted number to ``output`` (on a timeout too, unanswered
-    ones ``missing``) and returns ``{"summary": {counts...}, "output": location}`` (README).
+    """Wait until ``min_answered_ratio`` of a SOIP check's numbers have a callback received after the
+    submission, then write one JSON line per number to ``output`` (on a timeout too, unanswered ones
+    ``missing``); returns ``{"summary": {counts...}, "output": location}``, no number (README).
 
     :param submission: the SOIP check operator's XCom; the numbers are read from the callback store.
     :param numbers: instead of ``submission``, numbers to wait for (read with the connection's
         ``default_region``); callbacks received since the DAG run started count.
-    :param output: where the per-number JSON Lines go (path, URL or ``ObjectStoragePath``). (templated)
-    :param storage_conn_id: the object store's Airflow connection, for ``output`` given as a string.
-    :param kaleyra_conn_id: the connection whose ``callback_store_url`` names the store.
+    :param output: where the per-number JSON Lines go, with ``storage_conn_id``. (templated)
     :param min_answered_ratio: fraction of numbers that must be answered, in ``(0, 1]``.
     :param deferrable: wait in the triggerer, holding no worker slot.
     :param poll_interval: seconds between store counts when deferred; default: ``poke_interval``.
@@ -162,13 +153,12 @@ class KaleyraSoipCallbackSensor(KaleyraOperator, BaseSensorOperator):
         if not self.deferrable:
             try:
                 return super().execute(context)
-            except (AirflowSensorTimeout, AirflowSkipException) as exc:
-                if exc.__cause__ is not None:  # a failure soft_fail turned into a skip: not a timeout
-                    raise
-                timeout = self._timed_out(str(exc))
-                if isinstance(exc, AirflowSkipException):
-                    raise
-                raise timeout from exc
+            except AirflowSensorTimeout as exc:
+                raise self._timed_out(str(exc)) from exc
+            except AirflowSkipException as exc:
+                if exc.__cause__ is None:  # soft_fail's timeout, not a failure it turned into a skip
+                    self._timed_out(str(exc))  # writes what arrived
+                raise
         first = self.poke(context)
         if first.is_done:
             return first.xcom_value
