@@ -1,8 +1,6 @@
-"""The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
-
-``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
-(the SOIP leg may be skipped); the tasks hand each other typed records (:mod:`.records`), never a number.
-"""
+"""The campaign preflight as one Airflow task group, ``kaleyra_preflight(...)``: ``prepare -> rcs_lookup
+(mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report`` (the SOIP leg may be
+skipped); the tasks hand each other typed records (:mod:`.records`), never a number."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report and
 lists, and a DAG's runs. Airflow does not authenticate plugin routes: each checks the user's access to
-the DAG itself. Files are read with the run's connection: users need neither a shell nor the store's keys.
-"""
+the DAG itself. Files are read with the run's connection: users need neither a shell nor the store's keys."""
 
 from __future__ import annotations
 
