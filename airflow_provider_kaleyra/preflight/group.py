@@ -81,14 +81,14 @@ def kaleyra_preflight(
         def prepare(
             audience: Any, output: Any, column: Any, region_column: Any, storage: Any, shards: Any
         ) -> list[Shard]:
-            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``. The
-            settings arrive as given or rendered: :func:`_expect` checks each."""
+            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``."""
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
             context, optional = get_current_context(), (str, type(None))
             storage = _expect("storage_conn_id", storage, optional)
-            run_dir = files.run_folder(_expect("output", output, optional), context["run_id"], storage)
+            base = _expect("output", output, optional) or f"file://{files.airflow_home()}/kaleyra/preflight"
+            run_dir = as_path(base, storage) / files.safe_name(context["run_id"])
             region = KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.default_region
             try:
                 prepared = prepare_audience(

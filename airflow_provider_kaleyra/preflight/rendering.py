@@ -184,14 +184,6 @@ def _sections(summary: dict[str, Any], history: list[dict[str, Any]]) -> Iterabl
     )
 
 
-def headline(summary: dict[str, Any]) -> str:
-    """One sentence: how many rows go where."""
-    rows, total = summary["channels"]["rows"], summary["counts"]["rows"]
-    parts = [f"{rows[c]:,} to {LABELS[c]} ({_pct(rows[c], total)})" for c in CHANNELS if c != NONE]
-    invalid = f"{rows[NONE]:,} are not phone numbers ({_pct(rows[NONE], total)})"
-    return f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
-
-
 def html_page(heading: str, body: Iterable[str]) -> str:
     """A whole page in the report's style (also the runs page's)."""
     head = f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title>"
@@ -218,7 +210,10 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
     """(HTML, Markdown) of a run's summary; ``history`` from ``report.load_history``."""
     # the title names the DAG and when the run finished, not the run id
     heading = f"{summary.get('dag_id') or 'Kaleyra campaign'}: preflight of {when(summary['finished_at'])}"
-    lead = headline(summary)
+    counted, total = summary["channels"]["rows"], summary["counts"]["rows"]
+    parts = [f"{counted[c]:,} to {LABELS[c]} ({_pct(counted[c], total)})" for c in CHANNELS if c != NONE]
+    invalid = f"{counted[NONE]:,} are not phone numbers ({_pct(counted[NONE], total)})"
+    lead = f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
     sub = f"Run {summary['run_id']}, finished {when(summary['finished_at'])}; audience {summary['audience']}."
     html = [f"<p class=sub>{escape(sub)}</p>", f"<p class=lead>{escape(lead)}</p>"]
     md = [f"# {heading}", "", sub, "", lead, ""]
@@ -226,7 +221,6 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
         html += [f"<h2>{escape(name)}</h2>" + html_table(header, rows, grouped=header[1] == "why"), chart]
         md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    counted = summary["channels"]["rows"]
     html.append("<h2>Files</h2><ul>")
     md += ["## Files", ""]
     for key, href in summary["files"].items():
