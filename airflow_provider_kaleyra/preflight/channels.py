@@ -167,10 +167,9 @@ def write_channel_lists(
         for channel in CHANNELS:
             out.open(channel, run_dir / LIST_NAMES[channel], [*header, *ours])
         for index, (*columns, e164, invalid_reason) in enumerate(rows_in):
-            if e164:
-                channel, reason = table[decisions.codes[index]]
-            else:
-                channel, reason = decide(e164, invalid_reason, None, False, None)
+            channel, reason = (
+                table[decisions.codes[index]] if e164 else decide(e164, invalid_reason, None, False, None)
+            )
             out.write(channel, [*columns, e164, channel, reason])
             reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
     return ChannelResult(
