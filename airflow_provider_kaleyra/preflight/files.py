@@ -54,7 +54,7 @@ def read_csv(path: ObjectStoragePath) -> Iterator[list[str]]:
 
 
 class CsvWriter(ExitStack):
-    """CSV files written together, each published atomically on a clean exit (none on an error); counts rows."""
+    """CSV files written together, each published atomically on a clean exit (none on an error)."""
 
     def __init__(self) -> None:
         super().__init__()

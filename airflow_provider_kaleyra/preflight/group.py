@@ -123,9 +123,7 @@ def kaleyra_preflight(
             run_dir = as_path(prepared["run_dir"], storage)
             outputs = [as_path(s["output"], storage) for s in prepared["shards"]]
             target = run_dir / files.SOIP_NUMBERS
-            numbers = files.write_csv(
-                target, (files.E164,), ((n,) for n in ch.soip_candidates(outputs, wanted))
-            )
+            numbers = files.write_csv(target, (files.E164,), zip(ch.soip_candidates(outputs, wanted)))
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
             print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")

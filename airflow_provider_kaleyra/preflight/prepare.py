@@ -1,6 +1,6 @@
 """Step 1 of a preflight: read the audience once, normalize every row once (``work/rows.csv``: every
 audience row, then its E.164 number and why it is invalid, so the channel step does not normalize again),
-write each RCS shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time."""
+write each shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time."""
 
 from __future__ import annotations
 
