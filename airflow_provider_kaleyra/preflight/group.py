@@ -66,8 +66,7 @@ def kaleyra_preflight(
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
     :param output: folder of the runs (``<output>/<run id>/``); the default, ``<AIRFLOW_HOME>/kaleyra/
         preflight``, suits one machine only: else give storage every worker shares.
-    :param region_column: a column naming each row's country, for numbers without a country code (else
-        the connection's ``default_region``).
+    :param region_column: a column naming each row's country, for national numbers (else ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
     :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
