@@ -1,8 +1,7 @@
 """Step 3 of a preflight: one channel per audience row (:func:`decide`; the README tables the reasons),
 and the four lists: every audience column, then ``e164``, ``channel``, ``reason``, in the audience's order.
 Memory stays bounded: the answers and the rows' numbers are spread over temporary files by number
-(about 60 bytes of local disk per row, under ``TMPDIR``), each part decided alone (4 bytes per row).
-"""
+(about 60 bytes of local disk per row, under ``TMPDIR``), each part decided alone (4 bytes per row)."""
 
 from __future__ import annotations
 
@@ -113,22 +112,18 @@ class _Decisions:
                 asked.add(e164)
             elif kind == _OUTCOME:
                 outcomes[e164] = rest[0]
-            else:
+            else:  # a row: its number is decided once, and counted once in the rates
                 if e164 not in decided:
-                    decided[e164] = self._decide(e164, answers.get(e164), e164 in asked, outcomes.get(e164))
+                    rcs = answers.get(e164)
+                    decision = decide(e164, "", rcs, e164 in asked, outcomes.get(e164))
+                    self.numbers[decision[0]] += 1
+                    carrier = (rcs.carrier_id if rcs else "") or "unknown"
+                    for key, name in (("carriers", carrier), ("countries", region_of(e164))):
+                        self.rates[key][0][name] += 1
+                        self.rates[key][1][name] += decision[0] == RCS
+                    decided[e164] = self.table.setdefault(decision, len(self.table))
                 self.codes[int(rest[0])] = decided[e164]
         self.answered += sum(1 for n in asked if outcomes.get(n) in (SOIP_CAPABLE, SOIP_NOT_CAPABLE))
-
-    def _decide(self, e164: str, rcs: Answer | None, asked: bool, outcome: str | None) -> int:
-        decision = decide(e164, "", rcs, asked, outcome)
-        self.numbers[decision[0]] += 1
-        carrier = (rcs.carrier_id if rcs else "") or "unknown"
-        for key, name in (("carriers", carrier), ("countries", region_of(e164))):
-            numbers, capable = self.rates[key]
-            numbers[name] += 1
-            if decision[0] == RCS:
-                capable[name] += 1
-        return self.table.setdefault(decision, len(self.table))
 
 
 def write_channel_lists(
@@ -158,7 +153,7 @@ def write_channel_lists(
         for rows, record in enumerate(files.read_csv(rows_path)):
             if rows and record[-2]:
                 spread(_ROW, record[-2], rows - 1)
-        decisions = _Decisions(max(rows, 0))
+        decisions = _Decisions(rows)
         for path in parts.written():
             with open(path, encoding="utf-8", newline="") as fh:
                 decisions.decide_partition(csv.reader(fh))
@@ -172,10 +167,9 @@ def write_channel_lists(
         for channel in CHANNELS:
             out.open(channel, run_dir / LIST_NAMES[channel], [*header, *ours])
         for index, (*columns, e164, invalid_reason) in enumerate(rows_in):
-            if e164:
-                channel, reason = table[decisions.codes[index]]
-            else:
-                channel, reason = decide(e164, invalid_reason, None, False, None)
+            channel, reason = (
+                table[decisions.codes[index]] if e164 else decide(e164, invalid_reason, None, False, None)
+            )
             out.write(channel, [*columns, e164, channel, reason])
             reasons[reason.split(":", 1)[0]] += 1  # the details of invalid and failed rows are in the lists
     return ChannelResult(

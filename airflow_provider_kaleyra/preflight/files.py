@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
+from airflow_provider_kaleyra.utils.storage import open_atomic
 
 WORK = "work"  # files only the preflight's own tasks read
 ROWS = f"{WORK}/rows.csv"  # every audience row: its columns, then e164 and the invalid reason
@@ -36,11 +36,6 @@ def safe_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
 
 
-def run_folder(output: str | None, run_id: str, conn_id: str | None) -> ObjectStoragePath:
-    """Local by default, for a demo on one machine; a deployment sets ``output`` to shared storage."""
-    return as_path(output or f"file://{airflow_home()}/kaleyra/preflight", conn_id) / safe_name(run_id)
-
-
 def require(path: ObjectStoragePath, written_by: str) -> ObjectStoragePath:
     """Fail at once (no retries) when a file an earlier task wrote is not visible from this host."""
     if not path.exists():
@@ -59,8 +54,7 @@ def read_csv(path: ObjectStoragePath) -> Iterator[list[str]]:
 
 
 class CsvWriter(ExitStack):
-    """Several CSV files open at once, each published atomically on a clean exit (an error unwinds
-    every file unpublished); counts their rows."""
+    """CSV files written together, each published atomically on a clean exit (none on an error)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,8 +1,6 @@
-"""The campaign preflight as one Airflow task group: ``kaleyra_preflight(...)``.
-
-``prepare -> rcs_lookup (mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report``
-(the SOIP leg may be skipped); the tasks hand each other typed records (:mod:`.records`), never a number.
-"""
+"""The campaign preflight as one Airflow task group, ``kaleyra_preflight(...)``: ``prepare -> rcs_lookup
+(mapped) -> soip_candidates -> soip_check -> soip_wait -> channels -> build_report`` (the SOIP leg may be
+skipped); the tasks hand each other typed records (:mod:`.records`), never a number."""
 
 from __future__ import annotations
 
@@ -68,8 +66,7 @@ def kaleyra_preflight(
     :param audience: the audience CSV (any ``ObjectStoragePath`` URL), with a header naming ``column``.
     :param output: folder of the runs (``<output>/<run id>/``); the default, ``<AIRFLOW_HOME>/kaleyra/
         preflight``, suits one machine only: else give storage every worker shares.
-    :param region_column: a column naming each row's country, for numbers without a country code (else
-        the connection's ``default_region``).
+    :param region_column: a column naming each row's country, for national numbers (else ``default_region``).
     :param shard_count: most mapped RCS lookup tasks (each holds at least 100 numbers).
     :param pool: Airflow pool capping the RCS shards calling Kaleyra at once (must exist).
     :param soip: run the SMS-over-IP leg for numbers not RCS-capable and in ``soip_regions``.
@@ -83,14 +80,14 @@ def kaleyra_preflight(
         def prepare(
             audience: Any, output: Any, column: Any, region_column: Any, storage: Any, shards: Any
         ) -> list[Shard]:
-            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``. The
-            settings arrive as given or rendered: :func:`_expect` checks each."""
+            """The shards to map over; the :class:`PreparedRun` goes to XCom key ``prepared``."""
             from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
             from airflow_provider_kaleyra.preflight.prepare import default_region_warning, prepare_audience
 
             context, optional = get_current_context(), (str, type(None))
             storage = _expect("storage_conn_id", storage, optional)
-            run_dir = files.run_folder(_expect("output", output, optional), context["run_id"], storage)
+            base = _expect("output", output, optional) or f"file://{files.airflow_home()}/kaleyra/preflight"
+            run_dir = as_path(base, storage) / files.safe_name(context["run_id"])
             region = KaleyraHook(kaleyra_conn_id=kaleyra_conn_id).config.default_region
             try:
                 prepared = prepare_audience(
@@ -125,9 +122,7 @@ def kaleyra_preflight(
             run_dir = as_path(prepared["run_dir"], storage)
             outputs = [as_path(s["output"], storage) for s in prepared["shards"]]
             target = run_dir / files.SOIP_NUMBERS
-            numbers = files.write_csv(
-                target, (files.E164,), ((n,) for n in ch.soip_candidates(outputs, wanted))
-            )
+            numbers = files.write_csv(target, (files.E164,), zip(ch.soip_candidates(outputs, wanted)))
             if not numbers:
                 raise AirflowSkipException("no number for the SOIP leg")
             print(f"{numbers:,} numbers are not RCS-capable and in {wanted}: asking SOIP")

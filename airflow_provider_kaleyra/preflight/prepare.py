@@ -1,7 +1,6 @@
 """Step 1 of a preflight: read the audience once, normalize every row once (``work/rows.csv``: every
 audience row, then its E.164 number and why it is invalid, so the channel step does not normalize again),
-write each RCS shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time.
-"""
+write each shard's distinct valid numbers, de-duplicated one :class:`~.files.Partitions` part at a time."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from airflow_provider_kaleyra.numbers.masking import mask
 from airflow_provider_kaleyra.numbers.normalize import DistinctNumbers, normalize, preclean
 from airflow_provider_kaleyra.preflight import files
 from airflow_provider_kaleyra.preflight.records import Counts, NationalRows, PreparedRun, Shard
+from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
 from airflow_provider_kaleyra.rcs.batching import shard_bounds
 from airflow_provider_kaleyra.utils.storage import as_path
 
@@ -49,8 +49,6 @@ def region_for(field: str) -> str | None:
 
 def write_sample_audience(path: ObjectStoragePath, size: int, seed: int, column: str = "phone") -> int:
     """A deterministic sample audience (customer_id, phone, segment) as a CSV; its rows."""
-    from airflow_provider_kaleyra.preflight.sample import generate_audience_rows
-
     return files.write_csv(path, ("customer_id", column, "segment"), generate_audience_rows(size, seed))
 
 
@@ -130,22 +128,21 @@ def prepare_audience(
         raise ValueError(f"{exc} (the preflight's `region_column`)") from None
     width = len(header)
     reader, tally = _Reader(region), DistinctNumbers()  # (the tally keeps no number: they go to parts)
-    with files.Partitions("kaleyra-prepare-") as parts:
-        with files.CsvWriter() as out:
-            out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
-            for block in audience.blocks():
-                e164s: list[str | None] = []
-                reasons: list[str | None] = []
-                problems = block.problems or [None] * len(block.raws)
-                for record, raw, problem in zip(block.records or (), block.raws, problems):
-                    record = (record + [""] * width)[:width] if len(record) != width else record
-                    e164, reason = reader.read(raw, record[country] if country is not None else "", problem)
-                    if e164:
-                        parts.handles[parts.index(e164)].write(e164 + "\n")
-                    out.write("rows", [*record, e164 or "", reason or ""])
-                    e164s.append(e164)
-                    reasons.append(reason)
-                tally.count(e164s, reasons)
+    with files.Partitions("kaleyra-prepare-") as parts, files.CsvWriter() as out:
+        out.open("rows", folder / files.ROWS, [*header, files.E164, files.INVALID_REASON])
+        for block in audience.blocks():
+            e164s: list[str | None] = []
+            reasons: list[str | None] = []
+            problems = block.problems or [None] * len(block.raws)
+            for record, raw, problem in zip(block.records or (), block.raws, problems):
+                record = (record + [""] * width)[:width] if len(record) != width else record
+                e164, reason = reader.read(raw, record[country] if country is not None else "", problem)
+                if e164:
+                    parts.handles[parts.index(e164)].write(e164 + "\n")
+                out.write("rows", [*record, e164 or "", reason or ""])
+                e164s.append(e164)
+                reasons.append(reason)
+            tally.count(e164s, reasons)
         distinct = _deduplicate(parts)
         numbers = _numbers(parts)
         shards: list[Shard] = []
@@ -154,16 +151,12 @@ def prepare_audience(
             files.write_csv(path, (files.E164,), ([n] for n in islice(numbers, stop - start)))
             output = str(folder / files.SHARD_OUTPUT.format(i))
             shards.append(Shard(audience=str(path), output=output, storage_conn_id=storage_conn_id))
+    duplicates = tally.inputs - tally.invalid - distinct
     return PreparedRun(
         run_dir=str(folder),
         storage_conn_id=storage_conn_id,
         audience=str(source),
-        counts=Counts(
-            rows=tally.inputs,
-            invalid=tally.invalid,
-            duplicates=tally.inputs - tally.invalid - distinct,
-            distinct=distinct,
-        ),
+        counts=Counts(rows=tally.inputs, invalid=tally.invalid, duplicates=duplicates, distinct=distinct),
         invalid_reasons=dict(tally.reasons.most_common()),
         national=reader.national,
         shards=shards,

@@ -60,9 +60,3 @@ class ChannelResult(TypedDict):
     soip_asked: int
     soip_answered: int
     lists: dict[str, str]
-
-
-class ReportResult(TypedDict):
-    report: str
-    channels: dict[str, int]
-    rcs_share: float

@@ -1,8 +1,6 @@
-"""The preflight report as HTML and Markdown: what a campaign manager reads before sending.
-
-Charts compare like with like: audience *rows* by channel, *distinct numbers* in the rates. A few
-bar charts in hand-written SVG do not earn a chart library. Relative links: the folder can move.
-"""
+"""The preflight report as HTML and Markdown: what a campaign manager reads before sending. Charts
+compare like with like: audience *rows* by channel, *distinct numbers* in the rates. A few bar charts
+in hand-written SVG do not earn a chart library. Relative links: the folder can move."""
 
 from __future__ import annotations
 
@@ -52,16 +50,16 @@ STYLE = (
     "td.ch{font-weight:bold;vertical-align:top;border-left:6px solid var(--c)}svg{max-width:100%;height:auto}"
 )
 _NUMBER = re.compile(r"[\d,.]+%?( / [\d,]+)?|-")  # cells shown right-aligned
+Section = tuple[str, list[str], list[list[str]], str]  # title, table header, table rows, SVG chart or ""
 
 
-def svg_bar_chart(
-    title: str, bars: list[tuple[str, float, str]], unit: str = "", scale_max: float | None = None
-) -> str:
-    """A horizontal bar chart as standalone SVG; ``bars`` are (label, value, colour)."""
+def svg_bar_chart(title: str, bars: list[tuple[str, float, str]], unit: str = "", scale: float = 0) -> str:
+    """A horizontal bar chart as standalone SVG; ``bars`` are (label, value, colour); a full-width bar
+    stands for ``scale`` (default: the largest value)."""
     width, bar_height, gap, label_width, top = 640, 24, 8, 190, 40
     height = top + len(bars) * (bar_height + gap) + 10
     plot = width - label_width - 100
-    peak = scale_max or max((value for _, value, _ in bars), default=0) or 1
+    peak = scale or max((value for _, value, _ in bars), default=0) or 1
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'font-family="sans-serif" font-size="13" role="img" aria-label="{escape(title)}">',
@@ -121,27 +119,17 @@ def _pct(part: float, whole: float) -> str:
 
 def reason_rows(summary: dict[str, Any]) -> list[list[str]]:
     """[channel, why, rows, share of the channel's rows]: every reason under the channel it leads to."""
-    grouped: dict[str, list[tuple[str, int]]] = {c: [] for c in CHANNELS}
-    for code, count in summary["reasons"].items():
-        if code != "invalid":
-            channel, words = REASONS.get(code, ("sms", code))
-            grouped[channel].append((words, count))
-    invalid = summary["invalid_reasons"]
-    grouped[NONE] = [(INVALID_WORDS.get(r, r), n) for r, n in invalid.items()]
+    reasons, invalid = summary["reasons"], summary["invalid_reasons"]
+    found = [(*REASONS.get(code, ("sms", code)), n) for code, n in reasons.items() if code != "invalid"]
+    found += [(NONE, INVALID_WORDS.get(reason, reason), n) for reason, n in invalid.items()]
     if (rest := summary["counts"]["invalid"] - sum(invalid.values())) > 0:
-        grouped[NONE].append(("other reasons (see the invalid rows list)", rest))
+        found.append((NONE, "other reasons (see the invalid rows list)", rest))
+    found.sort(key=lambda row: (CHANNELS.index(row[0]), -row[2]))  # (stable: equal counts keep their order)
     rows = summary["channels"]["rows"]
-    return [
-        [LABELS[c], words, f"{count:,}", _pct(count, rows.get(c, 0))]
-        for c in CHANNELS
-        for words, count in sorted(grouped[c], key=lambda item: -item[1])
-    ]
+    return [[LABELS[c], words, f"{n:,}", _pct(n, rows.get(c, 0))] for c, words, n in found]
 
 
-def _sections(
-    summary: dict[str, Any], history: list[dict[str, Any]]
-) -> Iterable[tuple[str, list[str], list[list[str]], str]]:
-    """(title, table header, table rows, svg chart or "") for both renderings."""
+def _sections(summary: dict[str, Any], history: list[dict[str, Any]]) -> Iterable[Section]:
     counts, api, soip = summary["counts"], summary["api"], summary["soip"]
     rows, numbers = summary["channels"]["rows"], summary["channels"]["numbers"]
 
@@ -196,14 +184,6 @@ def _sections(
     )
 
 
-def headline(summary: dict[str, Any]) -> str:
-    """One sentence: how many rows go where."""
-    rows, total = summary["channels"]["rows"], summary["counts"]["rows"]
-    parts = [f"{rows[c]:,} to {LABELS[c]} ({_pct(rows[c], total)})" for c in CHANNELS if c != NONE]
-    invalid = f"{rows[NONE]:,} are not phone numbers ({_pct(rows[NONE], total)})"
-    return f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
-
-
 def html_page(heading: str, body: Iterable[str]) -> str:
     """A whole page in the report's style (also the runs page's)."""
     head = f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title>"
@@ -230,7 +210,10 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
     """(HTML, Markdown) of a run's summary; ``history`` from ``report.load_history``."""
     # the title names the DAG and when the run finished, not the run id
     heading = f"{summary.get('dag_id') or 'Kaleyra campaign'}: preflight of {when(summary['finished_at'])}"
-    lead = headline(summary)
+    counted, total = summary["channels"]["rows"], summary["counts"]["rows"]
+    parts = [f"{counted[c]:,} to {LABELS[c]} ({_pct(counted[c], total)})" for c in CHANNELS if c != NONE]
+    invalid = f"{counted[NONE]:,} are not phone numbers ({_pct(counted[NONE], total)})"
+    lead = f"Of {total:,} audience rows, " + ", ".join(parts) + f"; {invalid}."
     sub = f"Run {summary['run_id']}, finished {when(summary['finished_at'])}; audience {summary['audience']}."
     html = [f"<p class=sub>{escape(sub)}</p>", f"<p class=lead>{escape(lead)}</p>"]
     md = [f"# {heading}", "", sub, "", lead, ""]
@@ -238,15 +221,10 @@ def render(summary: dict[str, Any], history: list[dict[str, Any]]) -> tuple[str,
         html += [f"<h2>{escape(name)}</h2>" + html_table(header, rows, grouped=header[1] == "why"), chart]
         md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    counted = summary["channels"]["rows"]
-    links = [
-        (FILE_LABELS.get(key, key) + (f", {counted[key]:,} rows" if key in counted else ""), href)
-        for key, href in summary["files"].items()
-    ]
     html.append("<h2>Files</h2><ul>")
-    html += [
-        f'<li><a href="{escape(href)}">{escape(label)}</a> <code>{escape(href)}</code></li>'
-        for label, href in links
-    ]
-    md += ["## Files", "", *(f"- [{label}]({href})" for label, href in links)]
+    md += ["## Files", ""]
+    for key, href in summary["files"].items():
+        label = FILE_LABELS.get(key, key) + (f", {counted[key]:,} rows" if key in counted else "")
+        html.append(f'<li><a href="{escape(href)}">{escape(label)}</a> <code>{escape(href)}</code></li>')
+        md.append(f"- [{label}]({href})")
     return html_page(heading, [*html, "</ul>"]), "\n".join(md) + "\n"

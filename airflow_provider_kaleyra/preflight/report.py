@@ -15,7 +15,7 @@ import attrs
 from airflow.sdk import BaseOperator, BaseOperatorLink, ObjectStoragePath, XComArg, conf
 
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
-from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun, ReportResult
+from airflow_provider_kaleyra.preflight.records import ChannelResult, PreparedRun
 from airflow_provider_kaleyra.preflight.rendering import FILE_LABELS, rcs_share, render
 from airflow_provider_kaleyra.utils.storage import as_path, open_atomic
 
@@ -129,7 +129,7 @@ class KaleyraPreflightReportOperator(BaseOperator):
         self.lookups = lookups
         self.submission = submission
 
-    def execute(self, context: Any) -> ReportResult:
+    def execute(self, context: Any) -> dict[str, Any]:
         storage = self.prepared["storage_conn_id"]
         run_dir = as_path(self.prepared["run_dir"], storage)
         api = {

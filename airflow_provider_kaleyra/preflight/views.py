@@ -1,7 +1,6 @@
 """The preflight's pages on the Airflow API server (plugin, ``/kaleyra-preflight``): a run's report and
 lists, and a DAG's runs. Airflow does not authenticate plugin routes: each checks the user's access to
-the DAG itself. Files are read with the run's connection: users need neither a shell nor the store's keys.
-"""
+the DAG itself. Files are read with the run's connection: users need neither a shell nor the store's keys."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from sqlalchemy import select
 from airflow_provider_kaleyra.preflight import rendering, report
 from airflow_provider_kaleyra.preflight.channels import CHANNELS, LIST_NAMES
 from airflow_provider_kaleyra.preflight.files import safe_name
-from airflow_provider_kaleyra.preflight.report import SERVED_FILES, URL_PREFIX, XCOM_KEY, file_url
+from airflow_provider_kaleyra.preflight.report import file_url
 from airflow_provider_kaleyra.utils.storage import as_path
 
 RUNS_SHOWN = 100
@@ -58,7 +57,7 @@ def _records(dag_id: str, run_id: str | None = None, task_id: str | None = None)
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    query = select(XComModel).where(XComModel.dag_id == dag_id, XComModel.key == XCOM_KEY)
+    query = select(XComModel).where(XComModel.dag_id == dag_id, XComModel.key == report.XCOM_KEY)
     if run_id is not None:
         query = query.where(XComModel.run_id == run_id, XComModel.task_id == task_id)
     with create_session() as session:
@@ -75,7 +74,7 @@ def _chunks(handle: Any) -> Iterator[bytes]:
 @app.get("/runs/{dag_id}/{run_id}/{task_id}/{name}", dependencies=[may_read("TASK_INSTANCE")])
 def run_file(dag_id: str, run_id: str, task_id: str, name: str) -> Any:
     """One file of a run's folder: the report, its Markdown and JSON, or a channel list."""
-    if name not in SERVED_FILES:
+    if name not in report.SERVED_FILES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No such preflight file: {name}")
     if not (found := _records(dag_id, run_id, task_id)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No preflight report was recorded for this task")
@@ -134,11 +133,11 @@ class KaleyraPreflightPlugin(AirflowPlugin):
     """Serves the preflight reports on the API server; adds a "Preflight runs" tab to each DAG."""
 
     name = "kaleyra_preflight"
-    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Kaleyra preflight reports"}]
+    fastapi_apps = [{"app": app, "url_prefix": report.URL_PREFIX, "name": "Kaleyra preflight reports"}]
     external_views = [
         {
             "name": "Preflight runs",
-            "href": f"{URL_PREFIX}/runs/{{DAG_ID}}",
+            "href": f"{report.URL_PREFIX}/runs/{{DAG_ID}}",
             "destination": "dag",
             "url_route": "kaleyra-preflight-runs",
         }
