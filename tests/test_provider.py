@@ -89,37 +89,3 @@ def test_airflow_providers_list_shows_the_package():
     ).stdout
     packages = {p["package_name"] for p in json.loads(out[out.index("[") :])}
     assert "airflow-provider-kaleyra" in packages
-
-
-def test_hook_builds_the_same_form_for_airflow_before_3_2(monkeypatch):
-    """Older Airflow reads the form from the hook's classmethods, with wtforms and FAB widgets."""
-    import types
-
-    from airflow_provider_kaleyra.get_provider_info import UI_FIELD_BEHAVIOUR
-    from airflow_provider_kaleyra.hooks.kaleyra import KaleyraHook
-
-    class Field:
-        def __init__(self, label, widget=None, description=None):
-            self.label, self.widget, self.description = label, widget, description
-
-    wtforms = types.SimpleNamespace(
-        StringField=type("StringField", (Field,), {}), PasswordField=type("PasswordField", (Field,), {})
-    )
-    fieldwidgets = types.SimpleNamespace(
-        BS3TextFieldWidget=lambda: "text", BS3PasswordFieldWidget=lambda: "password"
-    )
-    monkeypatch.setitem(sys.modules, "wtforms", wtforms)
-    monkeypatch.setitem(sys.modules, "flask_appbuilder", types.ModuleType("flask_appbuilder"))
-    monkeypatch.setitem(sys.modules, "flask_appbuilder.fieldwidgets", fieldwidgets)
-
-    widgets = KaleyraHook.get_connection_form_widgets()
-    assert set(widgets) == set(CONN_FIELDS)
-    assert (
-        type(widgets["callback_secret"]).__name__ == "PasswordField"
-        and widgets["callback_secret"].widget == "password"
-    )
-    assert type(widgets["default_region"]).__name__ == "StringField"
-    assert widgets["rate_limit"].label == CONN_FIELDS["rate_limit"]["label"]
-    behaviour = KaleyraHook.get_ui_field_behaviour()
-    assert behaviour["hidden_fields"] == UI_FIELD_BEHAVIOUR["hidden-fields"]
-    assert behaviour["relabeling"]["password"] == "API key"

@@ -264,28 +264,6 @@ class KaleyraHook(BaseHook):
             return True, "Connection to Kaleyra works"
         return False, f"{cfg.rcs_base_url} answered a lookup without a readable rcsEnabled: is it Kaleyra?"
 
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The form for Airflow versions before 3.2, which build it from the hook, not the provider info."""
-        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
-        from wtforms import PasswordField, StringField
-
-        from airflow_provider_kaleyra.get_provider_info import CONN_FIELDS
-
-        kinds = {False: (StringField, BS3TextFieldWidget), True: (PasswordField, BS3PasswordFieldWidget)}
-        widgets: dict[str, Any] = {}
-        for name, spec in CONN_FIELDS.items():
-            field, widget = kinds[spec["schema"].get("format") == "password"]  # secrets: password widgets
-            widgets[name] = field(spec["label"], widget=widget(), description=spec["description"])
-        return widgets
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Hidden fields, labels and placeholders, for Airflow versions before 3.2 (see above)."""
-        from airflow_provider_kaleyra.get_provider_info import UI_FIELD_BEHAVIOUR
-
-        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
-
 
 def _masked(config: KaleyraConfig) -> KaleyraConfig:
     """Hand the connection's secrets (and the passwords in its store URLs), only them, to Airflow's masker."""
