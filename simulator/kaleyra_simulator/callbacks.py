@@ -1,7 +1,6 @@
 """SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request path,
-after the configured delay, with a few retries (later, maybe twice, maybe never). Every body type (JSON, XML,
-form, text), GET with the fields in the query, and every authentication: Basic, one header, or advanced (a
-token fetched with the client ID and secret, kept until it expires, fetched anew if it does or is refused)."""
+after the configured delay, with a few retries (later, maybe twice, maybe never), in every body type and method,
+with every authentication (advanced: a token kept until it expires, fetched anew if it does or is refused)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from airflow_provider_kaleyra.numbers.masking import mask
 from kaleyra_simulator.answers import json_bytes, soip_answer
@@ -26,39 +26,27 @@ log = logging.getLogger(__name__)
 
 DELIVERY_THREADS = 16  # callbacks in flight: enough for the receiver, not the sender, to set the pace
 TIMEOUT = 5.0  # seconds to wait for the receiver or its token URL
-_local = threading.local()
 
 
-def render(
-    payload: dict[str, Any], body_type: str, method: str
-) -> tuple[dict[str, str], bytes, dict[str, str]]:
+def render(payload: dict[str, Any], config: SimulatorConfig) -> tuple[dict[str, str], bytes, dict[str, str]]:
     """(query parameters, body, headers) of one callback."""
     fields = {
         k: "true" if v is True else "false" if v is False else "" if v is None else str(v)
         for k, v in payload.items()
     }
-    if method == "GET":
+    if config.callback_method == "GET":
         return fields, b"", {}
-    if body_type == "form":
+    if config.callback_body == "form":
         form = urllib.parse.urlencode(fields).encode()
         return {}, form, {"Content-Type": "application/x-www-form-urlencoded"}
-    if body_type == "xml":
+    if config.callback_body == "xml":
         inner = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields.items())
         body = f'<?xml version="1.0" encoding="UTF-8"?><callback>{inner}</callback>'
         return {}, body.encode(), {"Content-Type": "application/xml"}
-    if body_type == "text":
+    if config.callback_body == "text":
         body = "\n".join(f"{k}={v}" for k, v in fields.items())
         return {}, body.encode(), {"Content-Type": "text/plain; charset=utf-8"}
     return {}, json_bytes(payload), {"Content-Type": "application/json"}
-
-
-def _session() -> requests.Session:
-    """This delivery thread's keep-alive connection (a new one per callback cost more than the receiver)."""
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = requests.Session()
-        session.trust_env = False  # callbacks go to 127.0.0.1: no proxy from the environment
-    return session
 
 
 class CallbackDispatcher:
@@ -67,6 +55,10 @@ class CallbackDispatcher:
     def __init__(self, count: Callable[..., None]) -> None:
         self._count = count
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="kaleyra-sim-callback")
+        # keep-alive connections, one per thread (a new one per callback cost more than the receiver)
+        self._session = requests.Session()
+        self._session.mount("http://", HTTPAdapter(pool_maxsize=DELIVERY_THREADS))
+        self._session.trust_env = False  # callbacks go to 127.0.0.1: no proxy from the environment
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self.pending = 0
@@ -119,13 +111,13 @@ class CallbackDispatcher:
 
     def _send(self, payload: dict[str, Any], config: SimulatorConfig) -> str:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
-        params, body, headers = render(payload, config.callback_body, config.callback_method)
-        auth, session, url = config.callback_auth, _session(), config.callback_url or ""
+        params, body, headers = render(payload, config)
+        auth, session, url = config.callback_auth, self._session, config.callback_url or ""
         kind = auth.kind if auth else None
         tokens_at = config.callback_token_url or urllib.parse.urljoin(url, "token")  # beside .../callback
         try:
             if kind == "advanced":
-                headers["Authorization"] = f"Bearer {self._token(session, tokens_at, auth)}"
+                headers["Authorization"] = f"Bearer {self._token(tokens_at, auth)}"
             elif kind == "header":
                 headers[auth.name] = auth.value
             basic = (auth.name, auth.value) if kind == "basic" else None
@@ -148,7 +140,7 @@ class CallbackDispatcher:
             return "failed"
         return "retry"
 
-    def _token(self, session: requests.Session, url: str, auth: CallbackAuth) -> str:
+    def _token(self, url: str, auth: CallbackAuth) -> str:
         """The client's token from ``url``, fetched (and counted) when there is none or it expired."""
         with self._tokens_lock:
             token, deadline = self._tokens.get((url, auth.name), ("", 0.0))
@@ -156,7 +148,7 @@ class CallbackDispatcher:
                 return token
             creds, pair = {"client_id": auth.name, "client_secret": auth.value}, (auth.name, auth.value)
             sent = {"json": {"json": creds}, "form": {"data": creds}, "basic": {"auth": pair}}
-            response = session.post(url, timeout=TIMEOUT, **sent[auth.token_request])
+            response = self._session.post(url, timeout=TIMEOUT, **sent[auth.token_request])
             response.raise_for_status()
             answer = response.json()
             token = str(answer["access_token"])
