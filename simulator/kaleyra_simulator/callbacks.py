@@ -1,6 +1,6 @@
 """SOIP callbacks as a Kaleyra callback profile sends them: one per number of a check, off the request path,
-after the configured delay, with a few retries (later, maybe twice, maybe never), in every body type and method,
-with every authentication (advanced: a token kept until it expires, fetched anew if it does or is refused)."""
+after the configured delay, with a few retries (later, maybe twice, maybe never), in every body type, method
+and authentication (advanced: a token kept until it expires, fetched anew if it does or is refused)."""
 
 from __future__ import annotations
 

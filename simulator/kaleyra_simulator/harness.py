@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +93,10 @@ def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the server exited at start")
-        try:
+        with suppress(requests.RequestException):
             healthy = requests.get(f"http://127.0.0.1:{port}/kaleyra/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            healthy = False
-        if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
-            return
+            if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
+                return
         time.sleep(0.1)
     raise RuntimeError("the server did not start")
 
@@ -111,9 +109,8 @@ def start_receiver(
     capture: bool = False,
     client: tuple[str, str] | None = None,
 ) -> tuple[subprocess.Popen, int]:
-    """The standalone receiver (``python -m airflow_provider_kaleyra.callbacks``, real uvicorn) on a
-    free port, expecting ``secret`` (and advanced auth with ``client``, an ID and a secret); returns
-    once it is healthy. ``capture``: its output goes to ``proc.stdout``, else nowhere."""
+    """The standalone receiver (real uvicorn) on a free port, expecting ``secret`` (and advanced auth with
+    ``client``, an ID and a secret), once healthy. ``capture``: its output goes to ``proc.stdout``."""
     port = free_port()
     command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--store-url", store_url, "--secret-env", "KALEYRA_HARNESS_SECRET"]
@@ -122,12 +119,8 @@ def start_receiver(
     if client is not None:
         command += ["--client-id", client[0], "--client-secret-env", "KALEYRA_HARNESS_CLIENT_SECRET"]
         env["KALEYRA_HARNESS_CLIENT_SECRET"] = client[1]
-    proc = subprocess.Popen(
-        [sys.executable, *command],
-        env=env,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
-    )
+    out, err = (subprocess.PIPE, subprocess.STDOUT) if capture else (subprocess.DEVNULL, subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *command], env=env, stdout=out, stderr=err)
     try:
         wait_for_health(port, proc, workers)
     except RuntimeError:
