@@ -153,5 +153,5 @@ class CallbackDispatcher:
             answer = response.json()
             token = str(answer["access_token"])
             self._tokens[(url, auth.name)] = (token, time.monotonic() + float(answer.get("expires_in") or 60))
-            self._count("tokens")
+            self._count("callback_tokens")
             return token

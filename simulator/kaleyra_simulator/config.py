@@ -13,8 +13,7 @@ DEFAULT_API_KEY = "test-api-key-0123456789"
 
 @dataclass(frozen=True)
 class CallbackAuth:
-    """How SOIP callbacks authenticate, as a Kaleyra callback profile allows: HTTP Basic, one extra
-    header, or advanced (a token fetched with a client ID and secret, sent as ``Bearer``)."""
+    """How SOIP callbacks authenticate, as a Kaleyra callback profile allows (advanced: ``Bearer`` token)."""
 
     kind: str  # "basic", "header" or "advanced"
     name: str  # user name, header name, or client ID

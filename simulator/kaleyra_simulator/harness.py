@@ -1,6 +1,5 @@
-"""Process plumbing shared by the tests, the benchmarks and the demo: a free port, an ASGI app served
-in a thread, the simulator and the callback receiver as child processes (as the real API and a real
-receiver run: they do not share the caller's GIL), and a process's peak RSS."""
+"""Process plumbing of the tests, benchmarks and demo: a free port, an ASGI app in a thread, the simulator
+and the receiver as child processes (as the real ones run: not on the caller's GIL), a peak RSS."""
 
 from __future__ import annotations
 

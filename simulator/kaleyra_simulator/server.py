@@ -1,6 +1,5 @@
-"""A local, deterministic stand-in for the Kaleyra RCS and SOIP APIs: the HTTP plumbing, the counters and
-:class:`KaleyraSimulator` (what each request is answered is :mod:`.answers`). Why: the provider must be
-tested and benchmarked over real HTTP (pooling, throttling, failures) without touching Kaleyra."""
+"""HTTP plumbing, counters and :class:`KaleyraSimulator` (what a request is answered: :mod:`.answers`): the
+provider is tested and benchmarked over real HTTP (pooling, throttling, failures) without Kaleyra."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.rfile.read(length) if length > 0 else b""
         chunks, total = [], 0
         while size := int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16):
-            total += size
-            if total > MAX_BODY:
+            if (total := total + size) > MAX_BODY:
                 raise ValueError("body too large")
             chunks.append(self.rfile.read(size))
             self.rfile.readline(1024)
@@ -84,8 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class KaleyraSimulator(ThreadingHTTPServer):
     """A simulator on 127.0.0.1 (bound at creation): ``with KaleyraSimulator(SimulatorConfig()) as sim:
-    requests.get(sim.url + ...)``. :meth:`configure` changes its ``config`` (and renews the rate limit and
-    the fault seed)."""
+    requests.get(sim.url + ...)``; :meth:`configure` changes its ``config`` while it runs."""
 
     request_queue_size = 512  # the default 5 drops SYNs when a client pool opens many connections at once
 
@@ -102,10 +99,9 @@ class KaleyraSimulator(ThreadingHTTPServer):
 
     def start(self) -> KaleyraSimulator:
         """Serve from a background thread."""
-        if not self._serving:
-            self._serving = True
-            threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
-            log.info("Kaleyra simulator listening on %s", self.url)
+        self._serving = True
+        threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
+        log.info("Kaleyra simulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
@@ -173,15 +169,12 @@ class KaleyraSimulator(ThreadingHTTPServer):
             return {**dict.fromkeys(keys, 0), **counted}
 
         return {
-            "connections": c.get("connections", 0),
+            **{k: c.get(k, 0) for k in ("connections", "rate_limited", "auth_failures", "callback_tokens")},
             "requests": group("req.", "rcs_single", "rcs_bulk", "soip_check", "sim", "unknown"),
             "responses": group("status."),
-            "rate_limited": c.get("rate_limited", 0),
-            "auth_failures": c.get("auth_failures", 0),
             "faults": group("fault.", *FAULT_KINDS),
             "numbers_looked_up": group("numbers.", "rcs", "soip"),
             "callbacks": {**group("cb.", "sent", "failed", "retried"), "pending": self._callbacks.pending},
-            "callback_tokens": c.get("tokens", 0),
         }
 
     def reset_stats(self) -> None:
