@@ -70,11 +70,11 @@ class CallbackDispatcher:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         common = {"callback_profile_id": profile, "request_id": uuid.uuid4().hex, "timestamp": stamp}
         due = time.monotonic() + config.callback_delay
-        copies = 2 if config.callback_duplicates else 1
-        step = config.callback_spread / (len(numbers) * copies)
+        numbers = numbers * (2 if config.callback_duplicates else 1)
+        step = config.callback_spread / len(numbers)
         with self._idle:
-            self.pending += len(numbers) * copies
-        for i, digits in enumerate(numbers * copies):
+            self.pending += len(numbers)
+        for i, digits in enumerate(numbers):
             capable = soip_answer(digits)
             status = "capable" if capable else "not_capable"
             payload = {"number": digits, "soip_capable": capable, "status": status, **common}

@@ -143,7 +143,7 @@ class KaleyraSimulator(ThreadingHTTPServer):
         sid, key = self.config.sid, self.config.api_key
         return json.dumps(simulator_connection(self.url, sid=sid, api_key=key, **extra))
 
-    def configure(self, **changes: Any) -> SimulatorConfig:
+    def configure(self, **changes: Any) -> None:
         """Change knobs at runtime (the port excluded); new requests see the new config."""
         if "port" in changes:
             raise ValueError("the port cannot change while running")
@@ -153,7 +153,6 @@ class KaleyraSimulator(ThreadingHTTPServer):
                 self._bucket = TokenBucket(self.config.rate_limit)
             if "seed" in changes:
                 self._rng.seed(self.config.seed)
-        return self.config
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
