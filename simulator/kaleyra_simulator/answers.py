@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from email.message import Message
 from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -127,9 +127,7 @@ _ROUTES = (  # endpoint, path (api.py's templates: never re-typed here), the one
 )
 
 
-def answer(
-    sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, str], body: bytes
-) -> Reply | None:
+def answer(sim: KaleyraSimulator, method: str, path: str, headers: Message, body: bytes) -> Reply | None:
     """Route one request; None when the reset fault drops the connection."""
     config = sim.config  # one consistent snapshot for the whole request
     if path.startswith("/_sim/"):

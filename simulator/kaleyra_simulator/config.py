@@ -62,9 +62,7 @@ class SimulatorConfig:
     seed: int | None = _knob(None, "seed of the fault RNG")
     # behaviour
     rcs_disabled: bool = _knob(False, "answer 401 to every RCS lookup")
-    bulk_invalid: str = _knob(
-        "reject", "non-E.164 bulk entries: 400 naming them, or drop", choices=("reject", "drop")
-    )
+    bulk_invalid: str = _knob("reject", "non-E.164 bulk entries: a 400, or drop", choices=("reject", "drop"))
     # SOIP callbacks
     callback_url: str | None = _knob(None, "where SOIP callbacks are POSTed (none: no callbacks)")
     callback_delay: float = _knob(0.0, "seconds between a SOIP check and its callbacks")

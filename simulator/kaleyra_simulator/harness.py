@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,15 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class SimulatorProcess:
-    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
+class SimulatorProcess(subprocess.Popen):
+    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim; the end of
+    a ``with`` block (or :func:`stop`) stops it."""
 
     def __init__(self, **config: Any) -> None:
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items() if value is not None]
         command = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING", *flags]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        super().__init__(command, stdout=subprocess.PIPE, text=True)
+        self.url = self.stdout.readline().strip()  # type: ignore[union-attr]
         if not self.url.startswith("http"):
             raise RuntimeError("the simulator did not start")
 
@@ -77,17 +78,12 @@ class SimulatorProcess:
     def stats(self) -> dict[str, Any]:
         return requests.get(f"{self.url}/_sim/stats", timeout=10).json()
 
-    def close(self) -> None:
-        stop(self.proc)
-
-
-def simulator_process(**config: Any) -> closing[SimulatorProcess]:
-    """``with simulator_process(**config) as sim``: stopped at the end of the block."""
-    return closing(SimulatorProcess(**config))
+    def __exit__(self, *exc: object) -> None:
+        stop(self)
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
-    """Returns once the server of ``proc`` answers ``/kaleyra/health`` and its ``workers`` run."""
+    """Returns once the server of ``proc`` answers ``/kaleyra/health``, its ``workers`` up; else stops it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -97,6 +93,7 @@ def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout
             if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
                 return
         time.sleep(0.1)
+    stop(proc)
     raise RuntimeError("the server did not start")
 
 
@@ -111,20 +108,15 @@ def start_receiver(
     """The standalone receiver (real uvicorn) on a free port, expecting ``secret`` (and advanced auth with
     ``client``, an ID and a secret), once healthy. ``capture``: its output goes to ``proc.stdout``."""
     port = free_port()
-    command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--store-url", store_url, "--secret-env", "KALEYRA_HARNESS_SECRET"]
-    command += ["--log-level", "warning", "--workers", str(workers)]
+    command = ["-m", "airflow_provider_kaleyra.callbacks", "--port", str(port), "--store-url", store_url]
+    command += ["--secret-env", "KALEYRA_HARNESS_SECRET", "--log-level", "warning", "--workers", str(workers)]
     env = {**os.environ, "KALEYRA_HARNESS_SECRET": secret}
     if client is not None:
         command += ["--client-id", client[0], "--client-secret-env", "KALEYRA_HARNESS_CLIENT_SECRET"]
         env["KALEYRA_HARNESS_CLIENT_SECRET"] = client[1]
     out, err = (subprocess.PIPE, subprocess.STDOUT) if capture else (subprocess.DEVNULL, subprocess.DEVNULL)
     proc = subprocess.Popen([sys.executable, *command], env=env, stdout=out, stderr=err)
-    try:
-        wait_for_health(port, proc, workers)
-    except RuntimeError:
-        stop(proc)
-        raise
+    wait_for_health(port, proc, workers)
     return proc, port
 
 

@@ -1,7 +1,7 @@
 """The simulator's HTTP both ways, so the provider is tested and benchmarked over real HTTP (pooling,
 throttling, failures) without Kaleyra: requests in (:class:`KaleyraSimulator`, counters; the answers are
 :mod:`.answers`) and SOIP callbacks out as a Kaleyra profile sends them (per number, after the delay, a few
-retries; every body type, method and authentication; an advanced token kept until it expires or is refused)."""
+retries; every body type, method and authentication; an advanced token kept till it expires or is refused)."""
 
 from __future__ import annotations
 
@@ -202,10 +202,7 @@ class KaleyraSimulator(ThreadingHTTPServer):
 
 def render(payload: dict[str, Any], config: SimulatorConfig) -> tuple[dict[str, str], bytes, dict[str, str]]:
     """(query parameters, body, headers) of one callback."""
-    fields = {
-        k: "true" if v is True else "false" if v is False else "" if v is None else str(v)
-        for k, v in payload.items()
-    }
+    fields = {k: str(v).lower() if isinstance(v, bool) else str(v or "") for k, v in payload.items()}
     if config.callback_method == "GET":
         return fields, b"", {}
     if config.callback_body == "form":
