@@ -224,7 +224,7 @@ class CallbackDispatcher:
     def __init__(self, count: Callable[..., None]) -> None:
         self._count = count
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="kaleyra-sim-callback")
-        # keep-alive connections, one per thread (a new one per callback cost more than the receiver)
+        # keep-alive connections, up to one per thread (a new one per callback cost more than the receiver)
         self._session = requests.Session()
         self._session.mount("http://", HTTPAdapter(pool_maxsize=DELIVERY_THREADS))
         self._session.trust_env = False  # callbacks go to 127.0.0.1: no proxy from the environment
@@ -281,7 +281,7 @@ class CallbackDispatcher:
     def _send(self, payload: dict[str, Any], config: SimulatorConfig) -> str:
         """``sent``, ``retry``, or ``failed`` (a 4xx other than 408/429: retrying will not help)."""
         params, body, headers = render(payload, config)
-        auth, session, url = config.callback_auth, self._session, config.callback_url or ""
+        auth, url = config.callback_auth, config.callback_url or ""
         kind = auth.kind if auth else None
         tokens_at = config.callback_token_url or urllib.parse.urljoin(url, "token")  # beside .../callback
         try:
@@ -291,7 +291,7 @@ class CallbackDispatcher:
                 headers[auth.name] = auth.value
             basic = (auth.name, auth.value) if kind == "basic" else None
             method = config.callback_method
-            response = session.request(
+            response = self._session.request(
                 method, url, params=params, data=body, headers=headers, auth=basic, timeout=TIMEOUT
             )
             response.close()
