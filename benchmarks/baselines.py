@@ -23,7 +23,7 @@ from common import (
 from inputs import valid_e164_numbers
 
 from kaleyra_simulator.config import DEFAULT_API_KEY, DEFAULT_SID
-from kaleyra_simulator.harness import simulator_process
+from kaleyra_simulator.harness import SimulatorProcess
 
 
 def single_lookup_loop(url: str, numbers: list[str]) -> tuple[float, int, int]:
@@ -87,7 +87,7 @@ def bench_baselines(quick: bool, runs: int) -> list[Row]:
     count, single_count = (10_000, 50) if quick else (50_000, 200)
     numbers = valid_e164_numbers(count, seed=23)
     rows = []
-    with simulator_process(latency=LATENCY) as sim:
+    with SimulatorProcess(latency=LATENCY) as sim:
         warm_simulator(sim, numbers)
         sim.configure(latency=LATENCY, rate_limit=rate)
         set_connection(sim.url, rate_limit=rate, max_concurrency=concurrency_for(rate))

@@ -37,7 +37,7 @@ from common import (
 )
 from inputs import valid_e164_numbers
 
-from kaleyra_simulator.harness import peak_rss_mib, simulator_process
+from kaleyra_simulator.harness import SimulatorProcess, peak_rss_mib
 
 NEW_SHARE = 0.02
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.dispose()
         else:
             cache_url = f"sqlite:///{os.path.join(tmp, 'cache.db')}"
-        with simulator_process(latency=LATENCY, rate_limit=args.rate) as sim:
+        with SimulatorProcess(latency=LATENCY, rate_limit=args.rate) as sim:
             set_connection(sim.url, rate_limit=args.rate, cache_url=cache_url)  # concurrency: its default
             results = {}
             for mode, audience in (("off", day1), ("day1", day1), ("day2", day2)):

@@ -16,7 +16,7 @@ from common import (
 )
 from inputs import valid_e164_numbers
 
-from kaleyra_simulator.harness import simulator_process
+from kaleyra_simulator.harness import SimulatorProcess
 
 
 def bench_goodput(quick: bool, runs: int) -> list[Row]:
@@ -27,7 +27,7 @@ def bench_goodput(quick: bool, runs: int) -> list[Row]:
     )
     rows = []
     audience = valid_e164_numbers(max(n for _, n in cases))
-    with simulator_process(latency=LATENCY) as sim:
+    with SimulatorProcess(latency=LATENCY) as sim:
         warm_simulator(sim, audience)
         for rate, count in cases:
             numbers = audience[:count]

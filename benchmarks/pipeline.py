@@ -30,7 +30,7 @@ from airflow_provider_kaleyra.numbers.normalize import normalize, normalize_bloc
 from airflow_provider_kaleyra.rcs.answers import Answer, AnsweredRows, shared
 from airflow_provider_kaleyra.rcs.outputs import write_results
 from airflow_provider_kaleyra.utils.storage import as_path
-from kaleyra_simulator.harness import simulator_process
+from kaleyra_simulator.harness import SimulatorProcess
 
 REGION = "US"  # the connection's default_region: the messy audience's national forms are US ones
 
@@ -98,7 +98,7 @@ def bench_pipeline(quick: bool, runs: int) -> list[Row]:
     numbers = valid_e164_numbers(max(n for _, n in cases))
     audiences = {"clean": numbers, "messy": messy_audience(numbers)}
     with (
-        simulator_process(latency=LATENCY) as sim,
+        SimulatorProcess(latency=LATENCY) as sim,
         tempfile.TemporaryDirectory(prefix="kaleyra-goodput-") as tmp,
     ):
         warm_simulator(sim, numbers)

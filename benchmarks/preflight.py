@@ -205,7 +205,7 @@ def main() -> int:
                 runs[name] = preflight(audience, run_dir, soip, sim)
                 runs[name]["wrong"] = check(audience, run_dir, soip)
         finally:
-            sim.close()
+            stop(sim)
             stop(receiver)
     print(f"\nCampaign preflight of {options.rows:,} rows (simulator without latency, rate limit off)\n")
     print("| task | RCS only: s | RCS only: peak RSS MiB | RCS + SOIP: s | RCS + SOIP: peak RSS MiB |")

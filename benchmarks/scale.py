@@ -17,7 +17,7 @@ from typing import Any
 from common import CONN_ID, Row, log, median, row, set_connection
 from inputs import audience_lines
 
-from kaleyra_simulator.harness import SimulatorProcess, peak_rss_mib, simulator_process
+from kaleyra_simulator.harness import SimulatorProcess, peak_rss_mib
 
 SCALE_ROWS = 1_000_000  # run.py --scale-rows changes it (the 10,000,000-row plan in README.md)
 
@@ -93,7 +93,7 @@ def bench_scale(quick: bool, runs: int, rows: int = SCALE_ROWS) -> list[Row]:
             for line in audience_lines(count):
                 stream.write(line.replace("\n", " ") + "\n")
         rows = []
-        with simulator_process() as sim:
+        with SimulatorProcess() as sim:
             # the connection's default concurrency (max_concurrency is only a cap); no rate limit
             set_connection(sim.url, rate_limit=0, default_region="IN")
             results: dict[str, list[dict[str, Any]]] = {"operator": [], "memory": []}

@@ -12,7 +12,7 @@ from pathlib import Path
 from callbacks import clear_store
 from common import CONN_ID, Row, log, row, set_connection
 
-from kaleyra_simulator.harness import simulator_process, start_receiver, stop
+from kaleyra_simulator.harness import SimulatorProcess, start_receiver, stop
 
 
 def bench_soip(quick: bool, runs: int) -> list[Row]:
@@ -33,7 +33,7 @@ def bench_soip(quick: bool, runs: int) -> list[Row]:
         audience.write_text("".join(f"+9198{i:08d}\n" for i in range(count)))
         receiver, port = start_receiver(url, secret)
         try:
-            with simulator_process(
+            with SimulatorProcess(
                 callback_url=f"http://127.0.0.1:{port}/kaleyra/soip/callback",
                 callback_auth=f"header:X-Kaleyra-Secret:{secret}",
             ) as sim:

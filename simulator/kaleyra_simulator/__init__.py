@@ -1,7 +1,5 @@
-"""A local Kaleyra API simulator (RCS lookups and SOIP capability checks) for tests and benchmarks:
-``with KaleyraSimulator(SimulatorConfig(rate_limit=50)) as sim: sim.connection_json(default_region="US")``.
-Expected answers come from the pure functions :func:`rcs_answer` and :func:`soip_answer`. Processes for
-tests and benchmarks (the simulator, the receiver, an ASGI app in a thread): :mod:`.harness`."""
+"""A local Kaleyra API for tests and benchmarks: ``with KaleyraSimulator(SimulatorConfig()) as sim: ...``;
+expected answers from :func:`rcs_answer` and :func:`soip_answer`; child processes in :mod:`.harness`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``kaleyra-simulator`` / ``python -m kaleyra_simulator``: serve until SIGINT/SIGTERM."""
+"""``kaleyra-simulator`` / ``python -m kaleyra_simulator``: prints its URL, serves until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from kaleyra_simulator.server import KaleyraSimulator
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the simulator, print its URL on stdout, and serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser("kaleyra-simulator", description="A local Kaleyra RCS and SOIP API.")
     add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from email.message import Message
 from functools import lru_cache
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,8 @@ from kaleyra_simulator.config import SimulatorConfig
 if TYPE_CHECKING:
     from kaleyra_simulator.server import KaleyraSimulator
 
-Reply = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]  # status, body (JSON), extra headers
+Answer = tuple[int, bytes]  # status, body (JSON)
+Reply = Answer | tuple[int, bytes, dict[str, str]]  # and extra headers
 
 # Cheap shape check only: full validation is the client's job, and parsing would cap the throughput.
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -42,18 +43,13 @@ def _digest(digits: str, person: bytes) -> int:
 
 def rcs_answer(e164: str) -> dict[str, Any]:
     """The device record of a number, as in a bulk answer (the single lookup drops the ``+``)."""
-    digits = e164.strip().lstrip("+")
-    h = _digest(digits, b"kaleyra-rcs")
+    number = "+" + e164.strip().lstrip("+")
+    h = _digest(number[1:], b"kaleyra-rcs")
     carrier, bucket = CARRIERS[h % len(CARRIERS)], (h >> 8) % 100
     status = "ACTIVE" if bucket < 80 else "INACTIVE" if bucket < 90 else "UNKNOWN"
     # Only active lines can be RCS-enabled: 80% active x 75% = ~60% enabled overall.
     enabled = status == "ACTIVE" and (h >> 16) % 100 < 75
-    return {
-        "deviceAddress": "+" + digits,
-        "carrierId": carrier,
-        "carrierStatus": status,
-        "rcsEnabled": enabled,
-    }
+    return {"deviceAddress": number, "carrierId": carrier, "carrierStatus": status, "rcsEnabled": enabled}
 
 
 def soip_answer(e164: str) -> bool:
@@ -75,7 +71,7 @@ def json_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -> tuple[int, bytes]:
+def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -> Answer:
     """An RCS error body: numeric ``code`` (the HTTP status)."""
     body = {"code": status, "message": message, "data": {}}
     return status, json_bytes({**body, "error": detail or {"message": message}})
@@ -83,7 +79,7 @@ def rcs_error(status: int, message: str, detail: dict[str, Any] | None = None) -
 
 def str_error(
     status: int, code: str, message: str, detail: dict[str, Any] | None = None, data: Any = None
-) -> tuple[int, bytes]:
+) -> Answer:
     """A SOIP or simulator error body: string ``code``, since Kaleyra uses both forms."""
     body = {"code": code, "message": message, "data": [] if data is None else data}
     return status, json_bytes({**body, "error": detail or {"error": message}})
@@ -131,9 +127,7 @@ _ROUTES = (  # endpoint, path (api.py's templates: never re-typed here), the one
 )
 
 
-def answer(
-    sim: KaleyraSimulator, method: str, path: str, headers: Mapping[str, str], body: bytes
-) -> Reply | None:
+def answer(sim: KaleyraSimulator, method: str, path: str, headers: Message, body: bytes) -> Reply | None:
     """Route one request; None when the reset fault drops the connection."""
     config = sim.config  # one consistent snapshot for the whole request
     if path.startswith("/_sim/"):
@@ -165,9 +159,10 @@ def answer(
         return rcs_error(status, message) if is_rcs else str_error(status, str(status), message)
     if "slow" in faults:
         time.sleep(config.slow_seconds)
-    error = _check_auth(sim, config, headers, match.group("sid"), is_rcs)
-    if error is not None:
-        status, payload = error
+    problem = _auth_problem(config, headers.get(api.API_KEY_HEADER), match.group("sid"), is_rcs)
+    if problem:
+        sim._count("auth_failures")
+        status, payload = rcs_error(401, problem) if is_rcs else str_error(401, "RBC201", problem)
     elif endpoint == "rcs_single":
         status, payload = _rcs_single(sim, match.group("number"))
     elif endpoint == "rcs_bulk":
@@ -181,36 +176,27 @@ def answer(
     return status, payload
 
 
-def _check_auth(
-    sim: KaleyraSimulator, config: SimulatorConfig, headers: Mapping[str, str], sid: str, is_rcs: bool
-) -> tuple[int, bytes] | None:
-    key = headers.get(api.API_KEY_HEADER)
+def _auth_problem(config: SimulatorConfig, key: str | None, sid: str, is_rcs: bool) -> str | None:
     if not key or not hmac.compare_digest(key.encode(), config.api_key.encode()):
-        problem = "Invalid or missing API key"
-    elif urllib.parse.unquote(sid) != config.sid:
-        problem = "Unknown account SID"
-    elif is_rcs and config.rcs_disabled:
-        problem = "RCS channel is not configured for this account"
-    else:
-        return None
-    sim._count("auth_failures")
-    return rcs_error(401, problem) if is_rcs else str_error(401, "RBC201", problem)
+        return "Invalid or missing API key"
+    if urllib.parse.unquote(sid) != config.sid:
+        return "Unknown account SID"
+    if is_rcs and config.rcs_disabled:
+        return "RCS channel is not configured for this account"
+    return None
 
 
-def _rcs_single(sim: KaleyraSimulator, raw: str) -> tuple[int, bytes]:
+def _rcs_single(sim: KaleyraSimulator, raw: str) -> Answer:
     number = urllib.parse.unquote(raw)
     if not E164_RE.match(number):
         return rcs_error(400, "Invalid device address", {"deviceAddress": "must be E.164 with a leading +"})
-    device = rcs_answer(number)
-    device["deviceAddress"] = device["deviceAddress"][1:]  # Kaleyra's single sample drops the +
+    device = {**rcs_answer(number), "deviceAddress": number[1:]}  # Kaleyra's single sample drops the +
     sim._count("numbers.rcs")
     found = {"code": "RCS702", "message": "Device Lookup successful", "data": device, "error": {}}
     return 200, json_bytes(found)
 
 
-def _rcs_bulk(
-    sim: KaleyraSimulator, config: SimulatorConfig, body: bytes, bulk_faults: bool = True
-) -> tuple[int, bytes]:
+def _rcs_bulk(sim: KaleyraSimulator, config: SimulatorConfig, body: bytes, bulk_faults: bool) -> Answer:
     try:
         request = json.loads(body)
     except ValueError:
@@ -227,15 +213,12 @@ def _rcs_bulk(
         elif address not in unique:
             unique[address] = fragment
     if invalid and config.bulk_invalid == "reject":
-        return rcs_error(
-            400, "Invalid device addresses", {"invalid": invalid[:20], "invalid_count": len(invalid)}
-        )
+        detail = {"invalid": invalid[:20], "invalid_count": len(invalid)}
+        return rcs_error(400, "Invalid device addresses", detail)
     if not api.BULK_MIN <= len(unique) <= api.BULK_MAX:
-        return rcs_error(
-            400,
-            f"deviceAddresses must hold {api.BULK_MIN} to {api.BULK_MAX} distinct valid E.164 numbers",
-            {"count": len(unique), "min": api.BULK_MIN, "max": api.BULK_MAX},
-        )
+        detail = {"count": len(unique), "min": api.BULK_MIN, "max": api.BULK_MAX}
+        rule = f"deviceAddresses must hold {api.BULK_MIN} to {api.BULK_MAX} distinct valid E.164 numbers"
+        return rcs_error(400, rule, detail)
     fragments = list(unique.values())
     sim._count("numbers.rcs", len(fragments))
     rng = sim._rng
@@ -250,9 +233,7 @@ def _rcs_bulk(
     return 200, ('{"devices":[' + ",".join(fragments) + "]}").encode()
 
 
-def _soip(
-    sim: KaleyraSimulator, config: SimulatorConfig, content_type: str, body: bytes
-) -> tuple[int, bytes]:
+def _soip(sim: KaleyraSimulator, config: SimulatorConfig, content_type: str, body: bytes) -> Answer:
     """Numbers as digits, de-duplicated. Tolerant on purpose: Kaleyra's own sample sends JSON-looking text
     as form data."""
     text = body.decode("utf-8", errors="replace").strip()
@@ -282,11 +263,11 @@ def _soip(
     return 202, json_bytes(accepted)
 
 
-def _soip_bad(reason: str) -> tuple[int, bytes]:
+def _soip_bad(reason: str) -> Answer:
     return str_error(400, "RBC529", "Invalid input or validation error!", {"error": reason})
 
 
-def _control(sim: KaleyraSimulator, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+def _control(sim: KaleyraSimulator, method: str, path: str, body: bytes) -> Answer:
     if path == "/_sim/stats" and method == "GET":
         return 200, json_bytes(sim.stats())
     if path == "/_sim/reset" and method == "POST":

@@ -4,8 +4,7 @@ a value and the Airflow connection that points at a simulator derive from it."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_SID = "AC-TEST-SID"
@@ -14,8 +13,7 @@ DEFAULT_API_KEY = "test-api-key-0123456789"
 
 @dataclass(frozen=True)
 class CallbackAuth:
-    """How SOIP callbacks authenticate, as a Kaleyra callback profile allows: HTTP Basic, one extra
-    header, or advanced (a token fetched with a client ID and secret, sent as ``Bearer``)."""
+    """How SOIP callbacks authenticate, as a Kaleyra callback profile allows (advanced: ``Bearer`` token)."""
 
     kind: str  # "basic", "header" or "advanced"
     name: str  # user name, header name, or client ID
@@ -64,9 +62,7 @@ class SimulatorConfig:
     seed: int | None = _knob(None, "seed of the fault RNG")
     # behaviour
     rcs_disabled: bool = _knob(False, "answer 401 to every RCS lookup")
-    bulk_invalid: str = _knob(
-        "reject", "non-E.164 bulk entries: 400 naming them, or drop", choices=("reject", "drop")
-    )
+    bulk_invalid: str = _knob("reject", "non-E.164 bulk entries: a 400, or drop", choices=("reject", "drop"))
     # SOIP callbacks
     callback_url: str | None = _knob(None, "where SOIP callbacks are POSTed (none: no callbacks)")
     callback_delay: float = _knob(0.0, "seconds between a SOIP check and its callbacks")
@@ -84,7 +80,7 @@ class SimulatorConfig:
         if isinstance(self.callback_auth, str):  # as /_sim/config and the CLI give it
             object.__setattr__(self, "callback_auth", CallbackAuth.parse(self.callback_auth))
         object.__setattr__(self, "callback_method", self.callback_method.upper())
-        for f in dataclasses.fields(self):
+        for f in fields(self):
             value, choices = getattr(self, f.name), f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
@@ -96,10 +92,10 @@ class SimulatorConfig:
     def public(self) -> dict[str, Any]:
         """The config as JSON-friendly data, secrets masked (for ``GET /_sim/config``)."""
         auth = self.callback_auth and {"kind": self.callback_auth.kind, "name": self.callback_auth.name}
-        return {**dataclasses.asdict(self), "api_key": "***", "callback_auth": auth}
+        return {**asdict(self), "api_key": "***", "callback_auth": auth}
 
 
-FAULT_KINDS = tuple(f.name for f in dataclasses.fields(SimulatorConfig) if f.metadata.get("fault"))
+FAULT_KINDS = tuple(f.name for f in fields(SimulatorConfig) if f.metadata.get("fault"))
 
 
 def simulator_connection(
@@ -107,25 +103,19 @@ def simulator_connection(
 ) -> dict[str, Any]:
     """An Airflow ``kaleyra`` connection (JSON form) whose RCS and SOIP base URLs are ``url``, with ``extra``
     extras (``default_region``, ...): the one place tests, benchmarks and examples build it."""
-    return {
-        "conn_type": "kaleyra",
-        "login": sid,
-        "password": api_key,
-        "extra": {"rcs_base_url": url, "soip_base_url": url, **extra},
-    }
+    extra = {"rcs_base_url": url, "soip_base_url": url, **extra}
+    return {"conn_type": "kaleyra", "login": sid, "password": api_key, "extra": extra}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`SimulatorConfig` field (``--error-5xx``; booleans ``--rcs-disabled``, or
-    ``--no-retry-after`` when on by default): ``SimulatorConfig(**vars(args))`` reads them back."""
+    """One flag per :class:`SimulatorConfig` field (``--error-5xx``; booleans ``--rcs-disabled`` and
+    ``--no-rcs-disabled``): ``SimulatorConfig(**vars(args))`` reads them back."""
     faults = parser.add_argument_group("fault injection (probabilities per request, 0..1)")
-    for f in dataclasses.fields(SimulatorConfig):
+    for f in fields(SimulatorConfig):
         group = faults if f.metadata.get("fault") or f.name in ("slow_seconds", "seed") else parser
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
-        if f.type == "bool" and f.default:
-            group.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=f"do not {help}")
-        elif f.type == "bool":
-            group.add_argument(flag, dest=f.name, action="store_true", help=help)
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         else:
             kind = {"int": int, "float": float}.get(f.type.split(" | ")[0], str)  # anything else is text
             choices = f.metadata.get("choices")

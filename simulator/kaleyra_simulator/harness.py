@@ -1,6 +1,5 @@
-"""Process plumbing shared by the tests, the benchmarks and the demo: a free port, an ASGI app served
-in a thread, the simulator and the callback receiver as child processes (as the real API and a real
-receiver run: they do not share the caller's GIL), and a process's peak RSS."""
+"""Process plumbing of the tests, benchmarks and demo: a free port, an ASGI app in a thread, the simulator
+and the receiver as child processes (as the real ones run: not on the caller's GIL), a peak RSS."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,15 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class SimulatorProcess:
-    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim."""
+class SimulatorProcess(subprocess.Popen):
+    """The simulator as a child process (its CLI, ``config`` as its flags), driven through /_sim; the end of
+    a ``with`` block (or :func:`stop`) stops it."""
 
     def __init__(self, **config: Any) -> None:
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in config.items() if value is not None]
         command = [sys.executable, "-m", "kaleyra_simulator", "--log-level", "WARNING", *flags]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        self.url = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        super().__init__(command, stdout=subprocess.PIPE, text=True)
+        self.url = self.stdout.readline().strip()  # type: ignore[union-attr]
         if not self.url.startswith("http"):
             raise RuntimeError("the simulator did not start")
 
@@ -78,28 +78,22 @@ class SimulatorProcess:
     def stats(self) -> dict[str, Any]:
         return requests.get(f"{self.url}/_sim/stats", timeout=10).json()
 
-    def close(self) -> None:
-        stop(self.proc)
-
-
-def simulator_process(**config: Any) -> closing[SimulatorProcess]:
-    """``with simulator_process(**config) as sim``: stopped at the end of the block."""
-    return closing(SimulatorProcess(**config))
+    def __exit__(self, *exc: object) -> None:
+        stop(self)
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
-    """Returns once the server of ``proc`` answers ``/kaleyra/health`` and its ``workers`` run."""
+    """Returns once the server of ``proc`` answers ``/kaleyra/health``, its ``workers`` up; else stops it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the server exited at start")
-        try:
+        with suppress(requests.RequestException):
             healthy = requests.get(f"http://127.0.0.1:{port}/kaleyra/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            healthy = False
-        if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
-            return
+            if healthy and (workers <= 1 or len(psutil.Process(proc.pid).children()) >= workers):
+                return
         time.sleep(0.1)
+    stop(proc)
     raise RuntimeError("the server did not start")
 
 
@@ -111,28 +105,18 @@ def start_receiver(
     capture: bool = False,
     client: tuple[str, str] | None = None,
 ) -> tuple[subprocess.Popen, int]:
-    """The standalone receiver (``python -m airflow_provider_kaleyra.callbacks``, real uvicorn) on a
-    free port, expecting ``secret`` (and advanced auth with ``client``, an ID and a secret); returns
-    once it is healthy. ``capture``: its output goes to ``proc.stdout``, else nowhere."""
+    """The standalone receiver (real uvicorn) on a free port, expecting ``secret`` (and advanced auth with
+    ``client``, an ID and a secret), once healthy. ``capture``: its output goes to ``proc.stdout``."""
     port = free_port()
-    command = ["-m", "airflow_provider_kaleyra.callbacks", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--store-url", store_url, "--secret-env", "KALEYRA_HARNESS_SECRET"]
-    command += ["--log-level", "warning", "--workers", str(workers)]
+    command = ["-m", "airflow_provider_kaleyra.callbacks", "--port", str(port), "--store-url", store_url]
+    command += ["--secret-env", "KALEYRA_HARNESS_SECRET", "--log-level", "warning", "--workers", str(workers)]
     env = {**os.environ, "KALEYRA_HARNESS_SECRET": secret}
     if client is not None:
         command += ["--client-id", client[0], "--client-secret-env", "KALEYRA_HARNESS_CLIENT_SECRET"]
         env["KALEYRA_HARNESS_CLIENT_SECRET"] = client[1]
-    proc = subprocess.Popen(
-        [sys.executable, *command],
-        env=env,
-        stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-        stderr=subprocess.STDOUT if capture else subprocess.DEVNULL,
-    )
-    try:
-        wait_for_health(port, proc, workers)
-    except RuntimeError:
-        stop(proc)
-        raise
+    out, err = (subprocess.PIPE, subprocess.STDOUT) if capture else (subprocess.DEVNULL, subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *command], env=env, stdout=out, stderr=err)
+    wait_for_health(port, proc, workers)
     return proc, port
 
 
