@@ -5,7 +5,6 @@ process and host with the connection verifies it with nothing shared; another co
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -38,7 +37,7 @@ def _basic(value: str) -> tuple[str, str] | None:
     """(user, password) of a Basic credential, ``None`` when it does not decode to ``user:password``."""
     try:
         user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, or not UTF-8
         return None
     return (user, password) if sep else None
 
@@ -68,8 +67,8 @@ class TokenAuthority:
 
     def __init__(
         self,
-        client_id: str,
-        client_secret: str,
+        client_id: str | None,
+        client_secret: str | None,
         *,
         binding: str,
         lifetime: timedelta = DEFAULT_TOKEN_LIFETIME,

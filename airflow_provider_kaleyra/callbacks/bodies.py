@@ -83,14 +83,6 @@ def _sorted_query(text: str) -> str:
     return urlencode(sorted(parse_qsl(text, keep_blank_values=True)))
 
 
-def _add(fields: dict[str, Any], key: str, value: Any) -> None:
-    """A repeated key becomes a list."""
-    if key in fields:
-        old = fields[key]
-        value = [*old, value] if isinstance(old, list) else [old, value]
-    fields[key] = value
-
-
 def form_fields(text: str) -> dict[str, Any]:
     """``a=1&b=2``; a repeated key becomes a list."""
     return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(text, keep_blank_values=True).items()}
@@ -116,7 +108,10 @@ def read_xml(text: str) -> dict[str, Any]:
 
     def end(tag: str) -> None:
         name, node, texts = stack.pop()
-        _add(stack[-1][1], name, node or "".join(texts).strip())
+        value, parent = node or "".join(texts).strip(), stack[-1][1]
+        if name in parent:  # a repeated element becomes a list
+            value = [*old, value] if isinstance(old := parent[name], list) else [old, value]
+        parent[name] = value
 
     parser.StartElementHandler, parser.EndElementHandler = start, end
     parser.CharacterDataHandler = lambda data: stack[-1][2].append(data)

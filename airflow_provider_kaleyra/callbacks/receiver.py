@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -117,9 +116,7 @@ class LazySettings:
         try:
             tokens, lifetime = None, pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
             if client_id or client_secret:
-                tokens = auth.TokenAuthority(
-                    client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
-                )
+                tokens = auth.TokenAuthority(client_id, client_secret, binding=conn_id, lifetime=lifetime)
             allowed = auth.parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
             proxies = auth.parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
             if proxies and not allowed:
@@ -155,7 +152,7 @@ def _redact_access_record(record: logging.LogRecord) -> bool:
     return True
 
 
-async def _answer(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+async def _answer(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     start = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": start})

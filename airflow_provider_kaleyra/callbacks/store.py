@@ -189,8 +189,8 @@ class CallbackStore(Database):
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
             for number, answers in groupby(rows, key=attrgetter("number")):
-                *_, row = answers  # the columns of a CallbackResult, in order
-                yield number, None if row.received_at is None else CallbackResult(*row)
+                *_, (number, capable, status, at, request_id) = answers  # None when no callback came
+                yield number, at and CallbackResult(number, capable, status, as_utc(at), request_id)
 
 
 @functools.cache
