@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from airflow_provider_kaleyra.callbacks import auth
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, GroupCommit, get_store
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, DEFAULT_TOKEN_LIFETIME, KaleyraConfig
 from airflow_provider_kaleyra.utils.database import redact_url

@@ -19,7 +19,7 @@ from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
-from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import ParsedCallback, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store_sql import (
     SCHEMA_VERSION,
     callbacks_table,

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback
+from airflow_provider_kaleyra.callbacks.bodies import ParsedCallback, RawCallback
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 SCHEMA_VERSION = 1
