@@ -15,8 +15,8 @@ from airflow_provider_kaleyra.callbacks.store import (
     CallbackStore,
     SchemaVersionError,
     get_store,
-    schema_version_table,
 )
+from airflow_provider_kaleyra.callbacks.store_sql import schema_version_table
 from airflow_provider_kaleyra.utils.database import redact_url
 from tests.databases import throwaway_database
 from tests.store_queries import count_answered, counts, raw_callbacks, results_for, schema_version
