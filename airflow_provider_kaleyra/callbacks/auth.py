@@ -63,8 +63,6 @@ class TokenAuthority:
     """Issues and verifies the callback tokens of one connection (never shows a secret or a token). A
     verified token is remembered by its digest until it expires: a hash, not a JWT decode, a callback."""
 
-    CACHE_SIZE = 4096
-
     def __init__(
         self,
         client_id: str | None,
@@ -122,7 +120,7 @@ class TokenAuthority:
             claims = jwt.decode(token, self._key, ["HS256"], options=_REQUIRED, audience=self.audience)
         except jwt.PyJWTError:
             return False
-        if len(self._verified) >= self.CACHE_SIZE:
+        if len(self._verified) >= 4096:  # bounded: start afresh
             self._verified.clear()
         self._verified[digest] = float(claims["exp"])
         return True

@@ -1,7 +1,6 @@
 """A callback as received, its body (JSON, XML, HTML, text, form) read into dicts and lists, and the
-numbers and capabilities found there. Kaleyra publishes no payload format, so reading is tolerant: what
-cannot be read becomes a ``parse_error`` (never an exception) and the raw callback is kept to re-read
-later. XML is read by expat with any DTD refused (400, not stored): no entity is declared or fetched."""
+numbers and capabilities in it, read tolerantly (Kaleyra publishes no format): what cannot be read is a
+``parse_error``, never an exception, and the raw callback is kept. XML with a DTD is refused (400)."""
 
 from __future__ import annotations
 
@@ -300,9 +299,7 @@ def _callback_e164(raw: str, region: str | None) -> str | None:
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return unescape(str(value))[:256]
+    return "true" if value is True else "false" if value is False else unescape(str(value))[:256]
 
 
 def parse_callback(

@@ -185,8 +185,7 @@ class _Endpoint:
     ASGI app still answers 405 to other methods)."""
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
-        self.settings = settings
-        self.max_body_bytes = max_body_bytes
+        self.settings, self.max_body_bytes = settings, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("query_string"):  # kept for the callback, redacted for the API server's access log

@@ -139,8 +139,7 @@ def transaction(
 ) -> Generator[tuple[str, Any, bool], list[tuple[Any, ...]] | None, list[bool]]:
     """The statements storing ``batch`` as (SQL, parameters, once per parameter set?), each sent the rows
     the previous one returned (a thread and an event loop drive the same plan); returns, per delivery,
-    whether it is new. A delivery seen before takes the new time, with its results: re-delivered after a
-    new submission, it answers that too."""
+    whether it is new. A re-delivery takes the new time, with its results: it answers a newer submission."""
     when = sqlite_time if dialect == "sqlite" else as_utc
     keys = [raw.dedupe_key for raw, _ in batch]
     first: dict[str, int] = {}
