@@ -298,7 +298,5 @@ def create_app(
 def create_standalone_app(**kwargs: Any) -> FastAPI:
     """The receiver under ``/kaleyra`` as on the API server (a prefix, not a mount: no second middleware
     stack), for uvicorn, whose access log gets its query values redacted."""
-    access_log = logging.getLogger("uvicorn.access")
-    if _redact_access_record not in access_log.filters:  # once: uvicorn keeps its loggers' filters
-        access_log.addFilter(_redact_access_record)
+    logging.getLogger("uvicorn.access").addFilter(_redact_access_record)  # added once, however often called
     return create_app(path_prefix=URL_PREFIX, **kwargs)
