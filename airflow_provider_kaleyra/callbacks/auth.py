@@ -42,9 +42,7 @@ def _basic(value: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def is_authorized(
-    headers: Mapping[str, str], secret: str | None, tokens: TokenAuthority | None = None
-) -> bool:
+def is_authorized(headers: Mapping[str, str], secret: str | None, tokens: TokenAuthority | None) -> bool:
     """The shared secret (``X-Kaleyra-Secret``, a Bearer value or the Basic password; constant time,
     every offer compared) or a valid token of this connection."""
     scheme, value = _credentials(headers.get("authorization"))

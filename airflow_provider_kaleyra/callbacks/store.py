@@ -105,8 +105,6 @@ class CallbackStore(Database):
     def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
         """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own DBAPI
         connection, kept between batches (cheaper than a pool checkout) and dropped on any error."""
-        if not batch:
-            return []
         with self._writer_lock:
             if self._writer is None:
                 self._writer = self.engine.raw_connection()
