@@ -57,9 +57,8 @@ def read_connection(conn_id: str | None) -> KaleyraConfig:
 
         return KaleyraHook(kaleyra_conn_id=conn_id).config
     except Exception as exc:
-        raise ReceiverNotConfigured(
-            f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
-        ) from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ReceiverNotConfigured(f"cannot read connection {conn_id!r}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,8 @@ class ReceiverSettings:
 
 
 class LazySettings:
-    """From ``create_app``'s arguments, else the connection's extras ``callback_<argument>``: built on the
-    first request (the API server imports plugins before a connection or a database may exist), then
-    kept in ``resolved``. Without a secret or a store every request gets 503 until a retry succeeds."""
+    """Built on the first request (the API server imports plugins before a connection or a database may
+    exist), then kept in ``resolved``; without a secret or a store, 503 until a later look-up succeeds."""
 
     def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
         self.conn_id, self.store, self.given = conn_id, store, given
