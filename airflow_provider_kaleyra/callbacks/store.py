@@ -12,7 +12,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import groupby, islice
-from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select
@@ -181,7 +180,7 @@ class CallbackStore(Database):
         )
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
-            for number, answers in groupby(rows, key=attrgetter("number")):
+            for number, answers in groupby(rows, key=lambda row: row.number):
                 *_, (number, capable, status, at, request_id) = answers  # None when no callback came
                 yield number, at and CallbackResult(number, capable, status, as_utc(at), request_id)
 
