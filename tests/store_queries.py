@@ -8,13 +8,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from airflow_provider_kaleyra.callbacks.store import (
-    CallbackResult,
-    CallbackStore,
-    callbacks_table,
-    results_table,
-    schema_version_table,
-)
+from airflow_provider_kaleyra.callbacks.store import CallbackResult, CallbackStore
+from airflow_provider_kaleyra.callbacks.store_sql import callbacks_table, results_table, schema_version_table
 
 
 def counts(store: CallbackStore) -> dict[str, int]:

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.receiver import create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
 from tests.store_queries import counts, raw_callbacks

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from airflow_provider_kaleyra.callbacks.parsing import RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import GroupCommit
 
 

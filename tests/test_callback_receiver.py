@@ -12,7 +12,7 @@ import requests
 from fastapi.testclient import TestClient
 
 from airflow_provider_kaleyra.callbacks import cli
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.receiver import create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
 from tests.store_queries import counts, raw_callbacks, results_for

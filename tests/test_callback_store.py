@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
-from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback
 from airflow_provider_kaleyra.callbacks.store import (
     SCHEMA_VERSION,
     CallbackStore,
     SchemaVersionError,
     get_store,
-    schema_version_table,
 )
+from airflow_provider_kaleyra.callbacks.store_sql import schema_version_table
 from airflow_provider_kaleyra.utils.database import redact_url
 from tests.databases import throwaway_database
 from tests.store_queries import count_answered, counts, raw_callbacks, results_for, schema_version
@@ -81,7 +81,7 @@ def test_number_and_request_id_are_unique_the_latest_answer_wins(store):
 
 
 def test_within_one_batch_the_last_new_answer_for_a_request_wins_and_ids_without_request_all_count(store):
-    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+    from airflow_provider_kaleyra.callbacks.bodies import parse_callback
 
     stored = _cb({"number": "919876543210", "capable": "yes", "request_id": "r1", "attempt": 0})
     assert store.add_callback(stored) is True
@@ -111,7 +111,7 @@ def test_a_delivery_repeated_after_a_new_submission_counts_for_it(store):
 
 
 def test_a_batch_is_one_transaction_with_an_answer_per_delivery(store):
-    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+    from airflow_provider_kaleyra.callbacks.bodies import parse_callback
 
     raws = [_cb({"number": f"91987654{i:04d}", "capable": True}) for i in range(50)]
     raws.append(_cb({"number": "919876540000", "capable": True}))  # the first one, again
@@ -123,7 +123,7 @@ def test_a_batch_is_one_transaction_with_an_answer_per_delivery(store):
 
 def test_a_failed_batch_stores_nothing_and_the_next_batch_reconnects(store):
     """The group commit keeps one connection; when it breaks, that batch fails whole, the next one works."""
-    from airflow_provider_kaleyra.callbacks.parsing import parse_callback
+    from airflow_provider_kaleyra.callbacks.bodies import parse_callback
 
     def batch(first: int) -> list:
         raws = [_cb({"number": f"91987654{i:04d}", "capable": True}) for i in range(first, first + 5)]

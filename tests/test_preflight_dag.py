@@ -38,7 +38,7 @@ PREFLIGHT_DAG = """
         import importlib
         from airflow_provider_kaleyra.numbers import normalize as phone
         for name in ("preflight.prepare", "rcs.engine", "operators.kaleyra", "hooks.kaleyra",
-                     "sensors.kaleyra", "callbacks.parsing"):
+                     "sensors.kaleyra", "callbacks.bodies"):
             importlib.import_module("airflow_provider_kaleyra." + name)
         original, calls = phone.normalize, []
         def counting(raw, region=None):

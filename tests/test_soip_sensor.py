@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
 from airflow_provider_kaleyra.triggers.kaleyra import KaleyraSoipCallbackTrigger
 
@@ -260,7 +260,7 @@ DAG_FILE = textwrap.dedent(
 
     from airflow.sdk import DAG, task
 
-    from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+    from airflow_provider_kaleyra.callbacks.bodies import RawCallback
     from airflow_provider_kaleyra.callbacks.store import CallbackStore
     from airflow_provider_kaleyra.sensors.kaleyra import KaleyraSoipCallbackSensor
 

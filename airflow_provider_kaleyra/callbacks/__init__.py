@@ -1,2 +1,1 @@
-"""SOIP callbacks: the HTTP receiver, the durable store, and payload parsing. Kept import-light: the
-sensor and trigger import :mod:`.store` only, never FastAPI."""
+"""SOIP callbacks: receiver, store, payload reading. Import-light: sensor and trigger import .store only."""

@@ -5,7 +5,6 @@ process and host with the connection verifies it with nothing shared; another co
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -38,14 +37,12 @@ def _basic(value: str) -> tuple[str, str] | None:
     """(user, password) of a Basic credential, ``None`` when it does not decode to ``user:password``."""
     try:
         user, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64, or not UTF-8
         return None
     return (user, password) if sep else None
 
 
-def is_authorized(
-    headers: Mapping[str, str], secret: str | None, tokens: TokenAuthority | None = None
-) -> bool:
+def is_authorized(headers: Mapping[str, str], secret: str | None, tokens: TokenAuthority | None) -> bool:
     """The shared secret (``X-Kaleyra-Secret``, a Bearer value or the Basic password; constant time,
     every offer compared) or a valid token of this connection."""
     scheme, value = _credentials(headers.get("authorization"))
@@ -64,12 +61,10 @@ class TokenAuthority:
     """Issues and verifies the callback tokens of one connection (never shows a secret or a token). A
     verified token is remembered by its digest until it expires: a hash, not a JWT decode, a callback."""
 
-    CACHE_SIZE = 4096
-
     def __init__(
         self,
-        client_id: str,
-        client_secret: str,
+        client_id: str | None,
+        client_secret: str | None,
         *,
         binding: str,
         lifetime: timedelta = DEFAULT_TOKEN_LIFETIME,
@@ -123,7 +118,7 @@ class TokenAuthority:
             claims = jwt.decode(token, self._key, ["HS256"], options=_REQUIRED, audience=self.audience)
         except jwt.PyJWTError:
             return False
-        if len(self._verified) >= self.CACHE_SIZE:
+        if len(self._verified) >= 4096:  # bounded: start afresh
             self._verified.clear()
         self._verified[digest] = float(claims["exp"])
         return True

@@ -27,7 +27,8 @@ def parse_age(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted, or purge and exit."""
     parser = argparse.ArgumentParser(
         prog="kaleyra-callback-receiver",
         description="Receive Kaleyra SOIP callbacks at /kaleyra/soip/callback and store them.",
@@ -61,13 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="delete callbacks older than AGE (e.g. 30d) from the store, then exit",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until interrupted, or purge and exit."""
-    args = _parser().parse_args(argv)
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    args, log_format = parser.parse_args(argv), "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     from airflow_provider_kaleyra.callbacks.receiver import ReceiverNotConfigured, read_connection
 
@@ -82,30 +77,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = ("store_url", "secret_env", "client_id", "client_secret_env", "conn_id", "max_body_bytes")
     options = {name: getattr(args, name) for name in names}
     app = worker_app(options)
-    try:  # refuse to start rather than answer 503 to every callback
+    try:  # refuse to start rather than answer 503 to every callback; the store must open (tables made)
         checked = app.state.kaleyra_settings.get()
+        checked.store.engine  # noqa: B018
     except ReceiverNotConfigured as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:  # ... and the store must open (its tables are created on first use)
-        checked.store.engine  # noqa: B018
     except Exception as exc:
         reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-        print(
-            f"error: callback store {redact_url(checked.store.url)} cannot be used: {reason}", file=sys.stderr
-        )
+        sys.stderr.write(f"error: callback store {redact_url(checked.store.url)} cannot be used: {reason}\n")
         return 2
     import uvicorn
 
+    if args.workers > 1:  # workers import the app by name, and the options (no secret) from the environment
+        checked.store.dispose()  # each worker opens its own
+        os.environ[_WORKER_SETTINGS_ENV] = json.dumps(options)
+        app = f"{__name__}:worker_app"
     # X-Forwarded-For is read by the receiver's allow-list, from the proxies the connection trusts only.
     common = {"host": args.host, "port": args.port, "log_level": args.log_level, "proxy_headers": False}
-    if args.workers <= 1:
-        uvicorn.run(app, **common)
-        return 0
-    checked.store.dispose()  # each worker opens its own
-    # Worker processes import the app by name: they get the options (no secret) through the environment.
-    os.environ[_WORKER_SETTINGS_ENV] = json.dumps(options)
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=args.workers, **common)
+    uvicorn.run(app, factory=args.workers > 1, workers=args.workers, **common)
     return 0
 
 

@@ -1,5 +1,4 @@
-"""Airflow plugin that mounts the callback receiver on the API server under ``/kaleyra``; the app
-reads nothing (connection, database) until the first callback arrives."""
+"""Mounts the callback receiver on the API server under ``/kaleyra``; it reads nothing until a callback."""
 
 from __future__ import annotations
 

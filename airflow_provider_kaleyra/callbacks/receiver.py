@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -20,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from airflow_provider_kaleyra.callbacks import auth
-from airflow_provider_kaleyra.callbacks.parsing import FieldMapping, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.bodies import FieldMapping, RawCallback, parse_callback
 from airflow_provider_kaleyra.callbacks.store import CallbackStore, GroupCommit, get_store
 from airflow_provider_kaleyra.client.config import DEFAULT_CONN_ID, DEFAULT_TOKEN_LIFETIME, KaleyraConfig
 from airflow_provider_kaleyra.utils.database import redact_url
@@ -58,9 +57,8 @@ def read_connection(conn_id: str | None) -> KaleyraConfig:
 
         return KaleyraHook(kaleyra_conn_id=conn_id).config
     except Exception as exc:
-        raise ReceiverNotConfigured(
-            f"cannot read connection {conn_id!r}: {type(exc).__name__}: {exc}"
-        ) from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ReceiverNotConfigured(f"cannot read connection {conn_id!r}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -77,9 +75,8 @@ class ReceiverSettings:
 
 
 class LazySettings:
-    """From ``create_app``'s arguments, else the connection's extras ``callback_<argument>``: built on the
-    first request (the API server imports plugins before a connection or a database may exist), then
-    kept in ``resolved``. Without a secret or a store every request gets 503 until a retry succeeds."""
+    """Built on the first request (the API server imports plugins before a connection or a database may
+    exist), then kept in ``resolved``; without a secret or a store, 503 until a later look-up succeeds."""
 
     def __init__(self, conn_id: str | None, store: CallbackStore | None, **given: Any) -> None:
         self.conn_id, self.store, self.given = conn_id, store, given
@@ -117,9 +114,7 @@ class LazySettings:
         try:
             tokens, lifetime = None, pick("token_lifetime", DEFAULT_TOKEN_LIFETIME)
             if client_id or client_secret:
-                tokens = auth.TokenAuthority(
-                    client_id or "", client_secret or "", binding=conn_id, lifetime=lifetime
-                )
+                tokens = auth.TokenAuthority(client_id, client_secret, binding=conn_id, lifetime=lifetime)
             allowed = auth.parse_networks(pick("allowed_ips", ()), "callback_allowed_ips")
             proxies = auth.parse_networks(pick("trusted_proxies", ()), "callback_trusted_proxies")
             if proxies and not allowed:
@@ -139,10 +134,7 @@ def redact_query(query: str) -> str:
     GET callback the number, a GET token request the client secret); anything unreadable -> ``***``."""
     if not query:
         return query
-    try:
-        keys = [key for key, _ in parse_qsl(query, keep_blank_values=True)]
-    except ValueError:
-        return REDACTED
+    keys = [key for key, _ in parse_qsl(query, keep_blank_values=True)]  # lenient: it never raises
     return "&".join(f"{quote(key, safe='')[:64]}={REDACTED}" for key in keys) or REDACTED
 
 
@@ -155,7 +147,7 @@ def _redact_access_record(record: logging.LogRecord) -> bool:
     return True
 
 
-async def _answer(send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+async def _answer(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     start = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": start})
@@ -188,8 +180,7 @@ class _Endpoint:
     ASGI app still answers 405 to other methods)."""
 
     def __init__(self, settings: LazySettings, max_body_bytes: int) -> None:
-        self.settings = settings
-        self.max_body_bytes = max_body_bytes
+        self.settings, self.max_body_bytes = settings, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("query_string"):  # kept for the callback, redacted for the API server's access log
@@ -302,7 +293,5 @@ def create_app(
 def create_standalone_app(**kwargs: Any) -> FastAPI:
     """The receiver under ``/kaleyra`` as on the API server (a prefix, not a mount: no second middleware
     stack), for uvicorn, whose access log gets its query values redacted."""
-    access_log = logging.getLogger("uvicorn.access")
-    if _redact_access_record not in access_log.filters:  # once: uvicorn keeps its loggers' filters
-        access_log.addFilter(_redact_access_record)
+    logging.getLogger("uvicorn.access").addFilter(_redact_access_record)  # added once, however often called
     return create_app(path_prefix=URL_PREFIX, **kwargs)

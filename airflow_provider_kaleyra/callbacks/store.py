@@ -12,22 +12,15 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import groupby, islice
-from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
-from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback, parse_callback
-from airflow_provider_kaleyra.callbacks.store_sql import (
-    SCHEMA_VERSION,
-    callbacks_table,
-    results_table,
-    schema_version_table,
-    submissions_table,
-    transaction,
-)
+from airflow_provider_kaleyra.callbacks import store_sql as sql
+from airflow_provider_kaleyra.callbacks.bodies import ParsedCallback, RawCallback, parse_callback
+from airflow_provider_kaleyra.callbacks.store_sql import SCHEMA_VERSION
 from airflow_provider_kaleyra.utils.database import Database, redact_url
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
@@ -71,7 +64,7 @@ class CallbackStore(Database):
     """Callbacks, their per-number results and the submitted numbers, in one database at ``url``
     (``sqlite:///path`` or ``postgresql+psycopg://...``)."""
 
-    metadata = callbacks_table.metadata
+    metadata = sql.metadata
     setting = "callback store URL"
     error = CallbackStoreError
     lock_key = 0x4B414C4559524131  # pg_advisory_xact_lock key for schema creation ("KALEYRA1")
@@ -88,9 +81,9 @@ class CallbackStore(Database):
 
     def _prepare(self, conn: Connection) -> None:
         """The schema version: written on a new database, checked on an existing one."""
-        found = conn.execute(select(func.max(schema_version_table.c.version))).scalar()
+        found = conn.execute(select(func.max(sql.schema_version_table.c.version))).scalar()
         if found is None:
-            conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION))
+            conn.execute(sql.schema_version_table.insert().values(version=SCHEMA_VERSION))
         elif found > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"callback store {redact_url(self.url)} has schema version {found}, newer than"
@@ -111,8 +104,6 @@ class CallbackStore(Database):
     def add_callbacks(self, batch: Sequence[tuple[RawCallback, ParsedCallback]]) -> list[bool]:
         """Store many deliveries in ONE transaction; per delivery, new or not. On the writer's own DBAPI
         connection, kept between batches (cheaper than a pool checkout) and dropped on any error."""
-        if not batch:
-            return []
         with self._writer_lock:
             if self._writer is None:
                 self._writer = self.engine.raw_connection()
@@ -121,7 +112,7 @@ class CallbackStore(Database):
                 cursor = dbapi.cursor()
                 if dialect == "sqlite":  # the write lock up front, so writers queue (busy_timeout)
                     cursor.execute("BEGIN IMMEDIATE")
-                plan, returned = transaction(dialect, batch), None
+                plan, returned = sql.transaction(dialect, batch), None
                 try:
                     while True:
                         statement, params, many = plan.send(returned)
@@ -142,10 +133,11 @@ class CallbackStore(Database):
         if older_than.total_seconds() < 0:
             raise ValueError("older_than must not be negative")
         cutoff = datetime.now(UTC) - older_than
+        c, r, s = sql.callbacks_table, sql.results_table, sql.submissions_table
         with self.write() as conn:
-            conn.execute(delete(results_table).where(results_table.c.received_at < cutoff))
-            deleted = conn.execute(delete(callbacks_table).where(callbacks_table.c.received_at < cutoff))
-            conn.execute(delete(submissions_table).where(submissions_table.c.created_at < cutoff))
+            conn.execute(delete(r).where(r.c.received_at < cutoff))
+            deleted = conn.execute(delete(c).where(c.c.received_at < cutoff))
+            conn.execute(delete(s).where(s.c.created_at < cutoff))
         count = deleted.rowcount or 0
         log.info("Purged %s Kaleyra callbacks received before %s", count, cutoff.isoformat())
         return count
@@ -156,19 +148,19 @@ class CallbackStore(Database):
         rows = ({"submission_id": submission_id, "number": n, "created_at": now} for n in numbers)
         with self.write() as conn:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            insert = dialect.insert(submissions_table).on_conflict_do_nothing()
+            insert = dialect.insert(sql.submissions_table).on_conflict_do_nothing()
             while chunk := list(islice(rows, 5000)):
                 conn.execute(insert, chunk)
                 added += len(chunk)
         return added
 
     def submission_size(self, submission_id: str) -> int:
-        s = submissions_table
+        s = sql.submissions_table
         return self._count(select(s).where(s.c.submission_id == submission_id))
 
     def count_answered(self, submission_id: str, since: datetime) -> int:
         """How many submitted numbers have a callback received at or after ``since``; one query."""
-        s, r = submissions_table, results_table
+        s, r = sql.submissions_table, sql.results_table
         answered = select(r.c.id).where(r.c.number == s.c.number, r.c.received_at >= as_utc(since)).exists()
         return self._count(select(s.c.number).where(s.c.submission_id == submission_id, answered))
 
@@ -179,7 +171,7 @@ class CallbackStore(Database):
     def results(self, submission_id: str, since: datetime) -> Iterator[tuple[str, CallbackResult | None]]:
         """Every submitted number, in order, with its latest answer since ``since`` (``None``: no callback
         yet); a readable answer beats a later unreadable one (so it is ordered last). Streams."""
-        s, r = submissions_table, results_table
+        s, r = sql.submissions_table, sql.results_table
         stmt = (
             select(s.c.number, r.c.capable, r.c.status, r.c.received_at, r.c.request_id)
             .select_from(s.outerjoin(r, (r.c.number == s.c.number) & (r.c.received_at >= as_utc(since))))
@@ -188,9 +180,9 @@ class CallbackStore(Database):
         )
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=5000).execute(stmt)
-            for number, answers in groupby(rows, key=attrgetter("number")):
-                *_, row = answers  # the columns of a CallbackResult, in order
-                yield number, None if row.received_at is None else CallbackResult(*row)
+            for number, answers in groupby(rows, key=lambda row: row.number):
+                *_, (number, capable, status, at, request_id) = answers  # None when no callback came
+                yield number, at and CallbackResult(number, capable, status, as_utc(at), request_id)
 
 
 @functools.cache
@@ -247,7 +239,7 @@ class GroupCommit:
                 url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=30)
             async with self._conn.cursor() as cursor:
-                plan, returned = transaction("postgresql", items), None
+                plan, returned = sql.transaction("postgresql", items), None
                 try:
                     while True:
                         statement, params, many = plan.send(returned)

@@ -12,27 +12,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from airflow_provider_kaleyra.callbacks.parsing import ParsedCallback, RawCallback
+from airflow_provider_kaleyra.callbacks.bodies import ParsedCallback, RawCallback
 from airflow_provider_kaleyra.utils.timestamps import as_utc
 
 SCHEMA_VERSION = 1
 
 
-class UTCDateTime(sa.TypeDecorator):
-    """Aware UTC datetimes in and out, on SQLite (naive text) as on PostgreSQL (timestamptz)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        value = None if value is None else as_utc(value)
-        return value.replace(tzinfo=None) if value and dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else as_utc(value)
-
-
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+# Times are written in UTC (timestamptz; on SQLite naive text, :func:`sqlite_time`) and read with ``as_utc``.
+_TIME = sa.DateTime(timezone=True)
 
 metadata = sa.MetaData()
 
@@ -47,7 +35,7 @@ callbacks_table = sa.Table(
     metadata,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
-    sa.Column("received_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("received_at", _TIME, nullable=False, index=True),
     sa.Column("method", sa.String(8), nullable=False),
     sa.Column("content_type", sa.String(255)),
     sa.Column("query", sa.Text, nullable=False, default=""),
@@ -67,7 +55,7 @@ results_table = sa.Table(
     sa.Column("capable", sa.Boolean),
     sa.Column("status", sa.String(256)),
     sa.Column("request_id", sa.String(256)),
-    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", _TIME, nullable=False),
     sa.Column("parse_error", sa.Text),
     # NULL request ids are distinct on both backends, so this only bites when an id is present.
     sa.UniqueConstraint("number", "request_id", name="uq_kaleyra_result_number_request"),
@@ -80,7 +68,7 @@ submissions_table = sa.Table(
     metadata,
     sa.Column("submission_id", sa.String(64), primary_key=True),
     sa.Column("number", sa.String(20), primary_key=True),
-    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("created_at", _TIME, nullable=False, index=True),
 )
 
 # The columns a write fills (all but the ids), in the tables' order: the rows below follow it.
@@ -146,16 +134,12 @@ def _by_column(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-# A statement to run: (SQL, parameters, run once per parameter set instead of once).
-Statement = tuple[str, Any, bool]
-
-
 def transaction(
     dialect: str, batch: Sequence[tuple[RawCallback, ParsedCallback]]
-) -> Generator[Statement, list[tuple[Any, ...]] | None, list[bool]]:
-    """The statements storing ``batch``, each sent the rows the previous one returned (a thread and an
-    event loop drive the same plan); returns, per delivery, whether it is new. A delivery seen before
-    takes the new time, with its results: re-delivered after a new submission, it answers that too."""
+) -> Generator[tuple[str, Any, bool], list[tuple[Any, ...]] | None, list[bool]]:
+    """The statements storing ``batch`` as (SQL, parameters, once per parameter set?), each sent the rows
+    the previous one returned (a thread and an event loop drive the same plan); returns, per delivery,
+    whether it is new. A re-delivery takes the new time, with its results: it answers a newer submission."""
     when = sqlite_time if dialect == "sqlite" else as_utc
     keys = [raw.dedupe_key for raw, _ in batch]
     first: dict[str, int] = {}

@@ -51,10 +51,11 @@ class Database:
         return self._engine
 
     def _create(self) -> Engine:
+        where = f"{self.setting} {redact_url(self.url)}"
         try:
             parsed = make_url(self.url)
         except Exception as exc:
-            raise self.error(f"invalid {self.setting} {redact_url(self.url)}: {exc}") from None
+            raise self.error(f"invalid {where}: {exc}") from None
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -66,9 +67,7 @@ class Database:
             pool = {"pool_size": self.pool_size, "max_overflow": self.max_overflow}
             engine = create_engine(parsed, pool_pre_ping=True, **pool)
         else:
-            raise self.error(
-                f"{self.setting} {redact_url(self.url)}: only sqlite and postgresql are supported"
-            )
+            raise self.error(f"{where}: only sqlite and postgresql are supported")
         try:
             with engine.execution_options(kaleyra_write=True).begin() as conn:
                 if backend == "postgresql":

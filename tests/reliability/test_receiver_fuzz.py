@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from airflow_provider_kaleyra.callbacks import auth
-from airflow_provider_kaleyra.callbacks.parsing import RawCallback
+from airflow_provider_kaleyra.callbacks.bodies import RawCallback
 from airflow_provider_kaleyra.callbacks.receiver import CALLBACK_PATH, create_app, create_standalone_app
 from airflow_provider_kaleyra.callbacks.store import CallbackStore
 from tests.store_queries import counts, raw_callbacks
