@@ -90,7 +90,11 @@ def test_wrong_client_credentials_get_no_token(live, creds):
 def test_expired_forged_and_other_connection_tokens_are_refused(store):
     mine = TokenAuthority(CLIENT_ID, CLIENT_SECRET, binding="kaleyra_a", lifetime=timedelta(seconds=1))
     other = TokenAuthority(CLIENT_ID, CLIENT_SECRET, binding="kaleyra_b")  # same secret, other connection
-    forged = jwt.encode({"aud": mine.audience, "exp": int(time.time()) + 60, "iat": 0}, "guess", "HS256")
+    forged = jwt.encode(
+        {"aud": mine.audience, "exp": int(time.time()) + 60, "iat": 0},
+        "a guess at the key, long enough for HS256",
+        "HS256",
+    )
     unsigned = jwt.encode({"aud": mine.audience, "exp": int(time.time()) + 60, "iat": 0}, None, "none")
     expiring = mine.issue()["access_token"]
     with TestClient(_app(store, token_lifetime=timedelta(seconds=1))) as client:
