@@ -61,3 +61,20 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path)
         handle.write("whole\n")
     assert _temps(tmp_path) == sorted([running.name, elsewhere.name])
     assert (tmp_path / "out.csv").read_text() == "whole\n"
+
+
+def test_lineage_names_the_file_written_not_its_temporary_name(tmp_path, monkeypatch):
+    """With a lineage reader installed (OpenLineage), each list is one output under its own name."""
+    from airflow.sdk import lineage
+
+    collector = lineage.HookLineageCollector()
+    monkeypatch.setattr(lineage, "get_hook_lineage_collector", lambda: collector)
+    target = as_path(str(tmp_path / "rcs.csv"))
+    with open_atomic(target) as handle:
+        handle.write("row,e164\n")
+        handle.write("0,+14155550100\n")
+    with target.open("r") as handle:  # (Airflow's own tracking of reads, for comparison)
+        handle.read()
+    assets = collector.collected_assets
+    assert [info.asset.uri for info in assets.outputs] == [str(target)]
+    assert [info.asset.uri for info in assets.inputs] == [str(target)]

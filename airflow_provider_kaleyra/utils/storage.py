@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import IO
 
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import ObjectStoragePath, lineage
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -61,8 +61,10 @@ def open_atomic(path: ObjectStoragePath) -> Iterator[IO[str]]:
                 left.unlink()
     temp = path.with_name(f"{prefix}{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with temp.open("w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
+        # a plain file: Airflow's lineage (``ObjectStoragePath.open``) would name the temporary file
+        with open(temp.path, "w", encoding="utf-8", newline="", errors="backslashreplace") as handle:
             yield handle
         temp.rename(path)
+        lineage.get_hook_lineage_collector().add_output_asset(context=path, uri=str(path))  # what it became
     finally:
         temp.unlink(missing_ok=True)
