@@ -80,6 +80,7 @@ class SimulatorProcess(subprocess.Popen):
 
     def __exit__(self, *exc: object) -> None:
         stop(self)
+        super().__exit__(*exc)  # (closes its stdout pipe)
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, workers: int = 1, timeout: float = 60) -> None:
